@@ -1,0 +1,3 @@
+// The one drizzle schema of Parley: every table, for PGlite and PostgreSQL alike.
+// Each component's tables live in their own file under schema/tables/.
+export * from "./tables/server.ts";

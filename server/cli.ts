@@ -1,0 +1,100 @@
+// The `parley` command line: serve, generate-config, and the debug and admin commands.
+import { writeFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { ConfigError, generateConfigFile, loadConfig } from "./config.ts";
+import { startHomeserver } from "./homeserver.ts";
+
+const USAGE = `Usage: parley <command> [options]
+
+Commands:
+  serve [--config FILE]           Run the homeserver (no file: localhost:8008, data in ./data)
+  generate-config [--output FILE] Write a commented configuration file (default: standard output)
+  debug <command> ...             Inspect events: canonical-json, event-id, redact, check-auth,
+                                  resolve-state, replay (JSON on stdin, JSON on stdout)
+`;
+
+type Command = (argv: string[]) => Promise<number>;
+
+const commands: Record<string, Command> = {
+  serve,
+  "generate-config": generateConfig,
+  debug,
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(USAGE);
+    return name ? 0 : 2;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`parley: unknown command "${name}"\n${USAGE}`);
+    return 2;
+  }
+  try {
+    return await command(rest);
+  } catch (err) {
+    if (err instanceof ConfigError || (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      process.stderr.write(`parley: ${(err as Error).message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: "string", short: "c" } } });
+  const config = await loadConfig(values.config);
+  let homeserver;
+  try {
+    homeserver = await startHomeserver(config);
+  } catch (err) {
+    process.stderr.write(`parley: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      homeserver.close().then(resolve, (err) => {
+        process.stderr.write(`parley: error during shutdown: ${(err as Error).message}\n`);
+        resolve();
+      });
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+  return 0;
+}
+
+async function generateConfig(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { output: { type: "string", short: "o" } } });
+  const text = generateConfigFile();
+  if (values.output) {
+    await writeFile(values.output, text, { flag: "wx" }).catch((err: NodeJS.ErrnoException) => {
+      throw new ConfigError(
+        err.code === "EEXIST" ? `${values.output} already exists; not overwriting it` : err.message,
+      );
+    });
+  } else {
+    process.stdout.write(text);
+  }
+  return 0;
+}
+
+async function debug(argv: string[]): Promise<number> {
+  const { debugMain } = await import("../federation/debug-cli.ts");
+  const stdin = await readStdin();
+  const result = await debugMain(argv, stdin);
+  if (result.stdout) process.stdout.write(result.stdout.endsWith("\n") ? result.stdout : result.stdout + "\n");
+  if (result.stderr) process.stderr.write(result.stderr.endsWith("\n") ? result.stderr : result.stderr + "\n");
+  return result.code;
+}
+
+async function readStdin(): Promise<string> {
+  if (process.stdin.isTTY) return "";
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}

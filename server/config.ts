@@ -1,0 +1,238 @@
+// Parley's configuration: one YAML file, every key documented here once, every key also settable
+// by an environment variable that overrides the file. `parley generate-config` and the README's
+// configuration table are both generated from the table below.
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import YAML from "yaml";
+import { z } from "zod";
+
+const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0", "yes", "no"])]).transform(
+  (v) => v === true || v === "true" || v === "1" || v === "yes",
+);
+const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+interface KeySpec<S extends z.ZodType> {
+  env: string;
+  schema: S;
+  /** The default, or a function of the keys already resolved. */
+  default: z.input<S> | undefined | ((c: Partial<Record<string, unknown>>) => z.input<S> | undefined);
+  doc: string;
+  /** Example value written (commented out) into a generated file when there is no default. */
+  example?: string;
+  secret?: boolean;
+}
+const key = <S extends z.ZodType>(spec: KeySpec<S>) => spec;
+
+/**
+ * Every configuration key. The order is the order of resolution (a default may use keys above it)
+ * and the order in the generated file.
+ */
+export const configKeys = {
+  server_name: key({
+    env: "PARLEY_SERVER_NAME",
+    schema: z.string().regex(/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/, "not a valid server name"),
+    default: "localhost:8008",
+    doc: "The server name: the part after the colon in user IDs (@alice:example.org). It cannot change once the database exists.",
+  }),
+  bind: key({
+    env: "PARLEY_BIND",
+    schema: z.string().min(1),
+    default: "127.0.0.1",
+    doc: "The address to listen on. Use 0.0.0.0 (or ::) to accept connections from other machines.",
+  }),
+  port: key({
+    env: "PARLEY_PORT",
+    schema: int(0, 65535),
+    default: 8008,
+    doc: "The TCP port for the Client-Server and Server-Server APIs (0 picks a free port).",
+  }),
+  public_baseurl: key({
+    env: "PARLEY_PUBLIC_BASEURL",
+    schema: z.string().url(),
+    default: (c) => `http://localhost:${c.port ?? 8008}/`,
+    doc: "The URL clients use to reach this server; published in /.well-known/matrix/client.",
+  }),
+  federation_server: key({
+    env: "PARLEY_FEDERATION_SERVER",
+    schema: z.string().optional(),
+    default: undefined,
+    example: "matrix.example.org:443",
+    doc: "The host[:port] that other servers should use to reach this one, published in /.well-known/matrix/server. Leave unset to publish nothing (peers then use the server name itself).",
+  }),
+  data_dir: key({
+    env: "PARLEY_DATA_DIR",
+    schema: z.string().min(1),
+    default: "./data",
+    doc: "Where Parley keeps its signing key, the embedded database (db/) and media.",
+  }),
+  database_url: key({
+    env: "DATABASE_URL",
+    schema: z.string().regex(/^postgres(ql)?:\/\//, "must be a postgres:// URL").optional(),
+    default: undefined,
+    example: "postgres://parley:secret@localhost:5432/parley",
+    doc: "A PostgreSQL server to use instead of the embedded database.",
+    secret: true,
+  }),
+  database_pool_size: key({
+    env: "PARLEY_DATABASE_POOL_SIZE",
+    schema: int(1, 1000),
+    default: 10,
+    doc: "Connections to keep open to PostgreSQL.",
+  }),
+  registration: key({
+    env: "PARLEY_REGISTRATION",
+    schema: z.enum(["closed", "open", "token"]),
+    default: "open",
+    doc: "Who may register: `open` (anyone who can reach the server; only loopback by default), `token` (with a registration token), `closed` (only admins, through the CLI or shared-secret registration).",
+  }),
+  registration_tokens: key({
+    env: "PARLEY_REGISTRATION_TOKENS",
+    schema: z
+      .union([z.array(z.string().min(1)), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
+    default: [],
+    example: "[\"let-me-in\"]",
+    doc: "Registration tokens accepted when `registration` is `token` (in the environment: comma-separated).",
+    secret: true,
+  }),
+  registration_shared_secret: key({
+    env: "PARLEY_REGISTRATION_SHARED_SECRET",
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    example: "a long random string",
+    doc: "Enables Synapse-compatible shared-secret registration (/_synapse/admin/v1/register) with this secret.",
+    secret: true,
+  }),
+  allow_guest_access: key({
+    env: "PARLEY_ALLOW_GUEST_ACCESS",
+    schema: bool,
+    default: false,
+    doc: "Allow guest accounts (/register?kind=guest).",
+  }),
+  rate_limits: key({
+    env: "PARLEY_RATE_LIMITS",
+    schema: bool,
+    default: true,
+    doc: "Enforce rate limits on login, registration and general requests. Turn off only for test networks.",
+  }),
+  log_level: key({
+    env: "PARLEY_LOG_LEVEL",
+    schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+    default: "info",
+    doc: "How much to log (JSON lines on standard output).",
+  }),
+  max_request_bytes: key({
+    env: "PARLEY_MAX_REQUEST_BYTES",
+    schema: int(1024, 1 << 30),
+    default: 8 * 1024 * 1024,
+    doc: "The largest request body accepted for JSON endpoints, in bytes; larger ones get 413 M_TOO_LARGE.",
+  }),
+  shutdown_grace_ms: key({
+    env: "PARLEY_SHUTDOWN_GRACE_MS",
+    schema: int(0, 600_000),
+    default: 10_000,
+    doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish before connections are closed.",
+  }),
+} as const;
+
+type Keys = typeof configKeys;
+export type Config = { [K in keyof Keys]: z.output<Keys[K]["schema"]> };
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/**
+ * Resolves the configuration from a parsed file (may be empty) and the environment; the
+ * environment wins. Relative `data_dir` paths are taken from `baseDir`.
+ */
+export function resolveConfig(
+  file: Record<string, unknown>,
+  env: Record<string, string | undefined> = process.env,
+  baseDir = process.cwd(),
+): Config {
+  const unknown = Object.keys(file).filter((k) => !(k in configKeys));
+  if (unknown.length) throw new ConfigError(`unknown configuration key(s): ${unknown.join(", ")}`);
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(configKeys) as [string, KeySpec<z.ZodType>][]) {
+    const fromEnv = env[spec.env];
+    let raw: unknown = fromEnv !== undefined && fromEnv !== "" ? fromEnv : file[name];
+    if (raw === undefined || raw === null) {
+      raw = typeof spec.default === "function" ? spec.default(out) : spec.default;
+    }
+    const parsed = spec.schema.safeParse(raw);
+    if (!parsed.success) {
+      const from = fromEnv ? `environment variable ${spec.env}` : `key ${name}`;
+      throw new ConfigError(`invalid ${from}: ${parsed.error.issues[0]?.message ?? "invalid value"}`);
+    }
+    out[name] = parsed.data;
+  }
+  out.data_dir = path.resolve(baseDir, out.data_dir as string);
+  return out as Config;
+}
+
+/** Reads a YAML configuration file (when given) and applies the environment over it. */
+export async function loadConfig(file?: string, env = process.env): Promise<Config> {
+  if (!file) return resolveConfig({}, env);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    throw new ConfigError(`cannot read configuration file ${file}: ${(err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = YAML.parse(text) ?? {};
+  } catch (err) {
+    throw new ConfigError(`configuration file ${file} is not valid YAML: ${(err as Error).message}`);
+  }
+  if (typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw new ConfigError(`configuration file ${file} must be a mapping of keys to values`);
+  }
+  return resolveConfig(parsed as Record<string, unknown>, env, path.dirname(path.resolve(file)));
+}
+
+/** The commented starting file written by `parley generate-config`. */
+export function generateConfigFile(): string {
+  const lines = [
+    "# Parley homeserver configuration (YAML).",
+    "# Every key may also be set by the environment variable named beside it, which wins over this file.",
+    "# Relative paths are relative to this file's folder.",
+    "",
+  ];
+  for (const [name, spec] of Object.entries(configKeys) as [string, KeySpec<z.ZodType>][]) {
+    lines.push(`# ${spec.doc}`, `# Environment: ${spec.env}`);
+    const def = typeof spec.default === "function" ? undefined : spec.default;
+    if (def === undefined) {
+      lines.push(`#${name}: ${spec.example ?? ""}`);
+    } else {
+      lines.push(`${name}: ${YAML.stringify(def, { collectionStyle: "flow" }).trim()}`);
+    }
+    lines.push("");
+  }
+  return lines.join("\n");
+}
+
+/** The configuration table of the README, as Markdown. */
+export function configTableMarkdown(): string {
+  const rows = ["| key | environment | default | meaning |", "| --- | --- | --- | --- |"];
+  for (const [name, spec] of Object.entries(configKeys) as [string, KeySpec<z.ZodType>][]) {
+    const def =
+      typeof spec.default === "function"
+        ? "derived"
+        : spec.default === undefined
+          ? "unset"
+          : `\`${JSON.stringify(spec.default)}\``;
+    rows.push(`| \`${name}\` | \`${spec.env}\` | ${def} | ${spec.doc.replace(/\|/g, "\\|")} |`);
+  }
+  return rows.join("\n");
+}
+
+/** The configuration with secrets masked, for logging. */
+export function redactedConfig(config: Config): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...config };
+  for (const [name, spec] of Object.entries(configKeys) as [string, KeySpec<z.ZodType>][]) {
+    if (spec.secret && out[name] !== undefined) out[name] = "<redacted>";
+  }
+  return out;
+}

@@ -1,0 +1,129 @@
+// One homeserver process: open the database (and migrate it), load the signing key, build the
+// services, listen, and shut down gracefully.
+import type { AddressInfo } from "node:net";
+import type { Server } from "node:http";
+import { serve } from "@hono/node-server";
+import { eq } from "drizzle-orm";
+import pino, { type Logger } from "pino";
+import { type OpenedDatabase, openDatabase, schema } from "../schema/db.ts";
+import { type Config, redactedConfig } from "./config.ts";
+import { createApp } from "./http/app.ts";
+import { routes } from "./api/routes.ts";
+import type { AnyRoute } from "./http/route.ts";
+import { type Services, noAccounts } from "./services.ts";
+import { loadOrCreateSigningKey } from "./signing-key.ts";
+
+export interface Homeserver {
+  services: Services;
+  /** The base URL the server listens on, e.g. http://127.0.0.1:8008 */
+  url: string;
+  port: number;
+  /** Stops accepting, lets in-flight requests finish (within the grace period), closes the database. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  logger?: Logger;
+  /** Embedded database in memory instead of on disk (tests). */
+  embedded?: "disk" | "memory";
+  now?: () => number;
+  /** Extra routes (tests use them to observe request handling). */
+  extraRoutes?: AnyRoute[];
+}
+
+export function createLogger(config: Pick<Config, "log_level">): Logger {
+  return pino({
+    level: config.log_level,
+    base: { name: "parley" },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: { paths: ["*.password", "*.access_token", "*.refresh_token", "*.authorization"], censor: "<redacted>" },
+  });
+}
+
+export async function startHomeserver(config: Config, options: StartOptions = {}): Promise<Homeserver> {
+  const logger = options.logger ?? createLogger(config);
+  const database = await openDatabase({
+    databaseUrl: config.database_url,
+    dataDir: config.data_dir,
+    embedded: options.embedded,
+    poolSize: config.database_pool_size,
+  });
+  let services: Services;
+  let server: Server;
+  try {
+    await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
+    const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
+      logger.info({ keyId }, "created a new signing key"),
+    );
+    services = {
+      config,
+      database,
+      db: database.db,
+      logger,
+      signingKey,
+      now: options.now ?? Date.now,
+      auth: noAccounts,
+    };
+    const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
+    server = await listen(app.fetch, config.bind, config.port);
+  } catch (err) {
+    await database.close().catch(() => {});
+    throw err;
+  }
+  const port = (server.address() as AddressInfo).port;
+  const host = config.bind.includes(":") ? `[${config.bind}]` : config.bind;
+  const url = `http://${host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host}:${port}`;
+  logger.info({ config: redactedConfig(config), url, database: database.kind }, "parley is listening");
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      logger.info("shutting down");
+      await closeServer(server, config.shutdown_grace_ms);
+      await database.close();
+      logger.info("shut down");
+    })());
+  return { services, url, port, close };
+}
+
+function listen(fetch: (req: Request, env: unknown) => Response | Promise<Response>, hostname: string, port: number) {
+  return new Promise<Server>((resolve, reject) => {
+    const server = serve({ fetch, hostname, port }) as Server;
+    server.once("listening", () => resolve(server));
+    server.once("error", reject);
+  });
+}
+
+/**
+ * Stops accepting connections, closes idle keep-alive connections as they become idle, and after
+ * the grace period closes whatever is left. Requests accepted before that finish normally.
+ */
+function closeServer(server: Server, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const idle = setInterval(() => server.closeIdleConnections(), 50);
+    const force = setTimeout(() => server.closeAllConnections(), graceMs);
+    server.close(() => {
+      clearInterval(idle);
+      clearTimeout(force);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+/**
+ * A database belongs to one server name for ever: user IDs, room IDs and signed events carry it.
+ * Starting with a different name would corrupt the data, so refuse.
+ */
+async function bindServerName(database: OpenedDatabase, serverName: string, now: number) {
+  const { db } = database;
+  const t = schema.serverSettings;
+  await db.insert(t).values({ key: "server_name", value: serverName, updatedTs: now }).onConflictDoNothing();
+  const [row] = await db.select().from(t).where(eq(t.key, "server_name"));
+  if (row && row.value !== serverName) {
+    throw new Error(
+      `this database belongs to server name "${row.value}", but the configuration says "${serverName}"; ` +
+        "the server name cannot change once the database exists",
+    );
+  }
+}

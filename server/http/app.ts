@@ -1,0 +1,198 @@
+// The HTTP application: CORS on every response, OPTIONS answered before any endpoint logic,
+// request IDs and JSON access logs, a body-size limit, JSON parsing and schema validation, and
+// every error rendered as a Matrix error with a JSON content type.
+import { randomUUID } from "node:crypto";
+import { type Context, Hono } from "hono";
+import type { z } from "zod";
+import type { Services } from "../services.ts";
+import { MatrixError, unrecognized } from "./errors.ts";
+import type { AnyRoute, RequestInfo, Requester } from "./route.ts";
+
+// https://spec.matrix.org/latest/client-server-api/#web-browser-clients
+const CORS_HEADERS: Record<string, string> = {
+  "Access-Control-Allow-Origin": "*",
+  "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+  "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
+};
+
+type Env = { Variables: { requestId: string; requestInfo: RequestInfo } };
+
+export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
+  const app = new Hono<Env>();
+  const { logger } = services;
+  const maxBytes = services.config.max_request_bytes;
+
+  app.use(async (c, next) => {
+    const started = performance.now();
+    const requestId = randomUUID();
+    c.set("requestId", requestId);
+    c.set("requestInfo", requestInfo(c, requestId));
+    if (c.req.method === "OPTIONS") {
+      c.res = new Response(null, { status: 204 });
+    } else {
+      await next();
+    }
+    for (const [k, v] of Object.entries(CORS_HEADERS)) c.res.headers.set(k, v);
+    c.res.headers.set("X-Request-Id", requestId);
+    // The path only: a query string may carry secrets (legacy access_token, login tokens).
+    logger.info(
+      {
+        requestId,
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+      },
+      "request",
+    );
+  });
+
+  for (const r of routes) {
+    app.on(r.method, r.path, async (c) => {
+      const info = c.get("requestInfo");
+      const requester = await authenticate(r, c, info, services);
+      const body = r.body ? await readJsonBody(c, r.body, maxBytes) : undefined;
+      const query = r.query ? validateQuery(c, r.query) : c.req.query();
+      const result = await r.handler(
+        { params: c.req.param() as Record<string, string>, query, body, requester, request: info, c },
+        services,
+      );
+      if (result instanceof Response) return result;
+      return c.json(result ?? {});
+    });
+  }
+
+  const methodTable = routes.map((r) => ({ method: r.method, pattern: pathPattern(r.path) }));
+  app.notFound((c) => {
+    const path = c.req.path;
+    const allowed = methodTable.filter((m) => m.pattern.test(path)).map((m) => m.method);
+    if (allowed.length > 0) {
+      return errorResponse(c, unrecognized(405, `Method ${c.req.method} is not allowed on ${path}`), {
+        Allow: [...new Set(allowed)].join(", "),
+      });
+    }
+    return errorResponse(c, unrecognized(404, "Unrecognized request"));
+  });
+
+  app.onError((err, c) => {
+    if (err instanceof MatrixError) return errorResponse(c, err);
+    logger.error({ requestId: c.get("requestId"), err }, "unhandled error");
+    return errorResponse(c, new MatrixError(500, "M_UNKNOWN", "Internal server error"));
+  });
+
+  return app;
+}
+
+function errorResponse(c: Context, err: MatrixError, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(err.toJSON()), {
+    status: err.status,
+    headers: { "Content-Type": "application/json", ...err.headers, ...headers },
+  });
+}
+
+function requestInfo(c: Context, requestId: string): RequestInfo {
+  const incoming = (c.env as { incoming?: { url?: string; socket?: { remoteAddress?: string } } } | undefined)
+    ?.incoming;
+  const url = new URL(c.req.url);
+  return {
+    requestId,
+    ip: incoming?.socket?.remoteAddress ?? "unknown",
+    userAgent: c.req.header("user-agent") ?? "",
+    rawTarget: incoming?.url ?? url.pathname + url.search,
+  };
+}
+
+async function authenticate(
+  r: AnyRoute,
+  c: Context,
+  info: RequestInfo,
+  services: Services,
+): Promise<Requester | undefined> {
+  if (r.auth === "none") return undefined;
+  const token = accessToken(c);
+  if (!token) {
+    if (r.auth === "optional") return undefined;
+    throw new MatrixError(401, "M_MISSING_TOKEN", "Missing access token");
+  }
+  return services.auth.authenticate(token, info);
+}
+
+// https://spec.matrix.org/latest/client-server-api/#using-access-tokens — the query-string form is
+// deprecated (and gone in v1.20) but still accepted for older clients.
+function accessToken(c: Context): string | undefined {
+  const header = c.req.header("authorization");
+  if (header) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    return m ? m[1] : undefined;
+  }
+  return c.req.query("access_token") || undefined;
+}
+
+/**
+ * Reads and validates a JSON body. An empty body counts as `{}` (many clients send nothing to
+ * endpoints whose every field is optional). Not JSON → 400 M_NOT_JSON; JSON of the wrong shape →
+ * 400 M_BAD_JSON; too large → 413 M_TOO_LARGE.
+ */
+async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: number): Promise<B> {
+  const text = await readBodyText(c, maxBytes);
+  let value: unknown;
+  if (text.trim() === "") {
+    value = {};
+  } else {
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw new MatrixError(400, "M_NOT_JSON", "Content not JSON.");
+    }
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new MatrixError(400, "M_BAD_JSON", describeIssue(parsed.error));
+  return parsed.data;
+}
+
+export async function readBodyText(c: Context, maxBytes: number): Promise<string> {
+  const declared = Number(c.req.header("content-length") ?? "0");
+  if (declared > maxBytes) throw tooLarge(maxBytes);
+  const body = c.req.raw.body;
+  if (!body) return "";
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > maxBytes) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge(maxBytes);
+    }
+    chunks.push(value);
+  }
+  return new TextDecoder("utf-8", { fatal: false }).decode(Buffer.concat(chunks));
+}
+
+// The rest of the body is never read, so the connection cannot carry another request: close it.
+const tooLarge = (maxBytes: number) =>
+  new MatrixError(413, "M_TOO_LARGE", `Request body is larger than ${maxBytes} bytes`, {}, { Connection: "close" });
+
+function validateQuery<Q>(c: Context, schema: z.ZodType<Q>): Q {
+  const parsed = schema.safeParse(c.req.query());
+  if (!parsed.success) throw new MatrixError(400, "M_INVALID_PARAM", describeIssue(parsed.error));
+  return parsed.data;
+}
+
+function describeIssue(error: z.ZodError): string {
+  const issue = error.issues[0];
+  if (!issue) return "Invalid request";
+  const where = issue.path.length ? issue.path.join(".") : "body";
+  return `${where}: ${issue.message}`;
+}
+
+/** Hono path → anchored regex, for telling "wrong method" (405) from "no such path" (404). */
+function pathPattern(path: string): RegExp {
+  const source = path
+    .split("/")
+    .map((seg) => (seg.startsWith(":") ? "[^/]+" : seg === "*" ? ".*" : seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
+    .join("/");
+  return new RegExp(`^${source}$`);
+}

@@ -1,0 +1,62 @@
+// One endpoint, one declaration (after ruma): method, path, authentication, and the schemas of the
+// request's body and query. Validation, types and the 405 table all come from this one place.
+import type { Context } from "hono";
+import type { z } from "zod";
+import type { Services } from "../services.ts";
+
+export type Method = "GET" | "POST" | "PUT" | "DELETE";
+
+/** Who made a Client-Server request, once its access token has been checked. */
+export interface Requester {
+  userId: string;
+  deviceId: string;
+  isGuest: boolean;
+  /** The session (access token row) the request came with. */
+  sessionId: string;
+}
+
+/**
+ * - `none`: no authentication.
+ * - `user`: a valid access token is required (401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN otherwise).
+ * - `optional`: the requester is known when a token is given, else undefined.
+ */
+export type AuthMode = "none" | "user" | "optional";
+
+export interface RequestInfo {
+  requestId: string;
+  ip: string;
+  userAgent: string;
+  /** The raw request target (path and query) exactly as received, for signature checks. */
+  rawTarget: string;
+}
+
+export interface HandlerInput<A extends AuthMode, B, Q> {
+  params: Record<string, string>;
+  query: Q;
+  body: B;
+  requester: A extends "user" ? Requester : A extends "optional" ? Requester | undefined : undefined;
+  request: RequestInfo;
+  /** The raw Hono context, for the rare endpoint that needs headers or repeated query values. */
+  c: Context;
+}
+
+export interface RouteDef<A extends AuthMode = AuthMode, B = unknown, Q = unknown> {
+  method: Method;
+  path: string;
+  auth: A;
+  body?: z.ZodType<B>;
+  query?: z.ZodType<Q>;
+  /** Rate-limit bucket applied to this endpoint (see server/ratelimit), if any. */
+  rateLimit?: string;
+  /** Returns a JSON body (status 200) or a full Response. */
+  handler(input: HandlerInput<A, B, Q>, services: Services): Promise<unknown> | unknown;
+}
+
+export function route<A extends AuthMode, B = undefined, Q = Record<string, string>>(
+  def: RouteDef<A, B, Q>,
+): RouteDef<A, B, Q> {
+  return def;
+}
+
+// biome-ignore lint: a heterogeneous list of routes
+export type AnyRoute = RouteDef<any, any, any>;
