@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { MatrixError } from "../http/errors.ts";
 import { defaultRuleset, type Ruleset } from "./defaults.ts";
 import {
   deleteRule,
@@ -211,6 +212,18 @@ describe("getRule", () => {
       enabled: true,
       default: false,
     });
+  });
+
+  it("throws a MatrixError whose body is the spec's 404 example", () => {
+    const error = (() => {
+      try {
+        getRule(fresh(), "content", "nocake");
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toBeInstanceOf(MatrixError);
+    expect((error as MatrixError).toJSON()).toEqual({ errcode: "M_NOT_FOUND", error: "The push rule was not found." });
   });
 
   it("answers 404 M_NOT_FOUND for a missing rule, or a rule of another kind", () => {

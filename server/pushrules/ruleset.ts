@@ -17,6 +17,7 @@
 // `before`/`after` and "most important" in PUT therefore move a rule among the user's rules of its kind
 // only; the server-default rules keep their place around them.
 import { z } from "zod";
+import { MatrixError } from "../http/errors.ts";
 import {
   defaultRuleset,
   isServerDefaultRuleId,
@@ -30,15 +31,18 @@ import {
 
 export type PushRuleErrorCode = "M_NOT_FOUND" | "M_INVALID_PARAM" | "M_BAD_JSON" | "M_UNKNOWN";
 
-/** A refused push rule operation, with the Matrix error the endpoint should answer with. */
-export class PushRuleError extends Error {
+/**
+ * A refused push rule operation. It is a MatrixError, so the HTTP layer answers with its status and
+ * errcode as it does for any service error; the narrower types document what these endpoints can answer.
+ */
+export class PushRuleError extends MatrixError {
   override name = "PushRuleError";
   constructor(
-    readonly status: 400 | 404,
-    readonly errcode: PushRuleErrorCode,
+    override readonly status: 400 | 404,
+    override readonly errcode: PushRuleErrorCode,
     message: string,
   ) {
-    super(message);
+    super(status, errcode, message);
   }
 }
 
