@@ -1,0 +1,544 @@
+// Authorization rules for room versions 10, 11 and 12.
+//   v10: content/rooms/v10.md#authorization-rules
+//   v11: content/rooms/v11.md#authorization-rules (creator is the create event's sender)
+//   v12: content/rooms/v12.md#authorization-rules (creators with infinite power, room ID names the
+//        create event, the create event is never an auth event, auth events in the same room)
+// Comments quote the rules with v12's numbering; v10/v11 number every rule after 1 one lower.
+//
+// checkAuth applies the rules that depend on a set of state (the event's auth events, the state
+// before it, or the current state: checks 4–6 on receipt of a PDU). checkAuthAgainstAuthEvents
+// adds the rules about the auth_events list itself and builds that state from the list.
+
+import { isValidUserId, serverNameOf } from "./identifiers.ts";
+import { authTypesForEvent } from "./auth-events-selection.ts";
+import { createEventIdOfRoom } from "./event-hashes.ts";
+import type { RoomEvent } from "./pdu.ts";
+import { stateMapKey, type StateMapKey } from "./room-state.ts";
+import { isRecognisedRoomVersion, roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
+import { decodeBase64, decodeBase64Url } from "./base64.ts";
+import { verifyJsonSignature } from "./signing.ts";
+
+export type AuthDecision = { allowed: true } | { allowed: false; reason: string };
+
+/** The state an event is checked against: state map key → event. */
+export type AuthState = ReadonlyMap<StateMapKey, RoomEvent>;
+
+type JsonObject = Record<string, unknown>;
+
+const ALLOW: AuthDecision = { allowed: true };
+function reject(reason: string): AuthDecision {
+  return { allowed: false, reason };
+}
+
+function isObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isInteger(value: unknown): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value);
+}
+
+function ownValue(object: JsonObject, key: string): unknown {
+  return Object.hasOwn(object, key) ? object[key] : undefined;
+}
+
+/**
+ * The room's creators. v12: the create event's sender plus `content.additional_creators`.
+ * v11: its sender. v10: `content.creator`.
+ */
+export function roomCreators(roomVersion: string | RoomVersionRules, createEvent: RoomEvent): Set<string> {
+  const rules = roomVersionRules(roomVersion);
+  if (!rules.creatorFromCreateSender) {
+    const creator = createEvent.content.creator;
+    return new Set(typeof creator === "string" ? [creator] : []);
+  }
+  const creators = new Set([createEvent.sender]);
+  if (rules.privilegedCreators) {
+    const additional = createEvent.content.additional_creators;
+    if (Array.isArray(additional)) for (const user of additional) if (typeof user === "string") creators.add(user);
+  }
+  return creators;
+}
+
+/**
+ * A user's power level given the create event and the m.room.power_levels event (if any).
+ * v12 creators have infinite power. Without a power levels event, "the room's creator has a
+ * power level of 100, and all other users have a power level of 0".
+ */
+export function userPowerLevel(
+  roomVersion: string | RoomVersionRules,
+  userId: string,
+  createEvent: RoomEvent | undefined,
+  powerLevels: RoomEvent | undefined,
+): number {
+  const rules = roomVersionRules(roomVersion);
+  const creators = createEvent ? roomCreators(rules, createEvent) : new Set<string>();
+  if (rules.privilegedCreators && creators.has(userId)) return Number.POSITIVE_INFINITY;
+  if (powerLevels) {
+    const users = powerLevels.content.users;
+    if (isObject(users)) {
+      const level = ownValue(users, userId);
+      if (isInteger(level)) return level;
+    }
+    const usersDefault = powerLevels.content.users_default;
+    return isInteger(usersDefault) ? usersDefault : 0;
+  }
+  return creators.has(userId) ? 100 : 0;
+}
+
+const NAMED_LEVEL_DEFAULTS = { invite: 0, kick: 50, ban: 50, redact: 50 } as const;
+
+/** The invite, kick, ban or redact level: "The invite level defaults to 0 ... the others default to 50." */
+function namedLevel(powerLevels: RoomEvent | undefined, name: keyof typeof NAMED_LEVEL_DEFAULTS): number {
+  const value = powerLevels?.content[name];
+  return isInteger(value) ? value : NAMED_LEVEL_DEFAULTS[name];
+}
+
+/** The required power level to send an event of this type (state_default 50, events_default 0). */
+function requiredPowerLevel(powerLevels: RoomEvent | undefined, type: string, isState: boolean): number {
+  const content = powerLevels?.content ?? {};
+  if (isObject(content.events)) {
+    const level = ownValue(content.events, type);
+    if (isInteger(level)) return level;
+  }
+  const fallback = isState ? content.state_default : content.events_default;
+  return isInteger(fallback) ? fallback : isState ? 50 : 0;
+}
+
+/** Reads the bits of state the rules ask about. */
+class StateView {
+  readonly create: RoomEvent | undefined;
+  readonly powerLevels: RoomEvent | undefined;
+
+  constructor(
+    private readonly rules: RoomVersionRules,
+    private readonly state: AuthState,
+  ) {
+    this.create = state.get(stateMapKey("m.room.create", ""));
+    this.powerLevels = state.get(stateMapKey("m.room.power_levels", ""));
+  }
+
+  /** "If the user does not have a membership event then they are presumed to be in the leave state." */
+  membership(userId: string): string {
+    const membership = this.state.get(stateMapKey("m.room.member", userId))?.content.membership;
+    return typeof membership === "string" ? membership : "leave";
+  }
+
+  joinRule(): unknown {
+    return this.state.get(stateMapKey("m.room.join_rules", ""))?.content.join_rule;
+  }
+
+  powerLevel(userId: string): number {
+    return userPowerLevel(this.rules, userId, this.create, this.powerLevels);
+  }
+
+  get(type: string, stateKey: string): RoomEvent | undefined {
+    return this.state.get(stateMapKey(type, stateKey));
+  }
+}
+
+function describeLevel(level: number): string {
+  return level === Number.POSITIVE_INFINITY ? "infinite (room creator)" : String(level);
+}
+
+/**
+ * Checks an event against the authorization rules of its room version, given the state to check
+ * it against (state map key → event; it must include the m.room.create event). The reason says
+ * which rule refused it.
+ */
+export function checkAuth(roomVersion: string | RoomVersionRules, event: RoomEvent, authState: AuthState): AuthDecision {
+  const rules = roomVersionRules(roomVersion);
+  // 1. If type is m.room.create:
+  if (event.type === "m.room.create") return checkCreate(rules, event);
+
+  const state = new StateView(rules, authState);
+  const create = state.create;
+  if (!create) return reject("there is no m.room.create event in the room state");
+  if (rules.roomIdIsCreateEventId) {
+    // 2. If the event's room_id is not an event ID for an accepted (not rejected) m.room.create
+    //    event, with the sigil ! instead of $, reject.
+    if (typeof event.room_id !== "string" || !event.room_id.startsWith("!") || createEventIdOfRoom(event.room_id) !== create.event_id) {
+      return reject(`room_id ${JSON.stringify(event.room_id)} does not name the room's m.room.create event ${create.event_id}`);
+    }
+  }
+
+  // 4. If the content of the m.room.create event in the room state has the property m.federate set
+  //    to false, and the sender domain of the event does not match the sender domain of the create
+  //    event, reject.
+  if (create.content["m.federate"] === false && serverNameOf(event.sender) !== serverNameOf(create.sender)) {
+    return reject(`the room does not federate (m.federate is false) and ${event.sender} is not on the creator's server`);
+  }
+
+  // 5. If type is m.room.member:
+  if (event.type === "m.room.member") return checkMember(rules, event, state);
+
+  // 6. If the sender's current membership state is not join, reject.
+  const senderMembership = state.membership(event.sender);
+  if (senderMembership !== "join") return reject(`sender ${event.sender} is not joined to the room (membership: ${senderMembership})`);
+
+  const senderLevel = state.powerLevel(event.sender);
+  // 7. If type is m.room.third_party_invite: allow if and only if sender's current power level is
+  //    greater than or equal to the invite level.
+  if (event.type === "m.room.third_party_invite") {
+    const inviteLevel = namedLevel(state.powerLevels, "invite");
+    return senderLevel >= inviteLevel
+      ? ALLOW
+      : reject(`sender's power level ${describeLevel(senderLevel)} is below the invite level ${inviteLevel} needed for m.room.third_party_invite`);
+  }
+
+  // 8. If the event type's required power level is greater than the sender's power level, reject.
+  const isState = typeof event.state_key === "string";
+  const required = requiredPowerLevel(state.powerLevels, event.type, isState);
+  if (required > senderLevel) {
+    return reject(`sending ${event.type} needs power level ${required}; sender ${event.sender} has ${describeLevel(senderLevel)}`);
+  }
+
+  // 9. If the event has a state_key that starts with an @ and does not match the sender, reject.
+  if (isState && event.state_key!.startsWith("@") && event.state_key !== event.sender) {
+    return reject(`state_key ${event.state_key} starts with @ and is not the sender ${event.sender}`);
+  }
+
+  // 10. If type is m.room.power_levels:
+  if (event.type === "m.room.power_levels") return checkPowerLevels(rules, event, state, senderLevel);
+
+  // 11. Otherwise, allow.
+  return ALLOW;
+}
+
+function checkCreate(rules: RoomVersionRules, event: RoomEvent): AuthDecision {
+  // 1.1 If it has any prev_events, reject.
+  if (event.prev_events.length > 0) return reject("m.room.create must not have prev_events");
+  if (rules.roomIdIsCreateEventId) {
+    // 1.2 (v12) If the event has a room_id, reject.
+    if (event.room_id !== undefined) return reject("m.room.create must not have a room_id in this room version (the room ID is derived from it)");
+  } else {
+    // 1.2 If the domain of the room_id does not match the domain of the sender, reject.
+    if (typeof event.room_id !== "string" || serverNameOf(event.room_id) !== serverNameOf(event.sender)) {
+      return reject(`the domain of room_id ${event.room_id} does not match the domain of the sender ${event.sender}`);
+    }
+  }
+  // 1.3 If content.room_version is present and is not a recognised version, reject.
+  if (Object.hasOwn(event.content, "room_version") && !isRecognisedRoomVersion(event.content.room_version)) {
+    return reject(`content.room_version ${JSON.stringify(event.content.room_version)} is not a recognised room version`);
+  }
+  // 1.4 (v10) If content has no creator property, reject.
+  if (!rules.creatorFromCreateSender && !Object.hasOwn(event.content, "creator")) {
+    return reject("m.room.create content has no creator property");
+  }
+  // 1.4 (v12) If additional_creators is present in content and is not an array of strings where
+  //     each string passes the same user ID validation applied to sender, reject.
+  if (rules.privilegedCreators && Object.hasOwn(event.content, "additional_creators")) {
+    const additional = event.content.additional_creators;
+    if (!Array.isArray(additional) || !additional.every((user) => isValidUserId(user))) {
+      return reject("content.additional_creators must be an array of valid user IDs");
+    }
+  }
+  return ALLOW;
+}
+
+function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView): AuthDecision {
+  // 5.1 If there is no state_key property, or no membership property in content, reject.
+  if (typeof event.state_key !== "string") return reject("m.room.member has no state_key");
+  if (!Object.hasOwn(event.content, "membership")) return reject("m.room.member content has no membership");
+  const target = event.state_key;
+  const membership = event.content.membership;
+  const sender = event.sender;
+  // 5.2 join_authorised_via_users_server: "If the event is not validly signed by the homeserver
+  //     of the user ID denoted by the key, reject." Signatures need keys, so this is checked with
+  //     the others on receipt (event-signing.ts serversThatMustSign), before the auth rules.
+  const senderMembership = state.membership(sender);
+  const targetMembership = state.membership(target);
+  const senderLevel = state.powerLevel(sender);
+  const targetLevel = state.powerLevel(target);
+  const joinRule = state.joinRule();
+
+  switch (membership) {
+    case "join": {
+      // 5.3.1 If the only previous event is an m.room.create and the state_key is the creator
+      //       (v10: content.creator; v11+: the sender of the m.room.create), allow.
+      const create = state.create!;
+      const creator = rules.creatorFromCreateSender ? create.sender : create.content.creator;
+      if (event.prev_events.length === 1 && event.prev_events[0] === create.event_id && target === creator) return ALLOW;
+      // 5.3.2 If the sender does not match state_key, reject.
+      if (sender !== target) return reject(`${sender} cannot join on behalf of ${target}`);
+      // 5.3.3 If the sender is banned, reject.
+      if (senderMembership === "ban") return reject(`${sender} is banned from the room`);
+      // 5.3.4 If the join_rule is invite or knock then allow if membership state is invite or join.
+      if (joinRule === "invite" || joinRule === "knock") {
+        return senderMembership === "invite" || senderMembership === "join"
+          ? ALLOW
+          : reject(`the join rule is ${joinRule} and ${sender} is not invited (membership: ${senderMembership})`);
+      }
+      // 5.3.5 If the join_rule is restricted or knock_restricted:
+      if ((joinRule === "restricted" && rules.restrictedJoinRule) || (joinRule === "knock_restricted" && rules.knockRestrictedJoinRule)) {
+        // 5.3.5.1 If membership state is join or invite, allow.
+        if (senderMembership === "join" || senderMembership === "invite") return ALLOW;
+        // 5.3.5.2 If the join_authorised_via_users_server key in content is not a user with
+        //         sufficient permission to invite other users, reject.
+        const authoriser = event.content.join_authorised_via_users_server;
+        if (typeof authoriser !== "string") return reject(`the join rule is ${joinRule} and the join names no join_authorised_via_users_server`);
+        if (state.membership(authoriser) !== "join") return reject(`join_authorised_via_users_server ${authoriser} is not joined to the room`);
+        const inviteLevel = namedLevel(state.powerLevels, "invite");
+        if (state.powerLevel(authoriser) < inviteLevel) {
+          return reject(`join_authorised_via_users_server ${authoriser} has power level ${describeLevel(state.powerLevel(authoriser))}, below the invite level ${inviteLevel}`);
+        }
+        // 5.3.5.3 Otherwise, allow.
+        return ALLOW;
+      }
+      // 5.3.6 If the join_rule is public, allow.
+      if (joinRule === "public") return ALLOW;
+      // 5.3.7 Otherwise, reject.
+      return reject(`${sender} may not join: the join rule is ${joinRule === undefined ? "not set" : JSON.stringify(joinRule)}`);
+    }
+    case "invite": {
+      // 5.4.1 If content has a third_party_invite property:
+      if (Object.hasOwn(event.content, "third_party_invite")) return checkThirdPartyInvite(event, state, targetMembership);
+      // 5.4.2 If the sender's current membership state is not join, reject.
+      if (senderMembership !== "join") return reject(`${sender} cannot invite: not joined to the room (membership: ${senderMembership})`);
+      // 5.4.3 If target user's current membership state is join or ban, reject.
+      if (targetMembership === "join" || targetMembership === "ban") return reject(`${target} cannot be invited: membership is ${targetMembership}`);
+      // 5.4.4 If the sender's power level is greater than or equal to the invite level, allow.
+      const inviteLevel = namedLevel(state.powerLevels, "invite");
+      if (senderLevel >= inviteLevel) return ALLOW;
+      // 5.4.5 Otherwise, reject.
+      return reject(`${sender} has power level ${describeLevel(senderLevel)}, below the invite level ${inviteLevel}`);
+    }
+    case "leave": {
+      // 5.5.1 If the sender matches state_key, allow if and only if that user's current membership
+      //       state is invite, join, or knock.
+      if (sender === target) {
+        return senderMembership === "invite" || senderMembership === "join" || senderMembership === "knock"
+          ? ALLOW
+          : reject(`${sender} cannot leave: membership is ${senderMembership}`);
+      }
+      // 5.5.2 If the sender's current membership state is not join, reject.
+      if (senderMembership !== "join") return reject(`${sender} cannot kick or unban: not joined to the room (membership: ${senderMembership})`);
+      // 5.5.3 If the target user's current membership state is ban, and the sender's power level
+      //       is less than the ban level, reject.
+      const banLevel = namedLevel(state.powerLevels, "ban");
+      if (targetMembership === "ban" && senderLevel < banLevel) {
+        return reject(`${sender} has power level ${describeLevel(senderLevel)}, below the ban level ${banLevel} needed to unban`);
+      }
+      // 5.5.4 If the sender's power level is greater than or equal to the kick level, and the
+      //       target user's power level is less than the sender's power level, allow.
+      const kickLevel = namedLevel(state.powerLevels, "kick");
+      if (senderLevel >= kickLevel && targetLevel < senderLevel) return ALLOW;
+      // 5.5.5 Otherwise, reject.
+      return reject(
+        `${sender} (power level ${describeLevel(senderLevel)}) cannot kick ${target} (power level ${describeLevel(targetLevel)}; kick level ${kickLevel})`,
+      );
+    }
+    case "ban": {
+      // 5.6.1 If the sender's current membership state is not join, reject.
+      if (senderMembership !== "join") return reject(`${sender} cannot ban: not joined to the room (membership: ${senderMembership})`);
+      // 5.6.2 If the sender's power level is greater than or equal to the ban level, and the target
+      //       user's power level is less than the sender's power level, allow.
+      const banLevel = namedLevel(state.powerLevels, "ban");
+      if (senderLevel >= banLevel && targetLevel < senderLevel) return ALLOW;
+      // 5.6.3 Otherwise, reject.
+      return reject(
+        `${sender} (power level ${describeLevel(senderLevel)}) cannot ban ${target} (power level ${describeLevel(targetLevel)}; ban level ${banLevel})`,
+      );
+    }
+    case "knock": {
+      // 5.7.1 If the join_rule is anything other than knock or knock_restricted, reject.
+      if (joinRule !== "knock" && !(joinRule === "knock_restricted" && rules.knockRestrictedJoinRule)) {
+        return reject(`cannot knock: the join rule is ${joinRule === undefined ? "not set" : JSON.stringify(joinRule)}`);
+      }
+      // 5.7.2 If sender does not match state_key, reject.
+      if (sender !== target) return reject(`${sender} cannot knock on behalf of ${target}`);
+      // 5.7.3 If the sender's current membership is not ban, invite, or join, allow.
+      if (senderMembership !== "ban" && senderMembership !== "invite" && senderMembership !== "join") return ALLOW;
+      // 5.7.4 Otherwise, reject.
+      return reject(`${sender} cannot knock: membership is ${senderMembership}`);
+    }
+    default:
+      // 5.8 Otherwise, the membership is unknown. Reject.
+      return reject(`unknown membership ${JSON.stringify(membership)}`);
+  }
+}
+
+function checkThirdPartyInvite(event: RoomEvent, state: StateView, targetMembership: string): AuthDecision {
+  const target = event.state_key!;
+  // 5.4.1.1 If target user is banned, reject.
+  if (targetMembership === "ban") return reject(`${target} is banned from the room`);
+  // 5.4.1.2 If content.third_party_invite does not have a signed property, reject.
+  const invite = event.content.third_party_invite;
+  if (!isObject(invite) || !isObject(invite.signed)) return reject("content.third_party_invite has no signed object");
+  const signed = invite.signed;
+  // 5.4.1.3 If signed does not have mxid and token properties, reject.
+  if (typeof signed.mxid !== "string" || typeof signed.token !== "string") return reject("third_party_invite.signed needs mxid and token");
+  // 5.4.1.4 If mxid does not match state_key, reject.
+  if (signed.mxid !== target) return reject(`third_party_invite.signed.mxid ${signed.mxid} is not the invited user ${target}`);
+  // 5.4.1.5 If there is no m.room.third_party_invite event in the current room state with
+  //         state_key matching token, reject.
+  const thirdPartyInvite = state.get("m.room.third_party_invite", signed.token);
+  if (!thirdPartyInvite) return reject(`no m.room.third_party_invite in the room state for token ${signed.token}`);
+  // 5.4.1.6 If sender does not match sender of the m.room.third_party_invite, reject.
+  if (thirdPartyInvite.sender !== event.sender) return reject("the invite's sender did not send the m.room.third_party_invite");
+  // 5.4.1.7 If any signature in signed matches any public key in the m.room.third_party_invite
+  //         event, allow. (public_key, and public_keys[].public_key)
+  const publicKeys: Uint8Array[] = [];
+  const addKey = (encoded: unknown) => {
+    if (typeof encoded !== "string") return;
+    for (const decode of [decodeBase64, decodeBase64Url]) {
+      try {
+        publicKeys.push(decode(encoded));
+        return;
+      } catch {
+        // not this alphabet
+      }
+    }
+  };
+  addKey(thirdPartyInvite.content.public_key);
+  if (Array.isArray(thirdPartyInvite.content.public_keys)) {
+    for (const key of thirdPartyInvite.content.public_keys) if (isObject(key)) addKey(key.public_key);
+  }
+  const signatures = isObject(signed.signatures) ? signed.signatures : {};
+  for (const [entity, byKey] of Object.entries(signatures)) {
+    if (!isObject(byKey)) continue;
+    for (const keyId of Object.keys(byKey)) {
+      if (!keyId.startsWith("ed25519:")) continue;
+      if (publicKeys.some((publicKey) => verifyJsonSignature(signed, entity, keyId, publicKey))) return ALLOW;
+    }
+  }
+  // 5.4.1.8 Otherwise, reject.
+  return reject("no signature in third_party_invite.signed matches a public key of the m.room.third_party_invite");
+}
+
+const POWER_LEVEL_FIELDS = ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"] as const;
+
+function checkPowerLevels(rules: RoomVersionRules, event: RoomEvent, state: StateView, senderLevel: number): AuthDecision {
+  const content = event.content;
+  // 10.1 If any of the properties users_default, events_default, state_default, ban, redact, kick,
+  //      or invite in content are present and not an integer, reject.
+  for (const field of POWER_LEVEL_FIELDS) {
+    if (Object.hasOwn(content, field) && !isInteger(content[field])) return reject(`power levels: ${field} must be an integer`);
+  }
+  // 10.2 If either of the properties events or notifications in content are present and not an
+  //      object with values that are integers, reject.
+  for (const field of ["events", "notifications"] as const) {
+    if (!Object.hasOwn(content, field)) continue;
+    const value = content[field];
+    if (!isObject(value) || !Object.values(value).every(isInteger)) return reject(`power levels: ${field} must map to integers`);
+  }
+  // 10.3 If the users property in content is not an object with keys that are valid user IDs with
+  //      values that are integers, reject.
+  const users = Object.hasOwn(content, "users") ? content.users : {};
+  if (!isObject(users)) return reject("power levels: users must be an object");
+  for (const [user, level] of Object.entries(users)) {
+    if (!isValidUserId(user)) return reject(`power levels: ${JSON.stringify(user)} in users is not a valid user ID`);
+    if (!isInteger(level)) return reject(`power levels: the level of ${user} must be an integer`);
+  }
+  // 10.4 (v12) If the users property in content contains the sender of the m.room.create event or
+  //      any of the additional_creators array (if present), reject.
+  if (rules.privilegedCreators) {
+    for (const creator of roomCreators(rules, state.create!)) {
+      if (Object.hasOwn(users, creator)) return reject(`power levels: room creator ${creator} must not be listed in users`);
+    }
+  }
+  // 10.5 If there is no previous m.room.power_levels event in the room, allow.
+  const previous = state.powerLevels;
+  if (!previous) return ALLOW;
+  const old = previous.content;
+  // 10.6 For the properties users_default, events_default, state_default, ban, redact, kick,
+  //      invite check if they were added, changed or removed. For each found alteration: if the
+  //      current value is higher than the sender's current power level, reject; if the new value
+  //      is higher than the sender's current power level, reject.
+  for (const field of POWER_LEVEL_FIELDS) {
+    const before = ownValue(old, field);
+    const after = ownValue(content, field);
+    if (before === after) continue;
+    if (isInteger(before) && before > senderLevel) return reject(`power levels: cannot change ${field} from ${before}, above the sender's level ${describeLevel(senderLevel)}`);
+    if (isInteger(after) && after > senderLevel) return reject(`power levels: cannot set ${field} to ${after}, above the sender's level ${describeLevel(senderLevel)}`);
+  }
+  for (const field of ["events", "notifications"] as const) {
+    const before = isObject(old[field]) ? (old[field] as JsonObject) : {};
+    const after = isObject(content[field]) ? (content[field] as JsonObject) : {};
+    for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
+      const was = ownValue(before, key);
+      const now = ownValue(after, key);
+      if (was === now) continue;
+      // 10.7 For each entry being changed in, or removed from, the events or notifications
+      //      properties: if the current value is greater than the sender's power level, reject.
+      if (isInteger(was) && was > senderLevel) return reject(`power levels: cannot change ${field}.${key} from ${was}, above the sender's level ${describeLevel(senderLevel)}`);
+      // 10.8 For each entry being added to, or changed in, the events or notifications
+      //      properties: if the new value is greater than the sender's power level, reject.
+      if (isInteger(now) && now > senderLevel) return reject(`power levels: cannot set ${field}.${key} to ${now}, above the sender's level ${describeLevel(senderLevel)}`);
+    }
+  }
+  const oldUsers = isObject(old.users) ? old.users : {};
+  for (const user of new Set([...Object.keys(oldUsers), ...Object.keys(users)])) {
+    const was = ownValue(oldUsers, user);
+    const now = ownValue(users, user);
+    if (was === now) continue;
+    // 10.9 For each entry being changed in, or removed from, the users property, other than the
+    //      sender's own entry: if the current value is greater than or equal to the sender's
+    //      current power level, reject.
+    if (user !== event.sender && isInteger(was) && was >= senderLevel) {
+      return reject(`power levels: cannot change the level of ${user} (${was}): not below the sender's level ${describeLevel(senderLevel)}`);
+    }
+    // 10.10 For each entry being added to, or changed in, the users property: if the new value is
+    //       greater than the sender's current power level, reject.
+    if (isInteger(now) && now > senderLevel) return reject(`power levels: cannot give ${user} level ${now}, above the sender's level ${describeLevel(senderLevel)}`);
+  }
+  // 10.11 Otherwise, allow.
+  return ALLOW;
+}
+
+/** How the auth_events of an event are looked up: the event, and whether it was rejected. */
+export type AuthEventLookup = (eventId: string) => { event: RoomEvent; rejected: boolean } | undefined;
+
+/**
+ * Checks an event against its own auth_events (check 4 on receipt of a PDU): first the rules
+ * about the list itself (v12 rule 3: no duplicate (type, state_key), only the types the auth
+ * events selection names, none rejected, all in the same room; v10/v11 also: the create event is
+ * among them), then all the other rules with the auth events as the state. In v12 the create
+ * event is found from the room ID (rule 2) instead.
+ */
+export function checkAuthAgainstAuthEvents(roomVersion: string | RoomVersionRules, event: RoomEvent, lookup: AuthEventLookup): AuthDecision {
+  const rules = roomVersionRules(roomVersion);
+  if (event.type === "m.room.create") return checkAuth(rules, event, new Map());
+
+  const authState = new Map<StateMapKey, RoomEvent>();
+  if (rules.roomIdIsCreateEventId) {
+    // 2. The room_id must be an event ID for an accepted (not rejected) m.room.create event.
+    if (typeof event.room_id !== "string" || !event.room_id.startsWith("!")) return reject("the event has no room_id");
+    const found = lookup(createEventIdOfRoom(event.room_id));
+    if (!found || found.event.type !== "m.room.create" || found.event.state_key !== "") {
+      return reject(`room_id ${event.room_id} does not name a known m.room.create event`);
+    }
+    if (found.rejected) return reject(`the m.room.create event named by room_id ${event.room_id} was rejected`);
+    authState.set(stateMapKey("m.room.create", ""), found.event);
+  }
+
+  const expected = new Set(authTypesForEvent(rules, event).map(([type, stateKey]) => stateMapKey(type, stateKey)));
+  const seen = new Set<StateMapKey>();
+  for (const authEventId of event.auth_events) {
+    const found = lookup(authEventId);
+    if (!found) return reject(`auth event ${authEventId} is unknown`);
+    const authEvent = found.event;
+    if (typeof authEvent.state_key !== "string") return reject(`auth event ${authEventId} is not a state event`);
+    const key = stateMapKey(authEvent.type, authEvent.state_key);
+    // 3.1 If there are duplicate entries for a given type and state_key pair, reject.
+    if (seen.has(key)) return reject(`auth_events has more than one (${authEvent.type}, ${JSON.stringify(authEvent.state_key)})`);
+    seen.add(key);
+    // 3.2 If there are entries whose type and state_key don't match those specified by the auth
+    //     events selection algorithm, reject.
+    if (!expected.has(key)) return reject(`auth event ${authEventId} (${authEvent.type}, ${JSON.stringify(authEvent.state_key)}) is not one the auth events selection allows`);
+    // 3.3 If there are entries which were themselves rejected, reject.
+    if (found.rejected) return reject(`auth event ${authEventId} was rejected`);
+    // 3.5 If any event in auth_events has a room_id which does not match that of the event being
+    //     authorised, reject.
+    if (rules.authEventsInSameRoom && authEvent.room_id !== event.room_id) {
+      // A v12 create event has no room_id; the selection never allows it, so 3.2 refused it already.
+      return reject(`auth event ${authEventId} is in room ${authEvent.room_id}, not ${event.room_id}`);
+    }
+    authState.set(key, authEvent);
+  }
+  // 3.4 (v1–11) If there is no m.room.create event among the entries, reject.
+  if (rules.createEventInAuthEvents && !seen.has(stateMapKey("m.room.create", ""))) {
+    return reject("auth_events does not include the m.room.create event");
+  }
+  return checkAuth(rules, event, authState);
+}
