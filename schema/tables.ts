@@ -1,3 +1,5 @@
 // The one drizzle schema of Parley: every table, for PGlite and PostgreSQL alike.
 // Each component's tables live in their own file under schema/tables/.
 export * from "./tables/server.ts";
+export * from "./tables/accounts.ts";
+export * from "./tables/userdata.ts";

@@ -1,0 +1,88 @@
+// The accounts component's tables: users (with their profile), devices, access/refresh tokens,
+// user-interactive-auth sessions, shared-secret registration nonces and the security audit log.
+// Owned by server/accounts/: no other component queries them.
+import { sql } from "drizzle-orm";
+import { bigint, bigserial, boolean, index, jsonb, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+
+export const users = pgTable("users", {
+  /** The full user ID, `@localpart:server`. A deactivated user keeps its row, so the localpart stays taken. */
+  userId: text("user_id").primaryKey(),
+  /** Argon2id (PHC string). Null for guests and deactivated accounts: no password logs them in. */
+  passwordHash: text("password_hash"),
+  isAdmin: boolean("is_admin").notNull().default(false),
+  isGuest: boolean("is_guest").notNull().default(false),
+  displayName: text("display_name"),
+  avatarUrl: text("avatar_url"),
+  createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+  deactivatedTs: bigint("deactivated_ts", { mode: "number" }),
+});
+
+export const devices = pgTable(
+  "devices",
+  {
+    userId: text("user_id").notNull(),
+    deviceId: text("device_id").notNull(),
+    displayName: text("display_name"),
+    createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+    lastSeenTs: bigint("last_seen_ts", { mode: "number" }),
+    lastSeenIp: text("last_seen_ip"),
+    lastSeenUserAgent: text("last_seen_user_agent"),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId] })],
+);
+
+/**
+ * One row per access token, stored as the SHA-256 of the token (hex); the token itself is never
+ * stored. A row may carry a refresh token (also hashed): then the access token expires at
+ * `expires_ts` and `/refresh` replaces the whole row.
+ */
+export const accessTokens = pgTable(
+  "access_tokens",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    tokenHash: text("token_hash").notNull().unique(),
+    refreshTokenHash: text("refresh_token_hash").unique(),
+    userId: text("user_id").notNull(),
+    deviceId: text("device_id").notNull(),
+    createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+    /** Null: never expires (the client did not ask for a refresh token). */
+    expiresTs: bigint("expires_ts", { mode: "number" }),
+  },
+  (t) => [index("access_tokens_device_idx").on(t.userId, t.deviceId)],
+);
+
+/**
+ * User-interactive authentication sessions. Kept in the database (not in memory) so that with
+ * several processes on one PostgreSQL, the second step of a flow may reach another process.
+ */
+export const uiaSessions = pgTable("uia_sessions", {
+  sessionId: text("session_id").primaryKey(),
+  /** What the session authorises, e.g. `register` or `delete_devices`: a session cannot be reused for another operation. */
+  operation: text("operation").notNull(),
+  /** The user the session authenticates, for operations by a logged-in user. */
+  userId: text("user_id"),
+  completed: jsonb("completed").$type<string[]>().notNull().default(sql`'[]'::jsonb`),
+  createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+});
+
+/** Single-use nonces of Synapse-compatible shared-secret registration. */
+export const registrationNonces = pgTable("registration_nonces", {
+  nonce: text("nonce").primaryKey(),
+  createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+});
+
+/** Security events. Never holds a password or a token. */
+export const auditLog = pgTable(
+  "audit_log",
+  {
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    ts: bigint("ts", { mode: "number" }).notNull(),
+    /** `registered`, `login`, `login_failed`, `logout`, `password_changed`, `device_deleted`, `deactivated`, ... */
+    event: text("event").notNull(),
+    userId: text("user_id"),
+    ip: text("ip"),
+    userAgent: text("user_agent"),
+    detail: jsonb("detail").$type<Record<string, unknown>>().notNull().default(sql`'{}'::jsonb`),
+  },
+  (t) => [index("audit_log_user_idx").on(t.userId, t.id)],
+);
