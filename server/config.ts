@@ -5,6 +5,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import YAML from "yaml";
 import { z } from "zod";
+import { rateLimitSchema } from "./ratelimit.ts";
 
 const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0", "yes", "no"])]).transform(
   (v) => v === true || v === "true" || v === "1" || v === "yes",
@@ -114,6 +115,30 @@ export const configKeys = {
     schema: bool,
     default: true,
     doc: "Enforce rate limits on login, registration and general requests. Turn off only for test networks.",
+  }),
+  rate_limit_login: key({
+    env: "PARLEY_RATE_LIMIT_LOGIN",
+    schema: rateLimitSchema,
+    default: "5/3s",
+    doc: 'Login attempts allowed per client IP address and, separately, per account: a burst, then one more per period ("5/3s": five at once, then one every 3 seconds).',
+  }),
+  rate_limit_registration: key({
+    env: "PARLEY_RATE_LIMIT_REGISTRATION",
+    schema: rateLimitSchema,
+    default: "10/6s",
+    doc: "Registration requests (each step of the flow counts, and so do availability checks) allowed per client IP address.",
+  }),
+  rate_limit_requests: key({
+    env: "PARLEY_RATE_LIMIT_REQUESTS",
+    schema: rateLimitSchema,
+    default: "300/50ms",
+    doc: "Authenticated requests allowed per user, all endpoints together: a generous guard against runaway clients.",
+  }),
+  access_token_lifetime_ms: key({
+    env: "PARLEY_ACCESS_TOKEN_LIFETIME_MS",
+    schema: int(1000, 365 * 24 * 3600 * 1000),
+    default: 5 * 60 * 1000,
+    doc: "How long an access token lives when the client asked for a refresh token (`refresh_token: true` at login). Tokens of clients that did not ask never expire.",
   }),
   log_level: key({
     env: "PARLEY_LOG_LEVEL",

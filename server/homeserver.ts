@@ -10,7 +10,7 @@ import { type Config, redactedConfig } from "./config.ts";
 import { createApp } from "./http/app.ts";
 import { routes } from "./api/routes.ts";
 import type { AnyRoute } from "./http/route.ts";
-import { type Services, noAccounts } from "./services.ts";
+import { type Services, createAccountServices } from "./services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
 
 export interface Homeserver {
@@ -55,14 +55,18 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
       logger.info({ keyId }, "created a new signing key"),
     );
+    const now = options.now ?? Date.now;
+    const accountServices = createAccountServices(database, config, logger, now);
+    await accountServices.sessions.start();
     services = {
       config,
       database,
       db: database.db,
       logger,
       signingKey,
-      now: options.now ?? Date.now,
-      auth: noAccounts,
+      now,
+      ...accountServices,
+      auth: accountServices.sessions,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
     server = await listen(app.fetch, config.bind, config.port);
@@ -80,6 +84,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     (closing ??= (async () => {
       logger.info("shutting down");
       await closeServer(server, config.shutdown_grace_ms);
+      await services.sessions.stop();
       await database.close();
       logger.info("shut down");
     })());

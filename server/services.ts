@@ -4,16 +4,24 @@
 import type { Logger } from "pino";
 import type { Database, OpenedDatabase } from "../schema/db.ts";
 import type { SigningKey } from "../federation/protocol/signing.ts";
+import { Accounts } from "./accounts/accounts.ts";
+import { AuditLog } from "./accounts/audit.ts";
+import { PasswordHasher } from "./accounts/passwords.ts";
+import { Sessions } from "./accounts/sessions.ts";
+import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
+import { UserInteractiveAuth } from "./accounts/uia.ts";
 import type { Config } from "./config.ts";
 import type { Requester, RequestInfo } from "./http/route.ts";
 import { MatrixError } from "./http/errors.ts";
+import { RateLimiter } from "./ratelimit.ts";
+import { UserData } from "./userdata/userdata.ts";
 
 /** Turns an access token into a requester, or throws 401 M_UNKNOWN_TOKEN. */
 export interface Authenticator {
   authenticate(accessToken: string, request: RequestInfo): Promise<Requester>;
 }
 
-export interface Services {
+export interface Services extends AccountServices {
   config: Config;
   database: OpenedDatabase;
   db: Database;
@@ -30,3 +38,43 @@ export const noAccounts: Authenticator = {
     throw new MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token");
   },
 };
+
+/** The account-related services: what the homeserver and the admin command line both use. */
+export interface AccountServices {
+  accounts: Accounts;
+  sessions: Sessions;
+  uia: UserInteractiveAuth;
+  audit: AuditLog;
+  userData: UserData;
+  rateLimiter: RateLimiter;
+  sharedSecret: SharedSecretRegistration;
+}
+
+export function createAccountServices(
+  database: OpenedDatabase,
+  config: Config,
+  logger: Logger,
+  now: () => number,
+): AccountServices {
+  const db = database.db;
+  const audit = new AuditLog(db, now, logger);
+  const sessions = new Sessions(database, now, config.access_token_lifetime_ms, logger);
+  const accounts = new Accounts(db, config.server_name, now, new PasswordHasher(), sessions, audit, logger);
+  const rateLimiter = new RateLimiter(
+    config.rate_limits && {
+      login: config.rate_limit_login,
+      registration: config.rate_limit_registration,
+      requests: config.rate_limit_requests,
+    },
+    now,
+  );
+  return {
+    accounts,
+    sessions,
+    audit,
+    rateLimiter,
+    uia: new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens),
+    userData: new UserData(db),
+    sharedSecret: new SharedSecretRegistration(db, now, config.registration_shared_secret),
+  };
+}

@@ -50,7 +50,14 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
   for (const r of routes) {
     app.on(r.method, r.path, async (c) => {
       const info = c.get("requestInfo");
+      if (r.rateLimit) services.rateLimiter.take(r.rateLimit, info.ip);
       const requester = await authenticate(r, c, info, services);
+      if (requester) {
+        if (requester.isGuest && !r.allowGuests) {
+          throw new MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts cannot use this endpoint");
+        }
+        services.rateLimiter.take("requests", requester.userId);
+      }
       const body = r.body ? await readJsonBody(c, r.body, maxBytes) : undefined;
       const query = r.query ? validateQuery(c, r.query) : c.req.query();
       const result = await r.handler(

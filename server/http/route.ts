@@ -2,6 +2,7 @@
 // request's body and query. Validation, types and the 405 table all come from this one place.
 import type { Context } from "hono";
 import type { z } from "zod";
+import type { RateLimitName } from "../ratelimit.ts";
 import type { Services } from "../services.ts";
 
 export type Method = "GET" | "POST" | "PUT" | "DELETE";
@@ -46,8 +47,16 @@ export interface RouteDef<A extends AuthMode = AuthMode, B = unknown, Q = unknow
   auth: A;
   body?: z.ZodType<B>;
   query?: z.ZodType<Q>;
-  /** Rate-limit bucket applied to this endpoint (see server/ratelimit), if any. */
-  rateLimit?: string;
+  /**
+   * Rate limit applied per client IP address before the handler runs (see server/ratelimit.ts).
+   * Authenticated requests also share one general per-user limit, whatever this says.
+   */
+  rateLimit?: RateLimitName;
+  /**
+   * Guest accounts may call this endpoint. By default a guest gets 403 M_GUEST_ACCESS_FORBIDDEN;
+   * https://spec.matrix.org/latest/client-server-api/#client-behaviour-14 lists what guests may do.
+   */
+  allowGuests?: boolean;
   /** Returns a JSON body (status 200) or a full Response. */
   handler(input: HandlerInput<A, B, Q>, services: Services): Promise<unknown> | unknown;
 }
