@@ -134,7 +134,7 @@ describe("a fresh homeserver", () => {
     });
     const res = await fetch(hs.url + "/_test/echo", { method: "POST", body: stream, duplex: "half" } as RequestInit);
     expect(res.status).toBe(413);
-    expect((await res.json()).errcode).toBe("M_TOO_LARGE");
+    expect(((await res.json()) as { errcode: string }).errcode).toBe("M_TOO_LARGE");
   });
 
   it("answers an unexpected failure with 500 M_UNKNOWN as JSON and keeps serving", async () => {

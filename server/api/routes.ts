@@ -2,7 +2,17 @@
 import { federationVersion } from "../../federation/transport/version.ts";
 import { serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import type { AnyRoute } from "../http/route.ts";
+import { accountRoutes } from "./client/account.ts";
+import { accountDataRoutes } from "./client/account-data.ts";
+import { capabilities } from "./client/capabilities.ts";
+import { deviceRoutes } from "./client/devices.ts";
+import { filterRoutes } from "./client/filter.ts";
+import { loginRoutes } from "./client/login.ts";
+import { profileRoutes } from "./client/profile.ts";
+import { pushRuleRoutes } from "./client/pushrules.ts";
+import { registerRoutes } from "./client/register.ts";
 import { versions } from "./client/versions.ts";
+import { synapseAdminRoutes } from "./synapse/register.ts";
 import { health } from "./health.ts";
 import { wellKnownClient, wellKnownServer } from "./wellknown.ts";
 
@@ -14,4 +24,14 @@ export const routes: AnyRoute[] = [
   federationVersion,
   serverKeys,
   serverKeysById,
+  ...registerRoutes,
+  ...loginRoutes,
+  ...accountRoutes,
+  ...deviceRoutes,
+  ...profileRoutes,
+  ...accountDataRoutes,
+  ...filterRoutes,
+  ...pushRuleRoutes,
+  capabilities,
+  ...synapseAdminRoutes,
 ];

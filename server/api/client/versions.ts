@@ -5,8 +5,13 @@ import { route } from "../../http/route.ts";
  * The spec versions we advertise. Only versions whose endpoints Parley serves are listed: clients
  * turn features on by version (matrix-js-sdk: v1.4 threads and private receipts, v1.11 authenticated
  * media, v1.15 OAuth metadata, v1.16 extended profiles), so listing one we do not serve breaks them.
+ *
+ * "v1.1" only, for now: matrix-js-sdk gates nothing on versions below v1.4, and its AutoDiscovery
+ * (what Element's login screen uses) refuses a homeserver that lists none of v1.1–v1.13. The account
+ * endpoints of v1.1 are served; rooms and sync, the rest of v1.1, are the next issues. Add later
+ * versions as their endpoints land, never ahead of them.
  */
-export const SUPPORTED_SPEC_VERSIONS: readonly string[] = [];
+export const SUPPORTED_SPEC_VERSIONS: readonly string[] = ["v1.1"];
 
 export const versions = route({
   method: "GET",

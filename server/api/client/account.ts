@@ -1,0 +1,47 @@
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountpassword
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountdeactivate
+import { z } from "zod";
+import { route } from "../../http/route.ts";
+
+const auth = z.record(z.string(), z.unknown()).optional();
+
+export const changePassword = route({
+  method: "POST",
+  path: "/_matrix/client/v3/account/password",
+  auth: "user",
+  rateLimit: "login",
+  body: z.object({ new_password: z.string(), logout_devices: z.boolean().optional(), auth }),
+  async handler({ body, requester, request }, services) {
+    await services.uia.require(
+      { operation: "change_password", userId: requester.userId, flows: [["m.login.password"]] },
+      body.auth,
+      request,
+    );
+    await services.accounts.setPassword(
+      requester.userId,
+      body.new_password,
+      { logoutDevices: body.logout_devices ?? true, keepDeviceId: requester.deviceId },
+      request,
+    );
+    return {};
+  },
+});
+
+export const deactivate = route({
+  method: "POST",
+  path: "/_matrix/client/v3/account/deactivate",
+  auth: "user",
+  body: z.object({ auth, erase: z.boolean().optional(), id_server: z.string().optional() }),
+  async handler({ body, requester, request }, services) {
+    await services.uia.require(
+      { operation: "deactivate", userId: requester.userId, flows: [["m.login.password"]] },
+      body.auth,
+      request,
+    );
+    await services.accounts.deactivate(requester.userId, request);
+    // No third-party identifiers are ever bound, so there is nothing to unbind.
+    return { id_server_unbind_result: "no-support" };
+  },
+});
+
+export const accountRoutes = [changePassword, deactivate];

@@ -1,0 +1,20 @@
+// https://spec.matrix.org/latest/client-server-api/#capabilities-negotiation
+import { route } from "../../http/route.ts";
+
+export const capabilities = route({
+  method: "GET",
+  path: "/_matrix/client/v3/capabilities",
+  auth: "user",
+  allowGuests: true,
+  handler: () => ({
+    capabilities: {
+      "m.change_password": { enabled: true },
+      "m.set_displayname": { enabled: true },
+      "m.set_avatar_url": { enabled: true },
+      "m.3pid_changes": { enabled: false },
+      "m.get_login_token": { enabled: false },
+      // "m.room_versions": { default, available } is added by the rooms issue, from the room
+      // versions federation/protocol supports.
+    },
+  }),
+});

@@ -1,0 +1,102 @@
+// https://spec.matrix.org/latest/client-server-api/#account-registration-and-management
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3register
+// https://spec.matrix.org/latest/client-server-api/#token-authenticated-registration
+// https://spec.matrix.org/latest/client-server-api/#guest-access
+import { z } from "zod";
+import { forbidden, MatrixError } from "../../http/errors.ts";
+import { route } from "../../http/route.ts";
+import type { Services } from "../../services.ts";
+import type { UiaStage } from "../../accounts/uia.ts";
+
+const registerBody = z.object({
+  auth: z.record(z.string(), z.unknown()).optional(),
+  username: z.string().optional(),
+  password: z.string().optional(),
+  device_id: z.string().optional(),
+  initial_device_display_name: z.string().optional(),
+  inhibit_login: z.boolean().optional(),
+  // Accepted and not honoured here: tokens from registration never expire. matrix-js-sdk's
+  // register() always sends `refresh_token: true`, also for bots that never refresh; a client that
+  // wants refresh tokens gets them from /login.
+  refresh_token: z.boolean().optional(),
+});
+
+function registrationFlows(services: Services): UiaStage[][] {
+  return services.config.registration === "token" ? [["m.login.registration_token"]] : [["m.login.dummy"]];
+}
+
+function refuseWhenClosed(services: Services): void {
+  if (services.config.registration === "closed") throw forbidden("Registration is disabled on this server");
+}
+
+export const register = route({
+  method: "POST",
+  path: "/_matrix/client/v3/register",
+  auth: "none",
+  rateLimit: "registration",
+  body: registerBody,
+  query: z.object({ kind: z.enum(["user", "guest"]).optional() }),
+  async handler({ body, query, request }, services) {
+    const { accounts, config } = services;
+    if (query.kind === "guest") {
+      if (!config.allow_guest_access) {
+        throw new MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled on this server");
+      }
+      const localpart = await accounts.generateLocalpart();
+      const userId = await accounts.createUser({ localpart, guest: true }, request);
+      const login = await accounts.login(userId, { displayName: body.initial_device_display_name }, request);
+      return { user_id: userId, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
+    }
+
+    refuseWhenClosed(services);
+    // Synapse lowercases the requested username; login compares localparts in lower case too.
+    const localpart = body.username?.toLowerCase();
+    // The username is checked before any auth stage, so the client hears about a taken name first.
+    if (localpart !== undefined) await accounts.checkUsernameAvailable(localpart);
+    if (body.auth !== undefined && body.password === undefined) {
+      throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
+    }
+    await services.uia.require({ operation: "register", flows: registrationFlows(services) }, body.auth, request);
+    if (body.password === undefined) throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
+
+    const userId = await accounts.createUser(
+      { localpart: localpart ?? (await accounts.generateLocalpart()), password: body.password },
+      request,
+    );
+    if (body.inhibit_login) return { user_id: userId };
+    const login = await accounts.login(
+      userId,
+      { deviceId: body.device_id, displayName: body.initial_device_display_name },
+      request,
+    );
+    return { user_id: userId, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
+  },
+});
+
+export const registerAvailable = route({
+  method: "GET",
+  path: "/_matrix/client/v3/register/available",
+  auth: "none",
+  rateLimit: "registration",
+  query: z.object({ username: z.string() }),
+  async handler({ query }, services) {
+    refuseWhenClosed(services);
+    await services.accounts.checkUsernameAvailable(query.username.toLowerCase());
+    return { available: true };
+  },
+});
+
+// https://spec.matrix.org/latest/client-server-api/#get_matrixclientv1registermloginregistration_tokenvalidity
+export const registrationTokenValidity = route({
+  method: "GET",
+  path: "/_matrix/client/v1/register/m.login.registration_token/validity",
+  auth: "none",
+  rateLimit: "registration",
+  query: z.object({ token: z.string() }),
+  handler({ query }, services) {
+    if (services.config.registration !== "token") throw forbidden("Registration tokens are not in use on this server");
+    return { valid: services.uia.isRegistrationToken(query.token) };
+  },
+});
+
+export const registerRoutes = [register, registerAvailable, registrationTokenValidity];
