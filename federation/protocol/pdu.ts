@@ -56,7 +56,7 @@ const MAX_ID_BYTES = 255;
 const MAX_PREV_EVENTS = 20;
 const MAX_AUTH_EVENTS = 10;
 
-const jsonObject = z.record(z.string(), z.unknown());
+const jsonObject = z.record(z.string(), z.unknown(), { error: "must be a JSON object" });
 const safeInteger = z.int(); // zod's int() is a safe integer: ±(2^53 - 1)
 
 const pduShape = z.looseObject({
@@ -75,11 +75,21 @@ const pduShape = z.looseObject({
   event_id: z.string().refine((s) => byteLength(s) <= MAX_ID_BYTES, "must not exceed 255 bytes").optional(),
 });
 
-function describeIssues(error: z.ZodError): string {
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let value = input;
+  for (const key of path) {
+    if (typeof value !== "object" || value === null) return undefined;
+    value = (value as Record<PropertyKey, unknown>)[key];
+  }
+  return value;
+}
+
+/** The first problem zod found, as "field: what is wrong" or "field is required". */
+function describeIssues(error: z.ZodError, input: unknown): string {
   const issue = error.issues[0];
   if (!issue) return "invalid";
-  const path = issue.path.length > 0 ? issue.path.join(".") : "PDU";
-  if (issue.code === "invalid_type" && issue.input === undefined) return `${path} is required`;
+  const path = issue.path.length > 0 ? issue.path.join(".") : "the event";
+  if (issue.code === "invalid_type" && valueAt(input, issue.path) === undefined) return `${path} is required`;
   return `${path}: ${issue.message}`;
 }
 
@@ -90,7 +100,7 @@ function describeIssues(error: z.ZodError): string {
 export function validatePdu(roomVersion: string | RoomVersionRules, value: unknown): Validation<Pdu> {
   const rules = roomVersionRules(roomVersion);
   const parsed = pduShape.safeParse(value);
-  if (!parsed.success) return { ok: false, reason: describeIssues(parsed.error) };
+  if (!parsed.success) return { ok: false, reason: describeIssues(parsed.error, value) };
   const pdu = parsed.data as Pdu;
 
   const isCreate = pdu.type === "m.room.create";
@@ -143,7 +153,7 @@ export function validateRoomEvent(value: unknown): Validation<RoomEvent> {
   const parsed = roomEventShape.safeParse(value);
   if (!parsed.success) {
     const id = typeof (value as { event_id?: unknown })?.event_id === "string" ? ` ${(value as { event_id: string }).event_id}` : "";
-    return { ok: false, reason: `event${id}: ${describeIssues(parsed.error)}` };
+    return { ok: false, reason: `event${id}: ${describeIssues(parsed.error, value)}` };
   }
   return { ok: true, value: parsed.data as RoomEvent };
 }
