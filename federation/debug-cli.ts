@@ -4,9 +4,14 @@
 
 import { parseArgs } from "node:util";
 import { CanonicalJsonError, canonicalJson, parseStrictJson } from "./protocol/canonical-json.ts";
+import { checkAuthAgainstAuthEvents } from "./protocol/auth-rules.ts";
 import { checkContentHash, computeEventId } from "./protocol/event-hashes.ts";
+import { validateRoomEvent, type RoomEvent } from "./protocol/pdu.ts";
 import { redactEvent } from "./protocol/redaction.ts";
+import { ReplayError, replayRoom } from "./protocol/replay.ts";
+import { stateEntries, stateMapKey, type StateMap } from "./protocol/room-state.ts";
 import { DEFAULT_ROOM_VERSION, isSupportedRoomVersion, SUPPORTED_ROOM_VERSIONS } from "./protocol/room-versions.ts";
+import { resolveState } from "./protocol/state-resolution.ts";
 
 export interface DebugResult {
   code: number;
@@ -16,7 +21,7 @@ export interface DebugResult {
 
 class UsageError extends Error {}
 
-const COMMANDS = ["canonical-json", "event-id", "redact"];
+const COMMANDS = ["canonical-json", "event-id", "redact", "check-auth", "resolve-state", "replay"];
 const USAGE = `usage: parley debug <${COMMANDS.join("|")}> [--room-version V], with JSON on stdin`;
 
 function isObject(value: unknown): value is Record<string, unknown> {
@@ -38,6 +43,71 @@ function requireObject(value: unknown, what: string): Record<string, unknown> {
   return value;
 }
 
+/**
+ * An event as the auth rules and state resolution read it. Events carry their event_id as given
+ * (test scenarios use readable IDs); a PDU without one gets the ID computed from its hash.
+ */
+function roomEvent(roomVersion: string, value: unknown, where: string): RoomEvent {
+  if (!isObject(value)) throw new UsageError(`${where} must be a JSON object`);
+  const withId = typeof value.event_id === "string" ? value : { ...value, event_id: computeEventId(roomVersion, value) };
+  const result = validateRoomEvent(withId);
+  if (!result.ok) throw new UsageError(`${where}: ${result.reason}`);
+  return result.value;
+}
+
+function roomEvents(roomVersion: string, value: unknown, where: string): RoomEvent[] {
+  if (!Array.isArray(value)) throw new UsageError(`${where} must be an array of events`);
+  const events = value.map((item, i) => roomEvent(roomVersion, item, `${where}[${i}]`));
+  const seen = new Set<string>();
+  for (const event of events) {
+    if (seen.has(event.event_id)) throw new UsageError(`${where} holds ${event.event_id} twice`);
+    seen.add(event.event_id);
+  }
+  return events;
+}
+
+function checkAuthCommand(roomVersion: string, input: Record<string, unknown>): string {
+  const event = roomEvent(roomVersion, input.event, "event");
+  // The events the check may look up: the event's auth events (and, in v12, the create event
+  // its room ID names). None of them is known to have been rejected.
+  const available = new Map(roomEvents(roomVersion, input.auth_events ?? [], "auth_events").map((e) => [e.event_id, e]));
+  const decision = checkAuthAgainstAuthEvents(roomVersion, event, (id) => {
+    const found = available.get(id);
+    return found ? { event: found, rejected: false } : undefined;
+  });
+  return JSON.stringify(decision);
+}
+
+function resolveStateCommand(roomVersion: string, input: Record<string, unknown>): string {
+  const byId = new Map(roomEvents(roomVersion, input.events, "events").map((e) => [e.event_id, e]));
+  if (!Array.isArray(input.state_sets)) throw new UsageError("state_sets must be an array of arrays of event IDs");
+  const stateSets = input.state_sets.map((ids, i): StateMap => {
+    if (!Array.isArray(ids)) throw new UsageError(`state_sets[${i}] must be an array of event IDs`);
+    const state: StateMap = new Map();
+    for (const id of ids) {
+      const event = typeof id === "string" ? byId.get(id) : undefined;
+      if (!event) throw new UsageError(`state_sets[${i}]: ${JSON.stringify(id)} is not one of the events`);
+      if (typeof event.state_key !== "string") throw new UsageError(`state_sets[${i}]: ${event.event_id} is not a state event`);
+      const key = stateMapKey(event.type, event.state_key);
+      if (state.has(key)) throw new UsageError(`state_sets[${i}] has two events for (${event.type}, ${JSON.stringify(event.state_key)})`);
+      state.set(key, event.event_id);
+    }
+    return state;
+  });
+  return JSON.stringify({ state: stateEntries(resolveState(roomVersion, stateSets, (id) => byId.get(id))) });
+}
+
+function replayCommand(roomVersion: string, input: Record<string, unknown>): string {
+  const events = roomEvents(roomVersion, input.events, "events");
+  try {
+    const result = replayRoom(roomVersion, events);
+    return JSON.stringify({ state: stateEntries(result.state), rejected: result.rejected });
+  } catch (err) {
+    if (err instanceof ReplayError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
 /** Runs a command; returns what to print on stdout. */
 function run(command: string, roomVersion: string, stdin: string): string {
   switch (command) {
@@ -51,6 +121,12 @@ function run(command: string, roomVersion: string, stdin: string): string {
     }
     case "redact":
       return JSON.stringify(redactEvent(roomVersion, requireObject(parseInput(stdin), "an event")));
+    case "check-auth":
+      return checkAuthCommand(roomVersion, requireObject(parseInput(stdin), `{"event": ..., "auth_events": [...]}`));
+    case "resolve-state":
+      return resolveStateCommand(roomVersion, requireObject(parseInput(stdin), `{"events": [...], "state_sets": [[...]]}`));
+    case "replay":
+      return replayCommand(roomVersion, requireObject(parseInput(stdin), `{"events": [...]}`));
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}; ${USAGE}`);
   }
