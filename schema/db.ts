@@ -1,11 +1,15 @@
 // Opening the database: embedded PGlite by default, PostgreSQL through postgres.js when a
 // DATABASE_URL is given. One drizzle schema and one set of queries serve both.
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
+import { setFlagsFromString } from "node:v8";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { sql } from "drizzle-orm";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { readMigrationFiles } from "drizzle-orm/migrator";
+import { lockEmbeddedDatabase } from "./embedded-lock.ts";
 import * as schema from "./tables.ts";
 
 export { schema };
@@ -41,7 +45,8 @@ export class MigrationError extends Error {
   }
 }
 
-const migrationsFolder = path.join(path.dirname(fileURLToPath(import.meta.url)), "migrations");
+// Relative to this file in the sources and to dist/parley.js in the bundle: both are one level deep.
+const migrationsFolder = fileURLToPath(new URL("../schema/migrations/", import.meta.url));
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<OpenedDatabase> {
   const opened = options.databaseUrl
@@ -60,19 +65,33 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
   const { PGlite } = await import("@electric-sql/pglite");
   const { drizzle } = await import("drizzle-orm/pglite");
   let dataDir: string | undefined;
+  let unlock = async () => {};
   if (options.embedded !== "memory") {
+    await mkdir(options.dataDir, { recursive: true });
+    // Before PGlite touches the files: a second process must not open them (see embedded-lock.ts).
+    unlock = await lockEmbeddedDatabase(options.dataDir);
     dataDir = path.join(options.dataDir, "db");
     await mkdir(dataDir, { recursive: true });
   }
-  const client = dataDir ? new PGlite(dataDir) : new PGlite();
-  await client.waitReady;
+  let client;
+  try {
+    client = dataDir ? new PGlite(dataDir) : new PGlite();
+    await client.waitReady;
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
   const db = drizzle(client, { schema }) as unknown as Database;
   const listeners = new Map<string, Set<(payload: string) => void>>();
   return {
     db,
     kind: "pglite",
     async close() {
-      await client.close();
+      try {
+        await client.close();
+      } finally {
+        await unlock();
+      }
     },
     // PGlite lives inside this one process, so NOTIFY only needs to reach our own listeners.
     async notify(channel, payload) {
@@ -87,6 +106,25 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
       };
     },
   };
+}
+
+/**
+ * Creating a PGlite cluster (initdb) peaks at several hundred MB that the process never returns, so
+ * the first start creates it in a short-lived child process and then opens it here.
+ */
+async function initPgliteInChildProcess(dataDir: string): Promise<void> {
+  const pglite = import.meta.resolve("@electric-sql/pglite");
+  const script = `const { PGlite } = await import(${JSON.stringify(pglite)});
+    const db = new PGlite(${JSON.stringify(dataDir)}); await db.waitReady; await db.close();`;
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code) =>
+      code === 0 ? resolve() : reject(new Error(`creating the embedded database failed: ${stderr.trim()}`)),
+    );
+  });
 }
 
 async function openPostgres(url: string, poolSize: number): Promise<OpenedDatabase> {

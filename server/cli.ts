@@ -11,6 +11,8 @@ Commands:
   generate-config [--output FILE] Write a commented configuration file (default: standard output)
   debug <command> ...             Inspect events: canonical-json, event-id, redact, check-auth,
                                   resolve-state, replay (JSON on stdin, JSON on stdout)
+  admin [--config FILE] <command> Accounts: create-user, reset-password, deactivate, list-users,
+                                  audit (\`parley admin --help\`)
 `;
 
 type Command = (argv: string[]) => Promise<number>;
@@ -19,6 +21,7 @@ const commands: Record<string, Command> = {
   serve,
   "generate-config": generateConfig,
   debug,
+  admin: async (argv) => (await import("./admin-cli.ts")).adminMain(argv),
 };
 
 export async function main(argv: string[]): Promise<number> {

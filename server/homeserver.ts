@@ -120,7 +120,7 @@ function closeServer(server: Server, graceMs: number): Promise<void> {
  * A database belongs to one server name for ever: user IDs, room IDs and signed events carry it.
  * Starting with a different name would corrupt the data, so refuse.
  */
-async function bindServerName(database: OpenedDatabase, serverName: string, now: number) {
+export async function bindServerName(database: OpenedDatabase, serverName: string, now: number) {
   const { db } = database;
   const t = schema.serverSettings;
   await db.insert(t).values({ key: "server_name", value: serverName, updatedTs: now }).onConflictDoNothing();

@@ -1,0 +1,189 @@
+// `parley admin ...`: account administration on the configured database, without HTTP. It uses the
+// same services as the server, so the rules (username checks, hashing, audit log, token revocation)
+// are the same. On PostgreSQL it runs while the server runs (revoked tokens reach the server through
+// NOTIFY); the embedded PGlite database can only be opened by one process, so there the server must
+// be stopped first, and the command says so.
+import { randomBytes } from "node:crypto";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import { openDatabase } from "../schema/db.ts";
+import { DatabaseInUseError } from "../schema/embedded-lock.ts";
+import { ConfigError, loadConfig } from "./config.ts";
+import { bindServerName } from "./homeserver.ts";
+import { parseUserId } from "./accounts/user-id.ts";
+import { MatrixError } from "./http/errors.ts";
+import { type AccountServices, createAccountServices } from "./services.ts";
+
+const USAGE = `Usage: parley admin [--config FILE] <command> [options]
+
+Commands:
+  create-user NAME [--admin] [--password PW] [--display-name NAME]
+                                 Create an account; without --password one is generated and printed
+  reset-password NAME [--password PW]
+                                 Set a new password and log out all of the user's devices
+  deactivate NAME                Deactivate an account (its name stays taken)
+  list-users                     List accounts
+  audit [--user NAME] [--limit N]
+                                 Show the security audit log, newest first
+
+NAME is a localpart (alice) or a full user ID (@alice:example.org).
+`;
+
+export interface AdminIo {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const processIo: AdminIo = {
+  out: (text) => process.stdout.write(text),
+  err: (text) => process.stderr.write(text),
+};
+
+type Subcommand = (args: string[], services: AccountServices, io: AdminIo) => Promise<number>;
+
+const subcommands: Record<string, Subcommand> = {
+  "create-user": createUser,
+  "reset-password": resetPassword,
+  deactivate,
+  "list-users": listUsers,
+  audit,
+};
+
+export async function adminMain(argv: string[], io: AdminIo = processIo): Promise<number> {
+  const { configFile, rest } = takeConfigOption(argv);
+  if (rest[0] === "--help" || rest[0] === "-h" || rest[0] === "help") {
+    io.out(USAGE);
+    return 0;
+  }
+  const [name, ...args] = rest;
+  const command = name ? subcommands[name] : undefined;
+  if (!command) {
+    io.err(name ? `parley admin: unknown command "${name}"\n${USAGE}` : USAGE);
+    return 2;
+  }
+
+  let database;
+  try {
+    const config = await loadConfig(configFile);
+    database = await openDatabase({
+      databaseUrl: config.database_url,
+      dataDir: config.data_dir,
+      poolSize: 2,
+    });
+    await bindServerName(database, config.server_name, Date.now());
+    const logger = pino({ level: "silent" });
+    const services = createAccountServices(database, config, logger, Date.now);
+    return await command(args, services, io);
+  } catch (err) {
+    if (err instanceof DatabaseInUseError || err instanceof ConfigError) {
+      io.err(`parley admin: ${err.message}\n`);
+      return 1;
+    }
+    if (err instanceof MatrixError) {
+      io.err(`parley admin: ${err.message} (${err.errcode})\n`);
+      return 1;
+    }
+    if ((err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      io.err(`parley admin: ${(err as Error).message}\n`);
+      return 2;
+    }
+    const cause = (err as { cause?: unknown }).cause;
+    if (cause instanceof DatabaseInUseError) {
+      io.err(`parley admin: ${cause.message}\n`);
+      return 1;
+    }
+    throw err;
+  } finally {
+    await database?.close().catch(() => {});
+  }
+}
+
+/** `--config FILE` (or `-c FILE`, `--config=FILE`) may stand anywhere; the rest is the command and its arguments. */
+function takeConfigOption(argv: string[]): { configFile?: string; rest: string[] } {
+  let configFile: string | undefined;
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--config" || arg === "-c") configFile = argv[++i];
+    else if (arg.startsWith("--config=")) configFile = arg.slice("--config=".length);
+    else rest.push(arg);
+  }
+  return { configFile, rest };
+}
+
+function userIdOrFail(services: AccountServices, name: string | undefined): string {
+  if (!name) throw new MatrixError(400, "M_MISSING_PARAM", "a user NAME is required");
+  const userId = services.accounts.loginUserId(name);
+  if (!userId) throw new MatrixError(400, "M_INVALID_USERNAME", `${name} is not a user of this server`);
+  return userId;
+}
+
+const generatePassword = () => randomBytes(18).toString("base64url");
+
+async function createUser(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      admin: { type: "boolean", default: false },
+      password: { type: "string" },
+      "display-name": { type: "string" },
+    },
+  });
+  const { localpart } = parseUserId(userIdOrFail(services, positionals[0]))!;
+  const generated = values.password === undefined;
+  const password = values.password ?? generatePassword();
+  const userId = await services.accounts.createUser(
+    { localpart, password, admin: values.admin, displayName: values["display-name"] },
+    "cli",
+  );
+  io.out(`created ${userId}${values.admin ? " (admin)" : ""}\n`);
+  if (generated) io.out(`password: ${password}\n`);
+  return 0;
+}
+
+async function resetPassword(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { password: { type: "string" } } });
+  const userId = userIdOrFail(services, positionals[0]);
+  const generated = values.password === undefined;
+  const password = values.password ?? generatePassword();
+  await services.accounts.setPassword(userId, password, { logoutDevices: true }, "cli");
+  io.out(`password of ${userId} reset; all of its devices are logged out\n`);
+  if (generated) io.out(`password: ${password}\n`);
+  return 0;
+}
+
+async function deactivate(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const userId = userIdOrFail(services, positionals[0]);
+  await services.accounts.deactivate(userId, "cli");
+  io.out(`deactivated ${userId}\n`);
+  return 0;
+}
+
+async function listUsers(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
+  parseArgs({ args, options: {} });
+  const users = await services.accounts.listUsers();
+  for (const u of users) {
+    const flags = [u.isAdmin && "admin", u.isGuest && "guest", u.deactivatedTs !== null && "deactivated"].filter(Boolean);
+    io.out(`${u.userId}\t${new Date(u.createdTs).toISOString()}${flags.length ? `\t${flags.join(",")}` : ""}\n`);
+  }
+  io.out(`${users.length} user(s)\n`);
+  return 0;
+}
+
+async function audit(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
+  const { values } = parseArgs({ args, options: { user: { type: "string" }, limit: { type: "string" } } });
+  const limit = values.limit === undefined ? 50 : Number(values.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
+    throw new MatrixError(400, "M_INVALID_PARAM", "--limit must be an integer from 1 to 10000");
+  }
+  const userId = values.user === undefined ? undefined : userIdOrFail(services, values.user);
+  const entries = await services.audit.list({ userId, limit });
+  for (const e of entries) {
+    io.out(
+      [new Date(e.ts).toISOString(), e.event, e.userId ?? "-", e.ip ?? "-", e.userAgent ?? "-", JSON.stringify(e.detail)].join("\t") + "\n",
+    );
+  }
+  return 0;
+}
