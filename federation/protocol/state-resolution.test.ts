@@ -66,3 +66,30 @@ describe("state resolution fixtures", () => {
     });
   }
 });
+
+describe("resolveState edge cases", () => {
+  const fixture = JSON.parse(readFileSync(join(FIXTURES, "topic-basic.v11.json"), "utf8")) as Fixture;
+  const events = eventsOf(fixture);
+  const byId = new Map(events.map((e) => [e.event_id, e]));
+  const topicKey = stateMapKey("m.room.topic", "");
+  const plKey = stateMapKey("m.room.power_levels", "");
+
+  it("returns the state itself when there is nothing to resolve", () => {
+    const state: StateMap = new Map([[topicKey, "$T1:example.com"]]);
+    expect(resolveState("11", [state, new Map(state)], (id) => byId.get(id))).toEqual(state);
+    expect(resolveState("11", [state], (id) => byId.get(id))).toEqual(state);
+    expect(resolveState("11", [], (id) => byId.get(id))).toEqual(new Map());
+  });
+
+  it("treats a key missing from one state set as conflicted", () => {
+    const withTopic: StateMap = new Map([[plKey, "$IPOWER:example.com"], [topicKey, "$T1:example.com"]]);
+    const withoutTopic: StateMap = new Map([[plKey, "$IPOWER:example.com"]]);
+    expect(resolveState("11", [withTopic, withoutTopic], (id) => byId.get(id)).get(topicKey)).toBe("$T1:example.com");
+  });
+
+  it("leaves out conflicted events it cannot look up", () => {
+    const a: StateMap = new Map([[topicKey, "$T1:example.com"]]);
+    const b: StateMap = new Map([[topicKey, "$unknown"]]);
+    expect(resolveState("11", [a, b], (id) => byId.get(id)).get(topicKey)).toBe("$T1:example.com");
+  });
+});
