@@ -161,3 +161,32 @@ describe("shared-secret registration (Synapse-compatible)", () => {
     }
   });
 });
+
+describe.skipIf(!process.env.DATABASE_URL)("several processes on one PostgreSQL", () => {
+  it("a logout on one server kills the token on the other, even when the other had it cached", async () => {
+    const { createTestDatabase } = await import("./harness.ts");
+    const database = await createTestDatabase();
+    const a = await startTestServer({ database });
+    const b = await startTestServer({ database });
+    try {
+      const user = await registerUser(a.url, "roamer");
+      const login = await loginUser(a.url, "roamer", user.password);
+      const token = login.json.access_token as string;
+      // Warm b's token cache.
+      expect((await request(b.url, "GET", "/_matrix/client/v3/account/whoami", { token })).status).toBe(200);
+      expect((await request(a.url, "POST", "/_matrix/client/v3/logout", { token })).status).toBe(200);
+      // b hears of it through NOTIFY, within milliseconds, long before its cache entry would expire.
+      const started = Date.now();
+      let status = 200;
+      while (status === 200 && Date.now() - started < 500) {
+        status = (await request(b.url, "GET", "/_matrix/client/v3/account/whoami", { token })).status;
+      }
+      expect(status).toBe(401);
+      expect(Date.now() - started).toBeLessThan(500);
+    } finally {
+      await a.stop();
+      await b.stop();
+      await database.drop();
+    }
+  });
+});
