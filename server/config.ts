@@ -116,6 +116,12 @@ export const configKeys = {
     default: true,
     doc: "Enforce rate limits on login, registration and general requests. Turn off only for test networks.",
   }),
+  x_forwarded_for: key({
+    env: "PARLEY_X_FORWARDED_FOR",
+    schema: bool,
+    default: false,
+    doc: "Behind a reverse proxy: take the client's address from the last X-Forwarded-For entry (the one the proxy added) for rate limits, device last-seen addresses and the audit log. Only turn on when every request comes through the proxy.",
+  }),
   rate_limit_login: key({
     env: "PARLEY_RATE_LIMIT_LOGIN",
     schema: rateLimitSchema,

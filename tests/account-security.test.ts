@@ -190,3 +190,19 @@ describe.skipIf(!process.env.DATABASE_URL)("several processes on one PostgreSQL"
     }
   });
 });
+
+describe("behind a reverse proxy (x_forwarded_for)", () => {
+  it("takes the client's address from the entry the proxy added", async () => {
+    const hs = await startTestServer({ config: { x_forwarded_for: true } });
+    try {
+      await request(hs.url, "POST", "/_matrix/client/v3/login", {
+        body: { type: "m.login.password", user: "nobody", password: "x" },
+        headers: { "X-Forwarded-For": "198.51.100.1, 203.0.113.7" },
+      });
+      const [entry] = await hs.services.audit.list({ limit: 1 });
+      expect(entry).toMatchObject({ event: "login_failed", ip: "203.0.113.7" });
+    } finally {
+      await hs.destroy();
+    }
+  });
+});

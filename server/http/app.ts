@@ -26,7 +26,7 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
     const started = performance.now();
     const requestId = randomUUID();
     c.set("requestId", requestId);
-    c.set("requestInfo", requestInfo(c, requestId));
+    c.set("requestInfo", requestInfo(c, requestId, services.config.x_forwarded_for));
     if (c.req.method === "OPTIONS") {
       c.res = new Response(null, { status: 204 });
     } else {
@@ -97,13 +97,19 @@ function errorResponse(c: Context, err: MatrixError, headers: Record<string, str
   });
 }
 
-function requestInfo(c: Context, requestId: string): RequestInfo {
+function requestInfo(c: Context, requestId: string, trustForwardedFor: boolean): RequestInfo {
   const incoming = (c.env as { incoming?: { url?: string; socket?: { remoteAddress?: string } } } | undefined)
     ?.incoming;
   const url = new URL(c.req.url);
+  let ip = incoming?.socket?.remoteAddress ?? "unknown";
+  if (trustForwardedFor) {
+    // The last entry is the one our own proxy added; earlier ones came from the client and may be forged.
+    const forwarded = c.req.header("x-forwarded-for")?.split(",").at(-1)?.trim();
+    if (forwarded) ip = forwarded;
+  }
   return {
     requestId,
-    ip: incoming?.socket?.remoteAddress ?? "unknown",
+    ip,
     userAgent: c.req.header("user-agent") ?? "",
     rawTarget: incoming?.url ?? url.pathname + url.search,
   };
