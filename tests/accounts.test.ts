@@ -398,4 +398,29 @@ describe("guests", () => {
       await hs.destroy();
     }
   });
+
+  it("can upgrade to a full account that keeps the user ID", async () => {
+    const hs = await startTestServer({ config: { allow_guest_access: true } });
+    try {
+      const guest = await request(hs.url, "POST", "/_matrix/client/v3/register?kind=guest", { body: {} });
+      const userId = guest.json.user_id as string;
+      const localpart = userId.slice(1, userId.indexOf(":"));
+      const token = guest.json.access_token as string;
+      // Warm the token cache with the guest's requester.
+      expect((await request(hs.url, "GET", "/_matrix/client/v3/account/whoami", { token })).json.is_guest).toBe(true);
+      const wrongName = await request(hs.url, "POST", "/_matrix/client/v3/register", {
+        body: { username: "someoneelse", password: "pw", guest_access_token: token, auth: { type: "m.login.dummy" } },
+      });
+      expect(wrongName.status).toBe(400);
+      const upgraded = await request(hs.url, "POST", "/_matrix/client/v3/register", {
+        body: { username: localpart, password: "now a member", guest_access_token: token, auth: { type: "m.login.dummy" } },
+      });
+      expect(upgraded.status).toBe(200);
+      expect(upgraded.json.user_id).toBe(userId);
+      expect((await request(hs.url, "GET", "/_matrix/client/v3/account/whoami", { token })).json.is_guest).toBe(false);
+      expect((await loginUser(hs.url, localpart, "now a member")).status).toBe(200);
+    } finally {
+      await hs.destroy();
+    }
+  });
 });

@@ -159,6 +159,25 @@ export class Accounts {
   }
 
   /**
+   * Turns a guest account into a full account with a password, keeping its user ID
+   * (https://spec.matrix.org/latest/client-server-api/#guest-access: "Guest users can also upgrade
+   * their account by going through the ordinary register flow").
+   */
+  async upgradeGuest(userId: string, password: string, source: AuditSource): Promise<void> {
+    checkPassword(password);
+    const passwordHash = await this.hasher.hash(password);
+    const u = schema.users;
+    const updated = await this.db
+      .update(u)
+      .set({ isGuest: false, passwordHash })
+      .where(and(eq(u.userId, userId), eq(u.isGuest, true), isNull(u.deactivatedTs)))
+      .returning({ userId: u.userId });
+    if (updated.length === 0) throw forbidden("This account is not a guest account");
+    await this.sessions.dropCached(userId);
+    await this.audit.record("registered", userId, source, { upgraded_guest: true });
+  }
+
+  /**
    * The user a login names: a full user ID of this server, or a localpart. Localparts are compared
    * in lower case (they are stored so), as Synapse does. Undefined when it names no local user.
    */

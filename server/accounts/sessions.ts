@@ -120,9 +120,16 @@ export class Sessions implements Authenticator {
     await this.db
       .delete(t)
       .where(deviceIds === "all" ? eq(t.userId, userId) : and(eq(t.userId, userId), inArray(t.deviceId, deviceIds)));
-    const list = deviceIds === "all" ? null : deviceIds;
-    this.forget(userId, list);
-    const payload = JSON.stringify({ u: userId, d: list });
+    await this.dropCached(userId, deviceIds === "all" ? null : deviceIds);
+  }
+
+  /**
+   * Drops cached lookups of a user's tokens, here and in other processes, after a change to what a
+   * lookup returns (a guest becoming a full user).
+   */
+  async dropCached(userId: string, deviceIds: string[] | null = null): Promise<void> {
+    this.forget(userId, deviceIds);
+    const payload = JSON.stringify({ u: userId, d: deviceIds });
     await this.database
       .notify(REVOKED_CHANNEL, payload.length < 7000 ? payload : JSON.stringify({ u: userId, d: null }))
       .catch((err) => this.logger.warn({ err }, "could not announce a token revocation"));

@@ -4,7 +4,8 @@
 // https://spec.matrix.org/latest/client-server-api/#guest-access
 import { z } from "zod";
 import { forbidden, MatrixError } from "../../http/errors.ts";
-import { route } from "../../http/route.ts";
+import { type RequestInfo, route } from "../../http/route.ts";
+import { userIdOf } from "../../accounts/user-id.ts";
 import type { Services } from "../../services.ts";
 import type { UiaStage } from "../../accounts/uia.ts";
 
@@ -19,6 +20,8 @@ const registerBody = z.object({
   // register() always sends `refresh_token: true`, also for bots that never refresh; a client that
   // wants refresh tokens gets them from /login.
   refresh_token: z.boolean().optional(),
+  /** A guest upgrading their account; `username` must then be the guest's localpart. */
+  guest_access_token: z.string().optional(),
 });
 
 function registrationFlows(services: Services): UiaStage[][] {
@@ -51,18 +54,25 @@ export const register = route({
     refuseWhenClosed(services);
     // Synapse lowercases the requested username; login compares localparts in lower case too.
     const localpart = body.username?.toLowerCase();
+    const guest = body.guest_access_token === undefined ? undefined : await guestToUpgrade(services, body.guest_access_token, localpart, request);
     // The username is checked before any auth stage, so the client hears about a taken name first.
-    if (localpart !== undefined) await accounts.checkUsernameAvailable(localpart);
+    if (localpart !== undefined && !guest) await accounts.checkUsernameAvailable(localpart);
     if (body.auth !== undefined && body.password === undefined) {
       throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
     }
     await services.uia.require({ operation: "register", flows: registrationFlows(services) }, body.auth, request);
     if (body.password === undefined) throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
 
-    const userId = await accounts.createUser(
-      { localpart: localpart ?? (await accounts.generateLocalpart()), password: body.password },
-      request,
-    );
+    let userId: string;
+    if (guest) {
+      await accounts.upgradeGuest(guest.userId, body.password, request);
+      userId = guest.userId;
+    } else {
+      userId = await accounts.createUser(
+        { localpart: localpart ?? (await accounts.generateLocalpart()), password: body.password },
+        request,
+      );
+    }
     if (body.inhibit_login) return { user_id: userId };
     const login = await accounts.login(
       userId,
@@ -72,6 +82,16 @@ export const register = route({
     return { user_id: userId, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
   },
 });
+
+/** The guest account a `guest_access_token` names, checked against the requested username. */
+async function guestToUpgrade(services: Services, token: string, localpart: string | undefined, request: RequestInfo) {
+  const requester = await services.sessions.authenticate(token, request);
+  if (!requester.isGuest) throw forbidden("guest_access_token is not the token of a guest account");
+  if (localpart === undefined || userIdOf(localpart, services.config.server_name) !== requester.userId) {
+    throw new MatrixError(400, "M_INVALID_USERNAME", "username must be the guest account's localpart");
+  }
+  return requester;
+}
 
 export const registerAvailable = route({
   method: "GET",
