@@ -202,7 +202,14 @@ export class Accounts {
       await this.hasher.verifyNothing(password.slice(0, MAX_PASSWORD_LENGTH));
       // The attempted name is kept only when it names an account: a password typed into the
       // username field must not end up in the log.
-      await this.audit.record("login_failed", row?.userId, source, { reason: row ? "no_password" : "unknown_user" });
+      const reason = !row
+        ? "unknown_user"
+        : row.deactivatedTs !== null
+          ? "deactivated"
+          : row.passwordHash === null
+            ? "no_password"
+            : "wrong_password";
+      await this.audit.record("login_failed", row?.userId, source, { reason });
       if (row?.deactivatedTs != null) throw new MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated");
       throw invalidLogin();
     }
