@@ -1,0 +1,45 @@
+// The Docker files cannot be built on these machines (no Docker engine), so this keeps them
+// consistent with the code: every variable they set is a real configuration key, and what the image
+// copies and runs exists. `docker-compose -f docker/compose.yaml config -q` checks the syntax.
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import YAML from "yaml";
+import { describe, expect, it } from "vitest";
+import { configKeys, resolveConfig } from "../server/config.ts";
+
+const root = path.join(import.meta.dirname, "..");
+const compose = YAML.parse(readFileSync(path.join(root, "docker/compose.yaml"), "utf8"), { merge: true });
+const dockerfile = readFileSync(path.join(root, "docker/Dockerfile"), "utf8");
+const knownEnv = new Set(Object.values(configKeys).map((k) => k.env));
+
+describe("docker/", () => {
+  it("runs two homeservers, each with its own PostgreSQL, under valid configurations", () => {
+    const parleys = Object.entries<any>(compose.services).filter(([, s]) => s.build);
+    expect(parleys).toHaveLength(2);
+    const dbs = new Set<string>();
+    for (const [name, service] of parleys) {
+      const env = service.environment as Record<string, string>;
+      for (const key of Object.keys(env)) expect(knownEnv, `${name}: ${key}`).toContain(key);
+      const config = resolveConfig({}, env);
+      expect(config.database_url).toMatch(/^postgres:\/\//);
+      const dbHost = new URL(config.database_url!).hostname;
+      expect(compose.services[dbHost]?.image, `${name}'s database service`).toMatch(/^postgres:15/);
+      expect(service.depends_on).toHaveProperty(dbHost);
+      dbs.add(dbHost);
+    }
+    expect(dbs.size).toBe(2);
+    const names = parleys.map(([, s]) => (s.environment as Record<string, string>).PARLEY_SERVER_NAME);
+    expect(new Set(names).size).toBe(2);
+  });
+
+  it("builds an image whose variables are configuration keys and whose entry point and migrations exist", () => {
+    for (const m of dockerfile.matchAll(/\b(PARLEY_[A-Z_]+|DATABASE_URL)=/g)) expect(knownEnv).toContain(m[1]);
+    expect(dockerfile).toMatch(/^USER node$/m);
+    expect(dockerfile).toMatch(/^VOLUME \["\/data"\]$/m);
+    expect(dockerfile).toMatch(/^HEALTHCHECK /m);
+    expect(dockerfile).toContain("dist/parley.js");
+    expect(dockerfile).toContain("schema/migrations");
+    expect(existsSync(path.join(root, "schema/migrations/meta/_journal.json"))).toBe(true);
+    expect(existsSync(path.join(root, "bin/build.mjs"))).toBe(true);
+  });
+});
