@@ -62,6 +62,17 @@ const MAX_DISPLAYNAME_LENGTH = 256;
 const MAX_AVATAR_URL_LENGTH = 1000;
 const MAX_DEVICE_ID_LENGTH = 255;
 
+/** The columns of a user as the rest of the server sees them (never the password hash). */
+const userColumns = {
+  userId: schema.users.userId,
+  isAdmin: schema.users.isAdmin,
+  isGuest: schema.users.isGuest,
+  displayName: schema.users.displayName,
+  avatarUrl: schema.users.avatarUrl,
+  createdTs: schema.users.createdTs,
+  deactivatedTs: schema.users.deactivatedTs,
+};
+
 export class Accounts {
   private readonly devicesDeletedListeners: DevicesDeletedListener[] = [];
   private readonly profileChangedListeners: ProfileChangedListener[] = [];
@@ -87,34 +98,17 @@ export class Accounts {
   // ---- Users -----------------------------------------------------------------------------------------
 
   async getUser(userId: string): Promise<User | undefined> {
-    const u = schema.users;
     const [row] = await this.db
-      .select({
-        userId: u.userId,
-        isAdmin: u.isAdmin,
-        isGuest: u.isGuest,
-        displayName: u.displayName,
-        avatarUrl: u.avatarUrl,
-        createdTs: u.createdTs,
-        deactivatedTs: u.deactivatedTs,
-      })
-      .from(u)
-      .where(eq(u.userId, userId));
+      .select(userColumns)
+      .from(schema.users)
+      .where(eq(schema.users.userId, userId));
     return row;
   }
 
   async listUsers(): Promise<User[]> {
     const u = schema.users;
     return this.db
-      .select({
-        userId: u.userId,
-        isAdmin: u.isAdmin,
-        isGuest: u.isGuest,
-        displayName: u.displayName,
-        avatarUrl: u.avatarUrl,
-        createdTs: u.createdTs,
-        deactivatedTs: u.deactivatedTs,
-      })
+      .select(userColumns)
       .from(u)
       .orderBy(asc(u.userId));
   }
@@ -239,8 +233,8 @@ export class Accounts {
     const u = schema.users;
     const [row] = await this.db
       .select({ userId: u.userId, passwordHash: u.passwordHash, deactivatedTs: u.deactivatedTs })
-      .from(u)
-      .where(eq(u.userId, userId));
+      .from(schema.users)
+      .where(eq(schema.users.userId, userId));
     return row;
   }
 
