@@ -4,3 +4,4 @@ export * from "./tables/server.ts";
 export * from "./tables/accounts.ts";
 export * from "./tables/userdata.ts";
 export * from "./tables/e2ee.ts";
+export * from "./tables/rooms.ts";
