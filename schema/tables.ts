@@ -5,3 +5,4 @@ export * from "./tables/accounts.ts";
 export * from "./tables/userdata.ts";
 export * from "./tables/e2ee.ts";
 export * from "./tables/rooms.ts";
+export * from "./tables/sync.ts";

@@ -1,16 +1,12 @@
 // The user-data component's tables: account data (global and, later, per room), filters and push
 // rules. Owned by server/userdata/.
-import { bigint, bigserial, index, pgSequence, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
-
-/**
- * The account-data stream: every write takes the next value, so `/sync` can ask for "what changed
- * since position N" with one range query on `account_data_stream_idx`.
- */
-export const accountDataStream = pgSequence("account_data_stream", { startWith: 1 });
+import { bigint, bigserial, index, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 
 /**
  * Account data, one row per (user, room, type); `room_id` is '' for global account data. The content
- * is kept as the JSON text the client sent, returned as it was given.
+ * is kept as the JSON text the client sent, returned as it was given. `stream_id` is the position of
+ * the last write in the `account_data` stream (server/sync/streams.ts), so `/sync` asks for "what
+ * changed since position N" with one range query on `account_data_stream_idx`.
  *
  * Push rules live here too, as the `m.push_rules` global account data (which clients may not PUT
  * through the account-data API): the user's effective ruleset, so a change streams to `/sync` like

@@ -2,11 +2,12 @@
 // https://spec.matrix.org/latest/client-server-api/#client-config
 // https://spec.matrix.org/latest/client-server-api/#filtering
 // https://spec.matrix.org/latest/client-server-api/#push-rules-api
-import { and, asc, eq, gt, sql } from "drizzle-orm";
-import { type Database, schema } from "../../schema/db.ts";
+import { and, asc, eq, gt, lte, sql } from "drizzle-orm";
+import { type Database, schema, type Tx } from "../../schema/db.ts";
 import { notFound } from "../http/errors.ts";
 import type { Ruleset } from "../pushrules/defaults.ts";
 import { getPushRules, withServerDefaults } from "../pushrules/ruleset.ts";
+import { advanceStream } from "../sync/streams.ts";
 
 /** The account-data type under which a user's push rules are kept (and streamed to `/sync`). */
 export const PUSH_RULES_TYPE = "m.push_rules";
@@ -18,8 +19,21 @@ export interface AccountDataChange {
   streamId: number;
 }
 
+/** Called once an account-data write has committed; `/sync` hangs its wake-ups here. */
+export type AccountDataListener = (userId: string, roomId: string, streamId: number) => void;
+
 export class UserData {
+  private readonly listeners: AccountDataListener[] = [];
+
   constructor(private readonly db: Database) {}
+
+  onAccountData(listener: AccountDataListener): void {
+    this.listeners.push(listener);
+  }
+
+  private changed(userId: string, roomId: string, streamId: number): void {
+    for (const listener of this.listeners) listener(userId, roomId, streamId);
+  }
 
   // ---- Account data ----------------------------------------------------------------------------------
 
@@ -34,32 +48,37 @@ export class UserData {
     return row ? (JSON.parse(row.content) as Record<string, unknown>) : undefined;
   }
 
-  /** Sets account data; each write takes the next position of the account-data stream. */
+  /**
+   * Sets account data; each write takes the next position of the account-data stream, as the last
+   * step of its transaction (server/sync/streams.ts: positions become visible in order).
+   */
   async setAccountData(userId: string, roomId: string, type: string, content: Record<string, unknown>): Promise<number> {
-    const t = schema.accountData;
     const text = JSON.stringify(content);
-    const [row] = await this.db
+    const streamId = await this.db.transaction((tx) => this.writeAccountData(tx, userId, roomId, type, text));
+    this.changed(userId, roomId, streamId);
+    return streamId;
+  }
+
+  private async writeAccountData(tx: Tx, userId: string, roomId: string, type: string, content: string): Promise<number> {
+    const t = schema.accountData;
+    const streamId = await advanceStream(tx, "account_data");
+    await tx
       .insert(t)
-      .values({ userId, roomId, type, content: text, streamId: sql`nextval('account_data_stream')` })
-      .onConflictDoUpdate({
-        target: [t.userId, t.roomId, t.type],
-        set: { content: text, streamId: sql`nextval('account_data_stream')` },
-      })
-      .returning({ streamId: t.streamId });
-    return row!.streamId;
+      .values({ userId, roomId, type, content, streamId })
+      .onConflictDoUpdate({ target: [t.userId, t.roomId, t.type], set: { content, streamId } });
+    return streamId;
   }
 
   /**
-   * The account data of a user that changed after stream position `since`, oldest first: what
-   * `/sync` sends. (Positions are taken at write time; the sync component must not move its token
-   * past a position whose transaction may still be open — see its notes.)
+   * The account data of a user that changed after stream position `since` and at or before `upTo`,
+   * oldest first: what `/sync` sends (all of it when `since` is 0).
    */
-  async accountDataSince(userId: string, since: number): Promise<AccountDataChange[]> {
+  async accountDataSince(userId: string, since: number, upTo = Number.MAX_SAFE_INTEGER): Promise<AccountDataChange[]> {
     const t = schema.accountData;
     const rows = await this.db
       .select()
       .from(t)
-      .where(and(eq(t.userId, userId), gt(t.streamId, since)))
+      .where(and(eq(t.userId, userId), gt(t.streamId, since), lte(t.streamId, upTo)))
       .orderBy(asc(t.streamId));
     return rows.map((r) => ({
       roomId: r.roomId,
@@ -112,7 +131,7 @@ export class UserData {
    */
   async editPushRules(userId: string, edit: (ruleset: Ruleset) => Ruleset): Promise<void> {
     const t = schema.accountData;
-    await this.db.transaction(async (tx) => {
+    const streamId = await this.db.transaction(async (tx) => {
       await tx.execute(sql`select pg_advisory_xact_lock(hashtext(${`push_rules:${userId}`}))`);
       const [row] = await tx
         .select({ content: t.content })
@@ -120,13 +139,8 @@ export class UserData {
         .where(and(eq(t.userId, userId), eq(t.roomId, ""), eq(t.type, PUSH_RULES_TYPE)));
       const current = withServerDefaults(row ? (JSON.parse(row.content) as { global?: unknown }).global : undefined, userId);
       const text = JSON.stringify({ global: edit(current) });
-      await tx
-        .insert(t)
-        .values({ userId, roomId: "", type: PUSH_RULES_TYPE, content: text, streamId: sql`nextval('account_data_stream')` })
-        .onConflictDoUpdate({
-          target: [t.userId, t.roomId, t.type],
-          set: { content: text, streamId: sql`nextval('account_data_stream')` },
-        });
+      return this.writeAccountData(tx, userId, "", PUSH_RULES_TYPE, text);
     });
+    this.changed(userId, "", streamId);
   }
 }
