@@ -54,6 +54,11 @@ export const events = pgTable(
     stateBeforeGroup: bigint("state_before_group", { mode: "number" }),
     /** For accepted state events, the state group after it (null: the same as before). */
     stateAfterGroup: bigint("state_after_group", { mode: "number" }),
+    /**
+     * For state events, the event this one replaced in the state before it (the client format's
+     * `unsigned.replaces_state`, whose content and sender are `prev_content` and `prev_sender`).
+     */
+    replacesState: text("replaces_state"),
   },
   (t) => [
     uniqueIndex("events_stream_ordering_idx").on(t.streamOrdering),
