@@ -5,7 +5,7 @@
 //
 // Key objects are stored as the canonical JSON of what the client uploaded (signatures included),
 // so "is this the same key" is a string comparison.
-import { bigint, bigserial, boolean, index, integer, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, boolean, index, integer, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 
 /** A device's identity keys (`device_keys` of `/keys/upload`), as uploaded. */
 export const e2eDeviceKeys = pgTable(
@@ -83,13 +83,14 @@ export const e2eCrossSigningSignatures = pgTable(
 
 /**
  * The device-list stream: one row each time a user's devices, device keys or cross-signing keys
- * change. `stream_id` is the stream position `/sync` and `/keys/changes` read. `self_only` rows
- * (a signature of another user's key by one's user-signing key) concern only the user themself.
+ * change. `stream_id` is the position in the `device_lists` stream (taken from `stream_positions`
+ * through server/sync/streams.ts) that `/sync` and `/keys/changes` read. `self_only` rows (a
+ * signature of another user's key by one's user-signing key) concern only the user themself.
  */
 export const deviceListsStream = pgTable(
   "device_lists_stream",
   {
-    streamId: bigserial("stream_id", { mode: "number" }).primaryKey(),
+    streamId: bigint("stream_id", { mode: "number" }).primaryKey(),
     userId: text("user_id").notNull(),
     /** The device concerned, when the change is about one device. */
     deviceId: text("device_id"),
@@ -98,11 +99,14 @@ export const deviceListsStream = pgTable(
   (t) => [index("device_lists_stream_user_idx").on(t.userId, t.streamId)],
 );
 
-/** Undelivered to-device messages: one device's mailbox, in stream order. */
+/**
+ * Undelivered to-device messages: one device's mailbox, in stream order. `stream_id` is the
+ * position in the `to_device` stream (from `stream_positions`, server/sync/streams.ts).
+ */
 export const toDeviceMessages = pgTable(
   "to_device_messages",
   {
-    streamId: bigserial("stream_id", { mode: "number" }).primaryKey(),
+    streamId: bigint("stream_id", { mode: "number" }).primaryKey(),
     userId: text("user_id").notNull(),
     deviceId: text("device_id").notNull(),
     sender: text("sender").notNull(),
