@@ -146,6 +146,12 @@ export const configKeys = {
     default: 5 * 60 * 1000,
     doc: "How long an access token lives when the client asked for a refresh token (`refresh_token: true` at login). Tokens of clients that did not ask never expire.",
   }),
+  to_device_mailbox_limit: key({
+    env: "PARLEY_TO_DEVICE_MAILBOX_LIMIT",
+    schema: int(1, 10_000_000),
+    default: 10_000,
+    doc: "The most undelivered to-device messages (encryption keys, verification requests) one device's mailbox holds. A send that would overfill a mailbox is refused with 429 M_LIMIT_EXCEEDED, never dropped.",
+  }),
   log_level: key({
     env: "PARLEY_LOG_LEVEL",
     schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),

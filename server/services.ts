@@ -13,6 +13,7 @@ import { UserInteractiveAuth } from "./accounts/uia.ts";
 import type { Config } from "./config.ts";
 import type { Requester, RequestInfo } from "./http/route.ts";
 import { MatrixError } from "./http/errors.ts";
+import { E2ee } from "./e2ee/e2ee.ts";
 import { RateLimiter } from "./ratelimit.ts";
 import { UserData } from "./userdata/userdata.ts";
 
@@ -48,6 +49,8 @@ export interface AccountServices {
   userData: UserData;
   rateLimiter: RateLimiter;
   sharedSecret: SharedSecretRegistration;
+  /** End-to-end encryption: built with the accounts so device deletion (even from the CLI) removes device keys. */
+  e2ee: E2ee;
 }
 
 export function createAccountServices(
@@ -68,13 +71,19 @@ export function createAccountServices(
     },
     now,
   );
+  const uia = new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens);
   return {
     accounts,
     sessions,
     audit,
     rateLimiter,
-    uia: new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens),
+    uia,
     userData: new UserData(db),
     sharedSecret: new SharedSecretRegistration(db, now, config.registration_shared_secret),
+    e2ee: new E2ee(db, accounts, uia, {
+      serverName: config.server_name,
+      toDeviceMailboxLimit: config.to_device_mailbox_limit,
+      now,
+    }),
   };
 }

@@ -6,6 +6,10 @@ import { accountRoutes } from "./client/account.ts";
 import { accountDataRoutes } from "./client/account-data.ts";
 import { capabilities } from "./client/capabilities.ts";
 import { deviceRoutes } from "./client/devices.ts";
+import { keyBackupRoutes } from "./client/e2ee-backup.ts";
+import { crossSigningRoutes } from "./client/e2ee-cross-signing.ts";
+import { e2eeKeyRoutes } from "./client/e2ee-keys.ts";
+import { toDeviceRoutes } from "./client/e2ee-to-device.ts";
 import { filterRoutes } from "./client/filter.ts";
 import { loginRoutes } from "./client/login.ts";
 import { profileRoutes } from "./client/profile.ts";
@@ -33,5 +37,9 @@ export const routes: AnyRoute[] = [
   ...filterRoutes,
   ...pushRuleRoutes,
   capabilities,
+  ...e2eeKeyRoutes,
+  ...crossSigningRoutes,
+  ...toDeviceRoutes,
+  ...keyBackupRoutes,
   ...synapseAdminRoutes,
 ];

@@ -1,0 +1,37 @@
+// Cross-signing: uploading the keys, and signatures made with them.
+// https://spec.matrix.org/latest/client-server-api/#cross-signing
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keysdevice_signingupload
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keyssignaturesupload
+import { z } from "zod";
+import { route } from "../../http/route.ts";
+
+// Key objects are kept whole: their every field is signed.
+const keyObject = z.record(z.string(), z.unknown());
+
+export const uploadCrossSigningKeys = route({
+  method: "POST",
+  path: "/_matrix/client/v3/keys/device_signing/upload",
+  auth: "user",
+  body: z.object({
+    master_key: keyObject.optional(),
+    self_signing_key: keyObject.optional(),
+    user_signing_key: keyObject.optional(),
+    auth: z.record(z.string(), z.unknown()).optional(),
+  }),
+  async handler({ requester, body, request }, services) {
+    await services.e2ee.crossSigning.uploadKeys(requester.userId, body, request);
+    return {};
+  },
+});
+
+export const uploadSignatures = route({
+  method: "POST",
+  path: "/_matrix/client/v3/keys/signatures/upload",
+  auth: "user",
+  body: z.record(z.string(), z.record(z.string(), keyObject)),
+  async handler({ requester, body }, services) {
+    return { failures: await services.e2ee.crossSigning.uploadSignatures(requester.userId, body) };
+  },
+});
+
+export const crossSigningRoutes = [uploadCrossSigningKeys, uploadSignatures];

@@ -1,0 +1,94 @@
+// The device-list stream: who changed their devices or keys, and when.
+// https://spec.matrix.org/latest/client-server-api/#tracking-the-device-list-for-a-user
+// https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3keyschanges
+//
+// A row is written whenever a user's devices, device keys or cross-signing keys change: new device
+// keys, a deleted device, a renamed device, a cross-signing upload, a signature on one's own keys.
+// Its `stream_id` is a position of the `device_lists` stream, which `/sync` (`device_lists.changed`)
+// and `/keys/changes` read. Positions come from server/sync/streams.ts as the last step of the
+// writer's transaction, so they become visible in order (see server/sync/README.md).
+import { and, asc, eq, gt, inArray, lte, or } from "drizzle-orm";
+import { type Database, schema } from "../../schema/db.ts";
+import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
+
+export type { Queryable };
+
+export interface DeviceListChange {
+  userId: string;
+  deviceId?: string;
+  /** Seen only by the user themself (a signature they made of someone else's master key). */
+  selfOnly?: boolean;
+}
+
+/**
+ * Called after a change is committed, with the users whose device lists changed and the stream
+ * position reached (a safe upper bound); `/sync` hangs its wake-ups here.
+ */
+export type DeviceListListener = (userIds: string[], position: number) => void;
+
+export class DeviceLists {
+  private readonly listeners: DeviceListListener[] = [];
+
+  constructor(private readonly db: Database) {}
+
+  onChange(listener: DeviceListListener): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * Writes stream rows for `changes` in the caller's transaction, as its LAST step (it takes the
+   * stream's positions, which holds the stream until commit). Returns the highest position; pass
+   * it to `notify` once the transaction has committed.
+   */
+  async record(q: Queryable, changes: DeviceListChange[]): Promise<number> {
+    if (changes.length === 0) return 0;
+    const last = await advanceStream(q, "device_lists", changes.length);
+    await q.insert(schema.deviceListsStream).values(
+      changes.map((c, i) => ({
+        streamId: last - changes.length + 1 + i,
+        userId: c.userId,
+        deviceId: c.deviceId ?? null,
+        selfOnly: c.selfOnly ?? false,
+      })),
+    );
+    return last;
+  }
+
+  notify(userIds: string[], position: number): void {
+    const unique = [...new Set(userIds)];
+    if (unique.length === 0 || position === 0) return;
+    for (const listener of this.listeners) listener(unique, position);
+  }
+
+  /** The stream's current position: everything at or below it is committed. */
+  async currentPosition(): Promise<number> {
+    return (await readStreamPositions(this.db)).device_lists;
+  }
+
+  /**
+   * The users whose devices or keys changed after position `from` and at or before `to`, as
+   * `requester` may see them: the requester themself, and the users in `interestingUsers`.
+   *
+   * The spec limits `/keys/changes` to users who share a room with the requester. Rooms do not exist
+   * yet, so `interestingUsers` undefined means "every user" for now; the sync component passes the
+   * users who share a room with the requester once there are rooms.
+   */
+  async changedUsers(requester: string, from: number, to: number, interestingUsers?: ReadonlySet<string>): Promise<string[]> {
+    if (to <= from) return [];
+    const t = schema.deviceListsStream;
+    const visible =
+      interestingUsers === undefined
+        ? or(eq(t.userId, requester), eq(t.selfOnly, false))
+        : or(
+            eq(t.userId, requester),
+            interestingUsers.size > 0 ? and(eq(t.selfOnly, false), inArray(t.userId, [...interestingUsers])) : undefined,
+          );
+    const rows = await this.db
+      .selectDistinct({ userId: t.userId })
+      .from(t)
+      .where(and(gt(t.streamId, from), lte(t.streamId, to), visible))
+      .orderBy(asc(t.userId));
+    return rows.map((r) => r.userId);
+  }
+}
+
