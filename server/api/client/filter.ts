@@ -4,43 +4,8 @@
 import { z } from "zod";
 import { badJson } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
+import { filterSchema } from "../../sync/filter.ts";
 import { requireOwnUser } from "./ownership.ts";
-
-// The filter's shape, checked loosely: known fields must have the right types; unknown fields are
-// kept (a newer client may know them).
-const strings = z.array(z.string()).optional();
-const eventFilter = z.looseObject({
-  limit: z.int().min(0).optional(),
-  not_senders: strings,
-  not_types: strings,
-  senders: strings,
-  types: strings,
-});
-const roomEventFilter = eventFilter.extend({
-  contains_url: z.boolean().optional(),
-  include_redundant_members: z.boolean().optional(),
-  lazy_load_members: z.boolean().optional(),
-  not_rooms: strings,
-  rooms: strings,
-  unread_thread_notifications: z.boolean().optional(),
-});
-const filterSchema = z.looseObject({
-  account_data: eventFilter.optional(),
-  event_fields: strings,
-  event_format: z.enum(["client", "federation"]).optional(),
-  presence: eventFilter.optional(),
-  room: z
-    .looseObject({
-      account_data: roomEventFilter.optional(),
-      ephemeral: roomEventFilter.optional(),
-      include_leave: z.boolean().optional(),
-      not_rooms: strings,
-      rooms: strings,
-      state: roomEventFilter.optional(),
-      timeline: roomEventFilter.optional(),
-    })
-    .optional(),
-});
 
 export const createFilter = route({
   method: "POST",

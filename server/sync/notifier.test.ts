@@ -1,0 +1,82 @@
+import pino from "pino";
+import { describe, expect, it } from "vitest";
+import type { OpenedDatabase } from "../../schema/db.ts";
+import { Notifier } from "./notifier.ts";
+import { zeroPositions } from "./streams.ts";
+
+// The notifier's in-process behaviour: PGlite's kind, so nothing goes to a real database.
+function notifier(): Notifier {
+  const database = { kind: "pglite" } as unknown as OpenedDatabase;
+  return new Notifier(database, pino({ level: "silent" }));
+}
+
+const at = (events: number) => ({ ...zeroPositions(), events });
+
+describe("Notifier", () => {
+  it("wakes a waiter when a change reaches one of its rooms, and not for other rooms", async () => {
+    const n = notifier();
+    await n.start(zeroPositions());
+    let woken = false;
+    const waiting = n.wait({ userId: "@a:x", rooms: ["!r1:x"], after: at(0), timeoutMs: 5_000 }).then((w) => (woken = w));
+    n.publish({ stream: "events", position: 1, rooms: ["!other:x"] });
+    await new Promise((r) => setTimeout(r, 10));
+    expect(woken).toBe(false);
+    n.publish({ stream: "events", position: 2, rooms: ["!r1:x"] });
+    await waiting;
+    expect(woken).toBe(true);
+    expect(n.positions().events).toBe(2);
+    expect(n.waiting).toBe(0);
+  });
+
+  it("wakes a user's waiters for a change addressed to the user", async () => {
+    const n = notifier();
+    await n.start(zeroPositions());
+    const waiting = n.wait({ userId: "@a:x", rooms: [], after: zeroPositions(), timeoutMs: 5_000 });
+    n.publish({ stream: "account_data", position: 7, users: ["@a:x"] });
+    expect(await waiting).toBe(true);
+  });
+
+  it("returns at once when a watched key changed after the request's upper bound", async () => {
+    const n = notifier();
+    await n.start(zeroPositions());
+    // The change lands between the request computing an empty response at position 0 and waiting.
+    n.publish({ stream: "events", position: 1, rooms: ["!r1:x"] });
+    const started = Date.now();
+    expect(await n.wait({ userId: "@a:x", rooms: ["!r1:x"], after: at(0), timeoutMs: 5_000 })).toBe(true);
+    expect(Date.now() - started).toBeLessThan(100);
+    // A request whose bound already includes it waits.
+    expect(await n.wait({ userId: "@a:x", rooms: ["!r1:x"], after: at(1), timeoutMs: 20 })).toBe(false);
+  });
+
+  it("times out, and honours an aborted request", async () => {
+    const n = notifier();
+    await n.start(zeroPositions());
+    expect(await n.wait({ userId: "@a:x", rooms: [], after: zeroPositions(), timeoutMs: 10 })).toBe(false);
+    const abort = new AbortController();
+    const waiting = n.wait({ userId: "@a:x", rooms: [], after: zeroPositions(), timeoutMs: 5_000, signal: abort.signal });
+    abort.abort();
+    expect(await waiting).toBe(false);
+    expect(n.waiting).toBe(0);
+  });
+
+  it("releases every waiter at once on close, and waits no more after", async () => {
+    const n = notifier();
+    await n.start(zeroPositions());
+    const waits = [1, 2, 3].map((i) => n.wait({ userId: `@u${i}:x`, rooms: ["!r:x"], after: zeroPositions(), timeoutMs: 60_000 }));
+    const started = Date.now();
+    await n.close();
+    expect(await Promise.all(waits)).toEqual([false, false, false]);
+    expect(Date.now() - started).toBeLessThan(100);
+    expect(await n.wait({ userId: "@u1:x", rooms: [], after: zeroPositions(), timeoutMs: 60_000 })).toBe(false);
+  });
+
+  it("runs a stream's handler before waking waiters", async () => {
+    const n = notifier();
+    await n.start(zeroPositions());
+    const seen: unknown[] = [];
+    n.onChange("typing", (c) => seen.push(c.data));
+    const waiting = n.wait({ userId: "@a:x", rooms: ["!r:x"], after: zeroPositions(), timeoutMs: 5_000 }).then(() => [...seen]);
+    n.publish({ stream: "typing", position: 1, rooms: ["!r:x"], data: { hello: 1 } });
+    expect(await waiting).toEqual([{ hello: 1 }]);
+  });
+});

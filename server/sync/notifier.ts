@@ -1,0 +1,274 @@
+// The notifier: long-polling /sync requests wait here, keyed by user and room, and every write a
+// user can see wakes exactly the waiting requests that can see it. No polling loops.
+//
+// - A write publishes a `Change` after it commits: its stream, its position, and who can see it (the
+//   members of `rooms`, and `users`). Waiters registered under one of those keys are woken.
+// - Several Parley processes on one PostgreSQL wake each other with LISTEN/NOTIFY on one channel.
+//   Each process ignores its own notifications (it has already applied them), except changes
+//   published with `publishOrdered`, which every process (this one included) applies from the
+//   channel, in commit order: what in-memory streams (typing) need.
+// - A change is a safe upper bound (its writer took its position as the last step of its
+//   transaction, see streams.ts), so `positions` — the highest position notified per stream — is a
+//   bound a woken request may use without a query.
+// - A request computes its response, finds nothing, then waits: a change published in between must
+//   not be lost. So the notifier remembers, per room and per user, the last position of each stream
+//   that concerned it (`lastChange`), and `wait` returns at once when a key it watches moved past the
+//   request's upper bound.
+import { randomUUID } from "node:crypto";
+import { sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import { type OpenedDatabase, rowsOf } from "../../schema/db.ts";
+import { type Queryable, STREAMS, type StreamName, type StreamPositions, maxPositions, zeroPositions } from "./streams.ts";
+
+export const SYNC_CHANNEL = "parley_sync";
+/** PostgreSQL refuses NOTIFY payloads of 8000 bytes or more. */
+const MAX_PAYLOAD = 7900;
+/** Beyond this many remembered keys, forget them all and raise the floor (see `lastChangeOf`). */
+const MAX_REMEMBERED_KEYS = 200_000;
+
+export interface Change {
+  stream: StreamName;
+  position: number;
+  /** Users who can see the change (the owner of account data or to-device messages, a member event's target). */
+  users?: readonly string[];
+  /** Rooms whose members can see the change. */
+  rooms?: readonly string[];
+  /** Stream-specific data for in-memory streams (typing), handed to the stream's handler. */
+  data?: unknown;
+  /** Wake every waiter (a change too large to describe in one notification). */
+  everyone?: boolean;
+}
+
+export interface WaitOptions {
+  userId: string;
+  rooms: Iterable<string>;
+  /** The upper bound of the response computed so far: wake for changes past it. */
+  after: StreamPositions;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+type ChangeHandler = (change: Change) => void;
+
+interface Waiter {
+  keys: string[];
+  wake: () => void;
+}
+
+const userKey = (userId: string) => `u:${userId}`;
+const roomKey = (roomId: string) => `r:${roomId}`;
+
+export class Notifier {
+  /** The highest position notified per stream (and read from the database): a safe upper bound. */
+  private current = zeroPositions();
+  private readonly waiters = new Map<string, Set<Waiter>>();
+  private readonly lastChange = new Map<string, Partial<StreamPositions>>();
+  /** Positions at or below which forgotten keys may have changed. */
+  private floor = zeroPositions();
+  private readonly handlers = new Map<StreamName, ChangeHandler>();
+  private readonly origin = randomUUID().slice(0, 8);
+  private unlisten: (() => Promise<void>) | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly database: OpenedDatabase,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(initial: StreamPositions): Promise<void> {
+    this.current = maxPositions(this.current, initial);
+    this.floor = { ...this.current };
+    if (this.database.kind === "postgres") {
+      this.unlisten = await this.database.listen(SYNC_CHANNEL, (payload) => this.receive(payload));
+    }
+  }
+
+  /** Wakes every waiting request (they answer at once) and refuses to wait from now on: shutdown. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const set of this.waiters.values()) for (const w of [...set]) w.wake();
+    await this.unlisten?.().catch(() => {});
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** The stream's handler runs for every change of the stream before waiters wake (in-memory streams). */
+  onChange(stream: StreamName, handler: ChangeHandler): void {
+    this.handlers.set(stream, handler);
+  }
+
+  /** The highest safe position known per stream. */
+  positions(): StreamPositions {
+    return { ...this.current };
+  }
+
+  /** Raises the known positions with ones just read from the database. */
+  observe(positions: StreamPositions): void {
+    this.current = maxPositions(this.current, positions);
+  }
+
+  /**
+   * Announces a committed change: wakes the waiters here that can see it at once, and tells the
+   * other processes.
+   */
+  publish(change: Change): void {
+    this.apply(change);
+    if (this.database.kind === "postgres") {
+      void this.database
+        .notify(SYNC_CHANNEL, this.payload(change, true))
+        .catch((err) => this.logger.warn({ err, stream: change.stream }, "could not notify other processes"));
+    }
+  }
+
+  /**
+   * Takes the next position of `stream` and announces the change built from it, so that every
+   * process (this one included) applies the changes of the stream in position order. On PostgreSQL
+   * the position and the NOTIFY are one statement: notifications are delivered in commit order,
+   * and the row lock makes commit order position order. PGlite has one process and one connection,
+   * so the statements already run in order.
+   */
+  async publishOrdered(q: Queryable, stream: StreamName, build: (position: number) => Omit<Change, "position" | "stream">): Promise<number> {
+    // The change's description does not depend on the position: build it once with a placeholder.
+    const body = build(0);
+    if (this.database.kind !== "postgres") {
+      const rows = rowsOf<{ position: string | number }>(
+        await q.execute(sql`insert into stream_positions (stream, position) values (${stream}, 1)
+          on conflict (stream) do update set position = stream_positions.position + 1 returning position`),
+      );
+      const position = Number(rows[0]!.position);
+      this.apply({ ...body, stream, position });
+      return position;
+    }
+    const json = this.payload({ ...body, stream, position: 0 }, false);
+    const rows = rowsOf<{ position: string | number }>(
+      await q.execute(sql`with p as (
+          insert into stream_positions (stream, position) values (${stream}, 1)
+          on conflict (stream) do update set position = stream_positions.position + 1 returning position)
+        select position, pg_notify(${SYNC_CHANNEL}, position::text || '|' || ${json}) from p`),
+    );
+    return Number(rows[0]!.position);
+  }
+
+  /**
+   * Waits until a change that `userId` (a member of `rooms`) can see moves past `after`, the
+   * timeout passes, the request goes away, or the server shuts down. Returns whether it was woken
+   * by a change.
+   */
+  wait(options: WaitOptions): Promise<boolean> {
+    if (this.closed || options.timeoutMs <= 0 || options.signal?.aborted) return Promise.resolve(false);
+    const keys = [userKey(options.userId)];
+    for (const r of options.rooms) keys.push(roomKey(r));
+    if (keys.some((k) => this.changedSince(k, options.after))) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      let woken = false;
+      const waiter: Waiter = {
+        keys,
+        wake: () => {
+          woken = true;
+          finish();
+        },
+      };
+      const finish = () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener("abort", finish);
+        for (const k of keys) {
+          const set = this.waiters.get(k);
+          if (!set) continue;
+          set.delete(waiter);
+          if (set.size === 0) this.waiters.delete(k);
+        }
+        resolve(woken && !this.closed);
+      };
+      const timer = setTimeout(finish, options.timeoutMs);
+      options.signal?.addEventListener("abort", finish, { once: true });
+      for (const k of keys) {
+        let set = this.waiters.get(k);
+        if (!set) this.waiters.set(k, (set = new Set()));
+        set.add(waiter);
+      }
+    });
+  }
+
+  /** How many requests are waiting (tests and metrics). */
+  get waiting(): number {
+    const all = new Set<Waiter>();
+    for (const set of this.waiters.values()) for (const w of set) all.add(w);
+    return all.size;
+  }
+
+  private changedSince(key: string, after: StreamPositions): boolean {
+    const last = this.lastChangeOf(key);
+    for (const s of STREAMS) {
+      const p = last[s];
+      if (p !== undefined && p > after[s]) return true;
+    }
+    return false;
+  }
+
+  /** A key never seen (or forgotten) may have changed at any position up to the floor. */
+  private lastChangeOf(key: string): Partial<StreamPositions> {
+    return this.lastChange.get(key) ?? this.floor;
+  }
+
+  private apply(change: Change): void {
+    const { stream, position } = change;
+    if (position > this.current[stream]) this.current[stream] = position;
+    this.handlers.get(stream)?.(change);
+    if (change.everyone) {
+      this.floor = { ...this.current };
+      this.lastChange.clear();
+      for (const set of [...this.waiters.values()]) for (const w of [...set]) w.wake();
+      return;
+    }
+    const keys: string[] = [];
+    for (const u of change.users ?? []) keys.push(userKey(u));
+    for (const r of change.rooms ?? []) keys.push(roomKey(r));
+    if (this.lastChange.size + keys.length > MAX_REMEMBERED_KEYS) {
+      this.floor = { ...this.current };
+      this.lastChange.clear();
+    }
+    for (const k of keys) {
+      let last = this.lastChange.get(k);
+      if (!last) this.lastChange.set(k, (last = {}));
+      if ((last[stream] ?? 0) < position) last[stream] = position;
+      const set = this.waiters.get(k);
+      if (set) for (const w of [...set]) w.wake();
+    }
+  }
+
+  /** `<position>|<json>`; the JSON carries our origin, unless every process (us too) must apply it. */
+  private payload(change: Change, withOrigin: boolean): string {
+    const body: Record<string, unknown> = { s: change.stream };
+    if (withOrigin) body.o = this.origin;
+    if (change.users?.length) body.u = change.users;
+    if (change.rooms?.length) body.r = change.rooms;
+    if (change.data !== undefined) body.d = change.data;
+    let json = JSON.stringify(body);
+    if (json.length > MAX_PAYLOAD) {
+      json = JSON.stringify({ s: change.stream, ...(withOrigin ? { o: this.origin } : {}), e: 1, d: change.data });
+    }
+    return withOrigin ? `${change.position}|${json}` : json;
+  }
+
+  private receive(payload: string): void {
+    try {
+      const bar = payload.indexOf("|");
+      const position = Number(payload.slice(0, bar));
+      const body = JSON.parse(payload.slice(bar + 1)) as {
+        s: StreamName;
+        o?: string;
+        u?: string[];
+        r?: string[];
+        d?: unknown;
+        e?: number;
+      };
+      if (body.o === this.origin) return;
+      if (!(STREAMS as readonly string[]).includes(body.s) || !Number.isSafeInteger(position)) return;
+      this.apply({ stream: body.s, position, users: body.u, rooms: body.r, data: body.d, everyone: body.e === 1 });
+    } catch (err) {
+      this.logger.warn({ err }, "unreadable sync notification");
+    }
+  }
+}
