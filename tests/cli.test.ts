@@ -23,7 +23,7 @@ describe("parley serve", () => {
   it("starts with no configuration, serves a verifiable key, and exits cleanly on SIGTERM", async () => {
     const cwd = await mkdtemp(path.join(tmpdir(), "parley-cli-"));
     const port = await freePort();
-    const env = { ...process.env, PARLEY_PORT: String(port), PARLEY_LOG_LEVEL: "warn" };
+    const env: NodeJS.ProcessEnv = { ...process.env, PARLEY_PORT: String(port), PARLEY_LOG_LEVEL: "warn" };
     delete env.DATABASE_URL; // zero-config means the embedded database
     const child = spawn(process.execPath, [bin, "serve"], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
