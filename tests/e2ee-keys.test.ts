@@ -204,6 +204,14 @@ describe("/keys/changes and device deletion", () => {
       token: bob.accessToken,
     });
     expect(none.json.changed).toEqual([]);
+    // Sync tokens work too: the device-list position is the seventh (server/sync/streams.ts).
+    const syncTokens = await request(
+      hs.url,
+      "GET",
+      `/_matrix/client/v3/keys/changes?from=s9_9_9_9_9_9_${before}&to=s0_0_0_0_0_0_${afterUpload}`,
+      { token: bob.accessToken },
+    );
+    expect(syncTokens.json.changed).toEqual([alice.userId]);
 
     // Delete the device (password UIA): its keys go, and the device list changes.
     const first = await request(hs.url, "DELETE", `/_matrix/client/v3/devices/${second.deviceId}`, {

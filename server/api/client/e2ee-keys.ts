@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { invalidParam, unrecognized } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
+import { STREAMS } from "../../sync/streams.ts";
 
 const signatures = z.record(z.string(), z.record(z.string(), z.string()));
 const keyMap = z.record(z.string(), z.unknown());
@@ -76,12 +77,16 @@ export const keyChanges = route({
 });
 
 /**
- * The device-list position in a `/keys/changes` token. `/sync` does not exist yet, so for now a token
- * is the bare position (a decimal integer); the sync issue makes this read its own tokens.
+ * The device-list position in a `/keys/changes` token: a sync token (`s<events>_<account_data>_...`,
+ * positions in the order of STREAMS, server/sync/streams.ts), or a bare device-list position.
  */
 function deviceListPosition(token: string, name: string): number {
-  if (!/^[0-9]{1,15}$/.test(token)) throw invalidParam(`${name} is not a valid token`);
-  return Number(token);
+  if (/^[0-9]{1,16}$/.test(token)) return Number(token);
+  if (/^s\d{1,16}(_\d{1,16})*$/.test(token)) {
+    const position = Number(token.slice(1).split("_")[STREAMS.indexOf("device_lists")] ?? 0);
+    if (Number.isSafeInteger(position)) return position;
+  }
+  throw invalidParam(`${name} is not a valid token`);
 }
 
 // MSC3814 dehydrated devices are not supported. matrix-js-sdk's Rust crypto probes this endpoint and
