@@ -236,6 +236,18 @@ describe("/keys/changes and device deletion", () => {
     expect(claim.json.one_time_keys).toEqual({});
   });
 
+  it("records a change when a device is renamed (its name shows in /keys/query)", async () => {
+    const alice = await newUser();
+    const before = await hs.services.e2ee.deviceLists.currentPosition();
+    const res = await request(hs.url, "PUT", `/_matrix/client/v3/devices/${alice.deviceId}`, {
+      token: alice.accessToken,
+      body: { display_name: "Renamed" },
+    });
+    expect(res.status).toBe(200);
+    const after = await hs.services.e2ee.deviceLists.currentPosition();
+    expect(await hs.services.e2ee.deviceLists.changedUsers(alice.userId, before, after)).toEqual([alice.userId]);
+  });
+
   it("refuses tokens it cannot read", async () => {
     const alice = await newUser();
     const res = await request(hs.url, "GET", "/_matrix/client/v3/keys/changes?from=abc&to=1", { token: alice.accessToken });

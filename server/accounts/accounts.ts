@@ -55,6 +55,8 @@ export interface NewUser {
  * mailboxes here.
  */
 export type DevicesDeletedListener = (userId: string, deviceIds: string[]) => Promise<void> | void;
+/** Called after a device's display name changes; the E2EE component records a device-list change. */
+export type DeviceRenamedListener = (userId: string, deviceId: string) => Promise<void> | void;
 /** Called after a user's displayname or avatar changes; the rooms component updates membership events. */
 export type ProfileChangedListener = (userId: string, profile: Profile) => Promise<void> | void;
 
@@ -76,6 +78,7 @@ const userColumns = {
 export class Accounts {
   private readonly devicesDeletedListeners: DevicesDeletedListener[] = [];
   private readonly profileChangedListeners: ProfileChangedListener[] = [];
+  private readonly deviceRenamedListeners: DeviceRenamedListener[] = [];
 
   constructor(
     private readonly db: Database,
@@ -93,6 +96,10 @@ export class Accounts {
 
   onProfileChanged(listener: ProfileChangedListener): void {
     this.profileChangedListeners.push(listener);
+  }
+
+  onDeviceRenamed(listener: DeviceRenamedListener): void {
+    this.deviceRenamedListeners.push(listener);
   }
 
   // ---- Users -----------------------------------------------------------------------------------------
@@ -351,6 +358,13 @@ export class Accounts {
       .where(and(eq(d.userId, userId), eq(d.deviceId, deviceId)))
       .returning({ deviceId: d.deviceId });
     if (updated.length === 0) throw notFound("No such device");
+    for (const listener of this.deviceRenamedListeners) {
+      try {
+        await listener(userId, deviceId);
+      } catch (err) {
+        this.logger.error({ err, userId }, "a device-renamed hook failed");
+      }
+    }
   }
 
   private async deviceIds(userId: string): Promise<string[]> {

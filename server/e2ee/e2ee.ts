@@ -63,6 +63,7 @@ export class E2ee {
     this.toDevice = new ToDevice(db, accounts, options.serverName, options.toDeviceMailboxLimit, options.now);
     this.keyBackup = new KeyBackup(db);
     accounts.onDevicesDeleted((userId, deviceIds) => this.devicesDeleted(userId, deviceIds));
+    accounts.onDeviceRenamed((userId, deviceId) => this.deviceRenamed(userId, deviceId));
   }
 
   /**
