@@ -1,0 +1,180 @@
+// E2EE throughput: a Parley process (`bin/parley.js serve`) under concurrent clients.
+// - keys/claim: CLIENTS clients claim one-time keys of one device, one key per request, until the
+//   pool (uploaded beforehand) is empty. Every key must come out exactly once (checked).
+// - sendToDevice: CLIENTS senders each send to-device messages to their own recipient device, one
+//   message per request.
+// Figures are requests per second over the measured phase. Embedded PGlite, and PostgreSQL when
+// DATABASE_URL is set. (To-device delivery latency to a waiting /sync comes once /sync exists.)
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createTestDatabase } from "../tests/harness.ts";
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), "..");
+const CLIENTS = 20;
+const CLAIMS_PER_CLIENT = Number(process.env.BENCH_E2EE_CLAIMS ?? 100);
+const SENDS_PER_CLIENT = Number(process.env.BENCH_E2EE_SENDS ?? 100);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startParley(dataDir: string, databaseUrl?: string): Promise<{ child: ChildProcess; base: string }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [path.join(root, "bin/parley.js"), "serve"], {
+    env: {
+      ...process.env,
+      PARLEY_PORT: String(port),
+      PARLEY_DATA_DIR: dataDir,
+      PARLEY_LOG_LEVEL: "warn",
+      PARLEY_REGISTRATION: "open",
+      // Many requests from one address and a few users, on purpose.
+      PARLEY_RATE_LIMITS: "false",
+      DATABASE_URL: databaseUrl ?? "",
+    },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const base = `http://127.0.0.1:${port}`;
+  const started = Date.now();
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`parley exited with ${child.exitCode}`);
+    try {
+      if ((await fetch(`${base}/_matrix/client/versions`)).ok) return { child, base };
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() - started > 30_000) throw new Error("parley did not answer within 30 s");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+interface Session {
+  userId: string;
+  deviceId: string;
+  token: string;
+}
+
+async function call(base: string, method: string, p: string, body: unknown, token?: string) {
+  const res = await fetch(base + p, {
+    method,
+    headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, json: (await res.json()) as Record<string, any> };
+}
+
+async function register(base: string, username: string): Promise<Session> {
+  const password = `bench password ${username}`;
+  const first = await call(base, "POST", "/_matrix/client/v3/register", { username, password });
+  const done = await call(base, "POST", "/_matrix/client/v3/register", {
+    username,
+    password,
+    auth: { type: "m.login.dummy", session: first.json.session },
+  });
+  if (done.status !== 200) throw new Error(`registration failed: ${JSON.stringify(done.json)}`);
+  return { userId: done.json.user_id, deviceId: done.json.device_id, token: done.json.access_token };
+}
+
+/** Runs `perClient` requests on each of CLIENTS concurrent clients; answers requests per second. */
+async function measure(perClient: number, request: (client: number, i: number) => Promise<void>): Promise<number> {
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async (_, c) => {
+      for (let i = 0; i < perClient; i++) await request(c, i);
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  return Math.round((CLIENTS * perClient) / seconds);
+}
+
+async function benchOne(kind: string, databaseUrl: string | undefined) {
+  const dataDir = await mkdtemp(path.join(tmpdir(), "parley-bench-e2ee-"));
+  const { child, base } = await startParley(dataDir, databaseUrl);
+  try {
+    const owner = await register(base, "keyowner");
+    const clients: Session[] = [];
+    const recipients: Session[] = [];
+    for (let i = 0; i < CLIENTS; i++) clients.push(await register(base, `client${i}`));
+    for (let i = 0; i < CLIENTS; i++) recipients.push(await register(base, `recipient${i}`));
+
+    // The pool: exactly as many one-time keys as claims (the server does not check their signatures).
+    const pool = CLIENTS * CLAIMS_PER_CLIENT;
+    for (let start = 0; start < pool; start += 500) {
+      const keys: Record<string, unknown> = {};
+      for (let i = start; i < Math.min(pool, start + 500); i++) {
+        keys[`signed_curve25519:K${i}`] = { key: randomBytes(32).toString("base64").replace(/=+$/, "") };
+      }
+      const res = await call(base, "POST", "/_matrix/client/v3/keys/upload", { one_time_keys: keys }, owner.token);
+      if (res.status !== 200) throw new Error(`upload failed: ${JSON.stringify(res.json)}`);
+    }
+
+    // Warm-up: a few requests of each kind outside the measurement.
+    for (const c of clients.slice(0, 2)) {
+      await call(base, "POST", "/_matrix/client/v3/keys/claim", { one_time_keys: { [c.userId]: { [c.deviceId]: "signed_curve25519" } } }, c.token);
+    }
+
+    const claimed = new Set<string>();
+    const claimRate = await measure(CLAIMS_PER_CLIENT, async (c) => {
+      const res = await call(
+        base,
+        "POST",
+        "/_matrix/client/v3/keys/claim",
+        { one_time_keys: { [owner.userId]: { [owner.deviceId]: "signed_curve25519" } } },
+        clients[c]!.token,
+      );
+      const keys = res.json.one_time_keys?.[owner.userId]?.[owner.deviceId] as Record<string, unknown> | undefined;
+      const id = keys && Object.keys(keys)[0];
+      if (res.status !== 200 || !id) throw new Error(`claim failed: ${res.status} ${JSON.stringify(res.json)}`);
+      if (claimed.has(id)) throw new Error(`one-time key ${id} was handed out twice`);
+      claimed.add(id);
+    });
+
+    const sendRate = await measure(SENDS_PER_CLIENT, async (c, i) => {
+      const to = recipients[c]!;
+      const res = await call(
+        base,
+        "PUT",
+        `/_matrix/client/v3/sendToDevice/m.room.encrypted/bench-${c}-${i}`,
+        { messages: { [to.userId]: { [to.deviceId]: { algorithm: "m.olm.v1.curve25519-aes-sha2", ciphertext: { x: { type: 0, body: "A".repeat(400) } } } } } },
+        clients[c]!.token,
+      );
+      if (res.status !== 200) throw new Error(`sendToDevice failed: ${res.status} ${JSON.stringify(res.json)}`);
+    });
+    console.log(
+      `${kind}: keys/claim ${claimRate} req/s (${pool} keys, ${CLIENTS} clients, each key once); ` +
+        `sendToDevice ${sendRate} req/s (${CLIENTS * SENDS_PER_CLIENT} messages, ${CLIENTS} senders)`,
+    );
+    return { claimRate, sendRate };
+  } finally {
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    await exited;
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+const results: { name: string; value: number; unit: string }[] = [];
+const targets: [string, boolean][] = [["pglite", false]];
+if (process.env.DATABASE_URL) targets.push(["postgres", true]);
+for (const [kind, usePostgres] of targets) {
+  const database = usePostgres ? await createTestDatabase() : undefined;
+  try {
+    const f = await benchOne(kind, database?.url);
+    results.push(
+      { name: `keys/claim, ${CLIENTS} concurrent clients (${kind})`, value: f.claimRate, unit: "req/s" },
+      { name: `sendToDevice, ${CLIENTS} concurrent senders (${kind})`, value: f.sendRate, unit: "req/s" },
+    );
+  } finally {
+    await database?.drop();
+  }
+}
+console.log(`BENCH_RESULT ${JSON.stringify({ bench: "e2ee", results })}`);
