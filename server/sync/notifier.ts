@@ -65,7 +65,7 @@ export class Notifier {
   private readonly lastChange = new Map<string, Partial<StreamPositions>>();
   /** Positions at or below which forgotten keys may have changed. */
   private floor = zeroPositions();
-  private readonly handlers = new Map<StreamName, ChangeHandler>();
+  private readonly handlers = new Map<StreamName, ChangeHandler[]>();
   private readonly origin = randomUUID().slice(0, 8);
   private unlisten: (() => Promise<void>) | undefined;
   private closed = false;
@@ -94,9 +94,14 @@ export class Notifier {
     return this.closed;
   }
 
-  /** The stream's handler runs for every change of the stream before waiters wake (in-memory streams). */
+  /**
+   * The handler runs for every change of the stream, from this process or another, before waiters
+   * wake (in-memory streams keep their state with it; caches drop stale entries).
+   */
   onChange(stream: StreamName, handler: ChangeHandler): void {
-    this.handlers.set(stream, handler);
+    let list = this.handlers.get(stream);
+    if (!list) this.handlers.set(stream, (list = []));
+    list.push(handler);
   }
 
   /** The highest safe position known per stream. */
@@ -215,7 +220,7 @@ export class Notifier {
   private apply(change: Change): void {
     const { stream, position } = change;
     if (position > this.current[stream]) this.current[stream] = position;
-    this.handlers.get(stream)?.(change);
+    for (const handler of this.handlers.get(stream) ?? []) handler(change);
     if (change.everyone) {
       this.floor = { ...this.current };
       this.lastChange.clear();

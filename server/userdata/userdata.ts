@@ -2,7 +2,7 @@
 // https://spec.matrix.org/latest/client-server-api/#client-config
 // https://spec.matrix.org/latest/client-server-api/#filtering
 // https://spec.matrix.org/latest/client-server-api/#push-rules-api
-import { and, asc, eq, gt, lte, sql } from "drizzle-orm";
+import { and, asc, eq, gt, inArray, lte, sql } from "drizzle-orm";
 import { type Database, schema, type Tx } from "../../schema/db.ts";
 import { notFound } from "../http/errors.ts";
 import type { Ruleset } from "../pushrules/defaults.ts";
@@ -122,6 +122,20 @@ export class UserData {
       .where(and(eq(t.userId, userId), eq(t.roomId, ""), eq(t.type, PUSH_RULES_TYPE)));
     const stored = row ? (JSON.parse(row.content) as { global?: unknown }).global : undefined;
     return getPushRules(stored, userId);
+  }
+
+  /** The effective push rules of several users at once (server defaults for those with none stored). */
+  async pushRulesOf(userIds: readonly string[]): Promise<Map<string, Ruleset>> {
+    const out = new Map<string, Ruleset>();
+    if (userIds.length === 0) return out;
+    const t = schema.accountData;
+    const rows = await this.db
+      .select({ userId: t.userId, content: t.content })
+      .from(t)
+      .where(and(inArray(t.userId, [...userIds]), eq(t.roomId, ""), eq(t.type, PUSH_RULES_TYPE)));
+    const stored = new Map(rows.map((r) => [r.userId, (JSON.parse(r.content) as { global?: unknown }).global]));
+    for (const userId of userIds) out.set(userId, withServerDefaults(stored.get(userId), userId));
+    return out;
   }
 
   /**

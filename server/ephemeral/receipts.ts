@@ -1,0 +1,106 @@
+// Read receipts: `m.read` (seen by the room) and `m.read.private` (seen only by its sender),
+// unthreaded or per thread.
+// https://spec.matrix.org/latest/client-server-api/#receipts
+//
+// The latest receipt per (room, type, user, thread) is kept with a position in the `receipts`
+// stream; a sync sends the receipts of its rooms that moved past its token, batched into one
+// `m.receipt` event per room. A receipt also marks the user's notifications up to the event as read.
+import { and, eq, gt, inArray, lte, sql } from "drizzle-orm";
+import { type Database, schema } from "../../schema/db.ts";
+import { MatrixError, forbidden, notFound } from "../http/errors.ts";
+import type { Notifier } from "../sync/notifier.ts";
+import { advanceStream } from "../sync/streams.ts";
+import type { UnreadCounts } from "../sync/unread.ts";
+import type { MembershipView } from "./membership.ts";
+
+export const RECEIPT_TYPES = ["m.read", "m.read.private"] as const;
+export type ReceiptType = (typeof RECEIPT_TYPES)[number];
+
+/** `m.receipt` content: event ID → receipt type → user ID → `{ts, thread_id?}`. */
+export type ReceiptContent = Record<string, Record<string, Record<string, { ts: number; thread_id?: string }>>>;
+
+export class Receipts {
+  constructor(
+    private readonly db: Database,
+    private readonly notifier: Notifier,
+    private readonly membership: MembershipView,
+    private readonly unread: UnreadCounts,
+    private readonly now: () => number,
+  ) {}
+
+  /**
+   * Moves the user's receipt of `type` (in `threadId`, or unthreaded) to `eventId`. A receipt never
+   * moves back: one for an event before the current receipt is accepted and ignored.
+   */
+  async setReceipt(userId: string, roomId: string, type: ReceiptType, eventId: string, threadId?: string): Promise<void> {
+    if (threadId !== undefined && threadId === "") {
+      throw new MatrixError(400, "M_INVALID_PARAM", "thread_id must be a non-empty string");
+    }
+    if ((await this.membership.membershipOf(roomId, userId)) !== "join") {
+      throw forbidden("You are not joined to this room");
+    }
+    const event = await this.membership.eventPosition(roomId, eventId);
+    if (!event) throw notFound("Unknown event");
+    if (threadId !== undefined && threadId !== event.threadId && threadId !== eventId) {
+      throw new MatrixError(400, "M_INVALID_PARAM", `The event is not in thread ${threadId}`);
+    }
+    const t = schema.receipts;
+    const thread = threadId ?? "";
+    const ts = this.now();
+    const streamId = await this.db.transaction(async (tx) => {
+      const [existing] = await tx
+        .select({ eventStreamOrdering: t.eventStreamOrdering })
+        .from(t)
+        .where(and(eq(t.roomId, roomId), eq(t.receiptType, type), eq(t.userId, userId), eq(t.threadId, thread)))
+        .for("update");
+      if (existing && existing.eventStreamOrdering >= event.streamOrdering) return undefined;
+      await this.unread.markRead(tx, userId, roomId, threadId ?? null, event.streamOrdering);
+      const position = await advanceStream(tx, "receipts");
+      await tx
+        .insert(t)
+        .values({ roomId, receiptType: type, userId, threadId: thread, eventId, eventStreamOrdering: event.streamOrdering, ts, streamId: position })
+        .onConflictDoUpdate({
+          target: [t.roomId, t.receiptType, t.userId, t.threadId],
+          set: { eventId, eventStreamOrdering: event.streamOrdering, ts, streamId: position },
+        });
+      return position;
+    });
+    if (streamId === undefined) return;
+    // A private receipt concerns its sender alone; the unread counts it changed are theirs too.
+    this.notifier.publish({
+      stream: "receipts",
+      position: streamId,
+      ...(type === "m.read" ? { rooms: [roomId] } : { users: [userId] }),
+    });
+  }
+
+  /**
+   * The `m.receipt` content of each room in `roomIds` with receipts that moved after `since` and at
+   * or before `upTo` (all of the room's receipts when `since` is 0), as `viewer` may see them:
+   * private receipts only when they are the viewer's own.
+   */
+  async receiptsIn(roomIds: string[], since: number, upTo: number, viewer: string): Promise<Map<string, ReceiptContent>> {
+    const out = new Map<string, ReceiptContent>();
+    if (roomIds.length === 0 || upTo <= since) return out;
+    const t = schema.receipts;
+    const rows = await this.db
+      .select()
+      .from(t)
+      .where(
+        and(
+          inArray(t.roomId, roomIds),
+          gt(t.streamId, since),
+          lte(t.streamId, upTo),
+          sql`(${t.receiptType} <> 'm.read.private' or ${t.userId} = ${viewer})`,
+        ),
+      );
+    for (const r of rows) {
+      let content = out.get(r.roomId);
+      if (!content) out.set(r.roomId, (content = {}));
+      const byType = (content[r.eventId] ??= {});
+      const byUser = (byType[r.receiptType] ??= {});
+      byUser[r.userId] = r.threadId ? { ts: r.ts, thread_id: r.threadId } : { ts: r.ts };
+    }
+    return out;
+  }
+}
