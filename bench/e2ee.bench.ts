@@ -5,57 +5,16 @@
 //   message per request.
 // Figures are requests per second over the measured phase. Embedded PGlite, and PostgreSQL when
 // DATABASE_URL is set. (To-device delivery latency to a waiting /sync comes once /sync exists.)
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { createTestDatabase } from "../tests/harness.ts";
+import { startParley, stopParley } from "./parley-process.ts";
 
-const root = path.join(path.dirname(fileURLToPath(import.meta.url)), "..");
 const CLIENTS = 20;
 const CLAIMS_PER_CLIENT = Number(process.env.BENCH_E2EE_CLAIMS ?? 100);
 const SENDS_PER_CLIENT = Number(process.env.BENCH_E2EE_SENDS ?? 100);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startParley(dataDir: string, databaseUrl?: string): Promise<{ child: ChildProcess; base: string }> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [path.join(root, "bin/parley.js"), "serve"], {
-    env: {
-      ...process.env,
-      PARLEY_PORT: String(port),
-      PARLEY_DATA_DIR: dataDir,
-      PARLEY_LOG_LEVEL: "warn",
-      PARLEY_REGISTRATION: "open",
-      // Many requests from one address and a few users, on purpose.
-      PARLEY_RATE_LIMITS: "false",
-      DATABASE_URL: databaseUrl ?? "",
-    },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const base = `http://127.0.0.1:${port}`;
-  const started = Date.now();
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`parley exited with ${child.exitCode}`);
-    try {
-      if ((await fetch(`${base}/_matrix/client/versions`)).ok) return { child, base };
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() - started > 30_000) throw new Error("parley did not answer within 30 s");
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 interface Session {
   userId: string;
@@ -155,9 +114,7 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
     );
     return { claimRate, sendRate };
   } finally {
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    await exited;
+    await stopParley(child);
     await rm(dataDir, { recursive: true, force: true });
   }
 }

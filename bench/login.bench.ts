@@ -4,55 +4,14 @@
 // latencies seen while the logins run (target: p99 under 50 ms), the same with no logins running,
 // and the time until all 20 logins have answered. Embedded PGlite, and PostgreSQL when
 // DATABASE_URL is set.
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { createTestDatabase } from "../tests/harness.ts";
+import { startParley, stopParley } from "./parley-process.ts";
 
-const root = path.join(path.dirname(fileURLToPath(import.meta.url)), "..");
 const LOGINS = 20;
 const ROUNDS = Number(process.env.BENCH_LOGIN_ROUNDS ?? 5);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startParley(dataDir: string, databaseUrl?: string): Promise<{ child: ChildProcess; base: string }> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [path.join(root, "bin/parley.js"), "serve"], {
-    env: {
-      ...process.env,
-      PARLEY_PORT: String(port),
-      PARLEY_DATA_DIR: dataDir,
-      PARLEY_LOG_LEVEL: "warn",
-      PARLEY_REGISTRATION: "open",
-      // The bench logs in 20 times at once from one address, on purpose.
-      PARLEY_RATE_LIMITS: "false",
-      DATABASE_URL: databaseUrl ?? "",
-    },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const base = `http://127.0.0.1:${port}`;
-  const started = Date.now();
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`parley exited with ${child.exitCode}`);
-    try {
-      if ((await fetch(`${base}/_matrix/client/versions`)).ok) return { child, base };
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() - started > 30_000) throw new Error("parley did not answer within 30 s");
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function post(base: string, p: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const res = await fetch(base + p, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -142,9 +101,7 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
     );
     return figures;
   } finally {
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    await exited;
+    await stopParley(child);
     await rm(dataDir, { recursive: true, force: true });
   }
 }
