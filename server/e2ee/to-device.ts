@@ -35,6 +35,8 @@ export type ToDeviceListener = (targets: { userId: string; deviceId: string }[],
 
 /** How long a full mailbox's sender is told to wait before trying again. */
 const MAILBOX_FULL_RETRY_MS = 10_000;
+/** Rows per statement (PostgreSQL takes at most 65,535 parameters in one). */
+const CHUNK = 1000;
 
 export class ToDevice {
   private readonly listeners: ToDeviceListener[] = [];
@@ -107,29 +109,37 @@ export class ToDevice {
       // Every target's counter goes up by one only if it stays within the cap; one that does not
       // aborts the whole transaction (nothing stored, the txnId not spent, so a retry can succeed).
       const m = schema.toDeviceMailboxes;
-      const counted = await tx
-        .insert(m)
-        .values(rows.map((r) => ({ userId: r.userId, deviceId: r.deviceId, pending: 1 })))
-        .onConflictDoUpdate({
-          target: [m.userId, m.deviceId],
-          set: { pending: sql`${m.pending} + 1` },
-          setWhere: sql`${m.pending} < ${this.mailboxLimit}`,
-        })
-        .returning({ userId: m.userId, deviceId: m.deviceId });
-      if (counted.length !== rows.length) {
-        const ok = new Set(counted.map((c) => `${c.userId}\u0000${c.deviceId}`));
-        const full = rows.find((r) => !ok.has(`${r.userId}\u0000${r.deviceId}`))!;
-        throw new MatrixError(
-          429,
-          "M_LIMIT_EXCEEDED",
-          `The to-device mailbox of ${full.userId}'s device ${full.deviceId} is full (${this.mailboxLimit} undelivered messages); nothing was sent. Try again once it has synced.`,
-          { retry_after_ms: MAILBOX_FULL_RETRY_MS, user_id: full.userId, device_id: full.deviceId },
-          { "Retry-After": String(MAILBOX_FULL_RETRY_MS / 1000) },
-        );
+      for (let i = 0; i < rows.length; i += CHUNK) {
+        const chunk = rows.slice(i, i + CHUNK);
+        const counted = await tx
+          .insert(m)
+          .values(chunk.map((r) => ({ userId: r.userId, deviceId: r.deviceId, pending: 1 })))
+          .onConflictDoUpdate({
+            target: [m.userId, m.deviceId],
+            set: { pending: sql`${m.pending} + 1` },
+            setWhere: sql`${m.pending} < ${this.mailboxLimit}`,
+          })
+          .returning({ userId: m.userId, deviceId: m.deviceId });
+        if (counted.length !== chunk.length) {
+          const ok = new Set(counted.map((c) => `${c.userId}\u0000${c.deviceId}`));
+          const full = chunk.find((r) => !ok.has(`${r.userId}\u0000${r.deviceId}`))!;
+          throw new MatrixError(
+            429,
+            "M_LIMIT_EXCEEDED",
+            `The to-device mailbox of ${full.userId}'s device ${full.deviceId} is full (${this.mailboxLimit} undelivered messages); nothing was sent. Try again once it has synced.`,
+            { retry_after_ms: MAILBOX_FULL_RETRY_MS, user_id: full.userId, device_id: full.deviceId },
+            { "Retry-After": String(MAILBOX_FULL_RETRY_MS / 1000) },
+          );
+        }
       }
       // Positions last: from here until commit, other senders wait (server/sync/streams.ts).
       const last = await advanceStream(tx, "to_device", rows.length);
-      await tx.insert(schema.toDeviceMessages).values(rows.map((r, i) => ({ ...r, streamId: last - rows.length + 1 + i })));
+      const first = last - rows.length + 1;
+      for (let i = 0; i < rows.length; i += CHUNK) {
+        await tx
+          .insert(schema.toDeviceMessages)
+          .values(rows.slice(i, i + CHUNK).map((r, j) => ({ ...r, streamId: first + i + j })));
+      }
       return last;
     });
     if (stored) {
