@@ -1,0 +1,685 @@
+// The one "persist an event" path (ARCHITECTURE.md, "One event path", "Per-room serial").
+//
+// Local events: a job is queued for its room; the room's worker takes the queued jobs in a batch,
+// opens one transaction, locks the room's row (`SELECT ... FOR UPDATE`: the database-level guard when
+// several processes share a PostgreSQL), and for each job builds its events on the room's current
+// state: prev_events = the forward extremities, depth = their depth + 1, auth_events selected per
+// spec (`selectAuthEvents`), hashed and signed (`signEvent`), checked against the state before them
+// (`checkAuth`). Accepted events are applied to the in-memory state (so the next event of the batch
+// builds on them) and stored together; the transaction commits before any caller gets an answer. A
+// job whose event is refused fails alone: its changes to the in-memory state are undone.
+//
+// The storage step (`writeEvents`) takes events that are already built and checked — the same step a
+// remote event will enter once it has passed its own checks (format, signatures, hashes, auth against
+// its auth events and the state before it, soft-fail against the current state).
+//
+// Room-event stream positions (`stream_ordering`) are taken from the `events` row of
+// `stream_positions` by the LAST statement of the transaction (the same statement inserts the event
+// rows). Its row lock is held until commit, so transactions that persist events commit in stream
+// order: every position at or below the row's committed value is committed and visible, and
+// `currentStreamPosition()` is that value. Positions are gap-free (an aborted transaction gives its
+// positions back). The cost: the commit tails of all event transactions, across rooms and processes,
+// run one at a time — one short statement plus the commit (and its WAL flush when
+// synchronous_commit is on). Everything else, including building and signing, runs in parallel
+// across rooms. Batching a room's queued events into one transaction shares that cost among them.
+//
+// The current state of recently used rooms is cached in memory (state map, memberships, the state
+// events the auth rules need). The room row read under the lock says whether another process wrote
+// in between (its current state group or forward extremities differ); the cache is then reloaded.
+import { randomBytes } from "node:crypto";
+import { type SQL, sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import { type Database, rowsOf } from "../../schema/db.ts";
+import { canonicalJson, CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
+import { authTypesForEvent, selectAuthEvents } from "../../federation/protocol/auth-events-selection.ts";
+import { checkAuth } from "../../federation/protocol/auth-rules.ts";
+import { computeEventId, computeRoomIdFromCreateEvent } from "../../federation/protocol/event-hashes.ts";
+import { signEvent } from "../../federation/protocol/event-signing.ts";
+import { serverNameOf } from "../../federation/protocol/identifiers.ts";
+import { MAX_PDU_BYTES, type Pdu, type RoomEvent } from "../../federation/protocol/pdu.ts";
+import { type StateMap, type StateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
+import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
+import type { SigningKey } from "../../federation/protocol/signing.ts";
+import { MatrixError, forbidden } from "../http/errors.ts";
+import {
+  type NewStateGroup,
+  type StateGroupRef,
+  StateGroupIds,
+  nextStateGroup,
+  stateGroupEntryRows,
+  stateGroupRef,
+} from "./state-groups.ts";
+
+type JsonObject = Record<string, unknown>;
+
+/** Queued jobs of one room persisted in one transaction, at most. */
+const MAX_BATCH = 64;
+/** prev_events of a local event, at most (the spec allows 20). */
+const MAX_PREV_EVENTS = 10;
+/** Rooms whose current state stays cached in memory. */
+const MAX_CACHED_ROOMS = 2_000;
+
+/** A client transaction ID, stored with the event it produced. */
+export interface TxnRef {
+  userId: string;
+  deviceId: string;
+  endpoint: "send" | "redact";
+  txnId: string;
+}
+
+/** What a local event is built from. */
+export interface EventTemplate {
+  type: string;
+  state_key?: string;
+  sender: string;
+  content: JsonObject;
+  /** m.room.redaction: the redacted event (top-level `redacts` before v11, `content.redacts` from v11). */
+  redacts?: string;
+  txn?: TxnRef;
+}
+
+/** An event as persisted: where it sits in the room-event stream and the room's graph. */
+export interface PersistedEvent {
+  eventId: string;
+  roomId: string;
+  type: string;
+  stateKey: string | undefined;
+  sender: string;
+  /** For m.room.member events. */
+  membership: string | undefined;
+  streamOrdering: number;
+  topologicalOrdering: number;
+}
+
+/** Called after events committed (sync wakes its waiters here). */
+export type EventsPersistedListener = (roomId: string, events: readonly PersistedEvent[]) => void;
+
+/** A read-only view of a room's current state, for checks made in the room's serial section. */
+export interface RoomView {
+  readonly roomId: string;
+  readonly rules: RoomVersionRules;
+  stateEventId(type: string, stateKey: string): string | undefined;
+  stateEvent(type: string, stateKey: string): Promise<RoomEvent | undefined>;
+  membership(userId: string): string | undefined;
+  /** Any event of the room (not only state), as stored; undefined if unknown or in another room. */
+  event(eventId: string): Promise<RoomEvent | undefined>;
+}
+
+/** Builds the events of one job from the room's current state (the view); may throw a MatrixError. */
+export type Prepare = (view: RoomView) => EventTemplate[] | Promise<EventTemplate[]>;
+
+/** The current state of a room, cached between transactions. */
+interface RoomSnapshot {
+  roomId: string;
+  rules: RoomVersionRules;
+  stateGroup: StateGroupRef | undefined;
+  state: Map<StateMapKey, string>;
+  /** Membership of every user with an m.room.member event in the current state. */
+  memberships: Map<string, string>;
+  extremities: string[];
+  /** The depth of the deepest forward extremity. */
+  maxDepth: number;
+  /** State events loaded for the auth rules (immutable, so safe to keep while in the state). */
+  events: Map<string, RoomEvent>;
+}
+
+/** An event ready to store: built and signed here, or received and checked. */
+export interface EventToStore {
+  eventId: string;
+  pdu: Pdu;
+  stateBefore: StateGroupRef | undefined;
+  /** The state group after an accepted state event. */
+  stateAfter: StateGroupRef | undefined;
+  newStateGroup: NewStateGroup | undefined;
+  /** The event it replaced in the state, for state events. */
+  replacesState: string | undefined;
+  rejectedReason: string | undefined;
+  softFailed: boolean;
+  txn: TxnRef | undefined;
+  /** For an accepted redaction that applies: the event it redacts. */
+  redactsEventId: string | undefined;
+}
+
+interface Job {
+  prepare: Prepare;
+  resolve(events: PersistedEvent[]): void;
+  reject(err: unknown): void;
+}
+
+interface RoomQueue {
+  jobs: Job[];
+  running: boolean;
+}
+
+/** Thrown inside a batch to make one job fail with an error for its caller. */
+class JobFailure extends Error {
+  constructor(override readonly cause: unknown) {
+    super("job failed");
+  }
+}
+
+/** Records changes to a snapshot so that a failed job's changes can be undone. */
+class UndoLog {
+  private readonly entries: Array<() => void> = [];
+  mark(): number {
+    return this.entries.length;
+  }
+  push(undo: () => void): void {
+    this.entries.push(undo);
+  }
+  rollbackTo(mark: number): void {
+    while (this.entries.length > mark) this.entries.pop()!();
+  }
+}
+
+export class EventPersister {
+  private readonly queues = new Map<string, RoomQueue>();
+  /** Least recently used first (Map insertion order). */
+  private readonly snapshots = new Map<string, RoomSnapshot>();
+  private readonly groupIds = new StateGroupIds();
+  private readonly listeners: EventsPersistedListener[] = [];
+
+  constructor(
+    private readonly db: Database,
+    private readonly serverName: string,
+    private readonly signingKey: SigningKey,
+    private readonly now: () => number,
+    private readonly logger: Logger,
+  ) {}
+
+  onEventsPersisted(listener: EventsPersistedListener): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * The room-event stream position at or below which every event is committed and visible: the
+   * `events` row of `stream_positions` (see the top of this file).
+   */
+  async currentStreamPosition(): Promise<number> {
+    const rows = rowsOf<{ position: string | number }>(
+      await this.db.execute(sql`select position from stream_positions where stream = 'events'`),
+    );
+    return rows[0] ? Number(rows[0].position) : 0;
+  }
+
+  /**
+   * Creates a room: builds the create event (whose ID is the room ID in v12), then `templates(roomId)`
+   * in order, checks each against the state the previous ones made, and stores them all in one
+   * transaction — or nothing, when one is refused.
+   */
+  async createRoom(options: {
+    version: string;
+    creator: string;
+    createContent: JsonObject;
+    templates: (roomId: string) => EventTemplate[];
+    /** Published in the room directory. */
+    isPublic: boolean;
+    /** Runs in the same transaction before the events are written (aliases). */
+    alongside?: (tx: Database, roomId: string) => Promise<void>;
+  }): Promise<{ roomId: string; events: PersistedEvent[] }> {
+    const { version, creator, createContent, templates, isPublic, alongside } = options;
+    const rules = roomVersionRules(version);
+    const snapshot: RoomSnapshot = {
+      roomId: rules.roomIdIsCreateEventId ? "" : `!${randomBytes(13).toString("base64url").replace(/[-_]/g, "x")}:${this.serverName}`,
+      rules,
+      stateGroup: undefined,
+      state: new Map(),
+      memberships: new Map(),
+      extremities: [],
+      maxDepth: 0,
+      events: new Map(),
+    };
+    const built = await this.db.transaction(async (tx) => {
+      const undo = new UndoLog();
+      const out: EventToStore[] = [];
+      out.push(await this.build(tx, snapshot, undo, { type: "m.room.create", state_key: "", sender: creator, content: createContent }));
+      if (rules.roomIdIsCreateEventId) snapshot.roomId = computeRoomIdFromCreateEvent(rules, out[0]!.pdu);
+      for (const template of templates(snapshot.roomId)) out.push(await this.build(tx, snapshot, undo, template));
+      await alongside?.(tx, snapshot.roomId);
+      const position = await this.writeEvents(tx, snapshot, out, { creator, isPublic });
+      return this.persistedEvents(snapshot.roomId, out, position);
+    });
+    this.cache(snapshot);
+    this.announce(snapshot.roomId, built);
+    return { roomId: snapshot.roomId, events: built };
+  }
+
+  /**
+   * Queues a job for a room and waits until its events are committed. `prepare` runs in the room's
+   * serial section with the current state; its events are built, checked and stored in order.
+   */
+  enqueue(roomId: string, prepare: Prepare): Promise<PersistedEvent[]> {
+    return new Promise((resolve, reject) => {
+      let queue = this.queues.get(roomId);
+      if (!queue) this.queues.set(roomId, (queue = { jobs: [], running: false }));
+      queue.jobs.push({ prepare, resolve, reject });
+      if (!queue.running) void this.drain(roomId, queue);
+    });
+  }
+
+  /** Sends one event built from a template; resolves with it once committed. */
+  async send(roomId: string, template: EventTemplate): Promise<PersistedEvent> {
+    const [event] = await this.enqueue(roomId, () => [template]);
+    return event!;
+  }
+
+  private async drain(roomId: string, queue: RoomQueue): Promise<void> {
+    queue.running = true;
+    try {
+      while (queue.jobs.length > 0) {
+        const batch = queue.jobs.splice(0, MAX_BATCH);
+        await this.runBatch(roomId, batch);
+      }
+    } finally {
+      queue.running = false;
+      if (queue.jobs.length === 0) this.queues.delete(roomId);
+      else void this.drain(roomId, queue);
+    }
+  }
+
+  private async runBatch(roomId: string, jobs: Job[]): Promise<void> {
+    const outcomes: Array<{ ok: true; events: EventToStore[] } | { ok: false; error: unknown }> = [];
+    let snapshot: RoomSnapshot | undefined;
+    let persisted: PersistedEvent[] = [];
+    try {
+      persisted = await this.db.transaction(async (tx) => {
+        snapshot = await this.lockRoom(tx, roomId);
+        const undo = new UndoLog();
+        const all: EventToStore[] = [];
+        const view = this.view(tx, snapshot);
+        for (const job of jobs) {
+          const mark = undo.mark();
+          const start = all.length;
+          try {
+            const templates = await job.prepare(view);
+            for (const template of templates) all.push(await this.build(tx, snapshot, undo, template));
+            outcomes.push({ ok: true, events: all.slice(start) });
+          } catch (err) {
+            // A refused event fails its job alone; anything else (a database error) fails the batch.
+            if (!(err instanceof JobFailure || err instanceof MatrixError)) throw err;
+            undo.rollbackTo(mark);
+            all.length = start;
+            outcomes.push({ ok: false, error: err instanceof JobFailure ? err.cause : err });
+          }
+        }
+        if (all.length === 0) return [];
+        const position = await this.writeEvents(tx, snapshot, all);
+        return this.persistedEvents(roomId, all, position);
+      });
+    } catch (err) {
+      // The transaction failed: nothing was stored, and the cached state may be ahead of the database.
+      this.snapshots.delete(roomId);
+      for (const job of jobs) job.reject(err);
+      if (!(err instanceof MatrixError)) this.logger.error({ err, roomId }, "persisting events failed");
+      return;
+    }
+    if (snapshot) this.cache(snapshot);
+    const byId = new Map(persisted.map((p) => [p.eventId, p]));
+    jobs.forEach((job, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome.ok) job.resolve(outcome.events.map((e) => byId.get(e.eventId)!));
+      else job.reject(outcome.error);
+    });
+    if (persisted.length > 0) this.announce(roomId, persisted);
+  }
+
+  private announce(roomId: string, events: PersistedEvent[]): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(roomId, events);
+      } catch (err) {
+        this.logger.error({ err, roomId }, "an events-persisted listener failed");
+      }
+    }
+  }
+
+  private cache(snapshot: RoomSnapshot): void {
+    this.snapshots.delete(snapshot.roomId);
+    this.snapshots.set(snapshot.roomId, snapshot);
+    while (this.snapshots.size > MAX_CACHED_ROOMS) {
+      const oldest = this.snapshots.keys().next().value as string;
+      this.snapshots.delete(oldest);
+    }
+  }
+
+  /** Forgets the cached state of a room (tests; and after writes made outside this path). */
+  invalidate(roomId: string): void {
+    this.snapshots.delete(roomId);
+  }
+
+  /**
+   * Locks the room's row for this transaction and returns its current state: the cached snapshot
+   * when the row says nobody else wrote since, else one loaded from the database.
+   */
+  private async lockRoom(tx: Database, roomId: string): Promise<RoomSnapshot> {
+    const [row] = rowsOf<{
+      room_version: string;
+      forward_extremities: string[] | string;
+      max_depth: string | number;
+      current_state_group: string | number | null;
+    }>(
+      await tx.execute(sql`select room_version, forward_extremities, max_depth, current_state_group
+        from rooms where room_id = ${roomId} for update`),
+    );
+    if (!row) throw new MatrixError(404, "M_NOT_FOUND", "Unknown room");
+    const extremities = parseTextArray(row.forward_extremities);
+    const maxDepth = Number(row.max_depth);
+    const group = row.current_state_group === null ? undefined : Number(row.current_state_group);
+    const cached = this.snapshots.get(roomId);
+    if (cached && cached.stateGroup?.id === group) {
+      cached.extremities = extremities;
+      cached.maxDepth = maxDepth;
+      return cached;
+    }
+    const rules = roomVersionRules(row.room_version);
+    const [stateRows, ref] = await Promise.all([
+      tx.execute(sql`select type, state_key, event_id, membership from current_state where room_id = ${roomId}`),
+      group === undefined ? Promise.resolve(undefined) : stateGroupRef(tx, group),
+    ]);
+    const state = new Map<StateMapKey, string>();
+    const memberships = new Map<string, string>();
+    for (const r of rowsOf<{ type: string; state_key: string; event_id: string; membership: string | null }>(stateRows)) {
+      state.set(stateMapKey(r.type, r.state_key), r.event_id);
+      if (r.type === "m.room.member" && r.membership !== null) memberships.set(r.state_key, r.membership);
+    }
+    return { roomId, rules, stateGroup: ref, state, memberships, extremities, maxDepth, events: new Map() };
+  }
+
+  private view(tx: Database, snapshot: RoomSnapshot): RoomView {
+    return {
+      roomId: snapshot.roomId,
+      rules: snapshot.rules,
+      stateEventId: (type, stateKey) => snapshot.state.get(stateMapKey(type, stateKey)),
+      stateEvent: async (type, stateKey) => {
+        const id = snapshot.state.get(stateMapKey(type, stateKey));
+        if (id === undefined) return undefined;
+        await this.loadEvents(tx, snapshot, [id]);
+        return snapshot.events.get(id);
+      },
+      membership: (userId) => snapshot.memberships.get(userId),
+      event: async (eventId) => {
+        const cached = snapshot.events.get(eventId);
+        if (cached) return cached;
+        const [row] = rowsOf<{ json: string; room_id: string }>(
+          await tx.execute(sql`select json, room_id from events where event_id = ${eventId}`),
+        );
+        if (!row || row.room_id !== snapshot.roomId) return undefined;
+        return { ...(JSON.parse(row.json) as Pdu), event_id: eventId };
+      },
+    };
+  }
+
+  /** Loads state events the auth rules need into the snapshot's event cache. */
+  private async loadEvents(tx: Database, snapshot: RoomSnapshot, eventIds: readonly string[]): Promise<void> {
+    const missing = eventIds.filter((id) => !snapshot.events.has(id));
+    if (missing.length === 0) return;
+    const rows = rowsOf<{ event_id: string; json: string }>(
+      await tx.execute(sql`select event_id, json from events where event_id in (${sql.join(
+        missing.map((id) => sql`${id}`),
+        sql`, `,
+      )})`),
+    );
+    for (const r of rows) snapshot.events.set(r.event_id, { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id });
+  }
+
+  /**
+   * Builds, signs and checks one local event on the snapshot's current state, then applies it to
+   * the snapshot (recording how to undo that). Throws JobFailure (403, 400, 413) when it cannot be sent.
+   */
+  private async build(tx: Database, snapshot: RoomSnapshot, undo: UndoLog, template: EventTemplate): Promise<EventToStore> {
+    const rules = snapshot.rules;
+    const isCreate = template.type === "m.room.create";
+    let content = template.content;
+    const pdu: JsonObject = {};
+    if (!(isCreate && rules.roomIdIsCreateEventId)) pdu.room_id = snapshot.roomId;
+    pdu.sender = template.sender;
+    pdu.type = template.type;
+    if (template.state_key !== undefined) pdu.state_key = template.state_key;
+    if (template.redacts !== undefined) {
+      if (rules.redactsInContent) content = { ...content, redacts: template.redacts };
+      else pdu.redacts = template.redacts;
+    }
+    pdu.content = content;
+    pdu.origin_server_ts = this.now();
+    pdu.depth = Math.min(snapshot.maxDepth + 1, Number.MAX_SAFE_INTEGER);
+    pdu.prev_events = snapshot.extremities.slice(-MAX_PREV_EVENTS);
+    pdu.auth_events = selectAuthEvents(rules, template, snapshot.state);
+
+    const signed = signEvent(rules, pdu, this.serverName, this.signingKey) as unknown as Pdu;
+    let size: number;
+    try {
+      size = Buffer.byteLength(canonicalJson(signed), "utf8");
+    } catch (err) {
+      if (err instanceof CanonicalJsonError) throw new JobFailure(new MatrixError(400, "M_BAD_JSON", `Event is not canonical JSON: ${err.message}`));
+      throw err;
+    }
+    if (size > MAX_PDU_BYTES) {
+      throw new JobFailure(new MatrixError(413, "M_TOO_LARGE", `Event is ${size} bytes; the limit is ${MAX_PDU_BYTES}`));
+    }
+    const eventId = computeEventId(rules, signed);
+    const event: RoomEvent = { ...signed, event_id: eventId };
+
+    // The auth rules read the create event, the selected auth events' keys and nothing else.
+    const keys = authTypesForEvent(rules, template).map(([type, stateKey]) => stateMapKey(type, stateKey));
+    keys.push(stateMapKey("m.room.create", ""));
+    const ids = keys.map((k) => snapshot.state.get(k)).filter((id): id is string => id !== undefined);
+    await this.loadEvents(tx, snapshot, ids);
+    const authState = new Map<StateMapKey, RoomEvent>();
+    for (const key of keys) {
+      const id = snapshot.state.get(key);
+      const authEvent = id === undefined ? undefined : snapshot.events.get(id);
+      if (authEvent) authState.set(key, authEvent);
+    }
+    const decision = checkAuth(rules, event, authState);
+    if (!decision.allowed) throw new JobFailure(forbidden(decision.reason));
+
+    const toStore: EventToStore = {
+      eventId,
+      pdu: signed,
+      stateBefore: snapshot.stateGroup,
+      stateAfter: undefined,
+      newStateGroup: undefined,
+      replacesState: undefined,
+      rejectedReason: undefined,
+      softFailed: false,
+      txn: template.txn,
+      redactsEventId: template.type === "m.room.redaction" ? template.redacts : undefined,
+    };
+    await this.applyToSnapshot(tx, snapshot, undo, toStore, event);
+    return toStore;
+  }
+
+  /** Applies an accepted event to the in-memory current state: state, memberships, extremities. */
+  private async applyToSnapshot(tx: Database, snapshot: RoomSnapshot, undo: UndoLog, toStore: EventToStore, event: RoomEvent): Promise<void> {
+    const previous = { extremities: snapshot.extremities, maxDepth: snapshot.maxDepth, stateGroup: snapshot.stateGroup };
+    undo.push(() => {
+      snapshot.extremities = previous.extremities;
+      snapshot.maxDepth = previous.maxDepth;
+      snapshot.stateGroup = previous.stateGroup;
+    });
+    if (typeof event.state_key === "string") {
+      const key = stateMapKey(event.type, event.state_key);
+      const replaced = snapshot.state.get(key);
+      toStore.replacesState = replaced;
+      snapshot.state.set(key, event.event_id);
+      snapshot.events.set(event.event_id, event);
+      let previousMembership: string | undefined;
+      const isMember = event.type === "m.room.member";
+      if (isMember) {
+        previousMembership = snapshot.memberships.get(event.state_key);
+        snapshot.memberships.set(event.state_key, String(event.content.membership));
+      }
+      undo.push(() => {
+        if (replaced === undefined) snapshot.state.delete(key);
+        else snapshot.state.set(key, replaced);
+        snapshot.events.delete(event.event_id);
+        if (isMember) {
+          if (previousMembership === undefined) snapshot.memberships.delete(event.state_key!);
+          else snapshot.memberships.set(event.state_key!, previousMembership);
+        }
+      });
+      const group = nextStateGroup(await this.groupIds.next(tx), snapshot.stateGroup, new Map([[key, event.event_id]]), snapshot.state);
+      toStore.newStateGroup = group;
+      toStore.stateAfter = { id: group.id, chainLength: group.chainLength };
+      snapshot.stateGroup = toStore.stateAfter;
+    }
+    snapshot.extremities = [event.event_id];
+    snapshot.maxDepth = Number(event.depth);
+  }
+
+  private persistedEvents(roomId: string, events: EventToStore[], lastPosition: number): PersistedEvent[] {
+    const first = lastPosition - events.length + 1;
+    return events.map((e, i) => ({
+      eventId: e.eventId,
+      roomId,
+      type: e.pdu.type,
+      stateKey: e.pdu.state_key,
+      sender: e.pdu.sender,
+      membership: e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : undefined,
+      streamOrdering: first + i,
+      topologicalOrdering: e.pdu.depth,
+    }));
+  }
+
+  /**
+   * Stores built (or received and checked) events of one room and moves the room's current state,
+   * forward extremities and local memberships to the snapshot's. Everything but full state
+   * snapshots goes in one statement whose first step takes the stream positions, so the
+   * stream-position row stays locked only for that statement and the commit. Returns the stream
+   * position of the last event.
+   */
+  async writeEvents(tx: Database, snapshot: RoomSnapshot, events: EventToStore[], newRoom?: { creator: string; isPublic: boolean }): Promise<number> {
+    const roomId = snapshot.roomId;
+    const n = events.length;
+    const ctes: SQL[] = [];
+    const values = (rows: SQL[]) => sql.join(rows, sql`, `);
+
+    // Full snapshots can be large: written first, in chunks.
+    const entryRows: Array<[number, string, string, string | null]> = [];
+    const groups = events.map((e) => e.newStateGroup).filter((g): g is NewStateGroup => g !== undefined);
+    for (const group of groups) {
+      const rows = stateGroupEntryRows(group);
+      if (group.prev === undefined && rows.length > 500) {
+        for (let i = 0; i < rows.length; i += 2_000) {
+          const chunk = rows.slice(i, i + 2_000);
+          await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${values(
+            chunk.map(([g, t, k, e]) => sql`(${g}, ${t}, ${k}, ${e})`),
+          )}`);
+        }
+      } else {
+        entryRows.push(...rows);
+      }
+    }
+
+    ctes.push(sql`pos as (
+      insert into stream_positions (stream, position) values ('events', ${n}::bigint)
+      on conflict (stream) do update set position = stream_positions.position + ${n}::bigint
+      returning position)`);
+    ctes.push(sql`ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
+        stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state)
+      values ${values(
+        events.map(
+          (e, i) => sql`(${e.eventId}, ${roomId}, ${e.pdu.type}, ${e.pdu.state_key ?? null}, ${e.pdu.sender},
+            ${e.pdu.origin_server_ts}::bigint, ${e.pdu.depth}::bigint, ${JSON.stringify(e.pdu)},
+            (select position from pos) - ${n - 1 - i}::bigint, ${e.pdu.depth}::bigint, ${e.rejectedReason ?? null},
+            ${e.softFailed}, ${e.stateBefore?.id ?? null}::bigint, ${e.stateAfter?.id ?? null}::bigint, ${e.replacesState ?? null})`,
+        ),
+      )})`);
+
+    const edges = events.flatMap((e) => e.pdu.prev_events.map((p) => sql`(${e.eventId}, ${p}, ${roomId})`));
+    if (edges.length) ctes.push(sql`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${values(edges)} on conflict do nothing)`);
+    const auth = events.flatMap((e) => e.pdu.auth_events.map((a) => sql`(${e.eventId}, ${a}, ${roomId})`));
+    if (auth.length) ctes.push(sql`auth as (insert into event_auth (event_id, auth_event_id, room_id) values ${values(auth)} on conflict do nothing)`);
+
+    if (groups.length) {
+      ctes.push(sql`sgroups as (insert into state_groups (id, room_id, prev_group, chain_length) values ${values(
+        groups.map((g) => sql`(${g.id}::bigint, ${roomId}, ${g.prev ?? null}::bigint, ${g.chainLength}::int)`),
+      )})`);
+    }
+    if (entryRows.length) {
+      ctes.push(sql`entries as (insert into state_group_entries (group_id, type, state_key, event_id) values ${values(
+        entryRows.map(([g, t, k, e]) => sql`(${g}::bigint, ${t}, ${k}, ${e})`),
+      )})`);
+    }
+
+    // The current state and local memberships: the last accepted event per key wins.
+    const stateChanges = new Map<StateMapKey, { type: string; stateKey: string; eventId: string; membership: string | null; index: number }>();
+    events.forEach((e, index) => {
+      if (e.rejectedReason !== undefined || e.softFailed || e.stateAfter === undefined || e.pdu.state_key === undefined) return;
+      const membership = e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : null;
+      stateChanges.set(stateMapKey(e.pdu.type, e.pdu.state_key), { type: e.pdu.type, stateKey: e.pdu.state_key, eventId: e.eventId, membership, index });
+    });
+    if (stateChanges.size) {
+      ctes.push(sql`cur as (insert into current_state (room_id, type, state_key, event_id, membership) values ${values(
+        [...stateChanges.values()].map((c) => sql`(${roomId}, ${c.type}, ${c.stateKey}, ${c.eventId}, ${c.membership})`),
+      )} on conflict (room_id, type, state_key) do update set event_id = excluded.event_id, membership = excluded.membership)`);
+      const local = [...stateChanges.values()].filter(
+        (c) => c.type === "m.room.member" && serverNameOf(c.stateKey) === this.serverName,
+      );
+      if (local.length) {
+        ctes.push(sql`mem as (insert into room_memberships (user_id, room_id, membership, event_id, stream_ordering) values ${values(
+          local.map((c) => sql`(${c.stateKey}, ${roomId}, ${c.membership}, ${c.eventId}, (select position from pos) - ${n - 1 - c.index}::bigint)`),
+        )} on conflict (user_id, room_id) do update set membership = excluded.membership, event_id = excluded.event_id,
+          stream_ordering = excluded.stream_ordering, forgotten = false)`);
+      }
+    }
+
+    const relations = events.flatMap((e) => relationRows(e.eventId, e.pdu.content).map((r) => sql`(${e.eventId}, ${r.relType}, ${r.relatesTo}, ${roomId}, ${r.key})`));
+    if (relations.length) {
+      ctes.push(sql`rel as (insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${values(relations)} on conflict do nothing)`);
+    }
+    const txns = events.filter((e) => e.txn !== undefined);
+    if (txns.length) {
+      const ts = this.now();
+      ctes.push(sql`txn as (insert into event_transactions (user_id, device_id, endpoint, txn_id, event_id, created_ts) values ${values(
+        txns.map((e) => sql`(${e.txn!.userId}, ${e.txn!.deviceId}, ${e.txn!.endpoint}, ${e.txn!.txnId}, ${e.eventId}, ${ts}::bigint)`),
+      )} on conflict do nothing)`);
+    }
+    const redactions = events.filter((e) => e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed);
+    redactions.forEach((e, i) => {
+      ctes.push(sql`red${sql.raw(String(i))} as (update events set redacted_by = ${e.eventId}
+        where event_id = ${e.redactsEventId!} and room_id = ${roomId} and redacted_by is null)`);
+    });
+
+    const extremities = sql`array[${sql.join(snapshot.extremities.map((x) => sql`${x}`), sql`, `)}]::text[]`;
+    if (newRoom) {
+      ctes.push(sql`room as (insert into rooms (room_id, room_version, creator, is_public, created_ts, forward_extremities, max_depth, current_state_group)
+        values (${roomId}, ${snapshot.rules.id}, ${newRoom.creator}, ${newRoom.isPublic}, ${this.now()}::bigint, ${extremities}, ${snapshot.maxDepth}::bigint,
+          ${snapshot.stateGroup?.id ?? null}::bigint))`);
+    } else {
+      ctes.push(sql`room as (update rooms set forward_extremities = ${extremities}, max_depth = ${snapshot.maxDepth}::bigint,
+        current_state_group = ${snapshot.stateGroup?.id ?? null}::bigint where room_id = ${roomId})`);
+    }
+
+    const rows = rowsOf<{ position: string | number }>(
+      await tx.execute(sql`with ${sql.join(ctes, sql`, `)} select position from pos`),
+    );
+    return Number(rows[0]!.position);
+  }
+}
+
+/** The relations an event's content declares (`m.relates_to`), plus `m.in_reply_to` for replies. */
+export function relationRows(_eventId: string, content: JsonObject): Array<{ relType: string; relatesTo: string; key: string | null }> {
+  const relatesTo = content["m.relates_to"];
+  if (typeof relatesTo !== "object" || relatesTo === null || Array.isArray(relatesTo)) return [];
+  const r = relatesTo as JsonObject;
+  const rows: Array<{ relType: string; relatesTo: string; key: string | null }> = [];
+  if (typeof r.rel_type === "string" && typeof r.event_id === "string" && r.rel_type !== "m.in_reply_to") {
+    rows.push({ relType: r.rel_type, relatesTo: r.event_id, key: r.rel_type === "m.annotation" && typeof r.key === "string" ? r.key : null });
+  }
+  const reply = r["m.in_reply_to"];
+  if (typeof reply === "object" && reply !== null && typeof (reply as JsonObject).event_id === "string") {
+    rows.push({ relType: "m.in_reply_to", relatesTo: (reply as JsonObject).event_id as string, key: null });
+  }
+  return rows;
+}
+
+/** postgres.js returns text[] as an array; PGlite may too, or as the literal `{a,b}`. */
+function parseTextArray(value: string[] | string): string[] {
+  if (Array.isArray(value)) return value;
+  if (value === "{}" || value === "") return [];
+  return value
+    .slice(1, -1)
+    .split(",")
+    .map((s) => (s.startsWith('"') ? s.slice(1, -1).replace(/\\(.)/g, "$1") : s));
+}
