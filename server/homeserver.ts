@@ -11,6 +11,7 @@ import { createApp } from "./http/app.ts";
 import { routes } from "./api/routes.ts";
 import type { AnyRoute } from "./http/route.ts";
 import { type Services, createAccountServices } from "./services.ts";
+import { createRoomServices } from "./rooms/room-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
 
 export interface Homeserver {
@@ -66,6 +67,15 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       signingKey,
       now,
       ...accountServices,
+      ...createRoomServices({
+        db: database.db,
+        serverName: config.server_name,
+        signingKey,
+        now,
+        logger,
+        accounts: accountServices.accounts,
+        userData: accountServices.userData,
+      }),
       auth: accountServices.sessions,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);

@@ -15,6 +15,7 @@ import type { Requester, RequestInfo } from "./http/route.ts";
 import { MatrixError } from "./http/errors.ts";
 import { E2ee } from "./e2ee/e2ee.ts";
 import { RateLimiter } from "./ratelimit.ts";
+import type { RoomServices } from "./rooms/room-services.ts";
 import { UserData } from "./userdata/userdata.ts";
 
 /** Turns an access token into a requester, or throws 401 M_UNKNOWN_TOKEN. */
@@ -22,7 +23,7 @@ export interface Authenticator {
   authenticate(accessToken: string, request: RequestInfo): Promise<Requester>;
 }
 
-export interface Services extends AccountServices {
+export interface Services extends AccountServices, RoomServices {
   config: Config;
   database: OpenedDatabase;
   db: Database;

@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto";
 import { type Context, Hono } from "hono";
 import type { z } from "zod";
 import type { Services } from "../services.ts";
+import { CanonicalJsonError, parseStrictJson } from "../../federation/protocol/canonical-json.ts";
 import { MatrixError, unrecognized } from "./errors.ts";
 import type { AnyRoute, RequestInfo, Requester } from "./route.ts";
 
@@ -58,7 +59,7 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
         }
         services.rateLimiter.take("requests", requester.userId);
       }
-      const body = r.body ? await readJsonBody(c, r.body, maxBytes) : undefined;
+      const body = r.body ? await readJsonBody(c, r.body, maxBytes, r.strictJson === true) : undefined;
       const query = r.query ? validateQuery(c, r.query) : c.req.query();
       const result = await r.handler(
         { params: c.req.param() as Record<string, string>, query, body, requester, request: info, c },
@@ -146,7 +147,7 @@ function accessToken(c: Context): string | undefined {
  * endpoints whose every field is optional). Not JSON → 400 M_NOT_JSON; JSON of the wrong shape →
  * 400 M_BAD_JSON; too large → 413 M_TOO_LARGE.
  */
-async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: number): Promise<B> {
+async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: number, strict: boolean): Promise<B> {
   const text = await readBodyText(c, maxBytes);
   let value: unknown;
   if (text.trim() === "") {
@@ -156,6 +157,14 @@ async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: numbe
       value = JSON.parse(text);
     } catch {
       throw new MatrixError(400, "M_NOT_JSON", "Content not JSON.");
+    }
+    if (strict) {
+      try {
+        parseStrictJson(text);
+      } catch (err) {
+        if (err instanceof CanonicalJsonError) throw new MatrixError(400, "M_BAD_JSON", err.message);
+        throw err;
+      }
     }
   }
   const parsed = schema.safeParse(value);

@@ -57,6 +57,11 @@ export interface RouteDef<A extends AuthMode = AuthMode, B = unknown, Q = unknow
    * https://spec.matrix.org/latest/client-server-api/#client-behaviour-14 lists what guests may do.
    */
   allowGuests?: boolean;
+  /**
+   * Parse the body as canonical-JSON-able (room versions 6+): floats such as `1.5` or `1.0` and
+   * integers outside ±(2^53-1) answer 400 M_BAD_JSON. For bodies that become event content.
+   */
+  strictJson?: boolean;
   /** Returns a JSON body (status 200) or a full Response. */
   handler(input: HandlerInput<A, B, Q>, services: Services): Promise<unknown> | unknown;
 }

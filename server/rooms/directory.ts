@@ -1,0 +1,185 @@
+// Room aliases and the published room directory.
+// https://spec.matrix.org/latest/client-server-api/#room-aliases
+// https://spec.matrix.org/latest/client-server-api/#published-room-directory
+//
+// Aliases on other servers, and other servers' directories, are looked up over federation: not yet
+// (404 / an error for now).
+import { eq, sql } from "drizzle-orm";
+import { type Database, rowsOf, schema } from "../../schema/db.ts";
+import type { Accounts } from "../accounts/accounts.ts";
+import { MatrixError, forbidden, notFound } from "../http/errors.ts";
+import type { Requester } from "../http/route.ts";
+import type { RoomAliases } from "./aliases.ts";
+import type { Rooms } from "./rooms.ts";
+
+type JsonObject = Record<string, unknown>;
+
+const MAX_PUBLIC_ROOMS_LIMIT = 500;
+
+export interface PublicRoomsQuery {
+  limit?: number;
+  since?: string;
+  server?: string;
+  searchTerm?: string;
+  /** Room types to include; null stands for rooms without a type. */
+  roomTypes?: Array<string | null>;
+}
+
+export class Directory {
+  constructor(
+    private readonly db: Database,
+    private readonly rooms: Rooms,
+    private readonly aliases: RoomAliases,
+    private readonly accounts: Accounts,
+    private readonly serverName: string,
+  ) {}
+
+  // ---- Aliases ---------------------------------------------------------------------------------------
+
+  async resolveAlias(alias: string): Promise<{ room_id: string; servers: string[] }> {
+    const row = await this.aliases.resolve(alias);
+    if (!row) throw notFound(`Room alias ${alias.slice(0, 100)} not found`);
+    return { room_id: row.roomId, servers: [this.serverName] };
+  }
+
+  async createAlias(requester: Requester, alias: string, roomId: string): Promise<void> {
+    this.aliases.checkLocal(alias);
+    if ((await this.rooms.roomVersion(roomId)) === undefined) throw notFound("Room not found");
+    const membership = await this.rooms.membership(roomId, requester.userId);
+    if (membership?.membership !== "join" && !(await this.isAdmin(requester.userId))) {
+      throw forbidden("You must be in the room to give it an alias");
+    }
+    if (!(await this.aliases.create(alias, roomId, requester.userId))) {
+      throw new MatrixError(409, "M_UNKNOWN", "Room alias already exists");
+    }
+  }
+
+  /** The alias's creator, a server admin, or anyone who may set the room's canonical alias may delete it. */
+  async deleteAlias(requester: Requester, alias: string): Promise<void> {
+    this.aliases.checkLocal(alias);
+    const row = await this.aliases.resolve(alias);
+    if (!row) throw notFound("Room alias not found");
+    if (row.creator !== requester.userId && !(await this.isAdmin(requester.userId)) && !(await this.canSetCanonicalAlias(row.roomId, requester.userId))) {
+      throw forbidden("You may not delete this alias");
+    }
+    await this.aliases.delete(alias);
+  }
+
+  /** GET /rooms/{roomId}/aliases: for members, and anyone when the room is world_readable. */
+  async roomAliases(requester: Requester, roomId: string): Promise<string[]> {
+    const membership = await this.rooms.membership(roomId, requester.userId);
+    if (membership?.membership !== "join") {
+      const hv = await this.rooms.currentStateContent(roomId, "m.room.history_visibility");
+      if (hv?.history_visibility !== "world_readable") throw forbidden("You aren't a member of the room");
+    }
+    return this.aliases.forRoom(roomId);
+  }
+
+  // ---- Published room directory ------------------------------------------------------------------------
+
+  async getVisibility(roomId: string): Promise<"public" | "private"> {
+    const t = schema.rooms;
+    const [row] = await this.db.select({ isPublic: t.isPublic }).from(t).where(eq(t.roomId, roomId));
+    if (!row) throw notFound("Room not found");
+    return row.isPublic ? "public" : "private";
+  }
+
+  /** Joined members who may set the canonical alias (or server admins) publish or hide the room. */
+  async setVisibility(requester: Requester, roomId: string, visibility: "public" | "private"): Promise<void> {
+    await this.getVisibility(roomId);
+    if (!(await this.isAdmin(requester.userId)) && !(await this.canSetCanonicalAlias(roomId, requester.userId))) {
+      throw forbidden("You need the power level to set the room's canonical alias to publish it");
+    }
+    const t = schema.rooms;
+    await this.db.update(t).set({ isPublic: visibility === "public" }).where(eq(t.roomId, roomId));
+  }
+
+  /**
+   * The published rooms, largest first (by joined members, then room ID), with the summary the
+   * spec's PublishedRoomsChunk gives. `since` tokens are offsets into that order.
+   */
+  async publicRooms(query: PublicRoomsQuery): Promise<JsonObject> {
+    if (query.server !== undefined && query.server !== this.serverName) {
+      throw new MatrixError(404, "M_NOT_FOUND", "Other servers' room directories need federation, which is not supported yet");
+    }
+    const limit = query.limit === undefined || query.limit <= 0 ? undefined : Math.min(query.limit, MAX_PUBLIC_ROOMS_LIMIT);
+    let offset = 0;
+    if (query.since !== undefined) {
+      const m = /^o(\d{1,9})$/.exec(query.since);
+      if (!m) throw new MatrixError(400, "M_INVALID_PARAM", "Invalid since token");
+      offset = Number(m[1]);
+    }
+
+    const [counts, states] = await Promise.all([
+      this.db.execute(sql`select r.room_id, count(c.state_key) as joined from rooms r
+        left join current_state c on c.room_id = r.room_id and c.type = 'm.room.member' and c.membership = 'join'
+        where r.is_public group by r.room_id`),
+      this.db.execute(sql`select c.room_id, c.type, e.json from current_state c
+        join rooms r on r.room_id = c.room_id join events e on e.event_id = c.event_id
+        where r.is_public and c.state_key = '' and c.type in ('m.room.name', 'm.room.topic', 'm.room.canonical_alias',
+          'm.room.avatar', 'm.room.join_rules', 'm.room.history_visibility', 'm.room.guest_access', 'm.room.create')`),
+    ]);
+    const content = new Map<string, Map<string, JsonObject>>();
+    for (const r of rowsOf<{ room_id: string; type: string; json: string }>(states)) {
+      let m = content.get(r.room_id);
+      if (!m) content.set(r.room_id, (m = new Map()));
+      m.set(r.type, (JSON.parse(r.json) as { content?: JsonObject }).content ?? {});
+    }
+    let rooms = rowsOf<{ room_id: string; joined: string | number }>(counts).map((r) => {
+      const s = content.get(r.room_id) ?? new Map<string, JsonObject>();
+      const str = (type: string, key: string) => {
+        const v = s.get(type)?.[key];
+        return typeof v === "string" ? v : undefined;
+      };
+      const chunk: JsonObject = {
+        room_id: r.room_id,
+        num_joined_members: Number(r.joined),
+        world_readable: str("m.room.history_visibility", "history_visibility") === "world_readable",
+        guest_can_join: str("m.room.guest_access", "guest_access") === "can_join",
+      };
+      const name = str("m.room.name", "name");
+      const topic = str("m.room.topic", "topic");
+      const alias = str("m.room.canonical_alias", "alias");
+      const avatar = str("m.room.avatar", "url");
+      const joinRule = str("m.room.join_rules", "join_rule");
+      const roomType = str("m.room.create", "type");
+      if (name) chunk.name = name;
+      if (topic) chunk.topic = topic;
+      if (alias) chunk.canonical_alias = alias;
+      if (avatar) chunk.avatar_url = avatar;
+      if (joinRule) chunk.join_rule = joinRule;
+      if (roomType) chunk.room_type = roomType;
+      return chunk;
+    });
+    const term = query.searchTerm?.trim().toLowerCase();
+    if (term) {
+      rooms = rooms.filter((r) =>
+        [r.name, r.topic, r.canonical_alias, r.room_id].some((v) => typeof v === "string" && v.toLowerCase().includes(term)),
+      );
+    }
+    if (query.roomTypes) {
+      const types = query.roomTypes;
+      rooms = rooms.filter((r) => types.includes((r.room_type as string | undefined) ?? null));
+    }
+    rooms.sort((a, b) => (b.num_joined_members as number) - (a.num_joined_members as number) || String(a.room_id).localeCompare(String(b.room_id)));
+    const page = limit === undefined ? rooms.slice(offset) : rooms.slice(offset, offset + limit);
+    const response: JsonObject = { chunk: page, total_room_count_estimate: rooms.length };
+    if (limit !== undefined && offset + limit < rooms.length) response.next_batch = `o${offset + limit}`;
+    if (offset > 0) response.prev_batch = `o${Math.max(0, offset - (limit ?? offset))}`;
+    return response;
+  }
+
+  private async isAdmin(userId: string): Promise<boolean> {
+    return (await this.accounts.getUser(userId))?.isAdmin === true;
+  }
+
+  private async canSetCanonicalAlias(roomId: string, userId: string): Promise<boolean> {
+    const membership = await this.rooms.membership(roomId, userId);
+    if (membership?.membership !== "join") return false;
+    const { level, content } = await this.rooms.powerLevels(roomId, userId);
+    const events = (content.events ?? {}) as JsonObject;
+    const stateDefault = typeof content.state_default === "number" ? content.state_default : 50;
+    const required = typeof events["m.room.canonical_alias"] === "number" ? (events["m.room.canonical_alias"] as number) : stateDefault;
+    return level >= required;
+  }
+}

@@ -1,0 +1,57 @@
+// The rooms component's services, built once per process: the persister (the one event path),
+// the write side (Rooms), the read side (Timeline, Relations), aliases and the room directory.
+import type { Logger } from "pino";
+import type { Database } from "../../schema/db.ts";
+import type { SigningKey } from "../../federation/protocol/signing.ts";
+import type { Accounts } from "../accounts/accounts.ts";
+import { RoomTags } from "../userdata/room-tags.ts";
+import type { UserData } from "../userdata/userdata.ts";
+import { RoomAliases } from "./aliases.ts";
+import { Directory } from "./directory.ts";
+import { EventStore } from "./event-store.ts";
+import { EventPersister } from "./persister.ts";
+import { Relations } from "./relations.ts";
+import { Rooms } from "./rooms.ts";
+import { Timeline } from "./timeline.ts";
+import { HistoryVisibility } from "./visibility.ts";
+
+export interface RoomServices {
+  /** The one "persist an event" path; `onEventsPersisted` is the notifier hook. */
+  persister: EventPersister;
+  rooms: Rooms;
+  eventStore: EventStore;
+  timeline: Timeline;
+  relations: Relations;
+  directory: Directory;
+  roomTags: RoomTags;
+}
+
+export function createRoomServices(options: {
+  db: Database;
+  serverName: string;
+  signingKey: SigningKey;
+  now: () => number;
+  logger: Logger;
+  accounts: Accounts;
+  userData: UserData;
+}): RoomServices {
+  const { db, serverName, signingKey, now, logger, accounts, userData } = options;
+  const persister = new EventPersister(db, serverName, signingKey, now, logger);
+  const aliases = new RoomAliases(db, serverName, now);
+  const rooms = new Rooms(db, persister, accounts, aliases, serverName, logger);
+  const eventStore = new EventStore(db, now);
+  const visibility = new HistoryVisibility(db);
+  const timeline = new Timeline(db, rooms, eventStore, visibility);
+  const relations = new Relations(db, eventStore, timeline, visibility);
+  eventStore.setBundler(relations.bundle);
+  accounts.onProfileChanged((userId, profile) => rooms.profileChanged(userId, profile));
+  return {
+    persister,
+    rooms,
+    eventStore,
+    timeline,
+    relations,
+    directory: new Directory(db, rooms, aliases, accounts, serverName),
+    roomTags: new RoomTags(userData),
+  };
+}

@@ -1,0 +1,431 @@
+// Rooms on this homeserver: creating them, membership, sending messages and state, redacting.
+// https://spec.matrix.org/latest/client-server-api/#rooms
+//
+// Every write goes through the persister (one event path). Checks that depend on the room's current
+// state and are not authorization rules (the redaction rule, "already joined", join rules not
+// supported yet) run inside the room's serial section, in the job's `prepare`, so they see the same
+// state the event is built on.
+import { and, eq, sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import { type Database, rowsOf, schema } from "../../schema/db.ts";
+import { canonicalJson, CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
+import { userPowerLevel } from "../../federation/protocol/auth-rules.ts";
+import { byteLength, isValidUserId, serverNameOf } from "../../federation/protocol/identifiers.ts";
+import type { RoomEvent } from "../../federation/protocol/pdu.ts";
+import { DEFAULT_ROOM_VERSION, isSupportedRoomVersion, roomVersionRules } from "../../federation/protocol/room-versions.ts";
+import type { Accounts, Profile } from "../accounts/accounts.ts";
+import { MatrixError, forbidden, notFound } from "../http/errors.ts";
+import type { Requester } from "../http/route.ts";
+import { parseAlias, type RoomAliases } from "./aliases.ts";
+import { type CreateRoomRequest, memberContent, planRoomCreation } from "./create-room.ts";
+import type { EventPersister, EventTemplate, PersistedEvent, RoomView, TxnRef } from "./persister.ts";
+
+type JsonObject = Record<string, unknown>;
+
+/** "The size of ... type, state_key, ... MUST NOT exceed 255 bytes." */
+const MAX_ID_BYTES = 255;
+/** Join rules whose joins (without an invite) need what is not built yet. */
+const UNSUPPORTED_JOIN_RULES = new Set(["knock", "restricted", "knock_restricted"]);
+
+/** A local user's current membership of a room. */
+export interface Membership {
+  membership: string;
+  eventId: string;
+  streamOrdering: number;
+  forgotten: boolean;
+}
+
+export class Rooms {
+  /** Client transactions in flight in this process: a retry waits for the original. */
+  private readonly inflightTxns = new Map<string, Promise<string>>();
+
+  constructor(
+    private readonly db: Database,
+    private readonly persister: EventPersister,
+    private readonly accounts: Accounts,
+    private readonly aliases: RoomAliases,
+    private readonly serverName: string,
+    private readonly logger: Logger,
+  ) {}
+
+  // ---- Queries ---------------------------------------------------------------------------------------
+
+  async roomVersion(roomId: string): Promise<string | undefined> {
+    const t = schema.rooms;
+    const [row] = await this.db.select({ v: t.roomVersion }).from(t).where(eq(t.roomId, roomId));
+    return row?.v;
+  }
+
+  async requireRoom(roomId: string): Promise<string> {
+    const version = await this.roomVersion(roomId);
+    if (version === undefined) throw notFound("Unknown room");
+    return version;
+  }
+
+  /** A local user's membership of a room, or undefined when they never had one. */
+  async membership(roomId: string, userId: string): Promise<Membership | undefined> {
+    const t = schema.roomMemberships;
+    const [row] = await this.db
+      .select()
+      .from(t)
+      .where(and(eq(t.userId, userId), eq(t.roomId, roomId)));
+    return row ? { membership: row.membership, eventId: row.eventId, streamOrdering: row.streamOrdering, forgotten: row.forgotten } : undefined;
+  }
+
+  /** The rooms a local user is joined to. */
+  async joinedRooms(userId: string): Promise<string[]> {
+    const t = schema.roomMemberships;
+    const rows = await this.db
+      .select({ roomId: t.roomId })
+      .from(t)
+      .where(and(eq(t.userId, userId), eq(t.membership, "join")));
+    return rows.map((r) => r.roomId);
+  }
+
+  /** The current state event ID for a key, if any. */
+  async currentStateEventId(roomId: string, type: string, stateKey: string): Promise<string | undefined> {
+    const t = schema.currentState;
+    const [row] = await this.db
+      .select({ eventId: t.eventId })
+      .from(t)
+      .where(and(eq(t.roomId, roomId), eq(t.type, type), eq(t.stateKey, stateKey)));
+    return row?.eventId;
+  }
+
+  /** The current content of a state event, if any. */
+  async currentStateContent(roomId: string, type: string, stateKey = ""): Promise<JsonObject | undefined> {
+    const rows = rowsOf<{ json: string }>(
+      await this.db.execute(sql`select e.json from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${roomId} and c.type = ${type} and c.state_key = ${stateKey}`),
+    );
+    return rows[0] ? ((JSON.parse(rows[0].json) as { content: JsonObject }).content ?? {}) : undefined;
+  }
+
+  /** A user's power level in a room now, and the room's power levels content. */
+  async powerLevels(roomId: string, userId: string): Promise<{ level: number; content: JsonObject }> {
+    const version = await this.requireRoom(roomId);
+    const rows = rowsOf<{ event_id: string; json: string; type: string }>(
+      await this.db.execute(sql`select e.event_id, e.json, c.type from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${roomId} and c.state_key = '' and c.type in ('m.room.create', 'm.room.power_levels')`),
+    );
+    let create: RoomEvent | undefined;
+    let pl: RoomEvent | undefined;
+    for (const r of rows) {
+      const event = { ...(JSON.parse(r.json) as RoomEvent), event_id: r.event_id };
+      if (r.type === "m.room.create") create = event;
+      else pl = event;
+    }
+    return { level: userPowerLevel(version, userId, create, pl), content: pl?.content ?? {} };
+  }
+
+  // ---- Creating rooms --------------------------------------------------------------------------------
+
+  async createRoom(requester: Requester, request: CreateRoomRequest): Promise<string> {
+    const version = request.room_version ?? DEFAULT_ROOM_VERSION;
+    if (!isSupportedRoomVersion(version)) {
+      throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", `Room version ${JSON.stringify(version).slice(0, 40)} is not supported`);
+    }
+    const rules = roomVersionRules(version);
+    const creator = requester.userId;
+
+    let alias: string | undefined;
+    if (request.room_alias_name !== undefined) {
+      alias = `#${request.room_alias_name}:${this.serverName}`;
+      if (!parseAlias(alias)) throw new MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name");
+      if (await this.aliases.resolve(alias)) throw new MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken");
+    }
+    const invitees = new Map<string, Profile | undefined>();
+    for (const userId of new Set(request.invite ?? [])) {
+      if (userId === creator) continue;
+      invitees.set(userId, await this.inviteeProfile(userId));
+    }
+    for (const e of request.initial_state ?? []) this.checkEventFields(e.type, e.state_key ?? "");
+
+    const plan = planRoomCreation(rules, creator, request, { creator: await this.accounts.getProfile(creator), invitees }, alias);
+    try {
+      const { roomId } = await this.persister.createRoom({
+        version,
+        creator,
+        createContent: plan.createContent,
+        templates: plan.templates,
+        isPublic: request.visibility === "public",
+        alongside: async (tx, roomId) => {
+          if (alias !== undefined && !(await this.aliases.create(alias, roomId, creator, tx))) {
+            throw new MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken");
+          }
+        },
+      });
+      return roomId;
+    } catch (err) {
+      // "The initial state implied by the parameters to the request is invalid" (create_room.yaml).
+      if (err instanceof MatrixError && err.errcode === "M_FORBIDDEN") {
+        throw new MatrixError(400, "M_INVALID_ROOM_STATE", `The room's initial state is not allowed: ${err.message}`);
+      }
+      throw err;
+    }
+  }
+
+  /** The profile an invite carries; only local users can be invited until federation exists. */
+  private async inviteeProfile(userId: string): Promise<Profile | undefined> {
+    if (!isValidUserId(userId)) throw new MatrixError(400, "M_INVALID_PARAM", `Invalid user ID: ${String(userId).slice(0, 100)}`);
+    if (serverNameOf(userId) !== this.serverName) {
+      throw forbidden("Inviting users on other servers needs federation, which is not supported yet");
+    }
+    const profile = await this.accounts.getProfile(userId);
+    if (!profile) throw notFound(`Unknown user ${userId}`);
+    return profile;
+  }
+
+  // ---- Membership ------------------------------------------------------------------------------------
+
+  /** Resolves `#alias:server` or checks `!room`; answers 404 for rooms this server does not know. */
+  async resolveRoom(roomIdOrAlias: string): Promise<string> {
+    if (roomIdOrAlias.startsWith("#")) {
+      const row = await this.aliases.resolve(roomIdOrAlias);
+      if (!row) throw notFound("Room alias not found");
+      return row.roomId;
+    }
+    if (!roomIdOrAlias.startsWith("!")) throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
+    await this.requireRoom(roomIdOrAlias);
+    return roomIdOrAlias;
+  }
+
+  async join(requester: Requester, roomIdOrAlias: string, reason?: string): Promise<string> {
+    let roomId: string;
+    try {
+      roomId = await this.resolveRoom(roomIdOrAlias);
+    } catch (err) {
+      // Joining a room on another server needs federation (make_join/send_join).
+      if (err instanceof MatrixError && err.status === 404) throw notFound("No known room with that ID or alias (joins over federation are not supported yet)");
+      throw err;
+    }
+    const userId = requester.userId;
+    const profile = await this.accounts.getProfile(userId);
+    await this.persister.enqueue(roomId, async (view) => {
+      const current = view.membership(userId);
+      const content = memberContent("join", profile, reason !== undefined ? { reason } : {});
+      if (current === "join") {
+        // Already joined: nothing to send unless the profile in the room is stale.
+        const existing = await view.stateEvent("m.room.member", userId);
+        const c = existing?.content ?? {};
+        if (c.displayname === content.displayname && c.avatar_url === content.avatar_url && reason === undefined) return [];
+      }
+      if (current !== "invite" && current !== "join") {
+        const joinRule = (await view.stateEvent("m.room.join_rules", ""))?.content.join_rule;
+        if (typeof joinRule === "string" && UNSUPPORTED_JOIN_RULES.has(joinRule)) {
+          throw forbidden(`Joining rooms with the join rule "${joinRule}" is not supported yet`);
+        }
+      }
+      if (requester.isGuest) {
+        const guestAccess = (await view.stateEvent("m.room.guest_access", ""))?.content.guest_access;
+        if (guestAccess !== "can_join") throw new MatrixError(403, "M_FORBIDDEN", "Guest access is not allowed in this room");
+      }
+      return [{ type: "m.room.member", state_key: userId, sender: userId, content }];
+    });
+    return roomId;
+  }
+
+  async invite(requester: Requester, roomId: string, target: string, reason?: string): Promise<void> {
+    await this.requireRoom(roomId);
+    const profile = await this.inviteeProfile(target);
+    const extra: JsonObject = reason !== undefined ? { reason } : {};
+    await this.persister.enqueue(roomId, () => [
+      { type: "m.room.member", state_key: target, sender: requester.userId, content: memberContent("invite", profile, extra) },
+    ]);
+  }
+
+  async leave(requester: Requester, roomId: string, reason?: string): Promise<void> {
+    await this.requireRoom(roomId);
+    await this.persister.enqueue(roomId, () => [
+      this.membershipTemplate(requester.userId, requester.userId, "leave", reason),
+    ]);
+  }
+
+  /** Kick (leave), ban, unban (leave of a banned user): the auth rules decide. */
+  async setMembershipOf(requester: Requester, roomId: string, target: string, action: "kick" | "ban" | "unban", reason?: string): Promise<void> {
+    if (!isValidUserId(target)) throw new MatrixError(400, "M_INVALID_PARAM", `Invalid user ID: ${String(target).slice(0, 100)}`);
+    await this.requireRoom(roomId);
+    await this.persister.enqueue(roomId, (view) => {
+      const current = view.membership(target) ?? "leave";
+      if (action === "kick" && current !== "join" && current !== "invite" && current !== "knock") {
+        throw forbidden(`${target} is not in the room`);
+      }
+      if (action === "unban" && current !== "ban") throw forbidden(`${target} is not banned`);
+      return [this.membershipTemplate(requester.userId, target, action === "ban" ? "ban" : "leave", reason)];
+    });
+  }
+
+  private membershipTemplate(sender: string, target: string, membership: string, reason?: string): EventTemplate {
+    const content: JsonObject = { membership };
+    if (reason !== undefined) content.reason = reason;
+    return { type: "m.room.member", state_key: target, sender, content };
+  }
+
+  /** /forget: the room stops being listed for the user; they must have left it first. */
+  async forget(requester: Requester, roomId: string): Promise<void> {
+    const current = await this.membership(roomId, requester.userId);
+    if (!current) return;
+    if (current.membership === "join" || current.membership === "invite" || current.membership === "knock") {
+      throw new MatrixError(400, "M_UNKNOWN", "You must leave the room before forgetting it");
+    }
+    const t = schema.roomMemberships;
+    await this.db
+      .update(t)
+      .set({ forgotten: true })
+      .where(and(eq(t.userId, requester.userId), eq(t.roomId, roomId), eq(t.eventId, current.eventId)));
+  }
+
+  /**
+   * A local user's profile changed: their m.room.member event in every room they are joined to
+   * gets the new displayname and avatar_url (https://spec.matrix.org/latest/client-server-api/#events-on-change-of-profile-information).
+   */
+  async profileChanged(userId: string, profile: Profile): Promise<void> {
+    const rooms = await this.joinedRooms(userId);
+    await Promise.all(
+      rooms.map((roomId) =>
+        this.persister
+          .enqueue(roomId, async (view) => {
+            if (view.membership(userId) !== "join") return [];
+            const current = (await view.stateEvent("m.room.member", userId))?.content ?? {};
+            if (current.displayname === profile.displayname && current.avatar_url === profile.avatar_url) return [];
+            // Keep what else the event said, but not a reason (it was about the join) nor a
+            // restricted join's authorising user (it would need that server's signature again).
+            const { reason: _r, join_authorised_via_users_server: _j, displayname: _d, avatar_url: _a, ...rest } = current;
+            return [{ type: "m.room.member", state_key: userId, sender: userId, content: memberContent("join", profile, rest) }];
+          })
+          .catch((err) => this.logger.warn({ err, userId, roomId }, "could not update a membership event with a new profile")),
+      ),
+    );
+  }
+
+  // ---- Sending ---------------------------------------------------------------------------------------
+
+  /** Event types and state keys are at most 255 bytes (https://spec.matrix.org/latest/client-server-api/#size-limits). */
+  checkEventFields(type: string, stateKey?: string): void {
+    if (byteLength(type) > MAX_ID_BYTES) throw new MatrixError(400, "M_TOO_LARGE", "Event type is longer than 255 bytes");
+    if (stateKey !== undefined && byteLength(stateKey) > MAX_ID_BYTES) {
+      throw new MatrixError(400, "M_TOO_LARGE", "State key is longer than 255 bytes");
+    }
+  }
+
+  private checkContent(content: JsonObject): void {
+    try {
+      canonicalJson(content);
+    } catch (err) {
+      if (err instanceof CanonicalJsonError) throw new MatrixError(400, "M_BAD_JSON", `Content is not canonical JSON: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /** PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and transaction ID. */
+  async sendMessage(requester: Requester, roomId: string, type: string, content: JsonObject, txnId: string): Promise<string> {
+    this.checkEventFields(type);
+    this.checkContent(content);
+    const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: "send", txnId };
+    return this.withTransaction(txn, async () => {
+      await this.requireRoom(roomId);
+      const template: EventTemplate = { type, sender: requester.userId, content, txn };
+      if (type === "m.room.redaction") {
+        const redacts = content.redacts;
+        if (typeof redacts !== "string") throw new MatrixError(400, "M_BAD_JSON", "m.room.redaction needs content.redacts");
+        const { redacts: _r, ...rest } = content;
+        return this.sendRedaction(requester, roomId, redacts, rest, txn);
+      }
+      const [event] = await this.persister.enqueue(roomId, () => [template]);
+      return event!.eventId;
+    });
+  }
+
+  /** PUT /rooms/{roomId}/redact/{eventId}/{txnId}. */
+  async redact(requester: Requester, roomId: string, eventId: string, txnId: string, reason?: string): Promise<string> {
+    const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: "redact", txnId };
+    return this.withTransaction(txn, async () => {
+      await this.requireRoom(roomId);
+      return this.sendRedaction(requester, roomId, eventId, reason !== undefined ? { reason } : {}, txn);
+    });
+  }
+
+  private async sendRedaction(requester: Requester, roomId: string, target: string, content: JsonObject, txn: TxnRef): Promise<string> {
+    const [event] = await this.persister.enqueue(roomId, async (view) => {
+      const original = await view.event(target);
+      if (!original) throw notFound("Event not found");
+      // "Handling redactions" (rooms/fragments/v3-handling-redactions): the sender of the original
+      // event may redact it; anyone else needs the redact power level. Not an auth rule.
+      if (original.sender !== requester.userId) {
+        const create = await view.stateEvent("m.room.create", "");
+        const powerLevels = await view.stateEvent("m.room.power_levels", "");
+        const level = userPowerLevel(view.rules, requester.userId, create, powerLevels);
+        const redactLevel = typeof powerLevels?.content.redact === "number" ? powerLevels.content.redact : 50;
+        if (level < redactLevel) throw forbidden("You may only redact your own events, or need the redact power level");
+      }
+      return [{ type: "m.room.redaction", sender: requester.userId, content, redacts: target, txn }];
+    });
+    return event!.eventId;
+  }
+
+  /** PUT /rooms/{roomId}/state/{eventType}/{stateKey}. */
+  async setState(requester: Requester, roomId: string, type: string, stateKey: string, content: JsonObject): Promise<string> {
+    this.checkEventFields(type, stateKey);
+    this.checkContent(content);
+    await this.requireRoom(roomId);
+    if (type === "m.room.canonical_alias" && stateKey === "") await this.checkCanonicalAlias(roomId, content);
+    const events = await this.persister.enqueue(roomId, async (view) => {
+      // Setting the same content again sends nothing (as Synapse does): the current event stands.
+      const current = await view.stateEvent(type, stateKey);
+      if (current && current.sender === requester.userId && sameJson(current.content, content)) return [];
+      return [{ type, state_key: stateKey, sender: requester.userId, content }];
+    });
+    if (events.length > 0) return events[0]!.eventId;
+    return (await this.currentStateEventId(roomId, type, stateKey))!;
+  }
+
+  /** m.room.canonical_alias may only name local aliases that point to the room (M_BAD_ALIAS). */
+  private async checkCanonicalAlias(roomId: string, content: JsonObject): Promise<void> {
+    const aliases: unknown[] = [];
+    if (content.alias !== undefined) aliases.push(content.alias);
+    if (content.alt_aliases !== undefined) {
+      if (!Array.isArray(content.alt_aliases)) throw new MatrixError(400, "M_INVALID_PARAM", "alt_aliases must be a list");
+      aliases.push(...content.alt_aliases);
+    }
+    for (const alias of aliases) {
+      if (typeof alias !== "string" || !parseAlias(alias)) throw new MatrixError(400, "M_INVALID_PARAM", "Invalid alias in m.room.canonical_alias");
+      if (serverNameOf(alias) !== this.serverName) continue;
+      const row = await this.aliases.resolve(alias);
+      if (!row || row.roomId !== roomId) throw new MatrixError(400, "M_BAD_ALIAS", `${alias} does not point to this room`);
+    }
+  }
+
+  /**
+   * Runs a send once per (device, endpoint, transaction ID): a retry gets the first event's ID.
+   * https://spec.matrix.org/latest/client-server-api/#transaction-identifiers
+   */
+  private async withTransaction(txn: TxnRef, send: () => Promise<string>): Promise<string> {
+    const key = `${txn.userId}\u0000${txn.deviceId}\u0000${txn.endpoint}\u0000${txn.txnId}`;
+    const inflight = this.inflightTxns.get(key);
+    if (inflight) return inflight;
+    const t = schema.eventTransactions;
+    const promise = (async () => {
+      const [done] = await this.db
+        .select({ eventId: t.eventId })
+        .from(t)
+        .where(and(eq(t.userId, txn.userId), eq(t.deviceId, txn.deviceId), eq(t.endpoint, txn.endpoint), eq(t.txnId, txn.txnId)));
+      return done ? done.eventId : send();
+    })();
+    this.inflightTxns.set(key, promise);
+    try {
+      return await promise;
+    } finally {
+      this.inflightTxns.delete(key);
+    }
+  }
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  try {
+    return canonicalJson(a) === canonicalJson(b);
+  } catch {
+    return false;
+  }
+}
+
+export type { PersistedEvent, RoomView };

@@ -1,0 +1,246 @@
+// What /sync reads from the rooms component: local memberships, a room's events in a range of the
+// room-event stream, the state at a point of it, invite state, room summaries, who shares a room.
+// https://spec.matrix.org/latest/client-server-api/#syncing
+//
+// Every read is bounded by stream positions the caller passes (a safe upper bound it took before
+// reading, see server/sync/streams.ts), so one sync response is a consistent cut of the stream.
+import { sql } from "drizzle-orm";
+import { type Database, rowsOf } from "../../schema/db.ts";
+import type { StateMap } from "../../federation/protocol/room-state.ts";
+import { EVENT_COLUMNS, type EventStore, type StoredEvent, sqlList } from "./event-store.ts";
+import { loadStateGroup } from "./state-groups.ts";
+
+/** A local user's membership of a room, with where it sits in the room-event stream. */
+export interface RoomMembership {
+  roomId: string;
+  membership: string;
+  eventId: string;
+  streamOrdering: number;
+}
+
+/** Which events a timeline query keeps (a room event filter's types and senders). */
+export interface EventTypeFilter {
+  types?: readonly string[];
+  notTypes?: readonly string[];
+  senders?: readonly string[];
+  notSenders?: readonly string[];
+}
+
+export interface RoomSummary {
+  heroes: string[];
+  joinedMemberCount: number;
+  invitedMemberCount: number;
+}
+
+/** The stripped form of a state event (https://spec.matrix.org/latest/client-server-api/#stripped-state). */
+export interface StrippedStateEvent {
+  type: string;
+  state_key: string;
+  sender: string;
+  content: Record<string, unknown>;
+}
+
+/** The state events an invite shows (the spec's recommendation, plus the topic). */
+const INVITE_STATE_TYPES = [
+  "m.room.create",
+  "m.room.join_rules",
+  "m.room.canonical_alias",
+  "m.room.avatar",
+  "m.room.name",
+  "m.room.encryption",
+  "m.room.topic",
+];
+
+/** Events that are part of a room's timeline: ordered, accepted and not soft-failed. */
+const IN_TIMELINE = sql`e.stream_ordering is not null and not e.outlier and e.rejected_reason is null and not e.soft_failed`;
+
+/** `types` entries may contain `*` (any run of characters): a LIKE pattern with the rest escaped. */
+function likePattern(pattern: string): string {
+  return pattern.replace(/[\\%_]/g, (c) => `\\${c}`).replace(/\*/g, "%");
+}
+
+function typeCondition(filter: EventTypeFilter | undefined) {
+  const parts = [sql`true`];
+  if (filter?.types) {
+    if (filter.types.length === 0) return sql`false`;
+    parts.push(sql`(${sql.join(filter.types.map((t) => sql`e.type like ${likePattern(t)}`), sql` or `)})`);
+  }
+  if (filter?.notTypes?.length) {
+    parts.push(sql`not (${sql.join(filter.notTypes.map((t) => sql`e.type like ${likePattern(t)}`), sql` or `)})`);
+  }
+  if (filter?.senders) {
+    if (filter.senders.length === 0) return sql`false`;
+    parts.push(sql`e.sender in (${sqlList(filter.senders)})`);
+  }
+  if (filter?.notSenders?.length) parts.push(sql`e.sender not in (${sqlList(filter.notSenders)})`);
+  return sql.join(parts, sql` and `);
+}
+
+export class SyncReads {
+  constructor(
+    private readonly db: Database,
+    private readonly events: EventStore,
+  ) {}
+
+  /** The memberships of local users (forgotten rooms left out), for several users in one query. */
+  async membershipsOf(userIds: readonly string[]): Promise<Map<string, RoomMembership[]>> {
+    const out = new Map<string, RoomMembership[]>(userIds.map((u) => [u, []]));
+    if (userIds.length === 0) return out;
+    const rows = rowsOf<{ user_id: string; room_id: string; membership: string; event_id: string; stream_ordering: string | number }>(
+      await this.db.execute(sql`select user_id, room_id, membership, event_id, stream_ordering from room_memberships
+        where user_id in (${sqlList(userIds)}) and not forgotten`),
+    );
+    for (const r of rows) {
+      out.get(r.user_id)!.push({
+        roomId: r.room_id,
+        membership: r.membership,
+        eventId: r.event_id,
+        streamOrdering: Number(r.stream_ordering),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * The newest `limit` events of a room with a stream position in `(from, to]` that pass `filter`,
+   * oldest first, and whether there were more in that range.
+   */
+  async roomEvents(roomId: string, from: number, to: number, limit: number, filter?: EventTypeFilter): Promise<{ events: StoredEvent[]; limited: boolean }> {
+    if (to <= from || limit <= 0) {
+      const limited = limit <= 0 && to > from && (await this.hasEventsBetween(roomId, from, to, filter));
+      return { events: [], limited };
+    }
+    const rows = await this.events.query(sql`select ${EVENT_COLUMNS} from events e join rooms r on r.room_id = e.room_id
+      where e.room_id = ${roomId} and e.stream_ordering > ${from} and e.stream_ordering <= ${to} and ${IN_TIMELINE}
+        and ${typeCondition(filter)}
+      order by e.stream_ordering desc limit ${limit + 1}`);
+    const limited = rows.length > limit;
+    return { events: rows.slice(0, limit).reverse(), limited };
+  }
+
+  /** Whether the room has timeline events in `(from, to]` (that pass `filter`). */
+  async hasEventsBetween(roomId: string, from: number, to: number, filter?: EventTypeFilter): Promise<boolean> {
+    if (to <= from) return false;
+    const rows = rowsOf<{ one: number }>(
+      await this.db.execute(sql`select 1 as one from events e where e.room_id = ${roomId}
+        and e.stream_ordering > ${from} and e.stream_ordering <= ${to} and ${IN_TIMELINE} and ${typeCondition(filter)} limit 1`),
+    );
+    return rows.length > 0;
+  }
+
+  /** The state before an event (its state group). */
+  async stateBefore(event: StoredEvent): Promise<StateMap> {
+    return event.stateBeforeGroup === null ? new Map() : loadStateGroup(this.db, event.stateBeforeGroup);
+  }
+
+  /**
+   * The room's state after its last timeline event at or before stream position `position` (empty
+   * when there is none).
+   */
+  async stateAt(roomId: string, position: number): Promise<StateMap> {
+    const rows = rowsOf<{ state_before_group: string | number | null; state_after_group: string | number | null }>(
+      await this.db.execute(sql`select e.state_before_group, e.state_after_group from events e
+        where e.room_id = ${roomId} and e.stream_ordering <= ${position} and ${IN_TIMELINE}
+        order by e.stream_ordering desc limit 1`),
+    );
+    const row = rows[0];
+    const group = row ? (row.state_after_group ?? row.state_before_group) : null;
+    return group === null ? new Map() : loadStateGroup(this.db, Number(group));
+  }
+
+  /** Stored events by ID. */
+  getEvents(eventIds: readonly string[]): Promise<Map<string, StoredEvent>> {
+    return this.events.getEvents(eventIds);
+  }
+
+  /** The stripped state an invite shows: a few current state events and the invite itself. */
+  async inviteState(roomId: string, inviteEventId: string): Promise<StrippedStateEvent[]> {
+    const rows = rowsOf<{ json: string }>(
+      await this.db.execute(sql`select e.json from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${roomId} and c.state_key = '' and c.type in (${sqlList(INVITE_STATE_TYPES)})
+        union all select e.json from events e where e.event_id = ${inviteEventId}`),
+    );
+    return rows.map((r) => {
+      const pdu = JSON.parse(r.json) as StrippedStateEvent;
+      return { type: pdu.type, state_key: pdu.state_key, sender: pdu.sender, content: pdu.content ?? {} };
+    });
+  }
+
+  /**
+   * `m.heroes` (the first five joined or invited members other than `userId` by when they became
+   * so; left and banned members when there are none), and the joined and invited member counts,
+   * from the room's current state.
+   */
+  async summary(roomId: string, userId: string): Promise<RoomSummary> {
+    const rows = rowsOf<{ state_key: string; membership: string }>(
+      await this.db.execute(sql`select c.state_key, c.membership from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${roomId} and c.type = 'm.room.member' order by e.stream_ordering`),
+    );
+    let joined = 0;
+    let invited = 0;
+    const active: string[] = [];
+    const gone: string[] = [];
+    for (const r of rows) {
+      if (r.membership === "join") joined++;
+      if (r.membership === "invite") invited++;
+      if (r.state_key === userId) continue;
+      if (r.membership === "join" || r.membership === "invite") active.push(r.state_key);
+      else if (r.membership === "leave" || r.membership === "ban") gone.push(r.state_key);
+    }
+    return { heroes: (active.length ? active : gone).slice(0, 5), joinedMemberCount: joined, invitedMemberCount: invited };
+  }
+
+  /** The users joined to at least one room `userId` is joined to (themself included). */
+  async usersSharingRoomsWith(userId: string): Promise<Set<string>> {
+    const rows = rowsOf<{ state_key: string }>(
+      await this.db.execute(sql`select distinct c.state_key from current_state c
+        where c.type = 'm.room.member' and c.membership = 'join'
+          and c.room_id in (select room_id from room_memberships where user_id = ${userId} and membership = 'join')`),
+    );
+    return new Set(rows.map((r) => r.state_key));
+  }
+
+  /** Which of `candidates` share a joined room with `userId`. */
+  async sharingARoom(userId: string, candidates: readonly string[]): Promise<Set<string>> {
+    if (candidates.length === 0) return new Set();
+    const rows = rowsOf<{ state_key: string }>(
+      await this.db.execute(sql`select distinct c.state_key from current_state c
+        where c.type = 'm.room.member' and c.membership = 'join' and c.state_key in (${sqlList(candidates)})
+          and c.room_id in (select room_id from room_memberships where user_id = ${userId} and membership = 'join')`),
+    );
+    return new Set(rows.map((r) => r.state_key));
+  }
+
+  /**
+   * The membership changes (m.room.member events) in `roomIds` with a stream position in
+   * `(from, to]`, oldest first: who came and went, for `device_lists`.
+   */
+  async memberChanges(roomIds: readonly string[], from: number, to: number): Promise<Array<{ roomId: string; userId: string; membership: string }>> {
+    if (roomIds.length === 0 || to <= from) return [];
+    const rows = rowsOf<{ room_id: string; state_key: string; json: string }>(
+      await this.db.execute(sql`select e.room_id, e.state_key, e.json from events e
+        where e.room_id in (${sqlList(roomIds)}) and e.type = 'm.room.member'
+          and e.stream_ordering > ${from} and e.stream_ordering <= ${to} and ${IN_TIMELINE}
+        order by e.stream_ordering`),
+    );
+    return rows.map((r) => ({
+      roomId: r.room_id,
+      userId: r.state_key,
+      membership: String((JSON.parse(r.json) as { content?: { membership?: unknown } }).content?.membership ?? ""),
+    }));
+  }
+
+  /**
+   * Where an event of the room sits in the room-event stream, and its thread (`main`, or the root
+   * of the `m.thread` relation it has); undefined when the room has no such timeline event.
+   */
+  async eventPosition(roomId: string, eventId: string): Promise<{ streamOrdering: number; threadId: string } | undefined> {
+    const rows = rowsOf<{ stream_ordering: string | number; thread_root: string | null }>(
+      await this.db.execute(sql`select e.stream_ordering,
+          (select r.relates_to_id from event_relations r where r.event_id = e.event_id and r.rel_type = 'm.thread') as thread_root
+        from events e where e.event_id = ${eventId} and e.room_id = ${roomId} and ${IN_TIMELINE}`),
+    );
+    const row = rows[0];
+    return row ? { streamOrdering: Number(row.stream_ordering), threadId: row.thread_root ?? "main" } : undefined;
+  }
+}
