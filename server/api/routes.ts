@@ -15,6 +15,13 @@ import { loginRoutes } from "./client/login.ts";
 import { profileRoutes } from "./client/profile.ts";
 import { pushRuleRoutes } from "./client/pushrules.ts";
 import { registerRoutes } from "./client/register.ts";
+import { createRoomRoutes } from "./client/rooms/create-room.ts";
+import { directoryRoutes } from "./client/rooms/directory.ts";
+import { membershipRoutes } from "./client/rooms/membership.ts";
+import { readRoutes } from "./client/rooms/read.ts";
+import { relationsRoutes } from "./client/rooms/relations.ts";
+import { roomAccountDataRoutes } from "./client/rooms/room-account-data.ts";
+import { sendRoutes } from "./client/rooms/send.ts";
 import { versions } from "./client/versions.ts";
 import { synapseAdminRoutes } from "./synapse/register.ts";
 import { health } from "./health.ts";
@@ -42,4 +49,11 @@ export const routes: AnyRoute[] = [
   ...toDeviceRoutes,
   ...keyBackupRoutes,
   ...synapseAdminRoutes,
+  ...createRoomRoutes,
+  ...membershipRoutes,
+  ...sendRoutes,
+  ...readRoutes,
+  ...relationsRoutes,
+  ...directoryRoutes,
+  ...roomAccountDataRoutes,
 ];

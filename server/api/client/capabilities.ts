@@ -1,4 +1,5 @@
 // https://spec.matrix.org/latest/client-server-api/#capabilities-negotiation
+import { roomVersionsCapability } from "../../../federation/protocol/room-versions.ts";
 import { route } from "../../http/route.ts";
 
 export const capabilities = route({
@@ -13,8 +14,7 @@ export const capabilities = route({
       "m.set_avatar_url": { enabled: true },
       "m.3pid_changes": { enabled: false },
       "m.get_login_token": { enabled: false },
-      // "m.room_versions": { default, available } is added by the rooms issue, from the room
-      // versions federation/protocol supports.
+      "m.room_versions": roomVersionsCapability(),
     },
   }),
 });

@@ -1,0 +1,109 @@
+// https://spec.matrix.org/latest/client-server-api/#room-aliases (directory.yaml)
+// https://spec.matrix.org/latest/client-server-api/#published-room-directory (list_public_rooms.yaml)
+import { z } from "zod";
+import { route } from "../../../http/route.ts";
+
+export const getAlias = route({
+  method: "GET",
+  path: "/_matrix/client/v3/directory/room/:roomAlias",
+  auth: "none",
+  handler({ params }, services) {
+    return services.directory.resolveAlias(params.roomAlias!);
+  },
+});
+
+export const putAlias = route({
+  method: "PUT",
+  path: "/_matrix/client/v3/directory/room/:roomAlias",
+  auth: "user",
+  body: z.looseObject({ room_id: z.string() }),
+  async handler({ requester, params, body }, services) {
+    await services.directory.createAlias(requester, params.roomAlias!, body.room_id);
+    return {};
+  },
+});
+
+export const deleteAlias = route({
+  method: "DELETE",
+  path: "/_matrix/client/v3/directory/room/:roomAlias",
+  auth: "user",
+  async handler({ requester, params }, services) {
+    await services.directory.deleteAlias(requester, params.roomAlias!);
+    return {};
+  },
+});
+
+export const roomAliases = route({
+  method: "GET",
+  path: "/_matrix/client/v3/rooms/:roomId/aliases",
+  auth: "user",
+  async handler({ requester, params }, services) {
+    return { aliases: await services.directory.roomAliases(requester, params.roomId!) };
+  },
+});
+
+export const getPublicRooms = route({
+  method: "GET",
+  path: "/_matrix/client/v3/publicRooms",
+  auth: "optional",
+  allowGuests: true,
+  query: z.looseObject({
+    limit: z.string().regex(/^\d{1,9}$/, "must be a non-negative integer").transform(Number).optional(),
+    since: z.string().optional(),
+    server: z.string().optional(),
+  }),
+  handler({ query }, services) {
+    return services.directory.publicRooms({ limit: query.limit, since: query.since, server: query.server });
+  },
+});
+
+export const queryPublicRooms = route({
+  method: "POST",
+  path: "/_matrix/client/v3/publicRooms",
+  auth: "user",
+  allowGuests: true,
+  query: z.looseObject({ server: z.string().optional() }),
+  body: z.looseObject({
+    limit: z.int().min(0).optional(),
+    since: z.string().optional(),
+    filter: z
+      .looseObject({
+        generic_search_term: z.string().optional(),
+        room_types: z.array(z.string().nullable()).optional(),
+      })
+      .optional(),
+    include_all_networks: z.boolean().optional(),
+    third_party_instance_id: z.string().optional(),
+  }),
+  handler({ query, body }, services) {
+    return services.directory.publicRooms({
+      limit: body.limit,
+      since: body.since,
+      server: query.server,
+      searchTerm: body.filter?.generic_search_term,
+      roomTypes: body.filter?.room_types,
+    });
+  },
+});
+
+export const getVisibility = route({
+  method: "GET",
+  path: "/_matrix/client/v3/directory/list/room/:roomId",
+  auth: "none",
+  async handler({ params }, services) {
+    return { visibility: await services.directory.getVisibility(params.roomId!) };
+  },
+});
+
+export const setVisibility = route({
+  method: "PUT",
+  path: "/_matrix/client/v3/directory/list/room/:roomId",
+  auth: "user",
+  body: z.looseObject({ visibility: z.enum(["public", "private"]).optional() }),
+  async handler({ requester, params, body }, services) {
+    await services.directory.setVisibility(requester, params.roomId!, body.visibility ?? "public");
+    return {};
+  },
+});
+
+export const directoryRoutes = [getAlias, putAlias, deleteAlias, roomAliases, getPublicRooms, queryPublicRooms, getVisibility, setVisibility];

@@ -1,0 +1,51 @@
+// https://spec.matrix.org/latest/client-server-api/#sending-events-to-a-room (room_send.yaml, room_state.yaml)
+// https://spec.matrix.org/latest/client-server-api/#redactions (redaction.yaml)
+import { z } from "zod";
+import { route } from "../../../http/route.ts";
+
+const content = z.record(z.string(), z.unknown());
+
+export const sendMessage = route({
+  method: "PUT",
+  path: "/_matrix/client/v3/rooms/:roomId/send/:eventType/:txnId",
+  auth: "user",
+  allowGuests: true,
+  strictJson: true,
+  body: content,
+  async handler({ requester, params, body }, services) {
+    const eventId = await services.rooms.sendMessage(requester, params.roomId!, params.eventType!, body, params.txnId!);
+    return { event_id: eventId };
+  },
+});
+
+function setStateRoute(path: string, stateKeyOf: (params: Record<string, string>) => string) {
+  return route({
+    method: "PUT",
+    path,
+    auth: "user",
+    strictJson: true,
+    body: content,
+    async handler({ requester, params, body }, services) {
+      const eventId = await services.rooms.setState(requester, params.roomId!, params.eventType!, stateKeyOf(params), body);
+      return { event_id: eventId };
+    },
+  });
+}
+
+export const setState = setStateRoute("/_matrix/client/v3/rooms/:roomId/state/:eventType/:stateKey", (p) => p.stateKey!);
+// The empty state key: matrix-js-sdk uses `/state/{type}/` (trailing slash), other clients `/state/{type}`.
+export const setStateEmptyKeySlash = setStateRoute("/_matrix/client/v3/rooms/:roomId/state/:eventType/", () => "");
+export const setStateEmptyKey = setStateRoute("/_matrix/client/v3/rooms/:roomId/state/:eventType", () => "");
+
+export const redact = route({
+  method: "PUT",
+  path: "/_matrix/client/v3/rooms/:roomId/redact/:eventId/:txnId",
+  auth: "user",
+  body: z.looseObject({ reason: z.string().optional() }),
+  async handler({ requester, params, body }, services) {
+    const eventId = await services.rooms.redact(requester, params.roomId!, params.eventId!, params.txnId!, body.reason);
+    return { event_id: eventId };
+  },
+});
+
+export const sendRoutes = [sendMessage, setState, setStateEmptyKeySlash, setStateEmptyKey, redact];
