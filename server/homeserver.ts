@@ -12,6 +12,7 @@ import { routes } from "./api/routes.ts";
 import type { AnyRoute } from "./http/route.ts";
 import { type Services, createAccountServices } from "./services.ts";
 import { createRoomServices } from "./rooms/room-services.ts";
+import { createSyncServices, startSyncServices, stopSyncServices } from "./sync/sync-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
 
 export interface Homeserver {
@@ -59,6 +60,25 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const now = options.now ?? Date.now;
     const accountServices = createAccountServices(database, config, logger, now);
     await accountServices.sessions.start();
+    const roomServices = createRoomServices({
+      db: database.db,
+      serverName: config.server_name,
+      signingKey,
+      now,
+      logger,
+      accounts: accountServices.accounts,
+      userData: accountServices.userData,
+    });
+    const syncServices = createSyncServices({
+      database,
+      serverName: config.server_name,
+      logger,
+      now,
+      userData: accountServices.userData,
+      e2ee: accountServices.e2ee,
+      rooms: roomServices,
+    });
+    await startSyncServices(syncServices);
     services = {
       config,
       database,
@@ -67,15 +87,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       signingKey,
       now,
       ...accountServices,
-      ...createRoomServices({
-        db: database.db,
-        serverName: config.server_name,
-        signingKey,
-        now,
-        logger,
-        accounts: accountServices.accounts,
-        userData: accountServices.userData,
-      }),
+      ...roomServices,
+      ...syncServices,
       auth: accountServices.sessions,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
@@ -93,6 +106,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   const close = () =>
     (closing ??= (async () => {
       logger.info("shutting down");
+      // Long-polls waiting in /sync answer at once, so the server can close without waiting for them.
+      await stopSyncServices(services);
       await closeServer(server, config.shutdown_grace_ms);
       await services.sessions.stop();
       await database.close();

@@ -16,6 +16,7 @@ import { MatrixError } from "./http/errors.ts";
 import { E2ee } from "./e2ee/e2ee.ts";
 import { RateLimiter } from "./ratelimit.ts";
 import type { RoomServices } from "./rooms/room-services.ts";
+import type { SyncServices } from "./sync/sync-services.ts";
 import { UserData } from "./userdata/userdata.ts";
 
 /** Turns an access token into a requester, or throws 401 M_UNKNOWN_TOKEN. */
@@ -23,7 +24,7 @@ export interface Authenticator {
   authenticate(accessToken: string, request: RequestInfo): Promise<Requester>;
 }
 
-export interface Services extends AccountServices, RoomServices {
+export interface Services extends AccountServices, RoomServices, SyncServices {
   config: Config;
   database: OpenedDatabase;
   db: Database;

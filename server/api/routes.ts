@@ -22,6 +22,8 @@ import { readRoutes } from "./client/rooms/read.ts";
 import { relationsRoutes } from "./client/rooms/relations.ts";
 import { roomAccountDataRoutes } from "./client/rooms/room-account-data.ts";
 import { sendRoutes } from "./client/rooms/send.ts";
+import { ephemeralRoutes } from "./client/ephemeral.ts";
+import { syncRoutes } from "./client/sync.ts";
 import { versions } from "./client/versions.ts";
 import { synapseAdminRoutes } from "./synapse/register.ts";
 import { health } from "./health.ts";
@@ -56,4 +58,6 @@ export const routes: AnyRoute[] = [
   ...relationsRoutes,
   ...directoryRoutes,
   ...roomAccountDataRoutes,
+  ...syncRoutes,
+  ...ephemeralRoutes,
 ];

@@ -1,0 +1,107 @@
+// The sync component's services, built once per process, and the hooks that feed the notifier:
+// every committed write a user can see publishes a change (room events, account data, to-device
+// messages, device lists; typing, receipts and presence publish their own).
+import type { Logger } from "pino";
+import type { OpenedDatabase } from "../../schema/db.ts";
+import { serverNameOf } from "../../federation/protocol/identifiers.ts";
+import type { E2ee } from "../e2ee/e2ee.ts";
+import type { MembershipView } from "../ephemeral/membership.ts";
+import { Presence } from "../ephemeral/presence.ts";
+import { ReadMarkerService } from "../ephemeral/read-markers.ts";
+import { Receipts } from "../ephemeral/receipts.ts";
+import { Typing } from "../ephemeral/typing.ts";
+import type { RoomServices } from "../rooms/room-services.ts";
+import { SyncReads } from "../rooms/sync-reads.ts";
+import { HistoryVisibility } from "../rooms/visibility.ts";
+import type { UserData } from "../userdata/userdata.ts";
+import { Notifier } from "./notifier.ts";
+import { PushActions } from "./push-actions.ts";
+import { Sync } from "./sync.ts";
+import { UnreadCounts } from "./unread.ts";
+
+export interface SyncServices {
+  notifier: Notifier;
+  sync: Sync;
+  typing: Typing;
+  receipts: Receipts;
+  readMarkers: ReadMarkerService;
+  presence: Presence;
+  unread: UnreadCounts;
+  pushActions: PushActions;
+}
+
+export function createSyncServices(options: {
+  database: OpenedDatabase;
+  serverName: string;
+  logger: Logger;
+  now: () => number;
+  userData: UserData;
+  e2ee: E2ee;
+  rooms: RoomServices;
+}): SyncServices {
+  const { database, logger, now, userData, e2ee, rooms, serverName } = options;
+  const db = database.db;
+  const notifier = new Notifier(database, logger);
+  const reads = new SyncReads(db, rooms.eventStore);
+  const membership: MembershipView = {
+    membershipOf: async (roomId, userId) => (await rooms.rooms.membership(roomId, userId))?.membership,
+    joinedRooms: (userId) => rooms.rooms.joinedRooms(userId),
+    shareARoom: async (a, b) => (await reads.sharingARoom(a, [b])).has(b),
+    eventPosition: (roomId, eventId) => reads.eventPosition(roomId, eventId),
+  };
+  const unread = new UnreadCounts(db);
+  const typing = new Typing(db, notifier, membership, now);
+  const receipts = new Receipts(db, notifier, membership, unread, now);
+  const presence = new Presence(db, notifier, membership, now, logger);
+  const pushActions = new PushActions(userData, notifier);
+  const sync = new Sync({
+    db,
+    notifier,
+    reads,
+    eventStore: rooms.eventStore,
+    visibility: new HistoryVisibility(db),
+    userData,
+    e2ee,
+    typing,
+    receipts,
+    presence,
+    unread,
+    logger,
+  });
+
+  rooms.persister.onEventsPersisted((roomId, events) => {
+    // The room's members see the events; a membership event's target sees it too (an invite,
+    // a kick), whether or not they are in the room.
+    const targets = events
+      .filter((e) => e.type === "m.room.member" && e.stateKey !== undefined && serverNameOf(e.stateKey) === serverName)
+      .map((e) => e.stateKey!);
+    const position = Math.max(...events.map((e) => e.streamOrdering));
+    notifier.publish({ stream: "events", position, rooms: [roomId], users: [...new Set(targets)] });
+  });
+  userData.onAccountData((userId, _roomId, position) => {
+    notifier.publish({ stream: "account_data", position, users: [userId] });
+  });
+  e2ee.toDevice.onMessages((targets, position) => {
+    notifier.publish({ stream: "to_device", position, users: [...new Set(targets.map((t) => t.userId))] });
+  });
+  e2ee.deviceLists.onChange((userIds, position) => {
+    // Whoever shares a room with a user sees their device list change.
+    void Promise.all(userIds.map((u) => rooms.rooms.joinedRooms(u)))
+      .then((lists) => notifier.publish({ stream: "device_lists", position, users: userIds, rooms: [...new Set(lists.flat())] }))
+      .catch((err) => logger.warn({ err }, "could not announce a device-list change"));
+  });
+
+  return { notifier, sync, typing, receipts, readMarkers: new ReadMarkerService(userData, receipts, membership), presence, unread, pushActions };
+}
+
+/** Starts what the sync component runs in the background (after the database is open). */
+export async function startSyncServices(services: SyncServices): Promise<void> {
+  await services.sync.start();
+  services.presence.start();
+}
+
+/** Shutdown: waiting long-polls answer at once; background work stops. */
+export async function stopSyncServices(services: SyncServices): Promise<void> {
+  services.presence.stop();
+  await services.sync.close();
+}

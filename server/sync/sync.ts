@@ -1,0 +1,611 @@
+// GET /sync: the initial snapshot, then deltas, each up to a safe upper bound of every stream.
+// https://spec.matrix.org/latest/client-server-api/#syncing
+// https://spec.matrix.org/latest/client-server-api/#lazy-loading-room-members
+// https://spec.matrix.org/latest/client-server-api/#e2e-extensions-to-sync
+//
+// One response covers `(since, upper]` of every stream, where `upper` is read BEFORE anything is
+// queried (README.md, "Streams never skip"): what commits meanwhile comes in the next response.
+// When nothing visible happened, the request waits on the notifier (keyed by the user and their
+// rooms) and computes again from the bound it just covered.
+import type { Logger } from "pino";
+import type { Database } from "../../schema/db.ts";
+import { type StateMap, splitStateMapKey } from "../../federation/protocol/room-state.ts";
+import type { E2ee } from "../e2ee/e2ee.ts";
+import type { Presence, PresenceEvent, PresenceState } from "../ephemeral/presence.ts";
+import type { ReceiptContent, Receipts } from "../ephemeral/receipts.ts";
+import type { Typing } from "../ephemeral/typing.ts";
+import { MatrixError, invalidParam } from "../http/errors.ts";
+import type { Requester } from "../http/route.ts";
+import type { ClientEvent, EventStore, StoredEvent } from "../rooms/event-store.ts";
+import { formatToken, pointBefore, streamToken } from "../rooms/pagination.ts";
+import type { EventTypeFilter, RoomMembership, SyncReads } from "../rooms/sync-reads.ts";
+import type { HistoryVisibility } from "../rooms/visibility.ts";
+import type { UserData } from "../userdata/userdata.ts";
+import { Batcher, SharedReads } from "./batch.ts";
+import {
+  type Filter,
+  type RoomEventFilter,
+  filterSchema,
+  passesFilter,
+  pickEventFields,
+  roomAllowed,
+  timelineLimit,
+} from "./filter.ts";
+import type { Notifier } from "./notifier.ts";
+import { STREAMS, type StreamPositions, maxPositions, readStreamPositions, zeroPositions } from "./streams.ts";
+import { decodeSyncToken, encodeSyncToken } from "./token.ts";
+import type { RoomUnreadCounts, UnreadCounts } from "./unread.ts";
+
+/** The longest a long-poll is held, whatever the client asks. */
+const MAX_TIMEOUT_MS = 5 * 60_000;
+/** To-device messages per response; the rest come in the next one. */
+const TO_DEVICE_LIMIT = 100;
+/** Devices whose lazy-loaded members are remembered (to leave out redundant member events). */
+const MAX_LAZY_LOAD_DEVICES = 10_000;
+
+type JsonObject = Record<string, unknown>;
+
+export interface SyncRequest {
+  requester: Requester;
+  since?: string;
+  filter?: string;
+  timeoutMs: number;
+  fullState: boolean;
+  setPresence?: PresenceState;
+  /** Aborted when the client goes away. */
+  signal?: AbortSignal;
+}
+
+interface EventBatch {
+  events: unknown[];
+}
+
+export interface JoinedRoomResponse {
+  summary?: JsonObject;
+  state: EventBatch;
+  timeline: { events: ClientEvent[]; limited: boolean; prev_batch: string };
+  ephemeral: EventBatch;
+  account_data: EventBatch;
+  unread_notifications: { notification_count: number; highlight_count: number };
+  unread_thread_notifications?: Record<string, { notification_count: number; highlight_count: number }>;
+}
+
+export interface SyncResponse {
+  next_batch: string;
+  rooms?: {
+    join?: Record<string, JoinedRoomResponse>;
+    invite?: Record<string, { invite_state: EventBatch }>;
+    leave?: Record<string, { state: EventBatch; timeline: { events: ClientEvent[]; limited: boolean; prev_batch: string }; account_data: EventBatch }>;
+  };
+  presence?: { events: PresenceEvent[] };
+  account_data?: EventBatch;
+  to_device?: { events: unknown[] };
+  device_lists?: { changed: string[]; left: string[] };
+  device_one_time_keys_count: Record<string, number>;
+  device_unused_fallback_key_types: string[];
+}
+
+export interface SyncDeps {
+  db: Database;
+  notifier: Notifier;
+  reads: SyncReads;
+  eventStore: EventStore;
+  visibility: HistoryVisibility;
+  userData: UserData;
+  e2ee: E2ee;
+  typing: Typing;
+  receipts: Receipts;
+  presence: Presence;
+  unread: UnreadCounts;
+  logger: Logger;
+}
+
+/** One sync being computed: who asks, with which filter, from where. */
+interface Pass {
+  userId: string;
+  deviceId: string;
+  filter: Filter;
+  fullState: boolean;
+  /** No `since`: everything is new. */
+  initial: boolean;
+  from: StreamPositions;
+  upper: StreamPositions;
+}
+
+interface RoomTimeline {
+  events: StoredEvent[];
+  limited: boolean;
+}
+
+export class Sync {
+  private readonly filters = new Map<string, Filter>();
+  /** Per device (`user\0device`): per room, the member events already sent under lazy loading. */
+  private readonly lazyLoaded = new Map<string, Map<string, Set<string>>>();
+  /** Per device: the to-device position already acknowledged (deleted up to). */
+  private readonly toDeviceAcked = new Map<string, number>();
+  private readonly memberships: Batcher<string, RoomMembership[]>;
+  private readonly timelines = new SharedReads<RoomTimeline>(2_000);
+
+  constructor(private readonly d: SyncDeps) {
+    this.memberships = new Batcher((userIds) => d.reads.membershipsOf(userIds), () => []);
+  }
+
+  /** Reads the streams' positions and starts listening to other processes. */
+  async start(): Promise<void> {
+    const positions = await readStreamPositions(this.d.db);
+    await this.d.notifier.start(positions);
+    this.d.typing.start(positions.typing);
+  }
+
+  /** Shutdown: every waiting long-poll answers at once. */
+  async close(): Promise<void> {
+    await this.d.notifier.close();
+    this.d.typing.stop();
+  }
+
+  async sync(req: SyncRequest): Promise<SyncResponse> {
+    const { userId, deviceId } = req.requester;
+    const filter = await this.resolveFilter(userId, req.filter);
+    const since = req.since ? decodeSyncToken(req.since) : undefined;
+    const presenceDone = await this.d.presence.syncStarted(userId, req.setPresence);
+    try {
+      if (since) await this.acknowledgeToDevice(userId, deviceId, since.to_device);
+      const deviceKey = `${userId}\u0000${deviceId}`;
+      if (!since || req.fullState) this.lazyLoaded.delete(deviceKey);
+
+      let upper = await this.safeUpperBound();
+      const pass: Pass = { userId, deviceId, filter, fullState: req.fullState, initial: !since, from: since ?? zeroPositions(), upper };
+      let { response, empty, rooms } = await this.compute(pass);
+      // "full_state ... the timeout parameter will be ignored and the query will return immediately"
+      const deadline = performance.now() + Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
+      while (empty && since && !req.fullState) {
+        const left = deadline - performance.now();
+        if (left <= 0) break;
+        const woken = await this.d.notifier.wait({ userId, rooms, after: pass.upper, timeoutMs: left, signal: req.signal });
+        if (!woken) break;
+        // Nothing visible happened up to the bound just covered: carry on from there.
+        upper = maxPositions(pass.upper, this.d.notifier.positions());
+        pass.from = pass.upper;
+        pass.upper = upper;
+        ({ response, empty, rooms } = await this.compute(pass));
+      }
+      return response;
+    } finally {
+      presenceDone();
+    }
+  }
+
+  /**
+   * Every stream's position, at or below which everything is committed: the database's rows, with
+   * typing (in memory) as far as this process has applied it.
+   */
+  private async safeUpperBound(): Promise<StreamPositions> {
+    const stored = await readStreamPositions(this.d.db);
+    const known = this.d.notifier.positions();
+    this.d.notifier.observe({ ...stored, typing: known.typing });
+    return { ...maxPositions(stored, known), typing: known.typing };
+  }
+
+  // ---- Filters ---------------------------------------------------------------------------------------
+
+  /** A filter ID, or inline JSON (it starts with `{`); none is the empty filter. */
+  private async resolveFilter(userId: string, param: string | undefined): Promise<Filter> {
+    if (param === undefined || param === "") return {};
+    const key = `${userId}\u0000${param}`;
+    const cached = this.filters.get(key);
+    if (cached) return cached;
+    let raw: unknown;
+    if (param.trimStart().startsWith("{")) {
+      try {
+        raw = JSON.parse(param);
+      } catch {
+        throw new MatrixError(400, "M_NOT_JSON", "filter: not valid JSON");
+      }
+    } else {
+      try {
+        raw = await this.d.userData.getFilter(userId, param);
+      } catch (err) {
+        if (err instanceof MatrixError && err.status === 404) throw invalidParam(`filter: no such filter: ${param.slice(0, 40)}`);
+        throw err;
+      }
+    }
+    const parsed = filterSchema.safeParse(raw);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new MatrixError(400, "M_BAD_JSON", `Invalid filter: ${issue?.path.join(".") || "filter"}: ${issue?.message ?? "invalid"}`);
+    }
+    if (this.filters.size > 10_000) this.filters.clear();
+    this.filters.set(key, parsed.data);
+    return parsed.data;
+  }
+
+  // ---- One response ------------------------------------------------------------------------------------
+
+  private async compute(pass: Pass): Promise<{ response: SyncResponse; empty: boolean; rooms: string[] }> {
+    const { userId, deviceId, filter, from } = pass;
+    const memberships = (await this.memberships.get(userId)).filter((m) => roomAllowed(filter.room, m.roomId));
+    // A membership row read now is committed, and so is everything below it: a safe bound too.
+    for (const m of memberships) if (m.streamOrdering > pass.upper.events) pass.upper.events = m.streamOrdering;
+    const { upper } = pass;
+    const moved = (s: (typeof STREAMS)[number]) => pass.initial || upper[s] > from[s];
+
+    const joined = memberships.filter((m) => m.membership === "join");
+    const changedSince = (m: RoomMembership) => pass.initial || m.streamOrdering > from.events;
+
+    const [accountData, presence, toDevice, otkCounts, fallbackTypes] = await Promise.all([
+      moved("account_data") ? this.d.userData.accountDataSince(userId, pass.initial ? 0 : from.account_data, upper.account_data) : [],
+      moved("presence") ? this.presenceFor(pass) : [],
+      moved("to_device") ? this.d.e2ee.toDevice.fetchToDevice(userId, deviceId, from.to_device, TO_DEVICE_LIMIT) : undefined,
+      this.d.e2ee.deviceKeys.oneTimeKeyCounts(userId, deviceId),
+      this.d.e2ee.deviceKeys.unusedFallbackKeyTypes(userId, deviceId),
+    ]);
+    // Room account data of rooms joined since the token: all of it, not only what changed.
+    const newlyJoinedIds = new Set(joined.filter((m) => !pass.initial && m.streamOrdering > from.events).map((m) => m.roomId));
+    const rejoinedData =
+      newlyJoinedIds.size > 0 ? (await this.d.userData.accountDataSince(userId, 0, upper.account_data)).filter((a) => newlyJoinedIds.has(a.roomId)) : [];
+
+    const roomAccountData = new Map<string, JsonObject[]>();
+    const globalAccountData: JsonObject[] = [];
+    const seen = new Set<string>();
+    for (const a of [...accountData, ...rejoinedData]) {
+      const k = `${a.roomId}\u0000${a.type}`;
+      if (seen.has(k)) continue;
+      seen.add(k);
+      const event = { type: a.type, content: a.content };
+      if (a.roomId === "") {
+        if (passesFilter(filter.account_data, event)) globalAccountData.push(event);
+      } else if (passesFilter(filter.room?.account_data, { ...event, room_id: a.roomId })) {
+        let list = roomAccountData.get(a.roomId);
+        if (!list) roomAccountData.set(a.roomId, (list = []));
+        list.push(event);
+      }
+    }
+
+    // Ephemeral data of the joined rooms; rooms new to this sync get all of theirs.
+    const joinedIds = joined.map((m) => m.roomId);
+    const fresh = new Set(joined.filter(changedSince).map((m) => m.roomId));
+    const known = joinedIds.filter((r) => !fresh.has(r));
+    const ephemeralFilter = filter.room?.ephemeral;
+    const wantsEphemeral = (type: string) => passesFilter(ephemeralFilter, { type });
+    const typing = new Map<string, string[]>();
+    const receipts = new Map<string, ReceiptContent>();
+    if (wantsEphemeral("m.typing")) {
+      if (moved("typing")) for (const [r, t] of this.d.typing.typingIn(known, from.typing, upper.typing)) typing.set(r, t);
+      for (const [r, t] of this.d.typing.typingIn(fresh, 0, upper.typing)) typing.set(r, t);
+    }
+    if (wantsEphemeral("m.receipt")) {
+      const [changed, all] = await Promise.all([
+        moved("receipts") ? this.d.receipts.receiptsIn(known, from.receipts, upper.receipts, userId) : new Map<string, ReceiptContent>(),
+        this.d.receipts.receiptsIn([...fresh], 0, upper.receipts, userId),
+      ]);
+      for (const [r, c] of [...changed, ...all]) receipts.set(r, c);
+    }
+
+    const joinResponses: Record<string, JoinedRoomResponse> = {};
+    const joinedResults = await Promise.all(
+      joined.map((m) => this.joinedRoom(pass, m, changedSince(m), {
+        typing: typing.get(m.roomId),
+        receipts: receipts.get(m.roomId),
+        accountData: roomAccountData.get(m.roomId) ?? [],
+      })),
+    );
+    const included = joinedResults.filter((r): r is NonNullable<typeof r> => r !== undefined);
+    const unread = included.length ? await this.d.unread.countsFor(userId, included.map((r) => r.roomId)) : new Map<string, RoomUnreadCounts>();
+    const threadCounts = filter.room?.timeline?.unread_thread_notifications === true;
+    for (const r of included) {
+      const counts = unread.get(r.roomId);
+      if (threadCounts) {
+        r.response.unread_notifications = counts?.threads.get("main") ?? { notification_count: 0, highlight_count: 0 };
+        const threads: JoinedRoomResponse["unread_thread_notifications"] = {};
+        for (const [thread, c] of counts?.threads ?? []) if (thread !== "main") threads[thread] = c;
+        if (Object.keys(threads).length) r.response.unread_thread_notifications = threads;
+      } else {
+        r.response.unread_notifications = counts?.all ?? { notification_count: 0, highlight_count: 0 };
+      }
+      joinResponses[r.roomId] = r.response;
+    }
+
+    const inviteResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["invite"]> = {};
+    for (const m of memberships) {
+      if (m.membership !== "invite" || !changedSince(m)) continue;
+      inviteResponses[m.roomId] = { invite_state: { events: await this.d.reads.inviteState(m.roomId, m.eventId) } };
+    }
+
+    const leaveResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["leave"]> = {};
+    for (const m of memberships) {
+      if (m.membership !== "leave" && m.membership !== "ban") continue;
+      if (pass.initial || pass.fullState ? filter.room?.include_leave !== true : !changedSince(m)) continue;
+      leaveResponses[m.roomId] = await this.leftRoom(pass, m, roomAccountData.get(m.roomId) ?? []);
+    }
+
+    const deviceLists = pass.initial ? undefined : await this.deviceListChanges(pass, joined, memberships, joinedResults);
+
+    const response: SyncResponse = {
+      next_batch: "",
+      device_one_time_keys_count: otkCounts,
+      device_unused_fallback_key_types: fallbackTypes,
+    };
+    const rooms: NonNullable<SyncResponse["rooms"]> = {};
+    if (Object.keys(joinResponses).length) rooms.join = joinResponses;
+    if (Object.keys(inviteResponses).length) rooms.invite = inviteResponses;
+    if (Object.keys(leaveResponses).length) rooms.leave = leaveResponses;
+    if (Object.keys(rooms).length) response.rooms = rooms;
+    if (presence.length) response.presence = { events: presence };
+    if (globalAccountData.length) response.account_data = { events: globalAccountData };
+    const next = { ...upper };
+    if (toDevice) {
+      if (toDevice.events.length) response.to_device = { events: toDevice.events };
+      // A full batch may leave messages behind: the next sync starts after the last one sent. A
+      // message past `upper` was committed (we read it), so its position is a safe bound too.
+      next.to_device = toDevice.events.length >= TO_DEVICE_LIMIT ? toDevice.position : Math.max(upper.to_device, toDevice.position);
+    }
+    if (deviceLists && (deviceLists.changed.length || deviceLists.left.length)) response.device_lists = deviceLists;
+    response.next_batch = encodeSyncToken(next);
+
+    const empty = !response.rooms && !response.presence && !response.account_data && !response.to_device && !response.device_lists;
+    return { response, empty, rooms: joinedIds };
+  }
+
+  private presenceFor(pass: Pass): Promise<PresenceEvent[]> {
+    const sharing = () => this.d.reads.usersSharingRoomsWith(pass.userId);
+    return this.d.presence
+      .presenceFor(pass.userId, pass.initial ? 0 : pass.from.presence, pass.upper.presence, sharing)
+      .then((events) => events.filter((e) => passesFilter(pass.filter.presence, e)));
+  }
+
+  private async acknowledgeToDevice(userId: string, deviceId: string, upTo: number): Promise<void> {
+    const key = `${userId}\u0000${deviceId}`;
+    if (upTo <= 0 || (this.toDeviceAcked.get(key) ?? 0) >= upTo) return;
+    await this.d.e2ee.toDevice.ackToDevice(userId, deviceId, upTo);
+    if (this.toDeviceAcked.size > 50_000) this.toDeviceAcked.clear();
+    this.toDeviceAcked.set(key, upTo);
+  }
+
+  // ---- Rooms -------------------------------------------------------------------------------------------
+
+  /** A room's timeline events, shared between the requests that ask for the same range at once. */
+  private timeline(roomId: string, from: number, to: number, limit: number, filter: RoomEventFilter | undefined): Promise<RoomTimeline> {
+    const typeFilter: EventTypeFilter = {
+      types: filter?.types,
+      notTypes: filter?.not_types,
+      senders: filter?.senders,
+      notSenders: filter?.not_senders,
+    };
+    const key = `${roomId}|${from}|${to}|${limit}|${JSON.stringify(typeFilter)}`;
+    return this.timelines.get(key, () => this.d.reads.roomEvents(roomId, from, to, limit, typeFilter));
+  }
+
+  private async joinedRoom(
+    pass: Pass,
+    m: RoomMembership,
+    newlyJoined: boolean,
+    ephemeral: { typing?: string[]; receipts?: ReceiptContent; accountData: JsonObject[] },
+  ): Promise<{ roomId: string; response: JoinedRoomResponse } | undefined> {
+    const { filter, from, upper, userId } = pass;
+    const roomId = m.roomId;
+    const timelineFilter = filter.room?.timeline;
+    const limit = timelineLimit(timelineFilter);
+    const start = newlyJoined ? 0 : from.events;
+    const fetched = await this.timeline(roomId, start, upper.events, limit, timelineFilter);
+    let events = fetched.events;
+    const { limited } = fetched;
+    // Events from before the user's join are subject to the room's history visibility.
+    if (events.length && events[0]!.streamOrdering! < m.streamOrdering) {
+      const before = events.filter((e) => e.streamOrdering! < m.streamOrdering);
+      const visible = new Set((await this.d.visibility.filter({ userId, joinedUntil: Number.POSITIVE_INFINITY }, before)).map((e) => e.eventId));
+      events = events.filter((e) => e.streamOrdering! >= m.streamOrdering || visible.has(e.eventId));
+    }
+    if (timelineFilter?.contains_url !== undefined) {
+      events = events.filter((e) => passesFilter({ contains_url: timelineFilter.contains_url }, { type: e.type, content: e.pdu.content }));
+    }
+
+    const wholeState = newlyJoined || pass.fullState;
+    const state = await this.stateSection(pass, roomId, events, limited, wholeState);
+    const summaryNeeded = wholeState || events.some((e) => e.type === "m.room.member") || state.some((e) => e.type === "m.room.member");
+    const summary = summaryNeeded ? await this.d.reads.summary(roomId, userId) : undefined;
+    const stateEvents = await this.lazyLoadMembers(pass, roomId, state, events, limited && !wholeState, summary?.heroes ?? [], wholeState);
+
+    const ephemeralEvents: JsonObject[] = [];
+    if (ephemeral.typing) ephemeralEvents.push({ type: "m.typing", content: { user_ids: ephemeral.typing } });
+    if (ephemeral.receipts) ephemeralEvents.push({ type: "m.receipt", content: ephemeral.receipts });
+    const ephemeralFiltered = ephemeralEvents.filter((e) => passesFilter(filter.room?.ephemeral, { type: e.type as string, room_id: roomId }));
+
+    if (!wholeState && events.length === 0 && stateEvents.length === 0 && ephemeralFiltered.length === 0 && ephemeral.accountData.length === 0) {
+      return undefined;
+    }
+    const reader = { userId, deviceId: pass.deviceId };
+    const [timelineEvents, formattedState] = await Promise.all([
+      this.d.eventStore.format(events, reader),
+      this.d.eventStore.format(stateEvents, reader, { aggregations: false }),
+    ]);
+    const fields = filter.event_fields;
+    const response: JoinedRoomResponse = {
+      state: { events: formattedState.map((e) => pickEventFields(e, fields)) },
+      timeline: {
+        events: timelineEvents.map((e) => pickEventFields(e, fields)),
+        limited,
+        prev_batch: events.length ? formatToken(pointBefore(events[0]!)) : streamToken(upper.events),
+      },
+      ephemeral: { events: ephemeralFiltered },
+      account_data: { events: ephemeral.accountData },
+      unread_notifications: { notification_count: 0, highlight_count: 0 },
+    };
+    if (summary) {
+      response.summary = {
+        "m.heroes": summary.heroes,
+        "m.joined_member_count": summary.joinedMemberCount,
+        "m.invited_member_count": summary.invitedMemberCount,
+      };
+    }
+    return { roomId, response };
+  }
+
+  /**
+   * The state section: the whole state at the start of the timeline for a room new to this sync
+   * (or with full_state); for a limited incremental timeline, what changed between the token and
+   * the start of the timeline; otherwise nothing (every change is in the timeline).
+   */
+  private async stateSection(pass: Pass, roomId: string, events: StoredEvent[], limited: boolean, wholeState: boolean): Promise<StoredEvent[]> {
+    if (!wholeState && !limited) return [];
+    const atStart = events.length ? await this.d.reads.stateBefore(events[0]!) : await this.d.reads.stateAt(roomId, pass.upper.events);
+    let ids: string[];
+    if (wholeState) {
+      ids = [...atStart.values()];
+    } else {
+      const atSince = await this.d.reads.stateAt(roomId, pass.from.events);
+      ids = [...atStart].filter(([k, id]) => atSince.get(k) !== id).map(([, id]) => id);
+    }
+    const stateFilter = pass.filter.room?.state;
+    const loaded = await this.d.reads.getEvents(ids);
+    return [...loaded.values()].filter((e) => passesFilter(stateFilter, { type: e.type, sender: e.sender, content: e.pdu.content }));
+  }
+
+  /**
+   * Lazy loading (`lazy_load_members` on the state filter): the member events of the timeline's
+   * senders (and the heroes, and the user's own on a join or full state) instead of every member;
+   * those already sent to this device are left out unless `include_redundant_members`. Membership
+   * changes in the gap of a limited sync are always kept.
+   */
+  private async lazyLoadMembers(
+    pass: Pass,
+    roomId: string,
+    state: StoredEvent[],
+    timeline: StoredEvent[],
+    gap: boolean,
+    heroes: string[],
+    wholeState: boolean,
+  ): Promise<StoredEvent[]> {
+    const stateFilter = pass.filter.room?.state;
+    if (stateFilter?.lazy_load_members !== true) return state;
+    const wanted = new Set(timeline.map((e) => e.sender));
+    for (const h of heroes) wanted.add(h);
+    if (wholeState) wanted.add(pass.userId);
+    const keep = state.filter((e) => e.type !== "m.room.member" || gap || wanted.has(e.stateKey!));
+    // Wanted members whose events are not in `state` (unchanged since the token) come from the
+    // state at the timeline's start, unless they are in the timeline itself.
+    const have = new Set(keep.filter((e) => e.type === "m.room.member").map((e) => e.stateKey!));
+    for (const e of timeline) if (e.type === "m.room.member") have.add(e.stateKey!);
+    const missing = [...wanted].filter((u) => !have.has(u));
+    if (missing.length && !wholeState) {
+      const atStart: StateMap = timeline.length ? await this.d.reads.stateBefore(timeline[0]!) : await this.d.reads.stateAt(roomId, pass.upper.events);
+      const ids: string[] = [];
+      for (const [k, id] of atStart) {
+        const [type, stateKey] = splitStateMapKey(k);
+        if (type === "m.room.member" && missing.includes(stateKey)) ids.push(id);
+      }
+      keep.push(...(await this.d.reads.getEvents(ids)).values());
+    }
+    if (stateFilter.include_redundant_members === true) return keep;
+    const deviceKey = `${pass.userId}\u0000${pass.deviceId}`;
+    let rooms = this.lazyLoaded.get(deviceKey);
+    if (!rooms) {
+      if (this.lazyLoaded.size >= MAX_LAZY_LOAD_DEVICES) this.lazyLoaded.delete(this.lazyLoaded.keys().next().value!);
+      this.lazyLoaded.set(deviceKey, (rooms = new Map()));
+    }
+    let sent = rooms.get(roomId);
+    if (!sent) rooms.set(roomId, (sent = new Set()));
+    const out = keep.filter((e) => e.type !== "m.room.member" || gap || !sent.has(e.eventId));
+    for (const e of out) if (e.type === "m.room.member") sent.add(e.eventId);
+    for (const e of timeline) if (e.type === "m.room.member") sent.add(e.eventId);
+    return out;
+  }
+
+  private async leftRoom(pass: Pass, m: RoomMembership, accountData: JsonObject[]) {
+    const { filter, userId } = pass;
+    const limit = timelineLimit(filter.room?.timeline);
+    const start = pass.initial || pass.fullState ? 0 : pass.from.events;
+    const leaveEvent = (await this.d.reads.getEvents([m.eventId])).get(m.eventId);
+    let events: StoredEvent[] = [];
+    let limited = false;
+    const prevMembership = leaveEvent?.replacesState
+      ? ((await this.d.reads.getEvents([leaveEvent.replacesState])).get(leaveEvent.replacesState)?.pdu.content as JsonObject | undefined)?.membership
+      : undefined;
+    if (prevMembership === "join") {
+      // A former member sees the timeline up to their leave (as history visibility allows).
+      const fetched = await this.timeline(m.roomId, start, m.streamOrdering, limit, filter.room?.timeline);
+      events = await this.d.visibility.filter({ userId, joinedUntil: m.streamOrdering + 1 }, fetched.events);
+      limited = fetched.limited;
+    } else if (leaveEvent && leaveEvent.streamOrdering! > start) {
+      // An invite (or knock) that ended: only the event that ended it.
+      events = [leaveEvent];
+    }
+    const state = events.length && (limited || pass.initial || pass.fullState)
+      ? [...(await this.d.reads.getEvents([...(await this.d.reads.stateBefore(events[0]!)).values()])).values()]
+      : [];
+    const reader = { userId, deviceId: pass.deviceId };
+    return {
+      state: {
+        events: await this.d.eventStore.format(
+          state.filter((e) => passesFilter(filter.room?.state, { type: e.type, sender: e.sender, content: e.pdu.content })),
+          reader,
+          { aggregations: false },
+        ),
+      },
+      timeline: {
+        events: await this.d.eventStore.format(events, reader),
+        limited,
+        prev_batch: events.length ? formatToken(pointBefore(events[0]!)) : streamToken(m.streamOrdering),
+      },
+      account_data: { events: accountData },
+    };
+  }
+
+  // ---- Device lists ------------------------------------------------------------------------------------
+
+  /**
+   * `device_lists`: users whose devices changed and who share a room with the user, plus users who
+   * began to share a room with them (their devices are new to the client); `left`: users who no
+   * longer share any room.
+   */
+  private async deviceListChanges(
+    pass: Pass,
+    joined: RoomMembership[],
+    memberships: RoomMembership[],
+    joinedResults: Array<{ roomId: string; response: JoinedRoomResponse } | undefined>,
+  ): Promise<{ changed: string[]; left: string[] }> {
+    const { userId, from, upper } = pass;
+    const changed = new Set<string>();
+    const gone = new Set<string>();
+    if (upper.device_lists > from.device_lists) {
+      // The user's own changes are included: they concern the user's other devices.
+      const sharing = await this.d.reads.usersSharingRoomsWith(userId);
+      for (const u of await this.d.e2ee.deviceLists.changedUsers(userId, from.device_lists, upper.device_lists, sharing)) changed.add(u);
+    }
+    if (upper.events > from.events) {
+      // Rooms joined or left since the token: all their members.
+      const newlyJoined = joined.filter((m) => m.streamOrdering > from.events).map((m) => m.roomId);
+      const newlyLeft = memberships.filter((m) => (m.membership === "leave" || m.membership === "ban") && m.streamOrdering > from.events).map((m) => m.roomId);
+      const others = joined.filter((m) => m.streamOrdering <= from.events).map((m) => m.roomId);
+      // Other rooms: who joined or left in them. A room whose timeline came complete has them all in
+      // its timeline; only limited ones and quiet rooms need asking, and quiet rooms had no events.
+      const results = new Map(joinedResults.filter((r) => r !== undefined).map((r) => [r.roomId, r.response.timeline]));
+      const asked = others.filter((r) => {
+        const timeline = results.get(r);
+        return timeline !== undefined && (timeline.limited || timeline.events.some((e) => e.type === "m.room.member"));
+      });
+      const changes = await this.d.reads.memberChanges(asked, from.events, upper.events);
+      for (const c of changes) {
+        if (c.userId === userId) continue;
+        if (c.membership === "join") changed.add(c.userId);
+        else if (c.membership === "leave" || c.membership === "ban") gone.add(c.userId);
+      }
+      if (newlyJoined.length || newlyLeft.length) {
+        const members = await this.d.reads.memberChanges([...newlyJoined, ...newlyLeft], 0, upper.events);
+        const finalMembership = new Map<string, Map<string, string>>();
+        for (const c of members) {
+          let room = finalMembership.get(c.roomId);
+          if (!room) finalMembership.set(c.roomId, (room = new Map()));
+          room.set(c.userId, c.membership);
+        }
+        for (const r of newlyJoined) for (const [u, mem] of finalMembership.get(r) ?? []) if (mem === "join" && u !== userId) changed.add(u);
+        for (const r of newlyLeft) for (const [u, mem] of finalMembership.get(r) ?? []) if (mem === "join" && u !== userId) gone.add(u);
+      }
+    }
+    let left: string[] = [];
+    if (gone.size) {
+      const still = await this.d.reads.sharingARoom(userId, [...gone]);
+      left = [...gone].filter((u) => !still.has(u) && !changed.has(u));
+    }
+    return { changed: [...changed].sort(), left: left.sort() };
+  }
+}
