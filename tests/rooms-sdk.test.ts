@@ -90,8 +90,8 @@ describe("matrix-js-sdk in rooms", () => {
     expect(events[0]!.type).toBe("m.room.create");
 
     // The same transaction ID from the same device returns the same event.
-    const first = await alice!.sendEvent(roomId, sdk.EventType.RoomMessage, { msgtype: "m.text", body: "once" }, "fixed-txn");
-    const again = await alice!.sendEvent(roomId, sdk.EventType.RoomMessage, { msgtype: "m.text", body: "once" }, "fixed-txn");
+    const first = await alice!.sendEvent(roomId, sdk.EventType.RoomMessage, { msgtype: sdk.MsgType.Text, body: "once" }, "fixed-txn");
+    const again = await alice!.sendEvent(roomId, sdk.EventType.RoomMessage, { msgtype: sdk.MsgType.Text, body: "once" }, "fixed-txn");
     expect(again.event_id).toBe(first.event_id);
 
     const fetched = await bob!.fetchRoomEvent(roomId, first.event_id);
