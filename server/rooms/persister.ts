@@ -101,9 +101,26 @@ export interface RoomView {
   stateEventId(type: string, stateKey: string): string | undefined;
   stateEvent(type: string, stateKey: string): Promise<RoomEvent | undefined>;
   membership(userId: string): string | undefined;
+  /** The users whose membership is `join`. */
+  joinedMembers(): string[];
   /** Any event of the room (not only state), as stored; undefined if unknown or in another room. */
   event(eventId: string): Promise<RoomEvent | undefined>;
 }
+
+/**
+ * More rows written with a batch of events, in the statement that stores them, so they commit
+ * together (push actions: a sync that sees an event sees the notifications it caused). Runs in the
+ * room's serial section with the room's state after the batch; `events` are the accepted events of
+ * the batch and `position(i)` is the SQL of the stream position `events[i]` gets. Reads go through
+ * `tx` (the transaction holds the only connection on PGlite). Returns data-modifying statements,
+ * each of which becomes a CTE of that statement.
+ */
+export type EventsWriteExtension = (
+  tx: Database,
+  view: RoomView,
+  events: readonly RoomEvent[],
+  position: (i: number) => SQL,
+) => Promise<SQL[]>;
 
 /** Builds the events of one job from the room's current state (the view); may throw a MatrixError. */
 export type Prepare = (view: RoomView) => EventTemplate[] | Promise<EventTemplate[]>;
@@ -178,6 +195,7 @@ export class EventPersister {
   private readonly snapshots = new Map<string, RoomSnapshot>();
   private readonly groupIds = new StateGroupIds();
   private readonly listeners: EventsPersistedListener[] = [];
+  private readonly extensions: EventsWriteExtension[] = [];
 
   constructor(
     private readonly db: Database,
@@ -189,6 +207,11 @@ export class EventPersister {
 
   onEventsPersisted(listener: EventsPersistedListener): void {
     this.listeners.push(listener);
+  }
+
+  /** Adds writes to every batch of events (see EventsWriteExtension). */
+  extendWrites(extension: EventsWriteExtension): void {
+    this.extensions.push(extension);
   }
 
   /**
@@ -397,6 +420,7 @@ export class EventPersister {
         return snapshot.events.get(id);
       },
       membership: (userId) => snapshot.memberships.get(userId),
+      joinedMembers: () => [...snapshot.memberships].filter(([, m]) => m === "join").map(([u]) => u),
       event: async (eventId) => {
         const cached = snapshot.events.get(eventId);
         if (cached) return cached;
@@ -649,6 +673,17 @@ export class EventPersister {
     } else {
       ctes.push(sql`room as (update rooms set forward_extremities = ${extremities}, max_depth = ${snapshot.maxDepth}::bigint,
         current_state_group = ${snapshot.stateGroup?.id ?? null}::bigint where room_id = ${roomId})`);
+    }
+
+    if (this.extensions.length) {
+      const accepted = events.flatMap((e, i) => (e.rejectedReason === undefined && !e.softFailed ? [{ e, i }] : []));
+      const pdus = accepted.map(({ e }) => ({ ...e.pdu, room_id: roomId, event_id: e.eventId }) as RoomEvent);
+      const position = (k: number) => sql`((select position from pos) - ${n - 1 - accepted[k]!.i}::bigint)`;
+      const view = this.view(tx, snapshot);
+      let j = 0;
+      for (const extension of this.extensions) {
+        for (const statement of await extension(tx, view, pdus, position)) ctes.push(sql`ext${sql.raw(String(j++))} as (${statement})`);
+      }
     }
 
     const rows = rowsOf<{ position: string | number }>(
