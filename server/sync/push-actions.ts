@@ -2,14 +2,19 @@
 // https://spec.matrix.org/latest/client-server-api/#push-rules
 // https://spec.matrix.org/latest/client-server-api/#receiving-notifications
 //
-// The rooms persist path calls `actionsFor` inside its transaction, with the room's state as of the
-// event, and stores the rows with the event (`UnreadCounts.recordPushActions`): a sync that sees the
-// event sees its notification too. Rulesets are cached per user and dropped when the user's account
+// The rooms persist path runs `writeExtension` for every batch of events, with the room's state,
+// and stores the rows in the statement that stores the events: a sync that sees an event sees its
+// notifications too. Rulesets are cached per user and dropped when the user's account
 // data changes (in any process: the notifier relays account-data changes).
+import { type SQL, sql } from "drizzle-orm";
+import { userPowerLevel } from "../../federation/protocol/auth-rules.ts";
+import { serverNameOf } from "../../federation/protocol/identifiers.ts";
 import type { Ruleset } from "../pushrules/defaults.ts";
 import { type PushEvent, evaluatePushRules } from "../pushrules/evaluate.ts";
+import type { EventsWriteExtension } from "../rooms/persister.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import type { Notifier } from "./notifier.ts";
+import type { Queryable } from "./streams.ts";
 
 const MAX_CACHED_RULESETS = 20_000;
 
@@ -20,8 +25,8 @@ export interface PushRoomContext {
   /** The local users joined to the room: who may be notified. */
   localJoinedMembers: readonly string[];
   powerLevels: Record<string, unknown> | null;
-  /** Room version 12 creators, whose power is infinite. */
-  creators: ReadonlySet<string>;
+  /** A user's power level in the room (room version 12 creators: Infinity). */
+  powerLevelOf(userId: string): number;
   /** A member's display name in the room, for `contains_display_name` (asked only when a rule needs it). */
   displayNameOf(userId: string): Promise<string | null>;
 }
@@ -42,14 +47,6 @@ export function threadOf(content: Record<string, unknown>): string {
   return "main";
 }
 
-export function powerLevelOf(userId: string, powerLevels: Record<string, unknown> | null, creators: ReadonlySet<string>): number {
-  if (creators.has(userId)) return Number.POSITIVE_INFINITY;
-  const users = powerLevels?.users;
-  const own = typeof users === "object" && users !== null ? (users as Record<string, unknown>)[userId] : undefined;
-  const level = own ?? powerLevels?.users_default ?? 0;
-  return typeof level === "number" ? level : Number.parseInt(String(level), 10) || 0;
-}
-
 export class PushActions {
   private readonly rulesets = new Map<string, Ruleset>();
   /** Bumped by every invalidation: a load that overlapped one is used but not cached (it may be stale). */
@@ -58,6 +55,7 @@ export class PushActions {
   constructor(
     private readonly userData: UserData,
     notifier: Notifier,
+    private readonly serverName: string,
   ) {
     notifier.onChange("account_data", (change) => {
       this.generation++;
@@ -66,12 +64,54 @@ export class PushActions {
     });
   }
 
+  /**
+   * The persist path's extension (EventsWriteExtension): push actions for the local members each
+   * event notifies, and — the spec counts sending an event as reading up to it — the sender's
+   * notifications in that thread up to the event marked read. Written with the events.
+   */
+  readonly writeExtension: EventsWriteExtension = async (tx, view, events, position) => {
+    const joined = view.joinedMembers();
+    const local = joined.filter((u) => serverNameOf(u) === this.serverName);
+    if (local.length === 0 || events.length === 0) return [];
+    const [create, powerLevels] = await Promise.all([view.stateEvent("m.room.create", ""), view.stateEvent("m.room.power_levels", "")]);
+    const room: PushRoomContext = {
+      joinedMemberCount: joined.length,
+      localJoinedMembers: local,
+      powerLevels: powerLevels?.content ?? null,
+      powerLevelOf: (userId) => userPowerLevel(view.rules, userId, create, powerLevels),
+      displayNameOf: async (userId) => {
+        const name = (await view.stateEvent("m.room.member", userId))?.content.displayname;
+        return typeof name === "string" ? name : null;
+      },
+    };
+    const statements: SQL[] = [];
+    const readUpTo = new Map<string, { userId: string; threadId: string; k: number }>();
+    for (const [k, event] of events.entries()) {
+      const pushEvent = event as unknown as PushEvent;
+      if (serverNameOf(event.sender) === this.serverName) {
+        const threadId = threadOf(event.content);
+        readUpTo.set(`${event.sender}\u0000${threadId}`, { userId: event.sender, threadId, k });
+      }
+      const actions = await this.actionsFor(room, pushEvent, tx);
+      if (actions.length === 0) continue;
+      const rows = JSON.stringify(actions.map((a) => ({ u: a.userId, t: a.threadId, h: a.highlight })));
+      statements.push(sql`insert into event_push_actions (user_id, room_id, stream_ordering, event_id, thread_id, highlight)
+        select x.u, ${view.roomId}, ${position(k)}, ${event.event_id}, x.t, x.h
+        from jsonb_to_recordset(${rows}::jsonb) as x(u text, t text, h boolean) on conflict do nothing`);
+    }
+    for (const { userId, threadId, k } of readUpTo.values()) {
+      statements.push(sql`delete from event_push_actions where user_id = ${userId} and room_id = ${view.roomId}
+        and thread_id = ${threadId} and stream_ordering < ${position(k)}`);
+    }
+    return statements;
+  };
+
   /** Who among the room's local members `event` notifies, and whether it highlights them. */
-  async actionsFor(room: PushRoomContext, event: PushEvent): Promise<PushActionFor[]> {
+  async actionsFor(room: PushRoomContext, event: PushEvent, q?: Queryable): Promise<PushActionFor[]> {
     const candidates = room.localJoinedMembers.filter((u) => u !== event.sender);
     if (candidates.length === 0) return [];
-    const rulesets = await this.rulesetsOf(candidates);
-    const senderPowerLevel = powerLevelOf(event.sender, room.powerLevels, room.creators);
+    const rulesets = await this.rulesetsOf(candidates, q);
+    const senderPowerLevel = room.powerLevelOf(event.sender);
     const threadId = threadOf(event.content);
     const out: PushActionFor[] = [];
     for (const userId of candidates) {
@@ -89,11 +129,11 @@ export class PushActions {
     return out;
   }
 
-  private async rulesetsOf(userIds: readonly string[]): Promise<Map<string, Ruleset>> {
+  private async rulesetsOf(userIds: readonly string[], q?: Queryable): Promise<Map<string, Ruleset>> {
     const missing = userIds.filter((u) => !this.rulesets.has(u));
     if (missing.length) {
       const generation = this.generation;
-      const loaded = await this.userData.pushRulesOf(missing);
+      const loaded = await this.userData.pushRulesOf(missing, q);
       if (generation === this.generation) {
         if (this.rulesets.size + loaded.size > MAX_CACHED_RULESETS) this.rulesets.clear();
         for (const [u, r] of loaded) this.rulesets.set(u, r);

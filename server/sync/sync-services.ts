@@ -53,7 +53,8 @@ export function createSyncServices(options: {
   const typing = new Typing(db, notifier, membership, now);
   const receipts = new Receipts(db, notifier, membership, unread, now);
   const presence = new Presence(db, notifier, membership, now, logger);
-  const pushActions = new PushActions(userData, notifier);
+  const pushActions = new PushActions(userData, notifier, serverName);
+  rooms.persister.extendWrites(pushActions.writeExtension);
   const sync = new Sync({
     db,
     notifier,

@@ -1,9 +1,8 @@
 // Unread notification counts (`unread_notifications`, `unread_thread_notifications` of /sync).
 // https://spec.matrix.org/latest/client-server-api/#receiving-notifications
 //
-// Push rules are evaluated once, when an event is persisted (the rooms persist path calls
-// `recordPushActions` in its transaction): every local member the event notifies gets a row in
-// `event_push_actions`. A read receipt — or the user sending an event, which the spec counts as
+// Push rules are evaluated once, when an event is persisted (push-actions.ts, in the statement that
+// stores the event): every local member the event notifies gets a row in `event_push_actions`. A read receipt — or the user sending an event, which the spec counts as
 // reading up to it — deletes the user's rows up to that event. So the counts a sync sends are a
 // `count(*)` over the rows left, one grouped query for all the rooms of a response.
 import { and, eq, inArray, lte, sql } from "drizzle-orm";
@@ -22,25 +21,8 @@ export interface RoomUnreadCounts {
   threads: Map<string, NotificationCounts>;
 }
 
-export interface PushActionRow {
-  userId: string;
-  roomId: string;
-  streamOrdering: number;
-  eventId: string;
-  threadId: string;
-  highlight: boolean;
-}
-
-const INSERT_CHUNK = 1000;
-
 export class UnreadCounts {
   constructor(private readonly db: Database) {}
-
-  async recordPushActions(q: Queryable, rows: PushActionRow[]): Promise<void> {
-    for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
-      await q.insert(schema.eventPushActions).values(rows.slice(i, i + INSERT_CHUNK)).onConflictDoNothing();
-    }
-  }
 
   /**
    * Marks the user's notifications in the room as read up to and including `streamOrdering`: in one

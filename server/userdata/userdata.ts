@@ -124,12 +124,15 @@ export class UserData {
     return getPushRules(stored, userId);
   }
 
-  /** The effective push rules of several users at once (server defaults for those with none stored). */
-  async pushRulesOf(userIds: readonly string[]): Promise<Map<string, Ruleset>> {
+  /**
+   * The effective push rules of several users at once (server defaults for those with none stored);
+   * `q` is an open transaction to read in, if any.
+   */
+  async pushRulesOf(userIds: readonly string[], q: Database | Tx = this.db): Promise<Map<string, Ruleset>> {
     const out = new Map<string, Ruleset>();
     if (userIds.length === 0) return out;
     const t = schema.accountData;
-    const rows = await this.db
+    const rows = await q
       .select({ userId: t.userId, content: t.content })
       .from(t)
       .where(and(inArray(t.userId, [...userIds]), eq(t.roomId, ""), eq(t.type, PUSH_RULES_TYPE)));
