@@ -191,6 +191,21 @@ describe("concurrent senders", () => {
   });
 });
 
+describe("room creation", () => {
+  let hs: TestServer;
+  beforeAll(async () => {
+    // A clock that never moves: identical requests would make identical v12 create events.
+    hs = await startTestServer({ now: () => 1_790_000_000_000 });
+  });
+  afterAll(() => hs.destroy());
+
+  it("gives identical createRoom requests in the same millisecond distinct rooms", async () => {
+    const user = await registerUser(hs.url, "twin");
+    const ids = await Promise.all(Array.from({ length: 5 }, () => createRoom(hs.url, user, { preset: "private_chat" })));
+    expect(new Set(ids).size).toBe(5);
+  });
+});
+
 describe.runIf(process.env.DATABASE_URL)("two processes on one PostgreSQL", () => {
   let a: TestServer;
   let b: TestServer;

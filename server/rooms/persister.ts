@@ -76,6 +76,8 @@ export interface EventTemplate {
   /** m.room.redaction: the redacted event (top-level `redacts` before v11, `content.redacts` from v11). */
   redacts?: string;
   txn?: TxnRef;
+  /** Defaults to now. */
+  originServerTs?: number;
 }
 
 /** An event as persisted: where it sits in the room-event stream and the room's graph. */
@@ -159,6 +161,8 @@ export interface EventToStore {
 
 interface Job {
   prepare: Prepare;
+  /** A client transaction: when it already produced an event, the job resolves with that event. */
+  txn?: TxnRef;
   resolve(events: PersistedEvent[]): void;
   reject(err: unknown): void;
 }
@@ -194,6 +198,7 @@ export class EventPersister {
   /** Least recently used first (Map insertion order). */
   private readonly snapshots = new Map<string, RoomSnapshot>();
   private readonly groupIds = new StateGroupIds();
+  private lastCreateTs = 0;
   private readonly listeners: EventsPersistedListener[] = [];
   private readonly extensions: EventsWriteExtension[] = [];
 
@@ -242,40 +247,53 @@ export class EventPersister {
   }): Promise<{ roomId: string; events: PersistedEvent[] }> {
     const { version, creator, createContent, templates, isPublic, alongside } = options;
     const rules = roomVersionRules(version);
-    const snapshot: RoomSnapshot = {
-      roomId: rules.roomIdIsCreateEventId ? "" : `!${randomBytes(13).toString("base64url").replace(/[-_]/g, "x")}:${this.serverName}`,
-      rules,
-      stateGroup: undefined,
-      state: new Map(),
-      memberships: new Map(),
-      extremities: [],
-      maxDepth: 0,
-      events: new Map(),
-    };
-    const built = await this.db.transaction(async (tx) => {
-      const undo = new UndoLog();
-      const out: EventToStore[] = [];
-      out.push(await this.build(tx, snapshot, undo, { type: "m.room.create", state_key: "", sender: creator, content: createContent }));
-      if (rules.roomIdIsCreateEventId) snapshot.roomId = computeRoomIdFromCreateEvent(rules, out[0]!.pdu);
-      for (const template of templates(snapshot.roomId)) out.push(await this.build(tx, snapshot, undo, template));
-      await alongside?.(tx, snapshot.roomId);
-      const position = await this.writeEvents(tx, snapshot, out, { creator, isPublic });
-      return this.persistedEvents(snapshot.roomId, out, position);
-    });
-    this.cache(snapshot);
-    this.announce(snapshot.roomId, built);
-    return { roomId: snapshot.roomId, events: built };
+    // A v12 room ID is the hash of the create event: two identical create events (same creator,
+    // content and millisecond) would name the same room. Each create event of this process gets a
+    // later timestamp than the last, and a collision with another process's room is retried.
+    for (let attempt = 0; ; attempt++) {
+      const createTs = Math.max(this.now(), this.lastCreateTs + 1);
+      this.lastCreateTs = createTs;
+      const snapshot: RoomSnapshot = {
+        roomId: rules.roomIdIsCreateEventId ? "" : `!${randomBytes(13).toString("base64url").replace(/[-_]/g, "x")}:${this.serverName}`,
+        rules,
+        stateGroup: undefined,
+        state: new Map(),
+        memberships: new Map(),
+        extremities: [],
+        maxDepth: 0,
+        events: new Map(),
+      };
+      try {
+        const built = await this.db.transaction(async (tx) => {
+          const undo = new UndoLog();
+          const out: EventToStore[] = [];
+          const create: EventTemplate = { type: "m.room.create", state_key: "", sender: creator, content: createContent, originServerTs: createTs };
+          out.push(await this.build(tx, snapshot, undo, create));
+          if (rules.roomIdIsCreateEventId) snapshot.roomId = computeRoomIdFromCreateEvent(rules, out[0]!.pdu);
+          for (const template of templates(snapshot.roomId)) out.push(await this.build(tx, snapshot, undo, template));
+          await alongside?.(tx, snapshot.roomId);
+          const position = await this.writeEvents(tx, snapshot, out, { creator, isPublic });
+          return this.persistedEvents(snapshot.roomId, out, position);
+        });
+        this.cache(snapshot);
+        this.announce(snapshot.roomId, built);
+        return { roomId: snapshot.roomId, events: built };
+      } catch (err) {
+        if (attempt < 3 && isRoomIdTaken(err)) continue;
+        throw err;
+      }
+    }
   }
 
   /**
    * Queues a job for a room and waits until its events are committed. `prepare` runs in the room's
    * serial section with the current state; its events are built, checked and stored in order.
    */
-  enqueue(roomId: string, prepare: Prepare): Promise<PersistedEvent[]> {
+  enqueue(roomId: string, prepare: Prepare, txn?: TxnRef): Promise<PersistedEvent[]> {
     return new Promise((resolve, reject) => {
       let queue = this.queues.get(roomId);
       if (!queue) this.queues.set(roomId, (queue = { jobs: [], running: false }));
-      queue.jobs.push({ prepare, resolve, reject });
+      queue.jobs.push({ prepare, txn, resolve, reject });
       if (!queue.running) void this.drain(roomId, queue);
     });
   }
@@ -301,22 +319,38 @@ export class EventPersister {
   }
 
   private async runBatch(roomId: string, jobs: Job[]): Promise<void> {
-    const outcomes: Array<{ ok: true; events: EventToStore[] } | { ok: false; error: unknown }> = [];
+    const outcomes: Array<{ ok: true; events: EventToStore[] } | { ok: true; existing: PersistedEvent } | { ok: false; error: unknown }> = [];
     let snapshot: RoomSnapshot | undefined;
     let persisted: PersistedEvent[] = [];
     try {
       persisted = await this.db.transaction(async (tx) => {
-        snapshot = await this.lockRoom(tx, roomId);
+        // The transaction IDs of the batch are looked up in the same round trip as the lock
+        // (postgres.js pipelines the two queries on the transaction's connection).
+        const [locked, done] = await Promise.all([this.lockRoom(tx, roomId), this.storedTransactions(tx, jobs)]);
+        snapshot = locked;
         const undo = new UndoLog();
         const all: EventToStore[] = [];
         const view = this.view(tx, snapshot);
+        const txnsInBatch = new Map<string, EventToStore>();
         for (const job of jobs) {
           const mark = undo.mark();
           const start = all.length;
+          const key = job.txn && txnKey(job.txn);
+          const existing = key === undefined ? undefined : done.get(key);
+          if (existing) {
+            outcomes.push({ ok: true, existing });
+            continue;
+          }
+          const sameBatch = key === undefined ? undefined : txnsInBatch.get(key);
+          if (sameBatch) {
+            outcomes.push({ ok: true, events: [sameBatch] });
+            continue;
+          }
           try {
             const templates = await job.prepare(view);
             for (const template of templates) all.push(await this.build(tx, snapshot, undo, template));
             outcomes.push({ ok: true, events: all.slice(start) });
+            if (key !== undefined && all.length > start) txnsInBatch.set(key, all[start]!);
           } catch (err) {
             // A refused event fails its job alone; anything else (a database error) fails the batch.
             if (!(err instanceof JobFailure || err instanceof MatrixError)) throw err;
@@ -340,10 +374,52 @@ export class EventPersister {
     const byId = new Map(persisted.map((p) => [p.eventId, p]));
     jobs.forEach((job, i) => {
       const outcome = outcomes[i]!;
-      if (outcome.ok) job.resolve(outcome.events.map((e) => byId.get(e.eventId)!));
-      else job.reject(outcome.error);
+      if (!outcome.ok) job.reject(outcome.error);
+      else if ("existing" in outcome) job.resolve([outcome.existing]);
+      else job.resolve(outcome.events.map((e) => byId.get(e.eventId)!));
     });
     if (persisted.length > 0) this.announce(roomId, persisted);
+  }
+
+  /** The events already stored for the jobs' client transaction IDs, by transaction key. */
+  private async storedTransactions(tx: Database, jobs: Job[]): Promise<Map<string, PersistedEvent>> {
+    const txns = jobs.flatMap((j) => (j.txn ? [j.txn] : []));
+    const out = new Map<string, PersistedEvent>();
+    if (txns.length === 0) return out;
+    const rows = rowsOf<{
+      user_id: string;
+      device_id: string;
+      endpoint: string;
+      txn_id: string;
+      event_id: string;
+      room_id: string;
+      type: string;
+      state_key: string | null;
+      sender: string;
+      stream_ordering: string | number | null;
+      topological_ordering: string | number;
+    }>(
+      await tx.execute(sql`select t.user_id, t.device_id, t.endpoint, t.txn_id, e.event_id, e.room_id, e.type, e.state_key,
+          e.sender, e.stream_ordering, e.topological_ordering
+        from event_transactions t join events e on e.event_id = t.event_id
+        where (t.user_id, t.device_id, t.endpoint, t.txn_id) in (${sql.join(
+          txns.map((t) => sql`(${t.userId}, ${t.deviceId}, ${t.endpoint}, ${t.txnId})`),
+          sql`, `,
+        )})`),
+    );
+    for (const r of rows) {
+      out.set(txnKey({ userId: r.user_id, deviceId: r.device_id, endpoint: r.endpoint as TxnRef["endpoint"], txnId: r.txn_id }), {
+        eventId: r.event_id,
+        roomId: r.room_id,
+        type: r.type,
+        stateKey: r.state_key ?? undefined,
+        sender: r.sender,
+        membership: undefined,
+        streamOrdering: Number(r.stream_ordering ?? 0),
+        topologicalOrdering: Number(r.topological_ordering),
+      });
+    }
+    return out;
   }
 
   private announce(roomId: string, events: PersistedEvent[]): void {
@@ -464,7 +540,7 @@ export class EventPersister {
       else pdu.redacts = template.redacts;
     }
     pdu.content = content;
-    pdu.origin_server_ts = this.now();
+    pdu.origin_server_ts = template.originServerTs ?? this.now();
     pdu.depth = Math.min(snapshot.maxDepth + 1, Number.MAX_SAFE_INTEGER);
     pdu.prev_events = snapshot.extremities.slice(-MAX_PREV_EVENTS);
     pdu.auth_events = selectAuthEvents(rules, template, snapshot.state);
@@ -707,6 +783,19 @@ export function relationRows(_eventId: string, content: JsonObject): Array<{ rel
     rows.push({ relType: "m.in_reply_to", relatesTo: (reply as JsonObject).event_id as string, key: null });
   }
   return rows;
+}
+
+export function txnKey(txn: TxnRef): string {
+  return `${txn.userId}\u0000${txn.deviceId}\u0000${txn.endpoint}\u0000${txn.txnId}`;
+}
+
+/** A unique violation on the rooms table's primary key (PostgreSQL and PGlite alike). */
+function isRoomIdTaken(err: unknown): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    const { code, message } = e as { code?: string; message?: string };
+    if (code === "23505" && /rooms_pkey/.test(message ?? "")) return true;
+  }
+  return false;
 }
 
 /** postgres.js returns text[] as an array; PGlite may too, or as the literal `{a,b}`. */

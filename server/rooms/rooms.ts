@@ -18,7 +18,7 @@ import { MatrixError, forbidden, notFound } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
 import { parseAlias, type RoomAliases } from "./aliases.ts";
 import { type CreateRoomRequest, memberContent, planRoomCreation } from "./create-room.ts";
-import type { EventPersister, EventTemplate, PersistedEvent, RoomView, TxnRef } from "./persister.ts";
+import { type EventPersister, type EventTemplate, type PersistedEvent, type RoomView, type TxnRef, txnKey } from "./persister.ts";
 
 type JsonObject = Record<string, unknown>;
 
@@ -323,7 +323,6 @@ export class Rooms {
     this.checkContent(content);
     const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: "send", txnId };
     return this.withTransaction(txn, async () => {
-      await this.requireRoom(roomId);
       const template: EventTemplate = { type, sender: requester.userId, content, txn };
       if (type === "m.room.redaction") {
         const redacts = content.redacts;
@@ -331,7 +330,7 @@ export class Rooms {
         const { redacts: _r, ...rest } = content;
         return this.sendRedaction(requester, roomId, redacts, rest, txn);
       }
-      const [event] = await this.persister.enqueue(roomId, () => [template]);
+      const [event] = await this.persister.enqueue(roomId, () => [template], txn);
       return event!.eventId;
     });
   }
@@ -340,7 +339,6 @@ export class Rooms {
   async redact(requester: Requester, roomId: string, eventId: string, txnId: string, reason?: string): Promise<string> {
     const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: "redact", txnId };
     return this.withTransaction(txn, async () => {
-      await this.requireRoom(roomId);
       return this.sendRedaction(requester, roomId, eventId, reason !== undefined ? { reason } : {}, txn);
     });
   }
@@ -359,7 +357,7 @@ export class Rooms {
         if (level < redactLevel) throw forbidden("You may only redact your own events, or need the redact power level");
       }
       return [{ type: "m.room.redaction", sender: requester.userId, content, redacts: target, txn }];
-    });
+    }, txn);
     return event!.eventId;
   }
 
@@ -398,19 +396,15 @@ export class Rooms {
   /**
    * Runs a send once per (device, endpoint, transaction ID): a retry gets the first event's ID.
    * https://spec.matrix.org/latest/client-server-api/#transaction-identifiers
+   * A retry while the first request is in flight here waits for it; the persister looks stored
+   * transaction IDs up in the room's transaction (so a retry of a finished request, or one that
+   * reaches another process, finds the first event).
    */
   private async withTransaction(txn: TxnRef, send: () => Promise<string>): Promise<string> {
-    const key = `${txn.userId}\u0000${txn.deviceId}\u0000${txn.endpoint}\u0000${txn.txnId}`;
+    const key = txnKey(txn);
     const inflight = this.inflightTxns.get(key);
     if (inflight) return inflight;
-    const t = schema.eventTransactions;
-    const promise = (async () => {
-      const [done] = await this.db
-        .select({ eventId: t.eventId })
-        .from(t)
-        .where(and(eq(t.userId, txn.userId), eq(t.deviceId, txn.deviceId), eq(t.endpoint, txn.endpoint), eq(t.txnId, txn.txnId)));
-      return done ? done.eventId : send();
-    })();
+    const promise = send();
     this.inflightTxns.set(key, promise);
     try {
       return await promise;
