@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loginUser, passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
 import { deviceIdentity, fallbackKey, type Json, oneTimeKeys, post, sign } from "./e2ee-helpers.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
+import { createRoom, joinRoom } from "./sync-helpers.ts";
 
 let hs: TestServer;
 beforeAll(async () => {
@@ -178,12 +179,16 @@ describe("/keys/query", () => {
 });
 
 describe("/keys/changes and device deletion", () => {
-  it("lists users whose keys changed between two positions, and a deleted device takes its keys with it", async () => {
+  it("lists room-mates whose keys changed between two positions, and a deleted device takes its keys with it", async () => {
     const alice = await newUser();
     const login = await loginUser(hs.url, alice.userId, alice.password);
     const second: TestUser = { ...alice, accessToken: login.json.access_token, deviceId: login.json.device_id };
     const bob = await newUser();
+    const stranger = await newUser();
     const e2ee = hs.services.e2ee;
+    // /keys/changes tells only about users who share a room (tests/e2ee-sync.test.ts has the rest).
+    const roomId = await createRoom(hs.url, alice, { preset: "public_chat" });
+    await joinRoom(hs.url, bob, roomId);
 
     const before = await e2ee.deviceLists.currentPosition();
     const device = deviceIdentity(second);
@@ -200,6 +205,10 @@ describe("/keys/changes and device deletion", () => {
     });
     expect(changes.status).toBe(200);
     expect(changes.json).toEqual({ changed: [alice.userId], left: [] });
+    const strangerSees = await request(hs.url, "GET", `/_matrix/client/v3/keys/changes?from=${before}&to=${afterUpload}`, {
+      token: stranger.accessToken,
+    });
+    expect(strangerSees.json).toEqual({ changed: [], left: [] });
     const none = await request(hs.url, "GET", `/_matrix/client/v3/keys/changes?from=${afterUpload}&to=${afterUpload}`, {
       token: bob.accessToken,
     });

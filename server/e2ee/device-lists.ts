@@ -7,7 +7,7 @@
 // Its `stream_id` is a position of the `device_lists` stream, which `/sync` (`device_lists.changed`)
 // and `/keys/changes` read. Positions come from server/sync/streams.ts as the last step of the
 // writer's transaction, so they become visible in order (see server/sync/README.md).
-import { and, asc, eq, gt, inArray, lte, or } from "drizzle-orm";
+import { and, asc, eq, gt, lte, or } from "drizzle-orm";
 import { type Database, schema } from "../../schema/db.ts";
 import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
 
@@ -67,26 +67,18 @@ export class DeviceLists {
 
   /**
    * The users whose devices or keys changed after position `from` and at or before `to`, as
-   * `requester` may see them: the requester themself, and the users in `interestingUsers`.
-   *
-   * The spec limits `/keys/changes` to users who share a room with the requester. Rooms do not exist
-   * yet, so `interestingUsers` undefined means "every user" for now; the sync component passes the
-   * users who share a room with the requester once there are rooms.
+   * `requester` may see them: the requester themself, and every other user's changes but those seen
+   * only by their maker. Who of them shares a room with the requester (what the spec limits
+   * `device_lists` and `/keys/changes` to) is the sync component's to decide
+   * (server/sync/device-list-changes.ts): the device-list stream knows nothing of rooms.
    */
-  async changedUsers(requester: string, from: number, to: number, interestingUsers?: ReadonlySet<string>): Promise<string[]> {
+  async changedUsers(requester: string, from: number, to: number): Promise<string[]> {
     if (to <= from) return [];
     const t = schema.deviceListsStream;
-    const visible =
-      interestingUsers === undefined
-        ? or(eq(t.userId, requester), eq(t.selfOnly, false))
-        : or(
-            eq(t.userId, requester),
-            interestingUsers.size > 0 ? and(eq(t.selfOnly, false), inArray(t.userId, [...interestingUsers])) : undefined,
-          );
     const rows = await this.db
       .selectDistinct({ userId: t.userId })
       .from(t)
-      .where(and(gt(t.streamId, from), lte(t.streamId, to), visible))
+      .where(and(gt(t.streamId, from), lte(t.streamId, to), or(eq(t.userId, requester), eq(t.selfOnly, false))))
       .orderBy(asc(t.userId));
     return rows.map((r) => r.userId);
   }

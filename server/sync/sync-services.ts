@@ -14,6 +14,7 @@ import type { RoomServices } from "../rooms/room-services.ts";
 import { SyncReads } from "../rooms/sync-reads.ts";
 import { HistoryVisibility } from "../rooms/visibility.ts";
 import type { UserData } from "../userdata/userdata.ts";
+import { DeviceListChanges } from "./device-list-changes.ts";
 import { Notifier } from "./notifier.ts";
 import { PushActions } from "./push-actions.ts";
 import { Sync } from "./sync.ts";
@@ -28,6 +29,8 @@ export interface SyncServices {
   presence: Presence;
   unread: UnreadCounts;
   pushActions: PushActions;
+  /** `device_lists` of /sync and GET /keys/changes. */
+  deviceListChanges: DeviceListChanges;
 }
 
 export function createSyncServices(options: {
@@ -54,6 +57,7 @@ export function createSyncServices(options: {
   const receipts = new Receipts(db, notifier, membership, unread, now);
   const presence = new Presence(db, notifier, membership, now, logger);
   const pushActions = new PushActions(userData, notifier, serverName);
+  const deviceListChanges = new DeviceListChanges(db, reads, e2ee.deviceLists);
   rooms.persister.extendWrites(pushActions.writeExtension);
   const sync = new Sync({
     db,
@@ -67,6 +71,7 @@ export function createSyncServices(options: {
     receipts,
     presence,
     unread,
+    deviceListChanges,
     logger,
   });
 
@@ -92,7 +97,7 @@ export function createSyncServices(options: {
       .catch((err) => logger.warn({ err }, "could not announce a device-list change"));
   });
 
-  return { notifier, sync, typing, receipts, readMarkers: new ReadMarkerService(userData, receipts, membership), presence, unread, pushActions };
+  return { notifier, sync, typing, receipts, readMarkers: new ReadMarkerService(userData, receipts, membership), presence, unread, pushActions, deviceListChanges };
 }
 
 /** Starts what the sync component runs in the background (after the database is open). */

@@ -22,6 +22,7 @@ import type { EventTypeFilter, RoomMembership, SyncReads } from "../rooms/sync-r
 import type { HistoryVisibility } from "../rooms/visibility.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import { Batcher, SharedReads } from "./batch.ts";
+import type { DeviceListChanges } from "./device-list-changes.ts";
 import {
   type Filter,
   type RoomEventFilter,
@@ -97,6 +98,7 @@ export interface SyncDeps {
   receipts: Receipts;
   presence: Presence;
   unread: UnreadCounts;
+  deviceListChanges: DeviceListChanges;
   logger: Logger;
 }
 
@@ -553,59 +555,34 @@ export class Sync {
   // ---- Device lists ------------------------------------------------------------------------------------
 
   /**
-   * `device_lists`: users whose devices changed and who share a room with the user, plus users who
-   * began to share a room with them (their devices are new to the client); `left`: users who no
-   * longer share any room.
+   * `device_lists` (device-list-changes.ts). Joined rooms whose timeline in this response is complete
+   * and unfiltered, with no member event in it, had no membership change: they need no query.
    */
-  private async deviceListChanges(
+  private deviceListChanges(
     pass: Pass,
     joined: RoomMembership[],
     memberships: RoomMembership[],
     joinedResults: Array<{ roomId: string; response: JoinedRoomResponse } | undefined>,
   ): Promise<{ changed: string[]; left: string[] }> {
-    const { userId, from, upper } = pass;
-    const changed = new Set<string>();
-    const gone = new Set<string>();
-    if (upper.device_lists > from.device_lists) {
-      // The user's own changes are included: they concern the user's other devices.
-      const sharing = await this.d.reads.usersSharingRoomsWith(userId);
-      for (const u of await this.d.e2ee.deviceLists.changedUsers(userId, from.device_lists, upper.device_lists, sharing)) changed.add(u);
-    }
-    if (upper.events > from.events) {
-      // Rooms joined or left since the token: all their members.
-      const newlyJoined = joined.filter((m) => m.streamOrdering > from.events).map((m) => m.roomId);
-      const newlyLeft = memberships.filter((m) => (m.membership === "leave" || m.membership === "ban") && m.streamOrdering > from.events).map((m) => m.roomId);
-      const others = joined.filter((m) => m.streamOrdering <= from.events).map((m) => m.roomId);
-      // Other rooms: who joined or left in them. A room whose timeline came complete has them all in
-      // its timeline; only limited ones and quiet rooms need asking, and quiet rooms had no events.
-      const results = new Map(joinedResults.filter((r) => r !== undefined).map((r) => [r.roomId, r.response.timeline]));
-      const asked = others.filter((r) => {
-        const timeline = results.get(r);
-        return timeline !== undefined && (timeline.limited || timeline.events.some((e) => e.type === "m.room.member"));
-      });
-      const changes = await this.d.reads.memberChanges(asked, from.events, upper.events);
-      for (const c of changes) {
-        if (c.userId === userId) continue;
-        if (c.membership === "join") changed.add(c.userId);
-        else if (c.membership === "leave" || c.membership === "ban") gone.add(c.userId);
-      }
-      if (newlyJoined.length || newlyLeft.length) {
-        const members = await this.d.reads.memberChanges([...newlyJoined, ...newlyLeft], 0, upper.events);
-        const finalMembership = new Map<string, Map<string, string>>();
-        for (const c of members) {
-          let room = finalMembership.get(c.roomId);
-          if (!room) finalMembership.set(c.roomId, (room = new Map()));
-          room.set(c.userId, c.membership);
-        }
-        for (const r of newlyJoined) for (const [u, mem] of finalMembership.get(r) ?? []) if (mem === "join" && u !== userId) changed.add(u);
-        for (const r of newlyLeft) for (const [u, mem] of finalMembership.get(r) ?? []) if (mem === "join" && u !== userId) gone.add(u);
+    const quiet = new Set<string>();
+    if (showsEveryEvent(pass.filter.room?.timeline, pass.filter.event_fields)) {
+      const timelines = new Map(joinedResults.filter((r) => r !== undefined).map((r) => [r.roomId, r.response.timeline]));
+      for (const m of joined) {
+        const t = timelines.get(m.roomId);
+        if (!t || (!t.limited && !t.events.some((e) => e.type === "m.room.member"))) quiet.add(m.roomId);
       }
     }
-    let left: string[] = [];
-    if (gone.size) {
-      const still = await this.d.reads.sharingARoom(userId, [...gone]);
-      left = [...gone].filter((u) => !still.has(u) && !changed.has(u));
-    }
-    return { changed: [...changed].sort(), left: left.sort() };
+    return this.d.deviceListChanges.between(pass.userId, pass.from, pass.upper, memberships, quiet);
   }
+}
+
+/**
+ * Whether a timeline under this filter holds every event of its range, with its `type`: then a
+ * room's membership changes are all in its (unlimited) timeline.
+ */
+function showsEveryEvent(filter: RoomEventFilter | undefined, eventFields: readonly string[] | undefined): boolean {
+  const restricted =
+    filter !== undefined &&
+    (filter.types !== undefined || filter.not_types?.length || filter.senders !== undefined || filter.not_senders?.length || filter.contains_url !== undefined);
+  return !restricted && (eventFields === undefined || eventFields.includes("type"));
 }

@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { invalidParam, unrecognized } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
+import type { DeviceListPoint } from "../../sync/device-list-changes.ts";
 import { STREAMS } from "../../sync/streams.ts";
 
 const signatures = z.record(z.string(), z.record(z.string(), z.string()));
@@ -67,24 +68,21 @@ export const keyChanges = route({
   auth: "user",
   allowGuests: true,
   query: z.object({ from: z.string(), to: z.string() }),
-  async handler({ requester, query }, services) {
-    const from = deviceListPosition(query.from, "from");
-    const to = deviceListPosition(query.to, "to");
-    // No rooms yet, so no "shares a room with" filter: see DeviceLists.changedUsers.
-    const changed = await services.e2ee.deviceLists.changedUsers(requester.userId, from, to);
-    return { changed, left: [] };
-  },
+  handler: ({ requester, query }, services) =>
+    services.deviceListChanges.keyChanges(requester.userId, deviceListPoint(query.from, "from"), deviceListPoint(query.to, "to")),
 });
 
 /**
- * The device-list position in a `/keys/changes` token: a sync token (`s<events>_<account_data>_...`,
- * positions in the order of STREAMS, server/sync/streams.ts), or a bare device-list position.
+ * The positions a `/keys/changes` token gives: a sync token (`s<events>_<account_data>_...`,
+ * positions in the order of STREAMS, server/sync/streams.ts) gives the device-list and room-event
+ * positions; a bare number is a device-list position alone (membership changes are then left out).
  */
-function deviceListPosition(token: string, name: string): number {
-  if (/^[0-9]{1,16}$/.test(token)) return Number(token);
+function deviceListPoint(token: string, name: string): DeviceListPoint {
+  if (/^[0-9]{1,16}$/.test(token)) return { device_lists: Number(token) };
   if (/^s\d{1,16}(_\d{1,16})*$/.test(token)) {
-    const position = Number(token.slice(1).split("_")[STREAMS.indexOf("device_lists")] ?? 0);
-    if (Number.isSafeInteger(position)) return position;
+    const parts = token.slice(1).split("_").map(Number);
+    const point = { device_lists: parts[STREAMS.indexOf("device_lists")] ?? 0, events: parts[STREAMS.indexOf("events")] ?? 0 };
+    if (Number.isSafeInteger(point.device_lists) && Number.isSafeInteger(point.events)) return point;
   }
   throw invalidParam(`${name} is not a valid token`);
 }
