@@ -174,6 +174,37 @@ export class DeviceKeys {
     return rows.map((r) => r.algorithm).sort();
   }
 
+  /**
+   * `oneTimeKeyCounts` and `unusedFallbackKeyTypes` of several devices in two queries (the long-polls
+   * a message wakes all ask at once). Keyed by `userId\u0000deviceId`.
+   */
+  async keyCountsOf(
+    devices: ReadonlyArray<{ userId: string; deviceId: string }>,
+  ): Promise<Map<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>> {
+    const out = new Map<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>();
+    if (devices.length === 0) return out;
+    for (const d of devices) out.set(`${d.userId}\u0000${d.deviceId}`, { oneTimeKeyCounts: { [ALWAYS_COUNTED]: 0 }, unusedFallbackKeyTypes: [] });
+    const otk = schema.e2eOneTimeKeys;
+    const fallback = schema.e2eFallbackKeys;
+    const pairs = (t: typeof otk | typeof fallback) =>
+      sql`(${t.userId}, ${t.deviceId}) in (${sql.join(devices.map((d) => sql`(${d.userId}, ${d.deviceId})`), sql`, `)})`;
+    const [counts, unused] = await Promise.all([
+      this.db
+        .select({ userId: otk.userId, deviceId: otk.deviceId, algorithm: otk.algorithm, count: sql<number>`count(*)::int` })
+        .from(otk)
+        .where(pairs(otk))
+        .groupBy(otk.userId, otk.deviceId, otk.algorithm),
+      this.db
+        .select({ userId: fallback.userId, deviceId: fallback.deviceId, algorithm: fallback.algorithm })
+        .from(fallback)
+        .where(and(pairs(fallback), eq(fallback.used, false))),
+    ]);
+    for (const r of counts) out.get(`${r.userId}\u0000${r.deviceId}`)!.oneTimeKeyCounts[r.algorithm] = Number(r.count);
+    for (const r of unused) out.get(`${r.userId}\u0000${r.deviceId}`)!.unusedFallbackKeyTypes.push(r.algorithm);
+    for (const v of out.values()) v.unusedFallbackKeyTypes.sort();
+    return out;
+  }
+
   /** The stored device keys of one user: all devices, or those listed. */
   async deviceKeysOf(userId: string, deviceIds?: readonly string[]): Promise<Map<string, JsonObject>> {
     const t = schema.e2eDeviceKeys;
