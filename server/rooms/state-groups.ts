@@ -43,7 +43,7 @@ export function nextStateGroup(
 }
 
 /** The chain of groups from `groupIds` down to their snapshots, with each row's distance. */
-function chainCte(groupIds: readonly number[]): SQL {
+export function chainCte(groupIds: readonly number[]): SQL {
   const starts = sql.join(
     groupIds.map((g) => sql`${g}::bigint`),
     sql`, `,

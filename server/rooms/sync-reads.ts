@@ -6,9 +6,9 @@
 // reading, see server/sync/streams.ts), so one sync response is a consistent cut of the stream.
 import { sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
-import type { StateMap } from "../../federation/protocol/room-state.ts";
+import { type StateMap, stateMapKey } from "../../federation/protocol/room-state.ts";
 import { EVENT_COLUMNS, type EventStore, type StoredEvent, sqlList } from "./event-store.ts";
-import { loadStateGroup } from "./state-groups.ts";
+import { chainCte, loadStateGroup } from "./state-groups.ts";
 
 /** A local user's membership of a room, with where it sits in the room-event stream. */
 export interface RoomMembership {
@@ -128,16 +128,11 @@ export class SyncReads {
     return rows.length > 0;
   }
 
-  /** The state before an event (its state group). */
-  async stateBefore(event: StoredEvent): Promise<StateMap> {
-    return event.stateBeforeGroup === null ? new Map() : loadStateGroup(this.db, event.stateBeforeGroup);
-  }
-
   /**
-   * The room's state after its last timeline event at or before stream position `position` (empty
-   * when there is none).
+   * The state group of the room's state after its last timeline event at or before stream position
+   * `position` (null when there is none).
    */
-  async stateAt(roomId: string, position: number): Promise<StateMap> {
+  async groupAt(roomId: string, position: number): Promise<number | null> {
     const rows = rowsOf<{ state_before_group: string | number | null; state_after_group: string | number | null }>(
       await this.db.execute(sql`select e.state_before_group, e.state_after_group from events e
         where e.room_id = ${roomId} and e.stream_ordering <= ${position} and ${IN_TIMELINE}
@@ -145,7 +140,27 @@ export class SyncReads {
     );
     const row = rows[0];
     const group = row ? (row.state_after_group ?? row.state_before_group) : null;
-    return group === null ? new Map() : loadStateGroup(this.db, Number(group));
+    return group === null ? null : Number(group);
+  }
+
+  /**
+   * A state group's state: every key, or (for lazy-loading members) every key but the
+   * m.room.member events of users not in `members`.
+   */
+  async stateOfGroup(group: number | null, members: readonly string[] | "all" = "all"): Promise<StateMap> {
+    if (group === null) return new Map();
+    if (members === "all") return loadStateGroup(this.db, group);
+    const memberCondition = members.length ? sql` or e.state_key in (${sqlList(members)})` : sql``;
+    const rows = rowsOf<{ type: string; state_key: string; event_id: string | null }>(
+      await this.db.execute(sql`${chainCte([group])}
+        select distinct on (e.type, e.state_key) e.type, e.state_key, e.event_id
+        from chain c join state_group_entries e on e.group_id = c.id
+        where (e.type <> 'm.room.member'${memberCondition})
+        order by e.type, e.state_key, c.n`),
+    );
+    const state: StateMap = new Map();
+    for (const r of rows) if (r.event_id !== null) state.set(stateMapKey(r.type, r.state_key), r.event_id);
+    return state;
   }
 
   /** Stored events by ID. */
@@ -172,22 +187,31 @@ export class SyncReads {
    * from the room's current state.
    */
   async summary(roomId: string, userId: string): Promise<RoomSummary> {
-    const rows = rowsOf<{ state_key: string; membership: string }>(
-      await this.db.execute(sql`select c.state_key, c.membership from current_state c join events e on e.event_id = c.event_id
-        where c.room_id = ${roomId} and c.type = 'm.room.member' order by e.stream_ordering`),
+    const heroesOf = (memberships: string[]) =>
+      this.db.execute(sql`select c.state_key from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${roomId} and c.type = 'm.room.member' and c.state_key <> ${userId}
+          and c.membership in (${sqlList(memberships)})
+        order by e.stream_ordering limit 5`);
+    const [counts, active] = await Promise.all([
+      this.db.execute(sql`select count(*) filter (where membership = 'join') as joined,
+          count(*) filter (where membership = 'invite') as invited
+        from current_state where room_id = ${roomId} and type = 'm.room.member'`),
+      heroesOf(["join", "invite"]),
+    ]);
+    let heroes = rowsOf<{ state_key: string }>(active).map((r) => r.state_key);
+    if (heroes.length === 0) heroes = rowsOf<{ state_key: string }>(await heroesOf(["leave", "ban"])).map((r) => r.state_key);
+    const c = rowsOf<{ joined: string | number; invited: string | number }>(counts)[0];
+    return { heroes, joinedMemberCount: Number(c?.joined ?? 0), invitedMemberCount: Number(c?.invited ?? 0) };
+  }
+
+  /** Which of the events have events relating to them (so bundled aggregations may apply). */
+  async withRelations(eventIds: readonly string[]): Promise<Set<string>> {
+    if (eventIds.length === 0) return new Set();
+    const rows = rowsOf<{ relates_to_id: string }>(
+      await this.db.execute(sql`select distinct relates_to_id from event_relations
+        where relates_to_id in (${sqlList(eventIds)}) and rel_type <> 'm.in_reply_to'`),
     );
-    let joined = 0;
-    let invited = 0;
-    const active: string[] = [];
-    const gone: string[] = [];
-    for (const r of rows) {
-      if (r.membership === "join") joined++;
-      if (r.membership === "invite") invited++;
-      if (r.state_key === userId) continue;
-      if (r.membership === "join" || r.membership === "invite") active.push(r.state_key);
-      else if (r.membership === "leave" || r.membership === "ban") gone.push(r.state_key);
-    }
-    return { heroes: (active.length ? active : gone).slice(0, 5), joinedMemberCount: joined, invitedMemberCount: invited };
+    return new Set(rows.map((r) => r.relates_to_id));
   }
 
   /** The users joined to at least one room `userId` is joined to (themself included). */
