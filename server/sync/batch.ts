@@ -44,8 +44,8 @@ export class Batcher<K, V> {
 }
 
 /**
- * Shares the result of identical reads in flight (and for `keepMs` after): the woken long-polls of
- * one room all ask for the same events.
+ * Shares the result of identical reads in flight, and for `keepMs` after they finish: the woken
+ * long-polls of one room all ask for the same events.
  */
 export class SharedReads<V> {
   private readonly entries = new Map<string, { value: Promise<V>; expires: number }>();
@@ -63,9 +63,17 @@ export class SharedReads<V> {
       for (const [k, e] of this.entries) if (e.expires <= now) this.entries.delete(k);
       if (this.entries.size >= this.maxEntries) this.entries.clear();
     }
-    const value = read();
-    this.entries.set(key, { value, expires: now + this.keepMs });
-    value.catch(() => this.entries.delete(key));
-    return value;
+    const entry = { value: read(), expires: Number.POSITIVE_INFINITY };
+    this.entries.set(key, entry);
+    entry.value.then(
+      () => {
+        entry.expires = performance.now() + this.keepMs;
+        if (this.keepMs <= 0 && this.entries.get(key) === entry) this.entries.delete(key);
+      },
+      () => {
+        if (this.entries.get(key) === entry) this.entries.delete(key);
+      },
+    );
+    return entry.value;
   }
 }

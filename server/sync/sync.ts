@@ -117,6 +117,8 @@ interface Pass {
 interface RoomTimeline {
   events: StoredEvent[];
   limited: boolean;
+  /** The events that have events relating to them: only those need bundled aggregations. */
+  withRelations: Set<string>;
 }
 
 export class Sync {
@@ -125,11 +127,21 @@ export class Sync {
   private readonly lazyLoaded = new Map<string, Map<string, Set<string>>>();
   /** Per device: the to-device position already acknowledged (deleted up to). */
   private readonly toDeviceAcked = new Map<string, number>();
+  // Reads that the long-polls woken by one change make all at once: batched into one query each.
   private readonly memberships: Batcher<string, RoomMembership[]>;
+  private readonly unreadCounts: Batcher<string, Map<string, RoomUnreadCounts>>;
+  private readonly keyCounts: Batcher<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>;
   private readonly timelines = new SharedReads<RoomTimeline>(2_000);
+  /** Stream positions read by requests in flight; a request may share a read begun before it (see safeUpperBound). */
+  private readonly positionReads = new SharedReads<StreamPositions>(0);
 
   constructor(private readonly d: SyncDeps) {
     this.memberships = new Batcher((userIds) => d.reads.membershipsOf(userIds), () => []);
+    this.unreadCounts = new Batcher((userIds) => d.unread.countsOf(userIds), () => new Map());
+    this.keyCounts = new Batcher(
+      (keys) => d.e2ee.deviceKeys.keyCountsOf(keys.map((k) => ({ userId: k.split("\u0000")[0]!, deviceId: k.split("\u0000")[1]! }))),
+      () => ({ oneTimeKeyCounts: { signed_curve25519: 0 }, unusedFallbackKeyTypes: [] }),
+    );
   }
 
   /** Reads the streams' positions and starts listening to other processes. */
@@ -155,7 +167,8 @@ export class Sync {
       const deviceKey = `${userId}\u0000${deviceId}`;
       if (!since || req.fullState) this.lazyLoaded.delete(deviceKey);
 
-      let upper = await this.safeUpperBound();
+      // A token is itself a safe bound (it was one when handed out): never go back behind it.
+      let upper = since ? maxPositions(await this.safeUpperBound(), since) : await this.safeUpperBound();
       const pass: Pass = { userId, deviceId, filter, fullState: req.fullState, initial: !since, from: since ?? zeroPositions(), upper };
       let { response, empty, rooms } = await this.compute(pass);
       // "full_state ... the timeout parameter will be ignored and the query will return immediately"
@@ -182,7 +195,9 @@ export class Sync {
    * typing (in memory) as far as this process has applied it.
    */
   private async safeUpperBound(): Promise<StreamPositions> {
-    const stored = await readStreamPositions(this.d.db);
+    // A read already in flight gives a bound that is safe, if a little behind: what it misses was
+    // published after it began, and the notifier wakes the request for that at once.
+    const stored = await this.positionReads.get("", () => readStreamPositions(this.d.db));
     const known = this.d.notifier.positions();
     this.d.notifier.observe({ ...stored, typing: known.typing });
     return { ...maxPositions(stored, known), typing: known.typing };
@@ -234,12 +249,11 @@ export class Sync {
     const joined = memberships.filter((m) => m.membership === "join");
     const changedSince = (m: RoomMembership) => pass.initial || m.streamOrdering > from.events;
 
-    const [accountData, presence, toDevice, otkCounts, fallbackTypes] = await Promise.all([
+    const [accountData, presence, toDevice, keyCounts] = await Promise.all([
       moved("account_data") ? this.d.userData.accountDataSince(userId, pass.initial ? 0 : from.account_data, upper.account_data) : [],
       moved("presence") ? this.presenceFor(pass) : [],
       moved("to_device") ? this.d.e2ee.toDevice.fetchToDevice(userId, deviceId, from.to_device, TO_DEVICE_LIMIT) : undefined,
-      this.d.e2ee.deviceKeys.oneTimeKeyCounts(userId, deviceId),
-      this.d.e2ee.deviceKeys.unusedFallbackKeyTypes(userId, deviceId),
+      this.keyCounts.get(`${userId}\u0000${deviceId}`),
     ]);
     // Room account data of rooms joined since the token: all of it, not only what changed.
     const newlyJoinedIds = new Set(joined.filter((m) => !pass.initial && m.streamOrdering > from.events).map((m) => m.roomId));
@@ -292,7 +306,7 @@ export class Sync {
       })),
     );
     const included = joinedResults.filter((r): r is NonNullable<typeof r> => r !== undefined);
-    const unread = included.length ? await this.d.unread.countsFor(userId, included.map((r) => r.roomId)) : new Map<string, RoomUnreadCounts>();
+    const unread = included.length ? await this.unreadCounts.get(userId) : new Map<string, RoomUnreadCounts>();
     const threadCounts = filter.room?.timeline?.unread_thread_notifications === true;
     for (const r of included) {
       const counts = unread.get(r.roomId);
@@ -324,8 +338,8 @@ export class Sync {
 
     const response: SyncResponse = {
       next_batch: "",
-      device_one_time_keys_count: otkCounts,
-      device_unused_fallback_key_types: fallbackTypes,
+      device_one_time_keys_count: keyCounts.oneTimeKeyCounts,
+      device_unused_fallback_key_types: keyCounts.unusedFallbackKeyTypes,
     };
     const rooms: NonNullable<SyncResponse["rooms"]> = {};
     if (Object.keys(joinResponses).length) rooms.join = joinResponses;
@@ -374,7 +388,11 @@ export class Sync {
       notSenders: filter?.not_senders,
     };
     const key = `${roomId}|${from}|${to}|${limit}|${JSON.stringify(typeFilter)}`;
-    return this.timelines.get(key, () => this.d.reads.roomEvents(roomId, from, to, limit, typeFilter));
+    return this.timelines.get(key, async () => {
+      const { events, limited } = await this.d.reads.roomEvents(roomId, from, to, limit, typeFilter);
+      const withRelations = await this.d.reads.withRelations(events.filter((e) => e.stateKey === undefined).map((e) => e.eventId));
+      return { events, limited, withRelations };
+    });
   }
 
   private async joinedRoom(
@@ -402,10 +420,14 @@ export class Sync {
     }
 
     const wholeState = newlyJoined || pass.fullState;
-    const state = await this.stateSection(pass, roomId, events, limited, wholeState);
-    const summaryNeeded = wholeState || events.some((e) => e.type === "m.room.member") || state.some((e) => e.type === "m.room.member");
-    const summary = summaryNeeded ? await this.d.reads.summary(roomId, userId) : undefined;
-    const stateEvents = await this.lazyLoadMembers(pass, roomId, state, events, limited && !wholeState, summary?.heroes ?? [], wholeState);
+    const isMember = (e: StoredEvent) => e.type === "m.room.member";
+    // The summary's heroes also choose lazy-loaded members, so it is read before the state.
+    const summary = wholeState || limited || events.some(isMember) ? await this.d.reads.summary(roomId, userId) : undefined;
+    const stateEvents = (await this.stateSection(pass, roomId, events, limited, wholeState, summary?.heroes ?? [])).filter((e) =>
+      passesFilter(filter.room?.state, { type: e.type, sender: e.sender, content: e.pdu.content }),
+    );
+    // "If this field has not changed since the last sync, it may be omitted."
+    const membersChanged = wholeState || events.some(isMember) || stateEvents.some(isMember);
 
     const ephemeralEvents: JsonObject[] = [];
     if (ephemeral.typing) ephemeralEvents.push({ type: "m.typing", content: { user_ids: ephemeral.typing } });
@@ -416,8 +438,10 @@ export class Sync {
       return undefined;
     }
     const reader = { userId, deviceId: pass.deviceId };
+    // Bundled aggregations only when some event has children (rarely so for new events).
+    const aggregations = events.some((e) => fetched.withRelations.has(e.eventId));
     const [timelineEvents, formattedState] = await Promise.all([
-      this.d.eventStore.format(events, reader),
+      this.d.eventStore.format(events, reader, { aggregations }),
       this.d.eventStore.format(stateEvents, reader, { aggregations: false }),
     ]);
     const fields = filter.event_fields;
@@ -432,7 +456,7 @@ export class Sync {
       account_data: { events: ephemeral.accountData },
       unread_notifications: { notification_count: 0, highlight_count: 0 },
     };
-    if (summary) {
+    if (summary && membersChanged) {
       response.summary = {
         "m.heroes": summary.heroes,
         "m.joined_member_count": summary.joinedMemberCount,
@@ -446,58 +470,69 @@ export class Sync {
    * The state section: the whole state at the start of the timeline for a room new to this sync
    * (or with full_state); for a limited incremental timeline, what changed between the token and
    * the start of the timeline; otherwise nothing (every change is in the timeline).
+   *
+   * Lazy loading (`lazy_load_members` on the state filter): instead of every member, the member
+   * events of the timeline's senders, the heroes and (on a join or full state) the user; those
+   * already sent to this device are left out unless `include_redundant_members`. Membership changes
+   * in the gap of a limited sync are always sent. Only the member events needed are read.
    */
-  private async stateSection(pass: Pass, roomId: string, events: StoredEvent[], limited: boolean, wholeState: boolean): Promise<StoredEvent[]> {
-    if (!wholeState && !limited) return [];
-    const atStart = events.length ? await this.d.reads.stateBefore(events[0]!) : await this.d.reads.stateAt(roomId, pass.upper.events);
-    let ids: string[];
-    if (wholeState) {
-      ids = [...atStart.values()];
-    } else {
-      const atSince = await this.d.reads.stateAt(roomId, pass.from.events);
-      ids = [...atStart].filter(([k, id]) => atSince.get(k) !== id).map(([, id]) => id);
-    }
-    const stateFilter = pass.filter.room?.state;
-    const loaded = await this.d.reads.getEvents(ids);
-    return [...loaded.values()].filter((e) => passesFilter(stateFilter, { type: e.type, sender: e.sender, content: e.pdu.content }));
-  }
-
-  /**
-   * Lazy loading (`lazy_load_members` on the state filter): the member events of the timeline's
-   * senders (and the heroes, and the user's own on a join or full state) instead of every member;
-   * those already sent to this device are left out unless `include_redundant_members`. Membership
-   * changes in the gap of a limited sync are always kept.
-   */
-  private async lazyLoadMembers(
+  private async stateSection(
     pass: Pass,
     roomId: string,
-    state: StoredEvent[],
     timeline: StoredEvent[],
-    gap: boolean,
-    heroes: string[],
+    limited: boolean,
     wholeState: boolean,
+    heroes: string[],
   ): Promise<StoredEvent[]> {
     const stateFilter = pass.filter.room?.state;
-    if (stateFilter?.lazy_load_members !== true) return state;
-    const wanted = new Set(timeline.map((e) => e.sender));
-    for (const h of heroes) wanted.add(h);
-    if (wholeState) wanted.add(pass.userId);
-    const keep = state.filter((e) => e.type !== "m.room.member" || gap || wanted.has(e.stateKey!));
-    // Wanted members whose events are not in `state` (unchanged since the token) come from the
-    // state at the timeline's start, unless they are in the timeline itself.
-    const have = new Set(keep.filter((e) => e.type === "m.room.member").map((e) => e.stateKey!));
-    for (const e of timeline) if (e.type === "m.room.member") have.add(e.stateKey!);
-    const missing = [...wanted].filter((u) => !have.has(u));
-    if (missing.length && !wholeState) {
-      const atStart: StateMap = timeline.length ? await this.d.reads.stateBefore(timeline[0]!) : await this.d.reads.stateAt(roomId, pass.upper.events);
-      const ids: string[] = [];
+    const lazy = stateFilter?.lazy_load_members === true;
+    if (!wholeState && !limited && !lazy) return [];
+    const startGroup = () => (timeline.length ? Promise.resolve(timeline[0]!.stateBeforeGroup) : this.d.reads.groupAt(roomId, pass.upper.events));
+
+    // Members the client should have (lazy loading), less those it already has.
+    const sent = lazy && stateFilter.include_redundant_members !== true ? this.lazyLoadedIn(pass, roomId, wholeState) : undefined;
+    const wanted = new Set<string>();
+    if (lazy) {
+      for (const e of timeline) wanted.add(e.sender);
+      for (const h of heroes) wanted.add(h);
+      if (wholeState) wanted.add(pass.userId);
+      // The timeline carries its own member events.
+      for (const e of timeline) if (e.type === "m.room.member") wanted.delete(e.stateKey!);
+      if (sent) for (const u of sent) wanted.delete(u);
+    }
+
+    let ids: string[];
+    if (wholeState) {
+      const state = await this.d.reads.stateOfGroup(await startGroup(), lazy ? [...wanted] : "all");
+      ids = [...state.values()];
+    } else if (limited) {
+      const [atStart, atSince] = await Promise.all([
+        startGroup().then((g) => this.d.reads.stateOfGroup(g)),
+        this.d.reads.groupAt(roomId, pass.from.events).then((g) => this.d.reads.stateOfGroup(g)),
+      ]);
+      const changed = new Set<string>();
+      for (const [k, id] of atStart) if (atSince.get(k) !== id) changed.add(id);
+      // Lazy loading: the wanted members not in the delta, from the state at the timeline's start.
       for (const [k, id] of atStart) {
         const [type, stateKey] = splitStateMapKey(k);
-        if (type === "m.room.member" && missing.includes(stateKey)) ids.push(id);
+        if (type === "m.room.member" && wanted.has(stateKey)) changed.add(id);
       }
-      keep.push(...(await this.d.reads.getEvents(ids)).values());
+      ids = [...changed];
+    } else {
+      if (wanted.size === 0) return [];
+      const state = await this.d.reads.stateOfGroup(await startGroup(), [...wanted]);
+      ids = [];
+      for (const [k, id] of state) if (splitStateMapKey(k)[0] === "m.room.member") ids.push(id);
     }
-    if (stateFilter.include_redundant_members === true) return keep;
+    const events = [...(await this.d.reads.getEvents(ids)).values()];
+    if (sent) {
+      for (const e of [...events, ...timeline]) if (e.type === "m.room.member") sent.add(e.stateKey!);
+    }
+    return events;
+  }
+
+  /** The members whose events this device already has in the room (lazy loading); reset by a join or full state. */
+  private lazyLoadedIn(pass: Pass, roomId: string, reset: boolean): Set<string> {
     const deviceKey = `${pass.userId}\u0000${pass.deviceId}`;
     let rooms = this.lazyLoaded.get(deviceKey);
     if (!rooms) {
@@ -505,11 +540,8 @@ export class Sync {
       this.lazyLoaded.set(deviceKey, (rooms = new Map()));
     }
     let sent = rooms.get(roomId);
-    if (!sent) rooms.set(roomId, (sent = new Set()));
-    const out = keep.filter((e) => e.type !== "m.room.member" || gap || !sent.has(e.eventId));
-    for (const e of out) if (e.type === "m.room.member") sent.add(e.eventId);
-    for (const e of timeline) if (e.type === "m.room.member") sent.add(e.eventId);
-    return out;
+    if (!sent || reset) rooms.set(roomId, (sent = new Set()));
+    return sent;
   }
 
   private async leftRoom(pass: Pass, m: RoomMembership, accountData: JsonObject[]) {
@@ -532,7 +564,7 @@ export class Sync {
       events = [leaveEvent];
     }
     const state = events.length && (limited || pass.initial || pass.fullState)
-      ? [...(await this.d.reads.getEvents([...(await this.d.reads.stateBefore(events[0]!)).values()])).values()]
+      ? [...(await this.d.reads.getEvents([...(await this.d.reads.stateOfGroup(events[0]!.stateBeforeGroup)).values()])).values()]
       : [];
     const reader = { userId, deviceId: pass.deviceId };
     return {

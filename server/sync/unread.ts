@@ -42,24 +42,29 @@ export class UnreadCounts {
       );
   }
 
-  /** The counts of the user in each room of `roomIds` (rooms without notifications are absent). */
-  async countsFor(userId: string, roomIds: string[]): Promise<Map<string, RoomUnreadCounts>> {
-    const out = new Map<string, RoomUnreadCounts>();
-    if (roomIds.length === 0) return out;
+  /**
+   * The counts of each user in each of their rooms with unread notifications, in one query for all
+   * of them (the long-polls a message wakes all ask at once).
+   */
+  async countsOf(userIds: readonly string[]): Promise<Map<string, Map<string, RoomUnreadCounts>>> {
+    const out = new Map<string, Map<string, RoomUnreadCounts>>(userIds.map((u) => [u, new Map()]));
+    if (userIds.length === 0) return out;
     const t = schema.eventPushActions;
     const rows = await this.db
       .select({
+        userId: t.userId,
         roomId: t.roomId,
         threadId: t.threadId,
         notifications: sql<string>`count(*)`,
         highlights: sql<string>`count(*) filter (where ${t.highlight})`,
       })
       .from(t)
-      .where(and(eq(t.userId, userId), inArray(t.roomId, roomIds)))
-      .groupBy(t.roomId, t.threadId);
+      .where(inArray(t.userId, [...userIds]))
+      .groupBy(t.userId, t.roomId, t.threadId);
     for (const r of rows) {
-      let room = out.get(r.roomId);
-      if (!room) out.set(r.roomId, (room = { all: { notification_count: 0, highlight_count: 0 }, threads: new Map() }));
+      const rooms = out.get(r.userId)!;
+      let room = rooms.get(r.roomId);
+      if (!room) rooms.set(r.roomId, (room = { all: { notification_count: 0, highlight_count: 0 }, threads: new Map() }));
       const counts = { notification_count: Number(r.notifications), highlight_count: Number(r.highlights) };
       room.all.notification_count += counts.notification_count;
       room.all.highlight_count += counts.highlight_count;
