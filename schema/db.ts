@@ -6,7 +6,8 @@ import { mkdir } from "node:fs/promises";
 import { setFlagsFromString } from "node:v8";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { sql } from "drizzle-orm";
+import { type SQL, sql } from "drizzle-orm";
+import { PgDatabase as PgDatabaseClass, PgDialect } from "drizzle-orm/pg-core";
 import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
 import { readMigrationFiles } from "drizzle-orm/migrator";
 import { lockEmbeddedDatabase } from "./embedded-lock.ts";
@@ -36,6 +37,25 @@ export interface OpenedDatabase {
   notify(channel: string, payload: string): Promise<void>;
   /** Subscribes to NOTIFY on a channel; resolves once listening. */
   listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  /**
+   * PostgreSQL only: one connection of the pool, held until `release()`, for a caller that runs its
+   * own transaction and pipelines statements (its COMMIT sent with its last statement, say).
+   */
+  reserve?(): Promise<ReservedConnection>;
+}
+
+/** A connection held by one caller (see OpenedDatabase.reserve). */
+export interface ReservedConnection {
+  /** Queries on this connection. */
+  db: Database;
+  /**
+   * Sends the statements back to back and answers each one's rows, in order: one round trip, BEGIN
+   * or COMMIT included. Their values are inlined as escaped literals, so each goes as a simple-protocol
+   * query: a parameterised statement not prepared yet would wait for a describe round trip first,
+   * and hold back the statements queued behind it.
+   */
+  pipeline(statements: SQL[]): Promise<unknown[][]>;
+  release(): void;
 }
 
 export class MigrationError extends Error {
@@ -138,7 +158,7 @@ async function initPgliteInChildProcess(dataDir: string): Promise<void> {
 
 async function openPostgres(url: string, poolSize: number): Promise<OpenedDatabase> {
   const { default: postgres } = await import("postgres");
-  const { drizzle } = await import("drizzle-orm/postgres-js");
+  const { drizzle, PostgresJsSession } = await import("drizzle-orm/postgres-js");
   const client = postgres(url, {
     max: poolSize,
     onnotice: () => {},
@@ -160,8 +180,35 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
       const sub = await client.listen(channel, onPayload);
       return () => sub.unlisten();
     },
+    async reserve() {
+      const connection = await client.reserve();
+      // As drizzle builds a transaction's handle: the pool's dialect and schema, this connection.
+      const base = (db as unknown as { session: { dialect: PgDialect; schema: unknown; options: unknown } }).session;
+      const session = new PostgresJsSession(connection, base.dialect, base.schema as never, base.options as never);
+      return {
+        db: new PgDatabaseClass(base.dialect, session as never, base.schema as never) as unknown as Database,
+        pipeline: (statements) =>
+          Promise.all(
+            statements.map(
+              (s) => connection.unsafe(inliningDialect.sqlToQuery(s.inlineParams()).sql) as unknown as Promise<unknown[]>,
+            ),
+          ),
+        release: () => connection.release(),
+      };
+    },
   };
 }
+
+/**
+ * Inlines values as E'' string literals (backslashes and quotes escaped), which read the same
+ * whatever `standard_conforming_strings` says. Numbers, booleans and null are written as such.
+ */
+class InliningDialect extends PgDialect {
+  override escapeString(str: string): string {
+    return `E'${str.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
+  }
+}
+const inliningDialect = new InliningDialect();
 
 /** Arbitrary constant: the advisory lock that serialises migrations across processes. */
 const MIGRATION_LOCK = 7_201_604_117;

@@ -61,7 +61,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const accountServices = createAccountServices(database, config, logger, now);
     await accountServices.sessions.start();
     const roomServices = createRoomServices({
-      db: database.db,
+      database,
       serverName: config.server_name,
       signingKey,
       now,

@@ -29,7 +29,7 @@
 import { randomBytes } from "node:crypto";
 import { type SQL, sql } from "drizzle-orm";
 import type { Logger } from "pino";
-import { type Database, rowsOf } from "../../schema/db.ts";
+import { type Database, type OpenedDatabase, rowsOf } from "../../schema/db.ts";
 import { canonicalJson, CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
 import { authTypesForEvent, selectAuthEvents } from "../../federation/protocol/auth-events-selection.ts";
 import { checkAuth } from "../../federation/protocol/auth-rules.ts";
@@ -40,7 +40,7 @@ import { MAX_PDU_BYTES, type Pdu, type RoomEvent } from "../../federation/protoc
 import { type StateMap, type StateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
 import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
-import { MatrixError, forbidden } from "../http/errors.ts";
+import { MatrixError, forbidden, notFound } from "../http/errors.ts";
 import {
   type NewStateGroup,
   type StateGroupRef,
@@ -52,8 +52,13 @@ import {
 
 type JsonObject = Record<string, unknown>;
 
-/** Queued jobs of one room persisted in one transaction, at most. */
-const MAX_BATCH = 64;
+/** Batches (transactions) in flight at once; each takes a connection of the pool. */
+const MAX_CONCURRENT_BATCHES = 4;
+/** Queued jobs of one room taken into one batch, at most. */
+const MAX_JOBS_PER_ROOM = 64;
+/** Rooms and jobs in one batch, at most. */
+const MAX_ROOMS_PER_BATCH = 64;
+const MAX_JOBS_PER_BATCH = 256;
 /** prev_events of a local event, at most (the spec allows 20). */
 const MAX_PREV_EVENTS = 10;
 /** Rooms whose current state stays cached in memory. */
@@ -167,9 +172,16 @@ interface Job {
   reject(err: unknown): void;
 }
 
-interface RoomQueue {
+interface RoomBatch {
+  roomId: string;
   jobs: Job[];
-  running: boolean;
+}
+
+/** What one room contributes to a batch's statement. */
+interface RoomWrite {
+  snapshot: RoomSnapshot;
+  events: EventToStore[];
+  newRoom?: { creator: string; isPublic: boolean };
 }
 
 /** Thrown inside a batch to make one job fail with an error for its caller. */
@@ -194,7 +206,13 @@ class UndoLog {
 }
 
 export class EventPersister {
-  private readonly queues = new Map<string, RoomQueue>();
+  /** Jobs waiting, per room. */
+  private readonly pending = new Map<string, Job[]>();
+  /** Rooms with pending jobs and no batch in flight, oldest first. */
+  private readonly ready = new Set<string>();
+  /** Rooms in a batch in flight. */
+  private readonly busy = new Set<string>();
+  private running = 0;
   /** Least recently used first (Map insertion order). */
   private readonly snapshots = new Map<string, RoomSnapshot>();
   private readonly groupIds = new StateGroupIds();
@@ -202,13 +220,17 @@ export class EventPersister {
   private readonly listeners: EventsPersistedListener[] = [];
   private readonly extensions: EventsWriteExtension[] = [];
 
+  private readonly db: Database;
+
   constructor(
-    private readonly db: Database,
+    private readonly database: OpenedDatabase,
     private readonly serverName: string,
     private readonly signingKey: SigningKey,
     private readonly now: () => number,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.db = database.db;
+  }
 
   onEventsPersisted(listener: EventsPersistedListener): void {
     this.listeners.push(listener);
@@ -264,7 +286,9 @@ export class EventPersister {
         events: new Map(),
       };
       try {
-        const built = await this.db.transaction(async (tx) => {
+        const built = await this.inTransaction(async (t) => {
+          await t.start();
+          const tx = t.db;
           const undo = new UndoLog();
           const out: EventToStore[] = [];
           const create: EventTemplate = { type: "m.room.create", state_key: "", sender: creator, content: createContent, originServerTs: createTs };
@@ -272,8 +296,8 @@ export class EventPersister {
           if (rules.roomIdIsCreateEventId) snapshot.roomId = computeRoomIdFromCreateEvent(rules, out[0]!.pdu);
           for (const template of templates(snapshot.roomId)) out.push(await this.build(tx, snapshot, undo, template));
           await alongside?.(tx, snapshot.roomId);
-          const position = await this.writeEvents(tx, snapshot, out, { creator, isPublic });
-          return this.persistedEvents(snapshot.roomId, out, position);
+          const last = await this.writeEvents(t, [{ snapshot, events: out, newRoom: { creator, isPublic } }]);
+          return [...this.persistedEvents([{ snapshot, events: out }], last).values()];
         });
         this.cache(snapshot);
         this.announce(snapshot.roomId, built);
@@ -291,10 +315,11 @@ export class EventPersister {
    */
   enqueue(roomId: string, prepare: Prepare, txn?: TxnRef): Promise<PersistedEvent[]> {
     return new Promise((resolve, reject) => {
-      let queue = this.queues.get(roomId);
-      if (!queue) this.queues.set(roomId, (queue = { jobs: [], running: false }));
-      queue.jobs.push({ prepare, txn, resolve, reject });
-      if (!queue.running) void this.drain(roomId, queue);
+      let jobs = this.pending.get(roomId);
+      if (!jobs) this.pending.set(roomId, (jobs = []));
+      jobs.push({ prepare, txn, resolve, reject });
+      if (!this.busy.has(roomId)) this.ready.add(roomId);
+      this.pump();
     });
   }
 
@@ -304,122 +329,177 @@ export class EventPersister {
     return event!;
   }
 
-  private async drain(roomId: string, queue: RoomQueue): Promise<void> {
-    queue.running = true;
-    try {
-      while (queue.jobs.length > 0) {
-        const batch = queue.jobs.splice(0, MAX_BATCH);
-        await this.runBatch(roomId, batch);
+  /**
+   * Starts batches while fewer than MAX_CONCURRENT_BATCHES run: each takes the rooms that have
+   * queued jobs and no batch in flight (a room is in at most one batch: its events persist one at a
+   * time), with up to MAX_JOBS_PER_ROOM jobs of each. Under light load every event gets a batch of
+   * its own at once; under load the rooms' queued events share transactions (group commit).
+   */
+  private pump(): void {
+    while (this.running < MAX_CONCURRENT_BATCHES && this.ready.size > 0) {
+      const batch: RoomBatch[] = [];
+      let jobCount = 0;
+      for (const roomId of this.ready) {
+        if (batch.length >= MAX_ROOMS_PER_BATCH || jobCount >= MAX_JOBS_PER_BATCH) break;
+        const queued = this.pending.get(roomId)!;
+        const jobs = queued.splice(0, MAX_JOBS_PER_ROOM);
+        if (queued.length === 0) this.pending.delete(roomId);
+        this.ready.delete(roomId);
+        this.busy.add(roomId);
+        batch.push({ roomId, jobs });
+        jobCount += jobs.length;
       }
-    } finally {
-      queue.running = false;
-      if (queue.jobs.length === 0) this.queues.delete(roomId);
-      else void this.drain(roomId, queue);
+      this.running++;
+      void this.runBatch(batch).finally(() => {
+        this.running--;
+        for (const { roomId } of batch) {
+          this.busy.delete(roomId);
+          if (this.pending.has(roomId)) this.ready.add(roomId);
+        }
+        this.pump();
+      });
     }
   }
 
-  private async runBatch(roomId: string, jobs: Job[]): Promise<void> {
-    const outcomes: Array<{ ok: true; events: EventToStore[] } | { ok: true; existing: PersistedEvent } | { ok: false; error: unknown }> = [];
-    let snapshot: RoomSnapshot | undefined;
-    let persisted: PersistedEvent[] = [];
+  /** One transaction for the queued jobs of several rooms. Never throws: each job gets its outcome. */
+  private async runBatch(batch: RoomBatch[]): Promise<void> {
+    type Outcome = { ok: true; events: EventToStore[] } | { ok: true; existing: PersistedEvent } | { ok: false; error: unknown };
+    const outcomes = new Map<Job, Outcome>();
+    const snapshots = new Map<string, RoomSnapshot>();
+    let persisted = new Map<string, PersistedEvent>();
+    // Rooms in a fixed order: the row locks of concurrent batches (in any process) never cross.
+    const rooms = [...batch].sort((a, b) => (a.roomId < b.roomId ? -1 : a.roomId > b.roomId ? 1 : 0));
     try {
-      persisted = await this.db.transaction(async (tx) => {
-        // The transaction IDs of the batch are looked up in the same round trip as the lock
-        // (postgres.js pipelines the two queries on the transaction's connection).
-        const [locked, done] = await Promise.all([this.lockRoom(tx, roomId), this.storedTransactions(tx, jobs)]);
-        snapshot = locked;
-        const undo = new UndoLog();
-        const all: EventToStore[] = [];
-        const view = this.view(tx, snapshot);
-        const txnsInBatch = new Map<string, EventToStore>();
-        for (const job of jobs) {
-          const mark = undo.mark();
-          const start = all.length;
-          const key = job.txn && txnKey(job.txn);
-          const existing = key === undefined ? undefined : done.get(key);
-          if (existing) {
-            outcomes.push({ ok: true, existing });
+      persisted = await this.inTransaction(async (t) => {
+        // BEGIN, the rooms' row locks and the batch's transaction IDs: one round trip.
+        const txns = rooms.flatMap((r) => r.jobs.flatMap((j) => (j.txn ? [j.txn] : [])));
+        const [row] = (await t.start(lockRoomsQuery(rooms.map((r) => r.roomId), txns))) as Array<{ rooms: unknown; txns: unknown }>;
+        const rowOf = new Map(jsonRows<{ room_id: string }>(row?.rooms).map((r) => [r.room_id, r]));
+        const done = parseStoredTransactions(jsonRows(row?.txns));
+        const tx = t.db;
+        const writes: RoomWrite[] = [];
+        for (const { roomId, jobs } of rooms) {
+          const row = rowOf.get(roomId);
+          if (!row) {
+            for (const job of jobs) outcomes.set(job, { ok: false, error: notFound("Unknown room") });
             continue;
           }
-          const sameBatch = key === undefined ? undefined : txnsInBatch.get(key);
-          if (sameBatch) {
-            outcomes.push({ ok: true, events: [sameBatch] });
-            continue;
+          const snapshot = await this.snapshotOf(tx, roomId, row);
+          snapshots.set(roomId, snapshot);
+          const undo = new UndoLog();
+          const all: EventToStore[] = [];
+          const view = this.view(tx, snapshot);
+          const txnsInBatch = new Map<string, EventToStore>();
+          for (const job of jobs) {
+            const mark = undo.mark();
+            const start = all.length;
+            const key = job.txn && txnKey(job.txn);
+            const existing = key === undefined ? undefined : done.get(key);
+            if (existing) {
+              outcomes.set(job, { ok: true, existing });
+              continue;
+            }
+            const sameBatch = key === undefined ? undefined : txnsInBatch.get(key);
+            if (sameBatch) {
+              outcomes.set(job, { ok: true, events: [sameBatch] });
+              continue;
+            }
+            try {
+              const templates = await job.prepare(view);
+              for (const template of templates) all.push(await this.build(tx, snapshot, undo, template));
+              outcomes.set(job, { ok: true, events: all.slice(start) });
+              if (key !== undefined && all.length > start) txnsInBatch.set(key, all[start]!);
+            } catch (err) {
+              // A refused event fails its job alone; anything else (a database error) fails the batch.
+              if (!(err instanceof JobFailure || err instanceof MatrixError)) throw err;
+              undo.rollbackTo(mark);
+              all.length = start;
+              outcomes.set(job, { ok: false, error: err instanceof JobFailure ? err.cause : err });
+            }
           }
-          try {
-            const templates = await job.prepare(view);
-            for (const template of templates) all.push(await this.build(tx, snapshot, undo, template));
-            outcomes.push({ ok: true, events: all.slice(start) });
-            if (key !== undefined && all.length > start) txnsInBatch.set(key, all[start]!);
-          } catch (err) {
-            // A refused event fails its job alone; anything else (a database error) fails the batch.
-            if (!(err instanceof JobFailure || err instanceof MatrixError)) throw err;
-            undo.rollbackTo(mark);
-            all.length = start;
-            outcomes.push({ ok: false, error: err instanceof JobFailure ? err.cause : err });
-          }
+          if (all.length > 0) writes.push({ snapshot, events: all });
         }
-        if (all.length === 0) return [];
-        const position = await this.writeEvents(tx, snapshot, all);
-        return this.persistedEvents(roomId, all, position);
+        if (writes.length === 0) return new Map<string, PersistedEvent>();
+        const last = await this.writeEvents(t, writes);
+        return this.persistedEvents(writes, last);
       });
     } catch (err) {
-      // The transaction failed: nothing was stored, and the cached state may be ahead of the database.
-      this.snapshots.delete(roomId);
-      for (const job of jobs) job.reject(err);
-      if (!(err instanceof MatrixError)) this.logger.error({ err, roomId }, "persisting events failed");
+      // The transaction failed: nothing was stored, and the cached states may be ahead of the database.
+      for (const { roomId, jobs } of batch) {
+        this.snapshots.delete(roomId);
+        for (const job of jobs) job.reject(err);
+      }
+      this.logger.error({ err, rooms: batch.map((r) => r.roomId) }, "persisting events failed");
       return;
     }
-    if (snapshot) this.cache(snapshot);
-    const byId = new Map(persisted.map((p) => [p.eventId, p]));
-    jobs.forEach((job, i) => {
-      const outcome = outcomes[i]!;
-      if (!outcome.ok) job.reject(outcome.error);
-      else if ("existing" in outcome) job.resolve([outcome.existing]);
-      else job.resolve(outcome.events.map((e) => byId.get(e.eventId)!));
-    });
-    if (persisted.length > 0) this.announce(roomId, persisted);
+    for (const snapshot of snapshots.values()) this.cache(snapshot);
+    const byRoom = new Map<string, PersistedEvent[]>();
+    for (const event of persisted.values()) {
+      let list = byRoom.get(event.roomId);
+      if (!list) byRoom.set(event.roomId, (list = []));
+      list.push(event);
+    }
+    for (const { jobs } of batch) {
+      for (const job of jobs) {
+        const outcome = outcomes.get(job)!;
+        if (!outcome.ok) job.reject(outcome.error);
+        else if ("existing" in outcome) job.resolve([outcome.existing]);
+        else job.resolve(outcome.events.map((e) => persisted.get(e.eventId)!));
+      }
+    }
+    for (const [roomId, events] of byRoom) this.announce(roomId, events);
   }
 
-  /** The events already stored for the jobs' client transaction IDs, by transaction key. */
-  private async storedTransactions(tx: Database, jobs: Job[]): Promise<Map<string, PersistedEvent>> {
-    const txns = jobs.flatMap((j) => (j.txn ? [j.txn] : []));
-    const out = new Map<string, PersistedEvent>();
-    if (txns.length === 0) return out;
-    const rows = rowsOf<{
-      user_id: string;
-      device_id: string;
-      endpoint: string;
-      txn_id: string;
-      event_id: string;
-      room_id: string;
-      type: string;
-      state_key: string | null;
-      sender: string;
-      stream_ordering: string | number | null;
-      topological_ordering: string | number;
-    }>(
-      await tx.execute(sql`select t.user_id, t.device_id, t.endpoint, t.txn_id, e.event_id, e.room_id, e.type, e.state_key,
-          e.sender, e.stream_ordering, e.topological_ordering
-        from event_transactions t join events e on e.event_id = t.event_id
-        where (t.user_id, t.device_id, t.endpoint, t.txn_id) in (${sql.join(
-          txns.map((t) => sql`(${t.userId}, ${t.deviceId}, ${t.endpoint}, ${t.txnId})`),
-          sql`, `,
-        )})`),
-    );
-    for (const r of rows) {
-      out.set(txnKey({ userId: r.user_id, deviceId: r.device_id, endpoint: r.endpoint as TxnRef["endpoint"], txnId: r.txn_id }), {
-        eventId: r.event_id,
-        roomId: r.room_id,
-        type: r.type,
-        stateKey: r.state_key ?? undefined,
-        sender: r.sender,
-        membership: undefined,
-        streamOrdering: Number(r.stream_ordering ?? 0),
-        topologicalOrdering: Number(r.topological_ordering),
+  /**
+   * Runs `work` in one transaction. On PostgreSQL it holds a connection of its own and pipelines:
+   * `start` sends BEGIN with the first queries, `commitWith` sends the last statement with COMMIT, so
+   * the stream-position lock that statement takes is released without waiting for this process to
+   * read its answer. On PGlite (one connection, in process) it is an ordinary transaction.
+   */
+  private async inTransaction<T>(work: (t: PersistTransaction) => Promise<T>): Promise<T> {
+    const reserve = this.database.reserve;
+    if (!reserve) {
+      return this.db.transaction(async (tx) => {
+        let committed = false;
+        return work({
+          db: tx,
+          start: async (query) => (query ? rowsOf(await tx.execute(query)) : []),
+          commitWith: async (last) => {
+            if (committed) throw new Error("transaction already finished");
+            committed = true;
+            return rowsOf(await tx.execute(last));
+          },
+        });
       });
     }
-    return out;
+    const connection = await reserve.call(this.database);
+    let state = "new" as "new" | "open" | "done";
+    try {
+      const result = await work({
+        db: connection.db,
+        start: async (query) => {
+          state = "open";
+          const [, rows] = await connection.pipeline(query ? [sql`begin`, query] : [sql`begin`]);
+          return rows ?? [];
+        },
+        commitWith: async (last) => {
+          const [rows] = await connection.pipeline([last, sql`commit`]);
+          state = "done";
+          return rows!;
+        },
+      });
+      if (state === "open") {
+        await connection.pipeline([sql`commit`]);
+        state = "done";
+      }
+      return result;
+    } catch (err) {
+      // A failed statement left the transaction aborted (its COMMIT, sent with it, did not run).
+      if (state !== "new") await connection.pipeline([sql`rollback`]).catch(() => {});
+      throw err;
+    } finally {
+      connection.release();
+    }
   }
 
   private announce(roomId: string, events: PersistedEvent[]): void {
@@ -447,30 +527,26 @@ export class EventPersister {
   }
 
   /**
-   * Locks the room's row for this transaction and returns its current state: the cached snapshot
+   * The room's current state, given its row as read under lock (lockRoomsQuery): the cached snapshot
    * when the row says nobody else wrote since, else one loaded from the database.
    */
-  private async lockRoom(tx: Database, roomId: string): Promise<RoomSnapshot> {
-    const [row] = rowsOf<{
+  private async snapshotOf(tx: Database, roomId: string, row: unknown): Promise<RoomSnapshot> {
+    const r = row as {
       room_version: string;
       forward_extremities: string[] | string;
       max_depth: string | number;
       current_state_group: string | number | null;
-    }>(
-      await tx.execute(sql`select room_version, forward_extremities, max_depth, current_state_group
-        from rooms where room_id = ${roomId} for update`),
-    );
-    if (!row) throw new MatrixError(404, "M_NOT_FOUND", "Unknown room");
-    const extremities = parseTextArray(row.forward_extremities);
-    const maxDepth = Number(row.max_depth);
-    const group = row.current_state_group === null ? undefined : Number(row.current_state_group);
+    };
+    const extremities = parseTextArray(r.forward_extremities);
+    const maxDepth = Number(r.max_depth);
+    const group = r.current_state_group === null ? undefined : Number(r.current_state_group);
     const cached = this.snapshots.get(roomId);
     if (cached && cached.stateGroup?.id === group) {
       cached.extremities = extremities;
       cached.maxDepth = maxDepth;
       return cached;
     }
-    const rules = roomVersionRules(row.room_version);
+    const rules = roomVersionRules(r.room_version);
     const [stateRows, ref] = await Promise.all([
       tx.execute(sql`select type, state_key, event_id, membership from current_state where room_id = ${roomId}`),
       group === undefined ? Promise.resolve(undefined) : stateGroupRef(tx, group),
@@ -627,144 +703,161 @@ export class EventPersister {
     snapshot.maxDepth = Number(event.depth);
   }
 
-  private persistedEvents(roomId: string, events: EventToStore[], lastPosition: number): PersistedEvent[] {
-    const first = lastPosition - events.length + 1;
-    return events.map((e, i) => ({
-      eventId: e.eventId,
-      roomId,
-      type: e.pdu.type,
-      stateKey: e.pdu.state_key,
-      sender: e.pdu.sender,
-      membership: e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : undefined,
-      streamOrdering: first + i,
-      topologicalOrdering: e.pdu.depth,
-    }));
+  /** The stream positions the batch's events got: in order, ending at `lastPosition`. */
+  private persistedEvents(writes: RoomWrite[], lastPosition: number): Map<string, PersistedEvent> {
+    const total = writes.reduce((n, w) => n + w.events.length, 0);
+    let position = lastPosition - total + 1;
+    const out = new Map<string, PersistedEvent>();
+    for (const { snapshot, events } of writes) {
+      for (const e of events) {
+        out.set(e.eventId, {
+          eventId: e.eventId,
+          roomId: snapshot.roomId,
+          type: e.pdu.type,
+          stateKey: e.pdu.state_key,
+          sender: e.pdu.sender,
+          membership: e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : undefined,
+          streamOrdering: position++,
+          topologicalOrdering: e.pdu.depth,
+        });
+      }
+    }
+    return out;
   }
 
   /**
-   * Stores built (or received and checked) events of one room and moves the room's current state,
-   * forward extremities and local memberships to the snapshot's. Everything but full state
-   * snapshots goes in one statement whose first step takes the stream positions, so the
-   * stream-position row stays locked only for that statement and the commit. Returns the stream
-   * position of the last event.
+   * Stores built (or received and checked) events of one or more rooms and moves each room's current
+   * state, forward extremities and local memberships to its snapshot's. Everything but large state
+   * snapshots goes in one statement whose first step takes the stream positions (`pos`), sent with
+   * the COMMIT: the stream-position row stays locked only for that statement and the commit.
+   * Returns the stream position of the last event (the events get consecutive positions, in order).
    */
-  async writeEvents(tx: Database, snapshot: RoomSnapshot, events: EventToStore[], newRoom?: { creator: string; isPublic: boolean }): Promise<number> {
-    const roomId = snapshot.roomId;
-    const n = events.length;
+  async writeEvents(t: PersistTransaction, writes: RoomWrite[]): Promise<number> {
+    const tx = t.db;
+    const n = writes.reduce((sum, w) => sum + w.events.length, 0);
     const ctes: SQL[] = [];
     const values = (rows: SQL[]) => sql.join(rows, sql`, `);
+    /** The position of the batch's i-th event. */
+    const positionOf = (i: number) => sql`((select position from pos) - ${n - 1 - i}::bigint)`;
 
-    // Full snapshots can be large: written first, in chunks.
-    const entryRows: Array<[number, string, string, string | null]> = [];
-    const groups = events.map((e) => e.newStateGroup).filter((g): g is NewStateGroup => g !== undefined);
-    for (const group of groups) {
-      const rows = stateGroupEntryRows(group);
-      if (group.prev === undefined && rows.length > 500) {
-        for (let i = 0; i < rows.length; i += 2_000) {
-          const chunk = rows.slice(i, i + 2_000);
-          await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${values(
-            chunk.map(([g, t, k, e]) => sql`(${g}, ${t}, ${k}, ${e})`),
-          )}`);
+    const eventRows: SQL[] = [];
+    const edges: SQL[] = [];
+    const auth: SQL[] = [];
+    const groupRows: SQL[] = [];
+    const entryRows: SQL[] = [];
+    const currentRows: SQL[] = [];
+    const membershipRows: SQL[] = [];
+    const relationRowsSql: SQL[] = [];
+    const txnRows: SQL[] = [];
+    const roomUpdates: SQL[] = [];
+    const ts = this.now();
+    let index = 0;
+    let redactionCount = 0;
+    let extensionCount = 0;
+
+    for (const { snapshot, events, newRoom } of writes) {
+      const roomId = snapshot.roomId;
+      const first = index;
+      for (const e of events) {
+        const i = index++;
+        eventRows.push(sql`(${e.eventId}, ${roomId}, ${e.pdu.type}, ${e.pdu.state_key ?? null}, ${e.pdu.sender},
+          ${e.pdu.origin_server_ts}::bigint, ${e.pdu.depth}::bigint, ${JSON.stringify(e.pdu)}, ${positionOf(i)},
+          ${e.pdu.depth}::bigint, ${e.rejectedReason ?? null}, ${e.softFailed}, ${e.stateBefore?.id ?? null}::bigint,
+          ${e.stateAfter?.id ?? null}::bigint, ${e.replacesState ?? null})`);
+        for (const p of e.pdu.prev_events) edges.push(sql`(${e.eventId}, ${p}, ${roomId})`);
+        for (const a of e.pdu.auth_events) auth.push(sql`(${e.eventId}, ${a}, ${roomId})`);
+        for (const r of relationRows(e.eventId, e.pdu.content)) relationRowsSql.push(sql`(${e.eventId}, ${r.relType}, ${r.relatesTo}, ${roomId}, ${r.key})`);
+        if (e.txn) txnRows.push(sql`(${e.txn.userId}, ${e.txn.deviceId}, ${e.txn.endpoint}, ${e.txn.txnId}, ${e.eventId}, ${ts}::bigint)`);
+        if (e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed) {
+          ctes.push(sql`red${sql.raw(String(redactionCount++))} as (update events set redacted_by = ${e.eventId}
+            where event_id = ${e.redactsEventId} and room_id = ${roomId} and redacted_by is null)`);
         }
+        const group = e.newStateGroup;
+        if (group) {
+          groupRows.push(sql`(${group.id}::bigint, ${roomId}, ${group.prev ?? null}::bigint, ${group.chainLength}::int)`);
+          const rows = stateGroupEntryRows(group);
+          if (group.prev === undefined && rows.length > 500) {
+            // Large snapshots: written before the statement, in chunks.
+            for (let c = 0; c < rows.length; c += 2_000) {
+              await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${values(
+                rows.slice(c, c + 2_000).map(([g, type, k, id]) => sql`(${g}, ${type}, ${k}, ${id})`),
+              )}`);
+            }
+          } else {
+            for (const [g, type, k, id] of rows) entryRows.push(sql`(${g}::bigint, ${type}, ${k}, ${id})`);
+          }
+        }
+      }
+
+      // The current state and local memberships: the last accepted event per key wins.
+      const stateChanges = new Map<StateMapKey, { type: string; stateKey: string; eventId: string; membership: string | null; i: number }>();
+      events.forEach((e, k) => {
+        if (e.rejectedReason !== undefined || e.softFailed || e.stateAfter === undefined || e.pdu.state_key === undefined) return;
+        const membership = e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : null;
+        stateChanges.set(stateMapKey(e.pdu.type, e.pdu.state_key), { type: e.pdu.type, stateKey: e.pdu.state_key, eventId: e.eventId, membership, i: first + k });
+      });
+      for (const c of stateChanges.values()) {
+        currentRows.push(sql`(${roomId}, ${c.type}, ${c.stateKey}, ${c.eventId}, ${c.membership})`);
+        if (c.type === "m.room.member" && serverNameOf(c.stateKey) === this.serverName) {
+          membershipRows.push(sql`(${c.stateKey}, ${roomId}, ${c.membership}, ${c.eventId}, ${positionOf(c.i)})`);
+        }
+      }
+
+      const extremities = sql`array[${sql.join(snapshot.extremities.map((x) => sql`${x}`), sql`, `)}]::text[]`;
+      if (newRoom) {
+        ctes.push(sql`newroom as (insert into rooms (room_id, room_version, creator, is_public, created_ts, forward_extremities, max_depth, current_state_group)
+          values (${roomId}, ${snapshot.rules.id}, ${newRoom.creator}, ${newRoom.isPublic}, ${ts}::bigint, ${extremities}, ${snapshot.maxDepth}::bigint,
+            ${snapshot.stateGroup?.id ?? null}::bigint))`);
       } else {
-        entryRows.push(...rows);
+        roomUpdates.push(sql`(${roomId}::text, ${extremities}, ${snapshot.maxDepth}::bigint, ${snapshot.stateGroup?.id ?? null}::bigint)`);
+      }
+
+      if (this.extensions.length) {
+        const accepted = events.flatMap((e, k) => (e.rejectedReason === undefined && !e.softFailed ? [{ e, i: first + k }] : []));
+        const pdus = accepted.map(({ e }) => ({ ...e.pdu, room_id: roomId, event_id: e.eventId }) as RoomEvent);
+        const view = this.view(tx, snapshot);
+        for (const extension of this.extensions) {
+          for (const statement of await extension(tx, view, pdus, (k) => positionOf(accepted[k]!.i))) {
+            ctes.push(sql`ext${sql.raw(String(extensionCount++))} as (${statement})`);
+          }
+        }
       }
     }
 
-    ctes.push(sql`pos as (
-      insert into stream_positions (stream, position) values ('events', ${n}::bigint)
-      on conflict (stream) do update set position = stream_positions.position + ${n}::bigint
-      returning position)`);
-    ctes.push(sql`ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
+    const head: SQL[] = [
+      sql`pos as (
+        insert into stream_positions (stream, position) values ('events', ${n}::bigint)
+        on conflict (stream) do update set position = stream_positions.position + ${n}::bigint
+        returning position)`,
+      sql`ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
         stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state)
-      values ${values(
-        events.map(
-          (e, i) => sql`(${e.eventId}, ${roomId}, ${e.pdu.type}, ${e.pdu.state_key ?? null}, ${e.pdu.sender},
-            ${e.pdu.origin_server_ts}::bigint, ${e.pdu.depth}::bigint, ${JSON.stringify(e.pdu)},
-            (select position from pos) - ${n - 1 - i}::bigint, ${e.pdu.depth}::bigint, ${e.rejectedReason ?? null},
-            ${e.softFailed}, ${e.stateBefore?.id ?? null}::bigint, ${e.stateAfter?.id ?? null}::bigint, ${e.replacesState ?? null})`,
-        ),
-      )})`);
-
-    const edges = events.flatMap((e) => e.pdu.prev_events.map((p) => sql`(${e.eventId}, ${p}, ${roomId})`));
-    if (edges.length) ctes.push(sql`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${values(edges)} on conflict do nothing)`);
-    const auth = events.flatMap((e) => e.pdu.auth_events.map((a) => sql`(${e.eventId}, ${a}, ${roomId})`));
-    if (auth.length) ctes.push(sql`auth as (insert into event_auth (event_id, auth_event_id, room_id) values ${values(auth)} on conflict do nothing)`);
-
-    if (groups.length) {
-      ctes.push(sql`sgroups as (insert into state_groups (id, room_id, prev_group, chain_length) values ${values(
-        groups.map((g) => sql`(${g.id}::bigint, ${roomId}, ${g.prev ?? null}::bigint, ${g.chainLength}::int)`),
-      )})`);
+        values ${values(eventRows)})`,
+    ];
+    if (edges.length) head.push(sql`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${values(edges)} on conflict do nothing)`);
+    if (auth.length) head.push(sql`auth as (insert into event_auth (event_id, auth_event_id, room_id) values ${values(auth)} on conflict do nothing)`);
+    if (groupRows.length) head.push(sql`sgroups as (insert into state_groups (id, room_id, prev_group, chain_length) values ${values(groupRows)})`);
+    if (entryRows.length) head.push(sql`entries as (insert into state_group_entries (group_id, type, state_key, event_id) values ${values(entryRows)})`);
+    if (currentRows.length) {
+      head.push(sql`cur as (insert into current_state (room_id, type, state_key, event_id, membership) values ${values(currentRows)}
+        on conflict (room_id, type, state_key) do update set event_id = excluded.event_id, membership = excluded.membership)`);
     }
-    if (entryRows.length) {
-      ctes.push(sql`entries as (insert into state_group_entries (group_id, type, state_key, event_id) values ${values(
-        entryRows.map(([g, t, k, e]) => sql`(${g}::bigint, ${t}, ${k}, ${e})`),
-      )})`);
-    }
-
-    // The current state and local memberships: the last accepted event per key wins.
-    const stateChanges = new Map<StateMapKey, { type: string; stateKey: string; eventId: string; membership: string | null; index: number }>();
-    events.forEach((e, index) => {
-      if (e.rejectedReason !== undefined || e.softFailed || e.stateAfter === undefined || e.pdu.state_key === undefined) return;
-      const membership = e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : null;
-      stateChanges.set(stateMapKey(e.pdu.type, e.pdu.state_key), { type: e.pdu.type, stateKey: e.pdu.state_key, eventId: e.eventId, membership, index });
-    });
-    if (stateChanges.size) {
-      ctes.push(sql`cur as (insert into current_state (room_id, type, state_key, event_id, membership) values ${values(
-        [...stateChanges.values()].map((c) => sql`(${roomId}, ${c.type}, ${c.stateKey}, ${c.eventId}, ${c.membership})`),
-      )} on conflict (room_id, type, state_key) do update set event_id = excluded.event_id, membership = excluded.membership)`);
-      const local = [...stateChanges.values()].filter(
-        (c) => c.type === "m.room.member" && serverNameOf(c.stateKey) === this.serverName,
-      );
-      if (local.length) {
-        ctes.push(sql`mem as (insert into room_memberships (user_id, room_id, membership, event_id, stream_ordering) values ${values(
-          local.map((c) => sql`(${c.stateKey}, ${roomId}, ${c.membership}, ${c.eventId}, (select position from pos) - ${n - 1 - c.index}::bigint)`),
-        )} on conflict (user_id, room_id) do update set membership = excluded.membership, event_id = excluded.event_id,
+    if (membershipRows.length) {
+      head.push(sql`mem as (insert into room_memberships (user_id, room_id, membership, event_id, stream_ordering) values ${values(membershipRows)}
+        on conflict (user_id, room_id) do update set membership = excluded.membership, event_id = excluded.event_id,
           stream_ordering = excluded.stream_ordering, forgotten = false)`);
-      }
+    }
+    if (relationRowsSql.length) {
+      head.push(sql`rel as (insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${values(relationRowsSql)} on conflict do nothing)`);
+    }
+    if (txnRows.length) {
+      head.push(sql`txn as (insert into event_transactions (user_id, device_id, endpoint, txn_id, event_id, created_ts) values ${values(txnRows)} on conflict do nothing)`);
+    }
+    if (roomUpdates.length) {
+      head.push(sql`rooms_moved as (update rooms set forward_extremities = v.extremities, max_depth = v.depth, current_state_group = v.grp
+        from (values ${values(roomUpdates)}) as v(room_id, extremities, depth, grp) where rooms.room_id = v.room_id)`);
     }
 
-    const relations = events.flatMap((e) => relationRows(e.eventId, e.pdu.content).map((r) => sql`(${e.eventId}, ${r.relType}, ${r.relatesTo}, ${roomId}, ${r.key})`));
-    if (relations.length) {
-      ctes.push(sql`rel as (insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${values(relations)} on conflict do nothing)`);
-    }
-    const txns = events.filter((e) => e.txn !== undefined);
-    if (txns.length) {
-      const ts = this.now();
-      ctes.push(sql`txn as (insert into event_transactions (user_id, device_id, endpoint, txn_id, event_id, created_ts) values ${values(
-        txns.map((e) => sql`(${e.txn!.userId}, ${e.txn!.deviceId}, ${e.txn!.endpoint}, ${e.txn!.txnId}, ${e.eventId}, ${ts}::bigint)`),
-      )} on conflict do nothing)`);
-    }
-    const redactions = events.filter((e) => e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed);
-    redactions.forEach((e, i) => {
-      ctes.push(sql`red${sql.raw(String(i))} as (update events set redacted_by = ${e.eventId}
-        where event_id = ${e.redactsEventId!} and room_id = ${roomId} and redacted_by is null)`);
-    });
-
-    const extremities = sql`array[${sql.join(snapshot.extremities.map((x) => sql`${x}`), sql`, `)}]::text[]`;
-    if (newRoom) {
-      ctes.push(sql`room as (insert into rooms (room_id, room_version, creator, is_public, created_ts, forward_extremities, max_depth, current_state_group)
-        values (${roomId}, ${snapshot.rules.id}, ${newRoom.creator}, ${newRoom.isPublic}, ${this.now()}::bigint, ${extremities}, ${snapshot.maxDepth}::bigint,
-          ${snapshot.stateGroup?.id ?? null}::bigint))`);
-    } else {
-      ctes.push(sql`room as (update rooms set forward_extremities = ${extremities}, max_depth = ${snapshot.maxDepth}::bigint,
-        current_state_group = ${snapshot.stateGroup?.id ?? null}::bigint where room_id = ${roomId})`);
-    }
-
-    if (this.extensions.length) {
-      const accepted = events.flatMap((e, i) => (e.rejectedReason === undefined && !e.softFailed ? [{ e, i }] : []));
-      const pdus = accepted.map(({ e }) => ({ ...e.pdu, room_id: roomId, event_id: e.eventId }) as RoomEvent);
-      const position = (k: number) => sql`((select position from pos) - ${n - 1 - accepted[k]!.i}::bigint)`;
-      const view = this.view(tx, snapshot);
-      let j = 0;
-      for (const extension of this.extensions) {
-        for (const statement of await extension(tx, view, pdus, position)) ctes.push(sql`ext${sql.raw(String(j++))} as (${statement})`);
-      }
-    }
-
-    const rows = rowsOf<{ position: string | number }>(
-      await tx.execute(sql`with ${sql.join(ctes, sql`, `)} select position from pos`),
-    );
+    const rows = (await t.commitWith(sql`with ${sql.join([...head, ...ctes], sql`, `)} select position from pos`)) as Array<{ position: string | number }>;
     return Number(rows[0]!.position);
   }
 }
@@ -783,6 +876,76 @@ export function relationRows(_eventId: string, content: JsonObject): Array<{ rel
     rows.push({ relType: "m.in_reply_to", relatesTo: (reply as JsonObject).event_id as string, key: null });
   }
   return rows;
+}
+
+/** One persist transaction (see EventPersister.inTransaction). */
+export interface PersistTransaction {
+  /** Queries inside the transaction (after `start`). */
+  db: Database;
+  /** Begins the transaction, running `query` with it (one round trip); answers its rows. */
+  start(query?: SQL): Promise<unknown[]>;
+  /** Runs the last statement and commits; answers the statement's rows. */
+  commitWith(last: SQL): Promise<unknown[]>;
+}
+
+/**
+ * Reads and locks the rooms' rows (`FOR UPDATE`, in room ID order): the database-level guard that
+ * makes the events of one room persist one at a time across processes. Their columns say whether
+ * the cached state is current. With them, in the same statement, the events already stored for the
+ * batch's client transaction IDs. One row: `rooms` and `txns`, as JSON arrays.
+ */
+function lockRoomsQuery(roomIds: string[], txns: TxnRef[]): SQL {
+  const txnLookup = txns.length
+    ? sql`(select coalesce(json_agg(y), '[]') from (select t.user_id, t.device_id, t.endpoint, t.txn_id, e.event_id, e.room_id,
+          e.type, e.state_key, e.sender, e.stream_ordering, e.topological_ordering
+        from event_transactions t join events e on e.event_id = t.event_id
+        where (t.user_id, t.device_id, t.endpoint, t.txn_id) in (${sql.join(
+          txns.map((t) => sql`(${t.userId}, ${t.deviceId}, ${t.endpoint}, ${t.txnId})`),
+          sql`, `,
+        )})) y)`
+    : sql`'[]'::json`;
+  return sql`select
+    (select coalesce(json_agg(x), '[]') from (select room_id, room_version, forward_extremities, max_depth, current_state_group
+      from rooms where room_id in (${sql.join(
+        roomIds.map((r) => sql`${r}`),
+        sql`, `,
+      )}) order by room_id for update) x) as rooms,
+    ${txnLookup} as txns`;
+}
+
+/** A JSON array column, parsed by the driver or still text. */
+function jsonRows<T>(value: unknown): T[] {
+  if (typeof value === "string") return JSON.parse(value) as T[];
+  return (value as T[] | null | undefined) ?? [];
+}
+
+function parseStoredTransactions(rows: unknown[]): Map<string, PersistedEvent> {
+  const out = new Map<string, PersistedEvent>();
+  for (const r of rows as Array<{
+    user_id: string;
+    device_id: string;
+    endpoint: string;
+    txn_id: string;
+    event_id: string;
+    room_id: string;
+    type: string;
+    state_key: string | null;
+    sender: string;
+    stream_ordering: string | number | null;
+    topological_ordering: string | number;
+  }>) {
+    out.set(txnKey({ userId: r.user_id, deviceId: r.device_id, endpoint: r.endpoint as TxnRef["endpoint"], txnId: r.txn_id }), {
+      eventId: r.event_id,
+      roomId: r.room_id,
+      type: r.type,
+      stateKey: r.state_key ?? undefined,
+      sender: r.sender,
+      membership: undefined,
+      streamOrdering: Number(r.stream_ordering ?? 0),
+      topologicalOrdering: Number(r.topological_ordering),
+    });
+  }
+  return out;
 }
 
 export function txnKey(txn: TxnRef): string {

@@ -1,7 +1,7 @@
 // The rooms component's services, built once per process: the persister (the one event path),
 // the write side (Rooms), the read side (Timeline, Relations), aliases and the room directory.
 import type { Logger } from "pino";
-import type { Database } from "../../schema/db.ts";
+import type { OpenedDatabase } from "../../schema/db.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { RoomTags } from "../userdata/room-tags.ts";
@@ -27,7 +27,7 @@ export interface RoomServices {
 }
 
 export function createRoomServices(options: {
-  db: Database;
+  database: OpenedDatabase;
   serverName: string;
   signingKey: SigningKey;
   now: () => number;
@@ -35,8 +35,9 @@ export function createRoomServices(options: {
   accounts: Accounts;
   userData: UserData;
 }): RoomServices {
-  const { db, serverName, signingKey, now, logger, accounts, userData } = options;
-  const persister = new EventPersister(db, serverName, signingKey, now, logger);
+  const { database, serverName, signingKey, now, logger, accounts, userData } = options;
+  const db = database.db;
+  const persister = new EventPersister(database, serverName, signingKey, now, logger);
   const aliases = new RoomAliases(db, serverName, now);
   const rooms = new Rooms(db, persister, accounts, aliases, serverName, logger);
   const eventStore = new EventStore(db, now);
