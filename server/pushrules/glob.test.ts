@@ -106,3 +106,29 @@ describe("dot-separated property paths", () => {
     expect(eventProperty(event, "content.list")).toEqual(["a"]);
   });
 });
+
+describe("literal patterns (no * or ?), matched without the NFA", () => {
+  const cases: Array<[pattern: string, value: string, whole: boolean, words: boolean]> = [
+    ["alice", "hey alice, hi", false, true],
+    ["alice", "malice", false, false],
+    ["alice", "ALICE", true, true],
+    ["@room", "ping@room", false, true],
+    ["@room", "hey,@room", false, true],
+    ["room", "@room", false, true],
+    ["a b", "x a b y", false, true],
+    ["bob", "bobby bob", false, true],
+    ["bob", "bobby", false, false],
+    ["é", "café é", false, true],
+    ["m.room.message", "m.room.message", true, true],
+    ["m.room.message", "m.room.messages", false, false],
+    ["", "anything", false, false],
+    ["", "", true, false],
+    ["x", "", false, false],
+  ];
+  for (const [pattern, value, whole, words] of cases) {
+    it(`${JSON.stringify(pattern)} against ${JSON.stringify(value)}`, () => {
+      expect(globMatches(pattern, value, "whole")).toBe(whole);
+      expect(globMatches(pattern, value, "words")).toBe(words);
+    });
+  }
+});
