@@ -47,11 +47,26 @@ const ALWAYS_COUNTED = "signed_curve25519";
 const MAX_KEY_ID_LENGTH = 255;
 const INSERT_CHUNK = 500;
 
+/** Devices whose one-time or fallback keys changed (an upload, a claim), called after the change is committed. */
+export type KeyCountsListener = (devices: ReadonlyArray<{ userId: string; deviceId: string }>) => void;
+
 export class DeviceKeys {
+  private readonly keyCountsListeners: KeyCountsListener[] = [];
+
   constructor(
     private readonly db: Database,
     private readonly deviceLists: DeviceLists,
   ) {}
+
+  /** Called when devices' one-time or fallback key counts change (`/sync` caches them). */
+  onKeyCountsChanged(listener: KeyCountsListener): void {
+    this.keyCountsListeners.push(listener);
+  }
+
+  private keyCountsChanged(devices: ReadonlyArray<{ userId: string; deviceId: string }>): void {
+    if (devices.length === 0) return;
+    for (const listener of this.keyCountsListeners) listener(devices);
+  }
 
   /**
    * `/keys/upload` for the requester's device. Device keys must name this user and device and be
@@ -80,6 +95,7 @@ export class DeviceKeys {
       return changed ? this.deviceLists.record(tx, [{ userId, deviceId }]) : 0;
     });
     this.deviceLists.notify([userId], position);
+    if (oneTimeKeys.length || fallbackKeys.length) this.keyCountsChanged([{ userId, deviceId }]);
     return this.oneTimeKeyCounts(userId, deviceId);
   }
 
@@ -251,6 +267,7 @@ export class DeviceKeys {
         claimed.push({ ...r, keyId: `${r.algorithm}:${fallback.keyId}`, key: JSON.parse(fallback.keyJson), fallback: true });
       }
     }
+    this.keyCountsChanged(claimed.map((c) => ({ userId: c.userId, deviceId: c.deviceId })));
     return claimed;
   }
 
