@@ -3,8 +3,12 @@
 //   pool (uploaded beforehand) is empty. Every key must come out exactly once (checked).
 // - sendToDevice: CLIENTS senders each send to-device messages to their own recipient device, one
 //   message per request.
-// Figures are requests per second over the measured phase. Embedded PGlite, and PostgreSQL when
-// DATABASE_URL is set. (To-device delivery latency to a waiting /sync comes once /sync exists.)
+// - to-device delivery latency: a recipient long-polls /sync while a sender PUTs one to-device
+//   message; the sample is the time from the PUT until the waiting /sync returns with it, one
+//   message at a time (p50/p95/p99 over LATENCY_ROUNDS messages). Then the same with
+//   BUSY_PAIRS pairs at once (their requests queue for the CPU and the database).
+// Throughput figures are requests per second over the measured phase. Embedded PGlite, and
+// PostgreSQL when DATABASE_URL is set.
 import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -15,6 +19,11 @@ import { startParley, stopParley } from "./parley-process.ts";
 const CLIENTS = 20;
 const CLAIMS_PER_CLIENT = Number(process.env.BENCH_E2EE_CLAIMS ?? 100);
 const SENDS_PER_CLIENT = Number(process.env.BENCH_E2EE_SENDS ?? 100);
+const LATENCY_ROUNDS = Number(process.env.BENCH_E2EE_LATENCY_ROUNDS ?? 300);
+const BUSY_PAIRS = 10;
+const BUSY_ROUNDS = 30;
+/** How long a recipient's /sync is given to start waiting before its sender sends. */
+const SETTLE_MS = 10;
 
 interface Session {
   userId: string;
@@ -53,6 +62,60 @@ async function measure(perClient: number, request: (client: number, i: number) =
   );
   const seconds = (performance.now() - started) / 1000;
   return Math.round((CLIENTS * perClient) / seconds);
+}
+
+function percentile(sorted: number[], p: number): number {
+  const value = sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+  return Math.round(value * 10) / 10;
+}
+
+/**
+ * To-device delivery latency to a waiting /sync: each pair loops — the recipient starts a long-poll,
+ * the sender PUTs a message, and the sample is the time from the PUT until the long-poll returns
+ * with it. Answers the samples in ms.
+ */
+async function toDeviceLatency(
+  base: string,
+  phase: string,
+  pairs: Array<{ sender: Session; recipient: Session }>,
+  rounds: number,
+): Promise<number[]> {
+  const samples: number[] = [];
+  const syncOnce = async (token: string, since: string | undefined, timeout: number) => {
+    const q = new URLSearchParams({ timeout: String(timeout) });
+    if (since) q.set("since", since);
+    const res = await fetch(`${base}/_matrix/client/v3/sync?${q}`, { headers: { Authorization: `Bearer ${token}` } });
+    if (res.status !== 200) throw new Error(`sync failed: ${res.status} ${await res.text()}`);
+    return (await res.json()) as { next_batch: string; to_device?: { events: Array<{ content: { n?: number } }> } };
+  };
+  await Promise.all(
+    pairs.map(async ({ sender, recipient }, p) => {
+      let since = (await syncOnce(recipient.token, undefined, 0)).next_batch;
+      for (let n = 0; n < rounds; n++) {
+        const arrived = (async () => {
+          const deadline = performance.now() + 30_000;
+          for (;;) {
+            if (performance.now() > deadline) throw new Error(`to-device message ${phase}-${p}-${n} did not arrive within 30 s`);
+            const res = await syncOnce(recipient.token, since, 10_000);
+            since = res.next_batch;
+            if (res.to_device?.events.some((e) => e.content.n === n)) return performance.now();
+          }
+        })();
+        await new Promise((r) => setTimeout(r, SETTLE_MS));
+        const sentAt = performance.now();
+        const put = await call(
+          base,
+          "PUT",
+          `/_matrix/client/v3/sendToDevice/m.room.encrypted/latency-${phase}-${p}-${n}`,
+          { messages: { [recipient.userId]: { [recipient.deviceId]: { n, ciphertext: "A".repeat(400) } } } },
+          sender.token,
+        );
+        if (put.status !== 200) throw new Error(`sendToDevice failed: ${put.status} ${JSON.stringify(put.json)}`);
+        samples.push((await arrived) - sentAt);
+      }
+    }),
+  );
+  return samples.sort((a, b) => a - b);
 }
 
 async function benchOne(kind: string, databaseUrl: string | undefined) {
@@ -108,11 +171,21 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
       );
       if (res.status !== 200) throw new Error(`sendToDevice failed: ${res.status} ${JSON.stringify(res.json)}`);
     });
+
+    // The recipients of the throughput phase have full mailboxes; the latency pairs start empty.
+    const pairs: Array<{ sender: Session; recipient: Session }> = [];
+    for (let i = 0; i < BUSY_PAIRS; i++) pairs.push({ sender: clients[i]!, recipient: await register(base, `waiting${i}`) });
+    const alone = await toDeviceLatency(base, "alone", pairs.slice(0, 1), LATENCY_ROUNDS);
+    const busy = await toDeviceLatency(base, "busy", pairs, BUSY_ROUNDS);
+    const [p50, p95, p99] = [50, 95, 99].map((p) => percentile(alone, p)) as [number, number, number];
+    const [busyP50, busyP99] = [50, 99].map((p) => percentile(busy, p)) as [number, number];
     console.log(
       `${kind}: keys/claim ${claimRate} req/s (${pool} keys, ${CLIENTS} clients, each key once); ` +
-        `sendToDevice ${sendRate} req/s (${CLIENTS * SENDS_PER_CLIENT} messages, ${CLIENTS} senders)`,
+        `sendToDevice ${sendRate} req/s (${CLIENTS * SENDS_PER_CLIENT} messages, ${CLIENTS} senders); ` +
+        `to-device delivery to a waiting /sync p50 ${p50} ms, p95 ${p95} ms, p99 ${p99} ms (${alone.length} messages, one pair); ` +
+        `with ${BUSY_PAIRS} pairs at once p50 ${busyP50} ms, p99 ${busyP99} ms (${busy.length} messages)`,
     );
-    return { claimRate, sendRate };
+    return { claimRate, sendRate, p50, p95, p99, busyP50, busyP99 };
   } finally {
     await stopParley(child);
     await rm(dataDir, { recursive: true, force: true });
@@ -129,6 +202,11 @@ for (const [kind, usePostgres] of targets) {
     results.push(
       { name: `keys/claim, ${CLIENTS} concurrent clients (${kind})`, value: f.claimRate, unit: "req/s" },
       { name: `sendToDevice, ${CLIENTS} concurrent senders (${kind})`, value: f.sendRate, unit: "req/s" },
+      { name: `to-device delivery to a waiting /sync, p50 (${kind})`, value: f.p50, unit: "ms" },
+      { name: `to-device delivery to a waiting /sync, p95 (${kind})`, value: f.p95, unit: "ms" },
+      { name: `to-device delivery to a waiting /sync, p99 (${kind})`, value: f.p99, unit: "ms" },
+      { name: `to-device delivery to a waiting /sync, ${BUSY_PAIRS} pairs at once, p50 (${kind})`, value: f.busyP50, unit: "ms" },
+      { name: `to-device delivery to a waiting /sync, ${BUSY_PAIRS} pairs at once, p99 (${kind})`, value: f.busyP99, unit: "ms" },
     );
   } finally {
     await database?.drop();
