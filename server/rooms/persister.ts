@@ -98,8 +98,13 @@ export interface PersistedEvent {
   topologicalOrdering: number;
 }
 
-/** Called after events committed (sync wakes its waiters here). */
+/** Called after events of a room committed (sync wakes its waiters here). */
 export type EventsPersistedListener = (roomId: string, events: readonly PersistedEvent[]) => void;
+/**
+ * Called once per committed batch with its events of every room, in stream order: one
+ * notification for the whole batch (a NOTIFY per room would cost a round trip and a commit each).
+ */
+export type BatchPersistedListener = (events: readonly PersistedEvent[]) => void;
 
 /** A read-only view of a room's current state, for checks made in the room's serial section. */
 export interface RoomView {
@@ -218,6 +223,7 @@ export class EventPersister {
   private readonly groupIds = new StateGroupIds();
   private lastCreateTs = 0;
   private readonly listeners: EventsPersistedListener[] = [];
+  private readonly batchListeners: BatchPersistedListener[] = [];
   private readonly extensions: EventsWriteExtension[] = [];
 
   private readonly db: Database;
@@ -234,6 +240,10 @@ export class EventPersister {
 
   onEventsPersisted(listener: EventsPersistedListener): void {
     this.listeners.push(listener);
+  }
+
+  onBatchPersisted(listener: BatchPersistedListener): void {
+    this.batchListeners.push(listener);
   }
 
   /** Adds writes to every batch of events (see EventsWriteExtension). */
@@ -301,6 +311,7 @@ export class EventPersister {
         });
         this.cache(snapshot);
         this.announce(snapshot.roomId, built);
+        this.announceBatch(built);
         return { roomId: snapshot.roomId, events: built };
       } catch (err) {
         if (attempt < 3 && isRoomIdTaken(err)) continue;
@@ -448,6 +459,7 @@ export class EventPersister {
       }
     }
     for (const [roomId, events] of byRoom) this.announce(roomId, events);
+    if (persisted.size > 0) this.announceBatch([...persisted.values()]);
   }
 
   /**
@@ -499,6 +511,16 @@ export class EventPersister {
       throw err;
     } finally {
       connection.release();
+    }
+  }
+
+  private announceBatch(events: PersistedEvent[]): void {
+    for (const listener of this.batchListeners) {
+      try {
+        listener(events);
+      } catch (err) {
+        this.logger.error({ err }, "a batch-persisted listener failed");
+      }
     }
   }
 
