@@ -1,10 +1,12 @@
-// matrix-js-sdk's Rust crypto (matrix-sdk-crypto-wasm) against Parley's E2EE endpoints.
+// matrix-js-sdk's Rust crypto (matrix-sdk-crypto-wasm) against Parley's E2EE endpoints, one piece
+// at a time.
 //
-// /sync does not exist yet, so the SDK's sync loop cannot run. Its outgoing-request loop can: the
-// test kicks it (`outgoingRequestsManager.doProcessOutgoingRequests()`, what the sync loop calls
-// after each sync), and plays the part of /sync itself by handing the SDK what the E2EE service
-// functions that /sync will call return (to-device messages, device-list changes, key counts)
-// through the SDK's own sync hook, `processSyncChanges`.
+// The SDK's sync loop does not run here: the test kicks its outgoing-request loop
+// (`outgoingRequestsManager.doProcessOutgoingRequests()`, what the sync loop calls after each sync)
+// and hands it what the E2EE service functions /sync calls return (to-device messages, device-list
+// changes, key counts) through the SDK's own sync hook, `processSyncChanges`, so each endpoint's part
+// is checked on its own. The whole flow through /sync (startClient, encrypted rooms, new devices) is
+// tests/e2ee-rooms-sdk.test.ts.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { startTestServer, type TestServer } from "./harness.ts";

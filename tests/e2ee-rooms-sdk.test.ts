@@ -26,6 +26,7 @@ if (!("withResolvers" in Promise)) {
   });
 }
 const sdk = await import("matrix-js-sdk");
+const RustSdkCryptoJs = await import("@matrix-org/matrix-sdk-crypto-wasm");
 const { logger: sdkLogger } = await import("matrix-js-sdk/lib/logger.js");
 (sdkLogger as unknown as { setLevel(level: string): void }).setLevel("silent");
 
@@ -133,20 +134,19 @@ describe("end-to-end encryption with matrix-js-sdk Rust crypto", () => {
       );
     }
 
-    // Alice sets up cross-signing; the SDK's auth callback answers with her password if asked.
+    // Alice sets up cross-signing; the SDK's auth callback answers with her password (the server
+    // needs no auth for a first upload, and takes it all the same).
+    let authCalls = 0;
     await within(
       alice.getCrypto()!.bootstrapCrossSigning({
         authUploadDeviceSigningKeys: async (makeRequest) => {
-          try {
-            await makeRequest(null as never);
-          } catch (err) {
-            if ((err as { httpStatus?: number }).httpStatus !== 401) throw err;
-            await makeRequest(passwordAuth(aliceUser) as never);
-          }
+          authCalls++;
+          await makeRequest(passwordAuth(aliceUser) as never);
         },
       }),
       "alice bootstraps cross-signing",
     );
+    expect(authCalls).toBe(1);
     expect(await alice.getCrypto()!.isCrossSigningReady()).toBe(true);
     const aliceMasterKey = await alice.getCrypto()!.getCrossSigningKeyId();
     expect(aliceMasterKey).toBeTruthy();
@@ -199,6 +199,26 @@ describe("end-to-end encryption with matrix-js-sdk Rust crypto", () => {
     expect(aliceDeviceStatus?.signedByOwner).toBe(true);
     const status = await bobCrypto.getUserVerificationStatus(aliceUser.userId);
     expect(status.isCrossSigningVerified()).toBe(false); // known, not verified by bob
+
+    // Alice replaces her cross-signing keys (now the server wants her password, UIA-wrapped); bob's
+    // client learns her new identity through /sync (device_lists.changed), without being told.
+    await within(
+      alice.getCrypto()!.bootstrapCrossSigning({
+        setupNewCrossSigning: true,
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+          await expect(makeRequest(null as never)).rejects.toMatchObject({ httpStatus: 401 });
+          await makeRequest(passwordAuth(aliceUser) as never);
+        },
+      }),
+      "alice replaces her cross-signing keys",
+    );
+    const newMasterKey = (await alice.getCrypto()!.getCrossSigningKeyId())!;
+    expect(newMasterKey).not.toBe(aliceMasterKey);
+    const bobMachine = (bobCrypto as unknown as { olmMachine: { getIdentity(u: unknown): Promise<{ masterKey: string } | undefined> } }).olmMachine;
+    await eventually("bob's client learns alice's new master key through /sync", async () => {
+      const identity = await bobMachine.getIdentity(new RustSdkCryptoJs.UserId(aliceUser.userId));
+      return identity?.masterKey.includes(newMasterKey) ? true : undefined;
+    });
 
     // Alice logs in on a second device. Bob's sync announces her device list change, and his
     // client picks the new device up without being told.
