@@ -205,6 +205,8 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
  */
 class InliningDialect extends PgDialect {
   override escapeString(str: string): string {
+    // The query text ends at a NUL on the wire; refuse as PostgreSQL would refuse the value (22021).
+    if (str.includes("\u0000")) throw Object.assign(new Error("a string value contains NUL"), { code: "22021" });
     return `E'${str.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
   }
 }

@@ -61,8 +61,13 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
       }
       const body = r.body ? await readJsonBody(c, r.body, maxBytes, r.strictJson === true) : undefined;
       const query = r.query ? validateQuery(c, r.query) : c.req.query();
+      const params = c.req.param() as Record<string, string>;
+      for (const [name, value] of Object.entries(params)) {
+        // PostgreSQL text cannot hold NUL; no Matrix identifier contains one.
+        if (value.includes("\u0000")) throw new MatrixError(400, "M_INVALID_PARAM", `${name} must not contain NUL`);
+      }
       const result = await r.handler(
-        { params: c.req.param() as Record<string, string>, query, body, requester, request: info, c },
+        { params, query, body, requester, request: info, c },
         services,
       );
       if (result instanceof Response) return result;
@@ -84,11 +89,24 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
 
   app.onError((err, c) => {
     if (err instanceof MatrixError) return errorResponse(c, err);
+    if (isUnstorableText(err)) {
+      // A string from the request that PostgreSQL cannot store (NUL): the client's fault, not ours.
+      // The transaction it was in rolled back, so nothing was half-written.
+      return errorResponse(c, new MatrixError(400, "M_BAD_JSON", "The request contains a character that cannot be stored (NUL)"));
+    }
     logger.error({ requestId: c.get("requestId"), err }, "unhandled error");
     return errorResponse(c, new MatrixError(500, "M_UNKNOWN", "Internal server error"));
   });
 
   return app;
+}
+
+/** PostgreSQL's "invalid byte sequence" (22021) and "untranslatable character" (22P05), through drizzle's wrapping. */
+function isUnstorableText(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (e.code === "22021" || e.code === "22P05") return true;
+  }
+  return false;
 }
 
 function errorResponse(c: Context, err: MatrixError, headers: Record<string, string> = {}): Response {

@@ -40,7 +40,7 @@ import { MAX_PDU_BYTES, type Pdu, type RoomEvent } from "../../federation/protoc
 import { type StateMap, type StateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
 import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
-import { MatrixError, forbidden, notFound } from "../http/errors.ts";
+import { MatrixError, badJson, forbidden, notFound } from "../http/errors.ts";
 import {
   type NewStateGroup,
   type StateGroupRef,
@@ -625,6 +625,9 @@ export class EventPersister {
    * the snapshot (recording how to undo that). Throws JobFailure (403, 400, 413) when it cannot be sent.
    */
   private async build(tx: Database, snapshot: RoomSnapshot, undo: UndoLog, template: EventTemplate): Promise<EventToStore> {
+    // PostgreSQL text cannot hold NUL, and a database error would fail every room's events in the
+    // batch: refuse this event alone, here.
+    if (containsNul(template)) throw badJson("Events cannot contain NUL characters");
     const rules = snapshot.rules;
     const isCreate = template.type === "m.room.create";
     let content = template.content;
@@ -991,4 +994,14 @@ function parseTextArray(value: string[] | string): string[] {
     .slice(1, -1)
     .split(",")
     .map((s) => (s.startsWith('"') ? s.slice(1, -1).replace(/\\(.)/g, "$1") : s));
+}
+
+/** Whether any string (or object key) inside `value` contains U+0000. */
+function containsNul(value: unknown): boolean {
+  if (typeof value === "string") return value.includes("\u0000");
+  if (Array.isArray(value)) return value.some(containsNul);
+  if (value !== null && typeof value === "object") {
+    for (const [k, v] of Object.entries(value)) if (k.includes("\u0000") || containsNul(v)) return true;
+  }
+  return false;
 }
