@@ -166,7 +166,7 @@ export const eventTransactions = pgTable(
   {
     userId: text("user_id").notNull(),
     deviceId: text("device_id").notNull(),
-    /** `send` or `redact`: the scope of a transaction ID is one endpoint. */
+    /** The request path without the transaction ID (`/rooms/{roomId}/send/{type}`, `/rooms/{roomId}/redact/{eventId}`): a transaction ID's scope. */
     endpoint: text("endpoint").notNull(),
     txnId: text("txn_id").notNull(),
     eventId: text("event_id").notNull(),

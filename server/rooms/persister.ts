@@ -68,7 +68,8 @@ const MAX_CACHED_ROOMS = 2_000;
 export interface TxnRef {
   userId: string;
   deviceId: string;
-  endpoint: "send" | "redact";
+  /** The request path without the transaction ID, e.g. `/rooms/!r/send/m.room.message`. */
+  endpoint: string;
   txnId: string;
 }
 
@@ -315,7 +316,8 @@ export class EventPersister {
         return { roomId: snapshot.roomId, events: built };
       } catch (err) {
         if (attempt < 3 && isRoomIdTaken(err)) continue;
-        throw err;
+        // A refused event: the caller gets the reason (403, 400, 413), and nothing was stored.
+        throw err instanceof JobFailure ? err.cause : err;
       }
     }
   }
@@ -959,7 +961,7 @@ function parseStoredTransactions(rows: unknown[]): Map<string, PersistedEvent> {
     stream_ordering: string | number | null;
     topological_ordering: string | number;
   }>) {
-    out.set(txnKey({ userId: r.user_id, deviceId: r.device_id, endpoint: r.endpoint as TxnRef["endpoint"], txnId: r.txn_id }), {
+    out.set(txnKey({ userId: r.user_id, deviceId: r.device_id, endpoint: r.endpoint, txnId: r.txn_id }), {
       eventId: r.event_id,
       roomId: r.room_id,
       type: r.type,

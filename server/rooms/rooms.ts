@@ -321,7 +321,7 @@ export class Rooms {
   async sendMessage(requester: Requester, roomId: string, type: string, content: JsonObject, txnId: string): Promise<string> {
     this.checkEventFields(type);
     this.checkContent(content);
-    const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: "send", txnId };
+    const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: `/rooms/${roomId}/send/${type}`, txnId };
     return this.withTransaction(txn, async () => {
       const template: EventTemplate = { type, sender: requester.userId, content, txn };
       if (type === "m.room.redaction") {
@@ -337,7 +337,7 @@ export class Rooms {
 
   /** PUT /rooms/{roomId}/redact/{eventId}/{txnId}. */
   async redact(requester: Requester, roomId: string, eventId: string, txnId: string, reason?: string): Promise<string> {
-    const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: "redact", txnId };
+    const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: `/rooms/${roomId}/redact/${eventId}`, txnId };
     return this.withTransaction(txn, async () => {
       return this.sendRedaction(requester, roomId, eventId, reason !== undefined ? { reason } : {}, txn);
     });
@@ -395,7 +395,9 @@ export class Rooms {
 
   /**
    * Runs a send once per (device, endpoint, transaction ID): a retry gets the first event's ID.
-   * https://spec.matrix.org/latest/client-server-api/#transaction-identifiers
+   * https://spec.matrix.org/latest/client-server-api/#transaction-identifiers — the endpoint is the
+   * request path without the transaction ID (as Synapse keys it), so the same transaction ID in
+   * another room, or for another event type, is another request.
    * A retry while the first request is in flight here waits for it; the persister looks stored
    * transaction IDs up in the room's transaction (so a retry of a finished request, or one that
    * reaches another process, finds the first event).
