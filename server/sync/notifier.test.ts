@@ -15,7 +15,7 @@ const at = (events: number) => ({ ...zeroPositions(), events });
 describe("Notifier", () => {
   it("wakes a waiter when a change reaches one of its rooms, and not for other rooms", async () => {
     const n = notifier();
-    await n.start(zeroPositions());
+    await n.start(async () => zeroPositions());
     let woken = false;
     const waiting = n.wait({ userId: "@a:x", rooms: ["!r1:x"], after: at(0), timeoutMs: 5_000 }).then((w) => (woken = w));
     n.publish({ stream: "events", position: 1, rooms: ["!other:x"] });
@@ -30,7 +30,7 @@ describe("Notifier", () => {
 
   it("wakes a user's waiters for a change addressed to the user", async () => {
     const n = notifier();
-    await n.start(zeroPositions());
+    await n.start(async () => zeroPositions());
     const waiting = n.wait({ userId: "@a:x", rooms: [], after: zeroPositions(), timeoutMs: 5_000 });
     n.publish({ stream: "account_data", position: 7, users: ["@a:x"] });
     expect(await waiting).toBe(true);
@@ -38,7 +38,7 @@ describe("Notifier", () => {
 
   it("returns at once when a watched key changed after the request's upper bound", async () => {
     const n = notifier();
-    await n.start(zeroPositions());
+    await n.start(async () => zeroPositions());
     // The change lands between the request computing an empty response at position 0 and waiting.
     n.publish({ stream: "events", position: 1, rooms: ["!r1:x"] });
     const started = Date.now();
@@ -50,7 +50,7 @@ describe("Notifier", () => {
 
   it("times out, and honours an aborted request", async () => {
     const n = notifier();
-    await n.start(zeroPositions());
+    await n.start(async () => zeroPositions());
     expect(await n.wait({ userId: "@a:x", rooms: [], after: zeroPositions(), timeoutMs: 10 })).toBe(false);
     const abort = new AbortController();
     const waiting = n.wait({ userId: "@a:x", rooms: [], after: zeroPositions(), timeoutMs: 5_000, signal: abort.signal });
@@ -61,7 +61,7 @@ describe("Notifier", () => {
 
   it("releases every waiter at once on close, and waits no more after", async () => {
     const n = notifier();
-    await n.start(zeroPositions());
+    await n.start(async () => zeroPositions());
     const waits = [1, 2, 3].map((i) => n.wait({ userId: `@u${i}:x`, rooms: ["!r:x"], after: zeroPositions(), timeoutMs: 60_000 }));
     const started = Date.now();
     await n.close();
@@ -72,11 +72,33 @@ describe("Notifier", () => {
 
   it("runs a stream's handler before waking waiters", async () => {
     const n = notifier();
-    await n.start(zeroPositions());
+    await n.start(async () => zeroPositions());
     const seen: unknown[] = [];
     n.onChange("typing", (c) => seen.push(c.data));
     const waiting = n.wait({ userId: "@a:x", rooms: ["!r:x"], after: zeroPositions(), timeoutMs: 5_000 }).then(() => [...seen]);
     n.publish({ stream: "typing", position: 1, rooms: ["!r:x"], data: { hello: 1 } });
     expect(await waiting).toEqual([{ hello: 1 }]);
+  });
+
+  it("knows up to where it has heard of every room event, across gaps", async () => {
+    const n = notifier();
+    await n.start(async () => at(10));
+    expect(n.coveredEvents()).toBe(10);
+    // A batch from another process arrives before the one before it.
+    n.publish({ stream: "events", position: 15, first: 13, rooms: ["!a:x"] });
+    expect(n.coveredEvents()).toBe(10);
+    n.publish({ stream: "events", position: 12, first: 11, rooms: ["!b:x"] });
+    expect(n.coveredEvents()).toBe(15);
+    expect(n.positions().events).toBe(15);
+  });
+
+  it("hands broadcasts to their topic's handlers", async () => {
+    const n = notifier();
+    await n.start(async () => zeroPositions());
+    const got: unknown[] = [];
+    n.onBroadcast("key_counts", (d) => got.push(d));
+    n.broadcast("key_counts", ["@a:x\u0000DEV"]);
+    n.broadcast("other", 1);
+    expect(got).toEqual([["@a:x\u0000DEV"]]);
   });
 });

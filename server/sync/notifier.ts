@@ -23,6 +23,8 @@ import { type Queryable, STREAMS, type StreamName, type StreamPositions, maxPosi
 export const SYNC_CHANNEL = "parley_sync";
 /** PostgreSQL refuses NOTIFY payloads of 8000 bytes or more. */
 const MAX_PAYLOAD = 7900;
+/** A gap in room-event notifications older than this is taken for a lost notification. */
+const GAP_GIVEN_UP_MS = 5_000;
 /** Beyond this many remembered keys, forget them all and raise the floor (see `lastChangeOf`). */
 const MAX_REMEMBERED_KEYS = 200_000;
 
@@ -37,6 +39,11 @@ export interface Change {
   data?: unknown;
   /** Wake every waiter (a change too large to describe in one notification). */
   everyone?: boolean;
+  /**
+   * The first position of a change that covers a range `[first, position]` (a batch of room
+   * events). With it the notifier knows up to where it has heard of every change (`covered`).
+   */
+  first?: number;
 }
 
 export interface WaitOptions {
@@ -49,6 +56,7 @@ export interface WaitOptions {
 }
 
 type ChangeHandler = (change: Change) => void;
+type BroadcastHandler = (data: unknown) => void;
 
 interface Waiter {
   keys: string[];
@@ -66,21 +74,42 @@ export class Notifier {
   /** Positions at or below which forgotten keys may have changed. */
   private floor = zeroPositions();
   private readonly handlers = new Map<StreamName, ChangeHandler[]>();
+  private readonly broadcastHandlers = new Map<string, BroadcastHandler[]>();
   private readonly origin = randomUUID().slice(0, 8);
   private unlisten: (() => Promise<void>) | undefined;
   private closed = false;
+  /**
+   * Room events: every change at or below `upTo` has been applied here; `pending` holds the ranges
+   * heard of beyond a gap (a notification from another process still on its way).
+   */
+  private readonly eventsCoverage = { upTo: 0, pending: [] as Array<[number, number]>, gapSince: 0 };
 
   constructor(
     private readonly database: OpenedDatabase,
     private readonly logger: Logger,
   ) {}
 
-  async start(initial: StreamPositions): Promise<void> {
-    this.current = maxPositions(this.current, initial);
-    this.floor = { ...this.current };
+  /**
+   * Starts listening to the other processes, then reads the positions to start from (so nothing
+   * committed in between is missed).
+   */
+  async start(readPositions: () => Promise<StreamPositions>): Promise<StreamPositions> {
     if (this.database.kind === "postgres") {
       this.unlisten = await this.database.listen(SYNC_CHANNEL, (payload) => this.receive(payload));
     }
+    const initial = await readPositions();
+    this.current = maxPositions(this.current, initial);
+    this.floor = { ...this.current };
+    this.cover(0, initial.events);
+    return initial;
+  }
+
+  /**
+   * Up to where this process has applied every room-event change: data cached from notifications
+   * (memberships) is complete up to here. Beyond it a notification is still on its way.
+   */
+  coveredEvents(): number {
+    return this.eventsCoverage.upTo;
   }
 
   /** Wakes every waiting request (they answer at once) and refuses to wait from now on: shutdown. */
@@ -104,14 +133,56 @@ export class Notifier {
     list.push(handler);
   }
 
+  /**
+   * Tells every process (this one first) something that is not a stream change: caches of derived
+   * data (key counts) drop entries with it. Handlers registered with `onBroadcast` run.
+   */
+  broadcast(topic: string, data: unknown): void {
+    this.deliver(topic, data);
+    if (this.database.kind === "postgres") {
+      const payload = `b|${JSON.stringify({ o: this.origin, t: topic, d: data })}`;
+      if (payload.length > MAX_PAYLOAD) {
+        this.logger.warn({ topic }, "a broadcast too large for NOTIFY was not sent to other processes");
+        return;
+      }
+      void this.database.notify(SYNC_CHANNEL, payload).catch((err) => this.logger.warn({ err, topic }, "could not notify other processes"));
+    }
+  }
+
+  onBroadcast(topic: string, handler: BroadcastHandler): void {
+    let list = this.broadcastHandlers.get(topic);
+    if (!list) this.broadcastHandlers.set(topic, (list = []));
+    list.push(handler);
+  }
+
+  private deliver(topic: string, data: unknown): void {
+    for (const handler of this.broadcastHandlers.get(topic) ?? []) handler(data);
+  }
+
   /** The highest safe position known per stream. */
   positions(): StreamPositions {
     return { ...this.current };
   }
 
-  /** Raises the known positions with ones just read from the database. */
+  /**
+   * Raises the known positions with ones just read from the database. A gap in the room-event
+   * notifications that lasts (a notification lost with a dropped connection) is given up on: the
+   * coverage jumps to what the database says and every handler hears "everyone" (caches start over).
+   */
   observe(positions: StreamPositions): void {
     this.current = maxPositions(this.current, positions);
+    const coverage = this.eventsCoverage;
+    if (coverage.upTo >= positions.events) {
+      coverage.gapSince = 0;
+    } else if (coverage.gapSince === 0) {
+      coverage.gapSince = performance.now();
+    } else if (performance.now() - coverage.gapSince > GAP_GIVEN_UP_MS) {
+      this.logger.warn({ covered: coverage.upTo, stored: positions.events }, "room-event notifications missing; starting caches over");
+      coverage.upTo = positions.events;
+      coverage.pending = coverage.pending.filter(([, last]) => last > coverage.upTo);
+      coverage.gapSince = 0;
+      this.apply({ stream: "events", position: positions.events, everyone: true, first: positions.events });
+    }
   }
 
   /**
@@ -220,6 +291,7 @@ export class Notifier {
   private apply(change: Change): void {
     const { stream, position } = change;
     if (position > this.current[stream]) this.current[stream] = position;
+    if (stream === "events") this.cover(change.first ?? position, position);
     for (const handler of this.handlers.get(stream) ?? []) handler(change);
     if (change.everyone) {
       this.floor = { ...this.current };
@@ -243,6 +315,17 @@ export class Notifier {
     }
   }
 
+  private cover(first: number, last: number): void {
+    const coverage = this.eventsCoverage;
+    if (last <= coverage.upTo) return;
+    coverage.pending.push([first, last]);
+    coverage.pending.sort((a, b) => a[0] - b[0]);
+    while (coverage.pending.length && coverage.pending[0]![0] <= coverage.upTo + 1) {
+      coverage.upTo = Math.max(coverage.upTo, coverage.pending.shift()![1]);
+    }
+    if (coverage.pending.length === 0) coverage.gapSince = 0;
+  }
+
   /** `<position>|<json>`; the JSON carries our origin, unless every process (us too) must apply it. */
   private payload(change: Change, withOrigin: boolean): string {
     const body: Record<string, unknown> = { s: change.stream };
@@ -250,15 +333,21 @@ export class Notifier {
     if (change.users?.length) body.u = change.users;
     if (change.rooms?.length) body.r = change.rooms;
     if (change.data !== undefined) body.d = change.data;
+    if (change.first !== undefined) body.f = change.first;
     let json = JSON.stringify(body);
     if (json.length > MAX_PAYLOAD) {
-      json = JSON.stringify({ s: change.stream, ...(withOrigin ? { o: this.origin } : {}), e: 1, d: change.data });
+      json = JSON.stringify({ s: change.stream, ...(withOrigin ? { o: this.origin } : {}), e: 1, d: change.data, f: change.first });
     }
     return withOrigin ? `${change.position}|${json}` : json;
   }
 
   private receive(payload: string): void {
     try {
+      if (payload.startsWith("b|")) {
+        const body = JSON.parse(payload.slice(2)) as { o: string; t: string; d: unknown };
+        if (body.o !== this.origin) this.deliver(body.t, body.d);
+        return;
+      }
       const bar = payload.indexOf("|");
       const position = Number(payload.slice(0, bar));
       const body = JSON.parse(payload.slice(bar + 1)) as {
@@ -268,10 +357,11 @@ export class Notifier {
         r?: string[];
         d?: unknown;
         e?: number;
+        f?: number;
       };
       if (body.o === this.origin) return;
       if (!(STREAMS as readonly string[]).includes(body.s) || !Number.isSafeInteger(position)) return;
-      this.apply({ stream: body.s, position, users: body.u, rooms: body.r, data: body.d, everyone: body.e === 1 });
+      this.apply({ stream: body.s, position, users: body.u, rooms: body.r, data: body.d, everyone: body.e === 1, first: body.f });
     } catch (err) {
       this.logger.warn({ err }, "unreadable sync notification");
     }

@@ -75,14 +75,21 @@ export function createSyncServices(options: {
     logger,
   });
 
-  rooms.persister.onEventsPersisted((roomId, events) => {
-    // The room's members see the events; a membership event's target sees it too (an invite,
-    // a kick), whether or not they are in the room.
+  rooms.persister.onBatchPersisted((events) => {
+    // The rooms' members see the events; a membership event's target sees it too (an invite,
+    // a kick), whether or not they are in the room. One change per committed batch: its positions
+    // form one range, so the notifier knows how far it has heard of every event (`first`).
     const targets = events
       .filter((e) => e.type === "m.room.member" && e.stateKey !== undefined && serverNameOf(e.stateKey) === serverName)
       .map((e) => e.stateKey!);
-    const position = Math.max(...events.map((e) => e.streamOrdering));
-    notifier.publish({ stream: "events", position, rooms: [roomId], users: [...new Set(targets)] });
+    const orderings = events.map((e) => e.streamOrdering);
+    notifier.publish({
+      stream: "events",
+      position: Math.max(...orderings),
+      first: Math.min(...orderings),
+      rooms: [...new Set(events.map((e) => e.roomId))],
+      users: [...new Set(targets)],
+    });
   });
   userData.onAccountData((userId, _roomId, position) => {
     notifier.publish({ stream: "account_data", position, users: [userId] });

@@ -41,6 +41,10 @@ import type { RoomUnreadCounts, UnreadCounts } from "./unread.ts";
 const MAX_TIMEOUT_MS = 5 * 60_000;
 /** To-device messages per response; the rest come in the next one. */
 const TO_DEVICE_LIMIT = 100;
+/** The notifier topic of key-count changes (`user\0device` keys). */
+const KEY_COUNTS_TOPIC = "key_counts";
+/** Cached memberships (users) and key counts (devices), at most. */
+const MAX_CACHED = 50_000;
 /** Devices whose lazy-loaded members are remembered (to leave out redundant member events). */
 const MAX_LAZY_LOAD_DEVICES = 10_000;
 
@@ -135,7 +139,29 @@ export class Sync {
   /** Stream positions read by requests in flight; a request may share a read begun before it (see safeUpperBound). */
   private readonly positionReads = new SharedReads<StreamPositions>(0);
 
+  /**
+   * Cached per user (memberships) and per device (key counts), dropped when they change: every
+   * membership change of a local user is published to the user (in every process), and key-count
+   * changes are broadcast. A read that overlapped a change is used but not cached.
+   */
+  private readonly membershipCache = new Map<string, RoomMembership[]>();
+  private readonly keyCountCache = new Map<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>();
+  private generation = 0;
+
   constructor(private readonly d: SyncDeps) {
+    d.notifier.onChange("events", (change) => {
+      if (!change.users?.length && !change.everyone) return;
+      this.generation++;
+      if (change.everyone) this.membershipCache.clear();
+      for (const u of change.users ?? []) this.membershipCache.delete(u);
+    });
+    d.notifier.onBroadcast(KEY_COUNTS_TOPIC, (data) => {
+      this.generation++;
+      for (const key of data as string[]) this.keyCountCache.delete(key);
+    });
+    d.e2ee.deviceKeys.onKeyCountsChanged((devices) => {
+      d.notifier.broadcast(KEY_COUNTS_TOPIC, devices.map((x) => `${x.userId}\u0000${x.deviceId}`));
+    });
     this.memberships = new Batcher((userIds) => d.reads.membershipsOf(userIds), () => []);
     this.unreadCounts = new Batcher((userIds) => d.unread.countsOf(userIds), () => new Map());
     this.keyCounts = new Batcher(
@@ -144,10 +170,9 @@ export class Sync {
     );
   }
 
-  /** Reads the streams' positions and starts listening to other processes. */
+  /** Starts listening to other processes and reads the streams' positions. */
   async start(): Promise<void> {
-    const positions = await readStreamPositions(this.d.db);
-    await this.d.notifier.start(positions);
+    const positions = await this.d.notifier.start(() => readStreamPositions(this.d.db));
     this.d.typing.start(positions.typing);
   }
 
@@ -188,6 +213,18 @@ export class Sync {
     } finally {
       presenceDone();
     }
+  }
+
+  private async cached<V>(cache: Map<string, V>, key: string, read: () => Promise<V>): Promise<V> {
+    const hit = cache.get(key);
+    if (hit !== undefined) return hit;
+    const generation = this.generation;
+    const value = await read();
+    if (generation === this.generation) {
+      if (cache.size >= MAX_CACHED) cache.clear();
+      cache.set(key, value);
+    }
+    return value;
   }
 
   /**
@@ -240,7 +277,14 @@ export class Sync {
 
   private async compute(pass: Pass): Promise<{ response: SyncResponse; empty: boolean; rooms: string[] }> {
     const { userId, deviceId, filter, from } = pass;
-    const memberships = (await this.memberships.get(userId)).filter((m) => roomAllowed(filter.room, m.roomId));
+    // Cached memberships are complete only as far as this process has heard of every room event.
+    const readMemberships = () => this.memberships.get(userId);
+    const all = pass.upper.events <= this.d.notifier.coveredEvents() ? await this.cached(this.membershipCache, userId, readMemberships) : await readMemberships();
+    const memberships = all.filter((m) => roomAllowed(filter.room, m.roomId));
+    // Unread counts change with room events and receipts: read them alongside (one query for all
+    // the requests a change woke).
+    const unreadRead = pass.initial || pass.upper.events > from.events || pass.upper.receipts > from.receipts ? this.unreadCounts.get(userId) : undefined;
+    unreadRead?.catch(() => {}); // awaited below when a room needs it
     // A membership row read now is committed, and so is everything below it: a safe bound too.
     for (const m of memberships) if (m.streamOrdering > pass.upper.events) pass.upper.events = m.streamOrdering;
     const { upper } = pass;
@@ -253,7 +297,7 @@ export class Sync {
       moved("account_data") ? this.d.userData.accountDataSince(userId, pass.initial ? 0 : from.account_data, upper.account_data) : [],
       moved("presence") ? this.presenceFor(pass) : [],
       moved("to_device") ? this.d.e2ee.toDevice.fetchToDevice(userId, deviceId, from.to_device, TO_DEVICE_LIMIT) : undefined,
-      this.keyCounts.get(`${userId}\u0000${deviceId}`),
+      this.cached(this.keyCountCache, `${userId}\u0000${deviceId}`, () => this.keyCounts.get(`${userId}\u0000${deviceId}`)),
     ]);
     // Room account data of rooms joined since the token: all of it, not only what changed.
     const newlyJoinedIds = new Set(joined.filter((m) => !pass.initial && m.streamOrdering > from.events).map((m) => m.roomId));
@@ -306,7 +350,7 @@ export class Sync {
       })),
     );
     const included = joinedResults.filter((r): r is NonNullable<typeof r> => r !== undefined);
-    const unread = included.length ? await this.unreadCounts.get(userId) : new Map<string, RoomUnreadCounts>();
+    const unread = included.length ? await (unreadRead ?? this.unreadCounts.get(userId)) : new Map<string, RoomUnreadCounts>();
     const threadCounts = filter.room?.timeline?.unread_thread_notifications === true;
     for (const r of included) {
       const counts = unread.get(r.roomId);
@@ -390,7 +434,12 @@ export class Sync {
     const key = `${roomId}|${from}|${to}|${limit}|${JSON.stringify(typeFilter)}`;
     return this.timelines.get(key, async () => {
       const { events, limited } = await this.d.reads.roomEvents(roomId, from, to, limit, typeFilter);
-      const withRelations = await this.d.reads.withRelations(events.filter((e) => e.stateKey === undefined).map((e) => e.eventId));
+      // A complete incremental range holds every event that relates to the events in it (a child
+      // comes after its parent); otherwise ask.
+      const complete = from > 0 && !limited && typeFilter.types === undefined && typeFilter.notTypes === undefined
+        && typeFilter.senders === undefined && typeFilter.notSenders === undefined;
+      const parents = events.filter((e) => e.stateKey === undefined).map((e) => e.eventId);
+      const withRelations = complete ? relatedWithin(events) : await this.d.reads.withRelations(parents);
       return { events, limited, withRelations };
     });
   }
@@ -617,4 +666,16 @@ function showsEveryEvent(filter: RoomEventFilter | undefined, eventFields: reado
     filter !== undefined &&
     (filter.types !== undefined || filter.not_types?.length || filter.senders !== undefined || filter.not_senders?.length || filter.contains_url !== undefined);
   return !restricted && (eventFields === undefined || eventFields.includes("type"));
+}
+
+/** The events of `events` that other events of `events` relate to (replies are not relations). */
+function relatedWithin(events: readonly StoredEvent[]): Set<string> {
+  const ids = new Set(events.map((e) => e.eventId));
+  const out = new Set<string>();
+  for (const e of events) {
+    const relatesTo = (e.pdu.content as JsonObject | undefined)?.["m.relates_to"] as JsonObject | undefined;
+    const target = relatesTo?.event_id;
+    if (typeof target === "string" && relatesTo?.rel_type !== undefined && ids.has(target)) out.add(target);
+  }
+  return out;
 }
