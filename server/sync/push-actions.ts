@@ -10,6 +10,7 @@ import { type SQL, sql } from "drizzle-orm";
 import { userPowerLevel } from "../../federation/protocol/auth-rules.ts";
 import { serverNameOf } from "../../federation/protocol/identifiers.ts";
 import type { Ruleset } from "../pushrules/defaults.ts";
+import { withServerDefaults } from "../pushrules/ruleset.ts";
 import { type PushEvent, evaluatePushRules } from "../pushrules/evaluate.ts";
 import type { EventsWriteExtension } from "../rooms/persister.ts";
 import type { UserData } from "../userdata/userdata.ts";
@@ -17,6 +18,16 @@ import type { Notifier } from "./notifier.ts";
 import type { Queryable } from "./streams.ts";
 
 const MAX_CACHED_RULESETS = 20_000;
+
+/** A user's effective rules, and whether they changed any (`custom`) or have the server defaults. */
+interface UserRules {
+  ruleset: Ruleset;
+  custom: boolean;
+}
+
+/** A user ID no event can contain (not a valid user ID), for evaluating the server-default rules once. */
+const NOBODY = "@\u0000:\u0000";
+const DEFAULT_RULESET = withServerDefaults(undefined, NOBODY);
 
 /** The room as of the event, as far as push rules look at it. */
 export interface PushRoomContext {
@@ -48,7 +59,7 @@ export function threadOf(content: Record<string, unknown>): string {
 }
 
 export class PushActions {
-  private readonly rulesets = new Map<string, Ruleset>();
+  private readonly rulesets = new Map<string, UserRules>();
   /** Bumped by every invalidation: a load that overlapped one is used but not cached (it may be stale). */
   private generation = 0;
 
@@ -106,30 +117,46 @@ export class PushActions {
     return statements;
   };
 
-  /** Who among the room's local members `event` notifies, and whether it highlights them. */
+  /**
+   * Who among the room's local members `event` notifies, and whether it highlights them.
+   *
+   * Users who never changed their push rules have the server-default rules, in which their user ID
+   * appears only in conditions that compare it with the event (`invite_for_me`, `is_user_mention`).
+   * For those the event does not name, the outcome is the same: it is computed once, for a user ID
+   * the event cannot contain. (A big room's message is evaluated once instead of once per member.)
+   */
   async actionsFor(room: PushRoomContext, event: PushEvent, q?: Queryable): Promise<PushActionFor[]> {
     const candidates = room.localJoinedMembers.filter((u) => u !== event.sender);
     if (candidates.length === 0) return [];
     const rulesets = await this.rulesetsOf(candidates, q);
     const senderPowerLevel = room.powerLevelOf(event.sender);
     const threadId = threadOf(event.content);
-    const out: PushActionFor[] = [];
-    for (const userId of candidates) {
-      const ruleset = rulesets.get(userId)!;
-      const displayName = usesDisplayName(ruleset) ? await room.displayNameOf(userId) : null;
-      const outcome = evaluatePushRules(ruleset, event, {
+    const evaluate = async (userId: string, ruleset: Ruleset) =>
+      evaluatePushRules(ruleset, event, {
         userId,
-        displayName,
+        displayName: usesDisplayName(ruleset) ? await room.displayNameOf(userId) : null,
         roomMemberCount: room.joinedMemberCount,
         senderPowerLevel,
         powerLevels: room.powerLevels,
       });
+    const text = JSON.stringify(event);
+    let shared: Awaited<ReturnType<typeof evaluate>> | undefined;
+    const out: PushActionFor[] = [];
+    for (const userId of candidates) {
+      const rules = rulesets.get(userId)!;
+      let outcome;
+      if (!rules.custom && !usesDisplayName(rules.ruleset) && !text.includes(userId)) {
+        shared ??= await evaluate(NOBODY, DEFAULT_RULESET);
+        outcome = shared;
+      } else {
+        outcome = await evaluate(userId, rules.ruleset);
+      }
       if (outcome.notify) out.push({ userId, threadId, highlight: outcome.highlight });
     }
     return out;
   }
 
-  private async rulesetsOf(userIds: readonly string[], q?: Queryable): Promise<Map<string, Ruleset>> {
+  private async rulesetsOf(userIds: readonly string[], q?: Queryable): Promise<Map<string, UserRules>> {
     const missing = userIds.filter((u) => !this.rulesets.has(u));
     if (missing.length) {
       const generation = this.generation;
@@ -138,7 +165,7 @@ export class PushActions {
         if (this.rulesets.size + loaded.size > MAX_CACHED_RULESETS) this.rulesets.clear();
         for (const [u, r] of loaded) this.rulesets.set(u, r);
       }
-      const out = new Map<string, Ruleset>();
+      const out = new Map<string, UserRules>();
       for (const u of userIds) out.set(u, this.rulesets.get(u) ?? loaded.get(u)!);
       return out;
     }

@@ -125,11 +125,11 @@ export class UserData {
   }
 
   /**
-   * The effective push rules of several users at once (server defaults for those with none stored);
-   * `q` is an open transaction to read in, if any.
+   * The effective push rules of several users at once (server defaults for those with none stored:
+   * `custom` false); `q` is an open transaction to read in, if any.
    */
-  async pushRulesOf(userIds: readonly string[], q: Database | Tx = this.db): Promise<Map<string, Ruleset>> {
-    const out = new Map<string, Ruleset>();
+  async pushRulesOf(userIds: readonly string[], q: Database | Tx = this.db): Promise<Map<string, { ruleset: Ruleset; custom: boolean }>> {
+    const out = new Map<string, { ruleset: Ruleset; custom: boolean }>();
     if (userIds.length === 0) return out;
     const t = schema.accountData;
     const rows = await q
@@ -137,7 +137,7 @@ export class UserData {
       .from(t)
       .where(and(inArray(t.userId, [...userIds]), eq(t.roomId, ""), eq(t.type, PUSH_RULES_TYPE)));
     const stored = new Map(rows.map((r) => [r.userId, (JSON.parse(r.content) as { global?: unknown }).global]));
-    for (const userId of userIds) out.set(userId, withServerDefaults(stored.get(userId), userId));
+    for (const userId of userIds) out.set(userId, { ruleset: withServerDefaults(stored.get(userId), userId), custom: stored.has(userId) });
     return out;
   }
 
