@@ -8,7 +8,7 @@ let alice: RoomUser;
 let bob: RoomUser;
 beforeAll(async () => {
   hs = await startTestServer();
-  [alice, bob] = await Promise.all(["alice", "bob"].map((n) => registerRoomUser(hs.url, n)));
+  [alice, bob] = (await Promise.all(["alice", "bob"].map((n) => registerRoomUser(hs.url, n)))) as [RoomUser, RoomUser];
 });
 afterAll(() => hs.destroy());
 

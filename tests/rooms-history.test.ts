@@ -10,7 +10,7 @@ let bob: RoomUser;
 let carol: RoomUser;
 beforeAll(async () => {
   hs = await startTestServer();
-  [alice, bob, carol] = await Promise.all(["alice", "bob", "carol"].map((n) => registerRoomUser(hs.url, n)));
+  [alice, bob, carol] = (await Promise.all(["alice", "bob", "carol"].map((n) => registerRoomUser(hs.url, n)))) as [RoomUser, RoomUser, RoomUser];
 });
 afterAll(() => hs.destroy());
 

@@ -9,7 +9,7 @@ let bob: RoomUser;
 let roomId: string;
 beforeAll(async () => {
   hs = await startTestServer();
-  [alice, bob] = await Promise.all(["alice", "bob"].map((n) => registerRoomUser(hs.url, n)));
+  [alice, bob] = (await Promise.all(["alice", "bob"].map((n) => registerRoomUser(hs.url, n)))) as [RoomUser, RoomUser];
   roomId = await alice.createRoom({ preset: "public_chat" });
   await bob.join(roomId);
 });

@@ -9,7 +9,7 @@ let bob: RoomUser;
 let carol: RoomUser;
 beforeAll(async () => {
   hs = await startTestServer({ config: { allow_guest_access: true } });
-  [alice, bob, carol] = await Promise.all(["alice", "bob", "carol"].map((n) => registerRoomUser(hs.url, n)));
+  [alice, bob, carol] = (await Promise.all(["alice", "bob", "carol"].map((n) => registerRoomUser(hs.url, n)))) as [RoomUser, RoomUser, RoomUser];
 });
 afterAll(() => hs.destroy());
 
