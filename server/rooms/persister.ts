@@ -41,6 +41,7 @@ import { type StateMap, type StateMapKey, stateMapKey } from "../../federation/p
 import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
 import { MatrixError, badJson, forbidden, notFound } from "../http/errors.ts";
+import type { StoredEvent } from "./event-store.ts";
 import {
   type NewStateGroup,
   type StateGroupRef,
@@ -97,6 +98,11 @@ export interface PersistedEvent {
   membership: string | undefined;
   streamOrdering: number;
   topologicalOrdering: number;
+  /**
+   * The event as a read of the events table would return it (what /sync serves from memory); for
+   * events stored by this batch (not for a transaction ID's earlier event).
+   */
+  stored?: StoredEvent;
 }
 
 /** Called after events of a room committed (sync wakes its waiters here). */
@@ -744,9 +750,30 @@ export class EventPersister {
           stateKey: e.pdu.state_key,
           sender: e.pdu.sender,
           membership: e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : undefined,
-          streamOrdering: position++,
+          streamOrdering: position,
           topologicalOrdering: e.pdu.depth,
+          stored: {
+            eventId: e.eventId,
+            roomId: snapshot.roomId,
+            roomVersion: snapshot.rules.id,
+            type: e.pdu.type,
+            stateKey: e.pdu.state_key,
+            sender: e.pdu.sender,
+            originServerTs: e.pdu.origin_server_ts,
+            depth: e.pdu.depth,
+            streamOrdering: position,
+            topologicalOrdering: e.pdu.depth,
+            pdu: e.pdu as unknown as Record<string, unknown>,
+            rejected: e.rejectedReason !== undefined,
+            softFailed: e.softFailed,
+            outlier: false,
+            redactedBy: null,
+            stateBeforeGroup: e.stateBefore?.id ?? null,
+            stateAfterGroup: e.stateAfter?.id ?? null,
+            replacesState: e.replacesState ?? null,
+          },
         });
+        position++;
       }
     }
     return out;
