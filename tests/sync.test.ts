@@ -146,6 +146,26 @@ describe("incremental sync", () => {
     expect(seen.slice(-500)).toEqual(sent);
   }, 120_000);
 
+  it("delivers a redaction, and the redacted event comes redacted afterwards", async () => {
+    const roomId = await sharedRoom();
+    const start = await sync(hs.url, bob);
+    const eventId = await send(hs.url, alice, roomId, { msgtype: "m.text", body: "oops" });
+    const first = await sync(hs.url, bob, { since: start.next_batch });
+    expect(bodies(first, roomId)).toEqual(["oops"]);
+    const redact = await request(hs.url, "PUT", `/_matrix/client/v3/rooms/${enc(roomId)}/redact/${enc(eventId)}/r1`, {
+      token: alice.accessToken,
+      body: {},
+    });
+    expect(redact.status).toBe(200);
+    const next = await sync(hs.url, bob, { since: first.next_batch });
+    const redaction = next.rooms.join[roomId].timeline.events.find((e: any) => e.type === "m.room.redaction");
+    expect(redaction.redacts).toBe(eventId);
+    const initial = await sync(hs.url, bob, { filter: { room: { rooms: [roomId] } } });
+    const redacted = initial.rooms.join[roomId].timeline.events.find((e: any) => e.event_id === eventId);
+    expect(redacted.content).toEqual({});
+    expect(redacted.unsigned.redacted_because.event_id).toBe(redact.json.event_id);
+  });
+
   it("gives the state changed in the gap of a limited sync", async () => {
     const roomId = await sharedRoom();
     const before = await sync(hs.url, bob);

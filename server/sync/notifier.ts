@@ -39,6 +39,8 @@ export interface Change {
   data?: unknown;
   /** Wake every waiter (a change too large to describe in one notification). */
   everyone?: boolean;
+  /** Set on changes that came from another process (their data, if any, is not in this one). */
+  remote?: boolean;
   /**
    * The first position of a change that covers a range `[first, position]` (a batch of room
    * events). With it the notifier knows up to where it has heard of every change (`covered`).
@@ -267,6 +269,11 @@ export class Notifier {
     });
   }
 
+  /** The last position of `stream` this process has heard of in the room (the floor when unknown). */
+  lastInRoom(roomId: string, stream: StreamName): number {
+    return this.lastChangeOf(roomKey(roomId))[stream] ?? this.floor[stream];
+  }
+
   /** How many requests are waiting (tests and metrics). */
   get waiting(): number {
     const all = new Set<Waiter>();
@@ -361,7 +368,7 @@ export class Notifier {
       };
       if (body.o === this.origin) return;
       if (!(STREAMS as readonly string[]).includes(body.s) || !Number.isSafeInteger(position)) return;
-      this.apply({ stream: body.s, position, users: body.u, rooms: body.r, data: body.d, everyone: body.e === 1, first: body.f });
+      this.apply({ stream: body.s, position, users: body.u, rooms: body.r, data: body.d, everyone: body.e === 1, first: body.f, remote: true });
     } catch (err) {
       this.logger.warn({ err }, "unreadable sync notification");
     }

@@ -83,6 +83,9 @@ export function createSyncServices(options: {
       .filter((e) => e.type === "m.room.member" && e.stateKey !== undefined && serverNameOf(e.stateKey) === serverName)
       .map((e) => e.stateKey!);
     const orderings = events.map((e) => e.streamOrdering);
+    // In memory before anyone wakes: the woken long-polls want exactly these.
+    if (events.every((e) => e.stored)) sync.recent.add(events.map((e) => e.stored!));
+    else sync.recent.dropRooms([...new Set(events.map((e) => e.roomId))]);
     notifier.publish({
       stream: "events",
       position: Math.max(...orderings),

@@ -22,6 +22,7 @@ import type { EventTypeFilter, RoomMembership, SyncReads } from "../rooms/sync-r
 import type { HistoryVisibility } from "../rooms/visibility.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import { Batcher, SharedReads } from "./batch.ts";
+import { RecentEvents } from "./recent-events.ts";
 import type { DeviceListChanges } from "./device-list-changes.ts";
 import {
   type Filter,
@@ -136,6 +137,8 @@ export class Sync {
   private readonly unreadCounts: Batcher<string, Map<string, RoomUnreadCounts>>;
   private readonly keyCounts: Batcher<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>;
   private readonly timelines = new SharedReads<RoomTimeline>(2_000);
+  /** Recent events of busy rooms (what woken long-polls want); fed by the persist path. */
+  readonly recent = new RecentEvents();
   /** Stream positions read by requests in flight; a request may share a read begun before it (see safeUpperBound). */
   private readonly positionReads = new SharedReads<StreamPositions>(0);
 
@@ -150,6 +153,9 @@ export class Sync {
 
   constructor(private readonly d: SyncDeps) {
     d.notifier.onChange("events", (change) => {
+      // Another process's events are not in memory here.
+      if (change.everyone) this.recent.clear();
+      else if (change.remote) this.recent.dropRooms(change.rooms ?? []);
       if (!change.users?.length && !change.everyone) return;
       this.generation++;
       if (change.everyone) this.membershipCache.clear();
@@ -424,6 +430,10 @@ export class Sync {
   // ---- Rooms -------------------------------------------------------------------------------------------
 
   /** A room's timeline events, shared between the requests that ask for the same range at once. */
+  /**
+   * A room's timeline events in `(from, to]`: from memory when this process has them all (recent
+   * events), else one read shared between the requests that ask for the same range at once.
+   */
   private timeline(roomId: string, from: number, to: number, limit: number, filter: RoomEventFilter | undefined): Promise<RoomTimeline> {
     const typeFilter: EventTypeFilter = {
       types: filter?.types,
@@ -431,13 +441,18 @@ export class Sync {
       senders: filter?.senders,
       notSenders: filter?.not_senders,
     };
+    const unfiltered = typeFilter.types === undefined && typeFilter.notTypes === undefined && typeFilter.senders === undefined && typeFilter.notSenders === undefined;
+    if (to <= this.d.notifier.coveredEvents()) {
+      const hit = this.recent.get(roomId, from, to, limit, unfiltered ? undefined : filter);
+      if (hit) return Promise.resolve({ events: hit.events, limited: hit.limited, withRelations: relatedWithin(hit.all) });
+    }
     const key = `${roomId}|${from}|${to}|${limit}|${JSON.stringify(typeFilter)}`;
     return this.timelines.get(key, async () => {
       const { events, limited } = await this.d.reads.roomEvents(roomId, from, to, limit, typeFilter);
       // A complete incremental range holds every event that relates to the events in it (a child
       // comes after its parent); otherwise ask.
-      const complete = from > 0 && !limited && typeFilter.types === undefined && typeFilter.notTypes === undefined
-        && typeFilter.senders === undefined && typeFilter.notSenders === undefined;
+      const complete = from > 0 && !limited && unfiltered;
+      if (!limited && unfiltered && this.d.notifier.lastInRoom(roomId, "events") <= to) this.recent.learn(roomId, from, to, events);
       const parents = events.filter((e) => e.stateKey === undefined).map((e) => e.eventId);
       const withRelations = complete ? relatedWithin(events) : await this.d.reads.withRelations(parents);
       return { events, limited, withRelations };
