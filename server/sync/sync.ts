@@ -81,6 +81,7 @@ export interface SyncResponse {
   rooms?: {
     join?: Record<string, JoinedRoomResponse>;
     invite?: Record<string, { invite_state: EventBatch }>;
+    knock?: Record<string, { knock_state: EventBatch }>;
     leave?: Record<string, { state: EventBatch; timeline: { events: ClientEvent[]; limited: boolean; prev_batch: string }; account_data: EventBatch }>;
   };
   presence?: { events: PresenceEvent[] };
@@ -371,10 +372,14 @@ export class Sync {
       joinResponses[r.roomId] = r.response;
     }
 
+    // Invites and knocks: the stripped state of the room and the membership event itself.
     const inviteResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["invite"]> = {};
+    const knockResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["knock"]> = {};
     for (const m of memberships) {
-      if (m.membership !== "invite" || !changedSince(m)) continue;
-      inviteResponses[m.roomId] = { invite_state: { events: await this.d.reads.inviteState(m.roomId, m.eventId) } };
+      if ((m.membership !== "invite" && m.membership !== "knock") || !changedSince(m)) continue;
+      const events = await this.d.reads.inviteState(m.roomId, m.eventId);
+      if (m.membership === "invite") inviteResponses[m.roomId] = { invite_state: { events } };
+      else knockResponses[m.roomId] = { knock_state: { events } };
     }
 
     const leaveResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["leave"]> = {};
@@ -394,6 +399,7 @@ export class Sync {
     const rooms: NonNullable<SyncResponse["rooms"]> = {};
     if (Object.keys(joinResponses).length) rooms.join = joinResponses;
     if (Object.keys(inviteResponses).length) rooms.invite = inviteResponses;
+    if (Object.keys(knockResponses).length) rooms.knock = knockResponses;
     if (Object.keys(leaveResponses).length) rooms.leave = leaveResponses;
     if (Object.keys(rooms).length) response.rooms = rooms;
     if (presence.length) response.presence = { events: presence };
