@@ -212,6 +212,25 @@ class InliningDialect extends PgDialect {
 }
 const inliningDialect = new InliningDialect();
 
+/**
+ * A value as an SQL literal, as InliningDialect writes it: for statements built as text on a hot
+ * path (where assembling drizzle SQL objects costs more than the query).
+ */
+export function sqlLiteral(value: string | number | boolean | null): string {
+  if (value === null) return "null";
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) throw new Error(`not a safe integer: ${value}`);
+    return String(value);
+  }
+  if (typeof value === "boolean") return value ? "true" : "false";
+  return inliningDialect.escapeString(value);
+}
+
+/** The text of a drizzle statement with its values inlined as literals. */
+export function inlineSql(statement: SQL): string {
+  return inliningDialect.sqlToQuery(statement.inlineParams()).sql;
+}
+
 /** Arbitrary constant: the advisory lock that serialises migrations across processes. */
 const MIGRATION_LOCK = 7_201_604_117;
 

@@ -29,8 +29,8 @@
 import { randomBytes } from "node:crypto";
 import { type SQL, sql } from "drizzle-orm";
 import type { Logger } from "pino";
-import { type Database, type OpenedDatabase, rowsOf } from "../../schema/db.ts";
-import { canonicalJson, CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
+import { type Database, type OpenedDatabase, inlineSql, rowsOf, sqlLiteral } from "../../schema/db.ts";
+import { CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
 import { authTypesForEvent, selectAuthEvents } from "../../federation/protocol/auth-events-selection.ts";
 import { checkAuth } from "../../federation/protocol/auth-rules.ts";
 import { computeEventId, computeRoomIdFromCreateEvent } from "../../federation/protocol/event-hashes.ts";
@@ -163,6 +163,8 @@ interface RoomSnapshot {
 export interface EventToStore {
   eventId: string;
   pdu: Pdu;
+  /** The PDU as stored: JSON text. */
+  json: string;
   stateBefore: StateGroupRef | undefined;
   /** The state group after an accepted state event. */
   stateAfter: StateGroupRef | undefined;
@@ -654,14 +656,17 @@ export class EventPersister {
     pdu.prev_events = snapshot.extremities.slice(-MAX_PREV_EVENTS);
     pdu.auth_events = selectAuthEvents(rules, template, snapshot.state);
 
-    const signed = signEvent(rules, pdu, this.serverName, this.signingKey) as unknown as Pdu;
-    let size: number;
+    let signed: Pdu;
     try {
-      size = Buffer.byteLength(canonicalJson(signed), "utf8");
+      // Hashing encodes the whole event as canonical JSON, which refuses floats and the like.
+      signed = signEvent(rules, pdu, this.serverName, this.signingKey) as unknown as Pdu;
     } catch (err) {
       if (err instanceof CanonicalJsonError) throw new JobFailure(new MatrixError(400, "M_BAD_JSON", `Event is not canonical JSON: ${err.message}`));
       throw err;
     }
+    // The stored text. Canonical JSON differs from it only in key order, so it has the same length.
+    const json = JSON.stringify(signed);
+    const size = Buffer.byteLength(json, "utf8");
     if (size > MAX_PDU_BYTES) {
       throw new JobFailure(new MatrixError(413, "M_TOO_LARGE", `Event is ${size} bytes; the limit is ${MAX_PDU_BYTES}`));
     }
@@ -685,6 +690,7 @@ export class EventPersister {
     const toStore: EventToStore = {
       eventId,
       pdu: signed,
+      json,
       stateBefore: snapshot.stateGroup,
       stateAfter: undefined,
       newStateGroup: undefined,
@@ -789,56 +795,60 @@ export class EventPersister {
   async writeEvents(t: PersistTransaction, writes: RoomWrite[]): Promise<number> {
     const tx = t.db;
     const n = writes.reduce((sum, w) => sum + w.events.length, 0);
-    const ctes: SQL[] = [];
-    const values = (rows: SQL[]) => sql.join(rows, sql`, `);
+    // Built as text, values as literals (sqlLiteral): on the hot path, assembling drizzle SQL
+    // objects for every value cost more than the statement itself. Extensions' SQL is inlined.
+    const L = sqlLiteral;
+    const ctes: string[] = [];
     /** The position of the batch's i-th event. */
-    const positionOf = (i: number) => sql`((select position from pos) - ${n - 1 - i}::bigint)`;
+    const positionOf = (i: number) => `((select position from pos) - ${n - 1 - i})`;
 
-    const eventRows: SQL[] = [];
-    const edges: SQL[] = [];
-    const auth: SQL[] = [];
-    const groupRows: SQL[] = [];
-    const entryRows: SQL[] = [];
-    const currentRows: SQL[] = [];
-    const membershipRows: SQL[] = [];
-    const relationRowsSql: SQL[] = [];
-    const txnRows: SQL[] = [];
-    const roomUpdates: SQL[] = [];
+    const eventRows: string[] = [];
+    const edges: string[] = [];
+    const auth: string[] = [];
+    const groupRows: string[] = [];
+    const entryRows: string[] = [];
+    const currentRows: string[] = [];
+    const membershipRows: string[] = [];
+    const relationRowsSql: string[] = [];
+    const txnRows: string[] = [];
+    const roomUpdates: string[] = [];
     const ts = this.now();
     let index = 0;
-    let redactionCount = 0;
     let extensionCount = 0;
 
     for (const { snapshot, events, newRoom } of writes) {
       const roomId = snapshot.roomId;
+      const room = L(roomId);
       const first = index;
       for (const e of events) {
         const i = index++;
-        eventRows.push(sql`(${e.eventId}, ${roomId}, ${e.pdu.type}, ${e.pdu.state_key ?? null}, ${e.pdu.sender},
-          ${e.pdu.origin_server_ts}::bigint, ${e.pdu.depth}::bigint, ${JSON.stringify(e.pdu)}, ${positionOf(i)},
-          ${e.pdu.depth}::bigint, ${e.rejectedReason ?? null}, ${e.softFailed}, ${e.stateBefore?.id ?? null}::bigint,
-          ${e.stateAfter?.id ?? null}::bigint, ${e.replacesState ?? null})`);
-        for (const p of e.pdu.prev_events) edges.push(sql`(${e.eventId}, ${p}, ${roomId})`);
-        for (const a of e.pdu.auth_events) auth.push(sql`(${e.eventId}, ${a}, ${roomId})`);
-        for (const r of relationRows(e.eventId, e.pdu.content)) relationRowsSql.push(sql`(${e.eventId}, ${r.relType}, ${r.relatesTo}, ${roomId}, ${r.key})`);
-        if (e.txn) txnRows.push(sql`(${e.txn.userId}, ${e.txn.deviceId}, ${e.txn.endpoint}, ${e.txn.txnId}, ${e.eventId}, ${ts}::bigint)`);
+        const id = L(e.eventId);
+        eventRows.push(
+          `(${id}, ${room}, ${L(e.pdu.type)}, ${L(e.pdu.state_key ?? null)}, ${L(e.pdu.sender)}, ${L(e.pdu.origin_server_ts)}, ` +
+            `${L(e.pdu.depth)}, ${L(e.json)}, ${positionOf(i)}, ${L(e.pdu.depth)}, ${L(e.rejectedReason ?? null)}, ${L(e.softFailed)}, ` +
+            `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)})`,
+        );
+        for (const p of e.pdu.prev_events) edges.push(`(${id}, ${L(p)}, ${room})`);
+        for (const a of e.pdu.auth_events) auth.push(`(${id}, ${L(a)}, ${room})`);
+        for (const r of relationRows(e.eventId, e.pdu.content)) relationRowsSql.push(`(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`);
+        if (e.txn) txnRows.push(`(${L(e.txn.userId)}, ${L(e.txn.deviceId)}, ${L(e.txn.endpoint)}, ${L(e.txn.txnId)}, ${id}, ${ts})`);
         if (e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed) {
-          ctes.push(sql`red${sql.raw(String(redactionCount++))} as (update events set redacted_by = ${e.eventId}
-            where event_id = ${e.redactsEventId} and room_id = ${roomId} and redacted_by is null)`);
+          ctes.push(`red${i} as (update events set redacted_by = ${id} where event_id = ${L(e.redactsEventId)} and room_id = ${room} and redacted_by is null)`);
         }
         const group = e.newStateGroup;
         if (group) {
-          groupRows.push(sql`(${group.id}::bigint, ${roomId}, ${group.prev ?? null}::bigint, ${group.chainLength}::int)`);
+          groupRows.push(`(${group.id}, ${room}, ${L(group.prev ?? null)}::bigint, ${group.chainLength})`);
           const rows = stateGroupEntryRows(group);
           if (group.prev === undefined && rows.length > 500) {
             // Large snapshots: written before the statement, in chunks.
             for (let c = 0; c < rows.length; c += 2_000) {
-              await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${values(
-                rows.slice(c, c + 2_000).map(([g, type, k, id]) => sql`(${g}, ${type}, ${k}, ${id})`),
+              await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${sql.join(
+                rows.slice(c, c + 2_000).map(([g, type, k, eid]) => sql`(${g}, ${type}, ${k}, ${eid})`),
+                sql`, `,
               )}`);
             }
           } else {
-            for (const [g, type, k, id] of rows) entryRows.push(sql`(${g}::bigint, ${type}, ${k}, ${id})`);
+            for (const [g, type, k, eid] of rows) entryRows.push(`(${g}, ${L(type)}, ${L(k)}, ${L(eid)})`);
           }
         }
       }
@@ -851,19 +861,19 @@ export class EventPersister {
         stateChanges.set(stateMapKey(e.pdu.type, e.pdu.state_key), { type: e.pdu.type, stateKey: e.pdu.state_key, eventId: e.eventId, membership, i: first + k });
       });
       for (const c of stateChanges.values()) {
-        currentRows.push(sql`(${roomId}, ${c.type}, ${c.stateKey}, ${c.eventId}, ${c.membership})`);
+        currentRows.push(`(${room}, ${L(c.type)}, ${L(c.stateKey)}, ${L(c.eventId)}, ${L(c.membership)})`);
         if (c.type === "m.room.member" && serverNameOf(c.stateKey) === this.serverName) {
-          membershipRows.push(sql`(${c.stateKey}, ${roomId}, ${c.membership}, ${c.eventId}, ${positionOf(c.i)})`);
+          membershipRows.push(`(${L(c.stateKey)}, ${room}, ${L(c.membership)}, ${L(c.eventId)}, ${positionOf(c.i)})`);
         }
       }
 
-      const extremities = sql`array[${sql.join(snapshot.extremities.map((x) => sql`${x}`), sql`, `)}]::text[]`;
+      const extremities = `array[${snapshot.extremities.map((x) => L(x)).join(", ")}]::text[]`;
+      const group = `${L(snapshot.stateGroup?.id ?? null)}::bigint`;
       if (newRoom) {
-        ctes.push(sql`newroom as (insert into rooms (room_id, room_version, creator, is_public, created_ts, forward_extremities, max_depth, current_state_group)
-          values (${roomId}, ${snapshot.rules.id}, ${newRoom.creator}, ${newRoom.isPublic}, ${ts}::bigint, ${extremities}, ${snapshot.maxDepth}::bigint,
-            ${snapshot.stateGroup?.id ?? null}::bigint))`);
+        ctes.push(`newroom as (insert into rooms (room_id, room_version, creator, is_public, created_ts, forward_extremities, max_depth, current_state_group)
+          values (${room}, ${L(snapshot.rules.id)}, ${L(newRoom.creator)}, ${L(newRoom.isPublic)}, ${ts}, ${extremities}, ${snapshot.maxDepth}, ${group}))`);
       } else {
-        roomUpdates.push(sql`(${roomId}::text, ${extremities}, ${snapshot.maxDepth}::bigint, ${snapshot.stateGroup?.id ?? null}::bigint)`);
+        roomUpdates.push(`(${room}::text, ${extremities}, ${snapshot.maxDepth}::bigint, ${group})`);
       }
 
       if (this.extensions.length) {
@@ -871,47 +881,46 @@ export class EventPersister {
         const pdus = accepted.map(({ e }) => ({ ...e.pdu, room_id: roomId, event_id: e.eventId }) as RoomEvent);
         const view = this.view(tx, snapshot);
         for (const extension of this.extensions) {
-          for (const statement of await extension(tx, view, pdus, (k) => positionOf(accepted[k]!.i))) {
-            ctes.push(sql`ext${sql.raw(String(extensionCount++))} as (${statement})`);
+          for (const statement of await extension(tx, view, pdus, (k) => sql.raw(positionOf(accepted[k]!.i)))) {
+            ctes.push(`ext${extensionCount++} as (${inlineSql(statement)})`);
           }
         }
       }
     }
 
-    const head: SQL[] = [
-      sql`pos as (
-        insert into stream_positions (stream, position) values ('events', ${n}::bigint)
-        on conflict (stream) do update set position = stream_positions.position + ${n}::bigint
-        returning position)`,
-      sql`ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
+    const head = [
+      `pos as (insert into stream_positions (stream, position) values ('events', ${n})
+        on conflict (stream) do update set position = stream_positions.position + ${n} returning position)`,
+      `ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
         stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state)
-        values ${values(eventRows)})`,
+        values ${eventRows.join(", ")})`,
     ];
-    if (edges.length) head.push(sql`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${values(edges)} on conflict do nothing)`);
-    if (auth.length) head.push(sql`auth as (insert into event_auth (event_id, auth_event_id, room_id) values ${values(auth)} on conflict do nothing)`);
-    if (groupRows.length) head.push(sql`sgroups as (insert into state_groups (id, room_id, prev_group, chain_length) values ${values(groupRows)})`);
-    if (entryRows.length) head.push(sql`entries as (insert into state_group_entries (group_id, type, state_key, event_id) values ${values(entryRows)})`);
+    if (edges.length) head.push(`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${edges.join(", ")} on conflict do nothing)`);
+    if (auth.length) head.push(`auth as (insert into event_auth (event_id, auth_event_id, room_id) values ${auth.join(", ")} on conflict do nothing)`);
+    if (groupRows.length) head.push(`sgroups as (insert into state_groups (id, room_id, prev_group, chain_length) values ${groupRows.join(", ")})`);
+    if (entryRows.length) head.push(`entries as (insert into state_group_entries (group_id, type, state_key, event_id) values ${entryRows.join(", ")})`);
     if (currentRows.length) {
-      head.push(sql`cur as (insert into current_state (room_id, type, state_key, event_id, membership) values ${values(currentRows)}
+      head.push(`cur as (insert into current_state (room_id, type, state_key, event_id, membership) values ${currentRows.join(", ")}
         on conflict (room_id, type, state_key) do update set event_id = excluded.event_id, membership = excluded.membership)`);
     }
     if (membershipRows.length) {
-      head.push(sql`mem as (insert into room_memberships (user_id, room_id, membership, event_id, stream_ordering) values ${values(membershipRows)}
+      head.push(`mem as (insert into room_memberships (user_id, room_id, membership, event_id, stream_ordering) values ${membershipRows.join(", ")}
         on conflict (user_id, room_id) do update set membership = excluded.membership, event_id = excluded.event_id,
           stream_ordering = excluded.stream_ordering, forgotten = false)`);
     }
     if (relationRowsSql.length) {
-      head.push(sql`rel as (insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${values(relationRowsSql)} on conflict do nothing)`);
+      head.push(`rel as (insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${relationRowsSql.join(", ")} on conflict do nothing)`);
     }
     if (txnRows.length) {
-      head.push(sql`txn as (insert into event_transactions (user_id, device_id, endpoint, txn_id, event_id, created_ts) values ${values(txnRows)} on conflict do nothing)`);
+      head.push(`txn as (insert into event_transactions (user_id, device_id, endpoint, txn_id, event_id, created_ts) values ${txnRows.join(", ")} on conflict do nothing)`);
     }
     if (roomUpdates.length) {
-      head.push(sql`rooms_moved as (update rooms set forward_extremities = v.extremities, max_depth = v.depth, current_state_group = v.grp
-        from (values ${values(roomUpdates)}) as v(room_id, extremities, depth, grp) where rooms.room_id = v.room_id)`);
+      head.push(`rooms_moved as (update rooms set forward_extremities = v.extremities, max_depth = v.depth, current_state_group = v.grp
+        from (values ${roomUpdates.join(", ")}) as v(room_id, extremities, depth, grp) where rooms.room_id = v.room_id)`);
     }
 
-    const rows = (await t.commitWith(sql`with ${sql.join([...head, ...ctes], sql`, `)} select position from pos`)) as Array<{ position: string | number }>;
+    const text = `with ${[...head, ...ctes].join(",\n")}\nselect position from pos`;
+    const rows = (await t.commitWith(sql.raw(text))) as Array<{ position: string | number }>;
     return Number(rows[0]!.position);
   }
 }
