@@ -307,6 +307,30 @@ describe("account data and unread counts", () => {
   });
 });
 
+describe("unread counts", () => {
+  it("clears one's counts when one sends, and counts threads apart when asked", async () => {
+    const roomId = await sharedRoom({ preset: "public_chat" });
+    await joinRoom(hs.url, carol, roomId);
+    const start = await sync(hs.url, bob);
+    const root = await send(hs.url, alice, roomId, { msgtype: "m.text", body: "root" });
+    await send(hs.url, alice, roomId, { msgtype: "m.text", body: "in thread", "m.relates_to": { rel_type: "m.thread", event_id: root } });
+    await send(hs.url, alice, roomId, { msgtype: "m.text", body: "main again" });
+    const filter = { room: { rooms: [roomId], timeline: { unread_thread_notifications: true } } };
+    const threaded = await sync(hs.url, bob, { since: start.next_batch, filter });
+    const room = threaded.rooms.join[roomId];
+    expect(room.unread_notifications.notification_count).toBe(2);
+    expect(room.unread_thread_notifications[root].notification_count).toBe(1);
+    const plain = await sync(hs.url, bob, { since: start.next_batch });
+    expect(plain.rooms.join[roomId].unread_notifications.notification_count).toBe(3);
+
+    // Bob writes in the main timeline: what he had unread there is read; the thread stays unread.
+    await send(hs.url, bob, roomId, { msgtype: "m.text", body: "reply" });
+    const after = await sync(hs.url, bob, { since: threaded.next_batch, filter });
+    expect(after.rooms.join[roomId].unread_notifications.notification_count).toBe(0);
+    expect(after.rooms.join[roomId].unread_thread_notifications[root].notification_count).toBe(1);
+  });
+});
+
 describe("tokens", () => {
   it("stay valid across a restart", async () => {
     const dataDir = (await import("node:fs/promises")).mkdtemp;

@@ -66,12 +66,8 @@ export class Receipts {
       return position;
     });
     if (streamId === undefined) return;
-    // A private receipt concerns its sender alone; the unread counts it changed are theirs too.
-    this.notifier.publish({
-      stream: "receipts",
-      position: streamId,
-      ...(type === "m.read" ? { rooms: [roomId] } : { users: [userId] }),
-    });
+    // A private receipt concerns its sender alone; the unread counts it changed are the sender's.
+    this.notifier.publish({ stream: "receipts", position: streamId, users: [userId], ...(type === "m.read" ? { rooms: [roomId] } : {}) });
   }
 
   /**

@@ -58,8 +58,22 @@ export function threadOf(content: Record<string, unknown>): string {
   return "main";
 }
 
+/** What an event did to unread counts: who it notified, and whose own thread it marked read (a local sender). */
+export interface PushActionsOf {
+  notified: PushActionFor[];
+  /** The local sender, whose notifications in `threadId` up to the event are read. */
+  reader?: { userId: string; threadId: string };
+}
+
+/** Actions remembered for events whose transaction has not reported back, at most. */
+const MAX_PENDING = 10_000;
+
 export class PushActions {
   private readonly rulesets = new Map<string, UserRules>();
+  /** Per event ID: what it did, until the persist path reports the event committed (`take`). */
+  private readonly pending = new Map<string, PushActionsOf>();
+  /** Bumped when `pending` was emptied to bound it: what it held is lost (caches must start over). */
+  forgotten = 0;
   /** Bumped by every invalidation: a load that overlapped one is used but not cached (it may be stale). */
   private generation = 0;
 
@@ -99,11 +113,19 @@ export class PushActions {
     const readUpTo = new Map<string, { userId: string; threadId: string; k: number }>();
     for (const [k, event] of events.entries()) {
       const pushEvent = event as unknown as PushEvent;
+      const of: PushActionsOf = { notified: [] };
       if (serverNameOf(event.sender) === this.serverName) {
         const threadId = threadOf(event.content);
         readUpTo.set(`${event.sender}\u0000${threadId}`, { userId: event.sender, threadId, k });
+        of.reader = { userId: event.sender, threadId };
       }
       const actions = await this.actionsFor(room, pushEvent, tx);
+      of.notified = actions;
+      if (this.pending.size >= MAX_PENDING) {
+        this.pending.clear();
+        this.forgotten++;
+      }
+      this.pending.set(event.event_id, of);
       if (actions.length === 0) continue;
       const rows = JSON.stringify(actions.map((a) => ({ u: a.userId, t: a.threadId, h: a.highlight })));
       statements.push(sql`insert into event_push_actions (user_id, room_id, stream_ordering, event_id, thread_id, highlight)
@@ -116,6 +138,16 @@ export class PushActions {
     }
     return statements;
   };
+
+  /**
+   * What a committed event did to unread counts (as its write extension computed it), once; undefined
+   * when the extension did not run for it (a room with no local member).
+   */
+  take(eventId: string): PushActionsOf | undefined {
+    const of = this.pending.get(eventId);
+    this.pending.delete(eventId);
+    return of;
+  }
 
   /**
    * Who among the room's local members `event` notifies, and whether it highlights them.

@@ -71,6 +71,7 @@ export function createSyncServices(options: {
     receipts,
     presence,
     unread,
+    pushActions,
     deviceListChanges,
     logger,
   });
@@ -84,8 +85,7 @@ export function createSyncServices(options: {
       .map((e) => e.stateKey!);
     const orderings = events.map((e) => e.streamOrdering);
     // In memory before anyone wakes: the woken long-polls want exactly these.
-    if (events.every((e) => e.stored)) sync.recent.add(events.map((e) => e.stored!));
-    else sync.recent.dropRooms([...new Set(events.map((e) => e.roomId))]);
+    sync.committed(events);
     notifier.publish({
       stream: "events",
       position: Math.max(...orderings),

@@ -36,7 +36,9 @@ import {
 import type { Notifier } from "./notifier.ts";
 import { STREAMS, type StreamPositions, maxPositions, readStreamPositions, zeroPositions } from "./streams.ts";
 import { decodeSyncToken, encodeSyncToken } from "./token.ts";
-import type { RoomUnreadCounts, UnreadCounts } from "./unread.ts";
+import type { PersistedEvent } from "../rooms/persister.ts";
+import type { PushActions } from "./push-actions.ts";
+import { type UnreadCounts, type UserUnreadCounts, addCounts } from "./unread.ts";
 
 /** The longest a long-poll is held, whatever the client asks. */
 const MAX_TIMEOUT_MS = 5 * 60_000;
@@ -104,6 +106,7 @@ export interface SyncDeps {
   receipts: Receipts;
   presence: Presence;
   unread: UnreadCounts;
+  pushActions: PushActions;
   deviceListChanges: DeviceListChanges;
   logger: Logger;
 }
@@ -135,7 +138,7 @@ export class Sync {
   private readonly toDeviceAcked = new Map<string, number>();
   // Reads that the long-polls woken by one change make all at once: batched into one query each.
   private readonly memberships: Batcher<string, RoomMembership[]>;
-  private readonly unreadCounts: Batcher<string, Map<string, RoomUnreadCounts>>;
+  private readonly unreadCounts: Batcher<string, UserUnreadCounts>;
   private readonly keyCounts: Batcher<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>;
   private readonly timelines = new SharedReads<RoomTimeline>(2_000);
   /** Recent events of busy rooms (what woken long-polls want); fed by the persist path. */
@@ -150,17 +153,33 @@ export class Sync {
    */
   private readonly membershipCache = new Map<string, RoomMembership[]>();
   private readonly keyCountCache = new Map<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>();
+  /**
+   * Unread counts per user, read at a room-event position (`asOf`) and kept current with what each
+   * committed local event did (`committed`); dropped by the user's receipts, by their own sends
+   * (which mark a thread read) and by anything another process persisted.
+   */
+  private readonly unreadCache = new Map<string, UserUnreadCounts>();
+  private pushActionsForgotten = 0;
   private generation = 0;
 
   constructor(private readonly d: SyncDeps) {
     d.notifier.onChange("events", (change) => {
-      // Another process's events are not in memory here.
+      // Another process's events are not in memory here, nor what they did to unread counts.
       if (change.everyone) this.recent.clear();
       else if (change.remote) this.recent.dropRooms(change.rooms ?? []);
+      if (change.everyone || change.remote) {
+        this.generation++;
+        this.unreadCache.clear();
+      }
       if (!change.users?.length && !change.everyone) return;
       this.generation++;
       if (change.everyone) this.membershipCache.clear();
       for (const u of change.users ?? []) this.membershipCache.delete(u);
+    });
+    d.notifier.onChange("receipts", (change) => {
+      this.generation++;
+      if (change.everyone) this.unreadCache.clear();
+      for (const u of change.users ?? []) this.unreadCache.delete(u);
     });
     d.notifier.onBroadcast(KEY_COUNTS_TOPIC, (data) => {
       this.generation++;
@@ -170,11 +189,34 @@ export class Sync {
       d.notifier.broadcast(KEY_COUNTS_TOPIC, devices.map((x) => `${x.userId}\u0000${x.deviceId}`));
     });
     this.memberships = new Batcher((userIds) => d.reads.membershipsOf(userIds), () => []);
-    this.unreadCounts = new Batcher((userIds) => d.unread.countsOf(userIds), () => new Map());
+    this.unreadCounts = new Batcher((userIds) => d.unread.countsOf(userIds), () => ({ asOf: 0, rooms: new Map() }));
     this.keyCounts = new Batcher(
       (keys) => d.e2ee.deviceKeys.keyCountsOf(keys.map((k) => ({ userId: k.split("\u0000")[0]!, deviceId: k.split("\u0000")[1]! }))),
       () => ({ oneTimeKeyCounts: { signed_curve25519: 0 }, unusedFallbackKeyTypes: [] }),
     );
+  }
+
+  /**
+   * Events this process committed, before their change is published: the recent-events cache gets
+   * them, and cached unread counts get what they did (from their push actions).
+   */
+  committed(events: readonly PersistedEvent[]): void {
+    if (events.every((e) => e.stored)) this.recent.add(events.map((e) => e.stored!));
+    else this.recent.dropRooms([...new Set(events.map((e) => e.roomId))]);
+    this.generation++;
+    if (this.d.pushActions.forgotten !== this.pushActionsForgotten) {
+      this.pushActionsForgotten = this.d.pushActions.forgotten;
+      this.unreadCache.clear();
+    }
+    for (const e of events) {
+      const of = this.d.pushActions.take(e.eventId);
+      if (!of) continue; // a room with no local member: nobody's counts change
+      for (const a of of.notified) {
+        const entry = this.unreadCache.get(a.userId);
+        if (entry && e.streamOrdering > entry.asOf) addCounts(entry.rooms, e.roomId, a.threadId, 1, a.highlight ? 1 : 0);
+      }
+      if (of.reader) this.unreadCache.delete(of.reader.userId);
+    }
   }
 
   /** Starts listening to other processes and reads the streams' positions. */
@@ -290,7 +332,11 @@ export class Sync {
     const memberships = all.filter((m) => roomAllowed(filter.room, m.roomId));
     // Unread counts change with room events and receipts: read them alongside (one query for all
     // the requests a change woke).
-    const unreadRead = pass.initial || pass.upper.events > from.events || pass.upper.receipts > from.receipts ? this.unreadCounts.get(userId) : undefined;
+    const readUnread = () =>
+      pass.upper.events <= this.d.notifier.coveredEvents()
+        ? this.cached(this.unreadCache, userId, () => this.unreadCounts.get(userId))
+        : this.unreadCounts.get(userId);
+    const unreadRead = pass.initial || pass.upper.events > from.events || pass.upper.receipts > from.receipts ? readUnread() : undefined;
     unreadRead?.catch(() => {}); // awaited below when a room needs it
     // A membership row read now is committed, and so is everything below it: a safe bound too.
     for (const m of memberships) if (m.streamOrdering > pass.upper.events) pass.upper.events = m.streamOrdering;
@@ -357,17 +403,20 @@ export class Sync {
       })),
     );
     const included = joinedResults.filter((r): r is NonNullable<typeof r> => r !== undefined);
-    const unread = included.length ? await (unreadRead ?? this.unreadCounts.get(userId)) : new Map<string, RoomUnreadCounts>();
+    const unread = included.length ? (await (unreadRead ?? readUnread())).rooms : undefined;
     const threadCounts = filter.room?.timeline?.unread_thread_notifications === true;
+    // Copies: cached counts keep changing.
+    const copy = (c: { notification_count: number; highlight_count: number } | undefined) =>
+      c ? { notification_count: c.notification_count, highlight_count: c.highlight_count } : { notification_count: 0, highlight_count: 0 };
     for (const r of included) {
-      const counts = unread.get(r.roomId);
+      const counts = unread?.get(r.roomId);
       if (threadCounts) {
-        r.response.unread_notifications = counts?.threads.get("main") ?? { notification_count: 0, highlight_count: 0 };
+        r.response.unread_notifications = copy(counts?.threads.get("main"));
         const threads: JoinedRoomResponse["unread_thread_notifications"] = {};
-        for (const [thread, c] of counts?.threads ?? []) if (thread !== "main") threads[thread] = c;
+        for (const [thread, c] of counts?.threads ?? []) if (thread !== "main" && c.notification_count > 0) threads[thread] = copy(c);
         if (Object.keys(threads).length) r.response.unread_thread_notifications = threads;
       } else {
-        r.response.unread_notifications = counts?.all ?? { notification_count: 0, highlight_count: 0 };
+        r.response.unread_notifications = copy(counts?.all);
       }
       joinResponses[r.roomId] = r.response;
     }

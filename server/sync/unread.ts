@@ -6,7 +6,7 @@
 // reading up to it — deletes the user's rows up to that event. So the counts a sync sends are a
 // `count(*)` over the rows left, one grouped query for all the rooms of a response.
 import { and, eq, inArray, lte, sql } from "drizzle-orm";
-import { type Database, schema } from "../../schema/db.ts";
+import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import type { Queryable } from "./streams.ts";
 
 export interface NotificationCounts {
@@ -44,32 +44,43 @@ export class UnreadCounts {
 
   /**
    * The counts of each user in each of their rooms with unread notifications, in one query for all
-   * of them (the long-polls a message wakes all ask at once).
+   * of them (the long-polls a change wakes all ask at once), and `asOf`: the room-event position the
+   * read saw everything up to and nothing beyond (one statement, one snapshot).
    */
-  async countsOf(userIds: readonly string[]): Promise<Map<string, Map<string, RoomUnreadCounts>>> {
-    const out = new Map<string, Map<string, RoomUnreadCounts>>(userIds.map((u) => [u, new Map()]));
+  async countsOf(userIds: readonly string[]): Promise<Map<string, UserUnreadCounts>> {
+    const out = new Map<string, UserUnreadCounts>();
     if (userIds.length === 0) return out;
-    const t = schema.eventPushActions;
-    const rows = await this.db
-      .select({
-        userId: t.userId,
-        roomId: t.roomId,
-        threadId: t.threadId,
-        notifications: sql<string>`count(*)`,
-        highlights: sql<string>`count(*) filter (where ${t.highlight})`,
-      })
-      .from(t)
-      .where(inArray(t.userId, [...userIds]))
-      .groupBy(t.userId, t.roomId, t.threadId);
+    const rows = rowsOf<{ as_of: string | number; user_id: string | null; room_id: string; thread_id: string; n: string | number; h: string | number }>(
+      await this.db.execute(sql`select p.as_of, c.user_id, c.room_id, c.thread_id, c.n, c.h
+        from (select coalesce(max(position), 0) as as_of from stream_positions where stream = 'events') p
+        left join (select user_id, room_id, thread_id, count(*) as n, count(*) filter (where highlight) as h
+          from event_push_actions where user_id in (${sql.join(userIds.map((u) => sql`${u}`), sql`, `)})
+          group by user_id, room_id, thread_id) c on true`),
+    );
+    const asOf = Number(rows[0]?.as_of ?? 0);
+    for (const u of userIds) out.set(u, { asOf, rooms: new Map() });
     for (const r of rows) {
-      const rooms = out.get(r.userId)!;
-      let room = rooms.get(r.roomId);
-      if (!room) rooms.set(r.roomId, (room = { all: { notification_count: 0, highlight_count: 0 }, threads: new Map() }));
-      const counts = { notification_count: Number(r.notifications), highlight_count: Number(r.highlights) };
-      room.all.notification_count += counts.notification_count;
-      room.all.highlight_count += counts.highlight_count;
-      room.threads.set(r.threadId, counts);
+      if (r.user_id === null) continue;
+      addCounts(out.get(r.user_id)!.rooms, r.room_id, r.thread_id, Number(r.n), Number(r.h));
     }
     return out;
   }
+}
+
+/** A user's unread counts per room, read at room-event position `asOf`. */
+export interface UserUnreadCounts {
+  asOf: number;
+  rooms: Map<string, RoomUnreadCounts>;
+}
+
+/** Adds notifications (and highlights) in one thread of a room. */
+export function addCounts(rooms: Map<string, RoomUnreadCounts>, roomId: string, threadId: string, notifications: number, highlights: number): void {
+  let room = rooms.get(roomId);
+  if (!room) rooms.set(roomId, (room = { all: { notification_count: 0, highlight_count: 0 }, threads: new Map() }));
+  room.all.notification_count += notifications;
+  room.all.highlight_count += highlights;
+  const thread = room.threads.get(threadId) ?? { notification_count: 0, highlight_count: 0 };
+  thread.notification_count += notifications;
+  thread.highlight_count += highlights;
+  room.threads.set(threadId, thread);
 }
