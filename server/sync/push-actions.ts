@@ -19,15 +19,21 @@ import type { Queryable } from "./streams.ts";
 
 const MAX_CACHED_RULESETS = 20_000;
 
-/** A user's effective rules, and whether they changed any (`custom`) or have the server defaults. */
+/** A user's effective rules, whether they changed any (`custom`), and whether a rule looks at display names. */
 interface UserRules {
   ruleset: Ruleset;
   custom: boolean;
+  displayName: boolean;
 }
 
-/** A user ID no event can contain (not a valid user ID), for evaluating the server-default rules once. */
-const NOBODY = "@\u0000:\u0000";
-const DEFAULT_RULESET = withServerDefaults(undefined, NOBODY);
+/**
+ * A user ID no event can contain (not a valid user ID), for evaluating the server-default rules once.
+ * In those rules a user ID is only compared whole with a string of the event (`state_key` of an
+ * invite, an entry of `m.mentions.user_ids`): a user whose ID is no string of the event gets the
+ * same outcome as this one (push-actions.test.ts checks the rules still read that way).
+ */
+export const NOBODY = "@\u0000:\u0000";
+const DEFAULT_RULES: UserRules = { ruleset: withServerDefaults(undefined, NOBODY), custom: false, displayName: false };
 
 /** The room as of the event, as far as push rules look at it. */
 export interface PushRoomContext {
@@ -163,25 +169,25 @@ export class PushActions {
     const rulesets = await this.rulesetsOf(candidates, q);
     const senderPowerLevel = room.powerLevelOf(event.sender);
     const threadId = threadOf(event.content);
-    const evaluate = async (userId: string, ruleset: Ruleset) =>
-      evaluatePushRules(ruleset, event, {
+    const evaluate = async (userId: string, rules: UserRules) =>
+      evaluatePushRules(rules.ruleset, event, {
         userId,
-        displayName: usesDisplayName(ruleset) ? await room.displayNameOf(userId) : null,
+        displayName: rules.displayName ? await room.displayNameOf(userId) : null,
         roomMemberCount: room.joinedMemberCount,
         senderPowerLevel,
         powerLevels: room.powerLevels,
       });
-    const text = JSON.stringify(event);
+    const named = stringValues(event);
     let shared: Awaited<ReturnType<typeof evaluate>> | undefined;
     const out: PushActionFor[] = [];
     for (const userId of candidates) {
       const rules = rulesets.get(userId)!;
       let outcome;
-      if (!rules.custom && !usesDisplayName(rules.ruleset) && !text.includes(userId)) {
-        shared ??= await evaluate(NOBODY, DEFAULT_RULESET);
+      if (!rules.custom && !rules.displayName && !named.has(userId)) {
+        shared ??= await evaluate(NOBODY, DEFAULT_RULES);
         outcome = shared;
       } else {
-        outcome = await evaluate(userId, rules.ruleset);
+        outcome = await evaluate(userId, rules);
       }
       if (outcome.notify) out.push({ userId, threadId, highlight: outcome.highlight });
     }
@@ -192,7 +198,8 @@ export class PushActions {
     const missing = userIds.filter((u) => !this.rulesets.has(u));
     if (missing.length) {
       const generation = this.generation;
-      const loaded = await this.userData.pushRulesOf(missing, q);
+      const loaded = new Map<string, UserRules>();
+      for (const [u, r] of await this.userData.pushRulesOf(missing, q)) loaded.set(u, { ...r, displayName: usesDisplayName(r.ruleset) });
       if (generation === this.generation) {
         if (this.rulesets.size + loaded.size > MAX_CACHED_RULESETS) this.rulesets.clear();
         for (const [u, r] of loaded) this.rulesets.set(u, r);
@@ -205,7 +212,15 @@ export class PushActions {
   }
 }
 
-function usesDisplayName(ruleset: Ruleset): boolean {
+/** Every string value in an event (keys aside): the user IDs it could name. */
+function stringValues(value: unknown, out = new Set<string>()): Set<string> {
+  if (typeof value === "string") out.add(value);
+  else if (Array.isArray(value)) for (const v of value) stringValues(v, out);
+  else if (value !== null && typeof value === "object") for (const v of Object.values(value)) stringValues(v, out);
+  return out;
+}
+
+export function usesDisplayName(ruleset: Ruleset): boolean {
   for (const rules of Object.values(ruleset)) {
     for (const rule of rules) {
       if (rule.enabled && rule.conditions?.some((c) => c.kind === "contains_display_name")) return true;
