@@ -8,7 +8,8 @@
 // `unavailable` with `set_presence=unavailable`; `offline` leaves presence alone). A sync marking
 // online does not override an `unavailable` the user set themselves: it only brings an offline user
 // online. A sweep marks users offline once no process has seen a sync from them for
-// OFFLINE_AFTER_MS (processes refresh `last_sync_ts` for the syncs they are holding open).
+// OFFLINE_AFTER_MS: each process refreshes `last_sync_ts`, in one statement per sweep, for the users
+// it has seen syncing since the last one, so a sync whose presence is already right costs no query.
 import { and, eq, gt, inArray, lt, lte, ne } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, schema } from "../../schema/db.ts";
@@ -23,8 +24,8 @@ export type PresenceState = (typeof PRESENCE_STATES)[number];
 /** A user not seen syncing for this long goes offline. */
 const OFFLINE_AFTER_MS = 60_000;
 const SWEEP_EVERY_MS = 15_000;
-/** `last_sync_ts` is written at most this often per user while nothing else changes. */
-const SYNC_TOUCH_EVERY_MS = 20_000;
+/** A user's presence as this process knows it is checked against the database at least this often. */
+const RECHECK_EVERY_MS = 60_000;
 /** `currently_active` holds for this long after the last activity. */
 const ACTIVE_FOR_MS = 60_000;
 
@@ -48,6 +49,8 @@ export class Presence {
   private readonly seen = new Map<string, { state: PresenceState; touchedTs: number }>();
   /** Users with a /sync open in this process, and how many. */
   private readonly syncing = new Map<string, number>();
+  /** Users who began a /sync here since the last sweep (their `last_sync_ts` is refreshed then). */
+  private readonly seenSyncing = new Set<string>();
   private sweeper: NodeJS.Timeout | undefined;
 
   constructor(
@@ -59,6 +62,10 @@ export class Presence {
   ) {}
 
   start(): void {
+    // Changes made elsewhere (PUT in another process, another process's sweep).
+    this.notifier.onChange("presence", (change) => {
+      if (change.remote) for (const u of change.users ?? []) this.seen.delete(u);
+    });
     this.sweeper = setInterval(() => {
       this.sweep().catch((err) => this.logger.warn({ err }, "presence sweep failed"));
     }, SWEEP_EVERY_MS);
@@ -101,10 +108,13 @@ export class Presence {
     };
     const target = setPresence ?? "online";
     if (target === "offline") return done;
+    this.seenSyncing.add(userId);
     const seen = this.seen.get(userId);
     const now = this.now();
     const settled = seen && (seen.state === target || (target === "online" && seen.state === "unavailable"));
-    if (settled && now - seen.touchedTs < SYNC_TOUCH_EVERY_MS) return done;
+    // What this process knows is re-read now and then (another process's sweep may have taken the
+    // user offline; their changes reach `seen` through the presence stream too).
+    if (settled && now - seen.touchedTs < RECHECK_EVERY_MS) return done;
     try {
       const [row] = await this.db.select().from(schema.presence).where(eq(schema.presence.userId, userId));
       const keep = row && (row.state === target || (target === "online" && row.state === "unavailable"));
@@ -185,12 +195,11 @@ export class Presence {
   async sweep(): Promise<void> {
     const t = schema.presence;
     const now = this.now();
-    const holding = [...this.syncing.keys()];
-    if (holding.length) {
-      await this.db
-        .update(t)
-        .set({ lastSyncTs: now })
-        .where(and(inArray(t.userId, holding), lt(t.lastSyncTs, now - SYNC_TOUCH_EVERY_MS)));
+    const seen = new Set([...this.syncing.keys(), ...this.seenSyncing]);
+    this.seenSyncing.clear();
+    const users = [...seen];
+    for (let i = 0; i < users.length; i += 1_000) {
+      await this.db.update(t).set({ lastSyncTs: now }).where(and(inArray(t.userId, users.slice(i, i + 1_000)), ne(t.state, "offline")));
     }
     const stale = await this.db
       .select({ userId: t.userId })

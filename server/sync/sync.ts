@@ -44,6 +44,16 @@ import { type UnreadCounts, type UserUnreadCounts, addCounts } from "./unread.ts
 const MAX_TIMEOUT_MS = 5 * 60_000;
 /** To-device messages per response; the rest come in the next one. */
 const TO_DEVICE_LIMIT = 100;
+/**
+ * A read of the stream positions serves the requests that come within this long: what it misses
+ * was published after it, and the notifier wakes those requests for it at once.
+ */
+const POSITIONS_KEEP_MS = 50;
+/**
+ * A long-poll answers up to this share of its timeout early, at random: the long-polls one event
+ * woke together would otherwise all time out together, and all come back together.
+ */
+const TIMEOUT_JITTER = 0.1;
 /** The notifier topic of key-count changes (`user\0device` keys). */
 const KEY_COUNTS_TOPIC = "key_counts";
 /** Cached memberships (users) and key counts (devices), at most. */
@@ -143,8 +153,8 @@ export class Sync {
   private readonly timelines = new SharedReads<RoomTimeline>(2_000);
   /** Recent events of busy rooms (what woken long-polls want); fed by the persist path. */
   readonly recent = new RecentEvents();
-  /** Stream positions read by requests in flight; a request may share a read begun before it (see safeUpperBound). */
-  private readonly positionReads = new SharedReads<StreamPositions>(0);
+  /** Stream positions read by requests in flight or just before; shared (see safeUpperBound). */
+  private readonly positionReads = new SharedReads<StreamPositions>(POSITIONS_KEEP_MS);
 
   /**
    * Cached per user (memberships) and per device (key counts), dropped when they change: every
@@ -246,7 +256,8 @@ export class Sync {
       const pass: Pass = { userId, deviceId, filter, fullState: req.fullState, initial: !since, from: since ?? zeroPositions(), upper };
       let { response, empty, rooms } = await this.compute(pass);
       // "full_state ... the timeout parameter will be ignored and the query will return immediately"
-      const deadline = performance.now() + Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
+      const timeout = Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
+      const deadline = performance.now() + timeout * (1 - TIMEOUT_JITTER * Math.random());
       while (empty && since && !req.fullState) {
         const left = deadline - performance.now();
         if (left <= 0) break;
@@ -281,8 +292,8 @@ export class Sync {
    * typing (in memory) as far as this process has applied it.
    */
   private async safeUpperBound(): Promise<StreamPositions> {
-    // A read already in flight gives a bound that is safe, if a little behind: what it misses was
-    // published after it began, and the notifier wakes the request for that at once.
+    // A read in flight (or a few milliseconds old) gives a bound that is safe, if a little behind:
+    // what it misses was published after it began, and the notifier wakes the request for that.
     const stored = await this.positionReads.get("", () => readStreamPositions(this.d.db));
     const known = this.d.notifier.positions();
     this.d.notifier.observe({ ...stored, typing: known.typing });
