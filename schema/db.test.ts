@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { sql } from "drizzle-orm";
 import { afterEach, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "../tests/harness.ts";
-import { MigrationError, migrate, openDatabase, type OpenedDatabase, rowsOf } from "./db.ts";
+import { MigrationError, migrate, openDatabase, type OpenedDatabase, rowsOf, sqlLiteral } from "./db.ts";
 
 const migrationsDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "migrations");
 
@@ -59,5 +59,41 @@ describe("migrations", () => {
     expect(tables).toEqual([]);
     // The good migrations still count as applied: nothing to do with the real folder.
     expect(await migrate(db)).toEqual({ applied: 0 });
+  });
+});
+
+describe("literal values written into SQL text", () => {
+  it("read back exactly what was written, whatever quotes and backslashes they hold", async () => {
+    const database = await createTestDatabase();
+    const dataDir = await mkdtemp(path.join(tmpdir(), "parley-db-"));
+    const opened = await openDatabase({ databaseUrl: database.url, dataDir, embedded: "memory" });
+    try {
+      const tricky = [
+        "plain",
+        "it's",
+        "''",
+        "\\",
+        "\\'; drop table server_settings; --",
+        "E'\\x41'",
+        "\\n\\t\\x41\\u0041\\101",
+        "$$ dollar $$",
+        "émoji 🎉 \u2028",
+        "",
+      ];
+      for (const value of tricky) {
+        const rows = rowsOf<{ v: string }>(await opened.db.execute(sql.raw(`select ${sqlLiteral(value)} as v`)));
+        expect(rows[0]?.v).toBe(value);
+      }
+      expect(sqlLiteral(null)).toBe("null");
+      expect(sqlLiteral(42)).toBe("42");
+      expect(() => sqlLiteral(1.5)).toThrow();
+      expect(() => sqlLiteral("a\u0000b")).toThrow();
+      const tables = rowsOf(await opened.db.execute(sql`select 1 from information_schema.tables where table_name = 'server_settings'`));
+      expect(tables).toHaveLength(1);
+    } finally {
+      await opened.close();
+      await database.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });
