@@ -55,6 +55,12 @@ export interface ReservedConnection {
    * and hold back the statements queued behind it.
    */
   pipeline(statements: SQL[]): Promise<unknown[][]>;
+  /**
+   * Sends the statements as one simple-protocol query string (values inlined, as `pipeline`): one
+   * write, one round trip. Answers the rows of all of them together, so at most one should return
+   * rows (the driver does not say which statement a row came from).
+   */
+  script(statements: SQL[]): Promise<unknown[]>;
   release(): void;
 }
 
@@ -193,6 +199,12 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
               (s) => connection.unsafe(inliningDialect.sqlToQuery(s.inlineParams()).sql) as unknown as Promise<unknown[]>,
             ),
           ),
+        async script(statements) {
+          const text = statements.map((s) => inliningDialect.sqlToQuery(s.inlineParams()).sql).join(";\n");
+          const result = (await connection.unsafe(text)) as unknown as unknown[];
+          // One result: its rows. Several: a list of results (each a list of rows).
+          return result.some((r) => Array.isArray(r)) ? (result as unknown[][]).flat() : result;
+        },
         release: () => connection.release(),
       };
     },

@@ -499,15 +499,15 @@ export class EventPersister {
     try {
       const result = await work({
         db: connection.db,
+        // Each as one query string: one socket write and one round trip.
         start: async (query) => {
           state = "open";
-          const [, rows] = await connection.pipeline(query ? [sql`begin`, query] : [sql`begin`]);
-          return rows ?? [];
+          return connection.script(query ? [sql`begin`, query] : [sql`begin`]);
         },
         commitWith: async (last) => {
-          const [rows] = await connection.pipeline([last, sql`commit`]);
+          const rows = await connection.script([last, sql`commit`]);
           state = "done";
-          return rows!;
+          return rows;
         },
       });
       if (state === "open") {
