@@ -170,7 +170,9 @@ export class Sync {
    */
   private readonly unreadCache = new Map<string, UserUnreadCounts>();
   private pushActionsForgotten = 0;
-  private generation = 0;
+  private membershipGeneration = 0;
+  private keyCountGeneration = 0;
+  private unreadGeneration = 0;
 
   constructor(private readonly d: SyncDeps) {
     d.notifier.onChange("events", (change) => {
@@ -178,21 +180,21 @@ export class Sync {
       if (change.everyone) this.recent.clear();
       else if (change.remote) this.recent.dropRooms(change.rooms ?? []);
       if (change.everyone || change.remote) {
-        this.generation++;
+        this.unreadGeneration++;
         this.unreadCache.clear();
       }
       if (!change.users?.length && !change.everyone) return;
-      this.generation++;
+      this.membershipGeneration++;
       if (change.everyone) this.membershipCache.clear();
       for (const u of change.users ?? []) this.membershipCache.delete(u);
     });
     d.notifier.onChange("receipts", (change) => {
-      this.generation++;
+      this.unreadGeneration++;
       if (change.everyone) this.unreadCache.clear();
       for (const u of change.users ?? []) this.unreadCache.delete(u);
     });
     d.notifier.onBroadcast(KEY_COUNTS_TOPIC, (data) => {
-      this.generation++;
+      this.keyCountGeneration++;
       for (const key of data as string[]) this.keyCountCache.delete(key);
     });
     d.e2ee.deviceKeys.onKeyCountsChanged((devices) => {
@@ -213,7 +215,7 @@ export class Sync {
   committed(events: readonly PersistedEvent[]): void {
     if (events.every((e) => e.stored)) this.recent.add(events.map((e) => e.stored!));
     else this.recent.dropRooms([...new Set(events.map((e) => e.roomId))]);
-    this.generation++;
+    this.unreadGeneration++;
     if (this.d.pushActions.forgotten !== this.pushActionsForgotten) {
       this.pushActionsForgotten = this.d.pushActions.forgotten;
       this.unreadCache.clear();
@@ -275,12 +277,13 @@ export class Sync {
     }
   }
 
-  private async cached<V>(cache: Map<string, V>, key: string, read: () => Promise<V>): Promise<V> {
+  /** `generation` counts the cache's invalidations: a read that overlapped one is used but not kept. */
+  private async cached<V>(cache: Map<string, V>, generation: () => number, key: string, read: () => Promise<V>): Promise<V> {
     const hit = cache.get(key);
     if (hit !== undefined) return hit;
-    const generation = this.generation;
+    const before = generation();
     const value = await read();
-    if (generation === this.generation) {
+    if (before === generation()) {
       if (cache.size >= MAX_CACHED) cache.clear();
       cache.set(key, value);
     }
@@ -339,13 +342,13 @@ export class Sync {
     const { userId, deviceId, filter, from } = pass;
     // Cached memberships are complete only as far as this process has heard of every room event.
     const readMemberships = () => this.memberships.get(userId);
-    const all = pass.upper.events <= this.d.notifier.coveredEvents() ? await this.cached(this.membershipCache, userId, readMemberships) : await readMemberships();
+    const all = pass.upper.events <= this.d.notifier.coveredEvents() ? await this.cached(this.membershipCache, () => this.membershipGeneration, userId, readMemberships) : await readMemberships();
     const memberships = all.filter((m) => roomAllowed(filter.room, m.roomId));
     // Unread counts change with room events and receipts: read them alongside (one query for all
     // the requests a change woke).
     const readUnread = () =>
       pass.upper.events <= this.d.notifier.coveredEvents()
-        ? this.cached(this.unreadCache, userId, () => this.unreadCounts.get(userId))
+        ? this.cached(this.unreadCache, () => this.unreadGeneration, userId, () => this.unreadCounts.get(userId))
         : this.unreadCounts.get(userId);
     const unreadRead = pass.initial || pass.upper.events > from.events || pass.upper.receipts > from.receipts ? readUnread() : undefined;
     unreadRead?.catch(() => {}); // awaited below when a room needs it
@@ -361,7 +364,7 @@ export class Sync {
       moved("account_data") ? this.d.userData.accountDataSince(userId, pass.initial ? 0 : from.account_data, upper.account_data) : [],
       moved("presence") ? this.presenceFor(pass) : [],
       moved("to_device") ? this.d.e2ee.toDevice.fetchToDevice(userId, deviceId, from.to_device, TO_DEVICE_LIMIT) : undefined,
-      this.cached(this.keyCountCache, `${userId}\u0000${deviceId}`, () => this.keyCounts.get(`${userId}\u0000${deviceId}`)),
+      this.cached(this.keyCountCache, () => this.keyCountGeneration, `${userId}\u0000${deviceId}`, () => this.keyCounts.get(`${userId}\u0000${deviceId}`)),
     ]);
     // Room account data of rooms joined since the token: all of it, not only what changed.
     const newlyJoinedIds = new Set(joined.filter((m) => !pass.initial && m.streamOrdering > from.events).map((m) => m.roomId));
