@@ -1,13 +1,16 @@
-// The one "persist an event" path (ARCHITECTURE.md, "One event path", "Per-room serial").
+// The one "persist an event" path (ARCHITECTURE.md, "One event path", "Per-room serial"); the
+// design notes are in README.md.
 //
-// Local events: a job is queued for its room; the room's worker takes the queued jobs in a batch,
-// opens one transaction, locks the room's row (`SELECT ... FOR UPDATE`: the database-level guard when
-// several processes share a PostgreSQL), and for each job builds its events on the room's current
+// Local events: a job is queued for its room. A batch takes the queued jobs of every room that has
+// no batch in flight (a room is in one batch at a time; up to MAX_CONCURRENT_BATCHES batches run at
+// once, so under load one transaction carries many rooms' events: group commit). The transaction
+// locks the rooms' rows (`SELECT ... ORDER BY room_id FOR UPDATE`: the database-level guard when
+// several processes share a PostgreSQL), and for each job builds its events on its room's current
 // state: prev_events = the forward extremities, depth = their depth + 1, auth_events selected per
 // spec (`selectAuthEvents`), hashed and signed (`signEvent`), checked against the state before them
-// (`checkAuth`). Accepted events are applied to the in-memory state (so the next event of the batch
-// builds on them) and stored together; the transaction commits before any caller gets an answer. A
-// job whose event is refused fails alone: its changes to the in-memory state are undone.
+// (`checkAuth`). Accepted events are applied to the in-memory state (so the next event builds on
+// them) and stored together; the transaction commits before any caller gets an answer. A job whose
+// event is refused fails alone: its changes to the in-memory state are undone.
 //
 // The storage step (`writeEvents`) takes events that are already built and checked — the same step a
 // remote event will enter once it has passed its own checks (format, signatures, hashes, auth against
@@ -15,17 +18,17 @@
 //
 // Room-event stream positions (`stream_ordering`) are taken from the `events` row of
 // `stream_positions` by the LAST statement of the transaction (the same statement inserts the event
-// rows). Its row lock is held until commit, so transactions that persist events commit in stream
-// order: every position at or below the row's committed value is committed and visible, and
-// `currentStreamPosition()` is that value. Positions are gap-free (an aborted transaction gives its
-// positions back). The cost: the commit tails of all event transactions, across rooms and processes,
-// run one at a time — one short statement plus the commit (and its WAL flush when
-// synchronous_commit is on). Everything else, including building and signing, runs in parallel
-// across rooms. Batching a room's queued events into one transaction shares that cost among them.
+// rows), sent together with its COMMIT. Its row lock is held until commit, so transactions that
+// persist events commit in stream order: every position at or below the row's committed value is
+// committed and visible, and `currentStreamPosition()` is that value. Positions are gap-free (an
+// aborted transaction gives its positions back). The cost: the commit tails of all event
+// transactions, across rooms and processes, run one at a time — one statement plus the commit (and
+// its WAL flush when synchronous_commit is on). Everything else, including building and signing,
+// runs in parallel; group commit shares the tail among the events of a batch.
 //
 // The current state of recently used rooms is cached in memory (state map, memberships, the state
 // events the auth rules need). The room row read under the lock says whether another process wrote
-// in between (its current state group or forward extremities differ); the cache is then reloaded.
+// in between (its current state group differs); the cache is then reloaded.
 import { randomBytes } from "node:crypto";
 import { type SQL, sql } from "drizzle-orm";
 import type { Logger } from "pino";
@@ -342,12 +345,6 @@ export class EventPersister {
       if (!this.busy.has(roomId)) this.ready.add(roomId);
       this.pump();
     });
-  }
-
-  /** Sends one event built from a template; resolves with it once committed. */
-  async send(roomId: string, template: EventTemplate): Promise<PersistedEvent> {
-    const [event] = await this.enqueue(roomId, () => [template]);
-    return event!;
   }
 
   /**
