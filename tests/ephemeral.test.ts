@@ -157,6 +157,29 @@ describe("presence", () => {
   });
 });
 
+describe("presence going offline", () => {
+  it("takes a user offline once no sync has been seen from them for a minute", async () => {
+    let clock = Date.now();
+    const server = await startTestServer({ now: () => clock });
+    try {
+      const dora = await registerUser(server.url, "dora");
+      await sync(server.url, dora);
+      const status = async () =>
+        (await request(server.url, "GET", `/_matrix/client/v3/presence/${enc(dora.userId)}/status`, { token: dora.accessToken })).json.presence;
+      expect(await status()).toBe("online");
+      await server.services.presence.sweep(); // records the sync seen since the last sweep
+      clock += 30_000;
+      await server.services.presence.sweep();
+      expect(await status()).toBe("online");
+      clock += 61_000;
+      await server.services.presence.sweep();
+      expect(await status()).toBe("offline");
+    } finally {
+      await server.destroy();
+    }
+  });
+});
+
 describe("to-device and device lists", () => {
   it("delivers to-device messages once, and device-list changes of room-mates", async () => {
     await sharedRoom();

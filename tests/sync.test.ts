@@ -304,6 +304,14 @@ describe("account data and unread counts", () => {
     expect(receipt.status).toBe(200);
     const after = await sync(hs.url, bob, { since: res.next_batch });
     expect(after.rooms.join[roomId].unread_notifications).toEqual({ notification_count: 0, highlight_count: 0 });
+
+    // A private receipt clears them too.
+    const more = await send(hs.url, alice, roomId, { msgtype: "m.text", body: "more" });
+    const counted = await sync(hs.url, bob, { since: after.next_batch });
+    expect(counted.rooms.join[roomId].unread_notifications.notification_count).toBe(1);
+    await request(hs.url, "POST", `/_matrix/client/v3/rooms/${enc(roomId)}/receipt/m.read.private/${enc(more)}`, { token: bob.accessToken, body: {} });
+    const cleared = await sync(hs.url, bob, { since: counted.next_batch });
+    expect(cleared.rooms.join[roomId].unread_notifications.notification_count).toBe(0);
   });
 });
 
