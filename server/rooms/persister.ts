@@ -40,7 +40,7 @@ import { computeEventId, computeRoomIdFromCreateEvent } from "../../federation/p
 import { signEvent } from "../../federation/protocol/event-signing.ts";
 import { serverNameOf } from "../../federation/protocol/identifiers.ts";
 import { MAX_PDU_BYTES, type Pdu, type RoomEvent } from "../../federation/protocol/pdu.ts";
-import { type StateMap, type StateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
+import { type StateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
 import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
 import { MatrixError, badJson, forbidden, notFound } from "../http/errors.ts";
