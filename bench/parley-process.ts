@@ -20,9 +20,13 @@ export function freePort(): Promise<number> {
  * Starts Parley with open registration and no rate limits (benchmarks send many requests from one
  * address, on purpose), and resolves once it answers `/_matrix/client/versions`.
  */
-export async function startParley(dataDir: string, databaseUrl?: string): Promise<{ child: ChildProcess; base: string }> {
+export async function startParley(
+  dataDir: string,
+  databaseUrl?: string,
+  options: { nodeArgs?: string[] } = {},
+): Promise<{ child: ChildProcess; base: string }> {
   const port = await freePort();
-  const child = spawn(process.execPath, [path.join(root, "bin/parley.js"), "serve"], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), path.join(root, "bin/parley.js"), "serve"], {
     env: {
       ...process.env,
       PARLEY_PORT: String(port),

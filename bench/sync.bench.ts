@@ -5,18 +5,21 @@
 //   recipient's latency is a sample (the server builds N responses for one event);
 // - one of many: N clients long-poll, and each message goes to a room where only one of them is: the
 //   other N-1 keep waiting (a change wakes exactly the requests that can see it).
-// And the resident memory the 1,000 waiting long-polls cost the server (RSS with them waiting minus
-// RSS of the idle server). Embedded PGlite, or PostgreSQL when DATABASE_URL is set.
+// And the memory the 1,000 waiting long-polls cost the server: RSS with them waiting minus RSS of the
+// idle server (both after a full garbage collection, through the server's inspector), and the same
+// for the JS heap in use (RSS also moves with PGlite's and the allocator's own memory).
+// Embedded PGlite, then PostgreSQL too when DATABASE_URL is set.
 // Targets on loopback: p50 < 5 ms and p99 < 25 ms with 1,000 waiting clients; < 100 MB for 1,000
 // idle long-polls. Ends with one line: BENCH_RESULT {"bench":"sync","results":[...]}.
 import { Agent, request as httpRequest } from "node:http";
 import { readFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { startParley, stopParley } from "./parley-process.ts";
+import { spawn } from "node:child_process";
+import { freePort, startParley, stopParley } from "./parley-process.ts";
 
 const CLIENTS = (process.env.BENCH_SYNC_CLIENTS ?? "1,100,1000").split(",").map(Number);
-const MESSAGES = Number(process.env.BENCH_SYNC_MESSAGES ?? 40);
+const MESSAGES = Number(process.env.BENCH_SYNC_MESSAGES ?? 25);
 const agent = new Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
 
 interface Session {
@@ -124,6 +127,12 @@ class Poller {
     this.since = res.next_batch;
   }
 
+  /** One incremental sync that does not wait. */
+  async once(): Promise<void> {
+    const path = `/_matrix/client/v3/sync?filter=${FILTER}&set_presence=offline&timeout=0&since=${encodeURIComponent(this.since)}`;
+    this.since = (await ok(call(this.base, "GET", path, undefined, this.session.token), "sync")).next_batch;
+  }
+
   start(): void {
     this.running = true;
     void this.loop();
@@ -182,6 +191,38 @@ async function rssMb(pid: number): Promise<number> {
   return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
 }
 
+/**
+ * The server's memory after full garbage collections (asked for through its inspector), so what
+ * is compared is memory in use, not garbage waiting for the next collection: the lowest RSS of two
+ * tries half a second apart (RSS also holds the allocator's and PGlite's memory, which moves on its own),
+ * and the JS heap in use.
+ */
+async function memoryAfterGc(pid: number, inspectorPort: number): Promise<{ rss: number; heap: number }> {
+  const [target] = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json/list`)).json()) as Array<{ webSocketDebuggerUrl: string }>;
+  // Node 20 has WebSocket only behind a flag: a short helper process sends the commands.
+  const script = `const ws = new WebSocket(${JSON.stringify(target!.webSocketDebuggerUrl)});
+    ws.onopen = () => ws.send(JSON.stringify({ id: 1, method: "HeapProfiler.collectGarbage" }));
+    ws.onmessage = (m) => { const r = JSON.parse(m.data);
+      if (r.id === 1) ws.send(JSON.stringify({ id: 2, method: "Runtime.getHeapUsage" }));
+      if (r.id === 2) { process.stdout.write(String(r.result.usedSize)); ws.close(); process.exit(0); } };`;
+  let rss = Number.POSITIVE_INFINITY;
+  let heap = Number.POSITIVE_INFINITY;
+  for (let i = 0; i < 2; i++) {
+    const used = await new Promise<number>((resolve, reject) => {
+      const helper = spawn(process.execPath, ["--experimental-websocket", "--no-warnings", "-e", script], { stdio: ["ignore", "pipe", "ignore"] });
+      let out = "";
+      helper.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      helper.on("error", reject);
+      helper.on("exit", (code) => (code === 0 ? resolve(Number(out)) : reject(new Error(`gc helper exited with ${code}`))));
+    });
+    await sleep(300);
+    rss = Math.min(rss, await rssMb(pid));
+    heap = Math.min(heap, used / 1048576);
+    await sleep(200);
+  }
+  return { rss, heap };
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let txn = 0;
@@ -197,16 +238,29 @@ async function measure(base: string, sender: Session, roomId: string, recipients
   return (await Promise.all(arrivals)).map((at) => at - t0);
 }
 
-/** Until every poller has its next long-poll out again, and the server has had time to take them. */
-async function settled(pollers: Poller[]): Promise<void> {
+/** Until every poller has its next long-poll out again, and the server has taken them all. */
+async function settled(base: string, pollers: Poller[]): Promise<void> {
   for (let i = 0; i < 400 && pollers.some((p) => p.inFlight === 0); i++) await sleep(5);
-  await sleep(pollers.length >= 1000 ? 300 : pollers.length >= 100 ? 60 : 20);
+  await quiet(base);
+}
+
+/** Until the server answers `GET /versions` at once three times in a row (it has no backlog). */
+async function quiet(base: string): Promise<void> {
+  let fast = 0;
+  for (let i = 0; i < 150 && fast < 3; i++) {
+    const t = performance.now();
+    await call(base, "GET", "/_matrix/client/versions", undefined);
+    fast = performance.now() - t < 3 ? fast + 1 : 0;
+    await sleep(fast ? 2 : 10);
+  }
 }
 
 async function benchOne(kind: string, databaseUrl: string | undefined) {
   const dataDir = await mkdtemp(path.join(tmpdir(), "parley-bench-sync-"));
   process.env.PARLEY_ALLOW_GUEST_ACCESS = "true";
-  const { child, base } = await startParley(dataDir, databaseUrl);
+  // The inspector (idle until asked) lets the memory figure be taken after a garbage collection.
+  const inspectorPort = await freePort();
+  const { child, base } = await startParley(dataDir, databaseUrl, { nodeArgs: [`--inspect=127.0.0.1:${inspectorPort}`] });
   const results: Array<{ name: string; value: number; unit: string }> = [];
   const pollers: Poller[] = [];
   try {
@@ -215,10 +269,10 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
     const room = await ok(call(base, "POST", "/_matrix/client/v3/createRoom", { preset: "public_chat", initial_state: guestAccess }, alice.token), "createRoom");
     const max = Math.max(...CLIENTS);
     let t = performance.now();
-    const guests = await inParallel(max, 16, () => guest(base));
+    const guests = await inParallel(max, 32, () => guest(base));
     process.stderr.write(`${kind}: ${max} guests registered in ${Math.round(performance.now() - t)} ms\n`);
     t = performance.now();
-    await inParallel(max, 8, (i) => ok(call(base, "POST", `/_matrix/client/v3/join/${encodeURIComponent(room.room_id)}`, {}, guests[i]!.token), "join"));
+    await inParallel(max, 32, (i) => ok(call(base, "POST", `/_matrix/client/v3/join/${encodeURIComponent(room.room_id)}`, {}, guests[i]!.token), "join"));
     process.stderr.write(`${kind}: ${max} guests joined one room in ${Math.round(performance.now() - t)} ms\n`);
     // A room of alice and the first guest alone, for the "one of many" figures.
     const pair = await ok(call(base, "POST", "/_matrix/client/v3/createRoom", { preset: "public_chat", initial_state: guestAccess }, alice.token), "createRoom");
@@ -228,38 +282,42 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
     t = performance.now();
     await inParallel(max, 16, (i) => pollers[i]!.initial());
     process.stderr.write(`${kind}: ${max} initial syncs in ${Math.round(performance.now() - t)} ms\n`);
-    await sleep(500);
-    const idleRss = await rssMb(child.pid!);
+    // The same requests once more without waiting, so the baseline has done what the long-polls do.
+    await inParallel(max, 16, (i) => pollers[i]!.once());
+    await quiet(base);
+    const idle = await memoryAfterGc(child.pid!, inspectorPort);
 
     for (const n of CLIENTS) {
       const active = pollers.slice(0, n);
       for (const p of active) if (!p.running) p.start();
-      await settled(active);
+      await settled(base, active);
       if (n === max) {
-        await sleep(1500);
-        const waitingRss = await rssMb(child.pid!);
-        results.push({ name: `rss increase, ${n} idle long-polls`, value: Math.round((waitingRss - idleRss) * 10) / 10, unit: "MB" });
+        const waiting = await memoryAfterGc(child.pid!, inspectorPort);
+        const mb = (x: number) => Math.round(x * 10) / 10;
+        results.push({ name: `${kind} rss increase, ${n} idle long-polls`, value: mb(waiting.rss - idle.rss), unit: "MB" });
+        results.push({ name: `${kind} JS heap increase, ${n} idle long-polls`, value: mb(waiting.heap - idle.heap), unit: "MB" });
+        process.stderr.write(`${kind}: ${n} idle long-polls: RSS ${mb(idle.rss)} -> ${mb(waiting.rss)} MB, JS heap ${mb(idle.heap)} -> ${mb(waiting.heap)} MB\n`);
       }
       // One recipient while the others wait (a change wakes only the requests that can see it).
       const one: number[] = [];
       for (let i = 0; i < 3 + MESSAGES; i++) {
         const latency = await measure(base, alice, pair.room_id, [active[0]!]);
         if (i >= 3) one.push(...latency);
-        await settled(active);
+        await settled(base, active);
       }
       sendLatencies.length = 0;
       for (let i = 0; i < 10; i++) {
         await measure(base, alice, pair.room_id, [active[0]!]);
-        await settled(active);
+        await settled(base, active);
       }
       const send = percentile(sendLatencies, 50);
       // Every member of a room at once.
       const every: number[] = [];
-      const rounds = n >= 1000 ? Math.ceil(MESSAGES / 3) : MESSAGES;
+      const rounds = n >= 1000 ? 5 : MESSAGES;
       for (let i = 0; i < 3 + rounds; i++) {
         const latency = await measure(base, alice, room.room_id, active);
         if (i >= 3) every.push(...latency);
-        await settled(active);
+        await settled(base, active);
       }
       process.stderr.write(`${kind}: PUT /send into a 2-member room answers in p50 ${send} ms\n`);
       results.push({ name: `${kind} PUT /send p50 (2-member room), ${n} long-polling`, value: send, unit: "ms" });
@@ -271,7 +329,6 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
         process.stderr.write(`${kind}: ${label}: p50 ${percentile(xs, 50)} ms, p95 ${percentile(xs, 95)} ms, p99 ${percentile(xs, 99)} ms (${xs.length} samples)\n`);
       }
     }
-    results.find((r) => r.name.startsWith("rss"))!.name = `${kind} rss increase, ${max} idle long-polls`;
   } finally {
     for (const p of pollers) p.stop();
     await stopParley(child);
