@@ -97,11 +97,6 @@ export function roomAllowed(filter: { rooms?: string[]; not_rooms?: string[] } |
   return true;
 }
 
-/** Whether the filter lets nothing through at all (`types: []`, `limit: 0`): the query can be skipped. */
-export function excludesEverything(filter: EventFilter | undefined): boolean {
-  return filter?.limit === 0 || (filter?.types !== undefined && filter.types.length === 0);
-}
-
 export function timelineLimit(filter: RoomEventFilter | undefined): number {
   return Math.min(filter?.limit ?? DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT);
 }

@@ -121,10 +121,6 @@ export class Notifier {
     await this.unlisten?.().catch(() => {});
   }
 
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
   /**
    * The handler runs for every change of the stream, from this process or another, before waiters
    * wake (in-memory streams keep their state with it; caches drop stale entries).
