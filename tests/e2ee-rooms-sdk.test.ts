@@ -8,27 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loginUser, passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
 import { enc } from "./sync-helpers.ts";
+import { sdk } from "./matrix-sdk.ts";
 
-// matrix-js-sdk (engines: node >= 22) uses Promise.withResolvers, which Node 20 lacks.
-if (!("withResolvers" in Promise)) {
-  Object.defineProperty(Promise, "withResolvers", {
-    configurable: true,
-    writable: true,
-    value<T>() {
-      let resolve!: (value: T | PromiseLike<T>) => void;
-      let reject!: (reason?: unknown) => void;
-      const promise = new Promise<T>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      return { promise, resolve, reject };
-    },
-  });
-}
-const sdk = await import("matrix-js-sdk");
 const RustSdkCryptoJs = await import("@matrix-org/matrix-sdk-crypto-wasm");
-const { logger: sdkLogger } = await import("matrix-js-sdk/lib/logger.js");
-(sdkLogger as unknown as { setLevel(level: string): void }).setLevel("silent");
 
 const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getChild: () => quiet };
 type Client = ReturnType<typeof sdk.createClient>;

@@ -1,24 +1,8 @@
 // matrix-js-sdk as a real third-party client: register, log in, profile, account data, devices.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestServer, type TestServer } from "./harness.ts";
+import { sdk } from "./matrix-sdk.ts";
 
-// matrix-js-sdk (engines: node >= 22) uses Promise.withResolvers, which Node 20 lacks.
-if (!("withResolvers" in Promise)) {
-  Object.defineProperty(Promise, "withResolvers", {
-    configurable: true,
-    writable: true,
-    value<T>() {
-      let resolve!: (value: T | PromiseLike<T>) => void;
-      let reject!: (reason?: unknown) => void;
-      const promise = new Promise<T>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      return { promise, resolve, reject };
-    },
-  });
-}
-const sdk = await import("matrix-js-sdk");
 
 // The SDK logs every request; keep the test output readable.
 const quiet = {
