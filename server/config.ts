@@ -152,6 +152,24 @@ export const configKeys = {
     default: 10_000,
     doc: "The most undelivered to-device messages (encryption keys, verification requests) one device's mailbox holds. A send that would overfill a mailbox is refused with 429 M_LIMIT_EXCEEDED, never dropped.",
   }),
+  user_data_quota_bytes: key({
+    env: "PARLEY_USER_DATA_QUOTA_BYTES",
+    schema: int(1024, 1 << 30),
+    default: 10 * 1024 * 1024,
+    doc: "The most a user may store as account data (global, per room, tags, push rules) and filters together, in bytes (room IDs, types and JSON text). A write that would go over it gets 413 M_TOO_LARGE; shrinking or deleting is always allowed.",
+  }),
+  user_data_item_max_bytes: key({
+    env: "PARLEY_USER_DATA_ITEM_MAX_BYTES",
+    schema: int(1024, 1 << 30),
+    default: 1024 * 1024,
+    doc: "The largest single piece of account data or filter, in bytes of JSON; larger ones get 413 M_TOO_LARGE. Large enough for the biggest real ones (m.direct and m.ignored_user_list of accounts with thousands of contacts).",
+  }),
+  user_filters_max: key({
+    env: "PARLEY_USER_FILTERS_MAX",
+    schema: int(1, 10_000_000),
+    default: 1000,
+    doc: "The most filters one user may store. Uploading a filter identical to one already stored returns its ID and stores nothing, so clients that upload their filter on every start stay far below it.",
+  }),
   log_level: key({
     env: "PARLEY_LOG_LEVEL",
     schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),

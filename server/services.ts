@@ -80,7 +80,11 @@ export function createAccountServices(
     audit,
     rateLimiter,
     uia,
-    userData: new UserData(db),
+    userData: new UserData(db, {
+      quotaBytes: config.user_data_quota_bytes,
+      itemMaxBytes: config.user_data_item_max_bytes,
+      maxFilters: config.user_filters_max,
+    }),
     sharedSecret: new SharedSecretRegistration(db, now, config.registration_shared_secret),
     e2ee: new E2ee(db, accounts, uia, {
       serverName: config.server_name,

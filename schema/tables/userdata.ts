@@ -1,6 +1,6 @@
 // The user-data component's tables: account data (global and, later, per room), filters and push
 // rules. Owned by server/userdata/.
-import { bigint, bigserial, index, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, bigserial, index, integer, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 
 /**
  * Account data, one row per (user, room, type); `room_id` is '' for global account data. The content
@@ -37,3 +37,16 @@ export const filters = pgTable(
   },
   (t) => [index("filters_user_idx").on(t.userId)],
 );
+
+/**
+ * What each user stores through the user-data APIs, kept current by every write in the same
+ * transaction, so the per-user quota check reads one row instead of summing the user's data:
+ * `bytes` counts the room ID, type and JSON text of each account-data row (global, per room, tags,
+ * push rules) and the JSON text of each filter; `filters` counts the user's filters. The row is
+ * also the per-user lock that keeps two concurrent writes from both fitting in the last free bytes.
+ */
+export const userDataUsage = pgTable("user_data_usage", {
+  userId: text("user_id").primaryKey(),
+  bytes: bigint("bytes", { mode: "number" }).notNull().default(0),
+  filters: integer("filters").notNull().default(0),
+});

@@ -4,7 +4,7 @@
 // https://spec.matrix.org/latest/client-server-api/#push-rules-api
 import { and, asc, eq, gt, inArray, lte, sql } from "drizzle-orm";
 import { type Database, schema, type Tx } from "../../schema/db.ts";
-import { notFound } from "../http/errors.ts";
+import { MatrixError, notFound } from "../http/errors.ts";
 import type { Ruleset } from "../pushrules/defaults.ts";
 import { getPushRules, withServerDefaults } from "../pushrules/ruleset.ts";
 import { advanceStream } from "../sync/streams.ts";
@@ -22,10 +22,33 @@ export interface AccountDataChange {
 /** Called once an account-data write has committed; `/sync` hangs its wake-ups here. */
 export type AccountDataListener = (userId: string, roomId: string, streamId: number) => void;
 
+/**
+ * Per-user storage limits (server/config.ts: user_data_quota_bytes, user_data_item_max_bytes,
+ * user_filters_max). The spec sets none; without them one account could fill the database.
+ */
+export interface UserDataLimits {
+  /** Account data (every room, type and JSON text) plus filters (JSON text), in bytes. */
+  quotaBytes: number;
+  /** One piece of account data or one filter, in bytes of JSON text. */
+  itemMaxBytes: number;
+  maxFilters: number;
+}
+
+export const DEFAULT_USER_DATA_LIMITS: UserDataLimits = { quotaBytes: 10 * 1024 * 1024, itemMaxBytes: 1024 * 1024, maxFilters: 1000 };
+
+// 413 M_TOO_LARGE ("the request or entity was too large") rather than M_RESOURCE_LIMIT_EXCEEDED:
+// the latter is for a limit of the whole homeserver, must carry an admin_contact, and clients show
+// it as "this server is over its limits". Here it is this user's own data that is too large.
+// https://spec.matrix.org/latest/client-server-api/#common-error-codes
+const tooLarge = (message: string) => new MatrixError(413, "M_TOO_LARGE", message);
+
 export class UserData {
   private readonly listeners: AccountDataListener[] = [];
 
-  constructor(private readonly db: Database) {}
+  constructor(
+    private readonly db: Database,
+    private readonly limits: UserDataLimits = DEFAULT_USER_DATA_LIMITS,
+  ) {}
 
   onAccountData(listener: AccountDataListener): void {
     this.listeners.push(listener);
@@ -61,6 +84,18 @@ export class UserData {
 
   private async writeAccountData(tx: Tx, userId: string, roomId: string, type: string, content: string): Promise<number> {
     const t = schema.accountData;
+    const size = Buffer.byteLength(content, "utf8");
+    if (size > this.limits.itemMaxBytes) {
+      throw tooLarge(`Account data is at most ${this.limits.itemMaxBytes} bytes of JSON (this is ${size})`);
+    }
+    await this.lockUsage(tx, userId);
+    // Read after the lock: a concurrent write of the same user committed before we got it.
+    const [old] = await tx
+      .select({ bytes: sql<number>`octet_length(${t.roomId}) + octet_length(${t.type}) + octet_length(${t.content})` })
+      .from(t)
+      .where(and(eq(t.userId, userId), eq(t.roomId, roomId), eq(t.type, type)));
+    const bytes = Buffer.byteLength(roomId, "utf8") + Buffer.byteLength(type, "utf8") + size;
+    await this.addUsage(tx, userId, bytes - Number(old?.bytes ?? 0), 0);
     const streamId = await advanceStream(tx, "account_data");
     await tx
       .insert(t)
@@ -93,11 +128,31 @@ export class UserData {
 
   // ---- Filters ---------------------------------------------------------------------------------------
 
-  /** Stores a filter; its ID is a decimal string. The JSON text is kept exactly as given. */
+  /**
+   * Stores a filter; its ID is a decimal string. The JSON text is kept exactly as given. A filter
+   * identical to one the user already has gets that one's ID: clients that upload their filter on
+   * every start (matrix-js-sdk when its stored ID is lost) do not use up the quota.
+   */
   async createFilter(userId: string, filter: Record<string, unknown>): Promise<string> {
     const t = schema.filters;
-    const [row] = await this.db.insert(t).values({ userId, filter: JSON.stringify(filter) }).returning({ id: t.id });
-    return String(row!.id);
+    const text = JSON.stringify(filter);
+    const size = Buffer.byteLength(text, "utf8");
+    if (size > this.limits.itemMaxBytes) {
+      throw tooLarge(`A filter is at most ${this.limits.itemMaxBytes} bytes of JSON (this is ${size})`);
+    }
+    return this.db.transaction(async (tx) => {
+      await this.lockUsage(tx, userId);
+      const [existing] = await tx
+        .select({ id: t.id })
+        .from(t)
+        .where(and(eq(t.userId, userId), eq(t.filter, text)))
+        .orderBy(asc(t.id))
+        .limit(1);
+      if (existing) return String(existing.id);
+      await this.addUsage(tx, userId, size, 1);
+      const [row] = await tx.insert(t).values({ userId, filter: text }).returning({ id: t.id });
+      return String(row!.id);
+    });
   }
 
   async getFilter(userId: string, filterId: string): Promise<Record<string, unknown>> {
@@ -109,6 +164,39 @@ export class UserData {
       .where(and(eq(t.userId, userId), eq(t.id, Number(filterId))));
     if (!row) throw notFound("No such filter");
     return JSON.parse(row.filter) as Record<string, unknown>;
+  }
+
+  // ---- Quotas -----------------------------------------------------------------------------------------
+
+  /** Takes the user's usage row (creating it): writes of one user's data count one at a time. */
+  private async lockUsage(tx: Tx, userId: string): Promise<void> {
+    const u = schema.userDataUsage;
+    await tx
+      .insert(u)
+      .values({ userId })
+      .onConflictDoUpdate({ target: u.userId, set: { bytes: sql`${u.bytes}` } });
+  }
+
+  /**
+   * Adds to the user's usage (held by lockUsage) and refuses a write that grows it past the quota;
+   * one that shrinks it always passes, so a user over a lowered quota can still clean up.
+   */
+  private async addUsage(tx: Tx, userId: string, bytes: number, filters: number): Promise<void> {
+    if (bytes === 0 && filters === 0) return;
+    const u = schema.userDataUsage;
+    const [row] = await tx
+      .update(u)
+      .set({ bytes: sql`${u.bytes} + ${bytes}`, filters: sql`${u.filters} + ${filters}` })
+      .where(eq(u.userId, userId))
+      .returning({ bytes: u.bytes, filters: u.filters });
+    if (filters > 0 && row!.filters > this.limits.maxFilters) {
+      throw tooLarge(`You have stored the most filters allowed (${this.limits.maxFilters})`);
+    }
+    if (bytes > 0 && row!.bytes > this.limits.quotaBytes) {
+      throw tooLarge(
+        `This would take your account data and filters past the ${this.limits.quotaBytes} bytes allowed; remove some first`,
+      );
+    }
   }
 
   // ---- Push rules ------------------------------------------------------------------------------------
