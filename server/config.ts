@@ -188,6 +188,30 @@ export const configKeys = {
     default: 10_000,
     doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish before connections are closed.",
   }),
+  max_long_polls: key({
+    env: "PARLEY_MAX_LONG_POLLS",
+    schema: int(1, 10_000_000),
+    default: 5_000,
+    doc: "The most /sync long-polls (requests that may wait for news) one process holds at once; beyond it a long-poll is refused with 429 M_LIMIT_EXCEEDED and `retry_after_ms` (2–4 s), so the process stays responsive to the requests it holds. Measured on 2 cores: see bench/longpoll.bench.ts.",
+  }),
+  max_long_polls_per_user: key({
+    env: "PARLEY_MAX_LONG_POLLS_PER_USER",
+    schema: int(1, 10_000_000),
+    default: 50,
+    doc: "The most long-polls one user holds at once (every device syncing, with room to spare), so one account cannot take the whole of `max_long_polls`.",
+  }),
+  max_in_flight_requests: key({
+    env: "PARLEY_MAX_IN_FLIGHT_REQUESTS",
+    schema: int(1, 10_000_000),
+    default: 500,
+    doc: "The most other requests (everything but long-polls and the exempt /versions, /health and well-known files) one process works on at once; beyond it, 429 M_LIMIT_EXCEEDED with `retry_after_ms` (0.5–1 s).",
+  }),
+  max_in_flight_requests_per_user: key({
+    env: "PARLEY_MAX_IN_FLIGHT_REQUESTS_PER_USER",
+    schema: int(1, 10_000_000),
+    default: 50,
+    doc: "The most requests (long-polls aside) one user has in flight at once, so one account cannot take the whole of `max_in_flight_requests`.",
+  }),
 } as const;
 
 type Keys = typeof configKeys;

@@ -12,6 +12,7 @@ import { routes } from "./api/routes.ts";
 import type { AnyRoute } from "./http/route.ts";
 import { type Services, createAccountServices } from "./services.ts";
 import { createRoomServices } from "./rooms/room-services.ts";
+import type { PersistFaults } from "./rooms/persister.ts";
 import { createSyncServices, startSyncServices, stopSyncServices } from "./sync/sync-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
 
@@ -31,6 +32,8 @@ export interface StartOptions {
   now?: () => number;
   /** Extra routes (tests use them to observe request handling). */
   extraRoutes?: AnyRoute[];
+  /** Tests only: faults injected into the persist path (see PersistFaults). */
+  persisterFaults?: PersistFaults;
 }
 
 export function createLogger(config: Pick<Config, "log_level">): Logger {
@@ -68,6 +71,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       logger,
       accounts: accountServices.accounts,
       userData: accountServices.userData,
+      persisterFaults: options.persisterFaults,
     });
     const syncServices = createSyncServices({
       database,

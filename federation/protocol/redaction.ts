@@ -19,21 +19,22 @@ const TOP_LEVEL_V11 = [
   "prev_events", "auth_events", "origin_server_ts",
 ];
 
-const CONTENT_V9: Record<string, readonly string[]> = {
+// Maps: an event type is whatever the sender chose (`constructor`, `__proto__`), never an inherited key.
+const CONTENT_V9 = new Map<string, readonly string[]>(Object.entries({
   "m.room.member": ["membership", "join_authorised_via_users_server"],
   "m.room.create": ["creator"],
   "m.room.join_rules": ["join_rule", "allow"],
   "m.room.power_levels": ["ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"],
   "m.room.history_visibility": ["history_visibility"],
-};
+}));
 
-const CONTENT_V11: Record<string, readonly string[]> = {
+const CONTENT_V11 = new Map<string, readonly string[]>(Object.entries({
   "m.room.member": ["membership", "join_authorised_via_users_server"],
   "m.room.join_rules": ["join_rule", "allow"],
   "m.room.power_levels": ["ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users", "users_default"],
   "m.room.history_visibility": ["history_visibility"],
   "m.room.redaction": ["redacts"],
-};
+}));
 
 function isObject(value: unknown): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
@@ -51,7 +52,7 @@ function redactContent(rules: RoomVersionRules, type: unknown, content: JsonObje
   if (rules.redaction === "v11") {
     // "m.room.create allows all keys."
     if (type === "m.room.create") return { ...content };
-    const kept = pick(content, (typeof type === "string" && CONTENT_V11[type]) || []);
+    const kept = pick(content, (typeof type === "string" && CONTENT_V11.get(type)) || []);
     if (type === "m.room.member") {
       // "Additionally, it allows the signed key of the third_party_invite key." An object
       // third_party_invite keeps only `signed` (and stays, possibly empty, as Synapse keeps it);
@@ -61,7 +62,7 @@ function redactContent(rules: RoomVersionRules, type: unknown, content: JsonObje
     }
     return kept;
   }
-  return pick(content, (typeof type === "string" && CONTENT_V9[type]) || []);
+  return pick(content, (typeof type === "string" && CONTENT_V9.get(type)) || []);
 }
 
 /**

@@ -10,6 +10,7 @@
 import { createHash } from "node:crypto";
 import { and, eq, inArray, or, sql } from "drizzle-orm";
 import { CanonicalJsonError, canonicalJson } from "../../federation/protocol/canonical-json.ts";
+import { dictionary, dictionaryOf } from "../../federation/protocol/dictionary.ts";
 import { type Database, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import type { AuditSource } from "../accounts/audit.ts";
@@ -159,9 +160,10 @@ export class CrossSigning {
    * `signatures`); every signature is verified. What fails is reported per key, the rest is kept.
    */
   async uploadSignatures(userId: string, body: Record<string, Record<string, JsonObject>>): Promise<SignatureFailures> {
-    const failures: SignatureFailures = {};
+    // User and key IDs are the uploader's to choose: `constructor` must not find the global Object.
+    const failures: SignatureFailures = dictionary();
     const fail = (user: string, keyId: string, errcode: string, error: string) => {
-      (failures[user] ??= {})[keyId] = { errcode, error };
+      (failures[user] ??= dictionary())[keyId] = { errcode, error };
     };
     const accepted: StoredSignature[] = [];
     const changes: DeviceListChange[] = [];
@@ -176,7 +178,7 @@ export class CrossSigning {
           fail(targetUser, keyId, "M_BAD_JSON", "Not a signed key object");
           continue;
         }
-        const mine = signaturesOf(object)[userId] ?? {};
+        const mine = signaturesOf(object)[userId] ?? dictionary();
         if (targetUser === userId) {
           if (own.master && keyId === own.master.publicKey) {
             // Our own master key, signed by our devices.
@@ -250,7 +252,7 @@ export class CrossSigning {
     }
     // Signatures already in the uploaded key (Rust crypto signs the master key with its device
     // when it creates it) come back unchanged; only the new ones are checked and stored.
-    const known = signaturesOf(master.key)[userId] ?? {};
+    const known = signaturesOf(master.key)[userId] ?? dictionary();
     const fresh = Object.keys(mine).filter((k) => known[k] !== mine[k]);
     const deviceIds = fresh.filter((k) => k.startsWith("ed25519:")).map((k) => k.slice("ed25519:".length));
     if (deviceIds.length !== fresh.length) return { errcode: "M_INVALID_SIGNATURE", error: "Unknown signing key" };
@@ -289,8 +291,9 @@ export class CrossSigning {
     for (const r of rows) {
       const obj = targets.get(r.targetKeyId);
       if (!obj) continue;
-      const sigs = isJsonObject(obj.signatures) ? { ...obj.signatures } : {};
-      const bySigner = isJsonObject(sigs[r.signerUserId]) ? { ...(sigs[r.signerUserId] as JsonObject) } : {};
+      const sigs = dictionaryOf(isJsonObject(obj.signatures) ? Object.entries(obj.signatures) : []);
+      const signer = sigs[r.signerUserId];
+      const bySigner = dictionaryOf(isJsonObject(signer) ? Object.entries(signer) : []);
       bySigner[r.signerKeyId] = r.signature;
       sigs[r.signerUserId] = bySigner;
       obj.signatures = sigs;

@@ -3,6 +3,7 @@
 // https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keysclaim
 // https://spec.matrix.org/latest/client-server-api/#one-time-and-fallback-keys
 import { and, eq, inArray, sql } from "drizzle-orm";
+import { dictionaryOf } from "../../federation/protocol/dictionary.ts";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import { MatrixError } from "../http/errors.ts";
 import type { DeviceLists, Queryable } from "./device-lists.ts";
@@ -175,7 +176,8 @@ export class DeviceKeys {
       .from(t)
       .where(and(eq(t.userId, userId), eq(t.deviceId, deviceId)))
       .groupBy(t.algorithm);
-    const counts: Record<string, number> = { [ALWAYS_COUNTED]: 0 };
+    // Algorithm names are the uploader's (`__proto__:AAAA` is a valid key name).
+    const counts = dictionaryOf<number>([[ALWAYS_COUNTED, 0]]);
     for (const r of rows) counts[r.algorithm] = Number(r.count);
     return counts;
   }
@@ -199,7 +201,7 @@ export class DeviceKeys {
   ): Promise<Map<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>> {
     const out = new Map<string, { oneTimeKeyCounts: Record<string, number>; unusedFallbackKeyTypes: string[] }>();
     if (devices.length === 0) return out;
-    for (const d of devices) out.set(`${d.userId}\u0000${d.deviceId}`, { oneTimeKeyCounts: { [ALWAYS_COUNTED]: 0 }, unusedFallbackKeyTypes: [] });
+    for (const d of devices) out.set(`${d.userId}\u0000${d.deviceId}`, { oneTimeKeyCounts: dictionaryOf([[ALWAYS_COUNTED, 0]]), unusedFallbackKeyTypes: [] });
     const otk = schema.e2eOneTimeKeys;
     const fallback = schema.e2eFallbackKeys;
     const pairs = (t: typeof otk | typeof fallback) =>

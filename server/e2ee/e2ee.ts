@@ -9,6 +9,7 @@
 //
 // The server never sees a private key or a plaintext message: it stores signed public keys (and
 // checks their signatures) and opaque ciphertext.
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import type { Database } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { isLocalUser, parseUserId } from "../accounts/user-id.ts";
@@ -94,12 +95,13 @@ export class E2ee {
    * out; users of other servers are reported in `failures` until federation exists.
    */
   async queryKeys(requester: string, deviceKeys: Record<string, string[]>): Promise<KeysQueryResponse> {
+    // Keyed by user IDs, device IDs and server names the requester chose: no prototypes.
     const out: KeysQueryResponse = {
-      device_keys: {},
-      master_keys: {},
-      self_signing_keys: {},
-      user_signing_keys: {},
-      failures: {},
+      device_keys: dictionary(),
+      master_keys: dictionary(),
+      self_signing_keys: dictionary(),
+      user_signing_keys: dictionary(),
+      failures: dictionary(),
     };
     const local: string[] = [];
     for (const userId of Object.keys(deviceKeys)) {
@@ -114,7 +116,7 @@ export class E2ee {
       const ids = wanted.length === 0 ? devices.map((d) => d.device_id) : wanted.filter((id) => names.has(id));
       const keys = await this.deviceKeys.deviceKeysOf(userId, ids);
       await this.crossSigning.mergeSignatures(requester, userId, keys);
-      const byDevice: Record<string, JsonObject> = {};
+      const byDevice = dictionary<JsonObject>();
       for (const [deviceId, key] of keys) {
         const name = names.get(deviceId);
         byDevice[deviceId] = { ...key, unsigned: name !== undefined ? { device_display_name: name } : {} };
@@ -135,7 +137,7 @@ export class E2ee {
 
   /** `/keys/claim`: one key per device asked for (see DeviceKeys.claim); other servers go to `failures`. */
   async claimKeys(oneTimeKeys: Record<string, Record<string, string>>): Promise<KeysClaimResponse> {
-    const out: KeysClaimResponse = { one_time_keys: {}, failures: {} };
+    const out: KeysClaimResponse = { one_time_keys: dictionary(), failures: dictionary() };
     const requests: ClaimRequest[] = [];
     for (const [userId, byDevice] of Object.entries(oneTimeKeys)) {
       if (!isLocalUser(userId, this.serverName)) {
@@ -145,7 +147,7 @@ export class E2ee {
       for (const [deviceId, algorithm] of Object.entries(byDevice)) requests.push({ userId, deviceId, algorithm });
     }
     for (const c of await this.deviceKeys.claim(requests)) {
-      ((out.one_time_keys[c.userId] ??= {})[c.deviceId] ??= {})[c.keyId] = c.key;
+      ((out.one_time_keys[c.userId] ??= dictionary())[c.deviceId] ??= dictionary())[c.keyId] = c.key;
     }
     return out;
   }

@@ -6,6 +6,7 @@
 // per-user advisory lock, so two devices backing up at once cannot lose one another's keys or race
 // on the etag.
 import { and, asc, desc, eq, inArray, sql } from "drizzle-orm";
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { type Database, schema, type Tx } from "../../schema/db.ts";
 import { MatrixError, notFound } from "../http/errors.ts";
 import { canonicalOrBadJson, type JsonObject } from "./signed-json.ts";
@@ -190,9 +191,10 @@ export class KeyBackup {
         ),
       )
       .orderBy(asc(k.roomId), asc(k.sessionId));
-    const rooms: RoomsKeyBackup = {};
+    // Room and session IDs are the client's to choose (`constructor` included): no prototypes.
+    const rooms: RoomsKeyBackup = dictionary();
     for (const r of rows) {
-      (rooms[r.roomId] ??= { sessions: {} }).sessions[r.sessionId] = {
+      (rooms[r.roomId] ??= { sessions: dictionary() }).sessions[r.sessionId] = {
         first_message_index: r.firstMessageIndex,
         forwarded_count: r.forwardedCount,
         is_verified: r.isVerified,

@@ -3,6 +3,7 @@
 // https://spec.matrix.org/latest/appendices/#signing-json
 import { Base64Error, decodeBase64 } from "../../federation/protocol/base64.ts";
 import { CanonicalJsonError, canonicalJson } from "../../federation/protocol/canonical-json.ts";
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { verifyJsonSignature } from "../../federation/protocol/signing.ts";
 import { MatrixError } from "../http/errors.ts";
 
@@ -46,15 +47,18 @@ export function signedContent(obj: JsonObject): JsonObject {
   return rest;
 }
 
-/** `signatures` of a key object as a map of maps of strings (anything else is dropped). */
+/**
+ * `signatures` of a key object as a map of maps of strings (anything else is dropped), without
+ * prototypes: `signaturesOf(o)[userId]` finds nothing for a user ID such as `constructor`.
+ */
 export function signaturesOf(obj: JsonObject): Record<string, Record<string, string>> {
-  const out: Record<string, Record<string, string>> = {};
+  const out = dictionary<Record<string, string>>();
   const sigs = obj.signatures;
   if (!isJsonObject(sigs)) return out;
   for (const [user, byKey] of Object.entries(sigs)) {
     if (!isJsonObject(byKey)) continue;
     for (const [keyId, sig] of Object.entries(byKey)) {
-      if (typeof sig === "string") (out[user] ??= {})[keyId] = sig;
+      if (typeof sig === "string") (out[user] ??= dictionary())[keyId] = sig;
     }
   }
   return out;

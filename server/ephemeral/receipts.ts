@@ -5,6 +5,7 @@
 // The latest receipt per (room, type, user, thread) is kept with a position in the `receipts`
 // stream; a sync sends the receipts of its rooms that moved past its token, batched into one
 // `m.receipt` event per room. A receipt also marks the user's notifications up to the event as read.
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { and, eq, gt, inArray, lte, sql } from "drizzle-orm";
 import { type Database, schema } from "../../schema/db.ts";
 import { MatrixError, forbidden, notFound } from "../http/errors.ts";
@@ -92,9 +93,9 @@ export class Receipts {
       );
     for (const r of rows) {
       let content = out.get(r.roomId);
-      if (!content) out.set(r.roomId, (content = {}));
-      const byType = (content[r.eventId] ??= {});
-      const byUser = (byType[r.receiptType] ??= {});
+      if (!content) out.set(r.roomId, (content = dictionary()));
+      const byType = (content[r.eventId] ??= dictionary());
+      const byUser = (byType[r.receiptType] ??= dictionary());
       byUser[r.userId] = r.threadId ? { ts: r.ts, thread_id: r.threadId } : { ts: r.ts };
     }
     return out;

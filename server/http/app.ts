@@ -6,8 +6,8 @@ import { IncomingMessage } from "node:http";
 import { type Context, Hono } from "hono";
 import type { z } from "zod";
 import type { Services } from "../services.ts";
-import { CanonicalJsonError, parseStrictJson } from "../../federation/protocol/canonical-json.ts";
 import { MatrixError, unrecognized } from "./errors.ts";
+import { parseJsonFromOthers } from "./safe-json.ts";
 import type { AnyRoute, RequestInfo, Requester } from "./route.ts";
 
 // https://spec.matrix.org/latest/client-server-api/#web-browser-clients
@@ -163,8 +163,8 @@ function accessToken(c: Context): string | undefined {
 
 /**
  * Reads and validates a JSON body. An empty body counts as `{}` (many clients send nothing to
- * endpoints whose every field is optional). Not JSON → 400 M_NOT_JSON; JSON of the wrong shape →
- * 400 M_BAD_JSON; too large → 413 M_TOO_LARGE.
+ * endpoints whose every field is optional). Not JSON → 400 M_NOT_JSON; JSON of the wrong shape or
+ * nested too deep (safe-json.ts) → 400 M_BAD_JSON; too large → 413 M_TOO_LARGE.
  */
 async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: number, strict: boolean): Promise<B> {
   const text = await readBodyText(c, maxBytes);
@@ -172,19 +172,7 @@ async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: numbe
   if (text.trim() === "") {
     value = {};
   } else {
-    try {
-      value = JSON.parse(text);
-    } catch {
-      throw new MatrixError(400, "M_NOT_JSON", "Content not JSON.");
-    }
-    if (strict) {
-      try {
-        parseStrictJson(text);
-      } catch (err) {
-        if (err instanceof CanonicalJsonError) throw new MatrixError(400, "M_BAD_JSON", err.message);
-        throw err;
-      }
-    }
+    value = parseJsonFromOthers(text, { strict });
   }
   const parsed = schema.safeParse(value);
   if (!parsed.success) throw new MatrixError(400, "M_BAD_JSON", describeIssue(parsed.error));

@@ -1,6 +1,7 @@
 // Running a user's push rules against an event: which rule applies and what it says to do.
 // https://spec.matrix.org/v1.19/client-server-api/#push-rules (kinds, order, actions, conditions)
 // The outcome feeds the push gateway and the `unread_notifications` counts of /sync.
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import {
   PUSH_RULE_KINDS,
   type JsonValue,
@@ -196,7 +197,8 @@ function outcome(kind: PushRuleKind, rule: PushRule): PushRuleOutcome {
     (action) =>
       action === "notify" || (typeof action === "object" && action !== null && typeof action.set_tweak === "string"),
   );
-  const tweaks: Record<string, JsonValue> = {};
+  // Tweak names are the rule author's: `__proto__` is a tweak like any other, not the prototype.
+  const tweaks = dictionary<JsonValue>();
   for (const action of actions) {
     // "If a highlight tweak is given with no value, its value is defined to be true."
     if (typeof action === "object") tweaks[action.set_tweak] = action.value === undefined ? true : action.value;

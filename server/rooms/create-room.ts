@@ -5,6 +5,7 @@
 // power_level_content_override); 4. m.room.canonical_alias if room_alias_name is given; 5. the
 // preset's join_rules, history_visibility and guest_access; 6. initial_state, in order; 7. name and
 // topic; 8. invites.
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import type { RoomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { EventTemplate } from "./persister.ts";
 
@@ -93,7 +94,7 @@ export function planRoomCreation(
     if (givenPowerLevels) {
       out.push(state("m.room.power_levels", givenPowerLevels.content));
     } else {
-      const users: JsonObject = {};
+      const users = dictionary<unknown>();
       // Before v12 the creator (and trusted_private_chat invitees) are listed at 100; from v12
       // creators have infinite power and must not be listed (auth rule 10.4).
       if (!rules.privilegedCreators) {

@@ -9,8 +9,12 @@
 // state: prev_events = the forward extremities, depth = their depth + 1, auth_events selected per
 // spec (`selectAuthEvents`), hashed and signed (`signEvent`), checked against the state before them
 // (`checkAuth`). Accepted events are applied to the in-memory state (so the next event builds on
-// them) and stored together; the transaction commits before any caller gets an answer. A job whose
-// event is refused fails alone: its changes to the in-memory state are undone.
+// them) and stored together; the transaction commits before any caller gets an answer. A job that
+// fails fails alone, whatever it throws and at whatever stage (prepare, build, sign, event ID, auth,
+// in-memory state, SQL text, push actions): its changes to the in-memory state are undone and the
+// next job of its room builds on the state before it. A transaction the database refuses is retried
+// without its batching: each of its jobs once more in a transaction of its own, so only the job that
+// causes the refusal fails (see batchFailed).
 //
 // The storage step (`writeEvents`) takes events that are already built and checked — the same step a
 // remote event will enter once it has passed its own checks (format, signatures, hashes, auth against
@@ -144,6 +148,27 @@ export type EventsWriteExtension = (
   position: (i: number) => SQL,
 ) => Promise<SQL[]>;
 
+/** Where an event can fail on its way through the persister (named by test-only fault injection). */
+export type PersistStage =
+  | "prepare"
+  | "build"
+  | "sign"
+  | "event-id"
+  | "auth"
+  | "apply"
+  | "rows"
+  | "push-actions"
+  | "database"
+  | "announce";
+
+/**
+ * Test-only fault injection (StartOptions.persisterFaults): called at each stage an event passes;
+ * what it throws is thrown there, as a bug at that stage would throw it. At "database" a throw
+ * instead gives the event's row a value the database refuses (one that slipped past every check);
+ * at "announce" it runs as the first batch-persisted listener.
+ */
+export type PersistFaults = (stage: PersistStage, event: { roomId: string; type: string; sender: string; content: JsonObject }) => void;
+
 /** Builds the events of one job from the room's current state (the view); may throw a MatrixError. */
 export type Prepare = (view: RoomView) => EventTemplate[] | Promise<EventTemplate[]>;
 
@@ -179,6 +204,27 @@ export interface EventToStore {
   txn: TxnRef | undefined;
   /** For an accepted redaction that applies: the event it redacts. */
   redactsEventId: string | undefined;
+  /** Its rows as SQL text, built in its job's stage (so a value that cannot be written fails that job). */
+  sql?: EventSql;
+  /** What its caller and the listeners get once it is committed (the stream position is set then). */
+  persisted?: PersistedEvent;
+}
+
+/** The SQL text of one event's rows in the write statement (see writeEvents). */
+interface EventSql {
+  /** The event's index in its batch: its position in the statement is `positionOf(index)`. */
+  index: number;
+  event: string;
+  edges: string[];
+  auth: string[];
+  relations: string[];
+  txn: string | undefined;
+  /** A CTE marking the redacted event. */
+  redaction: string | undefined;
+  group: string | undefined;
+  entries: string[];
+  /** A new full state snapshot too large for the statement: written before it, in chunks. */
+  largeSnapshot: ReturnType<typeof stateGroupEntryRows> | undefined;
 }
 
 interface Job {
@@ -187,7 +233,17 @@ interface Job {
   txn?: TxnRef;
   resolve(events: PersistedEvent[]): void;
   reject(err: unknown): void;
+  /** Set when a batch the job was in failed in the database: it runs in a transaction of its own. */
+  alone?: boolean;
 }
+
+/** How a job of a batch ended; a job with none when the batch commits runs again in a later batch. */
+type Outcome =
+  | { ok: true; events: EventToStore[] }
+  | { ok: true; existing: PersistedEvent }
+  /** The same client transaction as an earlier job of the batch: its answer. */
+  | { ok: true; sameAs: Job }
+  | { ok: false; error: unknown };
 
 interface RoomBatch {
   roomId: string;
@@ -199,6 +255,8 @@ interface RoomWrite {
   snapshot: RoomSnapshot;
   events: EventToStore[];
   newRoom?: { creator: string; isPublic: boolean };
+  /** The write extensions' statements (CTE bodies), when already computed. */
+  extensionSql?: string[];
 }
 
 /** Thrown inside a batch to make one job fail with an error for its caller. */
@@ -246,8 +304,25 @@ export class EventPersister {
     private readonly signingKey: SigningKey,
     private readonly now: () => number,
     private readonly logger: Logger,
+    private readonly faults?: PersistFaults,
   ) {
     this.db = database.db;
+    if (faults) {
+      this.batchListeners.push((events) => {
+        for (const e of events) if (e.stored) faults("announce", { roomId: e.roomId, type: e.type, sender: e.sender, content: e.stored.pdu.content as JsonObject });
+      });
+    }
+  }
+
+  /** Jobs queued and not yet in a batch. */
+  get queuedJobs(): number {
+    let n = 0;
+    for (const jobs of this.pending.values()) n += jobs.length;
+    return n;
+  }
+
+  private fault(stage: PersistStage, roomId: string, event: { type: string; sender: string; content: JsonObject }): void {
+    this.faults?.(stage, { roomId, type: event.type, sender: event.sender, content: event.content });
   }
 
   onEventsPersisted(listener: EventsPersistedListener): void {
@@ -328,7 +403,7 @@ export class EventPersister {
       } catch (err) {
         if (attempt < 3 && isRoomIdTaken(err)) continue;
         // A refused event: the caller gets the reason (403, 400, 413), and nothing was stored.
-        throw err instanceof JobFailure ? err.cause : err;
+        throw jobError(err);
       }
     }
   }
@@ -351,7 +426,8 @@ export class EventPersister {
    * Starts batches while fewer than MAX_CONCURRENT_BATCHES run: each takes the rooms that have
    * queued jobs and no batch in flight (a room is in at most one batch: its events persist one at a
    * time), with up to MAX_JOBS_PER_ROOM jobs of each. Under light load every event gets a batch of
-   * its own at once; under load the rooms' queued events share transactions (group commit).
+   * its own at once; under load the rooms' queued events share transactions (group commit). A job
+   * marked `alone` (its batch failed in the database) gets a batch of its own.
    */
   private pump(): void {
     while (this.running < MAX_CONCURRENT_BATCHES && this.ready.size > 0) {
@@ -359,43 +435,63 @@ export class EventPersister {
       let jobCount = 0;
       for (const roomId of this.ready) {
         if (batch.length >= MAX_ROOMS_PER_BATCH || jobCount >= MAX_JOBS_PER_BATCH) break;
-        const queued = this.pending.get(roomId)!;
-        const jobs = queued.splice(0, MAX_JOBS_PER_ROOM);
+        const queued = this.pending.get(roomId);
+        if (!queued || queued.length === 0) {
+          this.pending.delete(roomId);
+          this.ready.delete(roomId);
+          continue;
+        }
+        const alone = queued[0]!.alone === true;
+        if (alone && batch.length > 0) continue;
+        let take = 1;
+        if (!alone) while (take < queued.length && take < MAX_JOBS_PER_ROOM && !queued[take]!.alone) take++;
+        const jobs = queued.splice(0, take);
         if (queued.length === 0) this.pending.delete(roomId);
         this.ready.delete(roomId);
         this.busy.add(roomId);
         batch.push({ roomId, jobs });
         jobCount += jobs.length;
+        if (alone) break;
       }
+      if (batch.length === 0) break;
       this.running++;
-      void this.runBatch(batch).finally(() => {
-        this.running--;
-        for (const { roomId } of batch) {
-          this.busy.delete(roomId);
-          if (this.pending.has(roomId)) this.ready.add(roomId);
-        }
-        this.pump();
-      });
+      // runBatch settles every job itself; whatever happens, the rooms are released and the queue moves on.
+      void this.runBatch(batch)
+        .catch((err: unknown) => {
+          for (const { jobs } of batch) for (const job of jobs) job.reject(asError(err));
+          this.logger.error({ err }, "a persist batch failed unexpectedly");
+        })
+        .finally(() => {
+          this.running--;
+          for (const { roomId } of batch) {
+            this.busy.delete(roomId);
+            if (this.pending.has(roomId)) this.ready.add(roomId);
+          }
+          this.pump();
+        })
+        .catch((err: unknown) => this.logger.error({ err }, "the persist queue failed to move on"));
     }
   }
 
   /** One transaction for the queued jobs of several rooms. Never throws: each job gets its outcome. */
   private async runBatch(batch: RoomBatch[]): Promise<void> {
-    type Outcome = { ok: true; events: EventToStore[] } | { ok: true; existing: PersistedEvent } | { ok: false; error: unknown };
     const outcomes = new Map<Job, Outcome>();
     const snapshots = new Map<string, RoomSnapshot>();
-    let persisted = new Map<string, PersistedEvent>();
+    const writes: RoomWrite[] = [];
+    let lastPosition = 0;
+    const progress = { commitSent: false };
     // Rooms in a fixed order: the row locks of concurrent batches (in any process) never cross.
     const rooms = [...batch].sort((a, b) => (a.roomId < b.roomId ? -1 : a.roomId > b.roomId ? 1 : 0));
     try {
-      persisted = await this.inTransaction(async (t) => {
+      await this.inTransaction(async (t) => {
         // BEGIN, the rooms' row locks and the batch's transaction IDs: one round trip.
         const txns = rooms.flatMap((r) => r.jobs.flatMap((j) => (j.txn ? [j.txn] : [])));
         const [row] = (await t.start(lockRoomsQuery(rooms.map((r) => r.roomId), txns))) as Array<{ rooms: unknown; txns: unknown }>;
         const rowOf = new Map(jsonRows<{ room_id: string }>(row?.rooms).map((r) => [r.room_id, r]));
         const done = parseStoredTransactions(jsonRows(row?.txns));
         const tx = t.db;
-        const writes: RoomWrite[] = [];
+        const ts = this.now();
+        let index = 0;
         for (const { roomId, jobs } of rooms) {
           const row = rowOf.get(roomId);
           if (!row) {
@@ -404,69 +500,186 @@ export class EventPersister {
           }
           const snapshot = await this.snapshotOf(tx, roomId, row);
           snapshots.set(roomId, snapshot);
-          const undo = new UndoLog();
-          const all: EventToStore[] = [];
-          const view = this.view(tx, snapshot);
-          const txnsInBatch = new Map<string, EventToStore>();
-          for (const job of jobs) {
-            const mark = undo.mark();
-            const start = all.length;
-            const key = job.txn && txnKey(job.txn);
-            const existing = key === undefined ? undefined : done.get(key);
-            if (existing) {
-              outcomes.set(job, { ok: true, existing });
-              continue;
-            }
-            const sameBatch = key === undefined ? undefined : txnsInBatch.get(key);
-            if (sameBatch) {
-              outcomes.set(job, { ok: true, events: [sameBatch] });
-              continue;
-            }
-            try {
-              const templates = await job.prepare(view);
-              for (const template of templates) all.push(await this.build(tx, snapshot, undo, template));
-              outcomes.set(job, { ok: true, events: all.slice(start) });
-              if (key !== undefined && all.length > start) txnsInBatch.set(key, all[start]!);
-            } catch (err) {
-              // A refused event fails its job alone; anything else (a database error) fails the batch.
-              if (!(err instanceof JobFailure || err instanceof MatrixError)) throw err;
-              undo.rollbackTo(mark);
-              all.length = start;
-              outcomes.set(job, { ok: false, error: err instanceof JobFailure ? err.cause : err });
-            }
+          const write = await this.buildJobs(tx, snapshot, jobs, done, outcomes, index, ts);
+          if (write) {
+            writes.push(write);
+            index += write.events.length;
           }
-          if (all.length > 0) writes.push({ snapshot, events: all });
         }
-        if (writes.length === 0) return new Map<string, PersistedEvent>();
-        const last = await this.writeEvents(t, writes);
-        return this.persistedEvents(writes, last);
-      });
+        if (writes.length > 0) lastPosition = await this.writeEvents(t, writes);
+      }, progress);
     } catch (err) {
-      // The transaction failed: nothing was stored, and the cached states may be ahead of the database.
-      for (const { roomId, jobs } of batch) {
-        this.snapshots.delete(roomId);
-        for (const job of jobs) job.reject(err);
-      }
-      this.logger.error({ err, rooms: batch.map((r) => r.roomId) }, "persisting events failed");
+      this.batchFailed(batch, outcomes, err, progress.commitSent);
       return;
     }
+
+    // Committed. Nothing from here on may fail a job: its events are stored.
     for (const snapshot of snapshots.values()) this.cache(snapshot);
+    const committed: PersistedEvent[] = [];
+    let position = lastPosition - writes.reduce((n, w) => n + w.events.length, 0) + 1;
+    for (const { events } of writes) {
+      for (const e of events) {
+        const p = e.persisted!;
+        p.streamOrdering = position;
+        p.stored!.streamOrdering = position;
+        committed.push(p);
+        position++;
+      }
+    }
+    for (const { roomId, jobs } of batch) {
+      // Jobs without an outcome were built on a job that failed late: they run again, first in their room.
+      const again = jobs.filter((job) => !outcomes.has(job));
+      if (again.length > 0) this.requeue(roomId, again, false);
+      for (const job of jobs) this.settle(job, outcomes);
+    }
     const byRoom = new Map<string, PersistedEvent[]>();
-    for (const event of persisted.values()) {
+    for (const event of committed) {
       let list = byRoom.get(event.roomId);
       if (!list) byRoom.set(event.roomId, (list = []));
       list.push(event);
     }
-    for (const { jobs } of batch) {
-      for (const job of jobs) {
-        const outcome = outcomes.get(job)!;
-        if (!outcome.ok) job.reject(outcome.error);
-        else if ("existing" in outcome) job.resolve([outcome.existing]);
-        else job.resolve(outcome.events.map((e) => persisted.get(e.eventId)!));
+    for (const [roomId, events] of byRoom) this.announce(roomId, events);
+    if (committed.length > 0) this.announceBatch(committed);
+  }
+
+  /** Answers a job from its outcome (a job without one runs again). */
+  private settle(job: Job, outcomes: Map<Job, Outcome>): void {
+    let outcome = outcomes.get(job);
+    if (!outcome) return;
+    if (outcome.ok && "sameAs" in outcome) {
+      // The earlier job with the same transaction ID comes first in its room: it has an outcome
+      // whenever this one has (the jobs after a job that fails late all run again).
+      const first = outcomes.get(outcome.sameAs);
+      if (first && first.ok && "events" in first) outcome = { ok: true, events: first.events.slice(0, 1) };
+      else outcome = first && !first.ok ? first : { ok: false, error: new Error("the first request with this transaction ID did not finish") };
+    }
+    if (!outcome.ok) job.reject(outcome.error);
+    else if ("existing" in outcome) job.resolve([outcome.existing]);
+    else if ("events" in outcome) job.resolve(outcome.events.map((e) => e.persisted!));
+  }
+
+  /**
+   * The batch's transaction failed: nothing was stored (unless the connection was lost while the
+   * COMMIT was on its way: then nobody can tell, and the jobs fail as before). The cached states of
+   * its rooms may be ahead of the database: they are dropped. When the database refused the
+   * transaction, the jobs that did not fail on their own run again, each in a transaction of its
+   * own and first in its room's queue, so whichever job caused the refusal fails alone.
+   */
+  private batchFailed(batch: RoomBatch[], outcomes: Map<Job, Outcome>, err: unknown, commitSent: boolean): void {
+    const open = batch.flatMap(({ roomId, jobs }) => jobs.filter((job) => outcomes.get(job)?.ok !== false).map((job) => ({ roomId, job })));
+    for (const { roomId } of batch) this.snapshots.delete(roomId);
+    for (const { jobs } of batch) for (const job of jobs) if (outcomes.get(job)?.ok === false) this.settle(job, outcomes);
+    const maybeCommitted = commitSent && !refusedByDatabase(err);
+    // The only job of a batch (one running alone, say) failed on its own.
+    const shared = batch.reduce((n, r) => n + r.jobs.length, 0) > 1;
+    if (!maybeCommitted && shared && open.length > 0) {
+      this.logger.warn({ err, jobs: open.length }, "a persist batch failed; its jobs run again one by one");
+      for (const { roomId } of batch) {
+        const again = open.filter((o) => o.roomId === roomId).map((o) => o.job);
+        if (again.length > 0) this.requeue(roomId, again, true);
+      }
+      return;
+    }
+    for (const { job } of open) job.reject(asError(err));
+    this.logger.error({ err, rooms: batch.map((r) => r.roomId) }, "persisting events failed");
+  }
+
+  /** Puts jobs back at the head of their room's queue (the room is busy: pump makes it ready). */
+  private requeue(roomId: string, jobs: Job[], alone: boolean): void {
+    if (alone) for (const job of jobs) job.alone = true;
+    const queued = this.pending.get(roomId) ?? [];
+    this.pending.set(roomId, [...jobs, ...queued]);
+  }
+
+  /**
+   * Builds the jobs of one room on its snapshot, in order, and the write extensions' statements.
+   * A job that throws, whatever it throws and at whatever stage, fails alone: its changes to the
+   * snapshot are undone and the next job builds on the state before it. A database error is thrown
+   * on (the transaction is aborted: see batchFailed). Returns the room's write, if it has events.
+   */
+  private async buildJobs(
+    tx: Database,
+    snapshot: RoomSnapshot,
+    jobs: Job[],
+    done: Map<string, PersistedEvent>,
+    outcomes: Map<Job, Outcome>,
+    first: number,
+    ts: number,
+  ): Promise<RoomWrite | undefined> {
+    const roomId = snapshot.roomId;
+    const room = sqlLiteral(roomId);
+    const undo = new UndoLog();
+    const all: EventToStore[] = [];
+    const view = this.view(tx, snapshot);
+    const txnsInBatch = new Map<string, Job>();
+    /** The jobs that added events: where they are in `jobs`, the undo log and `all`. */
+    const built: Array<{ job: Job; at: number; mark: number; start: number }> = [];
+    for (const [at, job] of jobs.entries()) {
+      const key = job.txn && txnKey(job.txn);
+      const existing = key === undefined ? undefined : done.get(key);
+      if (existing) {
+        outcomes.set(job, { ok: true, existing });
+        continue;
+      }
+      const sameBatch = key === undefined ? undefined : txnsInBatch.get(key);
+      if (sameBatch) {
+        outcomes.set(job, { ok: true, sameAs: sameBatch });
+        continue;
+      }
+      const mark = undo.mark();
+      const start = all.length;
+      try {
+        const templates = await job.prepare(view);
+        for (const template of templates) this.fault("prepare", roomId, template);
+        for (const template of templates) {
+          const e = await this.build(tx, snapshot, undo, template);
+          e.sql = this.eventSql(e, room, first + all.length, ts, roomId);
+          e.persisted = persistedEvent(snapshot, e, 0);
+          all.push(e);
+        }
+        outcomes.set(job, { ok: true, events: all.slice(start) });
+        if (all.length > start) {
+          built.push({ job, at, mark, start });
+          if (key !== undefined) txnsInBatch.set(key, job);
+        }
+      } catch (err) {
+        undo.rollbackTo(mark);
+        all.length = start;
+        if (isDatabaseError(err)) throw err;
+        outcomes.set(job, { ok: false, error: jobError(err) });
       }
     }
-    for (const [roomId, events] of byRoom) this.announce(roomId, events);
-    if (persisted.size > 0) this.announceBatch([...persisted.values()]);
+
+    // The write extensions (push actions) see the room's events together. When they throw, the job
+    // whose events make them throw fails, and the jobs after it (built on its state) run again.
+    let extensionSql: string[] = [];
+    while (all.length > 0) {
+      try {
+        extensionSql = await this.extensionSql(tx, snapshot, all, first);
+        break;
+      } catch (err) {
+        if (isDatabaseError(err)) throw err;
+        let offender = built.length - 1;
+        let error = err;
+        for (const [j, b] of built.entries()) {
+          try {
+            await this.extensionSql(tx, snapshot, all.slice(b.start, built[j + 1]?.start ?? all.length), first + b.start);
+          } catch (e) {
+            if (isDatabaseError(e)) throw e;
+            offender = j;
+            error = e;
+            break;
+          }
+        }
+        const bad = built[offender]!;
+        undo.rollbackTo(bad.mark);
+        all.length = bad.start;
+        built.length = offender;
+        outcomes.set(bad.job, { ok: false, error: jobError(error) });
+        for (const job of jobs.slice(bad.at + 1)) outcomes.delete(job);
+      }
+    }
+    return all.length > 0 ? { snapshot, events: all, extensionSql } : undefined;
   }
 
   /**
@@ -475,7 +688,7 @@ export class EventPersister {
    * the stream-position lock that statement takes is released without waiting for this process to
    * read its answer. On PGlite (one connection, in process) it is an ordinary transaction.
    */
-  private async inTransaction<T>(work: (t: PersistTransaction) => Promise<T>): Promise<T> {
+  private async inTransaction<T>(work: (t: PersistTransaction) => Promise<T>, progress?: { commitSent: boolean }): Promise<T> {
     const reserve = this.database.reserve;
     if (!reserve) {
       return this.db.transaction(async (tx) => {
@@ -502,12 +715,14 @@ export class EventPersister {
           return connection.script(query ? [sql`begin`, query] : [sql`begin`]);
         },
         commitWith: async (last) => {
+          if (progress) progress.commitSent = true;
           const rows = await connection.script([last, sql`commit`]);
           state = "done";
           return rows;
         },
       });
       if (state === "open") {
+        if (progress) progress.commitSent = true;
         await connection.pipeline([sql`commit`]);
         state = "done";
       }
@@ -635,6 +850,7 @@ export class EventPersister {
     // PostgreSQL text cannot hold NUL, and a database error would fail every room's events in the
     // batch: refuse this event alone, here.
     if (containsNul(template)) throw badJson("Events cannot contain NUL characters");
+    this.fault("build", snapshot.roomId, template);
     const rules = snapshot.rules;
     const isCreate = template.type === "m.room.create";
     let content = template.content;
@@ -656,6 +872,7 @@ export class EventPersister {
     let signed: Pdu;
     try {
       // Hashing encodes the whole event as canonical JSON, which refuses floats and the like.
+      this.fault("sign", snapshot.roomId, template);
       signed = signEvent(rules, pdu, this.serverName, this.signingKey) as unknown as Pdu;
     } catch (err) {
       if (err instanceof CanonicalJsonError) throw new JobFailure(new MatrixError(400, "M_BAD_JSON", `Event is not canonical JSON: ${err.message}`));
@@ -667,6 +884,7 @@ export class EventPersister {
     if (size > MAX_PDU_BYTES) {
       throw new JobFailure(new MatrixError(413, "M_TOO_LARGE", `Event is ${size} bytes; the limit is ${MAX_PDU_BYTES}`));
     }
+    this.fault("event-id", snapshot.roomId, template);
     const eventId = computeEventId(rules, signed);
     const event: RoomEvent = { ...signed, event_id: eventId };
 
@@ -681,6 +899,7 @@ export class EventPersister {
       const authEvent = id === undefined ? undefined : snapshot.events.get(id);
       if (authEvent) authState.set(key, authEvent);
     }
+    this.fault("auth", snapshot.roomId, template);
     const decision = checkAuth(rules, event, authState);
     if (!decision.allowed) throw new JobFailure(forbidden(decision.reason));
 
@@ -701,7 +920,10 @@ export class EventPersister {
     return toStore;
   }
 
-  /** Applies an accepted event to the in-memory current state: state, memberships, extremities. */
+  /**
+   * Applies an accepted event to the in-memory current state: state, memberships, extremities. Each
+   * undo is recorded before its change, so a throw at any point leaves nothing the undo log misses.
+   */
   private async applyToSnapshot(tx: Database, snapshot: RoomSnapshot, undo: UndoLog, toStore: EventToStore, event: RoomEvent): Promise<void> {
     const previous = { extremities: snapshot.extremities, maxDepth: snapshot.maxDepth, stateGroup: snapshot.stateGroup };
     undo.push(() => {
@@ -710,26 +932,25 @@ export class EventPersister {
       snapshot.stateGroup = previous.stateGroup;
     });
     if (typeof event.state_key === "string") {
-      const key = stateMapKey(event.type, event.state_key);
-      const replaced = snapshot.state.get(key);
-      toStore.replacesState = replaced;
-      snapshot.state.set(key, event.event_id);
-      snapshot.events.set(event.event_id, event);
-      let previousMembership: string | undefined;
+      const stateKey = event.state_key;
+      const key = stateMapKey(event.type, stateKey);
       const isMember = event.type === "m.room.member";
-      if (isMember) {
-        previousMembership = snapshot.memberships.get(event.state_key);
-        snapshot.memberships.set(event.state_key, String(event.content.membership));
-      }
+      const membership = isMember ? String(event.content.membership) : undefined;
+      const replaced = snapshot.state.get(key);
+      const previousMembership = isMember ? snapshot.memberships.get(stateKey) : undefined;
       undo.push(() => {
         if (replaced === undefined) snapshot.state.delete(key);
         else snapshot.state.set(key, replaced);
         snapshot.events.delete(event.event_id);
         if (isMember) {
-          if (previousMembership === undefined) snapshot.memberships.delete(event.state_key!);
-          else snapshot.memberships.set(event.state_key!, previousMembership);
+          if (previousMembership === undefined) snapshot.memberships.delete(stateKey);
+          else snapshot.memberships.set(stateKey, previousMembership);
         }
       });
+      toStore.replacesState = replaced;
+      snapshot.state.set(key, event.event_id);
+      snapshot.events.set(event.event_id, event);
+      if (membership !== undefined) snapshot.memberships.set(stateKey, membership);
       const group = nextStateGroup(await this.groupIds.next(tx), snapshot.stateGroup, new Map([[key, event.event_id]]), snapshot.state);
       toStore.newStateGroup = group;
       toStore.stateAfter = { id: group.id, chainLength: group.chainLength };
@@ -737,6 +958,7 @@ export class EventPersister {
     }
     snapshot.extremities = [event.event_id];
     snapshot.maxDepth = Number(event.depth);
+    this.fault("apply", snapshot.roomId, event);
   }
 
   /** The stream positions the batch's events got: in order, ending at `lastPosition`. */
@@ -745,39 +967,7 @@ export class EventPersister {
     let position = lastPosition - total + 1;
     const out = new Map<string, PersistedEvent>();
     for (const { snapshot, events } of writes) {
-      for (const e of events) {
-        out.set(e.eventId, {
-          eventId: e.eventId,
-          roomId: snapshot.roomId,
-          type: e.pdu.type,
-          stateKey: e.pdu.state_key,
-          sender: e.pdu.sender,
-          membership: e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : undefined,
-          streamOrdering: position,
-          topologicalOrdering: e.pdu.depth,
-          stored: {
-            eventId: e.eventId,
-            roomId: snapshot.roomId,
-            roomVersion: snapshot.rules.id,
-            type: e.pdu.type,
-            stateKey: e.pdu.state_key,
-            sender: e.pdu.sender,
-            originServerTs: e.pdu.origin_server_ts,
-            depth: e.pdu.depth,
-            streamOrdering: position,
-            topologicalOrdering: e.pdu.depth,
-            pdu: e.pdu as unknown as Record<string, unknown>,
-            rejected: e.rejectedReason !== undefined,
-            softFailed: e.softFailed,
-            outlier: false,
-            redactedBy: null,
-            stateBeforeGroup: e.stateBefore?.id ?? null,
-            stateAfterGroup: e.stateAfter?.id ?? null,
-            replacesState: e.replacesState ?? null,
-          },
-        });
-        position++;
-      }
+      for (const e of events) out.set(e.eventId, persistedEvent(snapshot, e, position++));
     }
     return out;
   }
@@ -796,9 +986,6 @@ export class EventPersister {
     // objects for every value cost more than the statement itself. Extensions' SQL is inlined.
     const L = sqlLiteral;
     const ctes: string[] = [];
-    /** The position of the batch's i-th event. */
-    const positionOf = (i: number) => `((select position from pos) - ${n - 1 - i})`;
-
     const eventRows: string[] = [];
     const edges: string[] = [];
     const auth: string[] = [];
@@ -813,39 +1000,29 @@ export class EventPersister {
     let index = 0;
     let extensionCount = 0;
 
-    for (const { snapshot, events, newRoom } of writes) {
+    for (const { snapshot, events, newRoom, extensionSql } of writes) {
       const roomId = snapshot.roomId;
       const room = L(roomId);
       const first = index;
       for (const e of events) {
         const i = index++;
-        const id = L(e.eventId);
-        eventRows.push(
-          `(${id}, ${room}, ${L(e.pdu.type)}, ${L(e.pdu.state_key ?? null)}, ${L(e.pdu.sender)}, ${L(e.pdu.origin_server_ts)}, ` +
-            `${L(e.pdu.depth)}, ${L(e.json)}, ${positionOf(i)}, ${L(e.pdu.depth)}, ${L(e.rejectedReason ?? null)}, ${L(e.softFailed)}, ` +
-            `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)})`,
-        );
-        for (const p of e.pdu.prev_events) edges.push(`(${id}, ${L(p)}, ${room})`);
-        for (const a of e.pdu.auth_events) auth.push(`(${id}, ${L(a)}, ${room})`);
-        for (const r of relationRows(e.eventId, e.pdu.content)) relationRowsSql.push(`(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`);
-        if (e.txn) txnRows.push(`(${L(e.txn.userId)}, ${L(e.txn.deviceId)}, ${L(e.txn.endpoint)}, ${L(e.txn.txnId)}, ${id}, ${ts})`);
-        if (e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed) {
-          ctes.push(`red${i} as (update events set redacted_by = ${id} where event_id = ${L(e.redactsEventId)} and room_id = ${room} and redacted_by is null)`);
-        }
-        const group = e.newStateGroup;
-        if (group) {
-          groupRows.push(`(${group.id}, ${room}, ${L(group.prev ?? null)}::bigint, ${group.chainLength})`);
-          const rows = stateGroupEntryRows(group);
-          if (group.prev === undefined && rows.length > 500) {
-            // Large snapshots: written before the statement, in chunks.
-            for (let c = 0; c < rows.length; c += 2_000) {
-              await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${sql.join(
-                rows.slice(c, c + 2_000).map(([g, type, k, eid]) => sql`(${g}, ${type}, ${k}, ${eid})`),
-                sql`, `,
-              )}`);
-            }
-          } else {
-            for (const [g, type, k, eid] of rows) entryRows.push(`(${g}, ${L(type)}, ${L(k)}, ${L(eid)})`);
+        // Events of a batch come with their text, built in their job's stage (buildJobs).
+        const text = e.sql?.index === i ? e.sql : this.eventSql(e, room, i, ts, roomId);
+        eventRows.push(text.event);
+        for (const x of text.edges) edges.push(x);
+        for (const x of text.auth) auth.push(x);
+        for (const x of text.relations) relationRowsSql.push(x);
+        if (text.txn !== undefined) txnRows.push(text.txn);
+        if (text.redaction !== undefined) ctes.push(text.redaction);
+        if (text.group !== undefined) groupRows.push(text.group);
+        for (const x of text.entries) entryRows.push(x);
+        const rows = text.largeSnapshot;
+        if (rows) {
+          for (let c = 0; c < rows.length; c += 2_000) {
+            await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${sql.join(
+              rows.slice(c, c + 2_000).map(([g, type, k, eid]) => sql`(${g}, ${type}, ${k}, ${eid})`),
+              sql`, `,
+            )}`);
           }
         }
       }
@@ -873,21 +1050,14 @@ export class EventPersister {
         roomUpdates.push(`(${room}::text, ${extremities}, ${snapshot.maxDepth}::bigint, ${group})`);
       }
 
-      if (this.extensions.length) {
-        const accepted = events.flatMap((e, k) => (e.rejectedReason === undefined && !e.softFailed ? [{ e, i: first + k }] : []));
-        const pdus = accepted.map(({ e }) => ({ ...e.pdu, room_id: roomId, event_id: e.eventId }) as RoomEvent);
-        const view = this.view(tx, snapshot);
-        for (const extension of this.extensions) {
-          for (const statement of await extension(tx, view, pdus, (k) => sql.raw(positionOf(accepted[k]!.i)))) {
-            ctes.push(`ext${extensionCount++} as (${inlineSql(statement)})`);
-          }
-        }
+      for (const statement of extensionSql ?? (await this.extensionSql(tx, snapshot, events, first))) {
+        ctes.push(`ext${extensionCount++} as (${statement})`);
       }
     }
 
     const head = [
       `pos as (insert into stream_positions (stream, position) values ('events', ${n})
-        on conflict (stream) do update set position = stream_positions.position + ${n} returning position)`,
+        on conflict (stream) do update set position = stream_positions.position + ${n} returning position, position - ${n - 1} as first)`,
       `ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
         stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state)
         values ${eventRows.join(", ")})`,
@@ -920,6 +1090,143 @@ export class EventPersister {
     const rows = (await t.commitWith(sql.raw(text))) as Array<{ position: string | number }>;
     return Number(rows[0]!.position);
   }
+
+  /**
+   * The SQL text of an event's rows, its values as literals: the step where a value that cannot be
+   * written (NUL, a number that is no safe integer) throws. `i` is its index in the batch.
+   */
+  private eventSql(e: EventToStore, room: string, i: number, ts: number, roomId: string): EventSql {
+    const L = sqlLiteral;
+    this.fault("rows", roomId, e.pdu);
+    let originServerTs = L(e.pdu.origin_server_ts);
+    try {
+      this.fault("database", roomId, e.pdu);
+    } catch {
+      originServerTs = `'refused by fault injection'::bigint`;
+    }
+    const id = L(e.eventId);
+    const text: EventSql = {
+      index: i,
+      event:
+        `(${id}, ${room}, ${L(e.pdu.type)}, ${L(e.pdu.state_key ?? null)}, ${L(e.pdu.sender)}, ${originServerTs}, ` +
+        `${L(e.pdu.depth)}, ${L(e.json)}, ${positionOf(i)}, ${L(e.pdu.depth)}, ${L(e.rejectedReason ?? null)}, ${L(e.softFailed)}, ` +
+        `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)})`,
+      edges: e.pdu.prev_events.map((p) => `(${id}, ${L(p)}, ${room})`),
+      auth: e.pdu.auth_events.map((a) => `(${id}, ${L(a)}, ${room})`),
+      relations: relationRows(e.eventId, e.pdu.content).map((r) => `(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`),
+      txn: e.txn && `(${L(e.txn.userId)}, ${L(e.txn.deviceId)}, ${L(e.txn.endpoint)}, ${L(e.txn.txnId)}, ${id}, ${ts})`,
+      redaction:
+        e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed
+          ? `red${i} as (update events set redacted_by = ${id} where event_id = ${L(e.redactsEventId)} and room_id = ${room} and redacted_by is null)`
+          : undefined,
+      group: undefined,
+      entries: [],
+      largeSnapshot: undefined,
+    };
+    const group = e.newStateGroup;
+    if (group) {
+      text.group = `(${group.id}, ${room}, ${L(group.prev ?? null)}::bigint, ${group.chainLength})`;
+      const rows = stateGroupEntryRows(group);
+      // Large snapshots: written before the statement, in chunks.
+      if (group.prev === undefined && rows.length > 500) text.largeSnapshot = rows;
+      else text.entries = rows.map(([g, type, k, eid]) => `(${g}, ${L(type)}, ${L(k)}, ${L(eid)})`);
+    }
+    return text;
+  }
+
+  /** The write extensions' statements (CTE bodies) for a room's events; `first` is the index of the first. */
+  private async extensionSql(tx: Database, snapshot: RoomSnapshot, events: readonly EventToStore[], first: number): Promise<string[]> {
+    if (this.extensions.length === 0) return [];
+    const accepted = events.flatMap((e, k) => (e.rejectedReason === undefined && !e.softFailed ? [{ e, i: first + k }] : []));
+    const pdus = accepted.map(({ e }) => ({ ...e.pdu, room_id: snapshot.roomId, event_id: e.eventId }) as RoomEvent);
+    for (const pdu of pdus) this.fault("push-actions", snapshot.roomId, pdu);
+    const view = this.view(tx, snapshot);
+    const out: string[] = [];
+    for (const extension of this.extensions) {
+      for (const statement of await extension(tx, view, pdus, (k) => sql.raw(positionOf(accepted[k]!.i)))) out.push(inlineSql(statement));
+    }
+    return out;
+  }
+}
+
+/** The SQL of the stream position the batch's i-th event gets (the write statement's `pos` step). */
+function positionOf(i: number): string {
+  return `((select first from pos) + ${i})`;
+}
+
+/** An event as its caller and the listeners see it once committed at `position`. */
+function persistedEvent(snapshot: RoomSnapshot, e: EventToStore, position: number): PersistedEvent {
+  return {
+    eventId: e.eventId,
+    roomId: snapshot.roomId,
+    type: e.pdu.type,
+    stateKey: e.pdu.state_key,
+    sender: e.pdu.sender,
+    membership: e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : undefined,
+    streamOrdering: position,
+    topologicalOrdering: e.pdu.depth,
+    stored: {
+      eventId: e.eventId,
+      roomId: snapshot.roomId,
+      roomVersion: snapshot.rules.id,
+      type: e.pdu.type,
+      stateKey: e.pdu.state_key,
+      sender: e.pdu.sender,
+      originServerTs: e.pdu.origin_server_ts,
+      depth: e.pdu.depth,
+      streamOrdering: position,
+      topologicalOrdering: e.pdu.depth,
+      pdu: e.pdu as unknown as Record<string, unknown>,
+      rejected: e.rejectedReason !== undefined,
+      softFailed: e.softFailed,
+      outlier: false,
+      redactedBy: null,
+      stateBeforeGroup: e.stateBefore?.id ?? null,
+      stateAfterGroup: e.stateAfter?.id ?? null,
+      replacesState: e.replacesState ?? null,
+    },
+  };
+}
+
+/** What a job's caller gets for what it threw: always an Error (a non-Error value is wrapped). */
+function jobError(err: unknown): unknown {
+  if (err instanceof JobFailure) return err.cause;
+  return asError(err);
+}
+
+function asError(err: unknown): Error {
+  if (err instanceof Error) return err;
+  let description: string;
+  try {
+    description = typeof err === "string" ? err : JSON.stringify(err) ?? typeof err;
+  } catch {
+    description = typeof err;
+  }
+  return new Error(`a persist job threw a non-Error value: ${description.slice(0, 200)}`, { cause: err });
+}
+
+/**
+ * An error from the database or its driver (it carries a code: SQLSTATE, or a connection error's).
+ * After one the transaction is aborted. Telling them apart is an optimisation only: an error taken
+ * for the job's own leaves the batch's later statements failing, and the batch runs again job by job.
+ */
+function isDatabaseError(err: unknown): boolean {
+  for (let e = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (typeof (e as { code?: unknown }).code === "string") return true;
+  }
+  return false;
+}
+
+/**
+ * Whether the database answered that it refused a statement (a SQLSTATE error; not a lost
+ * connection or a shutdown, after which a COMMIT already sent may or may not have happened).
+ */
+function refusedByDatabase(err: unknown): boolean {
+  for (let e = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return !/^(08|57P)/.test(code);
+  }
+  return false;
 }
 
 /** The relations an event's content declares (`m.relates_to`), plus `m.in_reply_to` for replies. */

@@ -9,7 +9,7 @@ import type { UserData } from "../userdata/userdata.ts";
 import { RoomAliases } from "./aliases.ts";
 import { Directory } from "./directory.ts";
 import { EventStore } from "./event-store.ts";
-import { EventPersister } from "./persister.ts";
+import { EventPersister, type PersistFaults } from "./persister.ts";
 import { Relations } from "./relations.ts";
 import { Rooms } from "./rooms.ts";
 import { Timeline } from "./timeline.ts";
@@ -34,10 +34,12 @@ export function createRoomServices(options: {
   logger: Logger;
   accounts: Accounts;
   userData: UserData;
+  /** Test-only fault injection into the persist path (StartOptions.persisterFaults). */
+  persisterFaults?: PersistFaults;
 }): RoomServices {
   const { database, serverName, signingKey, now, logger, accounts, userData } = options;
   const db = database.db;
-  const persister = new EventPersister(database, serverName, signingKey, now, logger);
+  const persister = new EventPersister(database, serverName, signingKey, now, logger, options.persisterFaults);
   const aliases = new RoomAliases(db, serverName, now);
   const rooms = new Rooms(db, persister, accounts, aliases, serverName, logger);
   const eventStore = new EventStore(db, now);

@@ -6,6 +6,7 @@
 // Who may read: a joined member reads the current state and the whole timeline; a former member
 // reads up to the event that made them leave (and the state at it); anyone reads a world_readable
 // room. Each event is then filtered by history visibility (visibility.ts).
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
 import { stateMapKey } from "../../federation/protocol/room-state.ts";
@@ -308,7 +309,7 @@ export class Timeline {
       await this.db.execute(sql`select c.state_key, e.json from current_state c join events e on e.event_id = c.event_id
         where c.room_id = ${roomId} and c.type = 'm.room.member' and c.membership = 'join'`),
     );
-    const joined: Record<string, JsonObject> = {};
+    const joined = dictionary<JsonObject>();
     for (const r of rows) {
       const content = (JSON.parse(r.json) as { content?: JsonObject }).content ?? {};
       const info: JsonObject = {};

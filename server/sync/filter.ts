@@ -5,6 +5,7 @@
 // The schema checks filters loosely: known fields must have the right types, unknown fields are kept
 // (a newer client may know them). Matching is pure: no I/O.
 import { z } from "zod";
+import { dictionary, dictionaryOf, own } from "../../federation/protocol/dictionary.ts";
 
 const strings = z.array(z.string()).optional();
 export const eventFilterSchema = z.looseObject({
@@ -103,24 +104,38 @@ export function timelineLimit(filter: RoomEventFilter | undefined): number {
 
 /**
  * `event_fields`: keeps only the listed fields of a client event (dotted paths; `\.` escapes a dot
- * in a field name). No list keeps everything.
+ * in a field name). No list keeps everything. Field names are the client's: the walk reads own
+ * properties only (`content.__proto__` is a key like any other, never the prototype) and builds
+ * the result from objects without prototypes, so no name can write anywhere but into the result.
  */
 export function pickEventFields<T extends Record<string, unknown>>(event: T, fields: string[] | undefined): T {
   if (!fields) return event;
-  const out: Record<string, unknown> = {};
+  const out = dictionary<unknown>();
+  const built = new Set<object>([out]);
   for (const field of fields) {
     const path = field.split(/(?<!\\)\./).map((p) => p.replace(/\\\./g, "."));
     let src: unknown = event;
-    for (const key of path) {
-      src = src !== null && typeof src === "object" ? (src as Record<string, unknown>)[key] : undefined;
-    }
+    for (const key of path) src = isObject(src) ? own(src, key) : undefined;
     if (src === undefined) continue;
     let dst = out;
     for (const key of path.slice(0, -1)) {
       const next = dst[key];
-      dst = (next !== null && typeof next === "object" ? next : (dst[key] = {})) as Record<string, unknown>;
+      // A field picked whole earlier ("content", then "content.body") is the event's own object:
+      // copy it before writing into it, so the event (maybe shared with other syncs) stays as it was.
+      let into: Record<string, unknown>;
+      if (isObject(next) && built.has(next)) into = next;
+      else {
+        into = dictionaryOf(isObject(next) ? Object.entries(next) : []);
+        built.add(into);
+        dst[key] = into;
+      }
+      dst = into;
     }
     dst[path[path.length - 1]!] = src;
   }
   return out as T;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }

@@ -15,6 +15,7 @@ import type { Presence, PresenceEvent, PresenceState } from "../ephemeral/presen
 import type { ReceiptContent, Receipts } from "../ephemeral/receipts.ts";
 import type { Typing } from "../ephemeral/typing.ts";
 import { MatrixError, invalidParam } from "../http/errors.ts";
+import { parseJsonFromOthers } from "../http/safe-json.ts";
 import type { Requester } from "../http/route.ts";
 import type { ClientEvent, EventStore, StoredEvent } from "../rooms/event-store.ts";
 import { formatToken, pointBefore, streamToken } from "../rooms/pagination.ts";
@@ -313,11 +314,7 @@ export class Sync {
     if (cached) return cached;
     let raw: unknown;
     if (param.trimStart().startsWith("{")) {
-      try {
-        raw = JSON.parse(param);
-      } catch {
-        throw new MatrixError(400, "M_NOT_JSON", "filter: not valid JSON");
-      }
+      raw = parseJsonFromOthers(param, { what: "filter" });
     } else {
       try {
         raw = await this.d.userData.getFilter(userId, param);

@@ -2,8 +2,7 @@
 import { z } from "zod";
 import { MatrixError } from "../../../http/errors.ts";
 import { route } from "../../../http/route.ts";
-
-const jsonObject = z.record(z.string(), z.unknown());
+import { jsonObject } from "../../../http/safe-json.ts";
 
 export const createRoom = route({
   method: "POST",
