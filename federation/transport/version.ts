@@ -6,5 +6,6 @@ export const federationVersion = route({
   method: "GET",
   path: "/_matrix/federation/v1/version",
   auth: "none",
+  admission: "exempt",
   handler: () => ({ server: { name: SERVER_SOFTWARE, version: SERVER_VERSION } }),
 });

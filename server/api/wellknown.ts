@@ -7,6 +7,7 @@ export const wellKnownClient = route({
   method: "GET",
   path: "/.well-known/matrix/client",
   auth: "none",
+  admission: "exempt",
   handler: (_, { config }) => ({ "m.homeserver": { base_url: config.public_baseurl.replace(/\/+$/, "") } }),
 });
 
@@ -14,6 +15,7 @@ export const wellKnownServer = route({
   method: "GET",
   path: "/.well-known/matrix/server",
   auth: "none",
+  admission: "exempt",
   handler: (_, { config }) => {
     // Without delegation there is nothing to publish: peers resolve the server name itself.
     if (!config.federation_server) throw notFound("No server delegation is configured");

@@ -6,6 +6,7 @@ import { IncomingMessage } from "node:http";
 import { type Context, Hono } from "hono";
 import type { z } from "zod";
 import type { Services } from "../services.ts";
+import { Admission, admissionMiddleware, admissionSlot } from "./admission.ts";
 import { MatrixError, unrecognized } from "./errors.ts";
 import { parseJsonFromOthers } from "./safe-json.ts";
 import type { AnyRoute, RequestInfo, Requester } from "./route.ts";
@@ -49,7 +50,16 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
     );
   });
 
+  const { config } = services;
+  const admission = new Admission({
+    longPolls: config.max_long_polls,
+    longPollsPerUser: config.max_long_polls_per_user,
+    requests: config.max_in_flight_requests,
+    requestsPerUser: config.max_in_flight_requests_per_user,
+  });
   for (const r of routes) {
+    const admit = admissionMiddleware(admission, r);
+    if (admit) app.on(r.method, r.path, admit);
     app.on(r.method, r.path, async (c) => {
       const info = c.get("requestInfo");
       if (r.rateLimit) services.rateLimiter.take(r.rateLimit, info.ip);
@@ -59,6 +69,7 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
           throw new MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts cannot use this endpoint");
         }
         services.rateLimiter.take("requests", requester.userId);
+        admissionSlot(c)?.forUser(requester.userId);
       }
       const body = r.body ? await readJsonBody(c, r.body, maxBytes, r.strictJson === true) : undefined;
       const query = r.query ? validateQuery(c, r.query) : c.req.query();

@@ -62,6 +62,16 @@ export interface RouteDef<A extends AuthMode = AuthMode, B = unknown, Q = unknow
    * integers outside ±(2^53-1) answer 400 M_BAD_JSON. For bodies that become event content.
    */
   strictJson?: boolean;
+  /**
+   * Admission control (server/http/admission.ts): `exempt` for cheap constant answers that must stay
+   * reachable under overload (/versions, /health); every other route counts against a ceiling.
+   */
+  admission?: "exempt";
+  /**
+   * Whether a request may wait (a long-poll), from its raw query: it then counts against the
+   * long-poll ceilings instead of the in-flight request ones.
+   */
+  longPoll?: (query: Record<string, string>) => boolean;
   /** Returns a JSON body (status 200) or a full Response. */
   handler(input: HandlerInput<A, B, Q>, services: Services): Promise<unknown> | unknown;
 }

@@ -10,6 +10,8 @@ export const sync = route({
   path: "/_matrix/client/v3/sync",
   auth: "user",
   allowGuests: true,
+  // Only an incremental sync with a timeout waits ("full_state ... will return immediately").
+  longPoll: (q) => q.since !== undefined && q.since !== "" && q.full_state !== "true" && /^\d+$/.test(q.timeout ?? "") && Number(q.timeout) > 0,
   query: z.looseObject({
     filter: z.string().optional(),
     since: z.string().optional(),

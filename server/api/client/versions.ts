@@ -18,5 +18,6 @@ export const versions = route({
   method: "GET",
   path: "/_matrix/client/versions",
   auth: "none",
+  admission: "exempt",
   handler: () => ({ versions: SUPPORTED_SPEC_VERSIONS, unstable_features: {} }),
 });
