@@ -19,7 +19,7 @@ import { DeviceKeys, type ClaimRequest } from "./device-keys.ts";
 import { DeviceLists } from "./device-lists.ts";
 import { KeyBackup } from "./key-backup.ts";
 import type { JsonObject } from "./signed-json.ts";
-import { ToDevice } from "./to-device.ts";
+import { ToDevice, type ToDeviceLimits } from "./to-device.ts";
 
 export interface KeysQueryResponse {
   device_keys: Record<string, Record<string, JsonObject>>;
@@ -36,7 +36,7 @@ export interface KeysClaimResponse {
 
 export interface E2eeOptions {
   serverName: string;
-  toDeviceMailboxLimit: number;
+  toDeviceLimits: ToDeviceLimits;
   now: () => number;
 }
 
@@ -61,7 +61,7 @@ export class E2ee {
     this.deviceLists = new DeviceLists(db);
     this.deviceKeys = new DeviceKeys(db, this.deviceLists);
     this.crossSigning = new CrossSigning(db, this.deviceKeys, this.deviceLists, accounts, uia);
-    this.toDevice = new ToDevice(db, accounts, options.serverName, options.toDeviceMailboxLimit, options.now);
+    this.toDevice = new ToDevice(db, accounts, options.serverName, options.toDeviceLimits, options.now);
     this.keyBackup = new KeyBackup(db);
     accounts.onDevicesDeleted((userId, deviceIds) => this.devicesDeleted(userId, deviceIds));
     accounts.onDeviceRenamed((userId, deviceId) => this.deviceRenamed(userId, deviceId));
