@@ -1,8 +1,8 @@
 // E2EE throughput: a Parley process (`bin/parley.js serve`) under concurrent clients.
 // - keys/claim: CLIENTS clients claim one-time keys of one device, one key per request, until the
 //   pool (uploaded beforehand) is empty. Every key must come out exactly once (checked).
-// - sendToDevice: CLIENTS senders each send to-device messages to their own recipient device, one
-//   message per request.
+// - sendToDevice: CLIENTS senders each send to-device messages to their own recipient device (a
+//   room-mate), one message per request.
 // - to-device delivery latency: a recipient long-polls /sync while a sender PUTs one to-device
 //   message; the sample is the time from the PUT until the waiting /sync returns with it, one
 //   message at a time (p50/p95/p99 over LATENCY_ROUNDS messages). Then the same with
@@ -139,6 +139,16 @@ async function benchOne(kind: string, databaseUrl: string | undefined) {
       const res = await call(base, "POST", "/_matrix/client/v3/keys/upload", { one_time_keys: keys }, owner.token);
       if (res.status !== 200) throw new Error(`upload failed: ${JSON.stringify(res.json)}`);
     }
+
+    // Each sender shares a room with its recipient, as Olm senders do (a stranger may leave only
+    // `to_device_stranger_limit` messages waiting in a mailbox).
+    await Promise.all(
+      clients.map(async (c, i) => {
+        const room = await call(base, "POST", "/_matrix/client/v3/createRoom", { preset: "public_chat" }, c.token);
+        const join = await call(base, "POST", `/_matrix/client/v3/join/${encodeURIComponent(room.json.room_id)}`, {}, recipients[i]!.token);
+        if (room.status !== 200 || join.status !== 200) throw new Error(`room failed: ${JSON.stringify(room.json)} ${JSON.stringify(join.json)}`);
+      }),
+    );
 
     // Warm-up: a few requests of each kind outside the measurement.
     for (const c of clients.slice(0, 2)) {

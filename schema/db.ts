@@ -1,8 +1,9 @@
 // Opening the database: embedded PGlite by default, PostgreSQL through postgres.js when a
 // DATABASE_URL is given. One drizzle schema and one set of queries serve both.
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import fs, { existsSync } from "node:fs";
+import { chmod, lstat, mkdir, open, readdir } from "node:fs/promises";
+import net from "node:net";
 import { setFlagsFromString } from "node:v8";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,6 +28,11 @@ export interface OpenDatabaseOptions {
   embedded?: "disk" | "memory";
   /** Connection pool size for PostgreSQL. */
   poolSize?: number;
+  /**
+   * Embedded database on disk: each commit reaches the disk before it is acknowledged (fsync), so it
+   * survives an OS crash or a power loss (default true; see `embedded_fsync` in server/config.ts).
+   */
+  embeddedFsync?: boolean;
 }
 
 export interface OpenedDatabase {
@@ -71,10 +77,53 @@ export class MigrationError extends Error {
   }
 }
 
+/**
+ * Work asked of a database that has begun to close (the server is shutting down): refused at once,
+ * before it can queue behind a closing pool or open a connection.
+ */
+export class DatabaseClosedError extends Error {
+  readonly code = "PARLEY_DATABASE_CLOSED";
+  constructor() {
+    super("the database is closed: the server is shutting down");
+    this.name = "DatabaseClosedError";
+  }
+}
+
+/** Whether `err`, or an error it wraps (drizzle wraps driver errors), is a DatabaseClosedError. */
+export function isDatabaseClosed(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (e instanceof DatabaseClosedError) return true;
+  }
+  return false;
+}
+
+/**
+ * The driver client as drizzle sees it, with `entryPoints` refused once `isClosed()`: queries and
+ * transactions already running finish on their connection, new ones fail fast. Every method runs on
+ * the client itself (PGlite keeps its state in private fields, which a proxy receiver cannot reach).
+ */
+function refusingWhenClosed<T extends object>(client: T, entryPoints: readonly string[], isClosed: () => boolean): T {
+  return new Proxy(client, {
+    get(target, property) {
+      const value: unknown = Reflect.get(target, property, target);
+      if (typeof value !== "function") return value;
+      if (typeof property === "string" && entryPoints.includes(property)) {
+        return (...args: unknown[]) => {
+          if (isClosed()) throw new DatabaseClosedError();
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      }
+      return (value as (...a: unknown[]) => unknown).bind(target);
+    },
+  });
+}
+
 // Relative to this file in the sources and to dist/parley.js in the bundle: both are one level deep.
 const migrationsFolder = fileURLToPath(new URL("../schema/migrations/", import.meta.url));
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<OpenedDatabase> {
+  // The data directory holds the signing key and, embedded, the whole database: Parley's user only.
+  await makePrivateDirectory(options.dataDir);
   const opened = options.databaseUrl
     ? await openPostgres(options.databaseUrl, options.poolSize ?? 10)
     : await openPglite(options);
@@ -91,8 +140,15 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Opened
  * PGlite runs PostgreSQL compiled to WebAssembly inside this process, so its memory is ours. Small
  * buffers suit an embedded database; Liftoff-only compilation keeps V8 from holding optimised code
  * for the whole of PostgreSQL (idle RSS about 40 MB lower, query speed measured the same here).
+ * WAL is synced with fsync() because that is the call that reaches the file layer (see
+ * `privateDurableNodeFs`); whether it is synced at all is the -F start parameter.
  */
-const PGLITE_CONF = ["shared_buffers = 16MB", "work_mem = 4MB", "maintenance_work_mem = 16MB"];
+const PGLITE_CONF = [
+  "shared_buffers = 16MB",
+  "work_mem = 4MB",
+  "maintenance_work_mem = 16MB",
+  "wal_sync_method = fsync",
+];
 
 async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase> {
   setFlagsFromString("--liftoff-only");
@@ -101,27 +157,45 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
   let dataDir: string | undefined;
   let unlock = async () => {};
   if (options.embedded !== "memory") {
-    await mkdir(options.dataDir, { recursive: true });
     // Before PGlite touches the files: a second process must not open them (see embedded-lock.ts).
     unlock = await lockEmbeddedDatabase(options.dataDir);
     dataDir = path.join(options.dataDir, "db");
-    await mkdir(dataDir, { recursive: true });
   }
   let client;
   try {
-    if (dataDir && !existsSync(path.join(dataDir, "PG_VERSION"))) await initPgliteInChildProcess(dataDir);
-    client = new PGlite(dataDir, { postgresqlconf: PGLITE_CONF });
+    if (dataDir) {
+      await makePrivateDirectory(dataDir);
+      const created = !existsSync(path.join(dataDir, "PG_VERSION"));
+      if (created) await initPgliteInChildProcess(dataDir);
+      // Files created by the child, and by Parley before 0.1's private modes: made private here,
+      // while no one else can reach them (db/ is already 0700). A new cluster also goes to disk now:
+      // crash recovery later starts from its files.
+      await makeTreePrivate(dataDir, { sync: created && options.embeddedFsync !== false });
+    }
+    const durable = dataDir !== undefined && options.embeddedFsync !== false;
+    client = dataDir
+      ? new PGlite({
+          fs: await privateDurableNodeFs(dataDir, durable),
+          postgresqlconf: PGLITE_CONF,
+          // PGlite starts PostgreSQL with -F (fsync off) by default.
+          startParams: durable ? PGlite.defaultStartParams.filter((p) => p !== "-F") : PGlite.defaultStartParams,
+        })
+      : new PGlite({ postgresqlconf: PGLITE_CONF });
     await client.waitReady;
   } catch (err) {
     await unlock();
     throw err;
   }
-  const db = drizzle(client, { schema }) as unknown as Database;
+  // Once closing, new queries are refused; PGlite's close waits for those already queued.
+  let closing = false;
+  const guarded = refusingWhenClosed(client, ["query", "exec", "transaction", "sql"], () => closing);
+  const db = drizzle(guarded, { schema }) as unknown as Database;
   const listeners = new Map<string, Set<(payload: string) => void>>();
   return {
     db,
     kind: "pglite",
     async close() {
+      closing = true;
       try {
         await client.close();
       } finally {
@@ -162,32 +236,172 @@ async function initPgliteInChildProcess(dataDir: string): Promise<void> {
   });
 }
 
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+
+/**
+ * A mode without group and other bits (and, for a file, without execute bits): directories 0700,
+ * files 0600 from what PostgreSQL and emscripten ask for (0777, 0666, 0600).
+ */
+export function privateMode(mode: number, isDirectory: boolean): number {
+  return isDirectory ? mode & ~0o077 : mode & ~0o177;
+}
+
+/** Creates `dir` (and its parents) if missing, and takes group and other access away from it. */
+async function makePrivateDirectory(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await makePrivate(dir, (await lstat(dir)).mode, true);
+}
+
+async function makePrivate(file: string, mode: number, isDirectory: boolean): Promise<void> {
+  if (process.platform === "win32") return;
+  const wanted = privateMode(mode, isDirectory) & 0o7777;
+  if ((mode & 0o7777) === wanted) return;
+  try {
+    await chmod(file, wanted);
+  } catch (err) {
+    throw new Error(
+      `cannot make ${file} private (mode ${wanted.toString(8)}): ${(err as Error).message}. ` +
+        "The data directory must belong to the user that runs Parley.",
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Takes group and other access away from everything under `dir` (symbolic links left alone: chmod
+ * would follow them); with `sync`, also fsyncs every file and directory, children before parents.
+ */
+async function makeTreePrivate(dir: string, options: { sync: boolean }): Promise<void> {
+  const visit = async (file: string): Promise<void> => {
+    const st = await lstat(file);
+    if (st.isSymbolicLink()) return;
+    await makePrivate(file, st.mode, st.isDirectory());
+    if (st.isDirectory()) {
+      const entries = await readdir(file);
+      await Promise.all(entries.map((entry) => visit(path.join(file, entry))));
+    }
+    if (options.sync) {
+      const handle = await open(file, "r");
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    }
+  };
+  await visit(dir);
+}
+
+/** The part of emscripten's NODEFS (PGlite's file layer on Node) that privateDurableNodeFs changes. */
+interface EmscriptenNodeFs {
+  node_ops: {
+    mknod(parent: unknown, name: string, mode: number, dev: number): unknown;
+    setattr(node: EmscriptenNode, attr: { mode?: number }): void;
+  };
+  stream_ops: {
+    setattr(stream: EmscriptenStream, attr: { mode?: number }): void;
+    fsync?(stream: EmscriptenStream): number;
+  };
+  tryFSOperation<T>(operation: () => T): T;
+}
+interface EmscriptenNode {
+  mode: number;
+}
+interface EmscriptenStream {
+  node: EmscriptenNode;
+  /** The file's path inside PGlite's file system (the data directory is mounted at /pglite/data). */
+  path: string;
+  /** Node's file descriptor. */
+  nfd: number;
+}
+
+/**
+ * PGlite's Node file system, with two things a database needs that emscripten's NODEFS lacks:
+ * - Private modes by construction. Emscripten creates each file and then chmods it to the mode asked
+ *   for, so the umask plays no part; PGlite's initdb cluster is written through a tar extraction that
+ *   asks for 0666, and mkdir gets 0777 less the umask. Here every mode that passes through the layer
+ *   (create, chmod) loses its group and other bits: directories 0700, files 0600, WAL segments and
+ *   relation files created later included.
+ * - fsync. NODEFS has no fsync operation, so PostgreSQL's fsync() answered success without reaching
+ *   the disk (emscripten's fdatasync() never reaches the file system at all, hence wal_sync_method =
+ *   fsync). With `durable`, fsync() is the real one: fdatasync(2) for WAL segments (preallocated and
+ *   zero-filled, so a commit changes no metadata that matters), fsync(2) for everything else
+ *   (relation files at a checkpoint, directories after a file is created or renamed). PostgreSQL
+ *   fsyncs the WAL at every commit before it answers (synchronous_commit = on), so a transaction
+ *   Parley has seen committed is on disk, whichever code path ran it.
+ */
+async function privateDurableNodeFs(dataDir: string, durable: boolean) {
+  const { NodeFS } = await import("@electric-sql/pglite/nodefs");
+  type Emscripten = { NODEFS: EmscriptenNodeFs };
+  class PrivateDurableNodeFS extends NodeFS {
+    override async init(...args: Parameters<InstanceType<typeof NodeFS>["init"]>) {
+      const { emscriptenOpts } = await super.init(...args);
+      const preRun = [...((emscriptenOpts.preRun ?? []) as ((mod: Emscripten) => void)[])];
+      preRun.push((mod) => hardenNodeFs(mod.NODEFS, durable));
+      return { emscriptenOpts: { ...emscriptenOpts, preRun } as typeof emscriptenOpts };
+    }
+  }
+  return new PrivateDurableNodeFS(dataDir);
+}
+
+function hardenNodeFs(nodefs: EmscriptenNodeFs, durable: boolean): void {
+  const { node_ops: nodeOps, stream_ops: streamOps } = nodefs;
+  const isDirectory = (mode: number) => (mode & S_IFMT) === S_IFDIR;
+  const mknod = nodeOps.mknod;
+  nodeOps.mknod = (parent, name, mode, dev) =>
+    mknod.call(nodeOps, parent, name, privateMode(mode, isDirectory(mode)), dev);
+  const setNodeAttr = nodeOps.setattr;
+  nodeOps.setattr = (node, attr) =>
+    setNodeAttr.call(nodeOps, node, attr.mode === undefined ? attr : { ...attr, mode: privateMode(attr.mode, isDirectory(node.mode)) });
+  const setStreamAttr = streamOps.setattr;
+  streamOps.setattr = (stream, attr) =>
+    setStreamAttr.call(streamOps, stream, attr.mode === undefined ? attr : { ...attr, mode: privateMode(attr.mode, isDirectory(stream.node.mode)) });
+  if (durable) {
+    streamOps.fsync = (stream) => {
+      // Through the module object, not a named import: tests observe these calls.
+      nodefs.tryFSOperation(() =>
+        stream.path.includes("/pg_wal/") ? fs.fdatasyncSync(stream.nfd) : fs.fsyncSync(stream.nfd),
+      );
+      return 0;
+    };
+  }
+}
+
 async function openPostgres(url: string, poolSize: number): Promise<OpenedDatabase> {
   const { default: postgres } = await import("postgres");
   const { drizzle, PostgresJsSession } = await import("drizzle-orm/postgres-js");
+  // Once closing: no new query, transaction, reservation or NOTIFY, and no new connection. postgres.js
+  // alone would reconnect after end() to run queries still queued in its pool (and reserve() ignores
+  // end() altogether): connections opened after shutdown, which then kept the process alive.
+  let closing = false;
   const client = postgres(url, {
     max: poolSize,
     onnotice: () => {},
     connection: { application_name: "parley" },
+    socket: connectUnlessClosing(() => closing),
   });
   // Fail fast with a clear message when the server is unreachable.
   await client`select 1`;
-  const db = drizzle(client, { schema }) as unknown as Database;
+  const guarded = refusingWhenClosed(client, ["unsafe", "begin", "reserve", "notify", "listen"], () => closing);
+  const db = drizzle(guarded, { schema }) as unknown as Database;
   return {
     db,
     kind: "postgres",
     async close() {
+      closing = true;
+      // Queries already sent get up to 5 s to finish, then their connections are closed.
       await client.end({ timeout: 5 });
     },
     async notify(channel, payload) {
-      await client.notify(channel, payload);
+      await guarded.notify(channel, payload);
     },
     async listen(channel, onPayload) {
-      const sub = await client.listen(channel, onPayload);
+      const sub = await guarded.listen(channel, onPayload);
       return () => sub.unlisten();
     },
     async reserve() {
-      const connection = await client.reserve();
+      const connection = await guarded.reserve();
       // As drizzle builds a transaction's handle: the pool's dialect and schema, this connection.
       const base = (db as unknown as { session: { dialect: PgDialect; schema: unknown; options: unknown } }).session;
       const session = new PostgresJsSession(connection, base.dialect, base.schema as never, base.options as never);
@@ -208,6 +422,21 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
         release: () => connection.release(),
       };
     },
+  };
+}
+
+/**
+ * postgres.js's `socket` option: the connection to the server (TCP or a Unix socket, hosts taken in
+ * turn when several are given), refused once the database is closing, so that no connection is ever
+ * opened after shutdown begins. The driver's connect timeout, keep-alive and TLS apply as usual.
+ */
+function connectUnlessClosing(isClosing: () => boolean) {
+  let next = 0;
+  return (options: { path?: string; host: string[]; port: number[] }) => {
+    if (isClosing()) throw new DatabaseClosedError();
+    if (options.path) return net.connect(options.path);
+    const i = next++ % options.host.length;
+    return net.connect(options.port[i] ?? options.port[0] ?? 5432, options.host[i]);
   };
 }
 

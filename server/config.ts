@@ -150,7 +150,19 @@ export const configKeys = {
     env: "PARLEY_TO_DEVICE_MAILBOX_LIMIT",
     schema: int(1, 10_000_000),
     default: 10_000,
-    doc: "The most undelivered to-device messages (encryption keys, verification requests) one device's mailbox holds. A send that would overfill a mailbox is refused with 429 M_LIMIT_EXCEEDED, never dropped.",
+    doc: "The most undelivered to-device messages (encryption keys, verification requests) one device's mailbox holds. A send that would overfill a mailbox is refused with 429 M_LIMIT_EXCEEDED, never dropped. Key-sharing messages (encrypted ones, key requests, verification) from users who share a room with the recipient may go on up to twice this, so strangers cannot keep them out.",
+  }),
+  to_device_per_sender_limit: key({
+    env: "PARLEY_TO_DEVICE_PER_SENDER_LIMIT",
+    schema: int(1, 10_000_000),
+    default: 1_000,
+    doc: "The most undelivered to-device messages one user may have waiting in one device's mailbox, so no single sender can fill it. Beyond it the send is refused with 429 M_LIMIT_EXCEEDED until the device syncs.",
+  }),
+  to_device_stranger_limit: key({
+    env: "PARLEY_TO_DEVICE_STRANGER_LIMIT",
+    schema: int(1, 10_000_000),
+    default: 100,
+    doc: "The same for a sender who shares no room with the recipient (a user's own devices always count as sharing one): plenty for a key verification, too little to fill a mailbox. 429 M_LIMIT_EXCEEDED beyond it.",
   }),
   user_data_quota_bytes: key({
     env: "PARLEY_USER_DATA_QUOTA_BYTES",

@@ -52,6 +52,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     dataDir: config.data_dir,
     embedded: options.embedded,
     poolSize: config.database_pool_size,
+    embeddedFsync: config.embedded_fsync,
   });
   let services: Services;
   let server: Server;

@@ -88,7 +88,11 @@ export function createAccountServices(
     sharedSecret: new SharedSecretRegistration(db, now, config.registration_shared_secret),
     e2ee: new E2ee(db, accounts, uia, {
       serverName: config.server_name,
-      toDeviceMailboxLimit: config.to_device_mailbox_limit,
+      toDeviceLimits: {
+        mailbox: config.to_device_mailbox_limit,
+        perSender: config.to_device_per_sender_limit,
+        stranger: config.to_device_stranger_limit,
+      },
       now,
     }),
   };

@@ -223,6 +223,8 @@ describe("to_device and key counts in /sync", () => {
   it("delivers a mailbox larger than one response over several syncs, in order, each message once", async () => {
     const alice = await newUser("alice");
     const bob = await newUser("bob");
+    // Room-mates: a stranger may leave only `to_device_stranger_limit` (100) messages waiting.
+    await joinRoom(hs.url, bob, await createRoom(hs.url, alice, { preset: "public_chat" }));
     const b0 = await sync(hs.url, bob);
     for (let i = 0; i < 150; i++) {
       const res = await request(hs.url, "PUT", `/_matrix/client/v3/sendToDevice/org.example.n/many${i}`, {

@@ -131,6 +131,24 @@ export const toDeviceMailboxes = pgTable(
   (t) => [primaryKey({ columns: [t.userId, t.deviceId] })],
 );
 
+/**
+ * How many of one sender's messages wait in each device's mailbox, kept like `to_device_mailboxes`
+ * (with every insert and delete, in the same transactions) so the per-sender caps are one
+ * conditional update. A row goes when its count reaches zero, so the table holds only the pairs
+ * with mail waiting. `sender` is a user ID, local or (once federation delivers to-device messages)
+ * remote.
+ */
+export const toDeviceMailboxSenders = pgTable(
+  "to_device_mailbox_senders",
+  {
+    userId: text("user_id").notNull(),
+    deviceId: text("device_id").notNull(),
+    sender: text("sender").notNull(),
+    pending: integer("pending").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.deviceId, t.sender] })],
+);
+
 /** `PUT /sendToDevice/{type}/{txnId}` transactions already done, per sending device. */
 export const toDeviceTxns = pgTable(
   "to_device_txns",

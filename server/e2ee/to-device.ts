@@ -5,8 +5,14 @@
 // Each message stored takes the next position of the to-device stream. `/sync` reads a device's
 // mailbox past the position in its token (`fetchToDevice`) and, when the client comes back with a
 // later token, deletes what it has delivered (`ackToDevice`): a message is never lost between the
-// two. Mailboxes are capped (`to_device_mailbox_limit`): a send that would overfill one is refused
-// as a whole, so the sender knows, rather than anything being dropped.
+// two.
+//
+// Mailboxes are capped so that no user can keep another device's keys out (README, "Mailbox
+// limits"): each sender may have at most `perSender` messages waiting in one mailbox, a sender who
+// shares no room with the recipient at most `stranger`, and the mailbox as a whole `mailbox`,
+// which key-sharing messages from room members may exceed up to twice that. A send that would
+// break a cap is refused as a whole with 429, so the sender knows, rather than anything being
+// dropped.
 import { and, asc, eq, gt, inArray, lte, sql } from "drizzle-orm";
 import { type Database, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
@@ -33,6 +39,49 @@ export interface ToDeviceBatch {
  */
 export type ToDeviceListener = (targets: { userId: string; deviceId: string }[], position: number) => void;
 
+/**
+ * Which users share a joined room with `userId`, among `localUsers`. `userId` may be a user of
+ * another server (to-device messages will arrive over federation through `send`).
+ */
+export type RoomSharing = (userId: string, localUsers: readonly string[]) => Promise<ReadonlySet<string>>;
+
+export interface ToDeviceLimits {
+  /** Undelivered messages one device's mailbox holds (`to_device_mailbox_limit`). */
+  mailbox: number;
+  /** Undelivered messages of one sender in one mailbox (`to_device_per_sender_limit`). */
+  perSender: number;
+  /** The same for a sender who shares no room with the recipient (`to_device_stranger_limit`). */
+  stranger: number;
+}
+
+/**
+ * The to-device types end-to-end encryption cannot do without, which room members may deliver
+ * into a mailbox that strangers have filled (up to `KEY_SHARING_CEILING` times the mailbox limit).
+ * These are the types a client accepts as they arrive at the outer level:
+ * - `m.room.encrypted`: Olm, the envelope of `m.room_key`, `m.forwarded_room_key`, `m.secret.send`
+ *   and `m.dummy` (the spec accepts those only inside Olm, so sent bare they get no priority);
+ * - `m.room_key_request` and `m.secret.request`: asking other devices for a room key or a secret
+ *   (sent in the clear);
+ * - `m.room_key.withheld`: why a key will not come (sent in the clear), so the client stops waiting;
+ * - `m.key.verification.*`: interactive verification, in the clear when done by to-device.
+ * The type is all the server can see: a member can put anything under `m.room.encrypted`, which is
+ * why the per-sender cap applies to every type and the ceiling stays finite.
+ */
+const KEY_SHARING_TYPES: ReadonlySet<string> = new Set([
+  "m.room.encrypted",
+  "m.room_key_request",
+  "m.secret.request",
+  "m.room_key.withheld",
+]);
+const KEY_SHARING_PREFIX = "m.key.verification.";
+
+export function isKeySharing(eventType: string): boolean {
+  return KEY_SHARING_TYPES.has(eventType) || eventType.startsWith(KEY_SHARING_PREFIX);
+}
+
+/** Room members' key-sharing messages may fill a mailbox up to this many times its limit, no more. */
+export const KEY_SHARING_CEILING = 2;
+
 /** How long a full mailbox's sender is told to wait before trying again. */
 const MAILBOX_FULL_RETRY_MS = 10_000;
 /** Rows per statement (PostgreSQL takes at most 65,535 parameters in one). */
@@ -40,17 +89,24 @@ const CHUNK = 1000;
 
 export class ToDevice {
   private readonly listeners: ToDeviceListener[] = [];
+  /** Until the rooms component is wired in, nobody shares a room: every other user is a stranger. */
+  private roomSharing: RoomSharing = async () => new Set();
 
   constructor(
     private readonly db: Database,
     private readonly accounts: Accounts,
     private readonly serverName: string,
-    private readonly mailboxLimit: number,
+    private readonly limits: ToDeviceLimits,
     private readonly now: () => number,
   ) {}
 
   onMessages(listener: ToDeviceListener): void {
     this.listeners.push(listener);
+  }
+
+  /** How to ask who shares a room (the rooms component's, wired at startup: e2ee does not import rooms). */
+  useRoomSharing(roomSharing: RoomSharing): void {
+    this.roomSharing = roomSharing;
   }
 
   /**
@@ -97,6 +153,16 @@ export class ToDevice {
     // One lock order for every sender, so two multi-device sends cannot deadlock on the counters.
     rows.sort((a, b) => (a.userId === b.userId ? cmp(a.deviceId, b.deviceId) : cmp(a.userId, b.userId)));
 
+    // Who counts as a room member of each recipient: those sharing a room with the sender, and the
+    // sender themself (their other devices). Read before the transaction: a membership that
+    // changes meanwhile could as well have changed just before.
+    const others = [...new Set(rows.map((r) => r.userId))].filter((u) => u !== sender);
+    const sharing = others.length > 0 ? await this.roomSharing(sender, others) : new Set<string>();
+    const members = [sender, ...others.filter((u) => sharing.has(u))];
+    const { mailbox, perSender } = this.limits;
+    const stranger = Math.min(this.limits.stranger, perSender);
+    const mailboxCap = isKeySharing(eventType) ? KEY_SHARING_CEILING * mailbox : mailbox;
+
     const stored = await this.db.transaction(async (tx) => {
       const txn = schema.toDeviceTxns;
       const fresh = await tx
@@ -106,9 +172,14 @@ export class ToDevice {
         .returning({ txnId: txn.txnId });
       if (fresh.length === 0 || rows.length === 0) return 0;
 
-      // Every target's counter goes up by one only if it stays within the cap; one that does not
-      // aborts the whole transaction (nothing stored, the txnId not spent, so a retry can succeed).
+      // Every target's counters go up by one only if they stay within their caps; one that does
+      // not aborts the whole transaction (nothing stored, the txnId not spent, so a retry can
+      // succeed). The mailboxes' counters first, then the sender's: acknowledging a delivery
+      // takes them in that order too, so the two cannot deadlock.
       const m = schema.toDeviceMailboxes;
+      // Room members' key-sharing messages may go past the mailbox limit, strangers' never.
+      const mailboxCapOf =
+        mailboxCap === mailbox ? sql`${mailbox}` : sql`(case when ${inArray(m.userId, members)} then ${mailboxCap}::integer else ${mailbox}::integer end)`;
       for (let i = 0; i < rows.length; i += CHUNK) {
         const chunk = rows.slice(i, i + CHUNK);
         const counted = await tx
@@ -117,18 +188,35 @@ export class ToDevice {
           .onConflictDoUpdate({
             target: [m.userId, m.deviceId],
             set: { pending: sql`${m.pending} + 1` },
-            setWhere: sql`${m.pending} < ${this.mailboxLimit}`,
+            setWhere: sql`${m.pending} < ${mailboxCapOf}`,
           })
           .returning({ userId: m.userId, deviceId: m.deviceId });
-        if (counted.length !== chunk.length) {
-          const ok = new Set(counted.map((c) => `${c.userId}\u0000${c.deviceId}`));
-          const full = chunk.find((r) => !ok.has(`${r.userId}\u0000${r.deviceId}`))!;
-          throw new MatrixError(
-            429,
-            "M_LIMIT_EXCEEDED",
-            `The to-device mailbox of ${full.userId}'s device ${full.deviceId} is full (${this.mailboxLimit} undelivered messages); nothing was sent. Try again once it has synced.`,
-            { retry_after_ms: MAILBOX_FULL_RETRY_MS, user_id: full.userId, device_id: full.deviceId },
-            { "Retry-After": String(MAILBOX_FULL_RETRY_MS / 1000) },
+        const refused = uncounted(chunk, counted);
+        if (refused) {
+          const cap = members.includes(refused.userId) ? mailboxCap : mailbox;
+          throw mailboxFull(refused, `The to-device mailbox of ${refused.userId}'s device ${refused.deviceId} is full (${cap} undelivered messages)`);
+        }
+      }
+      const s = schema.toDeviceMailboxSenders;
+      const senderCapOf = sql`(case when ${inArray(s.userId, members)} then ${perSender}::integer else ${stranger}::integer end)`;
+      for (let i = 0; i < rows.length; i += CHUNK) {
+        const chunk = rows.slice(i, i + CHUNK);
+        const counted = await tx
+          .insert(s)
+          .values(chunk.map((r) => ({ userId: r.userId, deviceId: r.deviceId, sender, pending: 1 })))
+          .onConflictDoUpdate({
+            target: [s.userId, s.deviceId, s.sender],
+            set: { pending: sql`${s.pending} + 1` },
+            setWhere: sql`${s.pending} < ${senderCapOf}`,
+          })
+          .returning({ userId: s.userId, deviceId: s.deviceId });
+        const refused = uncounted(chunk, counted);
+        if (refused) {
+          throw mailboxFull(
+            refused,
+            members.includes(refused.userId)
+              ? `${perSender} of your messages already wait in the to-device mailbox of ${refused.userId}'s device ${refused.deviceId}, the most one sender may have there`
+              : `You share no room with ${refused.userId}, and ${stranger} of your messages already wait in the to-device mailbox of their device ${refused.deviceId}, the most such a sender may have there`,
           );
         }
       }
@@ -170,13 +258,28 @@ export class ToDevice {
       const deleted = await tx
         .delete(t)
         .where(and(eq(t.userId, userId), eq(t.deviceId, deviceId), lte(t.streamId, upTo)))
-        .returning({ streamId: t.streamId });
+        .returning({ sender: t.sender });
       if (deleted.length > 0) {
+        // The mailbox's counter first (as in `send`): it also keeps senders away from this
+        // mailbox's per-sender rows until commit.
         const m = schema.toDeviceMailboxes;
         await tx
           .update(m)
           .set({ pending: sql`greatest(${m.pending} - ${deleted.length}, 0)` })
           .where(and(eq(m.userId, userId), eq(m.deviceId, deviceId)));
+        const bySender = new Map<string, number>();
+        for (const d of deleted) bySender.set(d.sender, (bySender.get(d.sender) ?? 0) + 1);
+        // Each sender's count goes down by what was delivered of theirs; a count reaching zero
+        // takes its row with it. One statement for all the senders.
+        const delivered = sql.join(
+          [...bySender].map(([s, n]) => sql`(${s}::text, ${n}::integer)`),
+          sql`, `,
+        );
+        await tx.execute(sql`with d(sender, n) as (values ${delivered}),
+          gone as (delete from to_device_mailbox_senders s using d
+            where s.user_id = ${userId} and s.device_id = ${deviceId} and s.sender = d.sender and s.pending <= d.n)
+          update to_device_mailbox_senders s set pending = s.pending - d.n from d
+            where s.user_id = ${userId} and s.device_id = ${deviceId} and s.sender = d.sender and s.pending > d.n`);
       }
       return deleted.length;
     });
@@ -190,10 +293,29 @@ export class ToDevice {
   /** Empties and forgets the mailboxes (and sent-transaction IDs) of deleted devices, in the caller's transaction. */
   async deleteDevices(q: Queryable, userId: string, deviceIds: readonly string[]): Promise<void> {
     const ids = [...deviceIds];
-    for (const t of [schema.toDeviceMessages, schema.toDeviceMailboxes, schema.toDeviceTxns]) {
+    for (const t of [schema.toDeviceMessages, schema.toDeviceMailboxes, schema.toDeviceMailboxSenders, schema.toDeviceTxns]) {
       await q.delete(t).where(and(eq(t.userId, userId), inArray(t.deviceId, ids)));
     }
   }
 }
 
 const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+type Target = { userId: string; deviceId: string };
+
+/** The first target of `chunk` whose counter did not go up (not in `counted`), if any. */
+function uncounted(chunk: readonly Target[], counted: readonly Target[]): Target | undefined {
+  if (counted.length === chunk.length) return undefined;
+  const ok = new Set(counted.map((c) => `${c.userId}\u0000${c.deviceId}`));
+  return chunk.find((r) => !ok.has(`${r.userId}\u0000${r.deviceId}`));
+}
+
+function mailboxFull(target: Target, why: string): MatrixError {
+  return new MatrixError(
+    429,
+    "M_LIMIT_EXCEEDED",
+    `${why}; nothing was sent. Try again once it has synced.`,
+    { retry_after_ms: MAILBOX_FULL_RETRY_MS, user_id: target.userId, device_id: target.deviceId },
+    { "Retry-After": String(MAILBOX_FULL_RETRY_MS / 1000) },
+  );
+}

@@ -236,6 +236,23 @@ export class SyncReads {
   }
 
   /**
+   * Which of `localUsers` share a joined room with `userId`, who may be a user of another server
+   * (their membership is read from the room's current state, which holds remote members too).
+   * Walks the local users' joined rooms (room_memberships' key) and looks `userId` up in each one's
+   * current state (current_state's key).
+   */
+  async localUsersSharingARoomWith(userId: string, localUsers: readonly string[]): Promise<Set<string>> {
+    if (localUsers.length === 0) return new Set();
+    const rows = rowsOf<{ user_id: string }>(
+      await this.db.execute(sql`select distinct m.user_id from room_memberships m
+        where m.user_id in (${sqlList(localUsers)}) and m.membership = 'join'
+          and exists (select 1 from current_state c where c.room_id = m.room_id and c.type = 'm.room.member'
+            and c.state_key = ${userId} and c.membership = 'join')`),
+    );
+    return new Set(rows.map((r) => r.user_id));
+  }
+
+  /**
    * The membership changes (m.room.member events) in `roomIds` with a stream position in
    * `(from, to]`, oldest first: who came and went, for `device_lists`.
    */

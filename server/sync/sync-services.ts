@@ -97,6 +97,8 @@ export function createSyncServices(options: {
   userData.onAccountData((userId, _roomId, position) => {
     notifier.publish({ stream: "account_data", position, users: [userId] });
   });
+  // Whether a to-device sender shares a room with the recipients decides their cap.
+  e2ee.toDevice.useRoomSharing((userId, localUsers) => reads.localUsersSharingARoomWith(userId, localUsers));
   e2ee.toDevice.onMessages((targets, position) => {
     notifier.publish({ stream: "to_device", position, users: [...new Set(targets.map((t) => t.userId))] });
   });
