@@ -194,6 +194,12 @@ export const configKeys = {
     default: 8 * 1024 * 1024,
     doc: "The largest request body accepted for JSON endpoints, in bytes; larger ones get 413 M_TOO_LARGE.",
   }),
+  request_timeout_ms: key({
+    env: "PARLEY_REQUEST_TIMEOUT_MS",
+    schema: int(1000, 3_600_000),
+    default: 120_000,
+    doc: "How long a client may take to send a whole request, headers and body (the headers alone: at most 20 s); slower ones get 408. Waiting for the answer, as a /sync long-poll does, does not count.",
+  }),
   shutdown_grace_ms: key({
     env: "PARLEY_SHUTDOWN_GRACE_MS",
     schema: int(0, 600_000),

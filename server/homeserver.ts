@@ -1,13 +1,14 @@
 // One homeserver process: open the database (and migrate it), load the signing key, build the
 // services, listen, and shut down gracefully.
 import type { AddressInfo } from "node:net";
-import type { Server } from "node:http";
-import { serve } from "@hono/node-server";
+import { createServer, type Server } from "node:http";
+import { getRequestListener } from "@hono/node-server";
 import { eq } from "drizzle-orm";
 import pino, { type Logger } from "pino";
 import { type OpenedDatabase, openDatabase, schema } from "../schema/db.ts";
 import { type Config, redactedConfig } from "./config.ts";
 import { createApp } from "./http/app.ts";
+import { answerClientErrors, answerRequestError } from "./http/client-errors.ts";
 import { routes } from "./api/routes.ts";
 import type { AnyRoute } from "./http/route.ts";
 import { type Services, createAccountServices } from "./services.ts";
@@ -97,7 +98,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       auth: accountServices.sessions,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
-    server = await listen(app.fetch, config.bind, config.port);
+    server = await listen(app.fetch, config, logger);
   } catch (err) {
     await database.close().catch(() => {});
     throw err;
@@ -121,11 +122,30 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   return { services, url, port, close };
 }
 
-function listen(fetch: (req: Request, env: unknown) => Response | Promise<Response>, hostname: string, port: number) {
+function listen(
+  fetch: (req: Request, env: unknown) => Response | Promise<Response>,
+  config: Pick<Config, "bind" | "port" | "request_timeout_ms">,
+  logger: Logger,
+) {
+  const requestTimeout = config.request_timeout_ms;
   return new Promise<Server>((resolve, reject) => {
-    const server = serve({ fetch, hostname, port }) as Server;
+    const server = createServer(
+      {
+        // Time to receive a request (headers and body), not to answer it: a /sync long-poll is
+        // received whole at once and then may wait as long as it likes. The headers come first and
+        // are small, so they get less (a client trickling header bytes holds a connection for free).
+        requestTimeout,
+        headersTimeout: Math.min(requestTimeout, 20_000),
+        // How often Node looks for requests past those limits (its default, 30 s, would let a
+        // timeout run up to 30 s late).
+        connectionsCheckingInterval: Math.min(5_000, Math.max(250, Math.floor(requestTimeout / 4))),
+      },
+      getRequestListener(fetch, { hostname: config.bind, errorHandler: answerRequestError }),
+    );
+    server.on("clientError", answerClientErrors(logger));
     server.once("listening", () => resolve(server));
     server.once("error", reject);
+    server.listen(config.port, config.bind);
   });
 }
 

@@ -12,7 +12,7 @@ import { parseJsonFromOthers } from "./safe-json.ts";
 import type { AnyRoute, RequestInfo, Requester } from "./route.ts";
 
 // https://spec.matrix.org/latest/client-server-api/#web-browser-clients
-const CORS_HEADERS: Record<string, string> = {
+export const CORS_HEADERS: Record<string, string> = {
   "Access-Control-Allow-Origin": "*",
   "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
   "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
@@ -100,6 +100,11 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
   });
 
   app.onError((err, c) => {
+    if (err instanceof ClientAbortedError) {
+      // Nobody is left to read the answer, and it was the client's doing: not an error of ours.
+      logger.debug({ requestId: c.get("requestId"), reason: err.message }, "client aborted the request");
+      return errorResponse(c, err);
+    }
     if (err instanceof MatrixError) return errorResponse(c, err);
     if (isUnstorableText(err)) {
       // A string from the request that PostgreSQL cannot store (NUL): the client's fault, not ours.
@@ -203,7 +208,13 @@ export async function readBodyText(c: Context, maxBytes: number): Promise<string
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let chunk: Awaited<ReturnType<typeof reader.read>>;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      throw new ClientAbortedError((err as Error).message);
+    }
+    const { done, value } = chunk;
     if (done) break;
     size += value.byteLength;
     if (size > maxBytes) {
@@ -236,15 +247,27 @@ function readIncoming(incoming: IncomingMessage, maxBytes: number): Promise<stri
       chunks.push(chunk);
     };
     const onEnd = () => done(() => resolve(new TextDecoder("utf-8", { fatal: false }).decode(Buffer.concat(chunks))));
-    const onError = (err: Error) => done(() => reject(err));
+    // Node reports a client that goes away mid-body as an "aborted" (ECONNRESET) error, then a close.
+    const onError = (err: Error) => done(() => reject(new ClientAbortedError(err.message)));
     const onClose = () => {
-      if (!incoming.readableEnded) done(() => reject(new Error("the client closed the connection before sending the whole body")));
+      if (!incoming.readableEnded) done(() => reject(new ClientAbortedError("the client closed the connection before sending the whole body")));
     };
     incoming.on("data", onData);
     incoming.on("end", onEnd);
     incoming.on("error", onError);
     incoming.on("close", onClose);
   });
+}
+
+/**
+ * The client closed the connection (or it broke) before the whole request body arrived. Rendered
+ * like any Matrix error for the access log, but logged at debug only: nobody reads the answer.
+ */
+export class ClientAbortedError extends MatrixError {
+  override name = "ClientAbortedError";
+  constructor(reason: string) {
+    super(400, "M_UNKNOWN", `The request body did not arrive whole: ${reason}`);
+  }
 }
 
 // The rest of the body is never read, so the connection cannot carry another request: close it.
