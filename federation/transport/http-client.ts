@@ -1,0 +1,288 @@
+// Outbound federation HTTP: where to connect (discovery, or the operator's pins), how (HTTPS with
+// certificate checks, or plain HTTP for the servers named insecure), and what we refuse (private
+// addresses after DNS, slow or oversized answers). Requests to peers are signed with X-Matrix.
+//
+// Connections are pooled per connect target with keep-alive (undici). The certificate is checked
+// against the name the spec says (the server name or the delegated name), which for SRV targets is
+// not the host connected to; SNI carries the same name.
+
+import { lookup as dnsLookup } from "node:dns";
+import { isIP, type LookupFunction } from "node:net";
+import { Pool, errors as undiciErrors } from "undici";
+import type { SigningKey } from "../protocol/signing.ts";
+import { isAllowedFederationAddress } from "./address-policy.ts";
+import { type ConnectTarget, type ResolvedServer, parseServerName } from "./discovery.ts";
+import { xMatrixAuthorization } from "./request-auth.ts";
+
+export interface FederationHttpOptions {
+  /** Our server name: the X-Matrix origin. */
+  serverName: string;
+  signingKey: SigningKey;
+  /** Discovery for names that are not pinned. */
+  resolve(serverName: string): Promise<ResolvedServer>;
+  /** `federation_hosts`: server names the operator pinned to an address (host:port). */
+  pinnedHosts?: ReadonlyMap<string, ConnectTarget>;
+  /** `federation_insecure`: names reached with plain HTTP, or "*" for all (a closed test network). */
+  insecure?: ReadonlySet<string> | "*";
+  connectTimeoutMs?: number;
+  /** Time to the response headers. */
+  headersTimeoutMs?: number;
+  /** The whole request, body included. */
+  requestTimeoutMs?: number;
+  maxResponseBytes?: number;
+  /** CA certificates (PEM) to trust for peers instead of the well-known ones: a private network's own CA. */
+  tlsCa?: string | string[];
+  /** Which resolved addresses may be connected to; defaults to the federation address policy. */
+  allowAddress?(address: string): boolean;
+  /** DNS for tests; defaults to the system resolver (all addresses). */
+  lookupAll?(hostname: string): Promise<{ address: string; family: number }[]>;
+}
+
+export type FederationRequestFailure =
+  | "invalid-destination"
+  | "blocked-address"
+  | "unreachable"
+  | "timeout"
+  | "too-large"
+  | "bad-response";
+
+export class FederationRequestError extends Error {
+  constructor(
+    readonly failure: FederationRequestFailure,
+    readonly destination: string,
+    message: string,
+  ) {
+    super(`${destination}: ${message}`);
+  }
+}
+
+export interface FederationResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** The parsed JSON body; undefined when the body was empty. */
+  body: unknown;
+}
+
+export interface FederationRequest {
+  method: "GET" | "PUT" | "POST" | "DELETE";
+  /** From `/_matrix/…`, query string included, already percent-encoded: exactly what is signed. */
+  path: string;
+  body?: unknown;
+  /** Sign with X-Matrix (everything but the key server's own endpoints). Default true. */
+  signed?: boolean;
+  signal?: AbortSignal;
+}
+
+const DEFAULTS = {
+  connectTimeoutMs: 10_000,
+  headersTimeoutMs: 30_000,
+  requestTimeoutMs: 60_000,
+  maxResponseBytes: 32 * 1024 * 1024,
+};
+const POOL_LIMIT = 512;
+
+interface Route {
+  target: ConnectTarget;
+  hostHeader: string;
+  tlsName: string;
+  secure: boolean;
+  /** Pinned or insecure-for-all: the operator chose the address, the policy does not apply. */
+  trusted: boolean;
+}
+
+export class FederationHttpClient {
+  private readonly pools = new Map<string, Pool>();
+  private readonly opts: FederationHttpOptions & typeof DEFAULTS;
+  private closed = false;
+
+  constructor(options: FederationHttpOptions) {
+    this.opts = { ...DEFAULTS, ...options };
+  }
+
+  /** A request to a peer server, signed unless `signed: false`. */
+  async request(destination: string, req: FederationRequest): Promise<FederationResponse> {
+    if (this.closed) throw new FederationRequestError("unreachable", destination, "the federation client is closed");
+    const routes = await this.routes(destination);
+    const payload = req.body === undefined ? undefined : JSON.stringify(req.body);
+    const headers: Record<string, string> = {};
+    if (payload !== undefined) headers["content-type"] = "application/json";
+    if (req.signed !== false) {
+      headers.authorization = xMatrixAuthorization(
+        { method: req.method, uri: req.path, origin: this.opts.serverName, destination, content: req.body },
+        this.opts.signingKey,
+      );
+    }
+    let lastError: FederationRequestError | undefined;
+    // SRV may give several targets: try the next only when one could not be connected to.
+    for (const route of routes) {
+      try {
+        return await this.send(destination, route, req, headers, payload);
+      } catch (err) {
+        if (!(err instanceof FederationRequestError) || (err.failure !== "unreachable" && err.failure !== "blocked-address")) throw err;
+        lastError = err;
+      }
+    }
+    throw lastError ?? new FederationRequestError("unreachable", destination, "no address to connect to");
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const pools = [...this.pools.values()];
+    this.pools.clear();
+    await Promise.all(pools.map((p) => p.destroy().catch(() => {})));
+  }
+
+  private async routes(destination: string): Promise<Route[]> {
+    const parsed = parseServerName(destination);
+    if (!parsed) throw new FederationRequestError("invalid-destination", destination, "not a valid server name");
+    const insecure = this.opts.insecure === "*" || this.opts.insecure?.has(destination) === true;
+    const pinned = this.opts.pinnedHosts?.get(destination);
+    if (pinned) {
+      return [{ target: pinned, hostHeader: destination, tlsName: parsed.host, secure: !insecure, trusted: true }];
+    }
+    const resolved = await this.opts.resolve(destination);
+    return resolved.targets.map((target) => ({
+      target,
+      hostHeader: resolved.hostHeader,
+      tlsName: resolved.tlsName,
+      secure: !insecure,
+      trusted: this.opts.insecure === "*",
+    }));
+  }
+
+  private pool(route: Route): Pool {
+    const { target } = route;
+    const hostForUrl = isIP(target.host) === 6 ? `[${target.host}]` : target.host;
+    const origin = `${route.secure ? "https" : "http"}://${hostForUrl}:${target.port}`;
+    const key = `${origin}|${route.tlsName}|${route.trusted ? "trusted" : "checked"}`;
+    let pool = this.pools.get(key);
+    if (pool) {
+      // Most recently used last, so the first entry is the one to evict.
+      this.pools.delete(key);
+      this.pools.set(key, pool);
+      return pool;
+    }
+    pool = new Pool(origin, {
+      connections: 8,
+      connectTimeout: this.opts.connectTimeoutMs,
+      headersTimeout: this.opts.headersTimeoutMs,
+      bodyTimeout: this.opts.requestTimeoutMs,
+      keepAliveTimeout: 30_000,
+      maxResponseSize: this.opts.maxResponseBytes,
+      connect: {
+        ...(route.trusted ? {} : { lookup: this.policyLookup() }),
+        // Node checks the certificate against `servername` (else the host connected to), so this is
+        // also what makes an SRV target prove it serves the delegated name.
+        ...(route.secure
+          ? {
+              servername: isIP(route.tlsName) ? undefined : route.tlsName,
+              rejectUnauthorized: true,
+              ...(this.opts.tlsCa ? { ca: this.opts.tlsCa } : {}),
+            }
+          : {}),
+      },
+    });
+    if (this.pools.size >= POOL_LIMIT) {
+      const [oldestKey, oldest] = this.pools.entries().next().value as [string, Pool];
+      this.pools.delete(oldestKey);
+      oldest.close().catch(() => {});
+    }
+    this.pools.set(key, pool);
+    return pool;
+  }
+
+  /** A DNS lookup for net.connect that refuses private, loopback and other blocked addresses. */
+  private policyLookup(): LookupFunction {
+    const lookupAll =
+      this.opts.lookupAll ??
+      ((hostname: string) =>
+        new Promise<{ address: string; family: number }[]>((resolve, reject) =>
+          dnsLookup(hostname, { all: true }, (err, addresses) => (err ? reject(err) : resolve(addresses))),
+        ));
+    return ((hostname: string, options: { all?: boolean }, callback: (...args: unknown[]) => void) => {
+      const literal = isIP(hostname);
+      const addresses = literal ? Promise.resolve([{ address: hostname, family: literal }]) : lookupAll(hostname);
+      addresses.then(
+        (all) => {
+          const allowAddress = this.opts.allowAddress ?? isAllowedFederationAddress;
+          const allowed = all.filter((a) => allowAddress(a.address));
+          if (allowed.length === 0) {
+            const err = Object.assign(new Error(`${hostname} resolves only to addresses federation may not reach`), {
+              code: "EPARLEYBLOCKED",
+            });
+            callback(err, options.all ? [] : undefined, undefined);
+          } else if (options.all) {
+            callback(null, allowed);
+          } else {
+            const first = allowed[0] as { address: string; family: number };
+            callback(null, first.address, first.family);
+          }
+        },
+        (err) => callback(err, options.all ? [] : undefined, undefined),
+      );
+    }) as unknown as LookupFunction;
+  }
+
+  private async send(
+    destination: string,
+    route: Route,
+    req: FederationRequest,
+    headers: Record<string, string>,
+    payload: string | undefined,
+  ): Promise<FederationResponse> {
+    const signal = req.signal
+      ? AbortSignal.any([req.signal, AbortSignal.timeout(this.opts.requestTimeoutMs)])
+      : AbortSignal.timeout(this.opts.requestTimeoutMs);
+    // net.connect skips the lookup for IP literals, so they are judged here.
+    const allowAddress = this.opts.allowAddress ?? isAllowedFederationAddress;
+    if (!route.trusted && isIP(route.target.host) && !allowAddress(route.target.host)) {
+      throw new FederationRequestError("blocked-address", destination, `${route.target.host} is an address federation may not reach`);
+    }
+    let response;
+    try {
+      response = await this.pool(route).request({
+        method: req.method,
+        path: req.path,
+        headers: { ...headers, host: route.hostHeader },
+        body: payload,
+        signal,
+      });
+    } catch (err) {
+      throw classify(destination, err);
+    }
+    let text: string;
+    try {
+      text = await response.body.text();
+    } catch (err) {
+      throw classify(destination, err);
+    }
+    let body: unknown;
+    if (text.trim() !== "") {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        throw new FederationRequestError("bad-response", destination, `answered ${response.statusCode} with a body that is not JSON`);
+      }
+    }
+    return { status: response.statusCode, headers: response.headers, body };
+  }
+}
+
+function classify(destination: string, err: unknown): FederationRequestError {
+  if (err instanceof FederationRequestError) return err;
+  const e = err as { code?: string; name?: string; message?: string; cause?: { code?: string } };
+  const code = e.code ?? e.cause?.code;
+  if (code === "EPARLEYBLOCKED") return new FederationRequestError("blocked-address", destination, e.message ?? "blocked address");
+  if (err instanceof undiciErrors.ResponseExceededMaxSizeError || code === "UND_ERR_RES_EXCEEDED_MAX_SIZE") {
+    return new FederationRequestError("too-large", destination, "the response is larger than allowed");
+  }
+  if (
+    err instanceof undiciErrors.HeadersTimeoutError ||
+    err instanceof undiciErrors.BodyTimeoutError ||
+    err instanceof undiciErrors.ConnectTimeoutError ||
+    e.name === "TimeoutError"
+  ) {
+    return new FederationRequestError("timeout", destination, "timed out");
+  }
+  return new FederationRequestError("unreachable", destination, e.message ?? String(err));
+}
