@@ -60,6 +60,63 @@ export const configKeys = {
     example: "matrix.example.org:443",
     doc: "The host[:port] that other servers should use to reach this one, published in /.well-known/matrix/server. Leave unset to publish nothing (peers then use the server name itself).",
   }),
+  federation_hosts: key({
+    env: "PARLEY_FEDERATION_HOSTS",
+    schema: z
+      .union([z.record(z.string(), z.string()), z.string()])
+      .transform((v, ctx) => {
+        const entries =
+          typeof v === "string"
+            ? v.split(",").map((s) => s.trim()).filter(Boolean).map((pair) => {
+                const eq = pair.indexOf("=");
+                return eq < 0 ? [pair, ""] : [pair.slice(0, eq).trim(), pair.slice(eq + 1).trim()];
+              })
+            : Object.entries(v);
+        const out: { name: string; host: string; port: number }[] = [];
+        for (const [name, address] of entries) {
+          const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(address ?? "");
+          if (!name || !m) {
+            ctx.addIssue({ code: "custom", message: `"${name}=${address}" is not name=host:port` });
+            return z.NEVER;
+          }
+          out.push({ name: name as string, host: (m[1] as string).replace(/^\[|\]$/g, ""), port: Number(m[2]) });
+        }
+        return out;
+      }),
+    default: {},
+    example: '{ "hs2.test": "127.0.0.1:8009" }',
+    doc: "Server names pinned to addresses (in the environment: `hs2.test=127.0.0.1:8009,hs3.test=127.0.0.1:8010`). Federation connects to a pinned name there, skipping discovery and the private-address check. For tests and private networks.",
+  }),
+  federation_insecure: key({
+    env: "PARLEY_FEDERATION_INSECURE",
+    schema: z
+      .union([z.array(z.string().min(1)), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
+    default: [],
+    example: '["hs2.test"]',
+    doc: "Servers reached over plain HTTP, without TLS (in the environment: comma-separated). `*` means every server and also lets federation reach loopback and private addresses: only for a closed test network. Logged loudly at start.",
+  }),
+  tls_port: key({
+    env: "PARLEY_TLS_PORT",
+    schema: int(0, 65535).optional(),
+    default: undefined,
+    example: "8448",
+    doc: "Also listen with TLS on this port (same APIs), with `tls_certificate` and `tls_private_key`, so a small deployment needs no reverse proxy. Leave unset behind a proxy that terminates TLS.",
+  }),
+  tls_certificate: key({
+    env: "PARLEY_TLS_CERTIFICATE",
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    example: "/etc/parley/fullchain.pem",
+    doc: "The PEM certificate chain for `tls_port`.",
+  }),
+  tls_private_key: key({
+    env: "PARLEY_TLS_PRIVATE_KEY",
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    example: "/etc/parley/privkey.pem",
+    doc: "The PEM private key for `tls_port`.",
+  }),
   data_dir: key({
     env: "PARLEY_DATA_DIR",
     schema: z.string().min(1),
@@ -79,6 +136,12 @@ export const configKeys = {
     schema: int(1, 1000),
     default: 10,
     doc: "Connections to keep open to PostgreSQL.",
+  }),
+  embedded_fsync: key({
+    env: "PARLEY_EMBEDDED_FSYNC",
+    schema: bool,
+    default: true,
+    doc: "Embedded database only: each commit reaches the disk (fsync) before the request is answered, so acknowledged events survive an OS crash or a power loss. Turning it off makes sends faster (figures in the README's note on durability) but a crash of the machine, not just of Parley, can then lose acknowledged events or corrupt the database.",
   }),
   registration: key({
     env: "PARLEY_REGISTRATION",
@@ -182,30 +245,6 @@ export const configKeys = {
     default: 1000,
     doc: "The most filters one user may store. Uploading a filter identical to one already stored returns its ID and stores nothing, so clients that upload their filter on every start stay far below it.",
   }),
-  log_level: key({
-    env: "PARLEY_LOG_LEVEL",
-    schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
-    default: "info",
-    doc: "How much to log (JSON lines on standard output).",
-  }),
-  max_request_bytes: key({
-    env: "PARLEY_MAX_REQUEST_BYTES",
-    schema: int(1024, 1 << 30),
-    default: 8 * 1024 * 1024,
-    doc: "The largest request body accepted for JSON endpoints, in bytes; larger ones get 413 M_TOO_LARGE.",
-  }),
-  request_timeout_ms: key({
-    env: "PARLEY_REQUEST_TIMEOUT_MS",
-    schema: int(1000, 3_600_000),
-    default: 120_000,
-    doc: "How long a client may take to send a whole request, headers and body (the headers alone: at most 20 s); slower ones get 408. Waiting for the answer, as a /sync long-poll does, does not count.",
-  }),
-  shutdown_grace_ms: key({
-    env: "PARLEY_SHUTDOWN_GRACE_MS",
-    schema: int(0, 600_000),
-    default: 10_000,
-    doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish before connections are closed.",
-  }),
   max_long_polls: key({
     env: "PARLEY_MAX_LONG_POLLS",
     schema: int(1, 10_000_000),
@@ -229,6 +268,30 @@ export const configKeys = {
     schema: int(1, 10_000_000),
     default: 50,
     doc: "The most requests (long-polls aside) one user has in flight at once, so one account cannot take the whole of `max_in_flight_requests`.",
+  }),
+  log_level: key({
+    env: "PARLEY_LOG_LEVEL",
+    schema: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+    default: "info",
+    doc: "How much to log (JSON lines on standard output).",
+  }),
+  max_request_bytes: key({
+    env: "PARLEY_MAX_REQUEST_BYTES",
+    schema: int(1024, 1 << 30),
+    default: 8 * 1024 * 1024,
+    doc: "The largest request body accepted for JSON endpoints, in bytes; larger ones get 413 M_TOO_LARGE.",
+  }),
+  request_timeout_ms: key({
+    env: "PARLEY_REQUEST_TIMEOUT_MS",
+    schema: int(1000, 3_600_000),
+    default: 120_000,
+    doc: "How long a client may take to send a whole request, headers and body (the headers alone: at most 20 s); slower ones get 408. Waiting for the answer, as a /sync long-poll does, does not count.",
+  }),
+  shutdown_grace_ms: key({
+    env: "PARLEY_SHUTDOWN_GRACE_MS",
+    schema: int(0, 600_000),
+    default: 10_000,
+    doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish before connections are closed.",
   }),
 } as const;
 
