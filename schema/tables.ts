@@ -6,3 +6,4 @@ export * from "./tables/userdata.ts";
 export * from "./tables/e2ee.ts";
 export * from "./tables/rooms.ts";
 export * from "./tables/sync.ts";
+export * from "./tables/federation.ts";
