@@ -149,6 +149,42 @@ describe("to-device mailbox limits", () => {
     expect(senders(await sync(hs.url, bob!, { since: second.next_batch }))).toEqual(Array(STRANGER).fill(eve!.userId));
   });
 
+  it("counts exactly under concurrent sends to several devices while the recipient syncs", async () => {
+    const [bob, alice, carol] = await newUsers(3);
+    await shareRoom(alice!, bob!, carol!);
+    const login = await loginUser(hs.url, bob!.userId, bob!.password);
+    const bob2: TestUser = { ...bob!, accessToken: login.json.access_token, deviceId: login.json.device_id };
+    await sendAccepted(bob2, bob!, 2, "m.secret.request");
+    const first = await sync(hs.url, bob!);
+    expect(senders(first)).toHaveLength(2);
+
+    // Two senders race to both of bob's devices (opposite orders in their bodies) while bob's
+    // first device acknowledges what it had: each is held to its share, nothing deadlocks.
+    const toBoth = (from: TestUser, i: number, reversed: boolean) => {
+      const devices = [bob!.deviceId, bob2.deviceId];
+      if (reversed) devices.reverse();
+      return request(hs.url, "PUT", `/_matrix/client/v3/sendToDevice/m.room.encrypted/race${++txn}`, {
+        token: from.accessToken,
+        body: { messages: { [bob!.userId]: Object.fromEntries(devices.map((d) => [d, { i }])) } },
+      });
+    };
+    const sends = Array.from({ length: 2 * PER_SENDER }, (_, i) => [toBoth(alice!, i, false), toBoth(carol!, i, true)]).flat();
+    const syncs = Array.from({ length: 3 }, () => sync(hs.url, bob!, { since: first.next_batch }));
+    const statuses = (await Promise.all(sends)).map((r) => r.status);
+    await Promise.all(syncs);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(2 * PER_SENDER);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(2 * PER_SENDER);
+
+    for (const device of [bob!, bob2]) {
+      const got = await hs.services.e2ee.toDevice.fetchToDevice(device.userId, device.deviceId, 0, 100);
+      expect(got.events.filter((e) => e.sender === alice!.userId)).toHaveLength(PER_SENDER);
+      expect(got.events.filter((e) => e.sender === carol!.userId)).toHaveLength(PER_SENDER);
+      expect(got.events).toHaveLength(2 * PER_SENDER);
+    }
+    // What was acknowledged meanwhile left the counts too: bob's other device has its share back.
+    await sendAccepted(bob2, bob!, PER_SENDER, "m.secret.request");
+  });
+
   it("treats a room-mate who left as a stranger", async () => {
     const [bob, alice] = await newUsers(2);
     const roomId = await shareRoom(alice!, bob!);
