@@ -580,8 +580,13 @@ export class EventPersister {
       }
       return;
     }
-    for (const { job } of open) job.reject(asError(err));
-    this.logger.error({ err, rooms: batch.map((r) => r.roomId) }, "persisting events failed");
+    // A job alone that the database refuses as too large (a btree index entry holds about 2,700
+    // bytes, and some IDs in content are indexed): the client's request, not our fault.
+    const tooLarge = !shared && !maybeCommitted && sqlStateOf(err) === "54000";
+    for (const { job } of open) {
+      job.reject(tooLarge ? new MatrixError(413, "M_TOO_LARGE", "The event holds a value too large to store") : asError(err));
+    }
+    if (!tooLarge) this.logger.error({ err, rooms: batch.map((r) => r.roomId) }, "persisting events failed");
   }
 
   /** Puts jobs back at the head of their room's queue (the room is busy: pump makes it ready). */
@@ -1222,11 +1227,17 @@ function isDatabaseError(err: unknown): boolean {
  * connection or a shutdown, after which a COMMIT already sent may or may not have happened).
  */
 function refusedByDatabase(err: unknown): boolean {
+  const code = sqlStateOf(err);
+  return code !== undefined && !/^(08|57P)/.test(code);
+}
+
+/** The SQLSTATE of a database error, through drizzle's wrapping. */
+function sqlStateOf(err: unknown): string | undefined {
   for (let e = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return !/^(08|57P)/.test(code);
+    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return code;
   }
-  return false;
+  return undefined;
 }
 
 /** The relations an event's content declares (`m.relates_to`), plus `m.in_reply_to` for replies. */

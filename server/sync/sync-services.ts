@@ -84,8 +84,14 @@ export function createSyncServices(options: {
       .filter((e) => e.type === "m.room.member" && e.stateKey !== undefined && serverNameOf(e.stateKey) === serverName)
       .map((e) => e.stateKey!);
     const orderings = events.map((e) => e.streamOrdering);
-    // In memory before anyone wakes: the woken long-polls want exactly these.
-    sync.committed(events);
+    // In memory before anyone wakes: the woken long-polls want exactly these. Should that fail, the
+    // rooms' events in memory are dropped (read from the database instead) and the waiters still wake.
+    try {
+      sync.committed(events);
+    } catch (err) {
+      logger.error({ err }, "could not keep committed events in memory");
+      sync.committed(events.map((e) => ({ ...e, stored: undefined })));
+    }
     notifier.publish({
       stream: "events",
       position: Math.max(...orderings),
