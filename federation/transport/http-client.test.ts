@@ -207,6 +207,19 @@ describe.skipIf(!hasOpenssl)("federation HTTP client over TLS", () => {
     expect((selfSigned as FederationRequestError).failure).toBe("unreachable");
   });
 
+  it("reaches a name marked insecure over TLS without checking its certificate", async () => {
+    const c = new FederationHttpClient({
+      serverName: "o.test",
+      signingKey: key,
+      resolve: noDiscovery,
+      pinnedHosts: new Map([["anything.test", { host: "127.0.0.1", port: tlsPort }]]),
+      insecure: new Set(["anything.test"]),
+    });
+    const res = await c.request("anything.test", { method: "GET", path: "/" });
+    await c.close();
+    expect(res.body).toEqual({ host: "anything.test" });
+  });
+
   it("connects to an SRV target but checks the certificate and SNI against the delegated name", async () => {
     const viaSrv = (tlsName: string) =>
       new FederationHttpClient({

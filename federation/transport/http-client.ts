@@ -1,5 +1,6 @@
 // Outbound federation HTTP: where to connect (discovery, or the operator's pins), how (HTTPS with
-// certificate checks, or plain HTTP for the servers named insecure), and what we refuse (private
+// certificate checks; for the servers named insecure, TLS without the checks or, when the peer does
+// not speak TLS at all, plain HTTP), and what we refuse (private
 // addresses after DNS, slow or oversized answers). Requests to peers are signed with X-Matrix.
 //
 // Connections are pooled per connect target with keep-alive (undici). The certificate is checked
@@ -22,7 +23,10 @@ export interface FederationHttpOptions {
   resolve(serverName: string): Promise<ResolvedServer>;
   /** `federation_hosts`: server names the operator pinned to an address (host:port). */
   pinnedHosts?: ReadonlyMap<string, ConnectTarget>;
-  /** `federation_insecure`: names reached with plain HTTP, or "*" for all (a closed test network). */
+  /**
+   * `federation_insecure`: names reached without certificate checks, over plain HTTP when they do
+   * not speak TLS; "*" for every name (a closed test network), which also lifts the address policy.
+   */
   insecure?: ReadonlySet<string> | "*";
   connectTimeoutMs?: number;
   /** Time to the response headers. */
@@ -85,13 +89,16 @@ interface Route {
   target: ConnectTarget;
   hostHeader: string;
   tlsName: string;
-  secure: boolean;
+  /** Check the peer's certificate (false only for names marked insecure). */
+  verify: boolean;
   /** Pinned or insecure-for-all: the operator chose the address, the policy does not apply. */
   trusted: boolean;
 }
 
 export class FederationHttpClient {
   private readonly pools = new Map<string, Pool>();
+  /** Targets of insecure names found to speak plain HTTP. */
+  private readonly plainHttpTargets = new Set<string>();
   private readonly opts: FederationHttpOptions & typeof DEFAULTS;
   private closed = false;
 
@@ -138,23 +145,23 @@ export class FederationHttpClient {
     const insecure = this.opts.insecure === "*" || this.opts.insecure?.has(destination) === true;
     const pinned = this.opts.pinnedHosts?.get(destination);
     if (pinned) {
-      return [{ target: pinned, hostHeader: destination, tlsName: parsed.host, secure: !insecure, trusted: true }];
+      return [{ target: pinned, hostHeader: destination, tlsName: parsed.host, verify: !insecure, trusted: true }];
     }
     const resolved = await this.opts.resolve(destination);
     return resolved.targets.map((target) => ({
       target,
       hostHeader: resolved.hostHeader,
       tlsName: resolved.tlsName,
-      secure: !insecure,
+      verify: !insecure,
       trusted: this.opts.insecure === "*",
     }));
   }
 
-  private pool(route: Route): Pool {
+  private pool(route: Route, scheme: "https" | "http"): Pool {
     const { target } = route;
     const hostForUrl = isIP(target.host) === 6 ? `[${target.host}]` : target.host;
-    const origin = `${route.secure ? "https" : "http"}://${hostForUrl}:${target.port}`;
-    const key = `${origin}|${route.tlsName}|${route.trusted ? "trusted" : "checked"}`;
+    const origin = `${scheme}://${hostForUrl}:${target.port}`;
+    const key = `${origin}|${route.tlsName}|${route.verify ? "verify" : "noverify"}|${route.trusted ? "trusted" : "checked"}`;
     let pool = this.pools.get(key);
     if (pool) {
       // Most recently used last, so the first entry is the one to evict.
@@ -173,10 +180,10 @@ export class FederationHttpClient {
         ...(route.trusted ? {} : { lookup: this.policyLookup() }),
         // Node checks the certificate against `servername` (else the host connected to), so this is
         // also what makes an SRV target prove it serves the delegated name.
-        ...(route.secure
+        ...(scheme === "https"
           ? {
               servername: isIP(route.tlsName) ? undefined : route.tlsName,
-              rejectUnauthorized: true,
+              rejectUnauthorized: route.verify,
               ...(this.opts.tlsCa ? { ca: this.opts.tlsCa } : {}),
             }
           : {}),
@@ -238,17 +245,29 @@ export class FederationHttpClient {
     if (!route.trusted && isIP(route.target.host) && !allowAddress(route.target.host)) {
       throw new FederationRequestError("blocked-address", destination, `${route.target.host} is an address federation may not reach`);
     }
+    const targetKey = `${route.target.host}|${route.target.port}`;
+    let scheme = route.verify ? "https" : (this.plainHttpTargets.has(targetKey) ? "http" : "https");
     let response;
-    try {
-      response = await this.pool(route).request({
-        method: req.method,
-        path: req.path,
-        headers: { ...headers, host: route.hostHeader },
-        body: payload,
-        signal,
-      });
-    } catch (err) {
-      throw classify(destination, err);
+    for (;;) {
+      try {
+        response = await this.pool(route, scheme as "https" | "http").request({
+          method: req.method,
+          path: req.path,
+          headers: { ...headers, host: route.hostHeader },
+          body: payload,
+          signal,
+        });
+        break;
+      } catch (err) {
+        // A peer marked insecure that answered our TLS hello in plain HTTP: speak plain HTTP to it.
+        if (!route.verify && scheme === "https" && speaksPlainHttp(err)) {
+          scheme = "http";
+          this.plainHttpTargets.add(targetKey);
+          if (this.plainHttpTargets.size > POOL_LIMIT) this.plainHttpTargets.delete(this.plainHttpTargets.values().next().value as string);
+          continue;
+        }
+        throw classify(destination, err);
+      }
     }
     let text: string;
     try {
@@ -266,6 +285,15 @@ export class FederationHttpClient {
     }
     return { status: response.statusCode, headers: response.headers, body };
   }
+}
+
+/** OpenSSL's complaint when the other side answers a TLS hello with something that is not TLS. */
+function speaksPlainHttp(err: unknown): boolean {
+  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 4; e = e.cause as typeof e, i++) {
+    if (e.code === "ERR_SSL_WRONG_VERSION_NUMBER" || e.code === "ERR_SSL_PACKET_LENGTH_TOO_LONG" || e.code === "ERR_SSL_HTTP_REQUEST") return true;
+    if (typeof e.message === "string" && /wrong version number|packet length too long|http request/i.test(e.message)) return true;
+  }
+  return false;
 }
 
 function classify(destination: string, err: unknown): FederationRequestError {
