@@ -21,7 +21,8 @@ CREATE TABLE "federation_outbox" (
 	"destination" text NOT NULL,
 	"kind" text NOT NULL,
 	"payload" text NOT NULL,
-	"created_ts" bigint NOT NULL
+	"created_ts" bigint NOT NULL,
+	"txn_id" text
 );
 --> statement-breakpoint
 CREATE TABLE "own_old_verify_keys" (

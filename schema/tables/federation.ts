@@ -34,9 +34,10 @@ export const ownOldVerifyKeys = pgTable("own_old_verify_keys", {
 
 /**
  * The outbound queue: PDUs and persistent EDUs waiting for one destination, in `id` order. A
- * transaction takes the oldest rows; its ID is derived from them, so a retry after a crash sends
- * the same transaction ID and the receiver's idempotency makes delivery exactly-once. Rows are
- * deleted once the destination acknowledged them.
+ * transaction claims the oldest unclaimed rows by writing its ID into them before it is sent, so a
+ * retry (after a failure, a crash or a handover to another process) sends exactly the same rows
+ * under the same transaction ID, and the receiver's idempotency makes delivery exactly-once. Rows
+ * are deleted once the destination acknowledged them.
  */
 export const federationOutbox = pgTable(
   "federation_outbox",
@@ -48,6 +49,8 @@ export const federationOutbox = pgTable(
     /** The PDU or EDU as JSON. */
     payload: text("payload").notNull(),
     createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+    /** The transaction that carries this row, once one has claimed it. */
+    txnId: text("txn_id"),
   },
   (t) => [index("federation_outbox_destination_idx").on(t.destination, t.id)],
 );
