@@ -114,6 +114,16 @@ describe("prototype pollution", () => {
     expect(got.text).toContain('"b":{"constructor":{"prototype":1}}');
   });
 
+  it("stores account data with a `__proto__` key exactly as sent", async () => {
+    const path = `/_matrix/client/v3/user/${encodeURIComponent("@mallory:test.local")}/account_data/__proto__`;
+    const put = await request(hs.url, "PUT", path, { token, raw: '{"__proto__":{"a":1},"constructor":2}' });
+    expect(put.status).toBe(200);
+    const got = await request(hs.url, "GET", path, { token });
+    await expectUnharmed();
+    expect(got.status).toBe(200);
+    expect(got.text).toBe('{"__proto__":{"a":1},"constructor":2}');
+  });
+
   for (const type of ["__proto__", "constructor", "toString", "hasOwnProperty", "valueOf"]) {
     it(`signs and stores an event of type ${type} (redaction keeps no content keys for it)`, async () => {
       const room = encodeURIComponent(roomId);

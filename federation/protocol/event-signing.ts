@@ -2,6 +2,7 @@
 // https://spec.matrix.org/latest/server-server-api/#signing-events
 // https://spec.matrix.org/latest/server-server-api/#checks-performed-on-receipt-of-a-pdu (steps 1–3)
 
+import { own } from "./dictionary.ts";
 import { computeContentHash, checkContentHash, computeEventId } from "./event-hashes.ts";
 import { encodeUnpaddedBase64 } from "./base64.ts";
 import { serverNameOf } from "./identifiers.ts";
@@ -70,8 +71,8 @@ export function verifyEventSignatures(roomVersion: string | RoomVersionRules, pd
   const redacted = redactEvent(roomVersion, pdu);
   const signatures = pdu.signatures ?? {};
   for (const server of serversThatMustSign(roomVersion, pdu)) {
-    const byServer = signatures[server];
-    if (!byServer) return { ok: false, reason: `no signature from ${server}` };
+    const byServer = own(signatures, server) as Record<string, string> | undefined;
+    if (typeof byServer !== "object" || byServer === null) return { ok: false, reason: `no signature from ${server}` };
     let checked = 0;
     for (const keyId of Object.keys(byServer)) {
       if (!keyId.startsWith("ed25519:")) continue;

@@ -9,6 +9,7 @@
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
 import { CanonicalJsonError, canonicalJsonBytes } from "./canonical-json.ts";
 import { Base64Error, decodeBase64, encodeUnpaddedBase64, encodeUnpaddedBase64Url } from "./base64.ts";
+import { own } from "./dictionary.ts";
 
 export interface SigningKey {
   /** The signing key identifier: algorithm and key identifier, e.g. "ed25519:abc". */
@@ -97,7 +98,8 @@ function signedPart(obj: object): Record<string, unknown> {
 export function signJson<T extends object>(obj: T, entityName: string, key: SigningKey): T & { signatures: Signatures } {
   const signature = encodeUnpaddedBase64(signEd25519(key, canonicalJsonBytes(signedPart(obj))));
   const existing = ((obj as { signatures?: unknown }).signatures ?? {}) as Signatures;
-  const signatures: Signatures = { ...existing, [entityName]: { ...(existing[entityName] ?? {}), [key.keyId]: signature } };
+  const mine = own(existing, entityName);
+  const signatures: Signatures = { ...existing, [entityName]: { ...(typeof mine === "object" ? mine : {}), [key.keyId]: signature } };
   return { ...obj, signatures };
 }
 
@@ -109,9 +111,10 @@ export function signJson<T extends object>(obj: T, entityName: string, key: Sign
 export function verifyJsonSignature(obj: object, entityName: string, keyId: string, publicKey: Uint8Array): boolean {
   const signatures = (obj as { signatures?: unknown }).signatures;
   if (typeof signatures !== "object" || signatures === null) return false;
-  const byEntity = (signatures as Record<string, unknown>)[entityName];
+  // Own properties only: a server named `toString` (a valid host name) has no signatures inherited.
+  const byEntity = own(signatures, entityName);
   if (typeof byEntity !== "object" || byEntity === null) return false;
-  const encoded = (byEntity as Record<string, unknown>)[keyId];
+  const encoded = own(byEntity, keyId);
   if (typeof encoded !== "string") return false;
   let signature: Uint8Array;
   let message: Uint8Array;

@@ -6,10 +6,10 @@
 // Who may read: a joined member reads the current state and the whole timeline; a former member
 // reads up to the event that made them leave (and the state at it); anyone reads a world_readable
 // room. Each event is then filtered by history visibility (visibility.ts).
-import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
 import { stateMapKey } from "../../federation/protocol/room-state.ts";
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { MatrixError, forbidden, notFound } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
 import { EVENT_COLUMNS, type ClientEvent, type EventStore, type StoredEvent, visibleContent } from "./event-store.ts";

@@ -9,6 +9,7 @@
 // rooms) and computes again from the bound it just covered.
 import type { Logger } from "pino";
 import type { Database } from "../../schema/db.ts";
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { type StateMap, splitStateMapKey } from "../../federation/protocol/room-state.ts";
 import type { E2ee } from "../e2ee/e2ee.ts";
 import type { Presence, PresenceEvent, PresenceState } from "../ephemeral/presence.ts";
@@ -405,7 +406,8 @@ export class Sync {
       for (const [r, c] of [...changed, ...all]) receipts.set(r, c);
     }
 
-    const joinResponses: Record<string, JoinedRoomResponse> = {};
+    // Keyed by room IDs and thread roots (an event ID any sender may write in m.relates_to): no prototypes.
+    const joinResponses = dictionary<JoinedRoomResponse>();
     const joinedResults = await Promise.all(
       joined.map((m) => this.joinedRoom(pass, m, changedSince(m), {
         typing: typing.get(m.roomId),
@@ -423,7 +425,7 @@ export class Sync {
       const counts = unread?.get(r.roomId);
       if (threadCounts) {
         r.response.unread_notifications = copy(counts?.threads.get("main"));
-        const threads: JoinedRoomResponse["unread_thread_notifications"] = {};
+        const threads: JoinedRoomResponse["unread_thread_notifications"] = dictionary();
         for (const [thread, c] of counts?.threads ?? []) if (thread !== "main" && c.notification_count > 0) threads[thread] = copy(c);
         if (Object.keys(threads).length) r.response.unread_thread_notifications = threads;
       } else {
@@ -433,8 +435,8 @@ export class Sync {
     }
 
     // Invites and knocks: the stripped state of the room and the membership event itself.
-    const inviteResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["invite"]> = {};
-    const knockResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["knock"]> = {};
+    const inviteResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["invite"]> = dictionary();
+    const knockResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["knock"]> = dictionary();
     for (const m of memberships) {
       if ((m.membership !== "invite" && m.membership !== "knock") || !changedSince(m)) continue;
       const events = await this.d.reads.inviteState(m.roomId, m.eventId);
@@ -442,7 +444,7 @@ export class Sync {
       else knockResponses[m.roomId] = { knock_state: { events } };
     }
 
-    const leaveResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["leave"]> = {};
+    const leaveResponses: NonNullable<NonNullable<SyncResponse["rooms"]>["leave"]> = dictionary();
     for (const m of memberships) {
       if (m.membership !== "leave" && m.membership !== "ban") continue;
       if (pass.initial || pass.fullState ? filter.room?.include_leave !== true : !changedSince(m)) continue;

@@ -4,6 +4,7 @@
 import { z } from "zod";
 import { MatrixError, notFound } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
+import { jsonObject } from "../../http/safe-json.ts";
 import { PUSH_RULES_TYPE } from "../../userdata/userdata.ts";
 import { requireOwnUser } from "./ownership.ts";
 
@@ -27,7 +28,8 @@ export const setAccountData = route({
   method: "PUT",
   path: "/_matrix/client/v3/user/:userId/account_data/:type",
   auth: "user",
-  body: z.record(z.string(), z.unknown()),
+  // Stored and served exactly as sent (a `__proto__` key included).
+  body: jsonObject,
   async handler({ params, requester, body }, services) {
     requireOwnUser(requester, params.userId!, "add account data");
     const type = params.type!;

@@ -5,13 +5,15 @@
 import { z } from "zod";
 import { missingParam, notFound } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
+import { jsonObject } from "../../http/safe-json.ts";
 
-const authData = z.record(z.string(), z.unknown());
+// Opaque to the server (signed and encrypted by clients): kept exactly as parsed.
+const authData = jsonObject;
 const keyBackupData = z.object({
   first_message_index: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   forwarded_count: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   is_verified: z.boolean(),
-  session_data: z.record(z.string(), z.unknown()),
+  session_data: jsonObject,
 });
 const sessions = z.record(z.string(), keyBackupData);
 const roomKeyBackup = z.object({ sessions });

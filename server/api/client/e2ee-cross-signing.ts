@@ -4,9 +4,11 @@
 // https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keyssignaturesupload
 import { z } from "zod";
 import { route } from "../../http/route.ts";
+import { jsonObject } from "../../http/safe-json.ts";
 
-// Key objects are kept whole: their every field is signed.
-const keyObject = z.record(z.string(), z.unknown());
+// Key objects are kept whole, exactly as parsed: their every field is signed (z.record would drop a
+// `__proto__` key and break the signature).
+const keyObject = jsonObject;
 
 export const uploadCrossSigningKeys = route({
   method: "POST",

@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { MatrixError, notFound } from "../../../http/errors.ts";
 import { route } from "../../../http/route.ts";
+import { jsonObject } from "../../../http/safe-json.ts";
 import { PUSH_RULES_TYPE } from "../../../userdata/userdata.ts";
 import { requireOwnUser } from "../ownership.ts";
 
@@ -30,7 +31,8 @@ export const setRoomAccountData = route({
   method: "PUT",
   path: "/_matrix/client/v3/user/:userId/rooms/:roomId/account_data/:type",
   auth: "user",
-  body: z.record(z.string(), z.unknown()),
+  // Stored and served exactly as sent (a `__proto__` key included).
+  body: jsonObject,
   async handler({ params, requester, body }, services) {
     requireOwnUser(requester, params.userId!, "add account data");
     checkRoomId(params.roomId!);
