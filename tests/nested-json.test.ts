@@ -52,11 +52,14 @@ describe("deeply nested JSON", () => {
     expect(tooDeep.json.errcode).toBe("M_BAD_JSON");
   });
 
-  it("refuses a /sync filter nested too deep with 400 M_BAD_JSON", async () => {
+  it("refuses /sync and /messages filters nested too deep with 400 M_BAD_JSON", async () => {
     // As deep as a URL allows (Node refuses request heads over 16 KB).
     const filter = `{"room":{"timeline":{"x":${nested(2000)}}}}`;
     const res = await request(hs.url, "GET", `/_matrix/client/v3/sync?timeout=0&filter=${encodeURIComponent(filter)}`, { token });
     expect(res.status).toBe(400);
     expect(res.json.errcode).toBe("M_BAD_JSON");
+    const messages = await request(hs.url, "GET", `/_matrix/client/v3/rooms/${room}/messages?dir=b&filter=${encodeURIComponent(`{"x":${nested(2000)}}`)}`, { token });
+    expect(messages.status).toBe(400);
+    expect(messages.json.errcode).toBe("M_BAD_JSON");
   });
 });

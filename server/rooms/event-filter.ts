@@ -2,6 +2,7 @@
 // https://spec.matrix.org/latest/client-server-api/#filtering (data/api/client-server/definitions/room_event_filter.yaml)
 import { z } from "zod";
 import { MatrixError } from "../http/errors.ts";
+import { parseJsonFromOthers } from "../http/safe-json.ts";
 
 export interface RoomEventFilter {
   limit?: number;
@@ -30,20 +31,45 @@ export function parseRoomEventFilter(text: string | undefined): RoomEventFilter 
   if (text === undefined || text === "") return {};
   let value: unknown;
   try {
-    value = JSON.parse(text);
-  } catch {
-    throw new MatrixError(400, "M_INVALID_PARAM", "filter is not valid JSON");
+    // The same reader as request bodies: nesting past the limit is 400 M_BAD_JSON.
+    value = parseJsonFromOthers(text, { what: "filter" });
+  } catch (err) {
+    if (err instanceof MatrixError && err.errcode === "M_NOT_JSON") throw new MatrixError(400, "M_INVALID_PARAM", "filter is not valid JSON");
+    throw err;
   }
   const parsed = filterSchema.safeParse(value);
   if (!parsed.success) throw new MatrixError(400, "M_INVALID_PARAM", `filter: ${parsed.error.issues[0]?.message ?? "invalid"}`);
   return parsed.data as RoomEventFilter;
 }
 
-/** `*` matches any run of characters in type filters ("m.room.*"). */
-function typeMatches(pattern: string, type: string): boolean {
+/**
+ * `*` matches any run of characters in type filters ("m.room.*"); nothing else is special. Matched
+ * greedily, letting the last star take one more character on a mismatch: at most pattern length ×
+ * type length steps. (A JS RegExp backtracks: `*a*a*a…b` against a long type once held the event loop
+ * for longer than we waited, from one request's filter.)
+ */
+export function typeMatches(pattern: string, type: string): boolean {
   if (!pattern.includes("*")) return pattern === type;
-  const re = new RegExp(`^${pattern.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`);
-  return re.test(type);
+  let p = 0;
+  let t = 0;
+  let star = -1;
+  let mark = 0;
+  while (t < type.length) {
+    if (p < pattern.length && pattern[p] === "*") {
+      star = p++;
+      mark = t;
+    } else if (p < pattern.length && pattern[p] === type[t]) {
+      p++;
+      t++;
+    } else if (star >= 0) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.length && pattern[p] === "*") p++;
+  return p === pattern.length;
 }
 
 export function matchesFilter(filter: RoomEventFilter, event: { type: string; sender: string; content: Record<string, unknown> }): boolean {

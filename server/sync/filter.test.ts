@@ -58,3 +58,24 @@ describe("sync tokens", () => {
     }
   });
 });
+
+describe("type patterns", () => {
+  it("match `*` as any run of characters, and nothing else as special", () => {
+    const passes = (types: string[], type: string) => passesFilter({ types }, { type, sender: "@a:x", content: {} } as never);
+    expect(passes(["m.room.*"], "m.room.message")).toBe(true);
+    expect(passes(["m.*.message"], "m.room.message")).toBe(true);
+    expect(passes(["*"], "")).toBe(true);
+    expect(passes(["m.room.*"], "m.roomy")).toBe(false);
+    expect(passes(["m.room.?"], "m.room.x")).toBe(false);
+    expect(passes(["m.room.?"], "m.room.?")).toBe(true);
+    expect(passes(["a*b*c"], "abxbxc")).toBe(true);
+    expect(passes(["a*b*c"], "abxbx")).toBe(false);
+  });
+
+  it("take linear time on patterns that make a backtracking regex take seconds", () => {
+    const started = performance.now();
+    const passes = passesFilter({ types: ["*a".repeat(25) + "b"] }, { type: "a".repeat(5000), sender: "@a:x", content: {} } as never);
+    expect(passes).toBe(false);
+    expect(performance.now() - started).toBeLessThan(1000);
+  });
+});

@@ -6,6 +6,9 @@
 // (a newer client may know them). Matching is pure: no I/O.
 import { z } from "zod";
 import { dictionary, dictionaryOf, own } from "../../federation/protocol/dictionary.ts";
+// `types`/`not_types` entries may end in (or contain) `*`, matching any run of characters.
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3useruseridfilter
+import { typeMatches } from "../rooms/event-filter.ts";
 
 const strings = z.array(z.string()).optional();
 export const eventFilterSchema = z.looseObject({
@@ -56,19 +59,6 @@ export interface Filterable {
   sender?: string;
   room_id?: string;
   content?: unknown;
-}
-
-/**
- * `types`/`not_types` entries may end in (or contain) `*`, matching any run of characters.
- * https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3useruseridfilter
- */
-function typeMatches(pattern: string, type: string): boolean {
-  if (!pattern.includes("*")) return pattern === type;
-  const source = pattern
-    .split("*")
-    .map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"))
-    .join(".*");
-  return new RegExp(`^${source}$`).test(type);
 }
 
 /** Whether `item` passes an event filter (and a room event filter's room and URL conditions). */
