@@ -131,7 +131,7 @@ export class ToDevice {
       );
     }
 
-    const rows: Omit<typeof schema.toDeviceMessages.$inferInsert, "streamId">[] = [];
+    const rows: MessageRow[] = [];
     for (const [userId, byDevice] of Object.entries(messages)) {
       const entries = Object.entries(byDevice);
       if (entries.length === 0) continue;
@@ -153,17 +153,57 @@ export class ToDevice {
     // One lock order for every sender, so two multi-device sends cannot deadlock on the counters.
     rows.sort((a, b) => (a.userId === b.userId ? cmp(a.deviceId, b.deviceId) : cmp(a.userId, b.userId)));
 
-    // Who counts as a room member of each recipient: those sharing a room with the sender, and the
-    // sender themself (their other devices). Read before the transaction: a membership that
-    // changes meanwhile could as well have changed just before.
-    const others = [...new Set(rows.map((r) => r.userId))].filter((u) => u !== sender);
-    const sharing = others.length > 0 ? await this.roomSharing(sender, others) : new Set<string>();
-    const members = [sender, ...others.filter((u) => sharing.has(u))];
+    // First as if every other recipient were a stranger: what passes the strictest caps passes the
+    // true ones, and nearly every send does, so it costs no question to the rooms component. Only
+    // a target those caps refuse makes it ask who shares a room with the sender (a stranger's
+    // refusal is then final), and the send is tried again with the room members' caps.
+    // The sender themself is never a stranger: their other devices share secrets and verify.
+    let members: readonly string[] = [sender];
+    let asked = false;
+    let stored: number;
+    for (;;) {
+      try {
+        stored = await this.store(sender, senderDevice, txnId, eventType, rows, members);
+        break;
+      } catch (err) {
+        if (!(err instanceof CapReached)) throw err;
+        // Room members' caps differ from strangers' for their own share, and for the mailbox
+        // only with key-sharing messages.
+        const looser = err.cap === "sender" || isKeySharing(eventType);
+        if (looser && !asked && !members.includes(err.target.userId)) {
+          asked = true;
+          const others = [...new Set(rows.map((r) => r.userId))].filter((u) => u !== sender);
+          const sharing = await this.roomSharing(sender, others);
+          members = [sender, ...others.filter((u) => sharing.has(u))];
+          if (members.includes(err.target.userId)) continue;
+        }
+        throw this.refusal(err, members.includes(err.target.userId), eventType);
+      }
+    }
+    if (stored) {
+      const targets = rows.map((r) => ({ userId: r.userId, deviceId: r.deviceId }));
+      for (const listener of this.listeners) listener(targets, stored);
+    }
+  }
+
+  /**
+   * Stores one send in one transaction, the counters of `members`' mailboxes held to room members'
+   * caps and the others' to strangers'; answers the last stream position taken (0 when nothing was
+   * stored: a repeated txnId). Throws `CapReached`, the transaction rolled back, when a target's
+   * counter would pass its cap.
+   */
+  private async store(
+    sender: string,
+    senderDevice: string,
+    txnId: string,
+    eventType: string,
+    rows: readonly MessageRow[],
+    members: readonly string[],
+  ): Promise<number> {
     const { mailbox, perSender } = this.limits;
     const stranger = Math.min(this.limits.stranger, perSender);
-    const mailboxCap = isKeySharing(eventType) ? KEY_SHARING_CEILING * mailbox : mailbox;
-
-    const stored = await this.db.transaction(async (tx) => {
+    const ceiling = isKeySharing(eventType) ? KEY_SHARING_CEILING * mailbox : mailbox;
+    return this.db.transaction(async (tx) => {
       const txn = schema.toDeviceTxns;
       const fresh = await tx
         .insert(txn)
@@ -178,8 +218,8 @@ export class ToDevice {
       // takes them in that order too, so the two cannot deadlock.
       const m = schema.toDeviceMailboxes;
       // Room members' key-sharing messages may go past the mailbox limit, strangers' never.
-      const mailboxCapOf =
-        mailboxCap === mailbox ? sql`${mailbox}` : sql`(case when ${inArray(m.userId, members)} then ${mailboxCap}::integer else ${mailbox}::integer end)`;
+      const mailboxCap =
+        ceiling === mailbox ? sql`${mailbox}` : sql`(case when ${inArray(m.userId, [...members])} then ${ceiling}::integer else ${mailbox}::integer end)`;
       for (let i = 0; i < rows.length; i += CHUNK) {
         const chunk = rows.slice(i, i + CHUNK);
         const counted = await tx
@@ -188,17 +228,14 @@ export class ToDevice {
           .onConflictDoUpdate({
             target: [m.userId, m.deviceId],
             set: { pending: sql`${m.pending} + 1` },
-            setWhere: sql`${m.pending} < ${mailboxCapOf}`,
+            setWhere: sql`${m.pending} < ${mailboxCap}`,
           })
           .returning({ userId: m.userId, deviceId: m.deviceId });
         const refused = uncounted(chunk, counted);
-        if (refused) {
-          const cap = members.includes(refused.userId) ? mailboxCap : mailbox;
-          throw mailboxFull(refused, `The to-device mailbox of ${refused.userId}'s device ${refused.deviceId} is full (${cap} undelivered messages)`);
-        }
+        if (refused) throw new CapReached("mailbox", refused);
       }
       const s = schema.toDeviceMailboxSenders;
-      const senderCapOf = sql`(case when ${inArray(s.userId, members)} then ${perSender}::integer else ${stranger}::integer end)`;
+      const senderCap = sql`(case when ${inArray(s.userId, [...members])} then ${perSender}::integer else ${stranger}::integer end)`;
       for (let i = 0; i < rows.length; i += CHUNK) {
         const chunk = rows.slice(i, i + CHUNK);
         const counted = await tx
@@ -207,18 +244,11 @@ export class ToDevice {
           .onConflictDoUpdate({
             target: [s.userId, s.deviceId, s.sender],
             set: { pending: sql`${s.pending} + 1` },
-            setWhere: sql`${s.pending} < ${senderCapOf}`,
+            setWhere: sql`${s.pending} < ${senderCap}`,
           })
           .returning({ userId: s.userId, deviceId: s.deviceId });
         const refused = uncounted(chunk, counted);
-        if (refused) {
-          throw mailboxFull(
-            refused,
-            members.includes(refused.userId)
-              ? `${perSender} of your messages already wait in the to-device mailbox of ${refused.userId}'s device ${refused.deviceId}, the most one sender may have there`
-              : `You share no room with ${refused.userId}, and ${stranger} of your messages already wait in the to-device mailbox of their device ${refused.deviceId}, the most such a sender may have there`,
-          );
-        }
+        if (refused) throw new CapReached("sender", refused);
       }
       // Positions last: from here until commit, other senders wait (server/sync/streams.ts).
       const last = await advanceStream(tx, "to_device", rows.length);
@@ -230,10 +260,25 @@ export class ToDevice {
       }
       return last;
     });
-    if (stored) {
-      const targets = rows.map((r) => ({ userId: r.userId, deviceId: r.deviceId }));
-      for (const listener of this.listeners) listener(targets, stored);
-    }
+  }
+
+  /** The 429 for a cap that refused a send, `member` saying which caps applied to its target. */
+  private refusal(reached: CapReached, member: boolean, eventType: string): MatrixError {
+    const { userId, deviceId } = reached.target;
+    const { mailbox, perSender } = this.limits;
+    const why =
+      reached.cap === "mailbox"
+        ? `The to-device mailbox of ${userId}'s device ${deviceId} is full (${member && isKeySharing(eventType) ? KEY_SHARING_CEILING * mailbox : mailbox} undelivered messages)`
+        : member
+          ? `${perSender} of your messages already wait in the to-device mailbox of ${userId}'s device ${deviceId}, the most one sender may have there`
+          : `You share no room with ${userId}, and ${Math.min(this.limits.stranger, perSender)} of your messages already wait in the to-device mailbox of their device ${deviceId}, the most such a sender may have there`;
+    return new MatrixError(
+      429,
+      "M_LIMIT_EXCEEDED",
+      `${why}; nothing was sent. Try again once it has synced.`,
+      { retry_after_ms: MAILBOX_FULL_RETRY_MS, user_id: userId, device_id: deviceId },
+      { "Retry-After": String(MAILBOX_FULL_RETRY_MS / 1000) },
+    );
   }
 
   /** Messages waiting for a device after position `since`, oldest first, at most `limit`. */
@@ -302,6 +347,8 @@ export class ToDevice {
 const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 type Target = { userId: string; deviceId: string };
+/** A message to store, before it has its stream position. */
+type MessageRow = Omit<typeof schema.toDeviceMessages.$inferInsert, "streamId">;
 
 /** The first target of `chunk` whose counter did not go up (not in `counted`), if any. */
 function uncounted(chunk: readonly Target[], counted: readonly Target[]): Target | undefined {
@@ -310,12 +357,12 @@ function uncounted(chunk: readonly Target[], counted: readonly Target[]): Target
   return chunk.find((r) => !ok.has(`${r.userId}\u0000${r.deviceId}`));
 }
 
-function mailboxFull(target: Target, why: string): MatrixError {
-  return new MatrixError(
-    429,
-    "M_LIMIT_EXCEEDED",
-    `${why}; nothing was sent. Try again once it has synced.`,
-    { retry_after_ms: MAILBOX_FULL_RETRY_MS, user_id: target.userId, device_id: target.deviceId },
-    { "Retry-After": String(MAILBOX_FULL_RETRY_MS / 1000) },
-  );
+/** A target's counter would pass its cap: the transaction is rolled back. */
+class CapReached extends Error {
+  constructor(
+    readonly cap: "mailbox" | "sender",
+    readonly target: Target,
+  ) {
+    super(`to-device ${cap} cap reached for ${target.userId} ${target.deviceId}`);
+  }
 }
