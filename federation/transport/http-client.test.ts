@@ -178,7 +178,16 @@ describe.skipIf(!hasOpenssl)("federation HTTP client over TLS", () => {
     ], { stdio: "ignore" });
     cert = readFileSync(path.join(dir, "cert.pem"), "utf8");
     tlsServer = createHttpsServer({ key: readFileSync(path.join(dir, "key.pem")), cert }, (req, res) => {
-      res.end(JSON.stringify({ host: req.headers.host }));
+      if (req.url === "/.well-known/matrix/server") {
+        res.setHeader("cache-control", "public, max-age=600");
+        res.end(JSON.stringify({ "m.server": "delegated.test:1234" }));
+      } else if (req.url === "/moved") {
+        res.statusCode = 301;
+        res.setHeader("location", "/.well-known/matrix/server");
+        res.end();
+      } else {
+        res.end(JSON.stringify({ host: req.headers.host }));
+      }
     });
     await new Promise<void>((r) => tlsServer.listen(0, "127.0.0.1", r));
     tlsPort = (tlsServer.address() as AddressInfo).port;
@@ -205,6 +214,32 @@ describe.skipIf(!hasOpenssl)("federation HTTP client over TLS", () => {
     const selfSigned = await untrusting.request("secure.test", { method: "GET", path: "/" }).catch((e) => e);
     await untrusting.close();
     expect((selfSigned as FederationRequestError).failure).toBe("unreachable");
+  });
+
+  it("fetches .well-known/matrix/server over verified TLS with its cache lifetime, and refuses private addresses", async () => {
+    const c = new FederationHttpClient({
+      serverName: "o.test",
+      signingKey: key,
+      resolve: noDiscovery,
+      tlsCa: cert,
+      wellKnownPort: tlsPort,
+      lookupAll: async () => [{ address: "127.0.0.1", family: 4 }],
+      allowAddress: () => true,
+    });
+    expect(await c.fetchWellKnown("secure.test")).toEqual({ kind: "delegated", server: "delegated.test:1234", maxAgeMs: 600_000 });
+    // The certificate names secure.test only.
+    expect(await c.fetchWellKnown("impostor.test")).toEqual({ kind: "unreachable" });
+    await c.close();
+    const strict = new FederationHttpClient({
+      serverName: "o.test",
+      signingKey: key,
+      resolve: noDiscovery,
+      tlsCa: cert,
+      wellKnownPort: tlsPort,
+      lookupAll: async () => [{ address: "127.0.0.1", family: 4 }],
+    });
+    expect(await strict.fetchWellKnown("secure.test")).toEqual({ kind: "unreachable" });
+    await strict.close();
   });
 
   it("reaches a name marked insecure over TLS without checking its certificate", async () => {

@@ -12,7 +12,7 @@ import { isIP, type LookupFunction } from "node:net";
 import { Pool, errors as undiciErrors } from "undici";
 import type { SigningKey } from "../protocol/signing.ts";
 import { isAllowedFederationAddress } from "./address-policy.ts";
-import { type ConnectTarget, type ResolvedServer, parseServerName } from "./discovery.ts";
+import { type ConnectTarget, type ResolvedServer, type WellKnownResult, parseServerName, wellKnownMaxAge } from "./discovery.ts";
 import { xMatrixAuthorization } from "./request-auth.ts";
 
 export interface FederationHttpOptions {
@@ -38,6 +38,8 @@ export interface FederationHttpOptions {
   tlsCa?: string | string[];
   /** Which resolved addresses may be connected to; defaults to the federation address policy. */
   allowAddress?(address: string): boolean;
+  /** The port .well-known is fetched from (443; tests change it). */
+  wellKnownPort?: number;
   /** DNS for tests; defaults to the system resolver (all addresses). */
   lookupAll?(hostname: string): Promise<{ address: string; family: number }[]>;
 }
@@ -130,6 +132,63 @@ export class FederationHttpClient {
       }
     }
     throw lastError ?? new FederationRequestError("unreachable", destination, "no address to connect to");
+  }
+
+  /**
+   * `GET https://<hostname>/.well-known/matrix/server` for discovery: TLS with certificate checks
+   * (or as for any insecure name), the address policy, at most 3 redirects, at most 50 KB.
+   * https://spec.matrix.org/latest/server-server-api/#getwell-knownmatrixserver
+   */
+  async fetchWellKnown(hostname: string): Promise<WellKnownResult> {
+    const port = this.opts.wellKnownPort ?? 443;
+    let url = new URL(`https://${isIP(hostname) === 6 ? `[${hostname}]` : hostname}${port === 443 ? "" : `:${port}`}/.well-known/matrix/server`);
+    for (let redirects = 0; redirects <= 3; redirects++) {
+      const host = url.hostname.replace(/^\[|\]$/g, "");
+      const port = url.port ? Number(url.port) : url.protocol === "http:" ? 80 : 443;
+      if (url.protocol !== "https:" && url.protocol !== "http:") return { kind: "invalid" };
+      const insecure = this.opts.insecure === "*" || this.opts.insecure?.has(hostname) === true;
+      const route: Route = {
+        target: { host, port },
+        hostHeader: url.host,
+        tlsName: host,
+        verify: url.protocol === "https:" && !insecure,
+        trusted: this.opts.insecure === "*",
+      };
+      let response;
+      try {
+        if (!route.trusted && isIP(host) && !(this.opts.allowAddress ?? isAllowedFederationAddress)(host)) return { kind: "unreachable" };
+        response = await this.pool(route, url.protocol === "https:" ? "https" : "http").request({
+          method: "GET",
+          path: url.pathname + url.search,
+          headers: { host: url.host },
+          signal: AbortSignal.timeout(Math.min(this.opts.requestTimeoutMs, 15_000)),
+        });
+      } catch {
+        return { kind: "unreachable" };
+      }
+      const location = response.headers.location;
+      if (response.statusCode >= 300 && response.statusCode < 400 && typeof location === "string") {
+        await response.body.dump().catch(() => {});
+        url = new URL(location, url);
+        continue;
+      }
+      let text: string;
+      try {
+        text = await readLimited(response.body, 50 * 1024);
+      } catch {
+        return { kind: "invalid" };
+      }
+      if (response.statusCode !== 200) return { kind: "invalid" };
+      try {
+        const json = JSON.parse(text) as { "m.server"?: unknown };
+        if (typeof json !== "object" || json === null || typeof json["m.server"] !== "string") return { kind: "invalid" };
+        const maxAgeMs = wellKnownMaxAge(typeof response.headers["cache-control"] === "string" ? response.headers["cache-control"] : undefined);
+        return maxAgeMs === undefined ? { kind: "delegated", server: json["m.server"] } : { kind: "delegated", server: json["m.server"], maxAgeMs };
+      } catch {
+        return { kind: "invalid" };
+      }
+    }
+    return { kind: "invalid" };
   }
 
   async close(): Promise<void> {
@@ -285,6 +344,17 @@ export class FederationHttpClient {
     }
     return { status: response.statusCode, headers: response.headers, body };
   }
+}
+
+async function readLimited(body: AsyncIterable<Uint8Array>, maxBytes: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > maxBytes) throw new Error("too large");
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 /** OpenSSL's complaint when the other side answers a TLS hello with something that is not TLS. */
