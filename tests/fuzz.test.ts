@@ -207,7 +207,11 @@ function plausibleValue(rng: Rng, ctx: Context, schema: JsonSchema | undefined, 
       }
       if (schema.additionalProperties && rng.chance(0.7)) {
         const sub = schema.additionalProperties === true ? undefined : schema.additionalProperties;
-        for (let i = 1 + rng.int(3); i > 0; i--) out[rng.pick(plausibleStrings(ctx))] = plausibleValue(rng, ctx, sub, depth + 1);
+        for (let i = 1 + rng.int(3); i > 0; i--) {
+          // Map keys (user IDs, device IDs, room IDs, key IDs...) are where prototype keys do harm.
+          const key = rng.chance(0.2) ? rng.pick(PROTO_KEYS) : rng.pick(plausibleStrings(ctx));
+          Object.defineProperty(out, key, { value: plausibleValue(rng, ctx, sub, depth + 1), enumerable: true, writable: true, configurable: true });
+        }
       }
       return out;
     }
@@ -231,15 +235,16 @@ function plausibleValue(rng: Rng, ctx: Context, schema: JsonSchema | undefined, 
 }
 
 /** Replaces one value somewhere in `value` with a hostile one (wrong type, proto key, array for object...). */
-function mutate(rng: Rng, ctx: Context, value: unknown): unknown {
+function mutate(rng: Rng, ctx: Context, value: unknown, hostile?: () => unknown): unknown {
   if (value === null || typeof value !== "object" || rng.chance(0.15)) {
+    if (hostile) return hostile();
     return rng.pick<unknown>([randomValue(rng, ctx, 2), [value], { value }, rng.pick(HOSTILE_STRINGS)]);
   }
   if (Array.isArray(value)) {
     if (value.length === 0) return [randomValue(rng, ctx, 2)];
     const copy = [...value];
     const i = rng.int(copy.length);
-    copy[i] = mutate(rng, ctx, copy[i]);
+    copy[i] = mutate(rng, ctx, copy[i], hostile);
     return copy;
   }
   const entries = Object.entries(value);
@@ -247,12 +252,12 @@ function mutate(rng: Rng, ctx: Context, value: unknown): unknown {
   const target = entries.length ? rng.int(entries.length + 1) : 0;
   entries.forEach(([k, v], i) => {
     if (i !== target) out[k] = v;
-    else if (rng.chance(0.3)) Object.defineProperty(out, rng.pick(PROTO_KEYS), { value: v, enumerable: true, writable: true, configurable: true });
-    else out[k] = mutate(rng, ctx, v);
+    else if (!hostile && rng.chance(0.3)) Object.defineProperty(out, rng.pick(PROTO_KEYS), { value: v, enumerable: true, writable: true, configurable: true });
+    else out[k] = mutate(rng, ctx, v, hostile);
   });
   if (target === entries.length) {
     Object.defineProperty(out, rng.pick([...PROTO_KEYS, ...HOSTILE_STRINGS]), {
-      value: randomValue(rng, ctx, 2),
+      value: hostile ? hostile() : randomValue(rng, ctx, 2),
       enumerable: true,
       writable: true,
       configurable: true,
@@ -263,9 +268,25 @@ function mutate(rng: Rng, ctx: Context, value: unknown): unknown {
 
 const nested = (depth: number, open: string, close: string, inner = "1") => open.repeat(depth) + inner + close.repeat(depth);
 
+const SENTINEL = "\u0001fuzz\u0001";
+
+/** The plausible body with one value somewhere inside replaced by raw JSON text (deep nesting, odd numbers). */
+function withRawValue(rng: Rng, ctx: Context, plausible: unknown, raw: string): string {
+  return JSON.stringify(mutate(rng, ctx, plausible, () => SENTINEL)).replace(JSON.stringify(SENTINEL), raw);
+}
+
 /** Bodies no schema would produce: broken JSON, odd numbers, deep nesting, bad bytes, sizes near the limit. */
-function hostileText(rng: Rng, plausible: string): string | Buffer {
-  switch (rng.int(22)) {
+function hostileText(rng: Rng, ctx: Context, plausibleValue: unknown): string | Buffer {
+  const plausible = JSON.stringify(plausibleValue) ?? "{}";
+  switch (rng.int(25)) {
+    case 22: {
+      const depth = rng.pick([101, 1000, 5000, 20_000]);
+      return withRawValue(rng, ctx, plausibleValue, rng.chance(0.5) ? nested(depth, "[", "]") : nested(depth, '{"a":', "}"));
+    }
+    case 23:
+      return withRawValue(rng, ctx, plausibleValue, rng.pick(HOSTILE_NUMBERS_TEXT));
+    case 24:
+      return withRawValue(rng, ctx, plausibleValue, rng.pick(['{"__proto__":{"zzz":1}}', '{"constructor":{"prototype":{"zzz":1}}}', '"\\u0000"', '"\\ud800"']));
     case 0:
       return "";
     case 1:
@@ -363,7 +384,7 @@ function makeRequest(rng: Rng, ctx: Context, r: AnyRoute, schemas: Map<AnyRoute,
     const kind = rng.next();
     if (kind < (mode === "params" ? 0.5 : 0.1)) req.body = JSON.stringify(plausible);
     else if (kind < (mode === "params" ? 1 : 0.5)) req.body = JSON.stringify(mutate(rng, ctx, plausible));
-    else req.body = hostileText(rng, JSON.stringify(plausible) ?? "{}");
+    else req.body = hostileText(rng, ctx, plausible);
     req.contentType = mode === "params" || rng.chance(0.8) ? "application/json" : rng.pick(CONTENT_TYPES);
   }
   return req;
@@ -395,8 +416,8 @@ function judge(path: string, status: number, contentType: string | null, text: s
   } catch {
     return "not JSON";
   }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) return "not a JSON object";
   if (status >= 400) {
+    if (typeof json !== "object" || json === null || Array.isArray(json)) return "not a JSON object";
     const { errcode, error, flows } = json as { errcode?: unknown; error?: unknown; flows?: unknown };
     // A user-interactive auth challenge is a 401 with flows, and an errcode only once a stage failed.
     // https://spec.matrix.org/latest/client-server-api/#user-interactive-authentication-api
