@@ -1,12 +1,15 @@
 // One homeserver process: open the database (and migrate it), load the signing key, build the
 // services, listen, and shut down gracefully.
+import { readFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { createServer, type Server } from "node:http";
+import { type Server as TlsServer, createServer as createTlsServer } from "node:https";
+import { createSecureContext } from "node:tls";
 import { getRequestListener } from "@hono/node-server";
 import { eq } from "drizzle-orm";
 import pino, { type Logger } from "pino";
 import { type OpenedDatabase, openDatabase, schema } from "../schema/db.ts";
-import { type Config, redactedConfig } from "./config.ts";
+import { type Config, ConfigError, redactedConfig } from "./config.ts";
 import { createApp } from "./http/app.ts";
 import { answerClientErrors, answerRequestError } from "./http/client-errors.ts";
 import { routes } from "./api/routes.ts";
@@ -22,6 +25,10 @@ export interface Homeserver {
   /** The base URL the server listens on, e.g. http://127.0.0.1:8008 */
   url: string;
   port: number;
+  /** The TLS port (`tls_port`), when Parley also listens with TLS itself. */
+  tlsPort?: number;
+  /** https://… on `tlsPort`, when set. */
+  tlsUrl?: string;
   /** Stops accepting, lets in-flight requests finish (within the grace period), closes the database. */
   close(): Promise<void>;
 }
@@ -48,6 +55,8 @@ export function createLogger(config: Pick<Config, "log_level">): Logger {
 
 export async function startHomeserver(config: Config, options: StartOptions = {}): Promise<Homeserver> {
   const logger = options.logger ?? createLogger(config);
+  // Read before anything is opened, so a wrong path fails the start at once with a clear message.
+  const tls = await readTlsFiles(config);
   const database = await openDatabase({
     databaseUrl: config.database_url,
     dataDir: config.data_dir,
@@ -56,7 +65,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     embeddedFsync: config.embedded_fsync,
   });
   let services: Services;
-  let server: Server;
+  const servers: Listener[] = [];
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -98,15 +107,23 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       auth: accountServices.sessions,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
-    server = await listen(app.fetch, config, logger);
+    const handle = app.fetch;
+    // The same app on both: federation and the client APIs alike, with or without TLS.
+    servers.push(await listen(handle, config, config.port, logger));
+    if (tls) servers.push(await listen(handle, config, tls.port, logger, tls));
   } catch (err) {
+    await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
     await database.close().catch(() => {});
     throw err;
   }
+  const [server, tlsServer] = servers as [Listener, Listener?];
   const port = (server.address() as AddressInfo).port;
-  const host = config.bind.includes(":") ? `[${config.bind}]` : config.bind;
-  const url = `http://${host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host}:${port}`;
-  logger.info({ config: redactedConfig(config), url, database: database.kind }, "parley is listening");
+  const tlsPort = tlsServer ? (tlsServer.address() as AddressInfo).port : undefined;
+  const bound = config.bind.includes(":") ? `[${config.bind}]` : config.bind;
+  const host = bound === "0.0.0.0" || bound === "[::]" ? "127.0.0.1" : bound;
+  const url = `http://${host}:${port}`;
+  const tlsUrl = tlsPort === undefined ? undefined : `https://${host}:${tlsPort}`;
+  logger.info({ config: redactedConfig(config), url, tlsUrl, database: database.kind }, "parley is listening");
 
   let closing: Promise<void> | undefined;
   const close = () =>
@@ -114,38 +131,91 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       logger.info("shutting down");
       // Long-polls waiting in /sync answer at once, so the server can close without waiting for them.
       await stopSyncServices(services);
-      await closeServer(server, config.shutdown_grace_ms);
+      await Promise.all(servers.map((s) => closeServer(s, config.shutdown_grace_ms)));
       await services.sessions.stop();
       await database.close();
       logger.info("shut down");
     })());
-  return { services, url, port, close };
+  return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), close };
+}
+
+/** A listening socket: plain HTTP, or HTTPS with `tls_port`. */
+type Listener = Server | TlsServer;
+
+interface TlsFiles {
+  port: number;
+  cert: Buffer;
+  key: Buffer;
+}
+
+/** `tls_port` with its certificate and key, read from their files; undefined when TLS is off. */
+async function readTlsFiles(
+  config: Pick<Config, "tls_port" | "tls_certificate" | "tls_private_key">,
+): Promise<TlsFiles | undefined> {
+  const { tls_port: port, tls_certificate: certFile, tls_private_key: keyFile } = config;
+  if (port === undefined && certFile === undefined && keyFile === undefined) return undefined;
+  const missing = [
+    ...(port === undefined ? ["tls_port"] : []),
+    ...(certFile === undefined ? ["tls_certificate"] : []),
+    ...(keyFile === undefined ? ["tls_private_key"] : []),
+  ];
+  if (port === undefined || certFile === undefined || keyFile === undefined) {
+    throw new ConfigError(
+      `listening with TLS needs tls_port, tls_certificate and tls_private_key together; ${missing.join(" and ")} ${missing.length > 1 ? "are" : "is"} not set`,
+    );
+  }
+  const read = async (key: string, file: string) => {
+    try {
+      return await readFile(file);
+    } catch (err) {
+      throw new ConfigError(`cannot read ${key} ${file}: ${(err as Error).message}`);
+    }
+  };
+  const tls = { port, cert: await read("tls_certificate", certFile), key: await read("tls_private_key", keyFile) };
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    throw new ConfigError(`tls_certificate and tls_private_key are not a usable PEM certificate and key: ${(err as Error).message}`);
+  }
+  return tls;
 }
 
 function listen(
   fetch: (req: Request, env: unknown) => Response | Promise<Response>,
-  config: Pick<Config, "bind" | "port" | "request_timeout_ms">,
+  config: Pick<Config, "bind" | "request_timeout_ms">,
+  port: number,
   logger: Logger,
+  tls?: TlsFiles,
 ) {
   const requestTimeout = config.request_timeout_ms;
-  return new Promise<Server>((resolve, reject) => {
-    const server = createServer(
-      {
-        // Time to receive a request (headers and body), not to answer it: a /sync long-poll is
-        // received whole at once and then may wait as long as it likes. The headers come first and
-        // are small, so they get less (a client trickling header bytes holds a connection for free).
-        requestTimeout,
-        headersTimeout: Math.min(requestTimeout, 20_000),
-        // How often Node looks for requests past those limits (its default, 30 s, would let a
-        // timeout run up to 30 s late).
-        connectionsCheckingInterval: Math.min(5_000, Math.max(250, Math.floor(requestTimeout / 4))),
-      },
-      getRequestListener(fetch, { hostname: config.bind, errorHandler: answerRequestError }),
+  const options = {
+    // Time to receive a request (headers and body), not to answer it: a /sync long-poll is
+    // received whole at once and then may wait as long as it likes. The headers come first and
+    // are small, so they get less (a client trickling header bytes holds a connection for free).
+    requestTimeout,
+    headersTimeout: Math.min(requestTimeout, 20_000),
+    // How often Node looks for requests past those limits (its default, 30 s, would let a
+    // timeout run up to 30 s late).
+    connectionsCheckingInterval: Math.min(5_000, Math.max(250, Math.floor(requestTimeout / 4))),
+  };
+  const listener = getRequestListener(fetch, { hostname: config.bind, errorHandler: answerRequestError });
+  let server: Listener;
+  if (tls) {
+    // node:https's server is node:http's behind a TLS handshake: the same options, events
+    // (clientError) and connection tracking (closeIdleConnections) apply, so shutdown treats
+    // both alike.
+    server = createTlsServer({ ...options, cert: tls.cert, key: tls.key }, listener);
+    server.on("tlsClientError", (err: NodeJS.ErrnoException) =>
+      logger.debug({ code: err.code, reason: err.message }, "a TLS handshake failed"),
     );
-    server.on("clientError", answerClientErrors(logger));
+  } else {
+    server = createServer(options, listener);
+  }
+  server.on("clientError", answerClientErrors(logger));
+  return new Promise<Listener>((resolve, reject) => {
     server.once("listening", () => resolve(server));
     server.once("error", reject);
-    server.listen(config.port, config.bind);
+    server.listen(port, config.bind);
   });
 }
 
@@ -153,7 +223,7 @@ function listen(
  * Stops accepting connections, closes idle keep-alive connections as they become idle, and after
  * the grace period closes whatever is left. Requests accepted before that finish normally.
  */
-function closeServer(server: Server, graceMs: number): Promise<void> {
+function closeServer(server: Listener, graceMs: number): Promise<void> {
   return new Promise((resolve) => {
     const idle = setInterval(() => server.closeIdleConnections(), 50);
     const force = setTimeout(() => server.closeAllConnections(), graceMs);
