@@ -1,0 +1,105 @@
+// The server-to-server side of one homeserver process, put together: discovery, the outbound
+// HTTP client, remote keys, inbound request authentication and the outbound queue. Built in
+// server/homeserver.ts; it calls the services, and the services never import it.
+
+import { resolveSrv } from "node:dns/promises";
+import type { Logger } from "pino";
+import type { OpenedDatabase } from "../../schema/db.ts";
+import type { SigningKey } from "../protocol/signing.ts";
+import { ServerResolver, type SrvRecord } from "./discovery.ts";
+import { FederationHttpClient } from "./http-client.ts";
+import { ServerRequestAuthenticator } from "./inbound-auth.ts";
+import { FederationSender } from "./sender.ts";
+import { ServerKeyStore } from "./server-keys.ts";
+
+export interface FederationConfig {
+  server_name: string;
+  federation_hosts: { name: string; host: string; port: number }[];
+  federation_insecure: string[];
+  trusted_key_servers?: string[];
+}
+
+export interface Federation {
+  http: FederationHttpClient;
+  resolver: ServerResolver;
+  keys: ServerKeyStore;
+  sender: FederationSender;
+  serverAuth: ServerRequestAuthenticator;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface FederationDeps {
+  config: FederationConfig;
+  database: OpenedDatabase;
+  signingKey: SigningKey;
+  logger: Logger;
+  now(): number;
+  /** Test networks: faster retries. */
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+}
+
+export function createFederation(deps: FederationDeps): Federation {
+  const { config, database, signingKey, logger, now } = deps;
+  const insecure = config.federation_insecure.includes("*") ? ("*" as const) : new Set(config.federation_insecure);
+  if (insecure === "*") {
+    logger.warn(
+      "FEDERATION IS INSECURE: federation_insecure is '*': no certificate checks for any server, and federation may reach loopback and private addresses. Only for a closed test network.",
+    );
+  } else if (insecure.size > 0) {
+    logger.warn({ servers: [...insecure] }, "federation reaches these servers without certificate checks (federation_insecure)");
+  }
+  let http!: FederationHttpClient;
+  const resolver = new ServerResolver({
+    fetchWellKnown: (hostname) => http.fetchWellKnown(hostname),
+    resolveSrv: async (name): Promise<SrvRecord[]> => {
+      try {
+        return await resolveSrv(name);
+      } catch {
+        return [];
+      }
+    },
+    now,
+  });
+  http = new FederationHttpClient({
+    serverName: config.server_name,
+    signingKey,
+    resolve: (name) => resolver.resolve(name),
+    pinnedHosts: new Map(config.federation_hosts.map((h) => [h.name, { host: h.host, port: h.port }])),
+    insecure,
+  });
+  const keys = new ServerKeyStore({
+    db: database.db,
+    http,
+    serverName: config.server_name,
+    signingKey,
+    notaries: config.trusted_key_servers ?? [],
+    now,
+    logger,
+  });
+  const sender = new FederationSender({
+    database,
+    http,
+    serverName: config.server_name,
+    now,
+    logger,
+    ...(deps.backoffInitialMs === undefined ? {} : { backoffInitialMs: deps.backoffInitialMs }),
+    ...(deps.backoffMaxMs === undefined ? {} : { backoffMaxMs: deps.backoffMaxMs }),
+  });
+  const serverAuth = new ServerRequestAuthenticator(keys, config.server_name, (origin) => {
+    sender.markReachable(origin).catch((err) => logger.debug({ err, origin }, "could not reset a destination's backoff"));
+  });
+  return {
+    http,
+    resolver,
+    keys,
+    sender,
+    serverAuth,
+    start: () => sender.start(),
+    async stop() {
+      await sender.stop();
+      await http.close();
+    },
+  };
+}
