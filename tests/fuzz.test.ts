@@ -24,7 +24,7 @@ const REQUESTS = Number(process.env.FUZZ_REQUESTS ?? 2400);
  * Each of the two runs stops sending after this long even if it has not sent all its requests (a
  * busy machine): every route still gets its turn, as routes are visited in full passes.
  */
-const BUDGET_MS = Number(process.env.FUZZ_BUDGET_MS ?? 8000);
+const BUDGET_MS = Number(process.env.FUZZ_BUDGET_MS ?? 6000);
 const CONCURRENCY = 6;
 const MAX_BODY = 64 * 1024;
 const enc = encodeURIComponent;
@@ -375,7 +375,10 @@ function makeRequest(rng: Rng, ctx: Context, r: AnyRoute, schemas: Map<AnyRoute,
   // A long-poll must not wait: the fuzz is about input, and a waiting request only slows it down.
   if (r.longPoll) query.set("timeout", "0");
   const qs = query.toString();
-  const auth = rng.next();
+  // Logging out ends the fuzz user's session, and the requests in flight with it fail until it
+  // logs in again: mostly sent without a token (they take no input to fuzz anyway).
+  const endsSession = /\/logout(\/all)?$/.test(r.path);
+  const auth = endsSession && rng.chance(0.9) ? 0.9 : rng.next();
   const token = auth < 0.85 ? tokens.fuzz : auth < 0.95 ? undefined : rng.pick(["__proto__", "constructor", "x".repeat(500), "syt_bogus", "%00"]);
   const who = auth < 0.85 ? "the fuzz user" : auth < 0.95 ? "anonymous" : `token ${JSON.stringify(token!.slice(0, 20))}`;
   const req: FuzzRequest = { who, method: r.method, path: qs ? `${path}?${qs}` : path, token };
@@ -530,6 +533,7 @@ describe("fuzz: every route with hostile input", () => {
     const deadline = performance.now() + BUDGET_MS;
     const findings: Finding[] = [];
     const timing = new Map<string, number>();
+    const statuses = new Map<number, number>();
     const pollution: string[] = [];
     let relogin: Promise<void> | undefined;
     let sent = 0;
@@ -547,6 +551,7 @@ describe("fuzz: every route with hostile input", () => {
     };
     const worker = async () => {
       while (sent < planned.length && performance.now() < deadline) {
+        if (relogin) await relogin;
         const { route, rng: r } = planned[sent++]!;
         const req = makeRequest(r, ctx, route, schemas, tokens, mode);
         const described = describeRequest(req);
@@ -568,6 +573,7 @@ describe("fuzz: every route with hostile input", () => {
           continue;
         }
         timing.set(route.method + " " + route.path, (timing.get(route.method + " " + route.path) ?? 0) + performance.now() - started);
+        statuses.set(status, (statuses.get(status) ?? 0) + 1);
         const wrong = judge(req.path, status, contentType, text);
         if (wrong) findings.push({ request: described, status, answer: `${wrong}: ${text.slice(0, 300)}` });
         // logout, logout/all or deleting its own device end the fuzz user's session: log in again.
@@ -586,7 +592,10 @@ describe("fuzz: every route with hostile input", () => {
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
     if (process.env.FUZZ_TIMING) console.log([...timing].sort((a, b) => b[1] - a[1]).slice(0, 20).map(([k, v]) => `${Math.round(v)} ms ${k}`).join("\n"));
     checkGlobals();
-    console.log(`fuzz (${mode}): sent ${sent} of ${planned.length} requests over ${new Set(planned.slice(0, sent).map((p) => p.route)).size} of ${candidates.length} routes`);
+    const answers = [...statuses].sort((a, b) => a[0] - b[0]).map(([status, n]) => `${n}×${status}`).join(", ");
+    console.log(
+      `fuzz (${mode}): sent ${sent} of ${planned.length} requests over ${new Set(planned.slice(0, sent).map((p) => p.route)).size} of ${candidates.length} routes; answers ${answers}`,
+    );
     return { findings, pollution };
   }
 
