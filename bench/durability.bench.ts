@@ -6,12 +6,15 @@
 // - 32 in flight across 20 rooms: sends queued behind a commit share the next one (group commit),
 //   so syncs are shared too;
 // - 100 events/s across 20 rooms (open loop): the latency a client sees at a steady load.
+// And, without HTTP or Parley's own work, single-row commits one after another straight on PGlite:
+// the cost of one commit's sync alone.
 // Figures: events/s and the p50/p99 latency of PUT /send, for each setting. The cost depends on the
 // disk's flush latency (a laptop SSD, a cloud volume and a VM's virtual disk differ by 10x and more).
 import { Agent, request as httpRequest } from "node:http";
 import { cp, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { sql } from "drizzle-orm";
 import { openDatabase } from "../schema/db.ts";
 import { startParley, stopParley } from "./parley-process.ts";
 
@@ -123,6 +126,30 @@ async function openLoop(rate: number, send: (i: number) => Promise<void>): Promi
 
 type Setting = "fsync on" | "fsync off";
 
+const COMMITS = 300;
+
+/** Single-row commits one after another on a copy of the template, opened in this process. */
+async function commitsOne(setting: Setting, template: string): Promise<Figures> {
+  const dataDir = await mkdtemp(path.join(tmpdir(), "parley-bench-durability-"));
+  await cp(template, dataDir, { recursive: true });
+  const opened = await openDatabase({ dataDir, embeddedFsync: setting === "fsync on" });
+  try {
+    const latencies: number[] = [];
+    const started = performance.now();
+    for (let i = 0; i < COMMITS; i++) {
+      const t = performance.now();
+      await opened.db.execute(sql`insert into server_settings (key, value, updated_ts) values (${`bench ${i}`}, 'v', ${i})`);
+      latencies.push(performance.now() - t);
+    }
+    const f = figures(latencies, performance.now() - started);
+    console.log(`${setting}: single-row commits: ${f.rate} commits/s (p50 ${f.p50} ms, p99 ${f.p99} ms)`);
+    return f;
+  } finally {
+    await opened.close();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
 /**
  * A data directory with the database created and migrated, copied for each setting: both start from
  * the same files, and neither start waits for initdb.
@@ -173,6 +200,14 @@ async function benchOne(setting: Setting, template: string) {
 
 const results: { name: string; value: number; unit: string }[] = [];
 const template = await templateDataDir();
+for (const setting of ["fsync on", "fsync off"] as const) {
+  const c = await commitsOne(setting, template);
+  results.push(
+    { name: `single-row commits: commits (pglite, ${setting})`, value: c.rate, unit: "commits/s" },
+    { name: `single-row commits: p50 (pglite, ${setting})`, value: c.p50, unit: "ms" },
+    { name: `single-row commits: p99 (pglite, ${setting})`, value: c.p99, unit: "ms" },
+  );
+}
 for (const setting of ["fsync on", "fsync off"] as const) {
   const f = await benchOne(setting, template);
   const add = (phase: string, x: Figures) =>
