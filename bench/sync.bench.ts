@@ -12,11 +12,10 @@
 // Targets on loopback: p50 < 5 ms and p99 < 25 ms with 1,000 waiting clients; < 100 MB for 1,000
 // idle long-polls. Ends with one line: BENCH_RESULT {"bench":"sync","results":[...]}.
 import { Agent, request as httpRequest } from "node:http";
-import { readFile, mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { spawn } from "node:child_process";
-import { freePort, startParley, stopParley } from "./parley-process.ts";
+import { freePort, memoryAfterGc, startParley, stopParley } from "./parley-process.ts";
 
 const CLIENTS = (process.env.BENCH_SYNC_CLIENTS ?? "1,100,1000").split(",").map(Number);
 const MESSAGES = Number(process.env.BENCH_SYNC_MESSAGES ?? 25);
@@ -184,43 +183,6 @@ function percentile(xs: number[], p: number): number {
   const sorted = [...xs].sort((a, b) => a - b);
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return Math.round(sorted[i]! * 100) / 100;
-}
-
-async function rssMb(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, "utf8");
-  return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
-}
-
-/**
- * The server's memory after full garbage collections (asked for through its inspector), so what
- * is compared is memory in use, not garbage waiting for the next collection: the lowest RSS of two
- * tries half a second apart (RSS also holds the allocator's and PGlite's memory, which moves on its own),
- * and the JS heap in use.
- */
-async function memoryAfterGc(pid: number, inspectorPort: number): Promise<{ rss: number; heap: number }> {
-  const [target] = (await (await fetch(`http://127.0.0.1:${inspectorPort}/json/list`)).json()) as Array<{ webSocketDebuggerUrl: string }>;
-  // Node 20 has WebSocket only behind a flag: a short helper process sends the commands.
-  const script = `const ws = new WebSocket(${JSON.stringify(target!.webSocketDebuggerUrl)});
-    ws.onopen = () => ws.send(JSON.stringify({ id: 1, method: "HeapProfiler.collectGarbage" }));
-    ws.onmessage = (m) => { const r = JSON.parse(m.data);
-      if (r.id === 1) ws.send(JSON.stringify({ id: 2, method: "Runtime.getHeapUsage" }));
-      if (r.id === 2) { process.stdout.write(String(r.result.usedSize)); ws.close(); process.exit(0); } };`;
-  let rss = Number.POSITIVE_INFINITY;
-  let heap = Number.POSITIVE_INFINITY;
-  for (let i = 0; i < 2; i++) {
-    const used = await new Promise<number>((resolve, reject) => {
-      const helper = spawn(process.execPath, ["--experimental-websocket", "--no-warnings", "-e", script], { stdio: ["ignore", "pipe", "ignore"] });
-      let out = "";
-      helper.stdout.on("data", (d: Buffer) => (out += d.toString()));
-      helper.on("error", reject);
-      helper.on("exit", (code) => (code === 0 ? resolve(Number(out)) : reject(new Error(`gc helper exited with ${code}`))));
-    });
-    await sleep(300);
-    rss = Math.min(rss, await rssMb(pid));
-    heap = Math.min(heap, used / 1048576);
-    await sleep(200);
-  }
-  return { rss, heap };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
