@@ -531,6 +531,8 @@ describe("fuzz: every route with hostile input", () => {
       order.push(...pass.slice(0, count - order.length));
     }
     const deadline = performance.now() + BUDGET_MS;
+    const cpuBefore = process.cpuUsage();
+    const wallBefore = performance.now();
     const findings: Finding[] = [];
     const timing = new Map<string, number>();
     const statuses = new Map<number, number>();
@@ -592,9 +594,12 @@ describe("fuzz: every route with hostile input", () => {
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
     if (process.env.FUZZ_TIMING) console.log([...timing].sort((a, b) => b[1] - a[1]).slice(0, 20).map(([k, v]) => `${Math.round(v)} ms ${k}`).join("\n"));
     checkGlobals();
+    const cpu = process.cpuUsage(cpuBefore);
+    const cpuMs = (cpu.user + cpu.system) / 1000;
+    const wallMs = performance.now() - wallBefore;
     const answers = [...statuses].sort((a, b) => a[0] - b[0]).map(([status, n]) => `${n}×${status}`).join(", ");
     console.log(
-      `fuzz (${mode}): sent ${sent} of ${planned.length} requests over ${new Set(planned.slice(0, sent).map((p) => p.route)).size} of ${candidates.length} routes; answers ${answers}`,
+      `fuzz (${mode}): sent ${sent} of ${planned.length} requests over ${new Set(planned.slice(0, sent).map((p) => p.route)).size} of ${candidates.length} routes in ${Math.round(wallMs)} ms (this process's CPU: ${(cpuMs / Math.max(1, sent)).toFixed(1)} ms a request); answers ${answers}`,
     );
     return { findings, pollution };
   }
