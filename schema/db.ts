@@ -102,20 +102,61 @@ export function isDatabaseClosed(err: unknown): boolean {
  * transactions already running finish on their connection, new ones fail fast. Every method runs on
  * the client itself (PGlite keeps its state in private fields, which a proxy receiver cannot reach).
  */
-function refusingWhenClosed<T extends object>(client: T, entryPoints: readonly string[], isClosed: () => boolean): T {
+function refusingWhenClosed<T extends object>(
+  client: T,
+  entryPoints: readonly string[],
+  isClosed: () => boolean,
+  queue?: OneAtATime,
+): T {
   return new Proxy(client, {
     get(target, property) {
       const value: unknown = Reflect.get(target, property, target);
       if (typeof value !== "function") return value;
       if (typeof property === "string" && entryPoints.includes(property)) {
-        return (...args: unknown[]) => {
+        const call = (args: unknown[]) => {
           if (isClosed()) throw new DatabaseClosedError();
           return (value as (...a: unknown[]) => unknown).apply(target, args);
         };
+        return (...args: unknown[]) => (queue ? queue.run(() => call(args)) : call(args));
       }
       return (value as (...a: unknown[]) => unknown).bind(target);
     },
   });
+}
+
+/**
+ * PGlite runs one query (or transaction) at a time, synchronously, inside this process, and hands
+ * over to the next one waiting in a promise callback: a backlog (hundreds of requests at once) ran
+ * as one chain of microtasks, serving no timer, socket or signal until it drained (SIGTERM went
+ * unanswered for seconds). So they wait here instead, in the same order and one at a time as PGlite
+ * would run them, and once the work has gone on for `turnEveryMs` the next one waits for a turn of
+ * the event loop first. Whether the database is closed is checked when a query's turn comes, so a
+ * backlog left at shutdown is refused rather than run.
+ */
+class OneAtATime {
+  private tail: Promise<unknown> = Promise.resolve();
+  private turned = performance.now();
+
+  constructor(private readonly turnEveryMs: number) {}
+
+  run<R>(work: () => R | PromiseLike<R>): Promise<R> {
+    const result = this.tail.then(() => this.turn()).then(work);
+    this.tail = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
+  }
+
+  private turn(): Promise<void> | undefined {
+    if (performance.now() - this.turned < this.turnEveryMs) return undefined;
+    return new Promise((resolve) =>
+      setImmediate(() => {
+        this.turned = performance.now();
+        resolve();
+      }),
+    );
+  }
 }
 
 // Relative to this file in the sources and to dist/parley.js in the bundle: both are one level deep.
@@ -188,7 +229,7 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
   }
   // Once closing, new queries are refused; PGlite's close waits for those already queued.
   let closing = false;
-  const guarded = refusingWhenClosed(client, ["query", "exec", "transaction", "sql"], () => closing);
+  const guarded = refusingWhenClosed(client, ["query", "exec", "transaction"], () => closing, new OneAtATime(10));
   const db = drizzle(guarded, { schema }) as unknown as Database;
   const listeners = new Map<string, Set<(payload: string) => void>>();
   return {
@@ -375,12 +416,14 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
   // alone would reconnect after end() to run queries still queued in its pool (and reserve() ignores
   // end() altogether): connections opened after shutdown, which then kept the process alive.
   let closing = false;
-  const client = postgres(url, {
+  const options = {
     max: poolSize,
     onnotice: () => {},
     connection: { application_name: "parley" },
+    // Documented (README, "Custom socket") but missing from postgres.js's types.
     socket: connectUnlessClosing(() => closing),
-  });
+  };
+  const client = postgres(url, options);
   // Fail fast with a clear message when the server is unreachable.
   await client`select 1`;
   const guarded = refusingWhenClosed(client, ["unsafe", "begin", "reserve", "notify", "listen"], () => closing);
