@@ -2,7 +2,7 @@
 import { writeFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { ConfigError, generateConfigFile, loadConfig } from "./config.ts";
-import { startHomeserver } from "./homeserver.ts";
+import { SHUTDOWN_BOUND_MS, startHomeserver } from "./homeserver.ts";
 
 const USAGE = `Usage: parley <command> [options]
 
@@ -56,20 +56,41 @@ async function serve(argv: string[]): Promise<number> {
     process.stderr.write(`parley: cannot start: ${(err as Error).message}\n`);
     return 1;
   }
-  await new Promise<void>((resolve) => {
-    const stop = () => {
+  const { logger } = homeserver.services;
+  const code = await new Promise<number>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      // A second signal takes Node's default action: an operator can always kill a stuck process.
       process.off("SIGTERM", stop);
       process.off("SIGINT", stop);
-      homeserver.close().then(resolve, (err) => {
-        process.stderr.write(`parley: error during shutdown: ${(err as Error).message}\n`);
-        resolve();
-      });
+      // Requests cut short by the shutdown may leave rejections nobody waits for: they must not
+      // crash the process before the database is closed.
+      process.on("unhandledRejection", (err) => logger.warn({ err }, "unhandled rejection during shutdown"));
+      // close() is bounded (grace period plus SHUTDOWN_BOUND_MS); this is the last resort.
+      const limit = config.shutdown_grace_ms + SHUTDOWN_BOUND_MS + HARD_EXIT_MARGIN_MS;
+      setTimeout(() => {
+        process.stderr.write(`parley: shutdown still not finished after ${limit} ms; exiting\n`);
+        process.exit(1);
+      }, limit).unref();
+      logger.info({ signal }, "signal received");
+      homeserver.close().then(
+        () => resolve(0),
+        (err) => {
+          process.stderr.write(`parley: error during shutdown: ${(err as Error).message}\n`);
+          resolve(1);
+        },
+      );
     };
     process.on("SIGTERM", stop);
     process.on("SIGINT", stop);
   });
-  return 0;
+  // Whatever may still hold the event loop (a socket the shutdown left behind) must not keep a
+  // stopped server's process alive; the timer itself holds nothing.
+  setTimeout(() => process.exit(code), 1_000).unref();
+  return code;
 }
+
+/** How long after close() should have finished the process exits regardless. */
+const HARD_EXIT_MARGIN_MS = 2_000;
 
 async function generateConfig(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { output: { type: "string", short: "o" } } });

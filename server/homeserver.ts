@@ -11,6 +11,7 @@ import pino, { type Logger } from "pino";
 import { type OpenedDatabase, openDatabase, schema } from "../schema/db.ts";
 import { type Config, ConfigError, redactedConfig } from "./config.ts";
 import { createApp } from "./http/app.ts";
+import { InFlightRequests } from "./http/in-flight.ts";
 import { answerClientErrors, answerRequestError } from "./http/client-errors.ts";
 import { routes } from "./api/routes.ts";
 import type { AnyRoute } from "./http/route.ts";
@@ -66,6 +67,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   });
   let services: Services;
   const servers: Listener[] = [];
+  const requests = new InFlightRequests();
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -107,7 +109,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       auth: accountServices.sessions,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
-    const handle = app.fetch;
+    const handle = requests.wrap(app.fetch);
     // The same app on both: federation and the client APIs alike, with or without TLS.
     servers.push(await listen(handle, config, config.port, logger));
     if (tls) servers.push(await listen(handle, config, tls.port, logger, tls));
@@ -127,16 +129,74 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
 
   let closing: Promise<void> | undefined;
   const close = () =>
-    (closing ??= (async () => {
-      logger.info("shutting down");
-      // Long-polls waiting in /sync answer at once, so the server can close without waiting for them.
-      await stopSyncServices(services);
-      await Promise.all(servers.map((s) => closeServer(s, config.shutdown_grace_ms)));
-      await services.sessions.stop();
-      await database.close();
-      logger.info("shut down");
-    })());
+    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }));
   return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), close };
+}
+
+/** What shutdown may take beyond `shutdown_grace_ms`: closing connections and the database. */
+export const SHUTDOWN_BOUND_MS = 5_000;
+
+/**
+ * Shuts down in this order, and finishes within the grace period plus SHUTDOWN_BOUND_MS whatever
+ * clients and handlers do:
+ * 1. stop accepting connections; a request arriving on a connection already open gets 503;
+ * 2. wake the long-polls (they answer at once) and stop background work;
+ * 3. wait, up to the grace period, for the handlers still running, those of clients that went away
+ *    included (they may be waiting on the database); connections close as they go idle;
+ * 4. close the connections left;
+ * 5. close the database: from then on a query is refused at once and no connection is opened;
+ *    queries already sent get what is left of the bound.
+ * A step still unfinished at the deadline is logged and left behind (the CLI exits anyway).
+ */
+async function shutDown(d: {
+  /** The plain HTTP listener, and the TLS one when there is one. */
+  servers: Listener[];
+  requests: InFlightRequests;
+  services: Services;
+  database: OpenedDatabase;
+  logger: Logger;
+  graceMs: number;
+}): Promise<void> {
+  const { servers, requests, services, database, logger, graceMs } = d;
+  const started = performance.now();
+  const graceEnds = started + graceMs;
+  const deadline = graceEnds + SHUTDOWN_BOUND_MS;
+  logger.info({ inFlight: requests.size }, "shutting down");
+  requests.refuseNew();
+  const serverClosed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  const closeIdle = () => servers.forEach((s) => s.closeIdleConnections());
+  closeIdle();
+  const idle = setInterval(closeIdle, 50);
+  const pending: string[] = [];
+  const step = async (name: string, work: Promise<unknown>, until: number) => {
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      work.then(
+        () => true,
+        (err: unknown) => {
+          logger.warn({ err }, `shutdown: ${name} failed`);
+          return true;
+        },
+      ),
+      new Promise<false>((resolve) => (timer = setTimeout(resolve, Math.max(0, until - performance.now()), false))),
+    ]);
+    clearTimeout(timer);
+    if (!finished) pending.push(name);
+  };
+  try {
+    await step("waking long-polls and stopping background work", stopSyncServices(services), graceEnds);
+    if (!(await requests.drained(Math.max(0, graceEnds - performance.now())))) {
+      logger.warn({ inFlight: requests.size, graceMs }, "requests still running after the grace period: closing their connections");
+    }
+  } finally {
+    clearInterval(idle);
+  }
+  for (const s of servers) s.closeAllConnections();
+  await step("closing connections", serverClosed, deadline);
+  await step("stopping sessions", services.sessions.stop(), deadline);
+  await step("closing the database", database.close(), deadline);
+  if (pending.length) logger.warn({ pending, inFlight: requests.size }, "shutdown did not finish in time; exiting anyway");
+  logger.info({ ms: Math.round(performance.now() - started) }, "shut down");
 }
 
 /** A listening socket: plain HTTP, or HTTPS with `tls_port`. */
@@ -216,23 +276,6 @@ function listen(
     server.once("listening", () => resolve(server));
     server.once("error", reject);
     server.listen(port, config.bind);
-  });
-}
-
-/**
- * Stops accepting connections, closes idle keep-alive connections as they become idle, and after
- * the grace period closes whatever is left. Requests accepted before that finish normally.
- */
-function closeServer(server: Listener, graceMs: number): Promise<void> {
-  return new Promise((resolve) => {
-    const idle = setInterval(() => server.closeIdleConnections(), 50);
-    const force = setTimeout(() => server.closeAllConnections(), graceMs);
-    server.close(() => {
-      clearInterval(idle);
-      clearTimeout(force);
-      resolve();
-    });
-    server.closeIdleConnections();
   });
 }
 

@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto";
 import { IncomingMessage } from "node:http";
 import { type Context, Hono } from "hono";
 import type { z } from "zod";
+import { isDatabaseClosed } from "../../schema/db.ts";
 import type { Services } from "../services.ts";
 import { Admission, admissionMiddleware, admissionSlot } from "./admission.ts";
 import { MatrixError, unrecognized } from "./errors.ts";
@@ -106,6 +107,11 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
       return errorResponse(c, err);
     }
     if (err instanceof MatrixError) return errorResponse(c, err);
+    if (isDatabaseClosed(err)) {
+      // A handler that outlived the shutdown grace period: the database refused its query.
+      logger.warn({ requestId: c.get("requestId") }, "request cut short by shutdown");
+      return errorResponse(c, new MatrixError(503, "M_UNKNOWN", "The server is shutting down"));
+    }
     if (isUnstorableText(err)) {
       // A string from the request that PostgreSQL cannot store (NUL): the client's fault, not ours.
       // The transaction it was in rolled back, so nothing was half-written.
