@@ -553,7 +553,10 @@ describe("fuzz: every route with hostile input", () => {
     };
     const worker = async () => {
       while (sent < planned.length && performance.now() < deadline) {
-        if (relogin) await relogin;
+        if (relogin) {
+          await relogin;
+          continue; // the others may have sent the rest meanwhile
+        }
         const { route, rng: r } = planned[sent++]!;
         const req = makeRequest(r, ctx, route, schemas, tokens, mode);
         const described = describeRequest(req);
