@@ -138,6 +138,14 @@ describe("federation HTTP client", () => {
     expect((invalid as FederationRequestError).failure).toBe("invalid-destination");
   });
 
+  it("reports JSON nested deeper than 100 levels as a bad response", async () => {
+    handler = (_r, _b, res) => res.end(`{"a":${"[".repeat(5000)}${"]".repeat(5000)}}`);
+    const c = client();
+    const deep = await c.request("peer.test", { method: "GET", path: "/deep" }).catch((e) => e);
+    await c.close();
+    expect((deep as FederationRequestError).failure).toBe("bad-response");
+  });
+
   it("tries the next SRV target when one cannot be reached", async () => {
     handler = (_r, _b, res) => res.end('{"second":true}');
     const c = client({

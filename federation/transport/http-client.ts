@@ -10,6 +10,7 @@
 import { lookup as dnsLookup } from "node:dns";
 import { isIP, type LookupFunction } from "node:net";
 import { Pool, errors as undiciErrors } from "undici";
+import { MAX_JSON_DEPTH, nestingExceeds } from "../protocol/json-nesting.ts";
 import type { SigningKey } from "../protocol/signing.ts";
 import { isAllowedFederationAddress } from "./address-policy.ts";
 import { type ConnectTarget, type ResolvedServer, type WellKnownResult, parseServerName, wellKnownMaxAge } from "./discovery.ts";
@@ -336,6 +337,10 @@ export class FederationHttpClient {
     }
     let body: unknown;
     if (text.trim() !== "") {
+      // The same bound as on what clients send: walking deeper JSON would overflow the stack.
+      if (nestingExceeds(text, MAX_JSON_DEPTH)) {
+        throw new FederationRequestError("bad-response", destination, `answered ${response.statusCode} with JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
+      }
       try {
         body = JSON.parse(text);
       } catch {

@@ -1,11 +1,9 @@
-// Reading JSON from others (request bodies, the `filter` query parameter; bodies from other servers
-// later): bounded nesting, and keys taken as data.
+// Reading JSON from others (request bodies of every route, client and federation alike, and the
+// `filter` query parameters): bounded nesting, and keys taken as data.
 //
-// - Depth: everything that walks JSON recursively (schemas, canonical JSON, redaction) would
-//   overflow the stack on text nested a few thousand levels deep, a 500 from one small request.
-//   The text is scanned before it is parsed, in a loop (the check cannot overflow the stack
-//   itself), and anything nested deeper than MAX_JSON_DEPTH is refused with 400 M_BAD_JSON. Events
-//   need far less: the spec's PDU size limit and canonical JSON make 100 levels plenty.
+// - Depth: nesting past MAX_JSON_DEPTH (federation/protocol/json-nesting.ts) is refused with 400
+//   M_BAD_JSON before parsing; walking it would overflow the stack (a 500 from one small request).
+//   The federation HTTP client applies the same check to other servers' answers.
 // - `__proto__`: JSON.parse makes a `__proto__` key an own data property, harmless as data, and
 //   Matrix content may hold any key. It is kept: the danger is code that copies or walks objects
 //   by keys others chose, and that code uses Maps, objects without prototypes
@@ -14,10 +12,10 @@
 //   data (event content, account data) use `jsonObject` below, which keeps the object as parsed.
 import { z } from "zod";
 import { CanonicalJsonError, parseStrictJson } from "../../federation/protocol/canonical-json.ts";
+import { MAX_JSON_DEPTH, nestingExceeds } from "../../federation/protocol/json-nesting.ts";
 import { MatrixError } from "./errors.ts";
 
-/** The deepest nesting of arrays and objects accepted in JSON from others. */
-export const MAX_JSON_DEPTH = 100;
+export { MAX_JSON_DEPTH, nestingExceeds };
 
 export interface ReadJsonOptions {
   /** Refuse what canonical JSON cannot hold (floats, integers beyond ±(2^53-1), lone surrogates). */
@@ -51,35 +49,6 @@ export function parseJsonFromOthers(text: string, options: ReadJsonOptions = {})
     }
   }
   return value;
-}
-
-/**
- * Whether arrays and objects in `text` nest deeper than `max` (brackets inside strings do not
- * count). Iterative, and linear in the text: strings are skipped with indexOf. Malformed text is
- * left for JSON.parse to refuse.
- */
-export function nestingExceeds(text: string, max: number): boolean {
-  let depth = 0;
-  const len = text.length;
-  for (let i = 0; i < len; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 0x22 /* " */) {
-      let end = i;
-      for (;;) {
-        end = text.indexOf('"', end + 1);
-        if (end < 0) return false;
-        let backslashes = 0;
-        for (let k = end - 1; text.charCodeAt(k) === 0x5c /* \ */; k--) backslashes++;
-        if (backslashes % 2 === 0) break;
-      }
-      i = end;
-    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
-      if (++depth > max) return true;
-    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
-      depth--;
-    }
-  }
-  return false;
 }
 
 function isJsonObject(value: unknown): value is Record<string, unknown> {
