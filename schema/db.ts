@@ -208,9 +208,9 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
       await makePrivateDirectory(dataDir);
       const created = !existsSync(path.join(dataDir, "PG_VERSION"));
       if (created) await initPgliteInChildProcess(dataDir);
-      // Files created by the child, and by Parley before 0.1's private modes: made private here,
-      // while no one else can reach them (db/ is already 0700). A new cluster also goes to disk now:
-      // crash recovery later starts from its files.
+      // Files created by the child, and by versions of Parley before private modes: made private
+      // here, while no one else can reach them (db/ is already 0700). A new cluster also goes to disk
+      // now: crash recovery later starts from its files.
       await makeTreePrivate(dataDir, { sync: created && options.embeddedFsync !== false });
     }
     const durable = dataDir !== undefined && options.embeddedFsync !== false;

@@ -67,7 +67,8 @@ describe.skipIf(onPostgres)("the embedded database on disk (PGlite only: Postgre
     expect(notPrivate(later)).toEqual([]);
   });
 
-  it("syncs the WAL to disk after a send's commit, before answering it", async () => {
+  // Which file a descriptor is comes from /proc/self/fd.
+  it.skipIf(process.platform !== "linux")("syncs the WAL to disk after a send's commit, before answering it", async () => {
     const bob = await registerRoomUser(server.url, "bob");
     const roomId = await bob.createRoom({ name: "durable" });
 
