@@ -114,7 +114,12 @@ function refusingWhenClosed<T extends object>(
       if (typeof value !== "function") return value;
       if (typeof property === "string" && entryPoints.includes(property)) {
         const call = (args: unknown[]) => {
-          if (isClosed()) throw new DatabaseClosedError();
+          if (isClosed()) {
+            // postgres.js's `unsafe` answers a query object that drizzle calls methods on (`values()`),
+            // so it throws (drizzle calls it inside an async function); the others answer promises.
+            if (property === "unsafe") throw new DatabaseClosedError();
+            return Promise.reject(new DatabaseClosedError());
+          }
           return (value as (...a: unknown[]) => unknown).apply(target, args);
         };
         return (...args: unknown[]) => (queue ? queue.run(() => call(args)) : call(args));
