@@ -340,7 +340,20 @@ function hostileText(rng: Rng, ctx: Context, plausibleValue: unknown): string | 
   }
 }
 
+/** Authorization headers of a server that signs its requests (X-Matrix), forged and malformed. */
+const HOSTILE_X_MATRIX = [
+  'X-Matrix origin="__proto__",destination="test.local",key="ed25519:a",sig="AAAA"',
+  "X-Matrix origin=constructor,destination=test.local,key=ed25519:__proto__,sig=AAAA",
+  'X-Matrix origin="evil.example",key="ed25519:toString",sig="%%%"',
+  "X-Matrix ,,,=,",
+  'X-Matrix origin="a\\"b",origin="c"',
+  `X-Matrix origin=${"a".repeat(3000)}`,
+  "X-Matrix",
+  'X-Matrix origin="test.local",destination="test.local",key="ed25519:auto",sig="' + "A".repeat(86) + '"',
+];
+
 interface FuzzRequest {
+  authorization?: string;
   who: string;
   method: string;
   path: string;
@@ -382,6 +395,11 @@ function makeRequest(rng: Rng, ctx: Context, r: AnyRoute, schemas: Map<AnyRoute,
   const token = auth < 0.85 ? tokens.fuzz : auth < 0.95 ? undefined : rng.pick(["__proto__", "constructor", "x".repeat(500), "syt_bogus", "%00"]);
   const who = auth < 0.85 ? "the fuzz user" : auth < 0.95 ? "anonymous" : `token ${JSON.stringify(token!.slice(0, 20))}`;
   const req: FuzzRequest = { who, method: r.method, path: qs ? `${path}?${qs}` : path, token };
+  if (r.path.startsWith("/_matrix/federation/") && rng.chance(0.6)) {
+    req.authorization = rng.pick(HOSTILE_X_MATRIX);
+    req.token = undefined;
+    req.who = `a server (${req.authorization.slice(0, 40)})`;
+  }
   if (r.method !== "GET") {
     const plausible = plausibleValue(rng, ctx, schemas.get(r), 0);
     const kind = rng.next();
@@ -563,6 +581,7 @@ describe("fuzz: every route with hostile input", () => {
         batch.push(described.slice(0, 200));
         const headers: Record<string, string> = {};
         if (req.token !== undefined) headers.Authorization = `Bearer ${req.token}`;
+        if (req.authorization !== undefined) headers.Authorization = req.authorization;
         if (req.contentType) headers["Content-Type"] = req.contentType;
         let status = 0;
         let text = "";
