@@ -20,6 +20,7 @@ import { createRoomServices } from "./rooms/room-services.ts";
 import type { PersistFaults } from "./rooms/persister.ts";
 import { createSyncServices, startSyncServices, stopSyncServices } from "./sync/sync-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
+import { type Federation, createFederation } from "../federation/transport/federation.ts";
 
 export interface Homeserver {
   services: Services;
@@ -68,6 +69,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   let services: Services;
   const servers: Listener[] = [];
   const requests = new InFlightRequests();
+  let federation: Federation | undefined;
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -96,6 +98,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       rooms: roomServices,
     });
     await startSyncServices(syncServices);
+    federation = createFederation({ config, database, signingKey, logger, now });
+    await federation.start();
     services = {
       config,
       database,
@@ -107,6 +111,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       ...roomServices,
       ...syncServices,
       auth: accountServices.sessions,
+      federation,
+      serverAuth: federation.serverAuth,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
     const handle = requests.wrap(app.fetch);
@@ -115,6 +121,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     if (tls) servers.push(await listen(handle, config, tls.port, logger, tls));
   } catch (err) {
     await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+    await federation?.stop().catch(() => {});
     await database.close().catch(() => {});
     throw err;
   }
@@ -193,6 +200,7 @@ async function shutDown(d: {
   }
   for (const s of servers) s.closeAllConnections();
   await step("closing connections", serverClosed, deadline);
+  await step("stopping federation", services.federation.stop(), deadline);
   await step("stopping sessions", services.sessions.stop(), deadline);
   await step("closing the database", database.close(), deadline);
   if (pending.length) logger.warn({ pending, inFlight: requests.size }, "shutdown did not finish in time; exiting anyway");

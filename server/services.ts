@@ -11,7 +11,8 @@ import { Sessions } from "./accounts/sessions.ts";
 import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
 import { UserInteractiveAuth } from "./accounts/uia.ts";
 import type { Config } from "./config.ts";
-import type { Requester, RequestInfo } from "./http/route.ts";
+import type { Requester, RequestInfo, ServerAuthenticator } from "./http/route.ts";
+import type { Federation } from "../federation/transport/federation.ts";
 import { MatrixError } from "./http/errors.ts";
 import { E2ee } from "./e2ee/e2ee.ts";
 import { RateLimiter } from "./ratelimit.ts";
@@ -33,6 +34,10 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   /** The clock; tests may replace it. */
   now(): number;
   auth: Authenticator;
+  /** The server-to-server side (federation/transport), built in server/homeserver.ts. */
+  federation: Federation;
+  /** Checks X-Matrix signatures for routes declared `auth: "server"`. */
+  serverAuth: ServerAuthenticator;
 }
 
 /** Until accounts exist, no token is valid. */

@@ -2,7 +2,11 @@
 // https://spec.matrix.org/latest/server-server-api/#publishing-keys
 import { encodeUnpaddedBase64 } from "../protocol/base64.ts";
 import { type SigningKey, signJson } from "../protocol/signing.ts";
+import { z } from "zod";
+import { MatrixError } from "../../server/http/errors.ts";
 import { route } from "../../server/http/route.ts";
+import { parseServerName } from "./discovery.ts";
+import type { ServerKeyStore } from "./server-keys.ts";
 
 /** How long peers may cache our key response; they refetch after this. */
 export const KEY_VALIDITY_MS = 24 * 60 * 60 * 1000;
@@ -27,3 +31,63 @@ const handler = (_: unknown, services: { config: { server_name: string }; signin
 export const serverKeys = route({ method: "GET", path: "/_matrix/key/v2/server", auth: "none", handler });
 /** The key-ID form is deprecated (the key ID is ignored) but older servers still request it. */
 export const serverKeysById = route({ method: "GET", path: "/_matrix/key/v2/server/:keyId", auth: "none", handler });
+
+// Notary: other servers' keys, as we fetched them, with our signature added.
+// https://spec.matrix.org/latest/server-server-api/#querying-keys-through-another-server
+
+const MAX_NOTARY_SERVERS = 100;
+
+async function notaryAnswer(
+  services: { config: { server_name: string }; signingKey: SigningKey; now(): number; federation: { keys: ServerKeyStore } },
+  criteria: Map<string, number>,
+): Promise<{ server_keys: unknown[] }> {
+  const { server_name: us } = services.config;
+  const answers = await Promise.all(
+    [...criteria].map(async ([server, minimumValidUntilTs]) => {
+      if (server === us) return [serverKeysResponse(us, services.signingKey, services.now())];
+      if (!parseServerName(server)) return [];
+      try {
+        return await services.federation.keys.storedResponses(server, minimumValidUntilTs);
+      } catch {
+        return [];
+      }
+    }),
+  );
+  return {
+    server_keys: answers.flat().map((json) => signJson(json as object, us, services.signingKey)),
+  };
+}
+
+const minimumValidUntil = z.coerce.number().int().nonnegative().optional();
+
+export const notaryQueryOne = route({
+  method: "GET",
+  path: "/_matrix/key/v2/query/:serverName",
+  auth: "none",
+  query: z.object({ minimum_valid_until_ts: minimumValidUntil }),
+  async handler({ params, query }, services) {
+    return notaryAnswer(services, new Map([[params.serverName as string, query.minimum_valid_until_ts ?? services.now()]]));
+  },
+});
+
+export const notaryQuery = route({
+  method: "POST",
+  path: "/_matrix/key/v2/query",
+  auth: "none",
+  body: z.object({
+    server_keys: z.record(z.string(), z.record(z.string(), z.object({ minimum_valid_until_ts: minimumValidUntil }).passthrough())),
+  }),
+  async handler({ body }, services) {
+    const servers = Object.entries(body.server_keys);
+    if (servers.length > MAX_NOTARY_SERVERS) {
+      throw new MatrixError(400, "M_LIMIT_EXCEEDED", `At most ${MAX_NOTARY_SERVERS} servers per query`);
+    }
+    const criteria = new Map<string, number>();
+    for (const [server, keys] of servers) {
+      // With several key IDs, the most demanding criterion; with none, valid now.
+      const wanted = Object.values(keys).map((k) => k.minimum_valid_until_ts ?? services.now());
+      criteria.set(server, wanted.length ? Math.max(...wanted) : services.now());
+    }
+    return notaryAnswer(services, criteria);
+  },
+});

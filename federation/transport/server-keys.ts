@@ -128,7 +128,7 @@ export class ServerKeyStore {
     const t = schema.remoteServerKeys;
     let rows = await this.opts.db.select().from(t).where(eq(t.serverName, serverName));
     if (!rows.some((r) => r.expiredTs === null && r.validUntilTs >= minimumValidUntilTs)) {
-      await this.refresh(serverName, true);
+      await this.refresh(serverName);
       rows = await this.opts.db.select().from(t).where(eq(t.serverName, serverName));
     }
     return [...new Set(rows.map((r) => r.responseJson))].map((text) => JSON.parse(text) as unknown);

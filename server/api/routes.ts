@@ -1,6 +1,7 @@
 // Every HTTP endpoint of the homeserver, in one list.
 import { federationVersion } from "../../federation/transport/version.ts";
-import { serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
+import { notaryQuery, notaryQueryOne, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
+import { federationQueryRoutes } from "./federation/query.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
 import { accountDataRoutes } from "./client/account-data.ts";
@@ -37,6 +38,9 @@ export const routes: AnyRoute[] = [
   federationVersion,
   serverKeys,
   serverKeysById,
+  notaryQuery,
+  notaryQueryOne,
+  ...federationQueryRoutes,
   ...registerRoutes,
   ...loginRoutes,
   ...accountRoutes,

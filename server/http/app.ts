@@ -72,7 +72,22 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
         services.rateLimiter.take("requests", requester.userId);
         admissionSlot(c)?.forUser(requester.userId);
       }
-      const body = r.body ? await readJsonBody(c, r.body, maxBytes, r.strictJson === true) : undefined;
+      let body: unknown;
+      let origin: string | undefined;
+      if (r.auth === "server") {
+        // The X-Matrix signature covers the body as parsed, so it is read before the check.
+        const text = c.req.method === "GET" || c.req.method === "DELETE" ? "" : await readBodyText(c, maxBytes);
+        const content = text.trim() === "" ? undefined : parseJsonFromOthers(text, { strict: r.strictJson === true });
+        origin = await services.serverAuth.authenticate({
+          authorization: c.req.header("authorization"),
+          method: c.req.method,
+          rawTarget: info.rawTarget,
+          content,
+        });
+        body = r.body ? validateBody(r.body, content ?? {}) : undefined;
+      } else {
+        body = r.body ? await readJsonBody(c, r.body, maxBytes, r.strictJson === true) : undefined;
+      }
       const query = r.query ? validateQuery(c, r.query) : c.req.query();
       const params = c.req.param() as Record<string, string>;
       for (const [name, value] of Object.entries(params)) {
@@ -80,7 +95,7 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
         if (value.includes("\u0000")) throw new MatrixError(400, "M_INVALID_PARAM", `${name} must not contain NUL`);
       }
       const result = await r.handler(
-        { params, query, body, requester, request: info, c },
+        { params, query, body, requester, origin, request: info, c },
         services,
       );
       if (result instanceof Response) return result;
@@ -163,7 +178,8 @@ async function authenticate(
   info: RequestInfo,
   services: Services,
 ): Promise<Requester | undefined> {
-  if (r.auth === "none") return undefined;
+  // Server routes are authenticated by their X-Matrix signature, once the body is read.
+  if (r.auth === "none" || r.auth === "server") return undefined;
   const token = accessToken(c);
   if (!token) {
     if (r.auth === "optional") return undefined;
@@ -196,6 +212,10 @@ async function readJsonBody<B>(c: Context, schema: z.ZodType<B>, maxBytes: numbe
   } else {
     value = parseJsonFromOthers(text, { strict });
   }
+  return validateBody(schema, value);
+}
+
+function validateBody<B>(schema: z.ZodType<B>, value: unknown): B {
   const parsed = schema.safeParse(value);
   if (!parsed.success) throw new MatrixError(400, "M_BAD_JSON", describeIssue(parsed.error));
   return parsed.data;

@@ -20,8 +20,20 @@ export interface Requester {
  * - `none`: no authentication.
  * - `user`: a valid access token is required (401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN otherwise).
  * - `optional`: the requester is known when a token is given, else undefined.
+ * - `server`: another homeserver, authenticated by its X-Matrix signature over the request
+ *   (401 M_UNAUTHORIZED otherwise); the handler gets its name as `origin`.
  */
-export type AuthMode = "none" | "user" | "optional";
+export type AuthMode = "none" | "user" | "optional" | "server";
+
+/** Checks another server's X-Matrix signature over a request; answers that server's name. */
+export interface ServerAuthenticator {
+  authenticate(request: {
+    authorization: string | undefined;
+    method: string;
+    rawTarget: string;
+    content: unknown;
+  }): Promise<string>;
+}
 
 export interface RequestInfo {
   requestId: string;
@@ -36,6 +48,8 @@ export interface HandlerInput<A extends AuthMode, B, Q> {
   query: Q;
   body: B;
   requester: A extends "user" ? Requester : A extends "optional" ? Requester | undefined : undefined;
+  /** The authenticated origin server of a `server` route. */
+  origin: A extends "server" ? string : undefined;
   request: RequestInfo;
   /** The raw Hono context, for the rare endpoint that needs headers or repeated query values. */
   c: Context;

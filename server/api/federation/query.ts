@@ -1,0 +1,26 @@
+// Queries other servers make of this one.
+// https://spec.matrix.org/latest/server-server-api/#querying-for-information
+import { z } from "zod";
+import { MatrixError, notFound } from "../../http/errors.ts";
+import { route } from "../../http/route.ts";
+
+// https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1queryprofile
+export const queryProfile = route({
+  method: "GET",
+  path: "/_matrix/federation/v1/query/profile",
+  auth: "server",
+  query: z.object({ user_id: z.string(), field: z.enum(["displayname", "avatar_url"]).optional() }),
+  async handler({ query }, services) {
+    if (!query.user_id.endsWith(`:${services.config.server_name}`)) {
+      throw new MatrixError(400, "M_INVALID_PARAM", "That user does not belong to this server");
+    }
+    const profile = await services.accounts.getProfile(query.user_id);
+    if (!profile) throw notFound("No such user");
+    if (query.field === undefined) return profile;
+    const value = profile[query.field];
+    if (value === undefined) throw notFound(`This user has no ${query.field}`);
+    return { [query.field]: value };
+  },
+});
+
+export const federationQueryRoutes = [queryProfile];
