@@ -195,6 +195,11 @@ async function shutDown(d: {
     if (!(await requests.drained(Math.max(0, graceEnds - performance.now())))) {
       logger.warn({ inFlight: requests.size, graceMs }, "requests still running after the grace period: closing their connections");
     }
+    // The answers of handlers that just returned are still being written: their connections close
+    // as they go idle, until the grace period ends.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([serverClosed, new Promise((resolve) => (timer = setTimeout(resolve, Math.max(0, graceEnds - performance.now()))))]);
+    clearTimeout(timer);
   } finally {
     clearInterval(idle);
   }
@@ -204,7 +209,8 @@ async function shutDown(d: {
   await step("stopping sessions", services.sessions.stop(), deadline);
   await step("closing the database", database.close(), deadline);
   if (pending.length) logger.warn({ pending, inFlight: requests.size }, "shutdown did not finish in time; exiting anyway");
-  logger.info({ ms: Math.round(performance.now() - started) }, "shut down");
+  // Handlers still running here were cut off from the database: they end with DatabaseClosedError.
+  logger.info({ ms: Math.round(performance.now() - started), inFlight: requests.size }, "shut down");
 }
 
 /** A listening socket: plain HTTP, or HTTPS with `tls_port`. */
