@@ -27,7 +27,7 @@ export async function startNetwork(
   options: { config?: (i: number) => Record<string, unknown> } & Omit<TestServerOptions, "config"> = {},
 ): Promise<Network> {
   const names = Array.from({ length: count }, (_, i) => `hs${i + 1}.test`);
-  const ports = [];
+  const ports: number[] = [];
   for (let i = 0; i < count; i++) ports.push(await freePort());
   const federationHosts = names.map((n, i) => `${n}=127.0.0.1:${ports[i]}`).join(",");
   const servers = await Promise.all(
