@@ -11,6 +11,7 @@ import { FederationHttpClient } from "./http-client.ts";
 import { ServerRequestAuthenticator } from "./inbound-auth.ts";
 import { FederationSender } from "./sender.ts";
 import { ServerKeyStore } from "./server-keys.ts";
+import { EduHandlers } from "./edu-handlers.ts";
 
 export interface FederationConfig {
   server_name: string;
@@ -25,6 +26,8 @@ export interface Federation {
   keys: ServerKeyStore;
   sender: FederationSender;
   serverAuth: ServerRequestAuthenticator;
+  /** Handlers for inbound EDUs by type; registered where the homeserver is put together. */
+  edus: EduHandlers;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -96,6 +99,7 @@ export function createFederation(deps: FederationDeps): Federation {
     keys,
     sender,
     serverAuth,
+    edus: new EduHandlers(),
     start: () => sender.start(),
     async stop() {
       await sender.stop();
