@@ -126,6 +126,8 @@ const HOSTILE_FILTERS = [
 ];
 
 interface Context {
+  /** Stream and pagination tokens the server handed out, and broken variants of them. */
+  tokens: string[];
   fuzz: TestUser;
   canary: TestUser;
   fuzzRoom: string;
@@ -142,7 +144,7 @@ function plausibleStrings(ctx: Context): string[] {
     "content", "underride", "room", "sender", "m.read", "m.read.private", "m.fully_read", "1", "2", "txn1",
     "#alias:test.local", "m.favourite", "ed25519:auto", "signed_curve25519", "curve25519", "m.login.password",
     "m.login.dummy", "m.megolm.v1.aes-sha2", "m.reference", "m.annotation", "public", "private", "online", "b", "f",
-    "test.local", "example.org",
+    "test.local", "example.org", ...ctx.tokens,
   ];
 }
 
@@ -516,10 +518,17 @@ describe("fuzz: every route with hostile input", () => {
     };
     const canaryRoom = (await call(canary, "POST", "/_matrix/client/v3/createRoom", { name: "canary room", topic: "t" })).room_id;
     const fuzzRoom = (await call(fuzz, "POST", "/_matrix/client/v3/createRoom", { preset: "public_chat" })).room_id;
-    ctx = { fuzz, canary, fuzzRoom, canaryRoom, fuzzEvent: "", canaryEvent: "" };
+    ctx = { tokens: [], fuzz, canary, fuzzRoom, canaryRoom, fuzzEvent: "", canaryEvent: "" };
     for (let i = 0; i < 3; i++) {
       ctx.canaryEvent = (await call(canary, "PUT", `/_matrix/client/v3/rooms/${enc(canaryRoom)}/send/m.room.message/c${i}`, { msgtype: "m.text", body: `canary ${i}` })).event_id;
       ctx.fuzzEvent = (await call(fuzz, "PUT", `/_matrix/client/v3/rooms/${enc(fuzzRoom)}/send/m.room.message/f${i}`, { msgtype: "m.text", body: `fuzz ${i}` })).event_id;
+    }
+    const handedOut = [
+      (await call(fuzz, "GET", "/_matrix/client/v3/sync?timeout=0")).next_batch,
+      (await call(fuzz, "GET", `/_matrix/client/v3/rooms/${enc(fuzzRoom)}/messages?dir=b&limit=1`)).end,
+    ].filter((t): t is string => typeof t === "string");
+    for (const t of handedOut) {
+      ctx.tokens.push(t, t.replace(/\d+/g, "99999999999999999999"), t.replace(/\d+/, "-1"), t.replace(/\d+/g, "1.5"), `${t}_`, t.slice(0, -1), t.replace(/\d+/g, "9007199254740993"));
     }
     const me = enc(canary.userId);
     await call(canary, "PUT", `/_matrix/client/v3/user/${me}/account_data/org.example.canary`, { secret: "global", n: 1 });
