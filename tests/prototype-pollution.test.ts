@@ -2,6 +2,8 @@
 // signature upload, a filter path through `__proto__`, an event type `toString` — each once took the
 // whole server down or handed the attacker's values to every missing-key lookup in the process.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { TestUser } from "./accounts-helpers.ts";
+import { ed25519Key, sign } from "./e2ee-helpers.ts";
 import { snapshotGlobals } from "./globals-guard.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
 
@@ -120,6 +122,29 @@ describe("prototype pollution", () => {
     await expectUnharmed();
     expect(got.status).toBe(200);
     expect(got.text).toBe('{"__proto__":{"a":1},"constructor":2}');
+  });
+
+  it("stores signed device keys holding a `__proto__` field whole, so their signature still verifies", async () => {
+    const login = await request(hs.url, "POST", "/_matrix/client/v3/login", {
+      body: { type: "m.login.password", identifier: { type: "m.id.user", user: "mallory" }, password: "correct horse battery", device_id: "PROTO" },
+    });
+    const user = { userId: "@mallory:test.local", deviceId: "PROTO" } as TestUser;
+    const key = ed25519Key("PROTO");
+    const unsigned = JSON.parse(
+      `{"user_id":"@mallory:test.local","device_id":"PROTO","algorithms":["m.megolm.v1.aes-sha2"],"keys":{"ed25519:PROTO":"${key.publicKeyBase64}"},"__proto__":{"x":1}}`,
+    );
+    const upload = await request(hs.url, "POST", "/_matrix/client/v3/keys/upload", {
+      token: login.json.access_token,
+      raw: JSON.stringify({ device_keys: sign(unsigned, user.userId, key) }),
+    });
+    const query = await request(hs.url, "POST", "/_matrix/client/v3/keys/query", {
+      token,
+      body: { device_keys: { "@mallory:test.local": ["PROTO"] } },
+    });
+    await expectUnharmed();
+    expect(upload.status).toBe(200);
+    const served = JSON.parse(query.text).device_keys["@mallory:test.local"].PROTO;
+    expect(JSON.stringify(served.__proto__)).toBe('{"x":1}');
   });
 
   for (const type of ["__proto__", "constructor", "toString", "hasOwnProperty", "valueOf"]) {

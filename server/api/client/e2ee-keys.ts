@@ -7,11 +7,26 @@
 import { z } from "zod";
 import { invalidParam, unrecognized } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
+import { jsonObject } from "../../http/safe-json.ts";
 import type { DeviceListPoint } from "../../sync/device-list-changes.ts";
 import { STREAMS } from "../../sync/streams.ts";
 
 const signatures = z.record(z.string(), z.record(z.string(), z.string()));
 const keyMap = z.record(z.string(), z.unknown());
+
+const deviceKeysShape = z.looseObject({
+  user_id: z.string(),
+  device_id: z.string(),
+  algorithms: z.array(z.string()),
+  keys: z.record(z.string(), z.string()),
+  signatures,
+});
+// Every field of the device keys is signed, so none may be dropped: the shape is checked, and the
+// object passed on exactly as parsed (a loose object would still drop a `__proto__` key).
+const deviceKeys = jsonObject.superRefine((value, ctx) => {
+  const result = deviceKeysShape.safeParse(value);
+  for (const issue of result.error?.issues ?? []) ctx.addIssue({ code: "custom", message: issue.message, path: issue.path });
+});
 
 export const uploadKeys = route({
   method: "POST",
@@ -19,16 +34,7 @@ export const uploadKeys = route({
   auth: "user",
   allowGuests: true,
   body: z.object({
-    // Loose: every field of the device keys is signed, so none may be dropped.
-    device_keys: z
-      .looseObject({
-        user_id: z.string(),
-        device_id: z.string(),
-        algorithms: z.array(z.string()),
-        keys: z.record(z.string(), z.string()),
-        signatures,
-      })
-      .optional(),
+    device_keys: deviceKeys.optional(),
     one_time_keys: keyMap.optional(),
     fallback_keys: keyMap.optional(),
   }),
