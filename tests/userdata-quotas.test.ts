@@ -1,6 +1,7 @@
 // Per-user storage quotas on account data, room account data, tags and filters (issue 20, finding 9):
 // without them one account could store about 8 MB per request, as many times as it liked.
-import { eq } from "drizzle-orm";
+import { readFile } from "node:fs/promises";
+import { asc, eq, sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { schema } from "../schema/db.ts";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
@@ -140,5 +141,23 @@ describe("filter quotas", () => {
     });
     expect(big.status).toBe(413);
     expect(big.json.errcode).toBe("M_TOO_LARGE");
+  });
+});
+
+describe("usage of data stored before the quotas", () => {
+  it("is counted by the migration from the account data and filters already there", async () => {
+    const u = schema.userDataUsage;
+    const before = await hs.services.db.select().from(u).orderBy(asc(u.userId));
+    expect(before.length).toBeGreaterThan(3);
+    // The migration's counting statement, run again on an emptied usage table, counts the same.
+    const migration = await readFile(new URL("../schema/migrations/0007_user_data_usage.sql", import.meta.url), "utf8");
+    const backfill = migration.split("--> statement-breakpoint")[1]!;
+    await hs.services.db.transaction(async (tx) => {
+      await tx.delete(u);
+      await tx.execute(sql.raw(backfill));
+    });
+    const after = await hs.services.db.select().from(u).orderBy(asc(u.userId));
+    // Users whose usage went back to nothing have a zero row now, and none after a recount.
+    expect(after).toEqual(before.filter((r) => r.bytes !== 0 || r.filters !== 0));
   });
 });
