@@ -411,28 +411,35 @@ describe("a database being closed", () => {
     }
   });
 
-  it("lets timers run while the embedded database works through a backlog of queries", async () => {
-    if (process.env.DATABASE_URL) return;
-    const dataDir = await mkdtemp(path.join(tmpdir(), "parley-db-turns-"));
-    const database = await openDatabase({ dataDir, embedded: "memory" });
-    try {
-      let last = performance.now();
-      let longestGap = 0;
-      const ticker = setInterval(() => {
-        const now = performance.now();
-        longestGap = Math.max(longestGap, now - last);
-        last = now;
-      }, 5);
-      const started = performance.now();
-      await Promise.all(Array.from({ length: 1500 }, () => database.db.execute(sql`select count(*) from generate_series(1, 300)`)));
-      const took = performance.now() - started;
-      clearInterval(ticker);
-      // Without turns the whole backlog ran as one chain of promise callbacks: one gap as long as all of it.
-      expect(took).toBeGreaterThan(150);
-      expect(longestGap).toBeLessThan(Math.max(100, took / 3));
-    } finally {
-      await database.close();
-      await rm(dataDir, { recursive: true, force: true });
-    }
+});
+
+describe.skipIf(process.env.DATABASE_URL)("the embedded database under a backlog", () => {
+  let dataDir: string;
+  let database: Awaited<ReturnType<typeof openDatabase>>;
+  beforeAll(async () => {
+    dataDir = await mkdtemp(path.join(tmpdir(), "parley-db-turns-"));
+    database = await openDatabase({ dataDir, embedded: "memory" });
+  });
+  afterAll(async () => {
+    await database?.close();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it("lets timers run while it works through hundreds of queries at once", async () => {
+    let last = performance.now();
+    let longestGap = 0;
+    const ticker = setInterval(() => {
+      const now = performance.now();
+      longestGap = Math.max(longestGap, now - last);
+      last = now;
+    }, 5);
+    const started = performance.now();
+    await Promise.all(Array.from({ length: 800 }, () => database.db.execute(sql`select count(*) from generate_series(1, 300)`)));
+    const took = performance.now() - started;
+    clearInterval(ticker);
+    longestGap = Math.max(longestGap, performance.now() - last);
+    // Without turns the whole backlog ran as one chain of promise callbacks: the timer never fired.
+    expect(took).toBeGreaterThan(100);
+    expect(longestGap).toBeLessThan(Math.max(60, took / 3));
   });
 });
