@@ -100,6 +100,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     await startSyncServices(syncServices);
     federation = createFederation({ config, database, signingKey, logger, now });
     await federation.start();
+    const queries = federation.queries;
+    roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));
     services = {
       config,
       database,

@@ -12,6 +12,8 @@ import { ServerRequestAuthenticator } from "./inbound-auth.ts";
 import { FederationSender } from "./sender.ts";
 import { ServerKeyStore } from "./server-keys.ts";
 import { EduHandlers } from "./edu-handlers.ts";
+import { OwnOldKeys } from "./own-old-keys.ts";
+import { RemoteQueries } from "./remote-queries.ts";
 
 export interface FederationConfig {
   server_name: string;
@@ -24,6 +26,10 @@ export interface Federation {
   http: FederationHttpClient;
   resolver: ServerResolver;
   keys: ServerKeyStore;
+  /** Our retired signing keys, published under old_verify_keys. */
+  ownOldKeys: OwnOldKeys;
+  /** Profile, alias and OpenID queries made of other servers for our clients. */
+  queries: RemoteQueries;
   sender: FederationSender;
   serverAuth: ServerRequestAuthenticator;
   /** Handlers for inbound EDUs by type; registered where the homeserver is put together. */
@@ -72,8 +78,10 @@ export function createFederation(deps: FederationDeps): Federation {
     pinnedHosts: new Map(config.federation_hosts.map((h) => [h.name, { host: h.host, port: h.port }])),
     insecure,
   });
+  const ownOldKeys = new OwnOldKeys(database.db);
   const keys = new ServerKeyStore({
     db: database.db,
+    ownOldKeys: () => ownOldKeys.list(),
     http,
     serverName: config.server_name,
     signingKey,
@@ -97,6 +105,8 @@ export function createFederation(deps: FederationDeps): Federation {
     http,
     resolver,
     keys,
+    ownOldKeys,
+    queries: new RemoteQueries(http, now),
     sender,
     serverAuth,
     edus: new EduHandlers(),

@@ -6,27 +6,42 @@ import { z } from "zod";
 import { MatrixError } from "../../server/http/errors.ts";
 import { route } from "../../server/http/route.ts";
 import { parseServerName } from "./discovery.ts";
-import type { ServerKeyStore } from "./server-keys.ts";
+import { type OwnOldKeys, oldVerifyKeysJson } from "./own-old-keys.ts";
+import type { ServerKeyStore, VerifyKey } from "./server-keys.ts";
 
 /** How long peers may cache our key response; they refetch after this. */
 export const KEY_VALIDITY_MS = 24 * 60 * 60 * 1000;
 
-/** The self-signed `/_matrix/key/v2/server` response. Pure: the clock is passed in. */
-export function serverKeysResponse(serverName: string, key: SigningKey, now: number) {
+/**
+ * The self-signed `/_matrix/key/v2/server` response, with our retired keys under old_verify_keys.
+ * Pure: the clock and the old keys are passed in.
+ */
+export function serverKeysResponse(serverName: string, key: SigningKey, now: number, oldKeys = new Map<string, VerifyKey>()) {
+  const old = new Map(oldKeys);
+  old.delete(key.keyId);
   return signJson(
     {
       server_name: serverName,
       valid_until_ts: now + KEY_VALIDITY_MS,
       verify_keys: { [key.keyId]: { key: encodeUnpaddedBase64(key.publicKey) } },
-      old_verify_keys: {},
+      old_verify_keys: oldVerifyKeysJson(old),
     },
     serverName,
     key,
   );
 }
 
-const handler = (_: unknown, services: { config: { server_name: string }; signingKey: SigningKey; now(): number }) =>
-  serverKeysResponse(services.config.server_name, services.signingKey, services.now());
+interface KeyServices {
+  config: { server_name: string };
+  signingKey: SigningKey;
+  now(): number;
+  federation: { ownOldKeys: OwnOldKeys };
+}
+
+const ownResponse = async (services: KeyServices) =>
+  serverKeysResponse(services.config.server_name, services.signingKey, services.now(), await services.federation.ownOldKeys.list());
+
+const handler = (_: unknown, services: KeyServices) => ownResponse(services);
 
 export const serverKeys = route({ method: "GET", path: "/_matrix/key/v2/server", auth: "none", handler });
 /** The key-ID form is deprecated (the key ID is ignored) but older servers still request it. */
@@ -38,13 +53,13 @@ export const serverKeysById = route({ method: "GET", path: "/_matrix/key/v2/serv
 const MAX_NOTARY_SERVERS = 100;
 
 async function notaryAnswer(
-  services: { config: { server_name: string }; signingKey: SigningKey; now(): number; federation: { keys: ServerKeyStore } },
+  services: KeyServices & { federation: { keys: ServerKeyStore } },
   criteria: Map<string, number>,
 ): Promise<{ server_keys: unknown[] }> {
   const { server_name: us } = services.config;
   const answers = await Promise.all(
     [...criteria].map(async ([server, minimumValidUntilTs]) => {
-      if (server === us) return [serverKeysResponse(us, services.signingKey, services.now())];
+      if (server === us) return [await ownResponse(services)];
       if (!parseServerName(server)) return [];
       try {
         return await services.federation.keys.storedResponses(server, minimumValidUntilTs);

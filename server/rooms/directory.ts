@@ -2,14 +2,15 @@
 // https://spec.matrix.org/latest/client-server-api/#room-aliases
 // https://spec.matrix.org/latest/client-server-api/#published-room-directory
 //
-// Aliases on other servers, and other servers' directories, are looked up over federation: not yet
-// (404 / an error for now).
+// Aliases on other servers are asked of their server over federation, through the lookup the
+// homeserver wiring gives (`resolveRemoteAliasesWith`: this service never imports federation).
+// Other servers' directories are not yet.
 import { eq, sql } from "drizzle-orm";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { MatrixError, forbidden, notFound } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
-import type { RoomAliases } from "./aliases.ts";
+import { type RoomAliases, parseAlias } from "./aliases.ts";
 import type { Rooms } from "./rooms.ts";
 
 type JsonObject = Record<string, unknown>;
@@ -34,9 +35,24 @@ export class Directory {
     private readonly serverName: string,
   ) {}
 
+  private remoteAliases?: (alias: string) => Promise<{ room_id: string; servers: string[] }>;
+
+  /** How aliases of other servers are resolved (federation's `/query/directory`). */
+  resolveRemoteAliasesWith(lookup: (alias: string) => Promise<{ room_id: string; servers: string[] }>): void {
+    this.remoteAliases = lookup;
+  }
+
   // ---- Aliases ---------------------------------------------------------------------------------------
 
   async resolveAlias(alias: string): Promise<{ room_id: string; servers: string[] }> {
+    const server = parseAlias(alias)?.server;
+    if (server !== undefined && server !== this.serverName && this.remoteAliases) return this.remoteAliases(alias);
+    return this.resolveLocalAlias(alias);
+  }
+
+  /** An alias of ours; 404 M_NOT_FOUND for any other (what `/federation/v1/query/directory` answers). */
+  async resolveLocalAlias(alias: string): Promise<{ room_id: string; servers: string[] }> {
+    // Rooms are on this server alone until rooms federate; then: the servers of the joined members.
     const row = await this.aliases.resolve(alias);
     if (!row) throw notFound(`Room alias ${alias.slice(0, 100)} not found`);
     return { room_id: row.roomId, servers: [this.serverName] };

@@ -1,13 +1,16 @@
 // https://spec.matrix.org/latest/client-server-api/#profiles
-// Profiles of users on other servers come over federation (`/federation/v1/query/profile`) with the
-// federation issue; until then they are 404 M_NOT_FOUND like unknown local users.
+// Profiles of users on other servers are asked of their server (`/federation/v1/query/profile`,
+// remembered briefly); its 404 is ours, and a server that cannot be reached is a 502 (as Synapse).
 import { z } from "zod";
+import { isValidUserId, serverNameOf } from "../../../federation/protocol/identifiers.ts";
 import { notFound } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
 import type { Services } from "../../services.ts";
 import { requireOwnUser } from "./ownership.ts";
 
 async function profileOf(services: Services, userId: string) {
+  const server = isValidUserId(userId) ? serverNameOf(userId) : undefined;
+  if (server !== undefined && server !== services.config.server_name) return services.federation.queries.profile(userId);
   const profile = await services.accounts.getProfile(userId);
   if (!profile) throw notFound("No such user");
   return profile;

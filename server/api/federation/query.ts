@@ -23,4 +23,18 @@ export const queryProfile = route({
   },
 });
 
-export const federationQueryRoutes = [queryProfile];
+// https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1querydirectory
+export const queryDirectory = route({
+  method: "GET",
+  path: "/_matrix/federation/v1/query/directory",
+  auth: "server",
+  query: z.object({ room_alias: z.string() }),
+  async handler({ query }, services) {
+    if (!query.room_alias.endsWith(`:${services.config.server_name}`)) {
+      throw new MatrixError(400, "M_INVALID_PARAM", "That room alias does not belong to this server");
+    }
+    return services.directory.resolveLocalAlias(query.room_alias);
+  },
+});
+
+export const federationQueryRoutes = [queryProfile, queryDirectory];

@@ -1,0 +1,58 @@
+// Two Parley servers: a client of one reads profiles and resolves aliases of the other.
+// https://spec.matrix.org/latest/server-server-api/#querying-for-information
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerUser, type TestUser } from "./accounts-helpers.ts";
+import { type Network, startNetwork } from "./federation-harness.ts";
+import { request } from "./harness.ts";
+import { createRoom } from "./sync-helpers.ts";
+
+describe("remote queries between two Parley servers", () => {
+  let net: Network;
+  let a: Network["servers"][0];
+  let b: Network["servers"][0];
+  let alice: TestUser;
+  let bob: TestUser;
+  beforeAll(async () => {
+    net = await startNetwork(2);
+    [a, b] = net.servers as [Network["servers"][0], Network["servers"][0]];
+    [alice, bob] = await Promise.all([registerUser(a!.url, "alice"), registerUser(b!.url, "bob")]);
+    await request(b!.url, "PUT", `/_matrix/client/v3/profile/${bob.userId}/displayname`, { token: bob.accessToken, body: { displayname: "Bob B" } });
+  });
+  afterAll(() => net?.destroy());
+
+  it("reads the profile of a user on the other server through its own server", async () => {
+    const profile = await request(a!.url, "GET", "/_matrix/client/v3/profile/@bob:hs2.test");
+    expect(profile).toMatchObject({ status: 200, json: { displayname: "Bob B" } });
+    const name = await request(a!.url, "GET", "/_matrix/client/v3/profile/@bob:hs2.test/displayname", { token: alice.accessToken });
+    expect(name).toMatchObject({ status: 200, json: { displayname: "Bob B" } });
+    const avatar = await request(a!.url, "GET", "/_matrix/client/v3/profile/@bob:hs2.test/avatar_url");
+    expect(avatar).toMatchObject({ status: 404, json: { errcode: "M_NOT_FOUND" } });
+  });
+
+  it("answers 404 when the other server knows no such user, and 502 when it cannot be reached", async () => {
+    const missing = await request(a!.url, "GET", "/_matrix/client/v3/profile/@nobody:hs2.test");
+    expect(missing).toMatchObject({ status: 404, json: { errcode: "M_NOT_FOUND" } });
+    // An address federation may not reach (loopback, not pinned) is as good as a dead server.
+    const unreachable = await request(a!.url, "GET", "/_matrix/client/v3/profile/@carol:127.0.0.1:9");
+    expect(unreachable.status).toBe(502);
+    expect(unreachable.json.errcode).toBe("M_UNKNOWN");
+  });
+
+  it("resolves an alias of the other server, and 404s an unknown one", async () => {
+    const roomId = await createRoom(b!.url, bob, { room_alias_name: "lounge" });
+    const resolved = await request(a!.url, "GET", `/_matrix/client/v3/directory/room/${encodeURIComponent("#lounge:hs2.test")}`);
+    expect(resolved).toMatchObject({ status: 200, json: { room_id: roomId, servers: ["hs2.test"] } });
+    const unknown = await request(a!.url, "GET", `/_matrix/client/v3/directory/room/${encodeURIComponent("#nowhere:hs2.test")}`);
+    expect(unknown).toMatchObject({ status: 404, json: { errcode: "M_NOT_FOUND" } });
+  });
+
+  it("serves /query/directory only for its own aliases", async () => {
+    const other = await a!.services.federation.http.request("hs2.test", {
+      method: "GET",
+      path: `/_matrix/federation/v1/query/directory?room_alias=${encodeURIComponent("#x:hs1.test")}`,
+    });
+    expect(other.status).toBe(400);
+    const unsigned = await request(b!.url, "GET", `/_matrix/federation/v1/query/directory?room_alias=${encodeURIComponent("#lounge:hs2.test")}`);
+    expect(unsigned.status).toBe(401);
+  });
+});
