@@ -248,8 +248,8 @@ export const configKeys = {
   max_long_polls: key({
     env: "PARLEY_MAX_LONG_POLLS",
     schema: int(1, 10_000_000),
-    default: 5_000,
-    doc: "The most /sync long-polls (requests that may wait for news) one process holds at once; beyond it a long-poll is refused with 429 M_LIMIT_EXCEEDED and `retry_after_ms` (2–4 s), so the process stays responsive to the requests it holds. Measured on 2 cores: see bench/longpoll.bench.ts.",
+    default: 2_000,
+    doc: "The most /sync long-polls (requests that may wait for news) one process holds at once; beyond it a long-poll is refused with 429 M_LIMIT_EXCEEDED and `retry_after_ms` (2–4 s), so the process stays responsive to the requests it holds. The default suits 2 cores on the embedded database (bench/longpoll.bench.ts); raise it with more cores or on PostgreSQL.",
   }),
   max_long_polls_per_user: key({
     env: "PARLEY_MAX_LONG_POLLS_PER_USER",

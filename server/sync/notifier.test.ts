@@ -102,3 +102,31 @@ describe("Notifier", () => {
     expect(got).toEqual([["@a:x\u0000DEV"]]);
   });
 });
+
+describe("Notifier timeouts", () => {
+  it("times out many long-polls of many rooms on its one timer, each close to its timeout, and keeps nothing of them", async () => {
+    const n = notifier();
+    await n.start(async () => zeroPositions());
+    const rooms = Array.from({ length: 50 }, (_, i) => `!r${i}:x`);
+    const started = performance.now();
+    const ends: Promise<number>[] = [];
+    for (let i = 0; i < 200; i++) {
+      const timeoutMs = 50 + (i % 4) * 50;
+      ends.push(n.wait({ userId: `@u${i % 7}:x`, rooms, after: zeroPositions(), timeoutMs }).then((woken) => {
+        expect(woken).toBe(false);
+        return performance.now() - started - timeoutMs;
+      }));
+    }
+    expect(n.waiting).toBe(200);
+    const lateness = await Promise.all(ends);
+    expect(Math.min(...lateness)).toBeGreaterThanOrEqual(-1);
+    expect(Math.max(...lateness)).toBeLessThan(1_000);
+    expect(n.waiting).toBe(0);
+    // A change to any of those rooms now wakes nobody and finds no one to wake.
+    n.publish({ stream: "events", position: 1, rooms });
+    const woken = n.wait({ userId: "@u0:x", rooms: ["!r3:x"], after: at(1), timeoutMs: 5_000 });
+    n.publish({ stream: "events", position: 2, rooms: ["!r3:x"] });
+    expect(await woken).toBe(true);
+    expect(n.waiting).toBe(0);
+  });
+});

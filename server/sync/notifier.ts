@@ -27,6 +27,12 @@ const MAX_PAYLOAD = 7900;
 const GAP_GIVEN_UP_MS = 5_000;
 /** Beyond this many remembered keys, forget them all and raise the floor (see `lastChangeOf`). */
 const MAX_REMEMBERED_KEYS = 200_000;
+/**
+ * Long-polls time out on a wheel of this many milliseconds per slot, one timer for all of them: a
+ * timer per long-poll (each with its own fractional, jittered duration) cost a Timeout and a timer
+ * list each. A long-poll answers up to this much after its timeout.
+ */
+const WHEEL_TICK_MS = 100;
 
 export interface Change {
   stream: StreamName;
@@ -60,9 +66,15 @@ export interface WaitOptions {
 type ChangeHandler = (change: Change) => void;
 type BroadcastHandler = (data: unknown) => void;
 
+/**
+ * What a waiting long-poll holds here: its user, its rooms (the request's own array: no per-waiter
+ * copies of room IDs or keys), its slot on the timeout wheel, and how to end it.
+ */
 interface Waiter {
-  keys: string[];
-  wake: () => void;
+  userId: string;
+  rooms: readonly string[];
+  slot: number;
+  end: (woken: boolean) => void;
 }
 
 const userKey = (userId: string) => `u:${userId}`;
@@ -71,7 +83,13 @@ const roomKey = (roomId: string) => `r:${roomId}`;
 export class Notifier {
   /** The highest position notified per stream (and read from the database): a safe upper bound. */
   private current = zeroPositions();
-  private readonly waiters = new Map<string, Set<Waiter>>();
+  private readonly userWaiters = new Map<string, Set<Waiter>>();
+  private readonly roomWaiters = new Map<string, Set<Waiter>>();
+  /** The timeout wheel: slot (deadline / WHEEL_TICK_MS, rounded up) → the waiters ending then. */
+  private readonly wheel = new Map<number, Set<Waiter>>();
+  /** The first slot not yet expired; the wheel's one timer runs while it holds waiters. */
+  private wheelCursor = 0;
+  private wheelTimer: ReturnType<typeof setInterval> | undefined;
   private readonly lastChange = new Map<string, Partial<StreamPositions>>();
   /** Positions at or below which forgotten keys may have changed. */
   private floor = zeroPositions();
@@ -117,7 +135,7 @@ export class Notifier {
   /** Wakes every waiting request (they answer at once) and refuses to wait from now on: shutdown. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const set of this.waiters.values()) for (const w of [...set]) w.wake();
+    this.wakeAll();
     await this.unlisten?.().catch(() => {});
   }
 
@@ -232,37 +250,63 @@ export class Notifier {
    */
   wait(options: WaitOptions): Promise<boolean> {
     if (this.closed || options.timeoutMs <= 0 || options.signal?.aborted) return Promise.resolve(false);
-    const keys = [userKey(options.userId)];
-    for (const r of options.rooms) keys.push(roomKey(r));
-    if (keys.some((k) => this.changedSince(k, options.after))) return Promise.resolve(true);
+    const { userId, signal } = options;
+    const rooms = Array.isArray(options.rooms) ? (options.rooms as readonly string[]) : [...options.rooms];
+    if (this.changedSince(userKey(userId), options.after)) return Promise.resolve(true);
+    for (const r of rooms) if (this.changedSince(roomKey(r), options.after)) return Promise.resolve(true);
     return new Promise<boolean>((resolve) => {
-      let woken = false;
+      const onAbort = () => waiter.end(false);
       const waiter: Waiter = {
-        keys,
-        wake: () => {
-          woken = true;
-          finish();
+        userId,
+        rooms,
+        slot: Math.ceil((performance.now() + options.timeoutMs) / WHEEL_TICK_MS),
+        end: (woken) => {
+          this.remove(waiter);
+          signal?.removeEventListener("abort", onAbort);
+          resolve(woken && !this.closed);
         },
       };
-      const finish = () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener("abort", finish);
-        for (const k of keys) {
-          const set = this.waiters.get(k);
-          if (!set) continue;
-          set.delete(waiter);
-          if (set.size === 0) this.waiters.delete(k);
-        }
-        resolve(woken && !this.closed);
-      };
-      const timer = setTimeout(finish, options.timeoutMs);
-      options.signal?.addEventListener("abort", finish, { once: true });
-      for (const k of keys) {
-        let set = this.waiters.get(k);
-        if (!set) this.waiters.set(k, (set = new Set()));
-        set.add(waiter);
-      }
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.add(waiter);
     });
+  }
+
+  private add(waiter: Waiter): void {
+    addTo(this.userWaiters, waiter.userId, waiter);
+    for (const r of waiter.rooms) addTo(this.roomWaiters, r, waiter);
+    if (!this.wheelTimer) {
+      this.wheelCursor = Math.floor(performance.now() / WHEEL_TICK_MS);
+      this.wheelTimer = setInterval(() => this.turnWheel(), WHEEL_TICK_MS);
+      this.wheelTimer.unref();
+    }
+    addTo(this.wheel, Math.max(waiter.slot, this.wheelCursor), waiter);
+  }
+
+  /** Idempotent: a waiter ended twice (woken, then its abort) is removed once. */
+  private remove(waiter: Waiter): void {
+    removeFrom(this.userWaiters, waiter.userId, waiter);
+    for (const r of waiter.rooms) removeFrom(this.roomWaiters, r, waiter);
+    removeFrom(this.wheel, Math.max(waiter.slot, this.wheelCursor), waiter);
+    removeFrom(this.wheel, waiter.slot, waiter);
+    if (this.userWaiters.size === 0 && this.wheelTimer) {
+      clearInterval(this.wheelTimer);
+      this.wheelTimer = undefined;
+    }
+  }
+
+  /** Ends the waiters whose slot has come (timed out). */
+  private turnWheel(): void {
+    const now = Math.floor(performance.now() / WHEEL_TICK_MS);
+    for (; this.wheelCursor <= now; this.wheelCursor++) {
+      const due = this.wheel.get(this.wheelCursor);
+      if (!due) continue;
+      this.wheel.delete(this.wheelCursor);
+      for (const w of due) w.end(false);
+    }
+  }
+
+  private wakeAll(): void {
+    for (const set of [...this.userWaiters.values()]) for (const w of [...set]) w.end(true);
   }
 
   /** The last position of `stream` this process has heard of in the room (the floor when unknown). */
@@ -272,9 +316,9 @@ export class Notifier {
 
   /** How many requests are waiting (tests and metrics). */
   get waiting(): number {
-    const all = new Set<Waiter>();
-    for (const set of this.waiters.values()) for (const w of set) all.add(w);
-    return all.size;
+    let n = 0;
+    for (const set of this.userWaiters.values()) n += set.size;
+    return n;
   }
 
   private changedSince(key: string, after: StreamPositions): boolean {
@@ -299,22 +343,29 @@ export class Notifier {
     if (change.everyone) {
       this.floor = { ...this.current };
       this.lastChange.clear();
-      for (const set of [...this.waiters.values()]) for (const w of [...set]) w.wake();
+      this.wakeAll();
       return;
     }
-    const keys: string[] = [];
-    for (const u of change.users ?? []) keys.push(userKey(u));
-    for (const r of change.rooms ?? []) keys.push(roomKey(r));
-    if (this.lastChange.size + keys.length > MAX_REMEMBERED_KEYS) {
+    const users = change.users ?? [];
+    const rooms = change.rooms ?? [];
+    if (this.lastChange.size + users.length + rooms.length > MAX_REMEMBERED_KEYS) {
       this.floor = { ...this.current };
       this.lastChange.clear();
     }
-    for (const k of keys) {
+    const remember = (k: string) => {
       let last = this.lastChange.get(k);
       if (!last) this.lastChange.set(k, (last = {}));
       if ((last[stream] ?? 0) < position) last[stream] = position;
-      const set = this.waiters.get(k);
-      if (set) for (const w of [...set]) w.wake();
+    };
+    for (const u of users) {
+      remember(userKey(u));
+      const set = this.userWaiters.get(u);
+      if (set) for (const w of [...set]) w.end(true);
+    }
+    for (const r of rooms) {
+      remember(roomKey(r));
+      const set = this.roomWaiters.get(r);
+      if (set) for (const w of [...set]) w.end(true);
     }
   }
 
@@ -369,4 +420,16 @@ export class Notifier {
       this.logger.warn({ err }, "unreadable sync notification");
     }
   }
+}
+
+function addTo<K>(map: Map<K, Set<Waiter>>, key: K, waiter: Waiter): void {
+  let set = map.get(key);
+  if (!set) map.set(key, (set = new Set()));
+  set.add(waiter);
+}
+
+function removeFrom<K>(map: Map<K, Set<Waiter>>, key: K, waiter: Waiter): void {
+  const set = map.get(key);
+  if (!set?.delete(waiter)) return;
+  if (set.size === 0) map.delete(key);
 }
