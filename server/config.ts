@@ -291,7 +291,7 @@ export const configKeys = {
     env: "PARLEY_SHUTDOWN_GRACE_MS",
     schema: int(0, 600_000),
     default: 10_000,
-    doc: "On SIGTERM/SIGINT, how long in-flight requests may take to finish before connections are closed.",
+    doc: "On SIGTERM/SIGINT, how long in-flight requests (those whose clients went away included) may take to finish before their connections are closed and the database refuses them. The process exits at most 5 seconds after that.",
   }),
 } as const;
 
