@@ -6,9 +6,12 @@
 import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import pino from "pino";
-import { openDatabase } from "../schema/db.ts";
+import { type OpenedDatabase, openDatabase } from "../schema/db.ts";
+import { listDestinations } from "../federation/transport/sender.ts";
+import { OwnOldKeys } from "../federation/transport/own-old-keys.ts";
+import { readSigningKey, writeNewSigningKey } from "./signing-key.ts";
 import { DatabaseInUseError } from "../schema/embedded-lock.ts";
-import { ConfigError, loadConfig } from "./config.ts";
+import { type Config, ConfigError, loadConfig } from "./config.ts";
 import { bindServerName } from "./homeserver.ts";
 import { parseUserId } from "./accounts/user-id.ts";
 import { MatrixError } from "./http/errors.ts";
@@ -25,6 +28,10 @@ Commands:
   list-users                     List accounts
   audit [--user NAME] [--limit N]
                                  Show the security audit log, newest first
+  federation                     List federation destinations: queued items, failures, last
+                                 success, backoff and last error
+  rotate-signing-key             Sign with a new server key from now on; the old one stays
+                                 published as an old verify key (restart the server after)
 
 NAME is a localpart (alice) or a full user ID (@alice:example.org).
 `;
@@ -39,7 +46,14 @@ const processIo: AdminIo = {
   err: (text) => process.stderr.write(text),
 };
 
-type Subcommand = (args: string[], services: AccountServices, io: AdminIo) => Promise<number>;
+/** What a command may use beyond the account services. */
+interface AdminContext {
+  config: Config;
+  database: OpenedDatabase;
+  now(): number;
+}
+
+type Subcommand = (args: string[], services: AccountServices, io: AdminIo, context: AdminContext) => Promise<number>;
 
 const subcommands: Record<string, Subcommand> = {
   "create-user": createUser,
@@ -47,6 +61,8 @@ const subcommands: Record<string, Subcommand> = {
   deactivate,
   "list-users": listUsers,
   audit,
+  federation,
+  "rotate-signing-key": rotateSigningKey,
 };
 
 export async function adminMain(argv: string[], io: AdminIo = processIo): Promise<number> {
@@ -73,7 +89,7 @@ export async function adminMain(argv: string[], io: AdminIo = processIo): Promis
     await bindServerName(database, config.server_name, Date.now());
     const logger = pino({ level: "silent" });
     const services = createAccountServices(database, config, logger, Date.now);
-    return await command(args, services, io);
+    return await command(args, services, io, { config, database, now: Date.now });
   } catch (err) {
     if (err instanceof DatabaseInUseError || err instanceof ConfigError) {
       io.err(`parley admin: ${err.message}\n`);
@@ -185,5 +201,44 @@ async function audit(args: string[], services: AccountServices, io: AdminIo): Pr
       [new Date(e.ts).toISOString(), e.event, e.userId ?? "-", e.ip ?? "-", e.userAgent ?? "-", JSON.stringify(e.detail)].join("\t") + "\n",
     );
   }
+  return 0;
+}
+
+const isoOrDash = (ts: string | number | null | undefined) => (ts === null || ts === undefined ? "-" : new Date(Number(ts)).toISOString());
+
+async function federation(args: string[], _services: AccountServices, io: AdminIo, { database }: AdminContext): Promise<number> {
+  parseArgs({ args, options: {} });
+  const destinations = await listDestinations(database);
+  io.out(["destination", "queued", "failures", "last success", "backoff until", "last error"].join("\t") + "\n");
+  for (const d of destinations) {
+    // The time of the next attempt, also when it has passed: the server stopped meanwhile, or is
+    // about to retry.
+    const backoff = isoOrDash(d.retry_at_ts);
+    const error = d.last_error === null ? "-" : d.last_error.replace(/\s+/g, " ").slice(0, 300);
+    io.out([d.destination, d.queued, d.failures ?? 0, isoOrDash(d.last_success_ts), backoff, error].join("\t") + "\n");
+  }
+  io.out(`${destinations.length} destination(s)\n`);
+  return 0;
+}
+
+/**
+ * A new signing key in the data directory; the old one's public half goes to own_old_verify_keys,
+ * expired now, and is published under old_verify_keys so what it signed still verifies
+ * (https://spec.matrix.org/latest/server-server-api/#publishing-keys). A running server keeps the
+ * key it loaded at start: it signs with the new one once restarted.
+ */
+async function rotateSigningKey(args: string[], _services: AccountServices, io: AdminIo, { config, database, now }: AdminContext): Promise<number> {
+  parseArgs({ args, options: {} });
+  const previous = await readSigningKey(config.data_dir);
+  if (!previous) {
+    io.err(`parley admin: there is no signing key in ${config.data_dir} yet; the server creates one when it first starts\n`);
+    return 1;
+  }
+  // Retired first: should writing the new key fail, the old one is still current (a current key
+  // is never listed as old), and a retry retires it again harmlessly.
+  await new OwnOldKeys(database.db).retire(previous.keyId, previous.publicKey, now());
+  const current = await writeNewSigningKey(config.data_dir);
+  io.out(`new signing key ${current.keyId}; ${previous.keyId} is now an old verify key\n`);
+  io.out("restart the server to sign with the new key (a running server keeps the key it loaded at start)\n");
   return 0;
 }

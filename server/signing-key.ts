@@ -2,7 +2,7 @@
 // reused after every restart. The file uses Synapse's format, `ed25519 <version> <unpadded base64
 // seed>`, so keys can move between implementations.
 import { randomBytes } from "node:crypto";
-import { chmod, mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { decodeBase64, encodeUnpaddedBase64 } from "../federation/protocol/base64.ts";
 import { type SigningKey, signingKeyFromSeed } from "../federation/protocol/signing.ts";
@@ -54,5 +54,31 @@ export async function loadOrCreateSigningKey(
     throw err;
   }
   onCreate?.(`ed25519:${version}`);
+  return signingKeyFromSeed(seed, `ed25519:${version}`);
+}
+
+/** The signing key in `dataDir`; undefined when there is none yet (the server never started). */
+export async function readSigningKey(dataDir: string): Promise<SigningKey | undefined> {
+  const file = path.join(dataDir, SIGNING_KEY_FILE);
+  try {
+    return parseSigningKeyFile(await readFile(file, "utf8"));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new Error(`cannot use signing key ${file}: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Replaces the signing key in `dataDir` with a new one (a new key version), atomically: the file
+ * is either the old key or the new one, never half written. The old key's secret is not kept;
+ * its public half is the caller's to publish as an old verify key.
+ */
+export async function writeNewSigningKey(dataDir: string): Promise<SigningKey> {
+  const file = path.join(dataDir, SIGNING_KEY_FILE);
+  const version = randomKeyVersion();
+  const seed = randomBytes(32);
+  const temporary = `${file}.${process.pid}.new`;
+  await writeFile(temporary, `ed25519 ${version} ${encodeUnpaddedBase64(seed)}\n`, { mode: 0o600, flag: "wx" });
+  await rename(temporary, file);
   return signingKeyFromSeed(seed, `ed25519:${version}`);
 }
