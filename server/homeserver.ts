@@ -21,6 +21,7 @@ import type { PersistFaults } from "./rooms/persister.ts";
 import { createSyncServices, startSyncServices, stopSyncServices } from "./sync/sync-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
 import { type Federation, createFederation } from "../federation/transport/federation.ts";
+import { connectRoomEdus } from "../federation/transport/room-edus.ts";
 
 export interface Homeserver {
   services: Services;
@@ -98,7 +99,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       rooms: roomServices,
     });
     await startSyncServices(syncServices);
-    federation = createFederation({ config, database, signingKey, logger, now });
+    federation = createFederation({ config, database, signingKey, logger, now, roomVersion: (roomId) => roomServices.rooms.roomVersion(roomId) });
+    connectRoomEdus({ serverName: config.server_name, federation, rooms: roomServices.rooms, ...syncServices, logger });
     await federation.start();
     const queries = federation.queries;
     roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));

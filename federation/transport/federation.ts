@@ -12,6 +12,7 @@ import { ServerRequestAuthenticator } from "./inbound-auth.ts";
 import { FederationSender } from "./sender.ts";
 import { ServerKeyStore } from "./server-keys.ts";
 import { EduHandlers } from "./edu-handlers.ts";
+import { InboundTransactions } from "./inbound-transactions.ts";
 import { OwnOldKeys } from "./own-old-keys.ts";
 import { RemoteQueries } from "./remote-queries.ts";
 
@@ -34,6 +35,8 @@ export interface Federation {
   serverAuth: ServerRequestAuthenticator;
   /** Handlers for inbound EDUs by type; registered where the homeserver is put together. */
   edus: EduHandlers;
+  /** `PUT /send/{txnId}`: idempotent transactions, their PDUs and EDUs. */
+  inbound: InboundTransactions;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -44,6 +47,8 @@ export interface FederationDeps {
   signingKey: SigningKey;
   logger: Logger;
   now(): number;
+  /** The version of a room this server knows (inbound PDUs are checked by it). */
+  roomVersion(roomId: string): Promise<string | undefined>;
   /** Test networks: faster retries. */
   backoffInitialMs?: number;
   backoffMaxMs?: number;
@@ -101,6 +106,8 @@ export function createFederation(deps: FederationDeps): Federation {
   const serverAuth = new ServerRequestAuthenticator(keys, config.server_name, (origin) => {
     sender.markReachable(origin).catch((err) => logger.debug({ err, origin }, "could not reset a destination's backoff"));
   });
+  const edus = new EduHandlers();
+  const inbound = new InboundTransactions({ db: database.db, edus, keys, roomVersion: deps.roomVersion, logger, now });
   return {
     http,
     resolver,
@@ -109,9 +116,14 @@ export function createFederation(deps: FederationDeps): Federation {
     queries: new RemoteQueries(http, now),
     sender,
     serverAuth,
-    edus: new EduHandlers(),
-    start: () => sender.start(),
+    edus,
+    inbound,
+    async start() {
+      inbound.start();
+      await sender.start();
+    },
     async stop() {
+      inbound.stop();
       await sender.stop();
       await http.close();
     },

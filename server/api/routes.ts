@@ -2,6 +2,7 @@
 import { federationVersion } from "../../federation/transport/version.ts";
 import { notaryQuery, notaryQueryOne, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
+import { federationSendRoutes } from "./federation/send.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
 import { accountDataRoutes } from "./client/account-data.ts";
@@ -41,6 +42,7 @@ export const routes: AnyRoute[] = [
   notaryQuery,
   notaryQueryOne,
   ...federationQueryRoutes,
+  ...federationSendRoutes,
   ...registerRoutes,
   ...loginRoutes,
   ...accountRoutes,

@@ -44,6 +44,15 @@ export interface PresenceEvent {
 
 type Row = typeof schema.presence.$inferSelect;
 
+/**
+ * A remote user stays as their server last said for this long without news (their server refreshes
+ * it; Synapse's FEDERATION_TIMEOUT is 30 minutes), then the sweep takes them offline.
+ */
+export const REMOTE_PRESENCE_TIMEOUT_MS = 30 * 60_000;
+
+/** A user's presence changed here (a local user's, or one a remote server sent). */
+export type PresenceListener = (userId: string, content: PresenceContent) => void;
+
 export class Presence {
   /** user → what this process last wrote or read, to skip redundant writes from syncs. */
   private readonly seen = new Map<string, { state: PresenceState; touchedTs: number }>();
@@ -52,6 +61,7 @@ export class Presence {
   /** Users who began a /sync here since the last sweep (their `last_sync_ts` is refreshed then). */
   private readonly seenSyncing = new Set<string>();
   private sweeper: NodeJS.Timeout | undefined;
+  private readonly listeners: PresenceListener[] = [];
 
   constructor(
     private readonly db: Database,
@@ -74,6 +84,38 @@ export class Presence {
 
   stop(): void {
     clearInterval(this.sweeper);
+  }
+
+  /**
+   * Called after each change of a user's presence written in this process (federation sends its
+   * own users' presence to the servers that share a room with them). A listener that throws is
+   * ignored.
+   */
+  onPresence(listener: PresenceListener): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * A remote user's presence, from an `m.presence` EDU; the caller has checked that the user belongs
+   * to the sending server, and gives the rooms it shares with us (whose members' syncs wake: this
+   * service knows the rooms of local users only).
+   */
+  async setRemotePresence(
+    userId: string,
+    update: { state: PresenceState; statusMsg?: string | null; lastActiveAgo?: number; currentlyActive?: boolean },
+    rooms: string[],
+  ): Promise<void> {
+    const now = this.now();
+    // `last_sync_ts` is when the sweep counts from: pushed forward so the sweep takes a remote user
+    // offline REMOTE_PRESENCE_TIMEOUT_MS after the last news, not OFFLINE_AFTER_MS.
+    await this.write(userId, {
+      state: update.state,
+      ...(update.statusMsg !== undefined ? { statusMsg: update.statusMsg } : {}),
+      active: update.currentlyActive === true,
+      lastActiveTs: now - Math.max(0, update.lastActiveAgo ?? 0),
+      lastSyncTs: now + REMOTE_PRESENCE_TIMEOUT_MS - OFFLINE_AFTER_MS,
+      rooms,
+    });
   }
 
   /** `PUT /presence/{userId}/status`. */
@@ -163,32 +205,46 @@ export class Presence {
     return content;
   }
 
-  private async write(userId: string, change: { state: PresenceState; statusMsg?: string | null; active: boolean }): Promise<void> {
+  private async write(
+    userId: string,
+    change: { state: PresenceState; statusMsg?: string | null; active: boolean; lastActiveTs?: number; lastSyncTs?: number; rooms?: string[] },
+  ): Promise<void> {
     const t = schema.presence;
     const now = this.now();
-    const position = await this.db.transaction(async (tx) => {
+    const lastActiveTs = change.lastActiveTs ?? (change.active ? now : undefined);
+    const [position, row] = await this.db.transaction(async (tx) => {
       const streamId = await advanceStream(tx, "presence");
       const set = {
         state: change.state,
-        lastSyncTs: now,
+        lastSyncTs: change.lastSyncTs ?? now,
         currentlyActive: change.active,
         streamId,
-        ...(change.active ? { lastActiveTs: now } : {}),
+        ...(lastActiveTs !== undefined ? { lastActiveTs } : {}),
         ...(change.statusMsg !== undefined ? { statusMsg: change.statusMsg } : {}),
       };
-      await tx
+      const [written] = await tx
         .insert(t)
-        .values({ userId, lastActiveTs: now, statusMsg: change.statusMsg ?? null, ...set })
-        .onConflictDoUpdate({ target: t.userId, set });
-      return streamId;
+        .values({ userId, lastActiveTs: lastActiveTs ?? now, statusMsg: change.statusMsg ?? null, ...set })
+        .onConflictDoUpdate({ target: t.userId, set })
+        .returning();
+      return [streamId, written] as const;
     });
     this.seen.set(userId, { state: change.state, touchedTs: now });
-    await this.announce(userId, position);
+    await this.announce(userId, position, row, change.rooms);
   }
 
-  private async announce(userId: string, position: number): Promise<void> {
-    const rooms = await this.membership.joinedRooms(userId);
+  private async announce(userId: string, position: number, row?: Row, roomsOfRemoteUser?: string[]): Promise<void> {
+    const rooms = roomsOfRemoteUser ?? (await this.membership.joinedRooms(userId));
     this.notifier.publish({ stream: "presence", position, users: [userId], rooms });
+    if (!row || this.listeners.length === 0) return;
+    const content = this.content(row);
+    for (const listener of this.listeners) {
+      try {
+        listener(userId, content);
+      } catch {
+        // a listener's failure is its own
+      }
+    }
   }
 
   /** Refreshes the users syncing here, then takes offline whoever no process has seen lately. */
@@ -214,12 +270,12 @@ export class Presence {
           .for("update");
         if (!row) return undefined; // another process got there first, or the user came back
         const streamId = await advanceStream(tx, "presence");
-        await tx.update(t).set({ state: "offline", currentlyActive: false, streamId }).where(eq(t.userId, userId));
-        return streamId;
+        const [written] = await tx.update(t).set({ state: "offline", currentlyActive: false, streamId }).where(eq(t.userId, userId)).returning();
+        return written && ([streamId, written] as const);
       });
       if (position === undefined) continue;
       this.seen.delete(userId);
-      await this.announce(userId, position);
+      await this.announce(userId, position[0], position[1]);
     }
   }
 }

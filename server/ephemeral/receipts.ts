@@ -20,7 +20,12 @@ export type ReceiptType = (typeof RECEIPT_TYPES)[number];
 /** `m.receipt` content: event ID → receipt type → user ID → `{ts, thread_id?}`. */
 export type ReceiptContent = Record<string, Record<string, Record<string, { ts: number; thread_id?: string }>>>;
 
+/** A receipt that moved (a local user's, or one a remote server sent). */
+export type ReceiptListener = (receipt: { roomId: string; userId: string; type: ReceiptType; eventId: string; threadId?: string; ts: number }) => void;
+
 export class Receipts {
+  private readonly listeners: ReceiptListener[] = [];
+
   constructor(
     private readonly db: Database,
     private readonly notifier: Notifier,
@@ -45,9 +50,45 @@ export class Receipts {
     if (threadId !== undefined && threadId !== event.threadId && threadId !== eventId) {
       throw new MatrixError(400, "M_INVALID_PARAM", `The event is not in thread ${threadId}`);
     }
+    await this.store(userId, roomId, type, eventId, event.streamOrdering, threadId, this.now(), true);
+  }
+
+  /**
+   * Called for each receipt that moved, after it is stored (federation sends its own users' public
+   * receipts to the room's other servers). A listener that throws is ignored.
+   */
+  onReceipt(listener: ReceiptListener): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * A remote user's `m.read` receipt, from an `m.receipt` EDU, with the time their server gave. The
+   * caller has checked that the user belongs to the sending server and is joined to the room. A
+   * receipt for an event we do not have (or in another room) is ignored: receipts are kept by
+   * position in our stream.
+   */
+  async setRemoteReceipt(userId: string, roomId: string, eventId: string, ts: number, threadId?: string): Promise<boolean> {
+    if (threadId === "") return false;
+    const event = await this.membership.eventPosition(roomId, eventId);
+    if (!event) return false;
+    if (threadId !== undefined && threadId !== event.threadId && threadId !== eventId) return false;
+    await this.store(userId, roomId, "m.read", eventId, event.streamOrdering, threadId, ts, false);
+    return true;
+  }
+
+  private async store(
+    userId: string,
+    roomId: string,
+    type: ReceiptType,
+    eventId: string,
+    eventStreamOrdering: number,
+    threadId: string | undefined,
+    ts: number,
+    local: boolean,
+  ): Promise<void> {
     const t = schema.receipts;
     const thread = threadId ?? "";
-    const ts = this.now();
+    const event = { streamOrdering: eventStreamOrdering };
     const streamId = await this.db.transaction(async (tx) => {
       const [existing] = await tx
         .select({ eventStreamOrdering: t.eventStreamOrdering })
@@ -55,7 +96,8 @@ export class Receipts {
         .where(and(eq(t.roomId, roomId), eq(t.receiptType, type), eq(t.userId, userId), eq(t.threadId, thread)))
         .for("update");
       if (existing && existing.eventStreamOrdering >= event.streamOrdering) return undefined;
-      await this.unread.markRead(tx, userId, roomId, threadId ?? null, event.streamOrdering);
+      // Unread counts are kept for local users only.
+      if (local) await this.unread.markRead(tx, userId, roomId, threadId ?? null, event.streamOrdering);
       const position = await advanceStream(tx, "receipts");
       await tx
         .insert(t)
@@ -69,6 +111,13 @@ export class Receipts {
     if (streamId === undefined) return;
     // A private receipt concerns its sender alone; the unread counts it changed are the sender's.
     this.notifier.publish({ stream: "receipts", position: streamId, users: [userId], ...(type === "m.read" ? { rooms: [roomId] } : {}) });
+    for (const listener of this.listeners) {
+      try {
+        listener({ roomId, userId, type, eventId, ...(threadId === undefined ? {} : { threadId }), ts });
+      } catch {
+        // a listener's failure is its own
+      }
+    }
   }
 
   /**

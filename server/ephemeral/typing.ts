@@ -18,6 +18,14 @@ import type { MembershipView } from "./membership.ts";
 export const MAX_TYPING_TIMEOUT_MS = 5 * 60_000;
 /** When a client starts typing without a timeout. */
 const DEFAULT_TYPING_TIMEOUT_MS = 30_000;
+/**
+ * How long a remote user is shown typing after their server said so: the `m.typing` EDU carries no
+ * timeout, and their server sends a stop when they stop (Synapse's FEDERATION_TIMEOUT, 60 s).
+ */
+export const REMOTE_TYPING_TIMEOUT_MS = 60_000;
+
+/** A start or stop accepted here (a local user's, or one a remote server sent). */
+export type TypingListener = (change: { roomId: string; userId: string; typing: boolean }) => void;
 
 interface TypingData {
   room: string;
@@ -37,6 +45,7 @@ export class Typing {
   private readonly rooms = new Map<string, RoomTyping>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private applied = 0;
+  private readonly listeners: TypingListener[] = [];
 
   constructor(
     private readonly db: Database,
@@ -62,12 +71,32 @@ export class Typing {
     return this.applied;
   }
 
+  /**
+   * Called for each start or stop accepted in this process, including expiries (federation sends
+   * its own users' typing to the room's other servers). A listener that throws is ignored.
+   */
+  onTyping(listener: TypingListener): void {
+    this.listeners.push(listener);
+  }
+
   /** `PUT /rooms/{roomId}/typing/{userId}` for the requester themself, who must be joined. */
   async setTyping(userId: string, roomId: string, typing: boolean, timeoutMs?: number): Promise<void> {
     if ((await this.membership.membershipOf(roomId, userId)) !== "join") {
       throw forbidden("You are not joined to this room");
     }
-    const until = typing ? this.now() + Math.min(timeoutMs ?? DEFAULT_TYPING_TIMEOUT_MS, MAX_TYPING_TIMEOUT_MS) : 0;
+    await this.change(userId, roomId, typing, Math.min(timeoutMs ?? DEFAULT_TYPING_TIMEOUT_MS, MAX_TYPING_TIMEOUT_MS));
+  }
+
+  /**
+   * A remote user's typing, from an `m.typing` EDU. The caller has checked that the user belongs to
+   * the sending server and is joined to the room (this service knows only local memberships).
+   */
+  async setRemoteTyping(userId: string, roomId: string, typing: boolean): Promise<void> {
+    await this.change(userId, roomId, typing, REMOTE_TYPING_TIMEOUT_MS);
+  }
+
+  private async change(userId: string, roomId: string, typing: boolean, timeoutMs: number): Promise<void> {
+    const until = typing ? this.now() + timeoutMs : 0;
     const current = this.rooms.get(roomId)?.typers.get(userId);
     // A stop for someone not typing changes nothing; say nothing.
     if (!typing && (current === undefined || current <= this.now())) return;
@@ -96,6 +125,13 @@ export class Typing {
 
   private async announce(data: TypingData): Promise<void> {
     await this.notifier.publishOrdered(this.db, "typing", () => ({ rooms: [data.room], data }));
+    for (const listener of this.listeners) {
+      try {
+        listener({ roomId: data.room, userId: data.user, typing: data.until > 0 });
+      } catch {
+        // a listener's failure is its own
+      }
+    }
   }
 
   private scheduleExpiry(key: string, roomId: string, userId: string, until: number): void {

@@ -82,6 +82,48 @@ export class Rooms {
     return rows.map((r) => r.roomId);
   }
 
+  /**
+   * Anyone's current membership of a room (local or remote user), from the room's current state;
+   * undefined when the room's state has no membership for them.
+   */
+  async currentMembership(roomId: string, userId: string): Promise<string | undefined> {
+    const t = schema.currentState;
+    const [row] = await this.db
+      .select({ membership: t.membership })
+      .from(t)
+      .where(and(eq(t.roomId, roomId), eq(t.type, "m.room.member"), eq(t.stateKey, userId)));
+    return row?.membership ?? undefined;
+  }
+
+  /**
+   * The rooms anyone (a remote user too) is joined to, from the rooms' current state. A scan of
+   * current_state by state key (its key starts with the room): fine for now, an index when remote
+   * presence gets heavy.
+   */
+  async roomsWithJoinedMember(userId: string): Promise<string[]> {
+    const t = schema.currentState;
+    const rows = await this.db
+      .select({ roomId: t.roomId })
+      .from(t)
+      .where(and(eq(t.type, "m.room.member"), eq(t.stateKey, userId), eq(t.membership, "join")));
+    return rows.map((r) => r.roomId);
+  }
+
+  /** The servers of the room's joined members, from its current state (ours included when we are in it). */
+  async joinedServers(roomId: string): Promise<string[]> {
+    const t = schema.currentState;
+    const rows = await this.db
+      .select({ userId: t.stateKey })
+      .from(t)
+      .where(and(eq(t.roomId, roomId), eq(t.type, "m.room.member"), eq(t.membership, "join")));
+    const servers = new Set<string>();
+    for (const { userId } of rows) {
+      const server = serverNameOf(userId);
+      if (server !== undefined) servers.add(server);
+    }
+    return [...servers];
+  }
+
   /** The current state event ID for a key, if any. */
   async currentStateEventId(roomId: string, type: string, stateKey: string): Promise<string | undefined> {
     const t = schema.currentState;
