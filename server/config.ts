@@ -96,6 +96,15 @@ export const configKeys = {
     example: '["hs2.test"]',
     doc: "Servers reached over plain HTTP, without TLS (in the environment: comma-separated). `*` means every server and also lets federation reach loopback and private addresses: only for a closed test network. Logged loudly at start.",
   }),
+  trusted_key_servers: key({
+    env: "PARLEY_TRUSTED_KEY_SERVERS",
+    schema: z
+      .union([z.array(z.string().min(1)), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
+    default: [],
+    example: '["matrix.org"]',
+    doc: "Notary servers asked for another server's signing keys when that server cannot be reached itself (in the environment: comma-separated). Their answers are trusted only when signed by them. Empty: keys are only fetched from each server directly.",
+  }),
   tls_port: key({
     env: "PARLEY_TLS_PORT",
     schema: int(0, 65535).optional(),
