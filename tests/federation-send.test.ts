@@ -123,12 +123,28 @@ describe("PUT /send/{txnId}", () => {
         { edu_type: "m.typing", content: { room_id: 5 } },
         { edu_type: "m.receipt", content: { [roomId]: "not an object" } },
         "not an EDU",
+        JSON.parse('{"edu_type": "m.receipt", "content": {"__proto__": {"m.read": {"__proto__": {"event_ids": ["$x"]}}}}}'),
+        JSON.parse('{"edu_type": "m.presence", "content": {"push": [{"user_id": "__proto__", "presence": "online"}]}}'),
         typingEdu(alice, true),
       ],
     });
     expect(res.status).toBe(200);
     expect(typersOnHs2()).toEqual([alice]);
+    expect(({} as Record<string, unknown>)["m.read"]).toBeUndefined();
     await sendTxn({ edus: [typingEdu(alice, false)] });
+  });
+
+  it("forgets transactions a day after they arrived", async () => {
+    const t = schema.federationInboundTxns;
+    const day = 24 * 3600_000;
+    await hs2.services.db.insert(t).values([
+      { origin: "hs1.test", txnId: "old", responseJson: '{"pdus":{}}', receivedTs: Date.now() - day - 60_000 },
+      { origin: "hs1.test", txnId: "recent", responseJson: '{"pdus":{}}', receivedTs: Date.now() - day + 60_000 },
+    ]);
+    await hs2.services.federation.inbound.prune();
+    const left = await hs2.services.db.select({ txnId: t.txnId }).from(t);
+    expect(left.map((r) => r.txnId)).toContain("recent");
+    expect(left.map((r) => r.txnId)).not.toContain("old");
   });
 
   it("answers a PDU of an unknown room with a per-PDU error and still applies the rest", async () => {
