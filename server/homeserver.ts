@@ -21,6 +21,8 @@ import type { PersistFaults } from "./rooms/persister.ts";
 import { createSyncServices, startSyncServices, stopSyncServices } from "./sync/sync-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
 import { type Federation, createFederation } from "../federation/transport/federation.ts";
+import { wireE2eeFederation } from "../federation/transport/e2ee.ts";
+import { SyncReads } from "./rooms/sync-reads.ts";
 import { connectRoomEdus } from "../federation/transport/room-edus.ts";
 
 export interface Homeserver {
@@ -101,6 +103,18 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     await startSyncServices(syncServices);
     federation = createFederation({ config, database, signingKey, logger, now, roomVersion: (roomId) => roomServices.rooms.roomVersion(roomId) });
     connectRoomEdus({ serverName: config.server_name, federation, rooms: roomServices.rooms, ...syncServices, logger });
+    const sharing = new SyncReads(database.db, roomServices.eventStore);
+    wireE2eeFederation({
+      db: database.db,
+      serverName: config.server_name,
+      http: federation.http,
+      sender: federation.sender,
+      edus: federation.edus,
+      e2ee: accountServices.e2ee,
+      usersSharingRoomsWith: (userId) => sharing.usersSharingRoomsWith(userId),
+      logger,
+      now,
+    });
     await federation.start();
     const queries = federation.queries;
     roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));

@@ -1,6 +1,8 @@
 // To-device messaging: PUT /sendToDevice stores into per-device mailboxes, which the sync service
 // functions read (fetchToDevice) and empty (ackToDevice); a full mailbox refuses clearly.
+import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { schema } from "../schema/db.ts";
 import { loginUser, passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
 
@@ -100,11 +102,18 @@ describe("/sendToDevice", () => {
     expect((await fetchAll(bob)).events).toHaveLength(1);
   });
 
-  it("refuses users of other servers clearly (no federation yet)", async () => {
+  it("queues messages for users of other servers as one m.direct_to_device EDU per server", async () => {
     const alice = await newUser();
-    const res = await send(alice, { "@bob:elsewhere.example": { "*": { x: 1 } } });
-    expect(res.status).toBe(403);
-    expect(res.json.error).toContain("elsewhere.example");
+    const res = await send(alice, { "@bob:elsewhere.example": { "*": { x: 1 } }, "@carol:elsewhere.example": { DEV: { x: 2 } } });
+    expect(res.status).toBe(200);
+    const queued = await hs.services.db.select().from(schema.federationOutbox).where(eq(schema.federationOutbox.destination, "elsewhere.example"));
+    expect(queued).toHaveLength(1);
+    const edu = JSON.parse(queued[0]!.payload);
+    expect(edu).toMatchObject({
+      edu_type: "m.direct_to_device",
+      content: { sender: alice.userId, messages: { "@bob:elsewhere.example": { "*": { x: 1 } }, "@carol:elsewhere.example": { DEV: { x: 2 } } } },
+    });
+    expect(edu.content.message_id.length).toBeLessThanOrEqual(32);
   });
 
   it("skips devices that do not exist and empties a deleted device's mailbox", async () => {

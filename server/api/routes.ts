@@ -3,6 +3,7 @@ import { federationVersion } from "../../federation/transport/version.ts";
 import { notaryQuery, notaryQueryOne, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
 import { federationSendRoutes } from "./federation/send.ts";
+import { federationUserKeyRoutes } from "./federation/user-keys.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
 import { accountDataRoutes } from "./client/account-data.ts";
@@ -43,6 +44,7 @@ export const routes: AnyRoute[] = [
   notaryQueryOne,
   ...federationQueryRoutes,
   ...federationSendRoutes,
+  ...federationUserKeyRoutes,
   ...registerRoutes,
   ...loginRoutes,
   ...accountRoutes,

@@ -150,7 +150,7 @@ export class CrossSigning {
       }
       return this.deviceLists.record(tx, [{ userId }]);
     });
-    this.deviceLists.notify([userId], position);
+    this.deviceLists.notify([userId], position, [{ userId }]);
   }
 
   /**
@@ -225,6 +225,7 @@ export class CrossSigning {
           a.targetUserId === userId ? { userId, deviceId: a.targetKeyId } : { userId, selfOnly: true },
         );
       }
+      const recorded = dedupe(changes);
       const position = await this.db.transaction(async (tx) => {
         const s = schema.e2eCrossSigningSignatures;
         await tx
@@ -234,9 +235,9 @@ export class CrossSigning {
             target: [s.targetUserId, s.targetKeyId, s.signerUserId, s.signerKeyId],
             set: { signature: sql`excluded.signature` },
           });
-        return this.deviceLists.record(tx, dedupe(changes));
+        return this.deviceLists.record(tx, recorded);
       });
-      this.deviceLists.notify([userId], position);
+      this.deviceLists.notify([userId], position, recorded);
     }
     return failures;
   }

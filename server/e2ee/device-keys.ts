@@ -95,7 +95,7 @@ export class DeviceKeys {
       if (fallbackKeys.length) await this.storeFallbackKeys(tx, userId, deviceId, fallbackKeys);
       return changed ? this.deviceLists.record(tx, [{ userId, deviceId }]) : 0;
     });
-    this.deviceLists.notify([userId], position);
+    this.deviceLists.notify([userId], position, [{ userId, deviceId }]);
     if (oneTimeKeys.length || fallbackKeys.length) this.keyCountsChanged([{ userId, deviceId }]);
     return this.oneTimeKeyCounts(userId, deviceId);
   }

@@ -7,7 +7,7 @@
 // Its `stream_id` is a position of the `device_lists` stream, which `/sync` (`device_lists.changed`)
 // and `/keys/changes` read. Positions come from server/sync/streams.ts as the last step of the
 // writer's transaction, so they become visible in order (see server/sync/README.md).
-import { and, asc, eq, gt, lte, or } from "drizzle-orm";
+import { and, asc, desc, eq, gt, isNotNull, lt, lte, or } from "drizzle-orm";
 import { type Database, schema } from "../../schema/db.ts";
 import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
 
@@ -24,7 +24,12 @@ export interface DeviceListChange {
  * Called after a change is committed, with the users whose device lists changed and the stream
  * position reached (a safe upper bound); `/sync` hangs its wake-ups here.
  */
-export type DeviceListListener = (userIds: string[], position: number) => void;
+export type DeviceListListener = (userIds: string[], position: number, changes: readonly RecordedChange[]) => void;
+
+/** A change with the stream position `record` gave it (what federation's `m.device_list_update` carries). */
+export interface RecordedChange extends DeviceListChange {
+  streamId: number;
+}
 
 export class DeviceLists {
   private readonly listeners: DeviceListListener[] = [];
@@ -54,10 +59,30 @@ export class DeviceLists {
     return last;
   }
 
-  notify(userIds: string[], position: number): void {
+  /**
+   * After commit: `changes`, when given, must be exactly those passed to `record` (they took the
+   * positions up to `position` in order), so listeners learn each one's position.
+   */
+  notify(userIds: string[], position: number, changes: readonly DeviceListChange[] = []): void {
     const unique = [...new Set(userIds)];
     if (unique.length === 0 || position === 0) return;
-    for (const listener of this.listeners) listener(unique, position);
+    const recorded = changes.map((c, i) => ({ ...c, streamId: position - changes.length + 1 + i }));
+    for (const listener of this.listeners) listener(unique, position, recorded);
+  }
+
+  /**
+   * The position of a user's last change to a device (not a self-only one) before `before`, or 0:
+   * the `stream_id` of `/user/devices` and the `prev_id` of `m.device_list_update`.
+   */
+  async lastDeviceChange(userId: string, before = Number.MAX_SAFE_INTEGER): Promise<number> {
+    const t = schema.deviceListsStream;
+    const [row] = await this.db
+      .select({ streamId: t.streamId })
+      .from(t)
+      .where(and(eq(t.userId, userId), lt(t.streamId, before), isNotNull(t.deviceId), eq(t.selfOnly, false)))
+      .orderBy(desc(t.streamId))
+      .limit(1);
+    return row?.streamId ?? 0;
   }
 
   /** The stream's current position: everything at or below it is committed. */

@@ -18,7 +18,7 @@ import { CrossSigning } from "./cross-signing.ts";
 import { DeviceKeys, type ClaimRequest } from "./device-keys.ts";
 import { DeviceLists } from "./device-lists.ts";
 import { KeyBackup } from "./key-backup.ts";
-import type { JsonObject } from "./signed-json.ts";
+import { isJsonObject, type JsonObject } from "./signed-json.ts";
 import { ToDevice, type ToDeviceLimits } from "./to-device.ts";
 
 export interface KeysQueryResponse {
@@ -40,8 +40,29 @@ export interface E2eeOptions {
   now: () => number;
 }
 
-/** Answer for a remote server until federation exists (the shape Synapse uses for unreachable servers). */
-const NO_FEDERATION = { status: 503, message: "This server does not federate yet" };
+/** Answer for a remote server when federation is not wired in (the shape Synapse uses for unreachable servers). */
+const NO_FEDERATION = { status: 503, message: "This server does not federate" };
+/** How long `/keys/query` and `/keys/claim` wait for other servers (the spec's default `timeout`). */
+const REMOTE_TIMEOUT_MS = 10_000;
+
+/**
+ * Key queries and claims for users of other servers (federation's `/user/keys/query` and
+ * `/user/keys/claim`, wired at startup: e2ee does not import federation). Each rejects when the
+ * server cannot be asked or answers badly; the answer may hold only that server's users.
+ */
+export interface RemoteKeys {
+  query(server: string, deviceKeys: Record<string, string[]>, signal: AbortSignal): Promise<Partial<KeysQueryResponse>>;
+  claim(server: string, oneTimeKeys: Record<string, Record<string, string>>, signal: AbortSignal): Promise<Partial<KeysClaimResponse>>;
+}
+
+/** `GET /_matrix/federation/v1/user/devices/{userId}`: a local user's devices, as other servers see them. */
+export interface UserDevices {
+  user_id: string;
+  stream_id: number;
+  devices: Array<{ device_id: string; keys?: JsonObject; device_display_name?: string }>;
+  master_key?: JsonObject;
+  self_signing_key?: JsonObject;
+}
 
 export class E2ee {
   readonly deviceLists: DeviceLists;
@@ -50,6 +71,7 @@ export class E2ee {
   readonly toDevice: ToDevice;
   readonly keyBackup: KeyBackup;
   private readonly serverName: string;
+  private remoteKeys?: RemoteKeys;
 
   constructor(
     private readonly db: Database,
@@ -67,25 +89,65 @@ export class E2ee {
     accounts.onDeviceRenamed((userId, deviceId) => this.deviceRenamed(userId, deviceId));
   }
 
+  /** How to ask other servers for their users' keys (federation's, wired at startup). */
+  useRemoteKeys(remote: RemoteKeys): void {
+    this.remoteKeys = remote;
+  }
+
+  /**
+   * Asks each server once, all in parallel, bounded by REMOTE_TIMEOUT_MS; a server that fails or
+   * does not answer in time is listed in `failures`. Answers are kept only for the users of the
+   * server that gave them.
+   */
+  private async askServers<A, R>(
+    byServer: Map<string, A>,
+    ask: (remote: RemoteKeys, server: string, arg: A, signal: AbortSignal) => Promise<R>,
+    failures: Record<string, JsonObject>,
+  ): Promise<Array<[string, R]>> {
+    const remote = this.remoteKeys;
+    const answers = await Promise.all(
+      [...byServer].map(async ([server, arg]): Promise<[string, R] | undefined> => {
+        if (!remote) {
+          failures[server] = { ...NO_FEDERATION };
+          return undefined;
+        }
+        const signal = AbortSignal.timeout(REMOTE_TIMEOUT_MS);
+        try {
+          const answer = await Promise.race([
+            ask(remote, server, arg, signal),
+            new Promise<never>((_, reject) => signal.addEventListener("abort", () => reject(new Error("timed out")), { once: true })),
+          ]);
+          return [server, answer];
+        } catch (err) {
+          failures[server] = { status: 503, message: `Could not reach ${server}: ${(err as Error)?.message ?? String(err)}`.slice(0, 300) };
+          return undefined;
+        }
+      }),
+    );
+    return answers.filter((a): a is [string, R] => a !== undefined);
+  }
+
   /**
    * A device is gone: its keys, the signatures of it, and its mailbox go with it, and its user's
    * device list changes. (Accounts calls this after deleting devices.)
    */
   async devicesDeleted(userId: string, deviceIds: readonly string[]): Promise<void> {
     if (deviceIds.length === 0) return;
+    const changes = deviceIds.map((deviceId) => ({ userId, deviceId }));
     const position = await this.db.transaction(async (tx) => {
       await this.deviceKeys.deleteDevices(tx, userId, deviceIds);
       await this.crossSigning.deleteDevices(tx, userId, deviceIds);
       await this.toDevice.deleteDevices(tx, userId, deviceIds);
-      return this.deviceLists.record(tx, deviceIds.map((deviceId) => ({ userId, deviceId })));
+      return this.deviceLists.record(tx, changes);
     });
-    this.deviceLists.notify([userId], position);
+    this.deviceLists.notify([userId], position, changes);
   }
 
   /** A device's display name changed: it shows in `/keys/query`, so the device list changes. */
   async deviceRenamed(userId: string, deviceId: string): Promise<void> {
-    const position = await this.db.transaction((tx) => this.deviceLists.record(tx, [{ userId, deviceId }]));
-    this.deviceLists.notify([userId], position);
+    const changes = [{ userId, deviceId }];
+    const position = await this.db.transaction((tx) => this.deviceLists.record(tx, changes));
+    this.deviceLists.notify([userId], position, changes);
   }
 
   /**
@@ -104,10 +166,37 @@ export class E2ee {
       failures: dictionary(),
     };
     const local: string[] = [];
+    const remote = new Map<string, Record<string, string[]>>();
     for (const userId of Object.keys(deviceKeys)) {
       if (isLocalUser(userId, this.serverName)) local.push(userId);
-      else out.failures[parseUserId(userId)?.serverName ?? userId] = { ...NO_FEDERATION };
+      else {
+        const server = parseUserId(userId)?.serverName;
+        if (server === undefined) continue;
+        let part = remote.get(server);
+        if (!part) remote.set(server, (part = dictionary()));
+        part[userId] = deviceKeys[userId]!;
+      }
     }
+    const answered = this.askServers(remote, (r, server, asked, signal) => r.query(server, asked, signal), out.failures);
+    await this.localKeys(requester, local, deviceKeys, out);
+    for (const [server, answer] of await answered) {
+      const asked = remote.get(server)!;
+      for (const field of ["device_keys", "master_keys", "self_signing_keys"] as const) {
+        const got = answer[field];
+        if (!isJsonObject(got)) continue;
+        for (const [userId, value] of Object.entries(got)) {
+          if (Object.hasOwn(asked, userId) && isJsonObject(value)) (out[field] as Record<string, unknown>)[userId] = value;
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The keys of local users as `requester` may see them, into `out` (`/keys/query` and, with an
+   * empty requester, the federation's `/user/keys/query`).
+   */
+  async localKeys(requester: string, local: readonly string[], deviceKeys: Record<string, string[]>, out: KeysQueryResponse): Promise<void> {
     const crossSigning = await this.crossSigning.keysOf(local);
     for (const userId of local) {
       const wanted = deviceKeys[userId]!;
@@ -132,22 +221,69 @@ export class E2ee {
       if (cs?.self_signing) out.self_signing_keys[userId] = cs.self_signing.key;
       if (cs?.user_signing && userId === requester) out.user_signing_keys[userId] = cs.user_signing.key;
     }
+  }
+
+  /** A local user's devices with their keys and names, and cross-signing keys, for other servers. */
+  async userDevices(userId: string): Promise<UserDevices> {
+    const devices = await this.accounts.listDevices(userId);
+    const keys = await this.deviceKeys.deviceKeysOf(userId);
+    await this.crossSigning.mergeSignatures(userId, userId, keys);
+    const cs = (await this.crossSigning.keysOf([userId])).get(userId);
+    const out: UserDevices = {
+      user_id: userId,
+      stream_id: await this.deviceLists.lastDeviceChange(userId),
+      devices: devices.map((d) => ({
+        device_id: d.device_id,
+        ...(keys.has(d.device_id) ? { keys: keys.get(d.device_id)! } : {}),
+        ...(typeof d.display_name === "string" ? { device_display_name: d.display_name } : {}),
+      })),
+    };
+    if (cs?.master) {
+      const master = { ...cs.master.key };
+      await this.crossSigning.mergeSignatures(userId, userId, new Map([[cs.master.publicKey, master]]));
+      out.master_key = master;
+    }
+    if (cs?.self_signing) out.self_signing_key = cs.self_signing.key;
     return out;
+  }
+
+  /**
+   * Users of other servers whose devices or keys changed (their server told us): they enter the
+   * device-list stream, so local users who share a room with them see them in `device_lists.changed`.
+   */
+  async remoteUsersChanged(userIds: readonly string[]): Promise<void> {
+    if (userIds.length === 0) return;
+    const changes = userIds.map((userId) => ({ userId }));
+    const position = await this.db.transaction((tx) => this.deviceLists.record(tx, changes));
+    this.deviceLists.notify([...userIds], position, changes);
   }
 
   /** `/keys/claim`: one key per device asked for (see DeviceKeys.claim); other servers go to `failures`. */
   async claimKeys(oneTimeKeys: Record<string, Record<string, string>>): Promise<KeysClaimResponse> {
     const out: KeysClaimResponse = { one_time_keys: dictionary(), failures: dictionary() };
     const requests: ClaimRequest[] = [];
+    const remote = new Map<string, Record<string, Record<string, string>>>();
     for (const [userId, byDevice] of Object.entries(oneTimeKeys)) {
       if (!isLocalUser(userId, this.serverName)) {
-        out.failures[parseUserId(userId)?.serverName ?? userId] = { ...NO_FEDERATION };
+        const server = parseUserId(userId)?.serverName;
+        if (server === undefined) continue;
+        let part = remote.get(server);
+        if (!part) remote.set(server, (part = dictionary()));
+        part[userId] = byDevice;
         continue;
       }
       for (const [deviceId, algorithm] of Object.entries(byDevice)) requests.push({ userId, deviceId, algorithm });
     }
+    const answered = this.askServers(remote, (r, server, asked, signal) => r.claim(server, asked, signal), out.failures);
     for (const c of await this.deviceKeys.claim(requests)) {
       ((out.one_time_keys[c.userId] ??= dictionary())[c.deviceId] ??= dictionary())[c.keyId] = c.key;
+    }
+    for (const [server, answer] of await answered) {
+      const asked = remote.get(server)!;
+      if (!isJsonObject(answer.one_time_keys)) continue;
+      for (const [userId, value] of Object.entries(answer.one_time_keys)) {
+        if (Object.hasOwn(asked, userId) && isJsonObject(value)) out.one_time_keys[userId] = value as Record<string, Record<string, unknown>>;
+      }
     }
     return out;
   }

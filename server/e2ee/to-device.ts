@@ -19,6 +19,7 @@ import type { Accounts } from "../accounts/accounts.ts";
 import { isLocalUser, parseUserId } from "../accounts/user-id.ts";
 import { MatrixError } from "../http/errors.ts";
 import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
+import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { canonicalOrBadJson, type JsonObject } from "./signed-json.ts";
 
 export interface ToDeviceEvent {
@@ -38,6 +39,22 @@ export interface ToDeviceBatch {
  * (a safe upper bound): the wake-up of `/sync`.
  */
 export type ToDeviceListener = (targets: { userId: string; deviceId: string }[], position: number) => void;
+
+/**
+ * Hands messages for users of other servers to federation (wired at startup: e2ee does not import
+ * federation). `byServer` maps each destination server to its part of `messages`; `messageKey`
+ * is unique to this send (sender, sending device, transaction ID), so a repeated send can be
+ * recognised by the receiver. Resolves once the messages are durably queued.
+ */
+export type RemoteToDevice = (
+  sender: string,
+  eventType: string,
+  messageKey: string,
+  byServer: Map<string, Record<string, Record<string, JsonObject>>>,
+) => Promise<void>;
+
+/** The sending "device" of messages that came from another server (their sender's device is not known). */
+export const REMOTE_SENDER_DEVICE = "";
 
 /**
  * Which users share a joined room with `userId`, among `localUsers`. `userId` may be a user of
@@ -91,6 +108,8 @@ export class ToDevice {
   private readonly listeners: ToDeviceListener[] = [];
   /** Until the rooms component is wired in, nobody shares a room: every other user is a stranger. */
   private roomSharing: RoomSharing = async () => new Set();
+  /** Until federation is wired in, messages for other servers are refused. */
+  private remote?: RemoteToDevice;
 
   constructor(
     private readonly db: Database,
@@ -102,6 +121,11 @@ export class ToDevice {
 
   onMessages(listener: ToDeviceListener): void {
     this.listeners.push(listener);
+  }
+
+  /** How to send to users of other servers (federation's, wired at startup). */
+  useRemoteDelivery(remote: RemoteToDevice): void {
+    this.remote = remote;
   }
 
   /** How to ask who shares a room (the rooms component's, wired at startup: e2ee does not import rooms). */
@@ -123,16 +147,47 @@ export class ToDevice {
   ): Promise<void> {
     const remote = Object.keys(messages).filter((u) => !isLocalUser(u, this.serverName));
     if (remote.length > 0) {
-      const servers = [...new Set(remote.map((u) => parseUserId(u)?.serverName ?? u))];
-      throw new MatrixError(
-        403,
-        "M_FORBIDDEN",
-        `Sending to-device messages to other servers (${servers.join(", ")}) is not supported yet: this server does not federate`,
-      );
+      const byServer = new Map<string, Record<string, Record<string, JsonObject>>>();
+      for (const userId of remote) {
+        const server = parseUserId(userId)?.serverName;
+        if (server === undefined) throw new MatrixError(400, "M_INVALID_PARAM", `messages: ${userId.slice(0, 64)} is not a user ID`);
+        for (const [deviceId, content] of Object.entries(messages[userId]!)) canonicalOrBadJson(content, `messages.${userId}.${deviceId}`);
+        let part = byServer.get(server);
+        if (!part) byServer.set(server, (part = dictionary()));
+        part[userId] = messages[userId]!;
+      }
+      if (!this.remote) {
+        throw new MatrixError(403, "M_FORBIDDEN", `Sending to-device messages to other servers (${[...byServer.keys()].join(", ")}) is not supported: this server does not federate`);
+      }
+      // Queued before the local part is stored: should that be refused (429) or this process die
+      // before it, the client's retry queues them again under the same key, which the receiving
+      // server recognises (message_id), so they are delivered once.
+      await this.remote(sender, eventType, `${sender}\u0000${senderDevice}\u0000${txnId}`, byServer);
     }
+    await this.deliver(sender, senderDevice, eventType, txnId, messages);
+  }
 
+  /**
+   * An `m.direct_to_device` EDU from another server, its sender already checked against the
+   * origin: delivered like a local send from `sender` (the same per-sender and stranger caps),
+   * idempotent per (sender, message_id). Users of other servers in it are ignored.
+   */
+  async receive(sender: string, eventType: string, messageId: string, messages: Record<string, Record<string, JsonObject>>): Promise<void> {
+    const local = dictionary<Record<string, JsonObject>>();
+    for (const [userId, byDevice] of Object.entries(messages)) if (isLocalUser(userId, this.serverName)) local[userId] = byDevice;
+    await this.deliver(sender, REMOTE_SENDER_DEVICE, eventType, messageId, local);
+  }
+
+  private async deliver(
+    sender: string,
+    senderDevice: string,
+    eventType: string,
+    txnId: string,
+    messages: Record<string, Record<string, JsonObject>>,
+  ): Promise<void> {
     const rows: MessageRow[] = [];
     for (const [userId, byDevice] of Object.entries(messages)) {
+      if (!isLocalUser(userId, this.serverName)) continue;
       const entries = Object.entries(byDevice);
       if (entries.length === 0) continue;
       const devices = (await this.accounts.listDevices(userId)).map((d) => d.device_id);
