@@ -6,6 +6,7 @@ import type { Database, OpenedDatabase } from "../schema/db.ts";
 import type { SigningKey } from "../federation/protocol/signing.ts";
 import { Accounts } from "./accounts/accounts.ts";
 import { AuditLog } from "./accounts/audit.ts";
+import { OpenIdTokens } from "./accounts/openid.ts";
 import { PasswordHasher } from "./accounts/passwords.ts";
 import { Sessions } from "./accounts/sessions.ts";
 import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
@@ -56,6 +57,8 @@ export interface AccountServices {
   userData: UserData;
   rateLimiter: RateLimiter;
   sharedSecret: SharedSecretRegistration;
+  /** OpenID tokens for other services to check who a user is. */
+  openId: OpenIdTokens;
   /** End-to-end encryption: built with the accounts so device deletion (even from the CLI) removes device keys. */
   e2ee: E2ee;
 }
@@ -91,6 +94,7 @@ export function createAccountServices(
       maxFilters: config.user_filters_max,
     }),
     sharedSecret: new SharedSecretRegistration(db, now, config.registration_shared_secret),
+    openId: new OpenIdTokens(db, now),
     e2ee: new E2ee(db, accounts, uia, {
       serverName: config.server_name,
       toDeviceLimits: {

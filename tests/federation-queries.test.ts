@@ -1,6 +1,7 @@
 // Two Parley servers: a client of one reads profiles and resolves aliases of the other.
 // https://spec.matrix.org/latest/server-server-api/#querying-for-information
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { OpenIdTokens } from "../server/accounts/openid.ts";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { type Network, startNetwork } from "./federation-harness.ts";
 import { request } from "./harness.ts";
@@ -54,5 +55,26 @@ describe("remote queries between two Parley servers", () => {
     expect(other.status).toBe(400);
     const unsigned = await request(b!.url, "GET", `/_matrix/federation/v1/query/directory?room_alias=${encodeURIComponent("#lounge:hs2.test")}`);
     expect(unsigned.status).toBe(401);
+  });
+
+  it("proves a user's identity to another server with an OpenID token", async () => {
+    const issued = await request(a!.url, "POST", `/_matrix/client/v3/user/${alice.userId}/openid/request_token`, { token: alice.accessToken, body: {} });
+    expect(issued).toMatchObject({ status: 200, json: { token_type: "Bearer", matrix_server_name: "hs1.test", expires_in: 3600 } });
+    expect(await b!.services.federation.queries.openIdUser("hs1.test", issued.json.access_token)).toBe(alice.userId);
+    // Good for nothing else: not an access token.
+    const whoami = await request(a!.url, "GET", "/_matrix/client/v3/account/whoami", { token: issued.json.access_token });
+    expect(whoami.status).toBe(401);
+    expect(await b!.services.federation.queries.openIdUser("hs1.test", "not-a-token")).toBeUndefined();
+    const unknown = await request(a!.url, "GET", "/_matrix/federation/v1/openid/userinfo?access_token=not-a-token");
+    expect(unknown).toMatchObject({ status: 401, json: { errcode: "M_UNKNOWN_TOKEN" } });
+    const forOther = await request(a!.url, "POST", `/_matrix/client/v3/user/${bob.userId}/openid/request_token`, { token: alice.accessToken, body: {} });
+    expect(forOther.status).toBe(403);
+  });
+
+  it("expires OpenID tokens after an hour", async () => {
+    const { accessToken } = await a!.services.openId.issue(alice.userId);
+    expect(await a!.services.openId.userOf(accessToken)).toBe(alice.userId);
+    const later = Date.now() + 3600_000 + 1_000;
+    expect(await new OpenIdTokens(a!.services.db, () => later).userOf(accessToken)).toBeUndefined();
   });
 });

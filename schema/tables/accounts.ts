@@ -86,3 +86,18 @@ export const auditLog = pgTable(
   },
   (t) => [index("audit_log_user_idx").on(t.userId, t.id)],
 );
+
+/**
+ * OpenID tokens (`/user/{userId}/openid/request_token`): proof of a user's identity for other
+ * services, exchanged through `/federation/v1/openid/userinfo`. Stored as SHA-256 (hex), like
+ * access tokens; they expire.
+ */
+export const openIdTokens = pgTable(
+  "openid_tokens",
+  {
+    tokenHash: text("token_hash").primaryKey(),
+    userId: text("user_id").notNull(),
+    expiresTs: bigint("expires_ts", { mode: "number" }).notNull(),
+  },
+  (t) => [index("openid_tokens_expires_idx").on(t.expiresTs)],
+);

@@ -2,6 +2,8 @@
 import { federationVersion } from "../../federation/transport/version.ts";
 import { notaryQuery, notaryQueryOne, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
+import { openIdUserInfo } from "./federation/openid.ts";
+import { openIdRoutes } from "./client/openid.ts";
 import { federationSendRoutes } from "./federation/send.ts";
 import { federationUserKeyRoutes } from "./federation/user-keys.ts";
 import type { AnyRoute } from "../http/route.ts";
@@ -43,6 +45,8 @@ export const routes: AnyRoute[] = [
   notaryQuery,
   notaryQueryOne,
   ...federationQueryRoutes,
+  openIdUserInfo,
+  ...openIdRoutes,
   ...federationSendRoutes,
   ...federationUserKeyRoutes,
   ...registerRoutes,
