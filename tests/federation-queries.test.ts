@@ -30,6 +30,16 @@ describe("remote queries between two Parley servers", () => {
     expect(avatar).toMatchObject({ status: 404, json: { errcode: "M_NOT_FOUND" } });
   });
 
+  it("answers a query for a field the user has not set with an empty profile, not a 404", async () => {
+    const path = (user: string, field: string) => `/_matrix/federation/v1/query/profile?user_id=${encodeURIComponent(user)}&field=${field}`;
+    const unset = await a!.services.federation.http.request("hs2.test", { method: "GET", path: path(bob.userId, "avatar_url") });
+    expect(unset).toMatchObject({ status: 200, body: {} });
+    const set = await a!.services.federation.http.request("hs2.test", { method: "GET", path: path(bob.userId, "displayname") });
+    expect(set).toMatchObject({ status: 200, body: { displayname: "Bob B" } });
+    const nobody = await a!.services.federation.http.request("hs2.test", { method: "GET", path: path("@nobody:hs2.test", "displayname") });
+    expect(nobody.status).toBe(404);
+  });
+
   it("answers 404 when the other server knows no such user, and 502 when it cannot be reached", async () => {
     const missing = await request(a!.url, "GET", "/_matrix/client/v3/profile/@nobody:hs2.test");
     expect(missing).toMatchObject({ status: 404, json: { errcode: "M_NOT_FOUND" } });

@@ -17,9 +17,10 @@ export const queryProfile = route({
     const profile = await services.accounts.getProfile(query.user_id);
     if (!profile) throw notFound("No such user");
     if (query.field === undefined) return profile;
+    // An unset field is an empty answer, not a 404: 404 says the user does not exist. Synapse 1.67
+    // asks for each field alone when its clients read a remote profile, and fails on a 404.
     const value = profile[query.field];
-    if (value === undefined) throw notFound(`This user has no ${query.field}`);
-    return { [query.field]: value };
+    return value === undefined ? {} : { [query.field]: value };
   },
 });
 
