@@ -163,6 +163,21 @@ describe("PUT /send/{txnId}", () => {
     expect(typersOnHs2()).toEqual([alice]);
     await sendTxn({ edus: [typingEdu(alice, false)] });
   });
+
+  it("fetches keys only of the servers that must sign a PDU, whatever other signatures it carries", async () => {
+    const key = hs1.services.signingKey;
+    const base = { auth_events: [], prev_events: [], depth: 5, origin_server_ts: Date.now(), sender: alice, type: "m.room.message", content: { body: "x", msgtype: "m.text" } };
+    const pdu = signEvent("10", { ...base, room_id: roomId }, "hs1.test", key);
+    const decorated = { ...pdu, signatures: { ...pdu.signatures, "elsewhere.test": { "ed25519:a": "AAAA" } } };
+    const verifyKey = vi.spyOn(hs2.services.federation.keys, "verifyKey");
+    try {
+      expect((await sendTxn({ pdus: [decorated] })).status).toBe(200);
+      // (the request's own X-Matrix signature is checked with hs1's key too)
+      expect(new Set(verifyKey.mock.calls.map(([server]) => server))).toEqual(new Set(["hs1.test"]));
+    } finally {
+      verifyKey.mockRestore();
+    }
+  });
 });
 
 describe("room EDUs from another server", () => {

@@ -16,7 +16,8 @@ import { and, eq, lt } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, schema } from "../../schema/db.ts";
 import { computeEventId } from "../protocol/event-hashes.ts";
-import { checkReceivedPdu } from "../protocol/event-signing.ts";
+import { checkReceivedPdu, serversThatMustSign } from "../protocol/event-signing.ts";
+import { validatePdu } from "../protocol/pdu.ts";
 import { isSupportedRoomVersion } from "../protocol/room-versions.ts";
 import type { EduHandlers } from "./edu-handlers.ts";
 import type { ServerKeyStore } from "./server-keys.ts";
@@ -182,7 +183,7 @@ export class InboundTransactions {
       const eventId = eventIdOfUnknownRoomPdu(pdu);
       return { eventId, error: `Unknown room ${typeof roomId === "string" ? roomId.slice(0, 255) : ""}`.trimEnd() };
     }
-    const keys = await this.fetchSigningKeys(pdu);
+    const keys = await this.fetchSigningKeys(version, pdu);
     const check = checkReceivedPdu(version, value, (server, keyId) => keys.get(`${server} ${keyId}`));
     if (!check.ok) {
       const eventId = typeof pdu.event_id === "string" ? pdu.event_id : safeEventId(version, pdu);
@@ -193,18 +194,24 @@ export class InboundTransactions {
   }
 
   /**
-   * The verify keys the PDU's ed25519 signatures name, fetched (or read from the cache) as valid at
-   * the event's `origin_server_ts`, keyed by "server keyId". A key we cannot get is left out: the
-   * signature check then says which server's signature is missing.
+   * The verify keys of the servers that must sign the PDU (only those: a PDU naming other servers
+   * must not make us contact them), for the ed25519 key IDs their signatures name, fetched (or read
+   * from the cache) as valid at the event's `origin_server_ts`, keyed by "server keyId". A key we
+   * cannot get is left out: the signature check then says which server's signature is missing.
+   * Nothing when the PDU's format is invalid (the check says why).
    */
-  private async fetchSigningKeys(pdu: Record<string, unknown>): Promise<Map<string, Uint8Array>> {
+  private async fetchSigningKeys(version: string, value: Record<string, unknown>): Promise<Map<string, Uint8Array>> {
     const keys = new Map<string, Uint8Array>();
-    const signatures = pdu.signatures;
-    const ts = typeof pdu.origin_server_ts === "number" ? pdu.origin_server_ts : this.deps.now();
-    if (typeof signatures !== "object" || signatures === null) return keys;
-    for (const [server, byKey] of Object.entries(signatures as Record<string, unknown>).slice(0, 10)) {
+    const { event_id: _ignored, ...rest } = value;
+    const format = validatePdu(version, rest);
+    if (!format.ok) return keys;
+    const pdu = format.value;
+    const signatures = (pdu.signatures ?? {}) as Record<string, unknown>;
+    const ts = pdu.origin_server_ts;
+    for (const server of serversThatMustSign(version, pdu)) {
+      const byKey = Object.hasOwn(signatures, server) ? signatures[server] : undefined;
       if (typeof byKey !== "object" || byKey === null) continue;
-      for (const keyId of Object.keys(byKey).slice(0, 10)) {
+      for (const keyId of Object.keys(byKey).slice(0, 5)) {
         if (!keyId.startsWith("ed25519:")) continue;
         const key = await this.deps.keys.verifyKey(server, keyId, ts).catch(() => undefined);
         if (key) keys.set(`${server} ${keyId}`, key);
