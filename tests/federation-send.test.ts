@@ -116,10 +116,14 @@ describe("PUT /send/{txnId}", () => {
     expect(typersOnHs2()).toEqual([]);
   });
 
-  it("ignores unknown and malformed EDUs and applies the others", async () => {
+  it("ignores unknown, malformed and failing EDUs and applies the others", async () => {
+    hs2.services.federation.edus.register("org.example.fails", async () => {
+      throw new Error("this handler always fails");
+    });
     const res = await sendTxn({
       edus: [
         { edu_type: "org.example.unknown", content: { anything: 1 } },
+        { edu_type: "org.example.fails", content: {} },
         { edu_type: "m.typing", content: { room_id: 5 } },
         { edu_type: "m.receipt", content: { [roomId]: "not an object" } },
         "not an EDU",
