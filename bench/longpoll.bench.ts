@@ -8,8 +8,9 @@
 //   (through the server's inspector), divided by the long-polls held;
 // - the 429s the refused clients got (they come back after `retry_after_ms`, as a client should);
 // - while the clients connect: the slowest GET /versions (is the server still answering?).
-// The long-polls carry a timeout (BENCH_LONGPOLL_TIMEOUT_MS, 60 s) longer than the run, so "held" is
-// idle: no time-out wave in the figures. Loopback only; about two minutes. Every client is in this
+// The long-polls carry the longest timeout Parley grants (BENCH_LONGPOLL_TIMEOUT_MS, 5 min), so
+// "held" is idle: no time-out wave in the figures. Loopback only; a few minutes (more on a busy
+// machine: the clients' first syncs are most of it). Levels: BENCH_LONGPOLL_LEVELS. Every client is in this
 // process, each on its own connection: the open-file limit (`ulimit -n`, both processes) bounds N.
 // Ends with one line: BENCH_RESULT {"bench":"longpoll","results":[...]}.
 import { Agent, request as httpRequest } from "node:http";
@@ -22,14 +23,14 @@ import { freePort, memoryAfterGc, startParley, stopParley } from "./parley-proce
 const openFiles = await openFileLimit();
 /** Each client socket is a descriptor here and one in the server; keep 1,000 spare for the rest. */
 const MAX_CLIENTS = Math.max(100, openFiles - 1000);
-const LEVELS = (process.env.BENCH_LONGPOLL_LEVELS ?? "2000,5000,10000")
+const LEVELS = (process.env.BENCH_LONGPOLL_LEVELS ?? "1000,3000")
   .split(",")
   .map(Number)
   .filter((n) => n > 0)
   .map((n) => Math.min(n, MAX_CLIENTS));
 const CEILING = Number(process.env.BENCH_LONGPOLL_CEILING ?? configKeys.max_long_polls.default);
-const TIMEOUT_MS = Number(process.env.BENCH_LONGPOLL_TIMEOUT_MS ?? 60_000);
-const SENDS = Number(process.env.BENCH_LONGPOLL_SENDS ?? 150);
+const TIMEOUT_MS = Number(process.env.BENCH_LONGPOLL_TIMEOUT_MS ?? 300_000);
+const SENDS = Number(process.env.BENCH_LONGPOLL_SENDS ?? 100);
 /** The long-polls are spread over this many users (guests: no password to hash). */
 const USERS = 200;
 
@@ -41,16 +42,16 @@ interface Answer {
 }
 
 /** One request; again once when the server had just closed the kept-alive connection it went out on. */
-async function call(base: string, method: string, p: string, body?: unknown, token?: string): Promise<Answer> {
+async function call(base: string, method: string, p: string, body?: unknown, token?: string, onWritten?: () => void): Promise<Answer> {
   try {
-    return await callOnce(base, method, p, body, token);
+    return await callOnce(base, method, p, body, token, onWritten);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ECONNRESET") throw err;
-    return callOnce(base, method, p, body, token);
+    return callOnce(base, method, p, body, token, onWritten);
   }
 }
 
-function callOnce(base: string, method: string, p: string, body?: unknown, token?: string): Promise<Answer> {
+function callOnce(base: string, method: string, p: string, body: unknown, token: string | undefined, onWritten?: () => void): Promise<Answer> {
   const url = new URL(base + p);
   const payload = body === undefined ? "" : JSON.stringify(body);
   return new Promise((resolve, reject) => {
@@ -83,6 +84,7 @@ function callOnce(base: string, method: string, p: string, body?: unknown, token
       },
     );
     req.on("error", reject);
+    if (onWritten) req.on("finish", onWritten);
     req.end(payload || undefined);
   });
 }
@@ -113,8 +115,10 @@ interface Counters {
 /** One client: a /sync long-poll, again when answered; after a 429, again after `retry_after_ms`. */
 class Poller {
   running = false;
-  /** When the request now out was sent (undefined: none out). */
+  /** When the request now out reached the server's socket (undefined: none out, or not yet connected). */
   sentAt: number | undefined;
+  /** The last answer was a 429 (a request out now is a retry, likely refused again). */
+  refused = false;
 
   constructor(
     private readonly base: string,
@@ -130,9 +134,8 @@ class Poller {
 
   private async loop(): Promise<void> {
     while (this.running) {
-      this.sentAt = performance.now();
       const path = `/_matrix/client/v3/sync?filter=${NO_ROOMS}&set_presence=offline&timeout=${TIMEOUT_MS}&since=${encodeURIComponent(this.since)}`;
-      const res = await call(this.base, "GET", path, undefined, this.token).catch(() => undefined);
+      const res = await call(this.base, "GET", path, undefined, this.token, () => (this.sentAt = performance.now())).catch(() => undefined);
       this.sentAt = undefined;
       if (!this.running) return;
       if (!res) {
@@ -140,9 +143,11 @@ class Poller {
         await sleep(1000);
       } else if (res.status === 429) {
         this.counters.refused++;
+        this.refused = true;
         await sleep(Number(res.json?.retry_after_ms ?? 1000));
       } else if (res.status === 200) {
         this.counters.answered++;
+        this.refused = false;
         this.since = res.json.next_batch;
       } else {
         this.counters.failed++;
@@ -152,10 +157,13 @@ class Poller {
   }
 }
 
-/** Long-polls out for more than a second: the server holds them (a refusal comes back in milliseconds). */
+/**
+ * Long-polls written to a connected socket more than 2 s ago and not answered, from clients not
+ * refused last time: the server holds them (a refusal comes back in milliseconds once it has the request).
+ */
 const held = (pollers: Poller[]) => {
-  const before = performance.now() - 1000;
-  return pollers.filter((p) => p.sentAt !== undefined && p.sentAt < before).length;
+  const before = performance.now() - 2000;
+  return pollers.filter((p) => p.sentAt !== undefined && p.sentAt < before && !p.refused).length;
 };
 
 async function versionsMs(base: string): Promise<number> {
@@ -178,6 +186,9 @@ async function benchMode(mode: "off" | "on", dataDir: string): Promise<Array<{ n
       PARLEY_MAX_LONG_POLLS_PER_USER: "10000000",
     },
   });
+  // Whatever happens to this process, the server goes with it.
+  const kill = () => child.kill("SIGKILL");
+  process.once("exit", kill);
   const label = `admission ${mode}${mode === "on" ? ` (max_long_polls ${ceiling})` : ""}`;
   const results: Array<{ name: string; value: number; unit: string }> = [];
   const figure = (name: string, value: number, unit: string) => results.push({ name: `${label}: ${name}`, value, unit });
@@ -211,7 +222,7 @@ async function benchMode(mode: "off" | "on", dataDir: string): Promise<Array<{ n
       let probing = true;
       const prober = (async () => {
         while (probing) {
-          probe.push(await versionsMs(base));
+          probe.push(await versionsMs(base).catch(() => Number.NaN));
           await sleep(100);
         }
       })();
@@ -226,6 +237,7 @@ async function benchMode(mode: "off" | "on", dataDir: string): Promise<Array<{ n
       }
       // Settled: the count of held long-polls has stopped moving and /versions answers at once.
       let last = -1;
+      await sleep(2000);
       for (let i = 0; i < 120; i++) {
         await sleep(500);
         const now = held(pollers);
@@ -278,6 +290,7 @@ async function benchMode(mode: "off" | "on", dataDir: string): Promise<Array<{ n
   } finally {
     for (const p of pollers) p.running = false;
     await stopParley(child);
+    process.off("exit", kill);
     agent.destroy();
   }
   return results;
