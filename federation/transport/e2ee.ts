@@ -198,9 +198,10 @@ export class RemoteDeviceLists {
       if (!follows) {
         // A gap (or a user we never synced): what we hold cannot be brought up to date from this
         // update alone. Fetch the whole list.
+        // Local users hear of the change once the list is fetched (or fetching failed).
         await this.setHead(userId, head?.streamId ?? 0, true);
         this.resyncLater(userId);
-        return true;
+        return false;
       }
       const d = schema.remoteDevices;
       await this.deps.db.transaction(async (tx) => {
@@ -269,7 +270,12 @@ export class RemoteDeviceLists {
 
   private resyncLater(userId: string): void {
     const run: Promise<void> = this.resync(userId)
-      .catch((err) => this.deps.logger.info({ err, userId }, "could not resync a remote device list; it stays stale"))
+      .catch(async (err) => {
+        this.deps.logger.info({ err, userId }, "could not resync a remote device list; it stays stale");
+        // Clients still learn that the list changed (their key queries go to the user's server).
+        await this.deps.e2ee.remoteUsersChanged([userId]);
+      })
+      .catch((err) => this.deps.logger.warn({ err, userId }, "could not announce a remote device-list change"))
       .finally(() => this.resyncs.delete(run));
     this.resyncs.add(run);
   }

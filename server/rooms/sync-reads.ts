@@ -224,6 +224,19 @@ export class SyncReads {
     return new Set(rows.map((r) => r.state_key));
   }
 
+  /**
+   * The rooms whose current state has `userId` joined: for users of other servers, who have no
+   * `room_memberships` rows. (current_state has no index by state key: a scan of the member rows,
+   * done only when a remote user's devices change.)
+   */
+  async roomsJoinedBy(userId: string): Promise<string[]> {
+    const rows = rowsOf<{ room_id: string }>(
+      await this.db.execute(sql`select room_id from current_state
+        where type = 'm.room.member' and state_key = ${userId} and membership = 'join'`),
+    );
+    return rows.map((r) => r.room_id);
+  }
+
   /** Which of `candidates` share a joined room with `userId`. */
   async sharingARoom(userId: string, candidates: readonly string[]): Promise<Set<string>> {
     if (candidates.length === 0) return new Set();

@@ -110,7 +110,9 @@ export function createSyncServices(options: {
   });
   e2ee.deviceLists.onChange((userIds, position) => {
     // Whoever shares a room with a user sees their device list change.
-    void Promise.all(userIds.map((u) => rooms.rooms.joinedRooms(u)))
+    // A remote user (their server announced the change) has no local memberships: their rooms
+    // are those whose current state has them joined.
+    void Promise.all(userIds.map((u) => (serverNameOf(u) === serverName ? rooms.rooms.joinedRooms(u) : reads.roomsJoinedBy(u))))
       .then((lists) => notifier.publish({ stream: "device_lists", position, users: userIds, rooms: [...new Set(lists.flat())] }))
       .catch((err) => logger.warn({ err }, "could not announce a device-list change"));
   });
