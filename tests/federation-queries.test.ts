@@ -67,6 +67,18 @@ describe("remote queries between two Parley servers", () => {
     expect(unsigned.status).toBe(401);
   });
 
+  it("answers notary queries that name a key ID (the deprecated form sytest and older servers use)", async () => {
+    const keyId = b!.services.signingKey.keyId;
+    const res = await request(a!.url, "GET", `/_matrix/key/v2/query/hs2.test/${encodeURIComponent(keyId)}`);
+    expect(res.status).toBe(200);
+    expect(res.json.server_keys[0].verify_keys[keyId]).toBeDefined();
+  });
+
+  it("refuses userinfo without a token with 401", async () => {
+    const res = await request(a!.url, "GET", "/_matrix/federation/v1/openid/userinfo");
+    expect(res).toMatchObject({ status: 401, json: { errcode: "M_UNKNOWN_TOKEN" } });
+  });
+
   it("proves a user's identity to another server with an OpenID token", async () => {
     const issued = await request(a!.url, "POST", `/_matrix/client/v3/user/${alice.userId}/openid/request_token`, { token: alice.accessToken, body: {} });
     expect(issued).toMatchObject({ status: 200, json: { token_type: "Bearer", matrix_server_name: "hs1.test", expires_in: 3600 } });

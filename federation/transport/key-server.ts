@@ -85,6 +85,9 @@ export const notaryQueryOne = route({
   },
 });
 
+/** With a key ID (deprecated, still requested by older servers and sytest): the ID is ignored, as in the key-ID form of /server. */
+export const notaryQueryOneById = route({ ...notaryQueryOne, path: "/_matrix/key/v2/query/:serverName/:keyId" });
+
 export const notaryQuery = route({
   method: "POST",
   path: "/_matrix/key/v2/query",

@@ -8,9 +8,10 @@ export const openIdUserInfo = route({
   method: "GET",
   path: "/_matrix/federation/v1/openid/userinfo",
   auth: "none",
-  query: z.object({ access_token: z.string().max(1000) }),
+  // A missing token is an unknown one (401), as Synapse answers.
+  query: z.object({ access_token: z.string().max(1000).optional() }),
   async handler({ query }, services) {
-    const userId = await services.openId.userOf(query.access_token);
+    const userId = query.access_token === undefined ? undefined : await services.openId.userOf(query.access_token);
     if (!userId) throw new MatrixError(401, "M_UNKNOWN_TOKEN", "Access token unknown or expired");
     return { sub: userId };
   },
