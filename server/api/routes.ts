@@ -1,6 +1,6 @@
 // Every HTTP endpoint of the homeserver, in one list.
 import { federationVersion } from "../../federation/transport/version.ts";
-import { notaryQuery, notaryQueryOne, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
+import { notaryQuery, notaryQueryOne, notaryQueryOneById, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
 import { openIdUserInfo } from "./federation/openid.ts";
 import { openIdRoutes } from "./client/openid.ts";
@@ -44,6 +44,7 @@ export const routes: AnyRoute[] = [
   serverKeysById,
   notaryQuery,
   notaryQueryOne,
+  notaryQueryOneById,
   ...federationQueryRoutes,
   openIdUserInfo,
   ...openIdRoutes,
