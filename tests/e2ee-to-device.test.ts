@@ -114,6 +114,10 @@ describe("/sendToDevice", () => {
       content: { sender: alice.userId, messages: { "@bob:elsewhere.example": { "*": { x: 1 } }, "@carol:elsewhere.example": { DEV: { x: 2 } } } },
     });
     expect(edu.content.message_id.length).toBeLessThanOrEqual(32);
+    // Nothing is queued for a name no server can have.
+    const bad = await send(alice, { "@bob:not a server": { DEV: { x: 1 } } });
+    expect(bad.status).toBe(400);
+    expect(bad.json.errcode).toBe("M_INVALID_PARAM");
   });
 
   it("skips devices that do not exist and empties a deleted device's mailbox", async () => {

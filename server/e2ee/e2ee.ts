@@ -10,6 +10,7 @@
 // The server never sees a private key or a plaintext message: it stores signed public keys (and
 // checks their signatures) and opaque ciphertext.
 import { dictionary } from "../../federation/protocol/dictionary.ts";
+import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import type { Database } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { isLocalUser, parseUserId } from "../accounts/user-id.ts";
@@ -107,6 +108,10 @@ export class E2ee {
     const remote = this.remoteKeys;
     const answers = await Promise.all(
       [...byServer].map(async ([server, arg]): Promise<[string, R] | undefined> => {
+        if (!isValidServerName(server)) {
+          failures[server] = { status: 400, message: "Not a valid server name" };
+          return undefined;
+        }
         if (!remote) {
           failures[server] = { ...NO_FEDERATION };
           return undefined;

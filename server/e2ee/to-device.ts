@@ -20,6 +20,7 @@ import { isLocalUser, parseUserId } from "../accounts/user-id.ts";
 import { MatrixError } from "../http/errors.ts";
 import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
 import { dictionary } from "../../federation/protocol/dictionary.ts";
+import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import { canonicalOrBadJson, type JsonObject } from "./signed-json.ts";
 
 export interface ToDeviceEvent {
@@ -150,7 +151,9 @@ export class ToDevice {
       const byServer = new Map<string, Record<string, Record<string, JsonObject>>>();
       for (const userId of remote) {
         const server = parseUserId(userId)?.serverName;
-        if (server === undefined) throw new MatrixError(400, "M_INVALID_PARAM", `messages: ${userId.slice(0, 64)} is not a user ID`);
+        if (server === undefined || !isValidServerName(server)) {
+          throw new MatrixError(400, "M_INVALID_PARAM", `messages: ${userId.slice(0, 64)} is not a user ID`);
+        }
         for (const [deviceId, content] of Object.entries(messages[userId]!)) canonicalOrBadJson(content, `messages.${userId}.${deviceId}`);
         let part = byServer.get(server);
         if (!part) byServer.set(server, (part = dictionary()));
