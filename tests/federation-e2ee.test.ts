@@ -10,7 +10,7 @@ import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyJsonSignature } from "../federation/protocol/signing.ts";
 import { schema } from "../schema/db.ts";
-import { registerUser, type TestUser } from "./accounts-helpers.ts";
+import { passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
 import { crossSigningIdentity, deviceIdentity, oneTimeKeys, post } from "./e2ee-helpers.ts";
 import { type Network, startNetwork } from "./federation-harness.ts";
 import { request, type TestServer } from "./harness.ts";
@@ -203,6 +203,39 @@ describe("device lists across servers", () => {
     while ((await devices()).includes("NEWONE") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(await devices()).toEqual([alice.deviceId]);
     expect((await head()).stale).toBe(false);
+  });
+
+  it("a second device and its deletion follow in sequence, and new cross-signing keys follow too", async () => {
+    const rowsOf = async () =>
+      (await hs2().services.db.select().from(schema.remoteDevices).where(eq(schema.remoteDevices.userId, alice.userId))).map((r) => r.deviceId).sort();
+    const until = async (what: string, check: () => Promise<boolean>) => {
+      const deadline = Date.now() + 5_000;
+      while (!(await check())) {
+        if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const login = await request(hs1().url, "POST", "/_matrix/client/v3/login", {
+      body: { type: "m.login.password", identifier: { type: "m.id.user", user: "alice" }, password: alice.password },
+    });
+    const alice2: TestUser = { ...alice, accessToken: login.json.access_token, deviceId: login.json.device_id };
+    await post(hs1().url, alice2, "/keys/upload", { device_keys: deviceIdentity(alice2).deviceKeys });
+    await until("hs2 holds alice's second device", async () => (await rowsOf()).includes(alice2.deviceId));
+
+    const path = `/_matrix/client/v3/devices/${alice2.deviceId}`;
+    const challenge = await request(hs1().url, "DELETE", path, { token: alice.accessToken, body: {} });
+    expect((await request(hs1().url, "DELETE", path, { token: alice.accessToken, body: { auth: passwordAuth(alice, challenge.json.session) } })).status).toBe(200);
+    await until("hs2 forgets alice's deleted device", async () => !(await rowsOf()).includes(alice2.deviceId));
+    // Each update followed the one before: the head is hs1's own position for alice, not stale.
+    const [head] = await hs2().services.db.select().from(schema.remoteDeviceListHeads).where(eq(schema.remoteDeviceListHeads.userId, alice.userId));
+    expect(head).toMatchObject({ stale: false, streamId: await hs1().services.e2ee.deviceLists.lastDeviceChange(alice.userId) });
+
+    const identity = crossSigningIdentity(alice.userId);
+    expect((await post(hs1().url, alice, "/keys/device_signing/upload", identity.body)).status).toBe(200);
+    await until("hs2 holds alice's master key", async () => {
+      const [row] = await hs2().services.db.select().from(schema.remoteCrossSigningKeys).where(eq(schema.remoteCrossSigningKeys.userId, alice.userId));
+      return row !== undefined && JSON.parse(row.keyJson).keys[`ed25519:${identity.master.publicKeyBase64}`] !== undefined;
+    });
   });
 
   it("takes a signing-key update only from the user's own server", async () => {
