@@ -133,8 +133,15 @@ async function announce(deps: E2eeFederationDeps, changes: readonly RecordedChan
     const out: Edu[] = [];
     const deviceChanges = own.filter((c) => c.deviceId !== undefined).sort((a, b) => a.streamId - b.streamId);
     let prev = deviceChanges.length ? await deps.e2ee.deviceLists.lastDeviceChange(userId, deviceChanges[0]!.streamId) : 0;
+    // A signature of one's own master key by a device is recorded under the master key's ID: it
+    // goes out as an update of that "device" carrying the key, as Synapse sends it (not a deletion).
+    const crossSigningKeys = new Map<string, JsonObject>();
+    for (const key of [now.master_key, now.self_signing_key]) {
+      if (key && isJsonObject(key.keys)) for (const publicKey of Object.values(key.keys)) if (typeof publicKey === "string") crossSigningKeys.set(publicKey, key);
+    }
     for (const c of deviceChanges) {
-      const device = devices.get(c.deviceId!);
+      const key = crossSigningKeys.get(c.deviceId!);
+      const device = devices.get(c.deviceId!) ?? (key ? { device_id: c.deviceId!, keys: key } : undefined);
       out.push({
         edu_type: "m.device_list_update",
         content: {
