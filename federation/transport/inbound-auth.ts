@@ -39,7 +39,11 @@ export class ServerRequestAuthenticator {
       if (err instanceof XMatrixParseError) throw unauthorized(`Malformed Authorization header: ${err.message}`);
       throw err;
     }
-    if (!parseServerName(credentials.origin)) throw unauthorized("The origin is not a valid server name");
+    // 400 rather than 401, as Synapse answers and sytest expects ("Non-numeric ports in server names
+    // are rejected"): the request is malformed, not merely unauthenticated.
+    if (!parseServerName(credentials.origin)) {
+      throw new MatrixError(400, "M_UNAUTHORIZED", "The origin is not a valid server name");
+    }
     if (credentials.origin === this.serverName) throw unauthorized("The origin is this server");
     if (credentials.destination !== undefined && credentials.destination !== this.serverName) {
       throw unauthorized(`This request was meant for ${credentials.destination}, not ${this.serverName}`);

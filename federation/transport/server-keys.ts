@@ -128,7 +128,9 @@ export class ServerKeyStore {
     const t = schema.remoteServerKeys;
     let rows = await this.opts.db.select().from(t).where(eq(t.serverName, serverName));
     if (!rows.some((r) => r.expiredTs === null && r.validUntilTs >= minimumValidUntilTs)) {
-      await this.refresh(serverName);
+      // Asked for fresher keys than we hold: fetch now (concurrent asks share one fetch). What we
+      // held before is still answered when the server cannot be reached.
+      await this.refresh(serverName, true).catch(() => {});
       rows = await this.opts.db.select().from(t).where(eq(t.serverName, serverName));
     }
     return [...new Set(rows.map((r) => r.responseJson))].map((text) => JSON.parse(text) as unknown);
