@@ -176,7 +176,7 @@ describe("restarts", () => {
     } finally {
       await second.destroy();
     }
-  });
+  }, 90_000); // two starts on disk, the first creating the embedded cluster (initdb)
 
   it("refuse to start a database under a different server name", async () => {
     const database = await createTestDatabase();
@@ -187,7 +187,7 @@ describe("restarts", () => {
     ).rejects.toThrow(/server name/);
     const again = await startTestServer({ database, dataDir: first.dataDir });
     await again.destroy();
-  });
+  }, 90_000); // two starts on disk, the first creating the embedded cluster (initdb)
 });
 
 describe("graceful shutdown", () => {

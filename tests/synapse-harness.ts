@@ -20,7 +20,7 @@
 //   (`trusted_key_servers: []`). `startParleyForSynapse()` sets Parley up that way.
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -91,9 +91,57 @@ export interface RunningSynapse {
  * (start.sh). Started instances are stopped by `release()`; running ones are reused and left alone,
  * so several test files (or a developer's own start.sh) can share them.
  */
+/**
+ * Test files run in parallel workers, and one file's release() would stop the Synapse another is
+ * using: a lock directory (atomic mkdir, with the holder's pid for stale locks) makes them take turns.
+ */
+async function lockSynapse(dir: string): Promise<() => Promise<void>> {
+  const lock = path.join(dir, ".parley-tests.lock");
+  const until = Date.now() + 10 * 60_000;
+  for (;;) {
+    try {
+      await mkdir(lock);
+      await writeFile(path.join(lock, "pid"), String(process.pid));
+      return () => rm(lock, { recursive: true, force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const holder = Number(await readFile(path.join(lock, "pid"), "utf8").catch(() => "0"));
+      let alive = holder > 0;
+      try {
+        if (alive) process.kill(holder, 0);
+      } catch {
+        alive = false;
+      }
+      if (!alive && holder > 0) await rm(lock, { recursive: true, force: true });
+      if (Date.now() > until) throw new Error(`another test holds ${lock}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
 export async function startSynapse(setup: SynapseSetup & { ready: true }, names?: string[]): Promise<RunningSynapse> {
   const instances = names ? setup.instances.filter((i) => names.includes(i.name)) : setup.instances;
+  const unlock = await lockSynapse(setup.dir);
   const started: string[] = [];
+  try {
+    await startInstances(setup, instances, started);
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
+  return {
+    instances,
+    async release() {
+      try {
+        if (started.length > 0) await run("bash", [path.join(setup.scripts, "stop.sh"), setup.dir, ...started], { timeout: 60_000 });
+      } finally {
+        await unlock();
+      }
+    },
+  };
+}
+
+async function startInstances(setup: SynapseSetup & { ready: true }, instances: SynapseInstance[], started: string[]) {
   for (const instance of instances) {
     if (await answers(instance)) continue;
     const { stdout } = await run("bash", [path.join(setup.scripts, "start.sh"), setup.dir, instance.name], {
@@ -103,13 +151,6 @@ export async function startSynapse(setup: SynapseSetup & { ready: true }, names?
     });
     if (!stdout.includes("already running")) started.push(instance.name);
   }
-  return {
-    instances,
-    async release() {
-      if (started.length === 0) return;
-      await run("bash", [path.join(setup.scripts, "stop.sh"), setup.dir, ...started], { timeout: 60_000 });
-    },
-  };
 }
 
 async function answers(instance: SynapseInstance): Promise<boolean> {
