@@ -40,3 +40,28 @@ const invalidUsername = (message: string) => new MatrixError(400, "M_INVALID_USE
 export function isLocalUser(userId: string, serverName: string): boolean {
   return parseUserId(userId)?.serverName === serverName;
 }
+
+/**
+ * A map keyed by user ID (`/keys/query`, `/keys/claim`, `/sendToDevice`) split into this server's
+ * users (in order) and, per other server, that server's users. Keys that are not user IDs are
+ * listed apart. The per-server maps have no prototype: their keys are chosen by clients.
+ */
+export function groupUsersByServer<T>(
+  byUser: Record<string, T>,
+  serverName: string,
+): { local: string[]; remote: Map<string, Record<string, T>>; notUserIds: string[] } {
+  const local: string[] = [];
+  const remote = new Map<string, Record<string, T>>();
+  const notUserIds: string[] = [];
+  for (const [userId, value] of Object.entries(byUser)) {
+    const server = parseUserId(userId)?.serverName;
+    if (server === undefined) notUserIds.push(userId);
+    else if (server === serverName) local.push(userId);
+    else {
+      let part = remote.get(server);
+      if (!part) remote.set(server, (part = Object.create(null) as Record<string, T>));
+      part[userId] = value;
+    }
+  }
+  return { local, remote, notUserIds };
+}

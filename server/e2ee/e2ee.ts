@@ -13,7 +13,7 @@ import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import type { Database } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
-import { isLocalUser, parseUserId } from "../accounts/user-id.ts";
+import { groupUsersByServer } from "../accounts/user-id.ts";
 import type { UserInteractiveAuth } from "../accounts/uia.ts";
 import { CrossSigning } from "./cross-signing.ts";
 import { DeviceKeys, type ClaimRequest } from "./device-keys.ts";
@@ -28,6 +28,17 @@ export interface KeysQueryResponse {
   self_signing_keys: Record<string, JsonObject>;
   user_signing_keys: Record<string, JsonObject>;
   failures: Record<string, JsonObject>;
+}
+
+/** An empty `/keys/query` answer. Keyed by user IDs, device IDs and server names others chose: no prototypes. */
+export function emptyKeysQueryResponse(): KeysQueryResponse {
+  return {
+    device_keys: dictionary(),
+    master_keys: dictionary(),
+    self_signing_keys: dictionary(),
+    user_signing_keys: dictionary(),
+    failures: dictionary(),
+  };
 }
 
 export interface KeysClaimResponse {
@@ -159,29 +170,11 @@ export class E2ee {
    * `/keys/query`: device keys (with the device's display name in `unsigned`) of the devices asked
    * for (all when the list is empty), and cross-signing keys with the signatures `requester` may
    * see; the user-signing key only of the requester themself. Unknown users and devices are left
-   * out; users of other servers are reported in `failures` until federation exists.
+   * out; users of other servers are asked of their servers (those that fail are in `failures`).
    */
   async queryKeys(requester: string, deviceKeys: Record<string, string[]>): Promise<KeysQueryResponse> {
-    // Keyed by user IDs, device IDs and server names the requester chose: no prototypes.
-    const out: KeysQueryResponse = {
-      device_keys: dictionary(),
-      master_keys: dictionary(),
-      self_signing_keys: dictionary(),
-      user_signing_keys: dictionary(),
-      failures: dictionary(),
-    };
-    const local: string[] = [];
-    const remote = new Map<string, Record<string, string[]>>();
-    for (const userId of Object.keys(deviceKeys)) {
-      if (isLocalUser(userId, this.serverName)) local.push(userId);
-      else {
-        const server = parseUserId(userId)?.serverName;
-        if (server === undefined) continue;
-        let part = remote.get(server);
-        if (!part) remote.set(server, (part = dictionary()));
-        part[userId] = deviceKeys[userId]!;
-      }
-    }
+    const out = emptyKeysQueryResponse();
+    const { local, remote } = groupUsersByServer(deviceKeys, this.serverName);
     const answered = this.askServers(remote, (r, server, asked, signal) => r.query(server, asked, signal), out.failures);
     await this.localKeys(requester, local, deviceKeys, out);
     for (const [server, answer] of await answered) {
@@ -267,17 +260,9 @@ export class E2ee {
   async claimKeys(oneTimeKeys: Record<string, Record<string, string>>): Promise<KeysClaimResponse> {
     const out: KeysClaimResponse = { one_time_keys: dictionary(), failures: dictionary() };
     const requests: ClaimRequest[] = [];
-    const remote = new Map<string, Record<string, Record<string, string>>>();
-    for (const [userId, byDevice] of Object.entries(oneTimeKeys)) {
-      if (!isLocalUser(userId, this.serverName)) {
-        const server = parseUserId(userId)?.serverName;
-        if (server === undefined) continue;
-        let part = remote.get(server);
-        if (!part) remote.set(server, (part = dictionary()));
-        part[userId] = byDevice;
-        continue;
-      }
-      for (const [deviceId, algorithm] of Object.entries(byDevice)) requests.push({ userId, deviceId, algorithm });
+    const { local, remote } = groupUsersByServer(oneTimeKeys, this.serverName);
+    for (const userId of local) {
+      for (const [deviceId, algorithm] of Object.entries(oneTimeKeys[userId]!)) requests.push({ userId, deviceId, algorithm });
     }
     const answered = this.askServers(remote, (r, server, asked, signal) => r.claim(server, asked, signal), out.failures);
     for (const c of await this.deviceKeys.claim(requests)) {

@@ -16,10 +16,9 @@
 import { and, asc, eq, gt, inArray, lte, sql } from "drizzle-orm";
 import { type Database, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
-import { isLocalUser, parseUserId } from "../accounts/user-id.ts";
+import { groupUsersByServer, isLocalUser } from "../accounts/user-id.ts";
 import { MatrixError } from "../http/errors.ts";
 import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
-import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import { canonicalOrBadJson, type JsonObject } from "./signed-json.ts";
 
@@ -146,18 +145,16 @@ export class ToDevice {
     txnId: string,
     messages: Record<string, Record<string, JsonObject>>,
   ): Promise<void> {
-    const remote = Object.keys(messages).filter((u) => !isLocalUser(u, this.serverName));
-    if (remote.length > 0) {
-      const byServer = new Map<string, Record<string, Record<string, JsonObject>>>();
-      for (const userId of remote) {
-        const server = parseUserId(userId)?.serverName;
-        if (server === undefined || !isValidServerName(server)) {
-          throw new MatrixError(400, "M_INVALID_PARAM", `messages: ${userId.slice(0, 64)} is not a user ID`);
+    const { remote: byServer, notUserIds } = groupUsersByServer(messages, this.serverName);
+    for (const [server, users] of byServer) if (!isValidServerName(server)) notUserIds.push(...Object.keys(users));
+    if (notUserIds.length > 0) {
+      throw new MatrixError(400, "M_INVALID_PARAM", `messages: ${notUserIds[0]!.slice(0, 64)} is not a user ID`);
+    }
+    if (byServer.size > 0) {
+      for (const users of byServer.values()) {
+        for (const [userId, byDevice] of Object.entries(users)) {
+          for (const [deviceId, content] of Object.entries(byDevice)) canonicalOrBadJson(content, `messages.${userId}.${deviceId}`);
         }
-        for (const [deviceId, content] of Object.entries(messages[userId]!)) canonicalOrBadJson(content, `messages.${userId}.${deviceId}`);
-        let part = byServer.get(server);
-        if (!part) byServer.set(server, (part = dictionary()));
-        part[userId] = messages[userId]!;
       }
       if (!this.remote) {
         throw new MatrixError(403, "M_FORBIDDEN", `Sending to-device messages to other servers (${[...byServer.keys()].join(", ")}) is not supported: this server does not federate`);
@@ -176,9 +173,8 @@ export class ToDevice {
    * idempotent per (sender, message_id). Users of other servers in it are ignored.
    */
   async receive(sender: string, eventType: string, messageId: string, messages: Record<string, Record<string, JsonObject>>): Promise<void> {
-    const local = dictionary<Record<string, JsonObject>>();
-    for (const [userId, byDevice] of Object.entries(messages)) if (isLocalUser(userId, this.serverName)) local[userId] = byDevice;
-    await this.deliver(sender, REMOTE_SENDER_DEVICE, eventType, messageId, local);
+    // deliver() takes only this server's users.
+    await this.deliver(sender, REMOTE_SENDER_DEVICE, eventType, messageId, messages);
   }
 
   private async deliver(

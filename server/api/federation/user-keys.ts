@@ -4,7 +4,7 @@
 import { z } from "zod";
 import { dictionary } from "../../../federation/protocol/dictionary.ts";
 import { isLocalUser } from "../../accounts/user-id.ts";
-import type { KeysQueryResponse } from "../../e2ee/e2ee.ts";
+import { emptyKeysQueryResponse } from "../../e2ee/e2ee.ts";
 import { MatrixError } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
 
@@ -31,13 +31,7 @@ export const userKeysQuery = route({
   async handler({ body }, services) {
     // Users of other servers are left out (the spec: "Requested users must be local").
     const local = Object.keys(body.device_keys).filter((u) => isLocalUser(u, services.config.server_name));
-    const out: KeysQueryResponse = {
-      device_keys: dictionary(),
-      master_keys: dictionary(),
-      self_signing_keys: dictionary(),
-      user_signing_keys: dictionary(),
-      failures: dictionary(),
-    };
+    const out = emptyKeysQueryResponse();
     // No requester: only each user's signatures of their own keys are shown.
     await services.e2ee.localKeys("", local, body.device_keys, out);
     return { device_keys: out.device_keys, master_keys: out.master_keys, self_signing_keys: out.self_signing_keys };
