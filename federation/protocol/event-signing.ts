@@ -113,7 +113,15 @@ export function checkReceivedPdu(roomVersion: string | RoomVersionRules, value: 
   }
   const format = validatePdu(rules, input);
   if (!format.ok) return { ok: false, reason: `invalid PDU: ${format.reason}` };
-  const pdu = format.value;
+  return checkValidatedPdu(rules, format.value, lookupKey);
+}
+
+/**
+ * Steps 2–3 for a PDU whose format `validatePdu` already accepted (a caller that needed the valid
+ * PDU first, to know which keys to fetch, does not validate it twice).
+ */
+export function checkValidatedPdu(roomVersion: string | RoomVersionRules, pdu: Pdu, lookupKey: VerifyKeyLookup): ReceivedPduCheck {
+  const rules = roomVersionRules(roomVersion);
   const signatures = verifyEventSignatures(rules, pdu, lookupKey);
   if (!signatures.ok) return { ok: false, reason: signatures.reason };
   const eventId = computeEventId(rules, pdu);

@@ -16,8 +16,8 @@ import { and, eq, lt } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, schema } from "../../schema/db.ts";
 import { computeEventId } from "../protocol/event-hashes.ts";
-import { checkReceivedPdu, serversThatMustSign } from "../protocol/event-signing.ts";
-import { validatePdu } from "../protocol/pdu.ts";
+import { type ReceivedPduCheck, checkValidatedPdu, serversThatMustSign } from "../protocol/event-signing.ts";
+import { type Pdu, validatePdu } from "../protocol/pdu.ts";
 import { isSupportedRoomVersion } from "../protocol/room-versions.ts";
 import type { EduHandlers } from "./edu-handlers.ts";
 import type { ServerKeyStore } from "./server-keys.ts";
@@ -183,8 +183,13 @@ export class InboundTransactions {
       const eventId = eventIdOfUnknownRoomPdu(pdu);
       return { eventId, error: `Unknown room ${typeof roomId === "string" ? roomId.slice(0, 255) : ""}`.trimEnd() };
     }
-    const keys = await this.fetchSigningKeys(version, pdu);
-    const check = checkReceivedPdu(version, value, (server, keyId) => keys.get(`${server} ${keyId}`));
+    // A top-level `event_id` is not part of v4+ PDUs: left out before the format check, as the core does.
+    const { event_id: _ignored, ...rest } = pdu;
+    const format = validatePdu(version, rest);
+    const keys = format.ok ? await this.fetchSigningKeys(version, format.value) : new Map<string, Uint8Array>();
+    const check: ReceivedPduCheck = format.ok
+      ? checkValidatedPdu(version, format.value, (server, keyId) => keys.get(`${server} ${keyId}`))
+      : { ok: false, reason: `invalid PDU: ${format.reason}` };
     if (!check.ok) {
       const eventId = typeof pdu.event_id === "string" ? pdu.event_id : safeEventId(version, pdu);
       this.deps.logger.info({ origin, eventId, reason: check.reason }, "dropped a received PDU");
@@ -198,14 +203,9 @@ export class InboundTransactions {
    * must not make us contact them), for the ed25519 key IDs their signatures name, fetched (or read
    * from the cache) as valid at the event's `origin_server_ts`, keyed by "server keyId". A key we
    * cannot get is left out: the signature check then says which server's signature is missing.
-   * Nothing when the PDU's format is invalid (the check says why).
    */
-  private async fetchSigningKeys(version: string, value: Record<string, unknown>): Promise<Map<string, Uint8Array>> {
+  private async fetchSigningKeys(version: string, pdu: Pdu): Promise<Map<string, Uint8Array>> {
     const keys = new Map<string, Uint8Array>();
-    const { event_id: _ignored, ...rest } = value;
-    const format = validatePdu(version, rest);
-    if (!format.ok) return keys;
-    const pdu = format.value;
     const signatures = (pdu.signatures ?? {}) as Record<string, unknown>;
     const ts = pdu.origin_server_ts;
     for (const server of serversThatMustSign(version, pdu)) {
