@@ -47,6 +47,8 @@ export interface StartOptions {
   extraRoutes?: AnyRoute[];
   /** Tests only: faults injected into the persist path (see PersistFaults). */
   persisterFaults?: PersistFaults;
+  /** Tests only: how long a checked access token is trusted without a database lookup (default 2 s). */
+  tokenCacheMs?: number;
 }
 
 export function createLogger(config: Pick<Config, "log_level">): Logger {
@@ -79,7 +81,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       logger.info({ keyId }, "created a new signing key"),
     );
     const now = options.now ?? Date.now;
-    const accountServices = createAccountServices(database, config, logger, now);
+    const accountServices = createAccountServices(database, config, logger, now, options.tokenCacheMs);
     await accountServices.sessions.start();
     const roomServices = createRoomServices({
       database,

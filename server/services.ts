@@ -68,10 +68,11 @@ export function createAccountServices(
   config: Config,
   logger: Logger,
   now: () => number,
+  tokenCacheMs?: number,
 ): AccountServices {
   const db = database.db;
   const audit = new AuditLog(db, now, logger);
-  const sessions = new Sessions(database, now, config.access_token_lifetime_ms, logger);
+  const sessions = new Sessions(database, now, config.access_token_lifetime_ms, logger, tokenCacheMs);
   const accounts = new Accounts(db, config.server_name, now, new PasswordHasher(), sessions, audit, logger);
   const rateLimiter = new RateLimiter(
     config.rate_limits && {
