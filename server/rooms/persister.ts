@@ -39,20 +39,23 @@ import type { Logger } from "pino";
 import { type Database, type OpenedDatabase, inlineSql, rowsOf, sqlLiteral } from "../../schema/db.ts";
 import { CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
 import { authTypesForEvent, selectAuthEvents } from "../../federation/protocol/auth-events-selection.ts";
-import { checkAuth } from "../../federation/protocol/auth-rules.ts";
-import { computeEventId, computeRoomIdFromCreateEvent } from "../../federation/protocol/event-hashes.ts";
+import { checkAuth, checkAuthAgainstAuthEvents, userPowerLevel } from "../../federation/protocol/auth-rules.ts";
+import { resolveState } from "../../federation/protocol/state-resolution.ts";
+import { computeEventId, computeRoomIdFromCreateEvent, createEventIdOfRoom } from "../../federation/protocol/event-hashes.ts";
 import { signEvent } from "../../federation/protocol/event-signing.ts";
 import { serverNameOf } from "../../federation/protocol/identifiers.ts";
 import { MAX_PDU_BYTES, type Pdu, type RoomEvent } from "../../federation/protocol/pdu.ts";
-import { type StateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
+import { type StateMapKey, splitStateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
 import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
 import { MatrixError, badJson, forbidden, notFound } from "../http/errors.ts";
 import type { StoredEvent } from "./event-store.ts";
 import {
   type NewStateGroup,
+  MAX_CHAIN_LENGTH,
   type StateGroupRef,
   StateGroupIds,
+  loadStateGroup,
   nextStateGroup,
   stateGroupEntryRows,
   stateGroupRef,
@@ -129,6 +132,8 @@ export interface RoomView {
   membership(userId: string): string | undefined;
   /** The users whose membership is `join`. */
   joinedMembers(): string[];
+  /** The servers of the joined members (ours included when one of our users is joined). */
+  joinedServers(): string[];
   /** Any event of the room (not only state), as stored; undefined if unknown or in another room. */
   event(eventId: string): Promise<RoomEvent | undefined>;
 }
@@ -169,6 +174,35 @@ export type PersistStage =
  */
 export type PersistFaults = (stage: PersistStage, event: { roomId: string; type: string; sender: string; content: JsonObject }) => void;
 
+/**
+ * An event received from another server, after the checks that need no room state (format,
+ * signatures, content hash: the PDU is the redacted form when the hash failed).
+ */
+export interface RemoteEventInput {
+  eventId: string;
+  pdu: Pdu;
+  /**
+   * The state before the event, when the caller knows it better than the event's prev_events can
+   * tell (a join's state from send_join; the state fetched for an event whose prev_events are unknown).
+   */
+  stateBefore?: ReadonlyMap<StateMapKey, string>;
+  /**
+   * The event becomes the room's only forward extremity and its state the current state (our own
+   * join into a room through another server: what we knew of the room before is out of date).
+   */
+  resetsCurrent?: boolean;
+}
+
+/** What became of a received event. */
+export interface RemoteEventOutcome {
+  eventId: string;
+  status: "accepted" | "soft-failed" | "rejected" | "duplicate" | "unplaced";
+  /** Why it was rejected, soft-failed or could not be placed. */
+  reason?: string;
+  /** For unplaced events: the prev_events or auth_events this server does not have. */
+  missing?: string[];
+}
+
 /** Builds the events of one job from the room's current state (the view); may throw a MatrixError. */
 export type Prepare = (view: RoomView) => EventTemplate[] | Promise<EventTemplate[]>;
 
@@ -185,6 +219,10 @@ interface RoomSnapshot {
   maxDepth: number;
   /** State events loaded for the auth rules (immutable, so safe to keep while in the state). */
   events: Map<string, RoomEvent>;
+  /** State keys whose current value changed in the batch being built (written by writeEvents). */
+  dirty: Set<StateMapKey>;
+  /** The servers of the joined members, computed when asked and dropped when a membership changes. */
+  servers?: string[];
 }
 
 /** An event ready to store: built and signed here, or received and checked. */
@@ -206,6 +244,10 @@ export interface EventToStore {
   redactsEventId: string | undefined;
   /** Its rows as SQL text, built in its job's stage (so a value that cannot be written fails that job). */
   sql?: EventSql;
+  /** State groups written with it besides newStateGroup (the state before a received event, a resolved state). */
+  extraStateGroups?: NewStateGroup[];
+  /** A received event stored before as an outlier: that row is replaced. */
+  replacesOutlier?: boolean;
   /** What its caller and the listeners get once it is committed (the stream position is set then). */
   persisted?: PersistedEvent;
 }
@@ -221,14 +263,18 @@ interface EventSql {
   txn: string | undefined;
   /** A CTE marking the redacted event. */
   redaction: string | undefined;
-  group: string | undefined;
+  groups: string[];
   entries: string[];
-  /** A new full state snapshot too large for the statement: written before it, in chunks. */
-  largeSnapshot: ReturnType<typeof stateGroupEntryRows> | undefined;
+  /** New full state snapshots too large for the statement: written before it, in chunks. */
+  largeSnapshots: Array<ReturnType<typeof stateGroupEntryRows>>;
+  /** An outlier row of the same event, deleted before the statement. */
+  deleteOutlier: string | undefined;
 }
 
 interface Job {
   prepare: Prepare;
+  /** A job of received events (prepare is unused): their outcomes are filled in as they are built. */
+  remote?: { inputs: RemoteEventInput[]; outcomes: RemoteEventOutcome[] };
   /** A client transaction: when it already produced an event, the job resolves with that event. */
   txn?: TxnRef;
   resolve(events: PersistedEvent[]): void;
@@ -381,6 +427,7 @@ export class EventPersister {
         extremities: [],
         maxDepth: 0,
         events: new Map(),
+        dirty: new Set(),
       };
       try {
         const built = await this.inTransaction(async (t) => {
@@ -419,6 +466,61 @@ export class EventPersister {
       jobs.push({ prepare, txn, resolve, reject });
       if (!this.busy.has(roomId)) this.ready.add(roomId);
       this.pump();
+    });
+  }
+
+  /**
+   * Queues events received from other servers for a room (whose row exists) and waits until they are
+   * committed: each is checked against its auth events, the state before it (from its prev_events,
+   * or `stateBefore`) and the current state, and stored as accepted, rejected or soft-failed; the
+   * current state and forward extremities follow (state resolution where forks meet). Events that
+   * cannot be placed (unknown prev_events or auth_events) are not stored: their outcome says what
+   * is missing. Outcomes in input order.
+   */
+  async enqueueRemote(roomId: string, inputs: RemoteEventInput[]): Promise<RemoteEventOutcome[]> {
+    if (inputs.length === 0) return [];
+    const remote = { inputs, outcomes: [] as RemoteEventOutcome[] };
+    await new Promise<PersistedEvent[]>((resolve, reject) => {
+      let jobs = this.pending.get(roomId);
+      if (!jobs) this.pending.set(roomId, (jobs = []));
+      jobs.push({ prepare: () => [], remote, resolve, reject });
+      if (!this.busy.has(roomId)) this.ready.add(roomId);
+      this.pump();
+    });
+    return remote.outcomes;
+  }
+
+  /**
+   * Stores events as outliers (known, checked against their own auth events, outside the room's
+   * timeline and state): the state and auth chain a join brings, auth events fetched for an event.
+   * Creates the room's row first when `newRoom` is given and the room is unknown. Events already
+   * stored are left as they are.
+   */
+  async storeOutliers(
+    roomId: string,
+    events: ReadonlyArray<{ eventId: string; pdu: Pdu; rejectedReason?: string }>,
+    newRoom?: { version: string; creator: string },
+  ): Promise<void> {
+    const L = sqlLiteral;
+    const room = L(roomId);
+    await this.inTransaction(async (t) => {
+      await t.start();
+      const tx = t.db;
+      if (newRoom) {
+        await tx.execute(sql`insert into rooms (room_id, room_version, creator, is_public, created_ts, forward_extremities, max_depth, current_state_group)
+          values (${roomId}, ${newRoom.version}, ${newRoom.creator}, false, ${this.now()}, '{}'::text[], 0, null) on conflict (room_id) do nothing`);
+      }
+      for (let c = 0; c < events.length; c += 500) {
+        const chunk = events.slice(c, c + 500);
+        const rows = chunk.map(({ eventId, pdu, rejectedReason }) => {
+          const { unsigned: _u, ...stored } = pdu;
+          return `(${L(eventId)}, ${room}, ${L(pdu.type)}, ${L(pdu.state_key ?? null)}, ${L(pdu.sender)}, ${L(pdu.origin_server_ts)}, ${L(pdu.depth)}, ${L(JSON.stringify(stored))}, null, ${L(pdu.depth)}, true, ${L(rejectedReason ?? null)}, false)`;
+        });
+        const auth = chunk.flatMap(({ eventId, pdu }) => pdu.auth_events.map((a) => `(${L(eventId)}, ${L(a)}, ${room})`));
+        await tx.execute(sql.raw(`insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
+          stream_ordering, topological_ordering, outlier, rejected_reason, soft_failed) values ${rows.join(", ")} on conflict (event_id) do nothing`));
+        if (auth.length) await tx.execute(sql.raw(`insert into event_auth (event_id, auth_event_id, room_id) values ${auth.join(", ")} on conflict do nothing`));
+      }
     });
   }
 
@@ -614,6 +716,7 @@ export class EventPersister {
     const roomId = snapshot.roomId;
     const room = sqlLiteral(roomId);
     const undo = new UndoLog();
+    snapshot.dirty.clear();
     const all: EventToStore[] = [];
     const view = this.view(tx, snapshot);
     const txnsInBatch = new Map<string, Job>();
@@ -633,6 +736,17 @@ export class EventPersister {
       }
       const mark = undo.mark();
       const start = all.length;
+      if (job.remote) {
+        // Each received event succeeds or fails alone; the job always has an outcome.
+        for (const e of await this.buildRemote(tx, snapshot, undo, job.remote)) {
+          e.sql = this.eventSql(e, room, first + all.length, ts, roomId);
+          e.persisted = persistedEvent(snapshot, e, 0);
+          all.push(e);
+        }
+        outcomes.set(job, { ok: true, events: all.slice(start) });
+        if (all.length > start) built.push({ job, at, mark, start });
+        continue;
+      }
       try {
         const templates = await job.prepare(view);
         for (const template of templates) this.fault("prepare", roomId, template);
@@ -806,7 +920,7 @@ export class EventPersister {
       state.set(stateMapKey(r.type, r.state_key), r.event_id);
       if (r.type === "m.room.member" && r.membership !== null) memberships.set(r.state_key, r.membership);
     }
-    return { roomId, rules, stateGroup: ref, state, memberships, extremities, maxDepth, events: new Map() };
+    return { roomId, rules, stateGroup: ref, state, memberships, extremities, maxDepth, events: new Map(), dirty: new Set() };
   }
 
   private view(tx: Database, snapshot: RoomSnapshot): RoomView {
@@ -822,6 +936,7 @@ export class EventPersister {
       },
       membership: (userId) => snapshot.memberships.get(userId),
       joinedMembers: () => [...snapshot.memberships].filter(([, m]) => m === "join").map(([u]) => u),
+      joinedServers: () => joinedServersOf(snapshot),
       event: async (eventId) => {
         const cached = snapshot.events.get(eventId);
         if (cached) return cached;
@@ -845,6 +960,384 @@ export class EventPersister {
       )})`),
     );
     for (const r of rows) snapshot.events.set(r.event_id, { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id });
+  }
+
+  /**
+   * Builds the stored form of a job's received events, in order (see enqueueRemote). Each event
+   * succeeds or fails alone: a throw undoes its own changes to the snapshot and leaves it unplaced.
+   */
+  private async buildRemote(tx: Database, snapshot: RoomSnapshot, undo: UndoLog, job: NonNullable<Job["remote"]>): Promise<EventToStore[]> {
+    const rules = snapshot.rules;
+    const out: EventToStore[] = [];
+    const wanted = new Set<string>();
+    for (const { eventId, pdu } of job.inputs) {
+      wanted.add(eventId);
+      for (const id of pdu.prev_events) wanted.add(id);
+      for (const id of pdu.auth_events) wanted.add(id);
+    }
+    if (rules.roomIdIsCreateEventId) wanted.add(createEventIdOfRoom(snapshot.roomId));
+    const known = new Map<string, KnownEvent>();
+    const ids = [...wanted];
+    for (let c = 0; c < ids.length; c += 500) {
+      const rows = rowsOf<{
+        event_id: string;
+        room_id: string;
+        json: string;
+        outlier: boolean;
+        rejected: boolean;
+        soft_failed: boolean;
+        state_before_group: string | number | null;
+        state_after_group: string | number | null;
+      }>(
+        await tx.execute(sql`select event_id, room_id, json, outlier, rejected_reason is not null as rejected, soft_failed,
+            state_before_group, state_after_group
+          from events where event_id in (${sql.join(
+            ids.slice(c, c + 500).map((id) => sql`${id}`),
+            sql`, `,
+          )})`),
+      );
+      for (const r of rows) {
+        if (r.room_id !== snapshot.roomId) continue;
+        const group = r.state_after_group ?? r.state_before_group;
+        known.set(r.event_id, {
+          event: { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id },
+          outlier: r.outlier,
+          rejected: r.rejected,
+          softFailed: r.soft_failed,
+          group: group === null ? undefined : Number(group),
+          stored: true,
+        });
+      }
+    }
+    for (const input of job.inputs) {
+      const mark = undo.mark();
+      try {
+        const { toStore, outcome } = await this.buildOneRemote(tx, snapshot, undo, input, known);
+        job.outcomes.push(outcome);
+        if (toStore) out.push(toStore);
+      } catch (err) {
+        undo.rollbackTo(mark);
+        if (isDatabaseError(err)) throw err;
+        this.logger.warn({ err, eventId: input.eventId, roomId: snapshot.roomId }, "a received event could not be placed");
+        job.outcomes.push({ eventId: input.eventId, status: "unplaced", reason: err instanceof Error ? err.message : "internal error" });
+      }
+    }
+    return out;
+  }
+
+  private async buildOneRemote(
+    tx: Database,
+    snapshot: RoomSnapshot,
+    undo: UndoLog,
+    input: RemoteEventInput,
+    known: Map<string, KnownEvent>,
+  ): Promise<{ toStore?: EventToStore; outcome: RemoteEventOutcome }> {
+    const { eventId } = input;
+    const rules = snapshot.rules;
+    const unplaced = (reason: string, missing?: string[]) => ({ outcome: { eventId, status: "unplaced" as const, reason, ...(missing ? { missing } : {}) } });
+    const existing = known.get(eventId);
+    if (existing && !existing.outlier) return { outcome: { eventId, status: "duplicate" } };
+    const { unsigned: _unsigned, ...pdu } = input.pdu;
+    if (pdu.room_id !== snapshot.roomId || pdu.type === "m.room.create") return unplaced("the event is not in this room's timeline");
+    if (containsNul([pdu.type, pdu.state_key ?? "", pdu.sender])) return unplaced("the event's type, state key or sender holds NUL");
+    const event: RoomEvent = { ...(pdu as Pdu), event_id: eventId };
+    const key = typeof pdu.state_key === "string" ? stateMapKey(pdu.type, pdu.state_key) : undefined;
+
+    // Its auth events must all be known (the caller fetches them first).
+    const createId = rules.roomIdIsCreateEventId ? createEventIdOfRoom(snapshot.roomId) : undefined;
+    const missingAuth = [...pdu.auth_events, ...(createId ? [createId] : [])].filter((id) => !known.has(id));
+    if (missingAuth.length > 0) return unplaced("unknown auth events", [...new Set(missingAuth)]);
+    const authDecision = checkAuthAgainstAuthEvents(rules, event, (id) => {
+      const k = known.get(id);
+      return k ? { event: k.event, rejected: k.rejected } : undefined;
+    });
+
+    // The state before it.
+    let before: ReadonlyMap<StateMapKey, string>;
+    let beforeRef: StateGroupRef | undefined;
+    const extraStateGroups: NewStateGroup[] = [];
+    if (input.stateBefore) {
+      before = new Map(input.stateBefore);
+      const group: NewStateGroup = { id: await this.groupIds.next(tx), prev: undefined, chainLength: 0, entries: new Map(before) };
+      extraStateGroups.push(group);
+      beforeRef = { id: group.id, chainLength: 0 };
+    } else {
+      const prevs = [...new Set(pdu.prev_events)];
+      const missingPrev = prevs.filter((id) => {
+        const k = known.get(id);
+        return !k || k.outlier || k.group === undefined;
+      });
+      if (missingPrev.length > 0) return unplaced("unknown prev events", missingPrev);
+      const groups = new Map<number, KnownEvent>();
+      for (const id of prevs) groups.set(known.get(id)!.group!, known.get(id)!);
+      const current = snapshot.stateGroup?.id;
+      if (groups.size === 1 && current !== undefined && groups.has(current)) {
+        before = snapshot.state;
+        beforeRef = snapshot.stateGroup;
+      } else {
+        const states: Array<{ state: ReadonlyMap<StateMapKey, string>; ref: StateGroupRef }> = [];
+        for (const [group, k] of groups) {
+          if (group === current) states.push({ state: snapshot.state, ref: snapshot.stateGroup! });
+          else if (k.state && k.ref) states.push({ state: k.state, ref: k.ref });
+          else if (k.stored) states.push({ state: await loadStateGroup(tx, group), ref: (await stateGroupRef(tx, group)) ?? { id: group, chainLength: MAX_CHAIN_LENGTH } });
+          else return unplaced("its prev events' state is not at hand in this batch; send it again");
+        }
+        if (states.length === 1) {
+          before = states[0]!.state;
+          beforeRef = states[0]!.ref;
+        } else {
+          const resolved = await this.resolveStates(tx, snapshot, states.map((x) => x.state), known);
+          const group = nextStateGroup(await this.groupIds.next(tx), states[0]!.ref, stateDiff(states[0]!.state, resolved), resolved);
+          extraStateGroups.push(group);
+          before = resolved;
+          beforeRef = { id: group.id, chainLength: group.chainLength };
+        }
+      }
+    }
+
+    // Auth against the state before it, then (soft-fail) against the current state.
+    let rejectedReason = authDecision.allowed ? undefined : `not allowed by its auth events: ${authDecision.reason}`;
+    if (rejectedReason === undefined) {
+      const decision = checkAuth(rules, event, await this.authStateFrom(tx, snapshot, before, event, known));
+      if (!decision.allowed) rejectedReason = `not allowed by the state before it: ${decision.reason}`;
+    }
+    let softFailReason: string | undefined;
+    if (rejectedReason === undefined && before !== snapshot.state && !input.resetsCurrent && snapshot.stateGroup !== undefined) {
+      const decision = checkAuth(rules, event, await this.authStateFrom(tx, snapshot, snapshot.state, event, known));
+      if (!decision.allowed) softFailReason = decision.reason;
+    }
+
+    const redacts = pdu.type === "m.room.redaction" ? (rules.redactsInContent ? pdu.content.redacts : pdu.redacts) : undefined;
+    const toStore: EventToStore = {
+      eventId,
+      pdu: pdu as Pdu,
+      json: JSON.stringify(pdu),
+      stateBefore: beforeRef,
+      stateAfter: undefined,
+      newStateGroup: undefined,
+      replacesState: key === undefined ? undefined : before.get(key),
+      rejectedReason,
+      softFailed: softFailReason !== undefined,
+      txn: undefined,
+      redactsEventId:
+        typeof redacts === "string" && rejectedReason === undefined && (await this.mayRedact(tx, snapshot, before, event, redacts, known))
+          ? redacts
+          : undefined,
+      extraStateGroups,
+      replacesOutlier: existing?.outlier === true,
+    };
+    const entry: KnownEvent = { event, outlier: false, rejected: rejectedReason !== undefined, softFailed: softFailReason !== undefined, group: beforeRef?.id, stored: false };
+    if (rejectedReason !== undefined) {
+      known.set(eventId, entry);
+      return { toStore, outcome: { eventId, status: "rejected", reason: rejectedReason } };
+    }
+
+    const prevSet = new Set(pdu.prev_events);
+    const extremities = input.resetsCurrent ? [eventId] : [...snapshot.extremities.filter((x) => !prevSet.has(x)), eventId];
+    const depth = Math.max(input.resetsCurrent ? 0 : snapshot.maxDepth, Number(pdu.depth));
+    if (before === snapshot.state && softFailReason === undefined) {
+      // Built on the current state (the common case): applied as a local event is.
+      await this.applyToSnapshot(tx, snapshot, undo, toStore, event);
+      snapshot.extremities = extremities;
+      snapshot.maxDepth = depth;
+      entry.group = snapshot.stateGroup?.id;
+      entry.ref = snapshot.stateGroup;
+      known.set(eventId, entry);
+      return { toStore, outcome: { eventId, status: "accepted" } };
+    }
+
+    let after: ReadonlyMap<StateMapKey, string> = before;
+    let afterRef = beforeRef;
+    if (key !== undefined) {
+      const afterMap = new Map(before);
+      afterMap.set(key, eventId);
+      const group = nextStateGroup(await this.groupIds.next(tx), beforeRef, new Map([[key, eventId]]), afterMap);
+      toStore.newStateGroup = group;
+      toStore.stateAfter = { id: group.id, chainLength: group.chainLength };
+      after = afterMap;
+      afterRef = toStore.stateAfter;
+    }
+    entry.group = afterRef?.id;
+    entry.ref = afterRef;
+    entry.state = after;
+    known.set(eventId, entry);
+    if (softFailReason !== undefined) {
+      return { toStore, outcome: { eventId, status: "soft-failed", reason: softFailReason } };
+    }
+
+    // It becomes part of the current state: alone when it follows every forward extremity (or
+    // resets them), else resolved with the current state.
+    let current: ReadonlyMap<StateMapKey, string> = after;
+    let currentRef = afterRef!;
+    if (extremities.length > 1) {
+      current = await this.resolveStates(tx, snapshot, [snapshot.state, after], known);
+      const changes = stateDiff(after, current);
+      if (changes.size > 0) {
+        const group = nextStateGroup(await this.groupIds.next(tx), afterRef, changes, current);
+        extraStateGroups.push(group);
+        currentRef = { id: group.id, chainLength: group.chainLength };
+      }
+    }
+    await this.replaceCurrentState(tx, snapshot, undo, current, currentRef, extremities, depth, known);
+    if (key !== undefined) snapshot.events.set(eventId, event);
+    return { toStore, outcome: { eventId, status: "accepted" } };
+  }
+
+  /** The state events the auth rules read for `event`, from `state`. */
+  private async authStateFrom(
+    tx: Database,
+    snapshot: RoomSnapshot,
+    state: ReadonlyMap<StateMapKey, string>,
+    event: RoomEvent,
+    known: Map<string, KnownEvent>,
+  ): Promise<Map<StateMapKey, RoomEvent>> {
+    const keys = authTypesForEvent(snapshot.rules, event as unknown as EventTemplate).map(([type, stateKey]) => stateMapKey(type, stateKey));
+    keys.push(stateMapKey("m.room.create", ""));
+    const ids = keys.map((k) => state.get(k)).filter((id): id is string => id !== undefined && !known.has(id));
+    await this.loadEvents(tx, snapshot, ids);
+    const authState = new Map<StateMapKey, RoomEvent>();
+    for (const k of keys) {
+      const id = state.get(k);
+      const found = id === undefined ? undefined : (known.get(id)?.event ?? snapshot.events.get(id));
+      if (found) authState.set(k, found);
+    }
+    return authState;
+  }
+
+  /**
+   * Whether a received redaction takes effect: its sender's server sent the original, or the
+   * sender has the redact power level in the state before it ("Handling redactions").
+   */
+  private async mayRedact(
+    tx: Database,
+    snapshot: RoomSnapshot,
+    state: ReadonlyMap<StateMapKey, string>,
+    redaction: RoomEvent,
+    target: string,
+    known: Map<string, KnownEvent>,
+  ): Promise<boolean> {
+    let original = known.get(target)?.event;
+    if (!original) {
+      const [row] = rowsOf<{ json: string; room_id: string }>(await tx.execute(sql`select json, room_id from events where event_id = ${target}`));
+      if (!row || row.room_id !== snapshot.roomId) return false;
+      original = { ...(JSON.parse(row.json) as Pdu), event_id: target };
+    }
+    if (serverNameOf(original.sender) === serverNameOf(redaction.sender)) return true;
+    const ids = [state.get(stateMapKey("m.room.create", "")), state.get(stateMapKey("m.room.power_levels", ""))].filter((x): x is string => !!x);
+    await this.loadEvents(tx, snapshot, ids.filter((id) => !known.has(id)));
+    const get = (id: string | undefined) => (id === undefined ? undefined : (known.get(id)?.event ?? snapshot.events.get(id)));
+    const create = get(state.get(stateMapKey("m.room.create", "")));
+    const powerLevels = get(state.get(stateMapKey("m.room.power_levels", "")));
+    const level = userPowerLevel(snapshot.rules, redaction.sender, create, powerLevels);
+    const needed = typeof powerLevels?.content.redact === "number" ? powerLevels.content.redact : 50;
+    return level >= needed;
+  }
+
+  /** State resolution of several states of the room (the events and auth chains it reads are loaded). */
+  private async resolveStates(
+    tx: Database,
+    snapshot: RoomSnapshot,
+    states: ReadonlyArray<ReadonlyMap<StateMapKey, string>>,
+    known: Map<string, KnownEvent>,
+  ): Promise<Map<StateMapKey, string>> {
+    const conflicted = new Set<string>();
+    const keys = new Set<StateMapKey>();
+    for (const state of states) for (const k of state.keys()) keys.add(k);
+    for (const k of keys) {
+      const first = states[0]!.get(k);
+      if (states.every((state) => state.get(k) === first)) continue;
+      for (const state of states) {
+        const id = state.get(k);
+        if (id !== undefined) conflicted.add(id);
+      }
+    }
+    if (conflicted.size === 0) return new Map(states[0]);
+    // The conflicted events and their auth chains: from this batch, and from the database.
+    const events = new Map<string, { event: RoomEvent; rejected: boolean }>();
+    const seeds = new Set<string>();
+    const stack = [...conflicted];
+    while (stack.length > 0) {
+      const id = stack.pop()!;
+      if (events.has(id) || seeds.has(id)) continue;
+      const k = known.get(id);
+      const cached = k?.event ?? snapshot.events.get(id);
+      if (cached && (!k || !k.stored)) {
+        events.set(id, { event: cached, rejected: k?.rejected ?? false });
+        stack.push(...cached.auth_events);
+      } else seeds.add(id);
+    }
+    if (seeds.size > 0) {
+      const rows = rowsOf<{ event_id: string; json: string; rejected: boolean }>(
+        await tx.execute(sql`with recursive chain(id) as (
+            select unnest(array[${sql.join(
+              [...seeds].map((id) => sql`${id}`),
+              sql`, `,
+            )}]::text[])
+            union
+            select a.auth_event_id from event_auth a join chain c on a.event_id = c.id
+          )
+          select e.event_id, e.json, e.rejected_reason is not null as rejected from events e join chain c on c.id = e.event_id`),
+      );
+      for (const r of rows) if (!events.has(r.event_id)) events.set(r.event_id, { event: { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id }, rejected: r.rejected });
+    }
+    return resolveState(snapshot.rules, states, (id) => events.get(id)?.event, { isRejected: (id) => events.get(id)?.rejected ?? false });
+  }
+
+  /**
+   * Makes `state` the room's current state (recording how to undo it): the changed keys are marked
+   * for writing and the memberships follow.
+   */
+  private async replaceCurrentState(
+    tx: Database,
+    snapshot: RoomSnapshot,
+    undo: UndoLog,
+    state: ReadonlyMap<StateMapKey, string>,
+    ref: StateGroupRef,
+    extremities: string[],
+    maxDepth: number,
+    known: Map<string, KnownEvent>,
+  ): Promise<void> {
+    const previous = {
+      state: snapshot.state,
+      memberships: snapshot.memberships,
+      extremities: snapshot.extremities,
+      maxDepth: snapshot.maxDepth,
+      stateGroup: snapshot.stateGroup,
+      dirty: snapshot.dirty,
+    };
+    const changed = [...stateDiff(previous.state, state).keys()];
+    const memberIds = changed
+      .filter((k) => k.startsWith("m.room.member\u0000"))
+      .map((k) => state.get(k))
+      .filter((id): id is string => id !== undefined && !known.has(id));
+    await this.loadEvents(tx, snapshot, memberIds);
+    const memberships = new Map(previous.memberships);
+    const dirty = new Set(previous.dirty);
+    for (const k of changed) {
+      dirty.add(k);
+      const [type, stateKey] = splitStateMapKey(k);
+      if (type !== "m.room.member") continue;
+      const id = state.get(k);
+      const membership = id === undefined ? undefined : (known.get(id)?.event ?? snapshot.events.get(id))?.content.membership;
+      if (typeof membership === "string") memberships.set(stateKey, membership);
+      else memberships.delete(stateKey);
+    }
+    undo.push(() => {
+      snapshot.state = previous.state;
+      snapshot.memberships = previous.memberships;
+      snapshot.extremities = previous.extremities;
+      snapshot.maxDepth = previous.maxDepth;
+      snapshot.stateGroup = previous.stateGroup;
+      snapshot.dirty = previous.dirty;
+      snapshot.servers = undefined;
+    });
+    snapshot.state = new Map(state);
+    snapshot.memberships = memberships;
+    snapshot.dirty = dirty;
+    snapshot.extremities = extremities;
+    snapshot.maxDepth = maxDepth;
+    snapshot.stateGroup = ref;
+    snapshot.servers = undefined;
   }
 
   /**
@@ -943,19 +1436,26 @@ export class EventPersister {
       const membership = isMember ? String(event.content.membership) : undefined;
       const replaced = snapshot.state.get(key);
       const previousMembership = isMember ? snapshot.memberships.get(stateKey) : undefined;
+      const wasDirty = snapshot.dirty.has(key);
       undo.push(() => {
         if (replaced === undefined) snapshot.state.delete(key);
         else snapshot.state.set(key, replaced);
         snapshot.events.delete(event.event_id);
+        if (!wasDirty) snapshot.dirty.delete(key);
         if (isMember) {
+          snapshot.servers = undefined;
           if (previousMembership === undefined) snapshot.memberships.delete(stateKey);
           else snapshot.memberships.set(stateKey, previousMembership);
         }
       });
       toStore.replacesState = replaced;
       snapshot.state.set(key, event.event_id);
+      snapshot.dirty.add(key);
       snapshot.events.set(event.event_id, event);
-      if (membership !== undefined) snapshot.memberships.set(stateKey, membership);
+      if (membership !== undefined) {
+        snapshot.memberships.set(stateKey, membership);
+        if (membership !== previousMembership) snapshot.servers = undefined;
+      }
       const group = nextStateGroup(await this.groupIds.next(tx), snapshot.stateGroup, new Map([[key, event.event_id]]), snapshot.state);
       toStore.newStateGroup = group;
       toStore.stateAfter = { id: group.id, chainLength: group.chainLength };
@@ -997,6 +1497,7 @@ export class EventPersister {
     const groupRows: string[] = [];
     const entryRows: string[] = [];
     const currentRows: string[] = [];
+    const deletedStateRows: string[] = [];
     const membershipRows: string[] = [];
     const relationRowsSql: string[] = [];
     const txnRows: string[] = [];
@@ -1019,10 +1520,10 @@ export class EventPersister {
         for (const x of text.relations) relationRowsSql.push(x);
         if (text.txn !== undefined) txnRows.push(text.txn);
         if (text.redaction !== undefined) ctes.push(text.redaction);
-        if (text.group !== undefined) groupRows.push(text.group);
+        for (const x of text.groups) groupRows.push(x);
         for (const x of text.entries) entryRows.push(x);
-        const rows = text.largeSnapshot;
-        if (rows) {
+        if (text.deleteOutlier !== undefined) await tx.execute(sql.raw(text.deleteOutlier));
+        for (const rows of text.largeSnapshots) {
           for (let c = 0; c < rows.length; c += 2_000) {
             await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${sql.join(
               rows.slice(c, c + 2_000).map(([g, type, k, eid]) => sql`(${g}, ${type}, ${k}, ${eid})`),
@@ -1032,17 +1533,23 @@ export class EventPersister {
         }
       }
 
-      // The current state and local memberships: the last accepted event per key wins.
-      const stateChanges = new Map<StateMapKey, { type: string; stateKey: string; eventId: string; membership: string | null; i: number }>();
-      events.forEach((e, k) => {
-        if (e.rejectedReason !== undefined || e.softFailed || e.stateAfter === undefined || e.pdu.state_key === undefined) return;
-        const membership = e.pdu.type === "m.room.member" ? String(e.pdu.content.membership) : null;
-        stateChanges.set(stateMapKey(e.pdu.type, e.pdu.state_key), { type: e.pdu.type, stateKey: e.pdu.state_key, eventId: e.eventId, membership, i: first + k });
-      });
-      for (const c of stateChanges.values()) {
-        currentRows.push(`(${room}, ${L(c.type)}, ${L(c.stateKey)}, ${L(c.eventId)}, ${L(c.membership)})`);
-        if (c.type === "m.room.member" && serverNameOf(c.stateKey) === this.serverName) {
-          membershipRows.push(`(${L(c.stateKey)}, ${room}, ${L(c.membership)}, ${L(c.eventId)}, ${positionOf(c.i)})`);
+      // The current state and local memberships: every key whose value the batch changed (by an
+      // event of the batch, or by state resolution when forks meet) gets the snapshot's value. A
+      // local membership's stream position is that of the event that set it, or the batch's last.
+      const indexOf = new Map<string, number>();
+      events.forEach((e, k) => indexOf.set(e.eventId, first + k));
+      const lastIndex = first + events.length - 1;
+      for (const key of snapshot.dirty) {
+        const [type, stateKey] = splitStateMapKey(key);
+        const eventId = snapshot.state.get(key);
+        if (eventId === undefined) {
+          deletedStateRows.push(`(${room}, ${L(type)}, ${L(stateKey)})`);
+          continue;
+        }
+        const membership = type === "m.room.member" ? (snapshot.memberships.get(stateKey) ?? null) : null;
+        currentRows.push(`(${room}, ${L(type)}, ${L(stateKey)}, ${L(eventId)}, ${L(membership)})`);
+        if (type === "m.room.member" && membership !== null && serverNameOf(stateKey) === this.serverName) {
+          membershipRows.push(`(${L(stateKey)}, ${room}, ${L(membership)}, ${L(eventId)}, ${positionOf(indexOf.get(eventId) ?? lastIndex)})`);
         }
       }
 
@@ -1074,6 +1581,9 @@ export class EventPersister {
     if (currentRows.length) {
       head.push(`cur as (insert into current_state (room_id, type, state_key, event_id, membership) values ${currentRows.join(", ")}
         on conflict (room_id, type, state_key) do update set event_id = excluded.event_id, membership = excluded.membership)`);
+    }
+    if (deletedStateRows.length) {
+      head.push(`curdel as (delete from current_state where (room_id, type, state_key) in (values ${deletedStateRows.join(", ")}))`);
     }
     if (membershipRows.length) {
       head.push(`mem as (insert into room_memberships (user_id, room_id, membership, event_id, stream_ordering) values ${membershipRows.join(", ")}
@@ -1124,17 +1634,17 @@ export class EventPersister {
         e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed
           ? `red${i} as (update events set redacted_by = ${id} where event_id = ${L(e.redactsEventId)} and room_id = ${room} and redacted_by is null)`
           : undefined,
-      group: undefined,
+      groups: [],
       entries: [],
-      largeSnapshot: undefined,
+      largeSnapshots: [],
+      deleteOutlier: e.replacesOutlier ? `delete from events where event_id = ${id} and outlier` : undefined,
     };
-    const group = e.newStateGroup;
-    if (group) {
-      text.group = `(${group.id}, ${room}, ${L(group.prev ?? null)}::bigint, ${group.chainLength})`;
+    for (const group of [...(e.extraStateGroups ?? []), ...(e.newStateGroup ? [e.newStateGroup] : [])]) {
+      text.groups.push(`(${group.id}, ${room}, ${L(group.prev ?? null)}::bigint, ${group.chainLength})`);
       const rows = stateGroupEntryRows(group);
       // Large snapshots: written before the statement, in chunks.
-      if (group.prev === undefined && rows.length > 500) text.largeSnapshot = rows;
-      else text.entries = rows.map(([g, type, k, eid]) => `(${g}, ${L(type)}, ${L(k)}, ${L(eid)})`);
+      if (group.prev === undefined && rows.length > 500) text.largeSnapshots.push(rows);
+      else for (const [g, type, k, eid] of rows) text.entries.push(`(${g}, ${L(type)}, ${L(k)}, ${L(eid)})`);
     }
     return text;
   }
@@ -1191,6 +1701,29 @@ function persistedEvent(snapshot: RoomSnapshot, e: EventToStore, position: numbe
       replacesState: e.replacesState ?? null,
     },
   };
+}
+
+/** An event a batch of received events refers to: stored, or received earlier in the batch. */
+interface KnownEvent {
+  event: RoomEvent;
+  outlier: boolean;
+  rejected: boolean;
+  softFailed: boolean;
+  /** The state group after it (before it, for message and rejected events); none for outliers. */
+  group: number | undefined;
+  /** Whether it is in the database (its group can be loaded from there). */
+  stored: boolean;
+  /** For events of this batch: the group after it, and (when it is not the current state) that state. */
+  ref?: StateGroupRef;
+  state?: ReadonlyMap<StateMapKey, string>;
+}
+
+/** The keys whose value differs from `from` to `to` (undefined: removed). */
+function stateDiff(from: ReadonlyMap<StateMapKey, string>, to: ReadonlyMap<StateMapKey, string>): Map<StateMapKey, string | undefined> {
+  const changes = new Map<StateMapKey, string | undefined>();
+  for (const [k, v] of to) if (from.get(k) !== v) changes.set(k, v);
+  for (const k of from.keys()) if (!to.has(k)) changes.set(k, undefined);
+  return changes;
 }
 
 /** What a job's caller gets for what it threw: always an Error (a non-Error value is wrapped). */
@@ -1357,4 +1890,16 @@ function containsNul(value: unknown): boolean {
     for (const [k, v] of Object.entries(value)) if (k.includes("\u0000") || containsNul(v)) return true;
   }
   return false;
+}
+
+/** The servers of a room's joined members, cached on the snapshot until a membership changes. */
+function joinedServersOf(snapshot: RoomSnapshot): string[] {
+  if (snapshot.servers) return snapshot.servers;
+  const servers = new Set<string>();
+  for (const [userId, membership] of snapshot.memberships) {
+    if (membership !== "join") continue;
+    const server = serverNameOf(userId);
+    if (server !== undefined) servers.add(server);
+  }
+  return (snapshot.servers = [...servers]);
 }
