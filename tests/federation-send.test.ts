@@ -168,6 +168,25 @@ describe("PUT /send/{txnId}", () => {
     await sendTxn({ edus: [typingEdu(alice, false)] });
   });
 
+  it("checks a full transaction of 50 PDUs at once (on worker threads) and answers each under its event ID", async () => {
+    const key = hs1.services.signingKey;
+    const base = { auth_events: [], prev_events: [], depth: 5, sender: alice, type: "m.room.message", room_id: roomId };
+    const pdus = Array.from({ length: 50 }, (_, i) =>
+      signEvent("10", { ...base, origin_server_ts: Date.now() + i, content: { body: `pdu ${i}`, msgtype: "m.text" } }, "hs1.test", key),
+    );
+    const forged = { ...pdus[7]!, depth: 6 };
+    const tampered = { ...pdus[9]!, content: { body: "not what was hashed", msgtype: "m.text" } };
+    const sent = pdus.map((p, i) => (i === 7 ? forged : i === 9 ? tampered : p));
+    const res = await sendTxn({ pdus: sent });
+    expect(res.status).toBe(200);
+    const results = (res.body as any).pdus;
+    expect(Object.keys(results)).toHaveLength(50);
+    expect(results[computeEventId("10", forged)].error).toMatch(/signature .* does not verify/);
+    // A content hash mismatch keeps the event in its redacted form (same event ID): checked, so on to the next step.
+    expect(results[computeEventId("10", pdus[9]!)].error).toMatch(/not supported yet/);
+    for (const [i, p] of pdus.entries()) if (i !== 7 && i !== 9) expect(results[computeEventId("10", p)].error).toMatch(/not supported yet/);
+  });
+
   it("fetches keys only of the servers that must sign a PDU, whatever other signatures it carries", async () => {
     const key = hs1.services.signingKey;
     const base = { auth_events: [], prev_events: [], depth: 5, origin_server_ts: Date.now(), sender: alice, type: "m.room.message", content: { body: "x", msgtype: "m.text" } };

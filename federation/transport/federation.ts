@@ -14,6 +14,7 @@ import { ServerKeyStore } from "./server-keys.ts";
 import { EduHandlers } from "./edu-handlers.ts";
 import { InboundTransactions } from "./inbound-transactions.ts";
 import { OwnOldKeys } from "./own-old-keys.ts";
+import { PduChecker } from "./pdu-checks.ts";
 import { RemoteQueries } from "./remote-queries.ts";
 
 export interface FederationConfig {
@@ -37,6 +38,11 @@ export interface Federation {
   edus: EduHandlers;
   /** `PUT /send/{txnId}`: idempotent transactions, their PDUs and EDUs. */
   inbound: InboundTransactions;
+  /**
+   * Steps 1–3 of the checks on receipt for every PDU another server gives us (transactions, joins,
+   * missing events, backfill); large batches are verified on worker threads.
+   */
+  pduChecker: PduChecker;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -107,7 +113,8 @@ export function createFederation(deps: FederationDeps): Federation {
     sender.markReachable(origin).catch((err) => logger.debug({ err, origin }, "could not reset a destination's backoff"));
   });
   const edus = new EduHandlers();
-  const inbound = new InboundTransactions({ db: database.db, edus, keys, roomVersion: deps.roomVersion, logger, now });
+  const pduChecker = new PduChecker({ keys, logger });
+  const inbound = new InboundTransactions({ db: database.db, edus, pduChecker, roomVersion: deps.roomVersion, logger, now });
   return {
     http,
     resolver,
@@ -118,6 +125,7 @@ export function createFederation(deps: FederationDeps): Federation {
     serverAuth,
     edus,
     inbound,
+    pduChecker,
     async start() {
       inbound.start();
       await sender.start();
@@ -125,6 +133,7 @@ export function createFederation(deps: FederationDeps): Federation {
     async stop() {
       inbound.stop();
       await sender.stop();
+      await pduChecker.close();
       await http.close();
     },
   };

@@ -11,16 +11,14 @@
 //
 // Each EDU goes to its handler (edu-handlers.ts), one at a time in the order sent (a typing start
 // then stop must stay in that order); an unknown type is ignored and a failing one fails alone.
-// PDUs are answered one by one in the spec's per-PDU result map; see `receivePdu` for how far.
+// PDUs are answered one by one in the spec's per-PDU result map; see `receivePdus` for how far.
 import { and, eq, lt } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, schema } from "../../schema/db.ts";
 import { computeEventId } from "../protocol/event-hashes.ts";
-import { type ReceivedPduCheck, checkValidatedPdu, serversThatMustSign } from "../protocol/event-signing.ts";
-import { type Pdu, validatePdu } from "../protocol/pdu.ts";
 import { isSupportedRoomVersion } from "../protocol/room-versions.ts";
 import type { EduHandlers } from "./edu-handlers.ts";
-import type { ServerKeyStore } from "./server-keys.ts";
+import type { CheckedPdu, PduChecker } from "./pdu-checks.ts";
 
 /** The spec's limits on one transaction. */
 export const MAX_PDUS_PER_TRANSACTION = 50;
@@ -49,7 +47,8 @@ export interface TransactionResponse {
 export interface InboundTransactionsDeps {
   db: Database;
   edus: EduHandlers;
-  keys: ServerKeyStore;
+  /** Steps 1–3 of the checks on receipt (format, signatures, content hash) for a batch of PDUs. */
+  pduChecker: PduChecker;
   /** The room's version when this server knows the room. */
   roomVersion(roomId: string): Promise<string | undefined>;
   logger: Logger;
@@ -136,14 +135,7 @@ export class InboundTransactions {
 
   private async process(origin: string, body: TransactionBody): Promise<TransactionResponse> {
     // PDUs first, then EDUs (as Synapse does): a receipt may name an event of the same transaction.
-    const pdus: Record<string, { error?: string }> = Object.create(null);
-    for (const pdu of body.pdus) {
-      const result = await this.receivePdu(origin, pdu).catch((err: unknown) => {
-        this.deps.logger.warn({ err, origin }, "a received PDU failed");
-        return { eventId: undefined, error: "internal error processing this event" };
-      });
-      if (result.eventId !== undefined) pdus[result.eventId] = result.error === undefined ? {} : { error: result.error };
-    }
+    const pdus = await this.receivePdus(origin, body.pdus);
     for (const edu of body.edus ?? []) await this.receiveEdu(origin, edu);
     return { pdus };
   }
@@ -162,62 +154,71 @@ export class InboundTransactions {
   }
 
   /**
-   * The checks on receipt of a PDU that need no join: the room must be one we know (Synapse ignores
-   * PDUs of rooms it is not in; we answer them with an error), the format valid for its room version,
-   * the signatures of the servers that must sign (keys fetched, cached, checked against the event's
-   * timestamp), the content hash (a mismatch keeps the redacted form).
-   *
-   * Not done yet (issue 12, rooms across servers): the auth checks against the auth events and the
-   * state before, soft-fail, fetching missing prev_events, and the rooms' persist path for remote
-   * events (`writeEvents` takes checked events, but nothing builds the state before a remote event
-   * yet). A PDU that passes the checks is answered with an error saying so.
-   *
-   * Signatures are verified on the main thread, one PDU at a time (at most 50 per transaction).
+   * The transaction's PDUs, answered in the spec's per-PDU result map (keyed by event ID; a PDU
+   * without one we can compute is not answered). The room must be one we know (Synapse ignores
+   * PDUs of rooms it is not in; we answer them with an error). The PDUs of known rooms are checked
+   * together, per room version (PduChecker: format, the signatures of the servers that must sign,
+   * content hash; keys fetched once for the transaction, signatures verified off the main thread
+   * when there are many), then handed to `persistChecked` in the order they came. A PDU that fails
+   * never blocks the rest.
    */
-  private async receivePdu(origin: string, value: unknown): Promise<{ eventId: string | undefined; error?: string }> {
-    if (typeof value !== "object" || value === null || Array.isArray(value)) return { eventId: undefined };
-    const pdu = value as Record<string, unknown>;
-    const roomId = pdu.room_id;
-    const version = typeof roomId === "string" ? await this.deps.roomVersion(roomId) : undefined;
-    if (version === undefined || !isSupportedRoomVersion(version)) {
-      const eventId = eventIdOfUnknownRoomPdu(pdu);
-      return { eventId, error: `Unknown room ${typeof roomId === "string" ? roomId.slice(0, 255) : ""}`.trimEnd() };
+  private async receivePdus(origin: string, values: readonly unknown[]): Promise<Record<string, { error?: string }>> {
+    const answers: Record<string, { error?: string }> = Object.create(null);
+    const answer = (eventId: string | undefined, error: string | undefined) => {
+      if (eventId !== undefined) answers[eventId] = error === undefined ? {} : { error };
+    };
+    const versions = new Map<string, Promise<string | undefined>>();
+    const byVersion = new Map<string, unknown[]>();
+    for (const value of values) {
+      if (typeof value !== "object" || value === null || Array.isArray(value)) continue;
+      const pdu = value as Record<string, unknown>;
+      const roomId = pdu.room_id;
+      let version: string | undefined;
+      try {
+        if (typeof roomId === "string") {
+          let known = versions.get(roomId);
+          if (!known) versions.set(roomId, (known = this.deps.roomVersion(roomId)));
+          version = await known;
+        }
+      } catch (err) {
+        this.deps.logger.warn({ err, origin }, "a received PDU failed");
+        continue;
+      }
+      if (version === undefined || !isSupportedRoomVersion(version)) {
+        answer(eventIdOfUnknownRoomPdu(pdu), `Unknown room ${typeof roomId === "string" ? roomId.slice(0, 255) : ""}`.trimEnd());
+        continue;
+      }
+      let batch = byVersion.get(version);
+      if (!batch) byVersion.set(version, (batch = []));
+      batch.push(pdu);
     }
-    // A top-level `event_id` is not part of v4+ PDUs: left out before the format check, as the core does.
-    const { event_id: _ignored, ...rest } = pdu;
-    const format = validatePdu(version, rest);
-    const keys = format.ok ? await this.fetchSigningKeys(version, format.value) : new Map<string, Uint8Array>();
-    const check: ReceivedPduCheck = format.ok
-      ? checkValidatedPdu(version, format.value, (server, keyId) => keys.get(`${server} ${keyId}`))
-      : { ok: false, reason: `invalid PDU: ${format.reason}` };
-    if (!check.ok) {
-      const eventId = typeof pdu.event_id === "string" ? pdu.event_id : safeEventId(version, pdu);
-      this.deps.logger.info({ origin, eventId, reason: check.reason }, "dropped a received PDU");
-      return { eventId, error: check.reason };
+    for (const [version, batch] of byVersion) {
+      try {
+        const checked = await this.deps.pduChecker.check(version, batch);
+        for (const c of checked) {
+          if (!c.ok) this.deps.logger.info({ origin, eventId: c.eventId, reason: c.reason }, "dropped a received PDU");
+        }
+        const errors = await this.persistChecked(origin, version, checked);
+        checked.forEach((c, i) => answer(c.eventId, errors[i]));
+      } catch (err) {
+        this.deps.logger.warn({ err, origin, pdus: batch.length }, "received PDUs failed");
+      }
     }
-    return { eventId: check.eventId, error: "Events of rooms across servers are not supported yet" };
+    return answers;
   }
 
   /**
-   * The verify keys of the servers that must sign the PDU (only those: a PDU naming other servers
-   * must not make us contact them), for the ed25519 key IDs their signatures name, fetched (or read
-   * from the cache) as valid at the event's `origin_server_ts`, keyed by "server keyId". A key we
-   * cannot get is left out: the signature check then says which server's signature is missing.
+   * What comes after steps 1–3 for checked PDUs of rooms of `roomVersion`, in the order received:
+   * returns, for each PDU of `checked`, the error to answer it with, or undefined when it was
+   * accepted. Refused ones (`ok: false`) are answered with their reason.
+   *
+   * Not done yet (issue 12, rooms across servers): the auth checks against the auth events and the
+   * state before, soft-fail, fetching missing prev_events, and the rooms' persist path for remote
+   * events (`writeEvents` takes checked events). A PDU that passes the checks is answered with an
+   * error saying so.
    */
-  private async fetchSigningKeys(version: string, pdu: Pdu): Promise<Map<string, Uint8Array>> {
-    const keys = new Map<string, Uint8Array>();
-    const signatures = (pdu.signatures ?? {}) as Record<string, unknown>;
-    const ts = pdu.origin_server_ts;
-    for (const server of serversThatMustSign(version, pdu)) {
-      const byKey = Object.hasOwn(signatures, server) ? signatures[server] : undefined;
-      if (typeof byKey !== "object" || byKey === null) continue;
-      for (const keyId of Object.keys(byKey).slice(0, 5)) {
-        if (!keyId.startsWith("ed25519:")) continue;
-        const key = await this.deps.keys.verifyKey(server, keyId, ts).catch(() => undefined);
-        if (key) keys.set(`${server} ${keyId}`, key);
-      }
-    }
-    return keys;
+  private async persistChecked(_origin: string, _roomVersion: string, checked: CheckedPdu[]): Promise<Array<string | undefined>> {
+    return checked.map((c) => (c.ok ? "Events of rooms across servers are not supported yet" : c.reason));
   }
 }
 
@@ -228,13 +229,8 @@ export class InboundTransactions {
  */
 function eventIdOfUnknownRoomPdu(pdu: Record<string, unknown>): string | undefined {
   if (typeof pdu.event_id === "string") return pdu.event_id;
-  return safeEventId("10", pdu);
-}
-
-function safeEventId(version: string, pdu: Record<string, unknown>): string | undefined {
   try {
-    const { event_id: _ignored, ...rest } = pdu;
-    return computeEventId(version, rest);
+    return computeEventId("10", pdu);
   } catch {
     return undefined;
   }
