@@ -82,6 +82,17 @@ describe("device_lists in /sync", () => {
     expect(woken.device_lists.changed).toEqual([alice.userId]);
   });
 
+  it("announces a new device (a login, before any key upload) to room-mates and the user's other devices", async () => {
+    const alice = await newUser("alice");
+    const bob = await newUser("bob");
+    await sharedRoom(alice, bob);
+    const [a0, b0] = await Promise.all([sync(hs.url, alice), sync(hs.url, bob)]);
+    const woken = await wokenSync(bob, b0.next_batch, () => secondDevice(alice));
+    expect(woken.device_lists.changed).toEqual([alice.userId]);
+    const own = await sync(hs.url, alice, { since: a0.next_batch, timeout: 300 });
+    expect(own.device_lists.changed).toEqual([alice.userId]);
+  });
+
   it("announces new cross-signing keys and a deleted device to room-mates", async () => {
     const alice = await newUser("alice");
     const bob = await newUser("bob");

@@ -57,6 +57,8 @@ export interface NewUser {
 export type DevicesDeletedListener = (userId: string, deviceIds: string[]) => Promise<void> | void;
 /** Called after a device's display name changes; the E2EE component records a device-list change. */
 export type DeviceRenamedListener = (userId: string, deviceId: string) => Promise<void> | void;
+/** Called after a login created a new device; E2EE records a device-list change (the device is in the user's list now). */
+export type DeviceCreatedListener = (userId: string, deviceId: string) => Promise<void> | void;
 /** Called after a user's displayname or avatar changes; the rooms component updates membership events. */
 export type ProfileChangedListener = (userId: string, profile: Profile) => Promise<void> | void;
 
@@ -79,6 +81,7 @@ export class Accounts {
   private readonly devicesDeletedListeners: DevicesDeletedListener[] = [];
   private readonly profileChangedListeners: ProfileChangedListener[] = [];
   private readonly deviceRenamedListeners: DeviceRenamedListener[] = [];
+  private readonly deviceCreatedListeners: DeviceCreatedListener[] = [];
 
   constructor(
     private readonly db: Database,
@@ -100,6 +103,10 @@ export class Accounts {
 
   onDeviceRenamed(listener: DeviceRenamedListener): void {
     this.deviceRenamedListeners.push(listener);
+  }
+
+  onDeviceCreated(listener: DeviceCreatedListener): void {
+    this.deviceCreatedListeners.push(listener);
   }
 
   // ---- Users -----------------------------------------------------------------------------------------
@@ -311,6 +318,7 @@ export class Accounts {
       throw new MatrixError(400, "M_INVALID_PARAM", "Invalid device_id");
     }
     const d = schema.devices;
+    let isNew = true;
     if (deviceId === undefined) {
       for (;;) {
         deviceId = generateDeviceId();
@@ -327,10 +335,20 @@ export class Accounts {
         .values({ userId, deviceId, displayName: options.displayName ?? null, createdTs: this.now() })
         .onConflictDoNothing()
         .returning({ deviceId: d.deviceId });
-      if (created.length === 0) await this.sessions.revokeDevices(userId, [deviceId]);
+      isNew = created.length > 0;
+      if (!isNew) await this.sessions.revokeDevices(userId, [deviceId]);
     }
     const tokens = await this.sessions.issue(userId, deviceId, options.refresh ?? false);
     await this.audit.record("login", userId, source, { device_id: deviceId });
+    if (isNew) {
+      for (const listener of this.deviceCreatedListeners) {
+        try {
+          await listener(userId, deviceId);
+        } catch (err) {
+          this.logger.error({ err, userId }, "a device-created hook failed");
+        }
+      }
+    }
     return { userId, deviceId, ...tokens };
   }
 

@@ -2,8 +2,9 @@
 // https://spec.matrix.org/latest/client-server-api/#tracking-the-device-list-for-a-user
 // https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3keyschanges
 //
-// A row is written whenever a user's devices, device keys or cross-signing keys change: new device
-// keys, a deleted device, a renamed device, a cross-signing upload, a signature on one's own keys.
+// A row is written whenever a user's devices, device keys or cross-signing keys change: a new device
+// (a login), new device keys, a deleted device, a renamed device, a cross-signing upload, a
+// signature on one's own keys.
 // Its `stream_id` is a position of the `device_lists` stream, which `/sync` (`device_lists.changed`)
 // and `/keys/changes` read. Positions come from server/sync/streams.ts as the last step of the
 // writer's transaction, so they become visible in order (see server/sync/README.md).

@@ -99,6 +99,7 @@ export class E2ee {
     this.keyBackup = new KeyBackup(db);
     accounts.onDevicesDeleted((userId, deviceIds) => this.devicesDeleted(userId, deviceIds));
     accounts.onDeviceRenamed((userId, deviceId) => this.deviceRenamed(userId, deviceId));
+    accounts.onDeviceCreated((userId, deviceId) => this.deviceCreated(userId, deviceId));
   }
 
   /** How to ask other servers for their users' keys (federation's, wired at startup). */
@@ -161,6 +162,21 @@ export class E2ee {
 
   /** A device's display name changed: it shows in `/keys/query`, so the device list changes. */
   async deviceRenamed(userId: string, deviceId: string): Promise<void> {
+    await this.deviceChanged(userId, deviceId);
+  }
+
+  /**
+   * A login created a device: the user's device list changed, before any key is uploaded (as
+   * Synapse does; sytest "Local new device changes appear in v2 /sync"). The user's own other
+   * devices and those sharing a room see it in `device_lists.changed`; other servers get an
+   * `m.device_list_update` (without keys), which keeps their copy of the list, as `/user/devices`
+   * answers it, whole.
+   */
+  async deviceCreated(userId: string, deviceId: string): Promise<void> {
+    await this.deviceChanged(userId, deviceId);
+  }
+
+  private async deviceChanged(userId: string, deviceId: string): Promise<void> {
     const changes = [{ userId, deviceId }];
     const position = await this.db.transaction((tx) => this.deviceLists.record(tx, changes));
     this.deviceLists.notify([userId], position, changes);
