@@ -103,7 +103,15 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       rooms: roomServices,
     });
     await startSyncServices(syncServices);
-    federation = createFederation({ config, database, signingKey, logger, now, roomVersion: (roomId) => roomServices.rooms.roomVersion(roomId) });
+    federation = createFederation({
+      config,
+      database,
+      signingKey,
+      logger,
+      now,
+      roomVersion: (roomId) => roomServices.rooms.roomVersion(roomId),
+      roomState: roomServices.rooms,
+    });
     connectRoomEdus({ serverName: config.server_name, federation, rooms: roomServices.rooms, ...syncServices, logger });
     const sharing = new SyncReads(database.db, roomServices.eventStore);
     wireE2eeFederation({

@@ -16,6 +16,7 @@ import { InboundTransactions } from "./inbound-transactions.ts";
 import { OwnOldKeys } from "./own-old-keys.ts";
 import { PduChecker } from "./pdu-checks.ts";
 import { RemoteQueries } from "./remote-queries.ts";
+import { type RoomStateReader, ServerAcls } from "./server-acl-check.ts";
 
 export interface FederationConfig {
   server_name: string;
@@ -38,6 +39,8 @@ export interface Federation {
   edus: EduHandlers;
   /** `PUT /send/{txnId}`: idempotent transactions, their PDUs and EDUs. */
   inbound: InboundTransactions;
+  /** Rooms' server ACLs, for requests and EDUs that name a room. */
+  acl: ServerAcls;
   /**
    * Steps 1–3 of the checks on receipt for every PDU another server gives us (transactions, joins,
    * missing events, backfill); large batches are verified on worker threads.
@@ -55,6 +58,8 @@ export interface FederationDeps {
   now(): number;
   /** The version of a room this server knows (inbound PDUs are checked by it). */
   roomVersion(roomId: string): Promise<string | undefined>;
+  /** Rooms' current state (server ACLs are read from it). */
+  roomState: RoomStateReader;
   /** Test networks: faster retries. */
   backoffInitialMs?: number;
   backoffMaxMs?: number;
@@ -126,6 +131,7 @@ export function createFederation(deps: FederationDeps): Federation {
     edus,
     inbound,
     pduChecker,
+    acl: new ServerAcls(deps.roomState),
     async start() {
       inbound.start();
       await sender.start();

@@ -5,8 +5,9 @@
 //
 // Inbound: each EDU names users; a user who does not belong to the sending server is skipped (a
 // server speaks only for its own users), and typing and receipts need the user joined to the room
-// as our copy of its state says. What passes is applied through the ephemeral services, so local
-// /sync shows it.
+// as our copy of its state says. Typing and receipts for a room whose server ACL denies the sending
+// server are ignored (https://spec.matrix.org/latest/server-server-api/#server-access-control-lists-acls).
+// What passes is applied through the ephemeral services, so local /sync shows it.
 //
 // Outbound: the ephemeral services call their listeners for every change accepted here; the
 // changes of our own users go to the servers of the room's joined members (typing, receipts), or
@@ -34,7 +35,7 @@ export interface RoomMembersView {
 
 export interface RoomEduDeps {
   serverName: string;
-  federation: Pick<Federation, "edus" | "sender">;
+  federation: Pick<Federation, "edus" | "sender" | "acl">;
   rooms: RoomMembersView;
   typing: Typing;
   receipts: Receipts;
@@ -61,6 +62,10 @@ function registerInbound({ federation, rooms, typing, receipts, presence, logger
       logger.info({ origin, userId }, "ignored a typing notification for a user of another server");
       return;
     }
+    if (!(await federation.acl.isServerAllowed(roomId, origin))) {
+      logger.info({ origin, roomId }, "ignored a typing notification from a server the room's ACL denies");
+      return;
+    }
     if (!(await joined(roomId, userId))) return;
     await typing.setRemoteTyping(userId, roomId, isTyping);
   });
@@ -69,6 +74,10 @@ function registerInbound({ federation, rooms, typing, receipts, presence, logger
   federation.edus.register("m.receipt", async (origin, content) => {
     for (const [roomId, byType] of Object.entries(content)) {
       if (!isObject(byType) || !isObject(byType["m.read"])) continue;
+      if (!(await federation.acl.isServerAllowed(roomId, origin))) {
+        logger.info({ origin, roomId }, "ignored receipts from a server the room's ACL denies");
+        continue;
+      }
       for (const [userId, receipt] of Object.entries(byType["m.read"])) {
         if (!isObject(receipt) || !Array.isArray(receipt.event_ids)) continue;
         if (serverNameOf(userId) !== origin || !(await joined(roomId, userId))) continue;
