@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
 import { crossSigningIdentity, deviceIdentity, ed25519Key, type Json, post, sign } from "./e2ee-helpers.ts";
-import { startTestServer, type TestServer } from "./harness.ts";
+import { request, startTestServer, type TestServer } from "./harness.ts";
 
 let hs: TestServer;
 beforeAll(async () => {
@@ -84,6 +84,20 @@ describe("/keys/device_signing/upload", () => {
 
     // Nothing was stored by the refused uploads: the first real upload still needs no auth.
     expect((await post(hs.url, alice, "/keys/device_signing/upload", cs.body)).status).toBe(200);
+  });
+
+  it("is served under the unstable prefix too (as Synapse still serves it), and so are signature uploads", async () => {
+    const alice = await newUser();
+    const cs = crossSigningIdentity(alice.userId);
+    const unstable = (path: string, body: unknown) =>
+      request(hs.url, "POST", `/_matrix/client/unstable/keys/${path}`, { token: alice.accessToken, body });
+    expect((await unstable("device_signing/upload", cs.body)).status).toBe(200);
+    expect((await query(alice, alice.userId)).json.master_keys[alice.userId]).toEqual(cs.body.master_key);
+    const device = deviceIdentity(alice);
+    expect((await post(hs.url, alice, "/keys/upload", { device_keys: device.deviceKeys })).status).toBe(200);
+    const signed = await unstable("signatures/upload", { [alice.userId]: { [alice.deviceId]: sign(device.deviceKeys, alice.userId, cs.selfSigning) } });
+    expect(signed.status, signed.text).toBe(200);
+    expect(signed.json.failures).toEqual({});
   });
 });
 

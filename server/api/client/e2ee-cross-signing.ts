@@ -36,4 +36,9 @@ export const uploadSignatures = route({
   },
 });
 
-export const crossSigningRoutes = [uploadCrossSigningKeys, uploadSignatures];
+// The same two under the unstable prefix, where clients of 2020–2021 (and sytest) upload them, as
+// Synapse still serves them. Not in the spec: they answer exactly as the v3 routes.
+export const uploadCrossSigningKeysUnstable = route({ ...uploadCrossSigningKeys, path: "/_matrix/client/unstable/keys/device_signing/upload" });
+export const uploadSignaturesUnstable = route({ ...uploadSignatures, path: "/_matrix/client/unstable/keys/signatures/upload" });
+
+export const crossSigningRoutes = [uploadCrossSigningKeys, uploadSignatures, uploadCrossSigningKeysUnstable, uploadSignaturesUnstable];
