@@ -128,6 +128,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     await federation.start();
     const queries = federation.queries;
     roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));
+    roomServices.directory.readRemoteDirectoriesWith((server, query) => queries.publicRooms(server, query));
     services = {
       config,
       database,

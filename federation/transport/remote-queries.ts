@@ -1,16 +1,19 @@
 // Queries we make of other servers on behalf of our clients: a remote user's profile, a remote
-// room alias, an OpenID token of a remote user.
+// room alias, an OpenID token of a remote user, a remote server's published room directory.
 // https://spec.matrix.org/latest/server-server-api/#querying-for-information
 // https://spec.matrix.org/latest/server-server-api/#openid
+// https://spec.matrix.org/latest/server-server-api/#public-room-directory
 //
-// Errors follow Synapse (handlers/profile.py, handlers/directory.py), as clients know them: the
-// server's own 404 passes through as 404 M_NOT_FOUND; a server that cannot be reached answers 502
-// (504 when it timed out); any other answer is 502, since the Client-Server API has no place for it.
+// Errors follow Synapse (handlers/profile.py, handlers/directory.py, handlers/room_list.py), as
+// clients know them: the server's own 404 for a user or alias passes through as 404 M_NOT_FOUND; a
+// server that cannot be reached answers 502 (504 when it timed out); any other answer is 502, since
+// the Client-Server API has no place for it.
 
 import { z } from "zod";
 import { MatrixError, notFound } from "../../server/http/errors.ts";
 import { isValidServerName, serverNameOf } from "../protocol/identifiers.ts";
-import { FederationRequestError, type FederationHttpClient, type FederationResponse } from "./http-client.ts";
+import type { PublicRoomsQuery } from "../../server/rooms/directory.ts";
+import { FederationRequestError, type FederationHttpClient, type FederationRequest, type FederationResponse } from "./http-client.ts";
 
 /** A client waits for a remote query at most this long. */
 const QUERY_TIMEOUT_MS = 10_000;
@@ -29,6 +32,20 @@ const profileAnswer = z.looseObject({
 });
 const directoryAnswer = z.object({ room_id: z.string().max(255), servers: z.array(z.string()).max(1000) });
 const userinfoAnswer = z.object({ sub: z.string() });
+// https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3publicrooms (PublishedRoomsChunk)
+const publicRoomsAnswer = z.object({
+  chunk: z.array(z.unknown()),
+  next_batch: z.string().max(1000).optional(),
+  prev_batch: z.string().max(1000).optional(),
+  total_room_count_estimate: z.int().min(0).optional(),
+});
+const publishedRoom = z.object({
+  room_id: z.string().max(255),
+  num_joined_members: z.int().min(0),
+  world_readable: z.boolean(),
+  guest_can_join: z.boolean(),
+});
+const PUBLISHED_ROOM_STRINGS = ["name", "topic", "canonical_alias", "avatar_url", "join_rule", "room_type"] as const;
 
 export class RemoteQueries {
   private readonly profiles = new Map<string, { profile: RemoteProfile; until: number }>();
@@ -96,11 +113,66 @@ export class RemoteQueries {
     return parsed.data.sub;
   }
 
+  /**
+   * `GET /publicRooms` of `server`, or `POST` when the query filters (the spec's filtered form, which
+   * Synapse asks for the same way). The answer is passed on as the server gave it once its shape is
+   * checked: a room without the fields the spec requires is left out, and of the optional ones only
+   * strings are kept. Any failure is 502 M_UNKNOWN (504 on a timeout), as Synapse answers.
+   */
+  async publicRooms(server: string, query: Omit<PublicRoomsQuery, "server">): Promise<Record<string, unknown>> {
+    let request: FederationRequest;
+    if (query.searchTerm !== undefined || query.roomTypes !== undefined) {
+      const body: Record<string, unknown> = {};
+      if (query.limit !== undefined) body.limit = query.limit;
+      if (query.since !== undefined) body.since = query.since;
+      const filter: Record<string, unknown> = {};
+      if (query.searchTerm !== undefined) filter.generic_search_term = query.searchTerm;
+      if (query.roomTypes !== undefined) filter.room_types = query.roomTypes;
+      body.filter = filter;
+      if (query.includeAllNetworks === true) body.include_all_networks = true;
+      else if (query.thirdPartyInstanceId !== undefined) body.third_party_instance_id = query.thirdPartyInstanceId;
+      request = { method: "POST", path: "/_matrix/federation/v1/publicRooms", body };
+    } else {
+      const params = new URLSearchParams();
+      if (query.limit !== undefined) params.set("limit", String(query.limit));
+      if (query.since !== undefined) params.set("since", query.since);
+      if (query.includeAllNetworks === true) params.set("include_all_networks", "true");
+      else if (query.thirdPartyInstanceId !== undefined) params.set("third_party_instance_id", query.thirdPartyInstanceId);
+      const search = params.toString();
+      request = { method: "GET", path: `/_matrix/federation/v1/publicRooms${search ? `?${search}` : ""}` };
+    }
+    const res = await this.ask(server, request, "room directory", []);
+    const parsed = publicRoomsAnswer.safeParse(res.body);
+    if (!parsed.success) throw new MatrixError(502, "M_UNKNOWN", "Failed to fetch room directory: the server's answer is malformed");
+    const chunk: Record<string, unknown>[] = [];
+    for (const entry of parsed.data.chunk) {
+      const room = publishedRoom.safeParse(entry);
+      if (!room.success) continue;
+      const out: Record<string, unknown> = { ...room.data };
+      for (const key of PUBLISHED_ROOM_STRINGS) {
+        const value = (entry as Record<string, unknown>)[key];
+        if (typeof value === "string") out[key] = value;
+      }
+      chunk.push(out);
+    }
+    const { next_batch: next, prev_batch: prev, total_room_count_estimate: total } = parsed.data;
+    return {
+      chunk,
+      ...(next === undefined ? {} : { next_batch: next }),
+      ...(prev === undefined ? {} : { prev_batch: prev }),
+      ...(total === undefined ? {} : { total_room_count_estimate: total }),
+    };
+  }
+
   /** GETs `path` of `server`; `missing` statuses become 404 M_NOT_FOUND, other failures 502/504. */
-  private async query(server: string, path: string, what: string, signed = true, missing = [404]): Promise<FederationResponse> {
+  private query(server: string, path: string, what: string, signed = true, missing = [404]): Promise<FederationResponse> {
+    return this.ask(server, { method: "GET", path, signed }, what, missing);
+  }
+
+  private async ask(server: string, request: FederationRequest, what: string, missing: number[]): Promise<FederationResponse> {
     let res: FederationResponse;
     try {
-      res = await this.http.request(server, { method: "GET", path, signed, signal: AbortSignal.timeout(QUERY_TIMEOUT_MS) });
+      res = await this.http.request(server, { ...request, signal: AbortSignal.timeout(QUERY_TIMEOUT_MS) });
     } catch (err) {
       if (!(err instanceof FederationRequestError)) throw err;
       if (err.failure === "timeout") throw new MatrixError(504, "M_UNKNOWN", `Timed out fetching ${what} from ${server}`);

@@ -2,6 +2,7 @@
 import { federationVersion } from "../../federation/transport/version.ts";
 import { notaryQuery, notaryQueryOne, notaryQueryOneById, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
+import { federationPublicRoomsRoutes } from "./federation/public-rooms.ts";
 import { openIdUserInfo } from "./federation/openid.ts";
 import { openIdRoutes } from "./client/openid.ts";
 import { federationSendRoutes } from "./federation/send.ts";
@@ -46,6 +47,7 @@ export const routes: AnyRoute[] = [
   notaryQueryOne,
   notaryQueryOneById,
   ...federationQueryRoutes,
+  ...federationPublicRoomsRoutes,
   openIdUserInfo,
   ...openIdRoutes,
   ...federationSendRoutes,

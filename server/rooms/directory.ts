@@ -2,14 +2,15 @@
 // https://spec.matrix.org/latest/client-server-api/#room-aliases
 // https://spec.matrix.org/latest/client-server-api/#published-room-directory
 //
-// Aliases on other servers are asked of their server over federation, through the lookup the
-// homeserver wiring gives (`resolveRemoteAliasesWith`: this service never imports federation).
-// Other servers' directories are not yet.
+// Aliases on other servers, and other servers' published room directories (`?server=`), are asked
+// of their server over federation, through the lookups the homeserver wiring gives
+// (`resolveRemoteAliasesWith`, `readRemoteDirectoriesWith`: this service never imports federation).
 import { eq, sql } from "drizzle-orm";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { MatrixError, forbidden, notFound } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
+import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import { type RoomAliases, parseAlias } from "./aliases.ts";
 import type { Rooms } from "./rooms.ts";
 
@@ -24,7 +25,14 @@ export interface PublicRoomsQuery {
   searchTerm?: string;
   /** Room types to include; null stands for rooms without a type. */
   roomTypes?: Array<string | null>;
+  /** Rooms of every network (third-party ones from application services too), not the main list alone. */
+  includeAllNetworks?: boolean;
+  /** The rooms of one third-party network (an application service's protocol instance). */
+  thirdPartyInstanceId?: string;
 }
+
+/** Reads another server's published room directory (federation's `/publicRooms`). */
+export type RemoteDirectoryReader = (server: string, query: Omit<PublicRoomsQuery, "server">) => Promise<JsonObject>;
 
 export class Directory {
   constructor(
@@ -36,6 +44,13 @@ export class Directory {
   ) {}
 
   private remoteAliases?: (alias: string) => Promise<{ room_id: string; servers: string[] }>;
+
+  private remoteDirectories?: RemoteDirectoryReader;
+
+  /** How other servers' published room directories are read (federation's `/publicRooms`). */
+  readRemoteDirectoriesWith(reader: RemoteDirectoryReader): void {
+    this.remoteDirectories = reader;
+  }
 
   /** How aliases of other servers are resolved (federation's `/query/directory`). */
   resolveRemoteAliasesWith(lookup: (alias: string) => Promise<{ room_id: string; servers: string[] }>): void {
@@ -111,12 +126,28 @@ export class Directory {
   }
 
   /**
-   * The published rooms, largest first (by joined members, then room ID), with the summary the
-   * spec's PublishedRoomsChunk gives. `since` tokens are offsets into that order.
+   * A server's published rooms: ours (`server` absent or our name), or another server's, asked of
+   * it over federation and passed on as it answered (its own pagination tokens included).
    */
   async publicRooms(query: PublicRoomsQuery): Promise<JsonObject> {
-    if (query.server !== undefined && query.server !== this.serverName) {
-      throw new MatrixError(404, "M_NOT_FOUND", "Other servers' room directories need federation, which is not supported yet");
+    const { server, ...rest } = query;
+    if (server === undefined || server === this.serverName) return this.localPublicRooms(rest);
+    if (!isValidServerName(server)) throw new MatrixError(400, "M_INVALID_PARAM", "server is not a valid server name");
+    if (!this.remoteDirectories) throw new MatrixError(502, "M_UNKNOWN", "Other servers' room directories cannot be read");
+    return this.remoteDirectories(server, rest);
+  }
+
+  /**
+   * Our published rooms, largest first (by joined members, then room ID), with the summary the
+   * spec's PublishedRoomsChunk gives. `since` tokens are offsets into that order. What the
+   * Client-Server and the federation `/publicRooms` answer for this server; `forOtherServers`
+   * leaves out the rooms that do not federate (`m.federate: false`), as Synapse does.
+   */
+  async localPublicRooms(query: Omit<PublicRoomsQuery, "server">, options: { forOtherServers?: boolean } = {}): Promise<JsonObject> {
+    // No room is published to a third-party network (no application service lists any): a
+    // request for one network's rooms has none. All networks are the main list alone.
+    if (query.thirdPartyInstanceId !== undefined && query.includeAllNetworks !== true) {
+      return { chunk: [], total_room_count_estimate: 0 };
     }
     const limit = query.limit === undefined || query.limit <= 0 ? undefined : Math.min(query.limit, MAX_PUBLIC_ROOMS_LIMIT);
     let offset = 0;
@@ -141,7 +172,9 @@ export class Directory {
       if (!m) content.set(r.room_id, (m = new Map()));
       m.set(r.type, (JSON.parse(r.json) as { content?: JsonObject }).content ?? {});
     }
-    let rooms = rowsOf<{ room_id: string; joined: string | number }>(counts).map((r) => {
+    let published = rowsOf<{ room_id: string; joined: string | number }>(counts);
+    if (options.forOtherServers) published = published.filter((r) => content.get(r.room_id)?.get("m.room.create")?.["m.federate"] !== false);
+    let rooms = published.map((r) => {
       const s = content.get(r.room_id) ?? new Map<string, JsonObject>();
       const str = (type: string, key: string) => {
         const v = s.get(type)?.[key];

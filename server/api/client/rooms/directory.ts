@@ -1,5 +1,6 @@
 // https://spec.matrix.org/latest/client-server-api/#room-aliases (directory.yaml)
 // https://spec.matrix.org/latest/client-server-api/#published-room-directory (list_public_rooms.yaml)
+// `?server=` another server's name reads that server's directory over federation.
 import { z } from "zod";
 import { route } from "../../../http/route.ts";
 
@@ -51,9 +52,17 @@ export const getPublicRooms = route({
     limit: z.string().regex(/^\d{1,9}$/, "must be a non-negative integer").transform(Number).optional(),
     since: z.string().optional(),
     server: z.string().optional(),
+    include_all_networks: z.enum(["true", "false"]).optional(),
+    third_party_instance_id: z.string().optional(),
   }),
   handler({ query }, services) {
-    return services.directory.publicRooms({ limit: query.limit, since: query.since, server: query.server });
+    return services.directory.publicRooms({
+      limit: query.limit,
+      since: query.since,
+      server: query.server,
+      includeAllNetworks: query.include_all_networks === "true",
+      thirdPartyInstanceId: query.third_party_instance_id,
+    });
   },
 });
 
@@ -82,6 +91,8 @@ export const queryPublicRooms = route({
       server: query.server,
       searchTerm: body.filter?.generic_search_term,
       roomTypes: body.filter?.room_types,
+      includeAllNetworks: body.include_all_networks,
+      thirdPartyInstanceId: body.third_party_instance_id,
     });
   },
 });
