@@ -68,8 +68,9 @@ describe("published room directory", () => {
     expect(next.json.prev_batch).toBeDefined();
     const search = await alice.call("POST", "/_matrix/client/v3/publicRooms", { filter: { generic_search_term: "SMALL" } });
     expect(search.json.chunk.map((r: any) => r.room_id)).toEqual([small]);
-    const remote = await request(hs.url, "GET", "/_matrix/client/v3/publicRooms?server=other.example");
-    expect(remote.status).toBe(404);
+    // Another server's directory is asked of it over federation; one that cannot be reached is 502.
+    const remote = await request(hs.url, "GET", "/_matrix/client/v3/publicRooms?server=other.invalid");
+    expect(remote).toMatchObject({ status: 502, json: { errcode: "M_UNKNOWN" } });
   });
 
   it("publishes and hides a room, for those with the power to", async () => {
