@@ -36,12 +36,13 @@ function message(i: number, extra: Record<string, unknown> = {}) {
 }
 
 /** Serves remote.test's key (valid for events up to `validUpTo`), counting the look-ups. */
-function keyStore(validUpTo = Number.MAX_SAFE_INTEGER) {
+function keyStore(validUpTo = Number.MAX_SAFE_INTEGER, onLookup?: () => Promise<void>) {
   const lookups: string[] = [];
   return {
     lookups,
     async verifyKey(server: string, keyId: string, validAt?: number) {
       lookups.push(`${server} ${keyId} ${validAt}`);
+      await onLookup?.();
       if (server === "remote.test" && keyId === remoteKey.keyId && (validAt ?? 0) <= validUpTo) return remoteKey.publicKey;
       if (server === "other.test" && keyId === otherKey.keyId) return otherKey.publicKey;
       return undefined;
@@ -192,6 +193,29 @@ describe("checking large batches on worker threads", () => {
     expect(await c.check(VERSION, batch)).toEqual(expected);
     expect(slots[0]?.worker).toBeDefined();
     expect(slots[0]?.worker).not.toBe(first);
+  });
+
+  it("checks inline the chunks of a worker that died after checking their format, before verifying them", async () => {
+    const { lines, logger } = logs();
+    let kill = false;
+    const c: PduChecker = checker(
+      2,
+      keyStore(Number.MAX_SAFE_INTEGER, async () => {
+        if (!kill) return;
+        kill = false;
+        const slots = (c as unknown as { pool: { slots: Array<{ worker: Worker } | undefined> } }).pool.slots;
+        await slots[1]!.worker.terminate();
+        await new Promise((resolve) => setImmediate(resolve)); // the pool hears of the exit
+      }),
+      logger,
+    );
+    const batch = mixedBatch(200);
+    const expected = await checker(0).check(VERSION, batch);
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    kill = true;
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    expect(kill).toBe(false);
+    expect(lines.filter((l) => l.msg === "a PDU check worker failed; checking its PDUs inline")).toHaveLength(1);
   });
 
   it("checks inline after close", async () => {

@@ -2,12 +2,13 @@
 // transactions, and the state and auth chain of a `send_join` answer, missing events and backfill.
 // https://spec.matrix.org/latest/server-server-api/#checks-performed-on-receipt-of-a-pdu
 //
-// Format is checked first, on the calling thread: only a well-formed PDU may make us contact the
-// servers that must sign it. Their verify keys are then fetched once per (server, key ID) for the
-// whole batch. Signatures, event IDs and content hashes are pure work: a batch of fewer than
-// INLINE_BELOW PDUs is checked inline; a larger one (a join brings thousands) is split over a pool
-// of worker threads, so the event loop keeps answering requests while it is verified. Ed25519
-// verification is most of that work (ARCHITECTURE.md: about 10,000 verifications/s per core).
+// Format is checked first: only a well-formed PDU may make us contact the servers that must sign
+// it. Their verify keys are then fetched once per (server, key ID) for the whole batch. Then
+// signatures, event IDs and content hashes. All but the key fetching is pure work: a batch of fewer
+// than INLINE_BELOW PDUs is checked inline; a larger one (a transaction of 50, a join's thousands)
+// is split over a pool of worker threads, which check the formats of their chunks, wait for the
+// keys, then verify, so the event loop keeps answering requests meanwhile. Ed25519 verification is
+// most of that work (ARCHITECTURE.md: about 10,000 verifications/s per core).
 //
 // The workers run the same TypeScript as this module. From the sources (tsx: `bin/parley.js`,
 // benchmarks, vitest) a worker starts at `pdu-checks-worker.mjs`, which registers tsx's loader
@@ -58,8 +59,49 @@ const KEY_IDS_PER_SERVER = 5;
  */
 export type BatchKeys = Map<string, { key: Uint8Array; validUpTo: number }>;
 
+/** Step 1 for one PDU, as it crosses the thread boundary: refused, or the keys its check needs. */
+export type FormatChecked =
+  | {
+      ok: true;
+      /** The (server, key ID) pairs of the signatures of the servers that must sign it. */
+      signers: Array<[server: string, keyId: string]>;
+      originServerTs: number;
+    }
+  | { ok: false; eventId: string | undefined; reason: string };
+
 /** What verifying one well-formed PDU gives; crosses the thread boundary, so it holds no PDU. */
 export type VerifiedPdu = { ok: true; eventId: string; redacted: boolean } | { ok: false; eventId: string | undefined; reason: string };
+
+/**
+ * Step 1 for each PDU (a top-level `event_id`, not part of v4+ PDUs, is left out first, as the core
+ * does): the formats in input order, and the valid PDUs in order. Pure: runs in the workers too.
+ */
+export function checkFormats(roomVersion: string, values: readonly unknown[]): { formats: FormatChecked[]; valid: Pdu[] } {
+  const valid: Pdu[] = [];
+  const formats = values.map((value): FormatChecked => {
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+      return { ok: false, eventId: undefined, reason: "invalid PDU: not a JSON object" };
+    }
+    const { event_id: givenId, ...rest } = value as Record<string, unknown>;
+    const format = validatePdu(roomVersion, rest);
+    if (!format.ok) {
+      const eventId = typeof givenId === "string" ? givenId : safeEventId(roomVersion, rest);
+      return { ok: false, eventId, reason: `invalid PDU: ${format.reason}` };
+    }
+    const pdu = format.value;
+    valid.push(pdu);
+    const signers: Array<[string, string]> = [];
+    for (const server of serversThatMustSign(roomVersion, pdu)) {
+      const byKey = Object.hasOwn(pdu.signatures, server) ? pdu.signatures[server] : undefined;
+      if (typeof byKey !== "object" || byKey === null) continue;
+      for (const keyId of Object.keys(byKey).slice(0, KEY_IDS_PER_SERVER)) {
+        if (keyId.startsWith("ed25519:")) signers.push([server, keyId]);
+      }
+    }
+    return { ok: true, signers, originServerTs: pdu.origin_server_ts };
+  });
+  return { formats, valid };
+}
 
 /** Steps 2–3 for PDUs `validatePdu` accepted, with the batch's keys. Pure: runs in the workers too. */
 export function verifyValidatedPdus(roomVersion: string, pdus: readonly Pdu[], keys: BatchKeys): VerifiedPdu[] {
@@ -74,6 +116,13 @@ export function verifyValidatedPdus(roomVersion: string, pdus: readonly Pdu[], k
   });
 }
 
+/** A chunk of a batch whose formats are known, wherever it was validated. */
+interface FormatCheckedChunk {
+  formats: FormatChecked[];
+  /** Steps 2–3 for its valid PDUs, in order. */
+  verify(keys: BatchKeys): Promise<VerifiedPdu[]>;
+}
+
 export class PduChecker {
   private readonly pool: WorkerPool | undefined;
 
@@ -85,43 +134,53 @@ export class PduChecker {
   /**
    * Steps 1–3 of "checks performed on receipt of a PDU" for each PDU of a room of `roomVersion`
    * (a supported one), results in input order. Never throws for a bad PDU: it is refused with a reason.
+   *
+   * A large batch goes to the workers in chunks, in two steps, so that format is still checked
+   * before any key is fetched: each worker checks its chunks' formats and keeps the valid PDUs;
+   * the keys the whole batch needs are fetched here; then each worker verifies its chunks.
    */
   async check(roomVersion: string, pdus: readonly unknown[]): Promise<CheckedPdu[]> {
-    const results: CheckedPdu[] = new Array(pdus.length);
-    const valid: Pdu[] = [];
-    const validAt: number[] = [];
-    pdus.forEach((value, i) => {
-      if (typeof value !== "object" || value === null || Array.isArray(value)) {
-        results[i] = { ok: false, eventId: undefined, reason: "invalid PDU: not a JSON object" };
-        return;
-      }
-      // A top-level `event_id` is not part of v4+ PDUs: left out before the format check, as the core does.
-      const { event_id: givenId, ...rest } = value as Record<string, unknown>;
-      const format = validatePdu(roomVersion, rest);
-      if (!format.ok) {
-        const eventId = typeof givenId === "string" ? givenId : safeEventId(roomVersion, rest);
-        results[i] = { ok: false, eventId, reason: `invalid PDU: ${format.reason}` };
-        return;
-      }
-      valid.push(format.value);
-      validAt.push(i);
-    });
-    if (valid.length === 0) return results;
+    const pool = this.pool && !this.pool.closed && pdus.length >= INLINE_BELOW ? this.pool : undefined;
+    const chunkSize = pool ? Math.min(MAX_CHUNK, Math.ceil(pdus.length / pool.size)) : Math.max(1, pdus.length);
+    const slices: Array<readonly unknown[]> = [];
+    for (let i = 0; i < pdus.length; i += chunkSize) slices.push(pdus.slice(i, i + chunkSize));
+    const chunks = await Promise.all(
+      slices.map((slice) => (pool ? pool.checkFormats(roomVersion, slice).catch((err: unknown) => this.inline(roomVersion, slice, err)) : this.inline(roomVersion, slice))),
+    );
+    const keys = await this.fetchKeys(chunks.flatMap((c) => c.formats));
+    const verified = await Promise.all(
+      chunks.map((chunk, c) => chunk.verify(keys).catch((err: unknown) => this.inline(roomVersion, slices[c]!, err).verify(keys))),
+    );
 
-    const keys = await this.fetchKeys(roomVersion, valid);
-    const verified = await this.verify(roomVersion, valid, keys);
-    verified.forEach((v, j) => {
-      const i = validAt[j]!;
-      if (!v.ok) {
-        const givenId = (pdus[i] as { event_id?: unknown }).event_id;
-        results[i] = { ok: false, eventId: typeof givenId === "string" ? givenId : v.eventId, reason: v.reason };
-        return;
-      }
-      const pdu = valid[j]!;
-      const form = v.redacted ? redactEvent(roomVersion, pdu) : pdu;
-      results[i] = { ok: true, eventId: v.eventId, event: { ...form, event_id: v.eventId } as RoomEvent, redacted: v.redacted };
+    const results: CheckedPdu[] = [];
+    chunks.forEach((chunk, c) => {
+      let v = 0;
+      chunk.formats.forEach((format, j) => {
+        if (!format.ok) {
+          results.push(format);
+          return;
+        }
+        const value = slices[c]![j] as Record<string, unknown>;
+        const { event_id: givenId, ...pdu } = value;
+        const check = verified[c]![v++]!;
+        if (!check.ok) {
+          results.push({ ok: false, eventId: typeof givenId === "string" ? givenId : check.eventId, reason: check.reason });
+          return;
+        }
+        const form = check.redacted ? redactEvent(roomVersion, pdu) : pdu;
+        results.push({ ok: true, eventId: check.eventId, event: { ...form, event_id: check.eventId } as RoomEvent, redacted: check.redacted });
+      });
     });
     return results;
+  }
+
+  /** A chunk checked on this thread: inline, or because its worker failed (`err`). */
+  private inline(roomVersion: string, values: readonly unknown[], err?: unknown): FormatCheckedChunk {
+    if (err !== undefined) {
+      this.deps.logger.warn({ err: String(err), pdus: values.length }, "a PDU check worker failed; checking its PDUs inline");
+    }
+    const { formats, valid } = checkFormats(roomVersion, values);
+    return { formats, verify: async (keys) => verifyValidatedPdus(roomVersion, valid, keys) };
   }
 
   /** Terminates the workers. Later checks run inline. */
@@ -136,20 +195,15 @@ export class PduChecker {
    * that late, at earlier ones (a binary search: validity only ends). A key we cannot get is left
    * out: the signature check then says which server's signature is missing.
    */
-  private async fetchKeys(roomVersion: string, pdus: readonly Pdu[]): Promise<BatchKeys> {
+  private async fetchKeys(formats: readonly FormatChecked[]): Promise<BatchKeys> {
     const wanted = new Map<string, { server: string; keyId: string; timestamps: Set<number> }>();
-    for (const pdu of pdus) {
-      const signatures = pdu.signatures;
-      for (const server of serversThatMustSign(roomVersion, pdu)) {
-        const byKey = Object.hasOwn(signatures, server) ? signatures[server] : undefined;
-        if (typeof byKey !== "object" || byKey === null) continue;
-        for (const keyId of Object.keys(byKey).slice(0, KEY_IDS_PER_SERVER)) {
-          if (!keyId.startsWith("ed25519:")) continue;
-          const id = `${server} ${keyId}`;
-          let entry = wanted.get(id);
-          if (!entry) wanted.set(id, (entry = { server, keyId, timestamps: new Set() }));
-          entry.timestamps.add(pdu.origin_server_ts);
-        }
+    for (const format of formats) {
+      if (!format.ok) continue;
+      for (const [server, keyId] of format.signers) {
+        const id = `${server} ${keyId}`;
+        let entry = wanted.get(id);
+        if (!entry) wanted.set(id, (entry = { server, keyId, timestamps: new Set() }));
+        entry.timestamps.add(format.originServerTs);
       }
     }
     const keys: BatchKeys = new Map();
@@ -162,23 +216,6 @@ export class PduChecker {
     };
     await runBounded([...wanted], KEY_FETCH_CONCURRENCY, ([id, entry]) => lookUp(id, entry));
     return keys;
-  }
-
-  private async verify(roomVersion: string, pdus: Pdu[], keys: BatchKeys): Promise<VerifiedPdu[]> {
-    if (!this.pool || this.pool.closed || pdus.length < INLINE_BELOW) return verifyValidatedPdus(roomVersion, pdus, keys);
-    const chunkSize = Math.min(MAX_CHUNK, Math.ceil(pdus.length / this.pool.size));
-    const chunks: Pdu[][] = [];
-    for (let i = 0; i < pdus.length; i += chunkSize) chunks.push(pdus.slice(i, i + chunkSize));
-    const done = await Promise.all(
-      chunks.map((chunk) =>
-        this.pool!.run({ roomVersion, pdus: chunk, keys }).catch((err: unknown) => {
-          // A worker that died (or could not start) fails only its chunks: checked here instead.
-          this.deps.logger.warn({ err: String(err), pdus: chunk.length }, "a PDU check worker failed; checking its PDUs inline");
-          return verifyValidatedPdus(roomVersion, chunk, keys);
-        }),
-      ),
-    );
-    return done.flat();
   }
 }
 
@@ -223,18 +260,20 @@ async function runBounded<T>(items: readonly T[], concurrency: number, work: (it
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, runner));
 }
 
-/** A request to a worker and its answer (pdu-checks-worker.ts). */
-export interface WorkerTask {
-  id: number;
-  roomVersion: string;
-  pdus: Pdu[];
-  keys: BatchKeys;
-}
-export type WorkerAnswer = { id: number; results: VerifiedPdu[] } | { id: number; error: string };
+/** The requests a worker answers (pdu-checks-worker.ts), and its answers. */
+export type WorkerRequest =
+  /** Step 1 for a chunk (JSON text: cheaper to send than a structured clone); the worker keeps the valid PDUs. */
+  | { kind: "formats"; id: number; chunk: number; roomVersion: string; json: string }
+  /** Steps 2–3 for the valid PDUs the worker kept of `chunk`, which it then forgets. */
+  | { kind: "verify"; id: number; chunk: number; keys: BatchKeys };
+export type WorkerAnswer =
+  | { id: number; formats: FormatChecked[] }
+  | { id: number; verified: VerifiedPdu[] }
+  | { id: number; error: string };
 
 interface Slot {
   worker: Worker;
-  pending: Map<number, { pdus: number; resolve(results: VerifiedPdu[]): void; reject(err: Error): void }>;
+  pending: Map<number, { pdus: number; resolve(answer: WorkerAnswer): void; reject(err: Error): void }>;
   /** PDUs sent and not yet answered: new chunks go to the least loaded worker. */
   load: number;
 }
@@ -244,8 +283,8 @@ const WORKER_URL = new URL(fromSources ? "./pdu-checks-worker.mjs" : "./pdu-chec
 
 /**
  * Worker threads started when first needed, unref'd while idle (an idle pool never keeps the
- * process alive), replaced when one dies: its unanswered tasks are rejected, and their caller
- * checks them inline.
+ * process alive), replaced when one dies: its unanswered requests are rejected, and their caller
+ * checks those PDUs inline.
  */
 class WorkerPool {
   private readonly slots: Array<Slot | undefined>;
@@ -259,8 +298,9 @@ class WorkerPool {
     this.slots = new Array(size).fill(undefined);
   }
 
-  run(task: Omit<WorkerTask, "id">): Promise<VerifiedPdu[]> {
-    if (this.closed) return Promise.reject(new Error("the PDU check workers are closed"));
+  /** Step 1 for a chunk on the least loaded worker, which keeps it for `verify`. */
+  async checkFormats(roomVersion: string, values: readonly unknown[]): Promise<FormatCheckedChunk> {
+    if (this.closed) throw new Error("the PDU check workers are closed");
     let index = 0;
     let least = Number.POSITIVE_INFINITY;
     this.slots.forEach((slot, i) => {
@@ -268,19 +308,36 @@ class WorkerPool {
       if (load < least) [index, least] = [i, load];
     });
     const slot = this.slots[index] ?? this.start(index);
-    const id = this.nextId++;
-    return new Promise<VerifiedPdu[]>((resolve, reject) => {
-      slot.pending.set(id, { pdus: task.pdus.length, resolve, reject });
-      slot.load += task.pdus.length;
-      if (slot.pending.size === 1) slot.worker.ref();
-      slot.worker.postMessage({ id, ...task } satisfies WorkerTask);
-    });
+    const chunk = this.nextId++;
+    const json = JSON.stringify(values);
+    const answer = await this.request(slot, { kind: "formats", id: this.nextId++, chunk, roomVersion, json }, values.length);
+    if (!("formats" in answer)) throw new Error("a PDU check worker gave no formats");
+    const validCount = answer.formats.filter((f) => f.ok).length;
+    return {
+      formats: answer.formats,
+      verify: async (keys) => {
+        if (validCount === 0) return []; // the worker kept nothing
+        const verified = await this.request(slot, { kind: "verify", id: this.nextId++, chunk, keys }, validCount);
+        if (!("verified" in verified) || verified.verified.length !== validCount) throw new Error("a PDU check worker gave no results");
+        return verified.verified;
+      },
+    };
   }
 
   async close(): Promise<void> {
     this.closed = true;
     const slots = this.slots.splice(0, this.slots.length, ...new Array<undefined>(this.size).fill(undefined));
     await Promise.all(slots.map((slot) => slot?.worker.terminate()));
+  }
+
+  private request(slot: Slot, message: WorkerRequest, pdus: number): Promise<WorkerAnswer> {
+    if (!this.slots.includes(slot)) return Promise.reject(new Error("the PDU check worker is gone"));
+    return new Promise<WorkerAnswer>((resolve, reject) => {
+      slot.pending.set(message.id, { pdus, resolve, reject });
+      slot.load += pdus;
+      if (slot.pending.size === 1) slot.worker.ref();
+      slot.worker.postMessage(message);
+    });
   }
 
   private start(index: number): Slot {
@@ -290,18 +347,18 @@ class WorkerPool {
     this.slots[index] = slot;
     const fail = (err: Error) => {
       if (this.slots[index] === slot) this.slots[index] = undefined;
-      for (const task of slot.pending.values()) task.reject(err);
+      for (const request of slot.pending.values()) request.reject(err);
       slot.pending.clear();
       slot.load = 0;
     };
     worker.on("message", (answer: WorkerAnswer) => {
-      const task = slot.pending.get(answer.id);
-      if (!task) return;
+      const request = slot.pending.get(answer.id);
+      if (!request) return;
       slot.pending.delete(answer.id);
-      slot.load -= task.pdus;
+      slot.load -= request.pdus;
       if (slot.pending.size === 0) worker.unref();
-      if ("error" in answer) task.reject(new Error(answer.error));
-      else task.resolve(answer.results);
+      if ("error" in answer) request.reject(new Error(answer.error));
+      else request.resolve(answer);
     });
     worker.on("error", (err) => {
       this.logger.warn({ err }, "a PDU check worker crashed");
