@@ -3,6 +3,7 @@ import { federationVersion } from "../../federation/transport/version.ts";
 import { notaryQuery, notaryQueryOne, notaryQueryOneById, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
 import { federationPublicRoomsRoutes } from "./federation/public-rooms.ts";
+import { federationEventRoutes } from "./federation/events.ts";
 import { openIdUserInfo } from "./federation/openid.ts";
 import { openIdRoutes } from "./client/openid.ts";
 import { federationSendRoutes } from "./federation/send.ts";
@@ -52,6 +53,7 @@ export const routes: AnyRoute[] = [
   ...openIdRoutes,
   ...federationSendRoutes,
   ...federationUserKeyRoutes,
+  ...federationEventRoutes,
   ...registerRoutes,
   ...loginRoutes,
   ...accountRoutes,

@@ -12,6 +12,7 @@ import { EventStore } from "./event-store.ts";
 import { EventPersister, type PersistFaults } from "./persister.ts";
 import { Relations } from "./relations.ts";
 import { Rooms } from "./rooms.ts";
+import { ServerReads } from "./server-reads.ts";
 import { Timeline } from "./timeline.ts";
 import { HistoryVisibility } from "./visibility.ts";
 
@@ -22,6 +23,8 @@ export interface RoomServices {
   eventStore: EventStore;
   timeline: Timeline;
   relations: Relations;
+  /** What other servers read of rooms: events, state, auth chains, backfill (the federation read endpoints). */
+  serverReads: ServerReads;
   directory: Directory;
   roomTags: RoomTags;
 }
@@ -54,6 +57,7 @@ export function createRoomServices(options: {
     eventStore,
     timeline,
     relations,
+    serverReads: new ServerReads(db, eventStore, visibility, serverName, now),
     directory: new Directory(db, rooms, aliases, accounts, serverName),
     roomTags: new RoomTags(userData),
   };

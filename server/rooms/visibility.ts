@@ -20,7 +20,7 @@ import { sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
 import { stateMapKey } from "../../federation/protocol/room-state.ts";
 import { type StoredEvent, sqlList } from "./event-store.ts";
-import { lookupStateKeys } from "./state-groups.ts";
+import { chainCte, lookupStateKeys } from "./state-groups.ts";
 
 export interface Viewer {
   userId: string;
@@ -28,6 +28,21 @@ export interface Viewer {
    * "Joined the room at any point after the event": true for events with a stream position below
    * this (Infinity for a user joined now; the position of the leave that ended their last stay for
    * a former member; 0 for someone who never joined).
+   */
+  joinedUntil: number;
+}
+
+/**
+ * Another server, for the events it may see (server-reads.ts). "The server sees an event if any of
+ * its users could": its users' memberships at the event stand in for the one user's.
+ */
+export interface ServerViewer {
+  serverName: string;
+  /**
+   * "One of its users joined the room at any point after the event": true for events with a stream
+   * position below this (Infinity while one of its users is joined; the position of the membership
+   * change that ended the last stay of any of them for a server no longer in the room; 0 when none
+   * ever joined).
    */
   joinedUntil: number;
 }
@@ -88,6 +103,89 @@ export class HistoryVisibility {
     return this.values.get(id) ?? "shared";
   }
 
+  /**
+   * The IDs of the events (of one room) a server may see. As Synapse's `filter_events_for_server`
+   * (synapse/visibility.py) with the client rules above applied to the server's users together:
+   * world_readable, or one of its users joined at the event, or `shared` and one of them joined at
+   * any point after it (for a server in the room now: always), or `invited` and one of them invited
+   * at the event. A value of `history_visibility` that is not understood counts as `shared` ("Server
+   * behaviour"). An event without state (an outlier) counts as `shared` with no members there.
+   */
+  async visibleToServer(viewer: ServerViewer, events: StoredEvent[]): Promise<Set<string>> {
+    const visible = new Set<string>();
+    if (events.length === 0) return visible;
+    const onServer = (userId: string | undefined) => userId !== undefined && serverOfUser(userId) === viewer.serverName;
+    const needsAfter = (e: StoredEvent) =>
+      e.stateAfterGroup !== null && (e.type === HISTORY_VISIBILITY || (e.type === MEMBER && onServer(e.stateKey)));
+    const groups = new Set<number>();
+    for (const e of events) {
+      if (e.stateBeforeGroup !== null) groups.add(e.stateBeforeGroup);
+      if (needsAfter(e)) groups.add(e.stateAfterGroup!);
+    }
+    const hvKey = stateMapKey(HISTORY_VISIBILITY, "");
+    const hvStates = await lookupStateKeys(this.db, [...groups], [[HISTORY_VISIBILITY, ""]]);
+    await this.loadValues([...hvStates.values()].flatMap((s) => [...s.values()]));
+    const visibilityAt = (group: number | null): string => {
+      const id = group === null ? undefined : hvStates.get(group)?.get(hvKey);
+      const value = id === undefined ? undefined : this.values.get(id);
+      return value !== undefined && KNOWN_VISIBILITIES.has(value) ? value : "shared";
+    };
+    // The rules that need no membership first; the memberships of the server's users are read only
+    // for the groups of the events still undecided (as Synapse: `joined` and `invited` rooms).
+    const undecided: StoredEvent[] = [];
+    const openAt = (group: number | null, joinedAfter: boolean) => {
+      const v = visibilityAt(group);
+      return v === "world_readable" || (v === "shared" && joinedAfter);
+    };
+    for (const e of events) {
+      const joinedAfter = (e.streamOrdering ?? 0) < viewer.joinedUntil;
+      if (openAt(e.stateBeforeGroup, joinedAfter) || (needsAfter(e) && openAt(e.stateAfterGroup, joinedAfter))) visible.add(e.eventId);
+      else undecided.push(e);
+    }
+    if (undecided.length === 0) return visible;
+    const memberGroups = new Set<number>();
+    for (const e of undecided) {
+      if (e.stateBeforeGroup !== null) memberGroups.add(e.stateBeforeGroup);
+      if (needsAfter(e)) memberGroups.add(e.stateAfterGroup!);
+    }
+    const members = await this.serverMemberships(viewer.serverName, [...memberGroups]);
+    const allowedAt = (group: number | null) => {
+      if (group === null) return false;
+      const v = visibilityAt(group);
+      const m = members.get(group);
+      return m?.has("join") === true || (v === "invited" && m?.has("invite") === true);
+    };
+    for (const e of undecided) {
+      if (allowedAt(e.stateBeforeGroup) || (needsAfter(e) && allowedAt(e.stateAfterGroup))) visible.add(e.eventId);
+    }
+    return visible;
+  }
+
+  /** The memberships the users of one server hold in each of some state groups. */
+  private async serverMemberships(serverName: string, groupIds: number[]): Promise<Map<number, Set<string>>> {
+    const result = new Map<number, Set<string>>();
+    if (groupIds.length === 0) return result;
+    // The server of a user ID is everything after its first colon (the localpart holds none).
+    const rows = rowsOf<{ start: string | number; event_id: string | null }>(
+      await this.db.execute(sql`${chainCte(groupIds)}
+        select distinct on (c.start, e.state_key) c.start, e.event_id
+        from chain c join state_group_entries e on e.group_id = c.id
+        where e.type = ${MEMBER} and substr(e.state_key, strpos(e.state_key, ':') + 1) = ${serverName}
+        order by c.start, e.state_key, c.n`),
+    );
+    await this.loadValues(rows.flatMap((r) => (r.event_id === null ? [] : [r.event_id])));
+    for (const r of rows) {
+      if (r.event_id === null) continue;
+      const membership = this.values.get(r.event_id);
+      if (membership === undefined) continue;
+      const group = Number(r.start);
+      let set = result.get(group);
+      if (!set) result.set(group, (set = new Set()));
+      set.add(membership);
+    }
+    return result;
+  }
+
   private async loadValues(eventIds: string[]): Promise<void> {
     const missing = eventIds.filter((id) => !this.values.has(id));
     if (missing.length === 0) return;
@@ -101,6 +199,12 @@ export class HistoryVisibility {
       this.values.set(r.event_id, typeof value === "string" ? value : "");
     }
   }
+}
+
+const KNOWN_VISIBILITIES = new Set(["world_readable", "shared", "invited", "joined"]);
+
+function serverOfUser(userId: string): string {
+  return userId.slice(userId.indexOf(":") + 1);
 }
 
 function allowed(state: { visibility: string; membership: string }, joinedAfter: boolean): boolean {
