@@ -16,6 +16,7 @@ import { InboundTransactions } from "./inbound-transactions.ts";
 import { OwnOldKeys } from "./own-old-keys.ts";
 import { PduChecker } from "./pdu-checks.ts";
 import { RemoteQueries } from "./remote-queries.ts";
+import { RoomHistoryClient } from "./room-history.ts";
 import { type RoomStateReader, ServerAcls } from "./server-acl-check.ts";
 
 export interface FederationConfig {
@@ -33,6 +34,8 @@ export interface Federation {
   ownOldKeys: OwnOldKeys;
   /** Profile, alias and OpenID queries made of other servers for our clients. */
   queries: RemoteQueries;
+  /** Room events, state, auth chains and history read from other servers (answers unchecked). */
+  history: RoomHistoryClient;
   sender: FederationSender;
   serverAuth: ServerRequestAuthenticator;
   /** Handlers for inbound EDUs by type; registered where the homeserver is put together. */
@@ -126,6 +129,7 @@ export function createFederation(deps: FederationDeps): Federation {
     keys,
     ownOldKeys,
     queries: new RemoteQueries(http, now),
+    history: new RoomHistoryClient(http),
     sender,
     serverAuth,
     edus,
