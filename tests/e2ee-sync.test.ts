@@ -8,7 +8,7 @@
 // https://spec.matrix.org/latest/client-server-api/#e2e-extensions-to-sync
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loginUser, passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
-import { crossSigningIdentity, deviceIdentity, fallbackKey, oneTimeKeys, post } from "./e2ee-helpers.ts";
+import { crossSigningIdentity, deviceIdentity, fallbackKey, oneTimeKeys, post, sign } from "./e2ee-helpers.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
 import { createRoom, enc, joinRoom, leaveRoom, sync } from "./sync-helpers.ts";
 
@@ -119,6 +119,27 @@ describe("device_lists in /sync", () => {
     expect(afterDelete.device_lists.changed).toEqual([alice.userId]);
     const query = await post(hs.url, bob, "/keys/query", { device_keys: { [alice.userId]: [] } });
     expect(Object.keys(query.json.device_keys[alice.userId])).toEqual([]);
+  });
+
+  it("tells a new user-signing key alone only to the user's own devices", async () => {
+    const alice = await newUser("alice");
+    const bob = await newUser("bob");
+    await sharedRoom(alice, bob);
+    const first = crossSigningIdentity(alice.userId);
+    expect((await post(hs.url, alice, "/keys/device_signing/upload", first.body)).status).toBe(200);
+    const [a0, b0] = await Promise.all([sync(hs.url, alice), sync(hs.url, bob)]);
+
+    const replacement = crossSigningIdentity(alice.userId);
+    // Only a new user-signing key, signed by the master key that stays.
+    const body = { user_signing_key: sign({ ...replacement.body.user_signing_key, signatures: {} }, alice.userId, first.master) };
+    const challenge = await post(hs.url, alice, "/keys/device_signing/upload", body);
+    const res = await post(hs.url, alice, "/keys/device_signing/upload", { ...body, auth: passwordAuth(alice, challenge.json.session) });
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+
+    const own = await sync(hs.url, alice, { since: a0.next_batch, timeout: 2_000 });
+    expect(own.device_lists?.changed).toEqual([alice.userId]);
+    const other = await sync(hs.url, bob, { since: b0.next_batch, timeout: 300 });
+    expect(other.device_lists?.changed ?? []).toEqual([]);
   });
 
   it("puts the members of a room one joins in one's `changed`, and the joiner in theirs", async () => {

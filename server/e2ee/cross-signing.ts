@@ -129,6 +129,10 @@ export class CrossSigning {
       );
     }
 
+    // A new user-signing key alone concerns the user's own devices: others never see it in
+    // /keys/query, nor do other servers (m.signing_key_update carries the master and self-signing
+    // keys). Synapse tells only the user too (sytest "Changing user-signing key notifies local users").
+    const changes: DeviceListChange[] = [uploaded.master || uploaded.self_signing ? { userId } : { userId, selfOnly: true }];
     const position = await this.db.transaction(async (tx) => {
       const t = schema.e2eCrossSigningKeys;
       const s = schema.e2eCrossSigningSignatures;
@@ -148,9 +152,9 @@ export class CrossSigning {
           .values({ userId, keyType: type, publicKey: key.publicKey, keyJson: json(key) })
           .onConflictDoUpdate({ target: [t.userId, t.keyType], set: { publicKey: key.publicKey, keyJson: json(key) } });
       }
-      return this.deviceLists.record(tx, [{ userId }]);
+      return this.deviceLists.record(tx, changes);
     });
-    this.deviceLists.notify([userId], position, [{ userId }]);
+    this.deviceLists.notify([userId], position, changes);
   }
 
   /**
