@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { type FederationHttpClient, type FederationRequest, FederationRequestError } from "./http-client.ts";
 import { RemoteQueries } from "./remote-queries.ts";
 
-function peer(answer: (req: FederationRequest) => { status: number; body: unknown } | Promise<never>) {
+function peer(answer: (req: FederationRequest) => { status: number; body: unknown } | Promise<never>, now: () => number = Date.now) {
   const asked: FederationRequest[] = [];
   const http = {
     async request(_destination: string, req: FederationRequest) {
@@ -12,7 +12,7 @@ function peer(answer: (req: FederationRequest) => { status: number; body: unknow
       return { headers: {}, ...(await answer(req)) };
     },
   } as unknown as FederationHttpClient;
-  return { queries: new RemoteQueries(http, Date.now), asked };
+  return { queries: new RemoteQueries(http, now), asked };
 }
 
 const room = { room_id: "!a:remote.org", num_joined_members: 3, world_readable: false, guest_can_join: true };
@@ -53,6 +53,30 @@ describe("RemoteQueries.publicRooms", () => {
     const chunk = [room, { room_id: "!b:remote.org" }, "not a room", null, { ...room, num_joined_members: -1 }, { ...room, room_id: "!c:remote.org", name: 5, topic: null }];
     const { queries } = peer(() => ({ status: 200, body: { chunk } }));
     expect(await queries.publicRooms("remote.org", {})).toEqual({ chunk: [room, { ...room, room_id: "!c:remote.org" }] });
+  });
+
+  it("remembers an answer for 30 seconds, per server and request, and asks once for concurrent requests", async () => {
+    let clock = 1_000_000;
+    const { queries, asked } = peer(() => ({ status: 200, body: { chunk: [room] } }), () => clock);
+    await Promise.all([queries.publicRooms("remote.org", { limit: 5 }), queries.publicRooms("remote.org", { limit: 5 })]);
+    await queries.publicRooms("remote.org", { limit: 5 });
+    expect(asked).toHaveLength(1);
+    await queries.publicRooms("remote.org", { limit: 6 });
+    await queries.publicRooms("other.org", { limit: 5 });
+    await queries.publicRooms("remote.org", { limit: 5, searchTerm: "x" });
+    expect(asked).toHaveLength(4);
+    clock += 30_001;
+    await queries.publicRooms("remote.org", { limit: 5 });
+    expect(asked).toHaveLength(5);
+  });
+
+  it("does not remember a failure", async () => {
+    let fail = true;
+    const { queries, asked } = peer(() => (fail ? { status: 500, body: {} } : { status: 200, body: { chunk: [] } }));
+    await expect(queries.publicRooms("remote.org", {})).rejects.toMatchObject({ status: 502 });
+    fail = false;
+    await expect(queries.publicRooms("remote.org", {})).resolves.toEqual({ chunk: [] });
+    expect(asked).toHaveLength(2);
   });
 
   it("answers 502 M_UNKNOWN for a malformed answer, any error status, and a server it cannot reach", async () => {

@@ -20,6 +20,12 @@ const QUERY_TIMEOUT_MS = 10_000;
 /** Remote profiles are remembered this long (clients ask for the same members again and again). */
 const PROFILE_CACHE_MS = 30_000;
 const PROFILE_CACHE_LIMIT = 10_000;
+/**
+ * Other servers' directory pages are remembered this long (as Synapse does): clients ask again as
+ * their user types a search or comes back to the list, and a popular server is asked by many.
+ */
+const DIRECTORY_CACHE_MS = 30_000;
+const DIRECTORY_CACHE_LIMIT = 1_000;
 
 export interface RemoteProfile {
   displayname?: string;
@@ -50,6 +56,8 @@ const PUBLISHED_ROOM_STRINGS = ["name", "topic", "canonical_alias", "avatar_url"
 export class RemoteQueries {
   private readonly profiles = new Map<string, { profile: RemoteProfile; until: number }>();
   private readonly inflight = new Map<string, Promise<RemoteProfile>>();
+  /** Directory answers (and requests in flight) by server and request; failures are not kept. */
+  private readonly directories = new Map<string, { answer: Promise<Record<string, unknown>>; until: number }>();
 
   constructor(
     private readonly http: FederationHttpClient,
@@ -118,29 +126,28 @@ export class RemoteQueries {
    * Synapse asks for the same way). The answer is passed on as the server gave it once its shape is
    * checked: a room without the fields the spec requires is left out, and of the optional ones only
    * strings are kept. Any failure is 502 M_UNKNOWN (504 on a timeout), as Synapse answers.
+   * The same request of the same server within DIRECTORY_CACHE_MS is answered from memory.
    */
-  async publicRooms(server: string, query: Omit<PublicRoomsQuery, "server">): Promise<Record<string, unknown>> {
-    let request: FederationRequest;
-    if (query.searchTerm !== undefined || query.roomTypes !== undefined) {
-      const body: Record<string, unknown> = {};
-      if (query.limit !== undefined) body.limit = query.limit;
-      if (query.since !== undefined) body.since = query.since;
-      const filter: Record<string, unknown> = {};
-      if (query.searchTerm !== undefined) filter.generic_search_term = query.searchTerm;
-      if (query.roomTypes !== undefined) filter.room_types = query.roomTypes;
-      body.filter = filter;
-      if (query.includeAllNetworks === true) body.include_all_networks = true;
-      else if (query.thirdPartyInstanceId !== undefined) body.third_party_instance_id = query.thirdPartyInstanceId;
-      request = { method: "POST", path: "/_matrix/federation/v1/publicRooms", body };
-    } else {
-      const params = new URLSearchParams();
-      if (query.limit !== undefined) params.set("limit", String(query.limit));
-      if (query.since !== undefined) params.set("since", query.since);
-      if (query.includeAllNetworks === true) params.set("include_all_networks", "true");
-      else if (query.thirdPartyInstanceId !== undefined) params.set("third_party_instance_id", query.thirdPartyInstanceId);
-      const search = params.toString();
-      request = { method: "GET", path: `/_matrix/federation/v1/publicRooms${search ? `?${search}` : ""}` };
+  publicRooms(server: string, query: Omit<PublicRoomsQuery, "server">): Promise<Record<string, unknown>> {
+    const request = publicRoomsRequest(query);
+    const key = JSON.stringify([server, request.method, request.path, request.body ?? null]);
+    const cached = this.directories.get(key);
+    if (cached && cached.until > this.now()) return cached.answer;
+    this.directories.delete(key);
+    if (this.directories.size >= DIRECTORY_CACHE_LIMIT) {
+      const oldest = this.directories.keys().next().value;
+      if (oldest !== undefined) this.directories.delete(oldest);
     }
+    const answer = this.fetchPublicRooms(server, request);
+    const entry = { answer, until: this.now() + DIRECTORY_CACHE_MS };
+    this.directories.set(key, entry);
+    answer.catch(() => {
+      if (this.directories.get(key) === entry) this.directories.delete(key);
+    });
+    return answer;
+  }
+
+  private async fetchPublicRooms(server: string, request: FederationRequest): Promise<Record<string, unknown>> {
     const res = await this.ask(server, request, "room directory", []);
     const parsed = publicRoomsAnswer.safeParse(res.body);
     if (!parsed.success) throw new MatrixError(502, "M_UNKNOWN", "Failed to fetch room directory: the server's answer is malformed");
@@ -185,4 +192,27 @@ export class RemoteQueries {
     }
     throw new MatrixError(502, "M_UNKNOWN", `Failed to fetch ${what}: ${server} answered ${res.status}`);
   }
+}
+
+/** `GET /publicRooms`, or `POST` with the filter when the query filters. */
+function publicRoomsRequest(query: Omit<PublicRoomsQuery, "server">): FederationRequest {
+  if (query.searchTerm !== undefined || query.roomTypes !== undefined) {
+    const body: Record<string, unknown> = {};
+    if (query.limit !== undefined) body.limit = query.limit;
+    if (query.since !== undefined) body.since = query.since;
+    const filter: Record<string, unknown> = {};
+    if (query.searchTerm !== undefined) filter.generic_search_term = query.searchTerm;
+    if (query.roomTypes !== undefined) filter.room_types = query.roomTypes;
+    body.filter = filter;
+    if (query.includeAllNetworks === true) body.include_all_networks = true;
+    else if (query.thirdPartyInstanceId !== undefined) body.third_party_instance_id = query.thirdPartyInstanceId;
+    return { method: "POST", path: "/_matrix/federation/v1/publicRooms", body };
+  }
+  const params = new URLSearchParams();
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  if (query.since !== undefined) params.set("since", query.since);
+  if (query.includeAllNetworks === true) params.set("include_all_networks", "true");
+  else if (query.thirdPartyInstanceId !== undefined) params.set("third_party_instance_id", query.thirdPartyInstanceId);
+  const search = params.toString();
+  return { method: "GET", path: `/_matrix/federation/v1/publicRooms${search ? `?${search}` : ""}` };
 }
