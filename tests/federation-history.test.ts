@@ -157,6 +157,17 @@ describe("the walks, for a server in the room", () => {
     expect(res.auth_chain.map((p) => p.type).sort()).toEqual(["m.room.create", "m.room.member", "m.room.power_levels"]);
   });
 
+  it("answers auth chains of rooms before v12, whose events name the create event themselves", async () => {
+    const { roomId, messages, version } = await roomWithMessages(1, { room_version: "10" });
+    expect(version).toBe("10");
+    const res = await reads().eventAuth(OWN, roomId, messages[0]!);
+    expect(res.auth_chain.map((p) => p.type).sort()).toEqual(["m.room.create", "m.room.member", "m.room.power_levels"]);
+    const ids = await reads().stateIds(OWN, roomId, messages[0]!);
+    const chain = new Set(ids.auth_chain_ids);
+    const state = await reads().state(OWN, roomId, messages[0]!);
+    for (const pdu of state.pdus) for (const a of pdu.auth_events as string[]) expect(chain.has(a)).toBe(true);
+  });
+
   it("answers 404 for an unknown room, an unknown event and an event of another room", async () => {
     const { roomId } = await roomWithMessages(0);
     const other = await roomWithMessages(1);

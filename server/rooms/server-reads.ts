@@ -21,6 +21,7 @@
 // without their state) only in auth chains and by ID.
 import { type SQL, sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
+import { createEventIdOfRoom } from "../../federation/protocol/event-hashes.ts";
 import { redactEvent } from "../../federation/protocol/redaction.ts";
 import { roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import { forbidden, invalidParam, notFound } from "../http/errors.ts";
@@ -64,6 +65,10 @@ export interface MissingEventsRequest {
   minDepth?: number;
 }
 
+/** What a read selects of each event: its ID alone (`/state_ids`), or the whole stored event. */
+type Select = "ids" | "events";
+type Selected<S extends Select> = S extends "ids" ? string : StoredEvent;
+
 /** One node of the event graph, as the walks need it. */
 interface GraphNode {
   eventId: string;
@@ -100,13 +105,13 @@ export class ServerReads {
 
   /** `GET /state_ids/{roomId}?event_id=`: the state before the event and its auth chain, as IDs. */
   async stateIds(asking: AskingServer | string, roomId: string, eventId: string): Promise<{ pdu_ids: string[]; auth_chain_ids: string[] }> {
-    const { state, authChain } = await this.stateAt(asking, roomId, eventId);
-    return { pdu_ids: state.map((e) => e.eventId), auth_chain_ids: authChain.map((e) => e.eventId) };
+    const { state, authChain } = await this.stateAt(asking, roomId, eventId, "ids");
+    return { pdu_ids: state, auth_chain_ids: authChain };
   }
 
   /** `GET /state/{roomId}?event_id=`: the state before the event and its auth chain. */
   async state(asking: AskingServer | string, roomId: string, eventId: string): Promise<{ pdus: JsonObject[]; auth_chain: JsonObject[] }> {
-    const { state, authChain } = await this.stateAt(asking, roomId, eventId);
+    const { state, authChain } = await this.stateAt(asking, roomId, eventId, "events");
     return { pdus: state.map(asServed), auth_chain: authChain.map(asServed) };
   }
 
@@ -114,7 +119,8 @@ export class ServerReads {
   async eventAuth(asking: AskingServer | string, roomId: string, eventId: string): Promise<{ auth_chain: JsonObject[] }> {
     const standing = await this.admit(asking, roomId, "member");
     const event = await this.roomEvent(roomId, eventId);
-    const chain = await this.authChain(standing, [event], sql`select auth_event_id from event_auth where event_id = ${event.eventId}`);
+    const start = sql`select auth_event_id from event_auth where event_id = ${event.eventId}`;
+    const chain = await this.authChain(standing, event.eventId !== createEventIdOfRoom(roomId), start, undefined, "events");
     return { auth_chain: chain.map(asServed) };
   }
 
@@ -122,7 +128,12 @@ export class ServerReads {
    * "The fully resolved state for the room, prior to considering any state changes induced by the
    * requested event" (events.yaml), and the auth chain of those state events.
    */
-  private async stateAt(asking: AskingServer | string, roomId: string, eventId: string): Promise<{ state: StoredEvent[]; authChain: StoredEvent[] }> {
+  private async stateAt<S extends Select>(
+    asking: AskingServer | string,
+    roomId: string,
+    eventId: string,
+    select: S,
+  ): Promise<{ state: Selected<S>[]; authChain: Selected<S>[] }> {
     const standing = await this.admit(asking, roomId, "member");
     const event = await this.roomEvent(roomId, eventId);
     // An outlier is held without the state at it: "the server doesn't know about the state at that
@@ -134,15 +145,12 @@ export class ServerReads {
         from chain c join state_group_entries e on e.group_id = c.id
         order by e.type, e.state_key, c.n
       )`;
-    const state = await this.store.query(sql`${stateIds}
-      select ${EVENT_COLUMNS} from state_ids s join events e on e.event_id = s.event_id join rooms r on r.room_id = e.room_id
+    const state = await this.select(select, (columns) => sql`${stateIds}
+      select ${columns} from state_ids s join events e on e.event_id = s.event_id join rooms r on r.room_id = e.room_id
       order by e.depth, e.event_id`);
-    const authChain = await this.authChain(
-      standing,
-      state,
-      sql`select a.auth_event_id from event_auth a join state_ids s on a.event_id = s.event_id`,
-      stateIds,
-    );
+    // Before anything but the create event, the state holds more than the create event.
+    const start = sql`select a.auth_event_id from event_auth a join state_ids s on a.event_id = s.event_id`;
+    const authChain = await this.authChain(standing, state.length > 1, start, stateIds, select);
     return { state, authChain };
   }
 
@@ -150,28 +158,42 @@ export class ServerReads {
    * The auth chain of some events: their auth events, theirs, and so on, without the events
    * themselves unless one authorises another; oldest first. `start` selects the first auth event
    * IDs (after the CTEs in `ctes`, when it reads them). In v12 rooms the create event is in no
-   * auth_events ("the room ID implies it") but is in every chain, as Synapse has it.
+   * auth_events ("the room ID implies it") but in the chain of every other event, as Synapse has it.
    */
-  private async authChain(standing: ServerStanding, events: StoredEvent[], start: SQL, ctes?: SQL): Promise<StoredEvent[]> {
-    if (events.length === 0) return [];
+  private async authChain<S extends Select>(
+    standing: ServerStanding,
+    ofOtherThanCreate: boolean,
+    start: SQL,
+    ctes: SQL | undefined,
+    select: S,
+  ): Promise<Selected<S>[]> {
     const recursive = sql`auth_chain(event_id) as (
         ${start}
         union
         select a.auth_event_id from event_auth a join auth_chain c on a.event_id = c.event_id
       )`;
     const withClause = ctes ? sql`${ctes}, ${recursive}` : sql`with recursive ${recursive}`;
-    const chain = await this.store.query(sql`${withClause}
-      select ${EVENT_COLUMNS} from auth_chain c join events e on e.event_id = c.event_id join rooms r on r.room_id = e.room_id
+    const chain = await this.select(select, (columns) => sql`${withClause}
+      select ${columns} from auth_chain c join events e on e.event_id = c.event_id join rooms r on r.room_id = e.room_id
       where e.room_id = ${standing.roomId} and e.rejected_reason is null
       order by e.depth, e.event_id`);
-    if (roomVersionRules(standing.roomVersion).roomIdIsCreateEventId) {
-      const createId = `$${standing.roomId.slice(1)}`;
-      if (!chain.some((e) => e.eventId === createId) && events.some((e) => e.eventId !== createId)) {
+    if (ofOtherThanCreate && roomVersionRules(standing.roomVersion).roomIdIsCreateEventId) {
+      const createId = createEventIdOfRoom(standing.roomId);
+      const ids = select === "ids" ? (chain as string[]) : (chain as StoredEvent[]).map((e) => e.eventId);
+      if (!ids.includes(createId)) {
         const create = await this.store.getEvent(createId);
-        if (create && create.roomId === standing.roomId && !create.rejected) chain.unshift(create);
+        if (create && create.roomId === standing.roomId && !create.rejected) {
+          chain.unshift((select === "ids" ? create.eventId : create) as Selected<S>);
+        }
       }
     }
     return chain;
+  }
+
+  /** Runs a query over `events e join rooms r` for the event IDs alone or the whole events. */
+  private async select<S extends Select>(select: S, query: (columns: SQL) => SQL): Promise<Selected<S>[]> {
+    if (select === "ids") return rowsOf<{ event_id: string }>(await this.db.execute(query(sql`e.event_id`))).map((r) => r.event_id as Selected<S>);
+    return (await this.store.query(query(EVENT_COLUMNS))) as Selected<S>[];
   }
 
   // ---- History --------------------------------------------------------------------------------------------
