@@ -36,6 +36,8 @@ export const MAX_BACKFILL_LIMIT = 100;
 /** get_missing_events: "Defaults to 10"; Synapse allows at most 20. */
 export const DEFAULT_MISSING_EVENTS_LIMIT = 10;
 export const MAX_MISSING_EVENTS_LIMIT = 20;
+/** Events a walk visits at most (rejected ones are walked through but not served). */
+const MAX_WALK_STEPS = 1_000;
 /** A former member's membership history is walked back at most this far. */
 const MAX_MEMBERSHIP_STEPS = 50;
 
@@ -74,8 +76,13 @@ interface GraphNode {
   eventId: string;
   depth: number;
   stream: number;
-  /** Part of the room's timeline: stored, accepted, not an outlier. */
+  /** Part of the room's graph as this server holds it: stored with its place in it (not an outlier). */
   walkable: boolean;
+  /**
+   * Refused by the auth rules: never served, but walked through, as Synapse does (an accepted event
+   * of another server may name a rejected one among its prev_events).
+   */
+  rejected: boolean;
   /** The prev_events; undefined until loaded. */
   prevs: string[] | undefined;
 }
@@ -211,11 +218,11 @@ export class ServerReads {
     const ids: string[] = [];
     const seen = new Set(starts.map((n) => n.eventId));
     const queue = [...starts];
-    while (queue.length > 0 && ids.length < limit) {
+    for (let visited = 0; queue.length > 0 && ids.length < limit && visited < MAX_WALK_STEPS; visited++) {
       // The deepest next (then the latest stored): a breadth-first walk back in depth order.
       queue.sort((a, b) => b.depth - a.depth || b.stream - a.stream || (a.eventId < b.eventId ? -1 : 1));
       const node = queue.shift()!;
-      ids.push(node.eventId);
+      if (!node.rejected) ids.push(node.eventId);
       if (ids.length >= limit) break;
       const prevs = await graph.prevsOf(node, [...queue, node], limit - ids.length);
       for (const prev of prevs) {
@@ -244,7 +251,7 @@ export class ServerReads {
     // The requester holds the latest events too: one reached from another is not sent back.
     for (const id of request.latestEvents) seen.add(id);
     const found: GraphNode[] = [];
-    while (front.length > 0 && found.length < limit) {
+    for (let visited = 0; front.length > 0 && found.length < limit && visited < MAX_WALK_STEPS; ) {
       const next: GraphNode[] = [];
       for (const node of front) {
         const prevs = await graph.prevsOf(node, front, limit - found.length);
@@ -252,7 +259,8 @@ export class ServerReads {
           if (seen.has(prev.eventId)) continue;
           seen.add(prev.eventId);
           if (!prev.walkable || prev.depth < minDepth) continue;
-          found.push(prev);
+          visited++;
+          if (!prev.rejected) found.push(prev);
           next.push(prev);
           if (found.length >= limit) break;
         }
@@ -435,6 +443,7 @@ class EventGraph {
       depth: string | number;
       stream_ordering: string | number | null;
       walkable: boolean;
+      rejected: boolean;
       prev_event_id: string | null;
     }>(
       await this.db.execute(sql`with recursive walk(event_id, n) as (
@@ -444,14 +453,14 @@ class EventGraph {
           where w.n < ${levels}::int and ee.room_id = ${this.roomId}
         ), nodes as (select event_id, min(n) as n from walk group by event_id)
         select nd.event_id, nd.n, e.depth, e.stream_ordering,
-          (e.stream_ordering is not null and not e.outlier and e.rejected_reason is null) as walkable, ee.prev_event_id
+          (e.stream_ordering is not null and not e.outlier) as walkable, (e.rejected_reason is not null) as rejected, ee.prev_event_id
         from nodes nd join events e on e.event_id = nd.event_id and e.room_id = ${this.roomId}
         left join event_edges ee on ee.event_id = nd.event_id and nd.n < ${levels}::int`),
     );
     for (const r of rows) {
       let node = this.nodes.get(r.event_id);
       if (!node) {
-        node = { eventId: r.event_id, depth: Number(r.depth), stream: Number(r.stream_ordering ?? 0), walkable: r.walkable, prevs: undefined };
+        node = { eventId: r.event_id, depth: Number(r.depth), stream: Number(r.stream_ordering ?? 0), walkable: r.walkable, rejected: r.rejected, prevs: undefined };
         this.nodes.set(r.event_id, node);
       }
       // Below the last level the edges were not read: the node's prev_events stay unknown.
