@@ -24,6 +24,7 @@ import { type Federation, createFederation } from "../federation/transport/feder
 import { wireE2eeFederation } from "../federation/transport/e2ee.ts";
 import { SyncReads } from "./rooms/sync-reads.ts";
 import { connectRoomEdus } from "../federation/transport/room-edus.ts";
+import { connectRoomFederation } from "../federation/transport/room-federation.ts";
 
 export interface Homeserver {
   services: Services;
@@ -113,6 +114,17 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       roomState: roomServices.rooms,
     });
     connectRoomEdus({ serverName: config.server_name, federation, rooms: roomServices.rooms, ...syncServices, logger });
+    connectRoomFederation(federation, {
+      serverName: config.server_name,
+      signingKey,
+      persister: roomServices.persister,
+      rooms: roomServices.rooms,
+      eventStore: roomServices.eventStore,
+      serverReads: roomServices.serverReads,
+      accounts: accountServices.accounts,
+      logger,
+      now,
+    });
     const sharing = new SyncReads(database.db, roomServices.eventStore);
     wireE2eeFederation({
       db: database.db,

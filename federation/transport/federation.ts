@@ -16,6 +16,7 @@ import { InboundTransactions } from "./inbound-transactions.ts";
 import { OwnOldKeys } from "./own-old-keys.ts";
 import { PduChecker } from "./pdu-checks.ts";
 import { RemoteQueries } from "./remote-queries.ts";
+import type { RoomFederation } from "./room-federation.ts";
 import { RoomHistoryClient } from "./room-history.ts";
 import { type RoomStateReader, ServerAcls } from "./server-acl-check.ts";
 
@@ -42,13 +43,15 @@ export interface Federation {
   edus: EduHandlers;
   /** `PUT /send/{txnId}`: idempotent transactions, their PDUs and EDUs. */
   inbound: InboundTransactions;
-  /** Rooms' server ACLs, for requests and EDUs that name a room. */
-  acl: ServerAcls;
   /**
    * Steps 1–3 of the checks on receipt for every PDU another server gives us (transactions, joins,
    * missing events, backfill); large batches are verified on worker threads.
    */
   pduChecker: PduChecker;
+  /** Rooms' server ACLs, for requests and EDUs that name a room. */
+  acl: ServerAcls;
+  /** Rooms across servers (joins, invites, received PDUs, fan-out); set by `connectRoomFederation`. */
+  rooms?: RoomFederation;
   start(): Promise<void>;
   stop(): Promise<void>;
 }

@@ -59,6 +59,7 @@ export class InboundTransactions {
   /** Transactions being processed here, by origin and ID: a duplicate waits for the first. */
   private readonly inFlight = new Map<string, Promise<TransactionResponse>>();
   private pruner: NodeJS.Timeout | undefined;
+  private placePdus: ((origin: string, roomVersion: string, checked: readonly CheckedPdu[]) => Promise<Array<string | undefined>>) | undefined;
 
   constructor(private readonly deps: InboundTransactionsDeps) {}
 
@@ -210,15 +211,18 @@ export class InboundTransactions {
   /**
    * What comes after steps 1–3 for checked PDUs of rooms of `roomVersion`, in the order received:
    * returns, for each PDU of `checked`, the error to answer it with, or undefined when it was
-   * accepted. Refused ones (`ok: false`) are answered with their reason.
-   *
-   * Not done yet (issue 12, rooms across servers): the auth checks against the auth events and the
-   * state before, soft-fail, fetching missing prev_events, and the rooms' persist path for remote
-   * events (`writeEvents` takes checked events). A PDU that passes the checks is answered with an
-   * error saying so.
+   * accepted. Refused ones (`ok: false`) are answered with their reason. The rooms' side
+   * (room-federation.ts: auth, soft-fail, missing events, the persist path) is plugged in with
+   * `placePdusWith`.
    */
-  private async persistChecked(_origin: string, _roomVersion: string, checked: CheckedPdu[]): Promise<Array<string | undefined>> {
-    return checked.map((c) => (c.ok ? "Events of rooms across servers are not supported yet" : c.reason));
+  private async persistChecked(origin: string, roomVersion: string, checked: CheckedPdu[]): Promise<Array<string | undefined>> {
+    if (this.placePdus) return this.placePdus(origin, roomVersion, checked);
+    return checked.map((c) => (c.ok ? "This server does not take room events over federation" : c.reason));
+  }
+
+  /** Plugs in where checked PDUs go (rooms across servers). */
+  placePdusWith(place: (origin: string, roomVersion: string, checked: readonly CheckedPdu[]) => Promise<Array<string | undefined>>): void {
+    this.placePdus = place;
   }
 }
 

@@ -7,6 +7,7 @@ import { federationEventRoutes } from "./federation/events.ts";
 import { openIdUserInfo } from "./federation/openid.ts";
 import { openIdRoutes } from "./client/openid.ts";
 import { federationSendRoutes } from "./federation/send.ts";
+import { federationMembershipRoutes } from "./federation/membership.ts";
 import { federationUserKeyRoutes } from "./federation/user-keys.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
@@ -52,6 +53,7 @@ export const routes: AnyRoute[] = [
   openIdUserInfo,
   ...openIdRoutes,
   ...federationSendRoutes,
+  ...federationMembershipRoutes,
   ...federationUserKeyRoutes,
   ...federationEventRoutes,
   ...registerRoutes,

@@ -134,6 +134,10 @@ export interface RoomView {
   joinedMembers(): string[];
   /** The servers of the joined members (ours included when one of our users is joined). */
   joinedServers(): string[];
+  /** The current state, forward extremities and the deepest extremity's depth (read only). */
+  currentState(): ReadonlyMap<StateMapKey, string>;
+  forwardExtremities(): readonly string[];
+  maxDepth(): number;
   /** Any event of the room (not only state), as stored; undefined if unknown or in another room. */
   event(eventId: string): Promise<RoomEvent | undefined>;
 }
@@ -191,6 +195,12 @@ export interface RemoteEventInput {
    * join into a room through another server: what we knew of the room before is out of date).
    */
   resetsCurrent?: boolean;
+  /**
+   * A membership of a local user in a room this server is not in (an invite from another server,
+   * our leave after rejecting one): stored as an outlier with a stream position, outside the room's
+   * state, with the user's membership row (so their /sync sees it). Kept with its `unsigned`.
+   */
+  outOfBand?: { userId: string; membership: string };
 }
 
 /** What became of a received event. */
@@ -248,6 +258,8 @@ export interface EventToStore {
   extraStateGroups?: NewStateGroup[];
   /** A received event stored before as an outlier: that row is replaced. */
   replacesOutlier?: boolean;
+  /** Stored as an outlier with a stream position and a local membership (RemoteEventInput.outOfBand). */
+  outOfBand?: { userId: string; membership: string };
   /** What its caller and the listeners get once it is committed (the stream position is set then). */
   persisted?: PersistedEvent;
 }
@@ -269,6 +281,8 @@ interface EventSql {
   largeSnapshots: Array<ReturnType<typeof stateGroupEntryRows>>;
   /** An outlier row of the same event, deleted before the statement. */
   deleteOutlier: string | undefined;
+  /** A local membership row (an out-of-band membership). */
+  membership: string | undefined;
 }
 
 interface Job {
@@ -467,6 +481,44 @@ export class EventPersister {
       if (!this.busy.has(roomId)) this.ready.add(roomId);
       this.pump();
     });
+  }
+
+  /**
+   * An event as this server would build it on the room's current state, unsigned and not stored
+   * (make_join, make_leave, an invite another server must sign first), with whether the auth
+   * rules allow it on that state. Undefined when the room is unknown.
+   */
+  async draft(roomId: string, template: EventTemplate): Promise<{ pdu: JsonObject; allowed: boolean; reason?: string; version: string }> {
+    let out: { pdu: JsonObject; allowed: boolean; reason?: string; version: string } | undefined;
+    await this.enqueue(roomId, async (view) => {
+      const rules = view.rules;
+      const state = view.currentState();
+      const pdu: JsonObject = { room_id: roomId, sender: template.sender, type: template.type };
+      if (template.state_key !== undefined) pdu.state_key = template.state_key;
+      pdu.content = template.content;
+      pdu.origin_server_ts = template.originServerTs ?? this.now();
+      pdu.depth = Math.min(view.maxDepth() + 1, Number.MAX_SAFE_INTEGER);
+      pdu.prev_events = view.forwardExtremities().slice(-MAX_PREV_EVENTS);
+      pdu.auth_events = selectAuthEvents(rules, template, state);
+      const keys = authTypesForEvent(rules, template).map(([type, stateKey]) => stateMapKey(type, stateKey));
+      keys.push(stateMapKey("m.room.create", ""));
+      const authState = new Map<StateMapKey, RoomEvent>();
+      for (const key of keys) {
+        const id = state.get(key);
+        const found = id === undefined ? undefined : await view.event(id);
+        if (found) authState.set(key, found);
+      }
+      const decision = checkAuth(rules, { ...(pdu as unknown as Pdu), event_id: "$draft" }, authState);
+      out = { pdu, allowed: decision.allowed, ...(decision.allowed ? {} : { reason: decision.reason }), version: rules.id };
+      return [];
+    });
+    return out!;
+  }
+
+  /** The servers of a room's joined members, when its current state is cached here. */
+  cachedJoinedServers(roomId: string): string[] | undefined {
+    const snapshot = this.snapshots.get(roomId);
+    return snapshot ? joinedServersOf(snapshot) : undefined;
   }
 
   /**
@@ -937,6 +989,9 @@ export class EventPersister {
       membership: (userId) => snapshot.memberships.get(userId),
       joinedMembers: () => [...snapshot.memberships].filter(([, m]) => m === "join").map(([u]) => u),
       joinedServers: () => joinedServersOf(snapshot),
+      currentState: () => snapshot.state,
+      forwardExtremities: () => snapshot.extremities,
+      maxDepth: () => snapshot.maxDepth,
       event: async (eventId) => {
         const cached = snapshot.events.get(eventId);
         if (cached) return cached;
@@ -1037,6 +1092,27 @@ export class EventPersister {
     const unplaced = (reason: string, missing?: string[]) => ({ outcome: { eventId, status: "unplaced" as const, reason, ...(missing ? { missing } : {}) } });
     const existing = known.get(eventId);
     if (existing && !existing.outlier) return { outcome: { eventId, status: "duplicate" } };
+    if (input.outOfBand) {
+      if (existing) return { outcome: { eventId, status: "duplicate" } };
+      const pdu = input.pdu;
+      if (containsNul([pdu.type, pdu.state_key ?? "", pdu.sender])) return unplaced("the event's type, state key or sender holds NUL");
+      known.set(eventId, { event: { ...pdu, event_id: eventId }, outlier: true, rejected: false, softFailed: false, group: undefined, stored: false });
+      const toStore: EventToStore = {
+        eventId,
+        pdu,
+        json: JSON.stringify(pdu),
+        stateBefore: undefined,
+        stateAfter: undefined,
+        newStateGroup: undefined,
+        replacesState: undefined,
+        rejectedReason: undefined,
+        softFailed: false,
+        txn: undefined,
+        redactsEventId: undefined,
+        outOfBand: input.outOfBand,
+      };
+      return { toStore, outcome: { eventId, status: "accepted" } };
+    }
     const { unsigned: _unsigned, ...pdu } = input.pdu;
     if (pdu.room_id !== snapshot.roomId || pdu.type === "m.room.create") return unplaced("the event is not in this room's timeline");
     if (containsNul([pdu.type, pdu.state_key ?? "", pdu.sender])) return unplaced("the event's type, state key or sender holds NUL");
@@ -1523,6 +1599,7 @@ export class EventPersister {
         for (const x of text.groups) groupRows.push(x);
         for (const x of text.entries) entryRows.push(x);
         if (text.deleteOutlier !== undefined) await tx.execute(sql.raw(text.deleteOutlier));
+        if (text.membership !== undefined) membershipRows.push(text.membership);
         for (const rows of text.largeSnapshots) {
           for (let c = 0; c < rows.length; c += 2_000) {
             await tx.execute(sql`insert into state_group_entries (group_id, type, state_key, event_id) values ${sql.join(
@@ -1571,7 +1648,7 @@ export class EventPersister {
       `pos as (insert into stream_positions (stream, position) values ('events', ${n})
         on conflict (stream) do update set position = stream_positions.position + ${n} returning position, position - ${n - 1} as first)`,
       `ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
-        stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state)
+        stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state, outlier)
         values ${eventRows.join(", ")})`,
     ];
     if (edges.length) head.push(`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${edges.join(", ")} on conflict do nothing)`);
@@ -1625,7 +1702,7 @@ export class EventPersister {
       event:
         `(${id}, ${room}, ${L(e.pdu.type)}, ${L(e.pdu.state_key ?? null)}, ${L(e.pdu.sender)}, ${originServerTs}, ` +
         `${L(e.pdu.depth)}, ${L(e.json)}, ${positionOf(i)}, ${L(e.pdu.depth)}, ${L(e.rejectedReason ?? null)}, ${L(e.softFailed)}, ` +
-        `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)})`,
+        `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)}, ${L(e.outOfBand !== undefined)})`,
       edges: e.pdu.prev_events.map((p) => `(${id}, ${L(p)}, ${room})`),
       auth: e.pdu.auth_events.map((a) => `(${id}, ${L(a)}, ${room})`),
       relations: relationRows(e.eventId, e.pdu.content).map((r) => `(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`),
@@ -1638,6 +1715,7 @@ export class EventPersister {
       entries: [],
       largeSnapshots: [],
       deleteOutlier: e.replacesOutlier ? `delete from events where event_id = ${id} and outlier` : undefined,
+      membership: e.outOfBand && `(${L(e.outOfBand.userId)}, ${room}, ${L(e.outOfBand.membership)}, ${id}, ${positionOf(i)})`,
     };
     for (const group of [...(e.extraStateGroups ?? []), ...(e.newStateGroup ? [e.newStateGroup] : [])]) {
       text.groups.push(`(${group.id}, ${room}, ${L(group.prev ?? null)}::bigint, ${group.chainLength})`);
@@ -1694,7 +1772,7 @@ function persistedEvent(snapshot: RoomSnapshot, e: EventToStore, position: numbe
       pdu: e.pdu as unknown as Record<string, unknown>,
       rejected: e.rejectedReason !== undefined,
       softFailed: e.softFailed,
-      outlier: false,
+      outlier: e.outOfBand !== undefined,
       redactedBy: null,
       stateBeforeGroup: e.stateBefore?.id ?? null,
       stateAfterGroup: e.stateAfter?.id ?? null,

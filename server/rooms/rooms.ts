@@ -35,9 +35,28 @@ export interface Membership {
   forgotten: boolean;
 }
 
+/**
+ * What rooms across servers need from federation, plugged in where the homeserver is put together
+ * (this service never imports federation).
+ */
+export interface RemoteRoomOps {
+  /** Joins a local user to a room this server is not in, through one of `servers`. */
+  join(userId: string, roomId: string, servers: readonly string[], extraContent: JsonObject): Promise<void>;
+  /** Invites a user of another server (their server signs the invite first). */
+  invite(inviter: string, roomId: string, target: string, extraContent: JsonObject): Promise<void>;
+  /** A room alias of another server: the room and servers in it. */
+  resolveAlias(alias: string): Promise<{ room_id: string; servers: string[] }>;
+}
+
 export class Rooms {
   /** Client transactions in flight in this process: a retry waits for the original. */
   private readonly inflightTxns = new Map<string, Promise<string>>();
+  private remote: RemoteRoomOps | undefined;
+
+  /** Plugs in federation: joins through other servers, remote invites and aliases. */
+  federateWith(remote: RemoteRoomOps): void {
+    this.remote = remote;
+  }
 
   constructor(
     private readonly db: Database,
@@ -124,6 +143,19 @@ export class Rooms {
     return [...servers];
   }
 
+  /** The room's forward extremities (the latest events of its graph), from its row. */
+  async forwardExtremities(roomId: string): Promise<string[]> {
+    const t = schema.rooms;
+    const [row] = await this.db.select({ x: t.forwardExtremities }).from(t).where(eq(t.roomId, roomId));
+    return row?.x ?? [];
+  }
+
+  /** Whether one of our users is joined to the room (this server is in it). */
+  async isInRoom(roomId: string): Promise<boolean> {
+    const servers = this.persister.cachedJoinedServers(roomId) ?? (await this.joinedServers(roomId));
+    return servers.includes(this.serverName);
+  }
+
   /** The current state event ID for a key, if any. */
   async currentStateEventId(roomId: string, type: string, stateKey: string): Promise<string | undefined> {
     const t = schema.currentState;
@@ -177,9 +209,11 @@ export class Rooms {
       if (await this.aliases.resolve(alias)) throw new MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken");
     }
     const invitees = new Map<string, Profile | undefined>();
+    const remoteInvitees: string[] = [];
     for (const userId of new Set(request.invite ?? [])) {
       if (userId === creator) continue;
-      invitees.set(userId, await this.inviteeProfile(userId));
+      if (isValidUserId(userId) && serverNameOf(userId) !== this.serverName && this.remote) remoteInvitees.push(userId);
+      else invitees.set(userId, await this.inviteeProfile(userId));
     }
     for (const e of request.initial_state ?? []) this.checkEventFields(e.type, e.state_key ?? "");
 
@@ -197,6 +231,12 @@ export class Rooms {
           }
         },
       });
+      // Users of other servers are invited once the room exists (their servers sign the invites).
+      for (const userId of remoteInvitees) {
+        await this.remote!.invite(creator, roomId, userId, request.is_direct ? { is_direct: true } : {}).catch((err: unknown) =>
+          this.logger.warn({ err, roomId, userId }, "could not invite a user of another server to a new room"),
+        );
+      }
       return roomId;
     } catch (err) {
       // "The initial state implied by the parameters to the request is invalid" (create_room.yaml).
@@ -232,16 +272,45 @@ export class Rooms {
     return roomIdOrAlias;
   }
 
-  async join(requester: Requester, roomIdOrAlias: string, reason?: string): Promise<string> {
-    let roomId: string;
-    try {
-      roomId = await this.resolveRoom(roomIdOrAlias);
-    } catch (err) {
-      // Joining a room on another server needs federation (make_join/send_join).
-      if (err instanceof MatrixError && err.status === 404) throw notFound("No known room with that ID or alias (joins over federation are not supported yet)");
-      throw err;
-    }
+  async join(requester: Requester, roomIdOrAlias: string, reason?: string, via: readonly string[] = []): Promise<string> {
     const userId = requester.userId;
+    let roomId: string;
+    const servers = [...via];
+    if (roomIdOrAlias.startsWith("#")) {
+      const local = await this.aliases.resolve(roomIdOrAlias);
+      if (local) roomId = local.roomId;
+      else if (this.remote && parseAlias(roomIdOrAlias) && serverNameOf(roomIdOrAlias) !== this.serverName) {
+        const found = await this.remote.resolveAlias(roomIdOrAlias);
+        roomId = found.room_id;
+        servers.push(...found.servers, serverNameOf(roomIdOrAlias)!);
+      } else throw notFound("Room alias not found");
+    } else if (roomIdOrAlias.startsWith("!")) {
+      roomId = roomIdOrAlias;
+    } else {
+      throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
+    }
+    if (!(await this.isInRoom(roomId))) {
+      const known = await this.roomVersion(roomId);
+      if (!this.remote) {
+        if (known === undefined) throw notFound("No known room with that ID or alias");
+      } else {
+        // Through the servers named, the inviter's, and the room ID's own server (before v12).
+        const invite = await this.membership(roomId, userId);
+        if (invite?.membership === "invite") {
+          const [row] = rowsOf<{ sender: string }>(await this.db.execute(sql`select sender from events where event_id = ${invite.eventId}`));
+          const inviter = row && serverNameOf(row.sender);
+          if (inviter) servers.push(inviter);
+        }
+        const idServer = serverNameOf(roomId);
+        if (idServer) servers.push(idServer);
+        if (servers.some((s) => s !== this.serverName)) {
+          const profile = await this.accounts.getProfile(userId);
+          await this.remote.join(userId, roomId, servers, memberContent("join", profile, reason !== undefined ? { reason } : {}));
+          return roomId;
+        }
+        if (known === undefined) throw notFound("No known room with that ID or alias");
+      }
+    }
     const profile = await this.accounts.getProfile(userId);
     await this.persister.enqueue(roomId, async (view) => {
       const current = view.membership(userId);
@@ -269,6 +338,10 @@ export class Rooms {
 
   async invite(requester: Requester, roomId: string, target: string, reason?: string): Promise<void> {
     await this.requireRoom(roomId);
+    if (isValidUserId(target) && serverNameOf(target) !== this.serverName && this.remote) {
+      await this.remote.invite(requester.userId, roomId, target, reason !== undefined ? { reason } : {});
+      return;
+    }
     const profile = await this.inviteeProfile(target);
     const extra: JsonObject = reason !== undefined ? { reason } : {};
     await this.persister.enqueue(roomId, () => [

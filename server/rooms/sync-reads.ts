@@ -170,6 +170,22 @@ export class SyncReads {
 
   /** The stripped state an invite shows: a few current state events and the invite itself. */
   async inviteState(roomId: string, inviteEventId: string): Promise<StrippedStateEvent[]> {
+    // An invite from another server into a room this server is not in carries the room's stripped
+    // state itself (`unsigned.invite_room_state`, kept with the out-of-band invite).
+    const [own] = rowsOf<{ json: string }>(await this.db.execute(sql`select json from events where event_id = ${inviteEventId} and outlier`));
+    if (own) {
+      const invite = JSON.parse(own.json) as StrippedStateEvent & { unsigned?: { invite_room_state?: unknown } };
+      const carried = Array.isArray(invite.unsigned?.invite_room_state) ? invite.unsigned.invite_room_state : [];
+      const stripped = carried.flatMap((x): StrippedStateEvent[] => {
+        if (typeof x !== "object" || x === null) return [];
+        const e = x as Record<string, unknown>;
+        if (typeof e.type !== "string" || typeof e.state_key !== "string" || typeof e.sender !== "string") return [];
+        if (e.type === "m.room.member" && e.state_key === invite.state_key) return [];
+        const content = typeof e.content === "object" && e.content !== null ? (e.content as Record<string, unknown>) : {};
+        return [{ type: e.type, state_key: e.state_key, sender: e.sender, content }];
+      });
+      return [...stripped, { type: invite.type, state_key: invite.state_key, sender: invite.sender, content: invite.content ?? {} }];
+    }
     const rows = rowsOf<{ json: string }>(
       await this.db.execute(sql`select e.json from current_state c join events e on e.event_id = c.event_id
         where c.room_id = ${roomId} and c.state_key = '' and c.type in (${sqlList(INVITE_STATE_TYPES)})

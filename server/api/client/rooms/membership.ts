@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { MatrixError } from "../../../http/errors.ts";
 import { route } from "../../../http/route.ts";
+import { isValidServerName } from "../../../../federation/protocol/identifiers.ts";
 
 const reasonBody = z.looseObject({ reason: z.string().optional() });
 const targetBody = z.looseObject({ user_id: z.string(), reason: z.string().optional() });
@@ -13,11 +14,13 @@ export const joinRoomIdOrAlias = route({
   auth: "user",
   allowGuests: true,
   body: z.looseObject({ reason: z.string().optional(), third_party_signed: z.unknown().optional() }),
-  async handler({ requester, params, body }, services) {
+  async handler({ requester, params, body, c }, services) {
     if (body.third_party_signed !== undefined) {
       throw new MatrixError(400, "M_INVALID_PARAM", "Joining with third_party_signed is not supported");
     }
-    return { room_id: await services.rooms.join(requester, params.roomIdOrAlias!, body.reason) };
+    // The servers to join through: `via` (v1.12), and `server_name` before it.
+    const via = [...(c.req.queries("via") ?? []), ...(c.req.queries("server_name") ?? [])].filter(isValidServerName).slice(0, 20);
+    return { room_id: await services.rooms.join(requester, params.roomIdOrAlias!, body.reason, via) };
   },
 });
 

@@ -1,0 +1,584 @@
+// Rooms across servers: joining a room through another server (make_join / send_join), serving
+// joins to others, invites both ways, received PDUs placed in the room's graph (missing events,
+// the state before an event whose prev_events we lack, auth chains), and every event of ours sent
+// to every other server in the room.
+// https://spec.matrix.org/latest/server-server-api/#joining-rooms
+// https://spec.matrix.org/latest/server-server-api/#inviting-to-a-room
+// https://spec.matrix.org/latest/server-server-api/#checks-performed-on-receipt-of-a-pdu
+// https://spec.matrix.org/latest/server-server-api/#retrieving-events
+//
+// Received events enter the rooms' one persist path (EventPersister.enqueueRemote) after the checks
+// that need no state (PduChecker); events that can only be stored without their place in the graph
+// (the state and auth chain of a join, auth events fetched for an event) are outliers, checked
+// against their own auth events first. Outbound events are queued in the same statement that
+// stores them (a write extension of the persister), so an event is never committed without its
+// federation queue rows, and the queue survives restarts.
+
+import { type SQL, sql } from "drizzle-orm";
+import type { Logger } from "pino";
+import { MatrixError, forbidden, notFound } from "../../server/http/errors.ts";
+import type { Accounts } from "../../server/accounts/accounts.ts";
+import { memberContent } from "../../server/rooms/create-room.ts";
+import type { EventStore } from "../../server/rooms/event-store.ts";
+import type { EventPersister, RemoteEventInput, RemoteEventOutcome } from "../../server/rooms/persister.ts";
+import type { Rooms } from "../../server/rooms/rooms.ts";
+import type { ServerReads } from "../../server/rooms/server-reads.ts";
+import { checkAuthAgainstAuthEvents } from "../protocol/auth-rules.ts";
+import { computeEventId, createEventIdOfRoom } from "../protocol/event-hashes.ts";
+import { signEvent } from "../protocol/event-signing.ts";
+import { serverNameOf } from "../protocol/identifiers.ts";
+import type { Pdu, RoomEvent } from "../protocol/pdu.ts";
+import { type StateMapKey, stateMapKey } from "../protocol/room-state.ts";
+import { SUPPORTED_ROOM_VERSIONS, isSupportedRoomVersion, roomVersionRules } from "../protocol/room-versions.ts";
+import type { SigningKey } from "../protocol/signing.ts";
+import type { FederationHttpClient, FederationResponse } from "./http-client.ts";
+import type { CheckedPdu, PduChecker } from "./pdu-checks.ts";
+import type { RoomHistoryClient } from "./room-history.ts";
+import type { Federation } from "./federation.ts";
+import type { FederationSender } from "./sender.ts";
+
+type JsonObject = Record<string, unknown>;
+
+/** Missing events asked for at once when a received event's prev_events are unknown. */
+const MISSING_EVENTS_LIMIT = 10;
+/** Remembered relays and suppressed fan-outs (entries live only from a persist to its commit). */
+const MAX_PENDING_MARKS = 10_000;
+/** The state types an invite shows the invitee (Synapse's default room_prejoin_state). */
+const INVITE_STATE_TYPES = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"];
+
+export interface RoomFederationDeps {
+  serverName: string;
+  signingKey: SigningKey;
+  http: FederationHttpClient;
+  checker: PduChecker;
+  history: RoomHistoryClient;
+  sender: FederationSender;
+  persister: EventPersister;
+  rooms: Rooms;
+  eventStore: EventStore;
+  serverReads: ServerReads;
+  accounts: Pick<Accounts, "getProfile">;
+  /** Throws 403 when the room's server ACL denies the server. */
+  assertServerAllowed?(roomId: string, server: string): Promise<void>;
+  logger: Logger;
+  now(): number;
+}
+
+export class RoomFederation {
+  /** Events received from a server that we pass on to the room's other servers (a join we served). */
+  private readonly relays = new Map<string, string>();
+  /** Our events the room's servers already have (our join, sent through send_join). */
+  private readonly noFanout = new Set<string>();
+  /** The destinations queued for an event, to wake their queues once it is committed. */
+  private readonly queuedFor = new Map<string, string[]>();
+
+  constructor(private readonly d: RoomFederationDeps) {}
+
+  /** Queues every event of ours for the room's other servers, in the statement that stores it. */
+  connect(): void {
+    this.d.persister.extendWrites(async (_tx, view, events) => this.outboxRows(view.joinedServers(), events));
+    this.d.persister.onBatchPersisted((events) => {
+      for (const e of events) {
+        this.relays.delete(e.eventId);
+        this.noFanout.delete(e.eventId);
+        const destinations = this.queuedFor.get(e.eventId);
+        if (!destinations) continue;
+        this.queuedFor.delete(e.eventId);
+        for (const destination of destinations) this.d.sender.wake(destination);
+      }
+    });
+  }
+
+  private outboxRows(joinedServers: readonly string[], events: readonly RoomEvent[]): SQL[] {
+    const { serverName } = this.d;
+    const rows: SQL[] = [];
+    const now = this.d.now();
+    for (const e of events) {
+      const relayedFrom = this.relays.get(e.event_id);
+      if (serverNameOf(e.sender) !== serverName && relayedFrom === undefined) continue;
+      if (this.noFanout.has(e.event_id)) continue;
+      const destinations = new Set(joinedServers);
+      // A kicked or banned user's server hears of it (it is no longer in the room after).
+      if (e.type === "m.room.member" && typeof e.state_key === "string" && e.content.membership !== "invite") {
+        const target = serverNameOf(e.state_key);
+        if (target !== undefined) destinations.add(target);
+      }
+      destinations.delete(serverName);
+      if (relayedFrom !== undefined) destinations.delete(relayedFrom);
+      if (destinations.size === 0) continue;
+      const { event_id: _id, ...pdu } = e;
+      const payload = JSON.stringify(pdu);
+      for (const destination of destinations) rows.push(sql`(${destination}, 'pdu', ${payload}, ${now})`);
+      this.queuedFor.set(e.event_id, [...destinations]);
+    }
+    if (this.queuedFor.size > MAX_PENDING_MARKS) this.queuedFor.clear();
+    if (rows.length === 0) return [];
+    return [sql`insert into federation_outbox (destination, kind, payload, created_ts) values ${sql.join(rows, sql`, `)}`];
+  }
+
+  private mark<T>(set: Map<string, T>, key: string, value: T): void {
+    if (set.size > MAX_PENDING_MARKS) set.clear();
+    set.set(key, value);
+  }
+
+  // ---- Received PDUs ---------------------------------------------------------------------------------
+
+  /**
+   * Places checked PDUs of rooms of `roomVersion` (from a `/send` transaction) in their rooms: the
+   * error to answer each with, or undefined when it was accepted (soft-failed events too: the
+   * sender did nothing wrong by sending them).
+   */
+  async receivePdus(origin: string, roomVersion: string, checked: readonly CheckedPdu[]): Promise<Array<string | undefined>> {
+    const errors: Array<string | undefined> = checked.map((c) => (c.ok ? undefined : c.reason));
+    const byRoom = new Map<string, number[]>();
+    checked.forEach((c, i) => {
+      if (!c.ok) return;
+      const roomId = c.event.room_id;
+      if (typeof roomId !== "string") {
+        errors[i] = "The event has no room_id";
+        return;
+      }
+      let list = byRoom.get(roomId);
+      if (!list) byRoom.set(roomId, (list = []));
+      list.push(i);
+    });
+    await Promise.all(
+      [...byRoom].map(async ([roomId, indexes]) => {
+        try {
+          if (!(await this.weAreIn(roomId))) {
+            for (const i of indexes) errors[i] = `This server is not in the room ${roomId}`;
+            return;
+          }
+          await this.d.assertServerAllowed?.(roomId, origin);
+          const inputs = indexes.map((i) => inputOf(checked[i] as Extract<CheckedPdu, { ok: true }>));
+          const outcomes = await this.place(origin, roomId, roomVersion, inputs, true);
+          outcomes.forEach((o, k) => (errors[indexes[k]!] = outcomeError(o)));
+        } catch (err) {
+          const reason = err instanceof MatrixError ? err.message : "internal error processing this event";
+          if (!(err instanceof MatrixError)) this.d.logger.warn({ err, origin, roomId }, "received PDUs could not be placed");
+          for (const i of indexes) errors[i] ??= reason;
+        }
+      }),
+    );
+    return errors;
+  }
+
+  /**
+   * Persists received events; for those that cannot be placed yet, fetches what is missing from
+   * `origin` (their auth chain; the events between them and what we have, through
+   * get_missing_events when `fetchMissing`; else the state before them) and tries again.
+   */
+  private async place(origin: string, roomId: string, version: string, inputs: RemoteEventInput[], fetchMissing: boolean): Promise<RemoteEventOutcome[]> {
+    const outcomes = await this.d.persister.enqueueRemote(roomId, inputs);
+    const unplaced = outcomes.flatMap((o, i) => (o.status === "unplaced" && o.missing ? [i] : []));
+    if (unplaced.length === 0) return outcomes;
+    for (const i of unplaced) {
+      const input = inputs[i]!;
+      try {
+        if (outcomes[i]!.reason === "unknown auth events") await this.fetchAuthChain(origin, roomId, version, input.eventId);
+        else if (fetchMissing) await this.fetchMissingEvents(origin, roomId, version, input);
+      } catch (err) {
+        this.d.logger.info({ err, origin, eventId: input.eventId }, "could not fetch what a received event needs");
+      }
+    }
+    const again = await this.d.persister.enqueueRemote(roomId, unplaced.map((i) => inputs[i]!));
+    for (const [k, i] of unplaced.entries()) {
+      let outcome = again[k]!;
+      if (outcome.status === "unplaced" && outcome.reason === "unknown prev events") {
+        // The gap could not be closed: the event is placed on the state the sender says it had.
+        try {
+          const stateBefore = await this.fetchStateBefore(origin, roomId, version, inputs[i]!.eventId);
+          [outcome] = (await this.d.persister.enqueueRemote(roomId, [{ ...inputs[i]!, stateBefore }])) as [RemoteEventOutcome];
+        } catch (err) {
+          this.d.logger.info({ err, origin, eventId: inputs[i]!.eventId }, "could not fetch the state before a received event");
+        }
+      }
+      outcomes[i] = outcome;
+    }
+    return outcomes;
+  }
+
+  /** get_missing_events between our forward extremities and the event; the answers placed oldest first. */
+  private async fetchMissingEvents(origin: string, roomId: string, version: string, input: RemoteEventInput): Promise<void> {
+    const earliest = await this.d.rooms.forwardExtremities(roomId);
+    const pdus = await this.d.history.getMissingEvents(origin, roomId, {
+      earliest,
+      latest: [input.eventId],
+      limit: MISSING_EVENTS_LIMIT,
+      minDepth: Math.max(0, Number(input.pdu.depth) - 1000),
+    });
+    const checked = await this.d.checker.check(version, pdus);
+    const events = checked
+      .flatMap((c) => (c.ok && c.event.room_id === roomId && c.eventId !== input.eventId ? [c] : []))
+      .sort((a, b) => Number(a.event.depth) - Number(b.event.depth));
+    if (events.length > 0) await this.place(origin, roomId, version, events.map(inputOf), false);
+  }
+
+  /** The event's auth chain from `origin`, checked and stored as outliers. */
+  private async fetchAuthChain(origin: string, roomId: string, version: string, eventId: string): Promise<void> {
+    const pdus = await this.d.history.eventAuth(origin, roomId, eventId);
+    await this.storeOutliers(roomId, version, pdus);
+  }
+
+  /** The state before an event as `origin` has it (and its auth chain), stored as outliers. */
+  private async fetchStateBefore(origin: string, roomId: string, version: string, eventId: string): Promise<Map<StateMapKey, string>> {
+    const { pdus, authChain } = await this.d.history.state(origin, roomId, eventId);
+    const stored = await this.storeOutliers(roomId, version, [...authChain, ...pdus]);
+    return stateOf(version, pdus, stored);
+  }
+
+  /**
+   * Checks events (format, signatures, hashes; then each against its own auth events, in auth
+   * order) and stores them as outliers; `newRoom` creates the room's row first. Answers the events
+   * that passed the first checks, with whether the auth rules rejected them.
+   */
+  private async storeOutliers(
+    roomId: string,
+    version: string,
+    pdus: readonly unknown[],
+    newRoom?: { version: string; creator: string },
+  ): Promise<Map<string, { event: RoomEvent; rejected: boolean }>> {
+    const rules = roomVersionRules(version);
+    const checked = await this.d.checker.check(version, pdus);
+    const byId = new Map<string, RoomEvent>();
+    const createId = rules.roomIdIsCreateEventId ? createEventIdOfRoom(roomId) : undefined;
+    for (const c of checked) {
+      if (!c.ok) continue;
+      const inRoom = c.event.room_id === roomId || (c.event.type === "m.room.create" && c.eventId === createId && c.event.room_id === undefined);
+      if (inRoom) byId.set(c.eventId, c.event);
+    }
+    const referenced = new Set<string>();
+    for (const e of byId.values()) for (const a of e.auth_events) if (!byId.has(a)) referenced.add(a);
+    if (createId !== undefined && !byId.has(createId)) referenced.add(createId);
+    const stored = await this.d.eventStore.getEvents([...referenced]);
+    const results = new Map<string, { event: RoomEvent; rejected: boolean }>();
+    const lookup = (id: string) => {
+      const found = results.get(id);
+      if (found) return found;
+      const s = stored.get(id);
+      return s && s.roomId === roomId ? { event: { ...(s.pdu as unknown as Pdu), event_id: id }, rejected: s.rejected } : undefined;
+    };
+    // Auth order: an event after its auth events (Kahn's algorithm over the auth edges inside the set).
+    const waiting = new Map<string, number>();
+    const dependents = new Map<string, string[]>();
+    for (const [id, e] of byId) {
+      const inside = [...new Set(e.auth_events)].filter((a) => byId.has(a));
+      waiting.set(id, inside.length);
+      for (const a of inside) {
+        let list = dependents.get(a);
+        if (!list) dependents.set(a, (list = []));
+        list.push(id);
+      }
+    }
+    const queue = [...waiting].filter(([, n]) => n === 0).map(([id]) => id);
+    const rows: Array<{ eventId: string; pdu: Pdu; rejectedReason?: string }> = [];
+    while (queue.length > 0) {
+      const id = queue.shift()!;
+      const event = byId.get(id)!;
+      const decision = checkAuthAgainstAuthEvents(rules, event, lookup);
+      results.set(id, { event, rejected: !decision.allowed });
+      const { event_id: _id, ...pdu } = event;
+      rows.push({ eventId: id, pdu: pdu as Pdu, ...(decision.allowed ? {} : { rejectedReason: decision.reason }) });
+      for (const next of dependents.get(id) ?? []) {
+        const n = waiting.get(next)! - 1;
+        waiting.set(next, n);
+        if (n === 0) queue.push(next);
+      }
+    }
+    // Events in an auth cycle never become ready: they are not stored.
+    await this.d.persister.storeOutliers(roomId, rows, newRoom);
+    return results;
+  }
+
+  private async weAreIn(roomId: string): Promise<boolean> {
+    const servers = this.d.persister.cachedJoinedServers(roomId) ?? (await this.d.rooms.joinedServers(roomId));
+    return servers.includes(this.d.serverName);
+  }
+
+  // ---- Joining rooms through other servers -----------------------------------------------------------
+
+  /**
+   * Joins a local user to a room this server is not in, through the first of `servers` that
+   * helps: make_join, our signature, send_join, the state and auth chain checked and stored, and
+   * the join placed on that state.
+   */
+  async joinRemote(userId: string, roomId: string, servers: readonly string[], extra: JsonObject): Promise<void> {
+    const candidates = [...new Set(servers)].filter((s) => s !== this.d.serverName);
+    if (candidates.length === 0) throw notFound("No server in the room is known to join it through");
+    let lastError: unknown;
+    for (const server of candidates) {
+      try {
+        await this.joinVia(server, userId, roomId, extra);
+        return;
+      } catch (err) {
+        lastError = err;
+        this.d.logger.info({ err, server, roomId }, "joining through a server failed");
+        // The room said no: asking another server of it will not change that.
+        if (err instanceof MatrixError && err.status === 403) throw err;
+      }
+    }
+    if (lastError instanceof MatrixError) throw lastError;
+    throw new MatrixError(502, "M_UNKNOWN", "No server could be reached to join the room");
+  }
+
+  private async joinVia(server: string, userId: string, roomId: string, extra: JsonObject): Promise<void> {
+    const ver = SUPPORTED_ROOM_VERSIONS.map((v) => `ver=${encodeURIComponent(v)}`).join("&");
+    const made = await this.call(server, "GET", `/_matrix/federation/v1/make_join/${enc(roomId)}/${enc(userId)}?${ver}`);
+    const body = asObject(made.body);
+    const version = typeof body.room_version === "string" ? body.room_version : "1";
+    if (!isSupportedRoomVersion(version)) {
+      throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", `The room's version ${version.slice(0, 20)} is not supported here`);
+    }
+    const template = asObject(body.event);
+    if (template.type !== "m.room.member" || template.state_key !== userId || template.sender !== userId || template.room_id !== roomId) {
+      throw new MatrixError(502, "M_UNKNOWN", `${server} answered make_join with an event that is not this user's join`);
+    }
+    const templateContent = asObject(template.content);
+    const profile = await this.d.accounts.getProfile(userId);
+    const content = { ...templateContent, ...memberContent("join", profile, extra) };
+    const pdu: JsonObject = {
+      room_id: roomId,
+      sender: userId,
+      type: "m.room.member",
+      state_key: userId,
+      content,
+      origin_server_ts: this.d.now(),
+      depth: template.depth,
+      prev_events: template.prev_events,
+      auth_events: template.auth_events,
+    };
+    const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
+    const eventId = computeEventId(version, signed);
+    const sent = await this.call(server, "PUT", `/_matrix/federation/v2/send_join/${enc(roomId)}/${enc(eventId)}`, signed);
+    const answer = asObject(sent.body);
+    const state = Array.isArray(answer.state) ? answer.state : [];
+    const authChain = Array.isArray(answer.auth_chain) ? answer.auth_chain : [];
+    // A restricted join comes back with the resident server's signature added.
+    let joinPdu = signed as unknown as Pdu;
+    if (answer.event !== undefined) {
+      const [back] = await this.d.checker.check(version, [answer.event]);
+      if (back?.ok && back.eventId === eventId) {
+        const { event_id: _id, ...p } = back.event;
+        joinPdu = p as Pdu;
+      }
+    }
+    const create = state.find((e): e is JsonObject => typeof e === "object" && e !== null && (e as JsonObject).type === "m.room.create");
+    if (!create || typeof create.sender !== "string") throw new MatrixError(502, "M_UNKNOWN", `${server}'s send_join answer holds no create event`);
+    const stored = await this.storeOutliers(roomId, version, [...authChain, ...state], { version, creator: create.sender });
+    const stateBefore = stateOf(version, state, stored);
+    if (!stateBefore.has(stateMapKey("m.room.create", ""))) {
+      throw new MatrixError(502, "M_UNKNOWN", `${server}'s send_join answer failed the checks (no valid create event)`);
+    }
+    this.noFanout.add(eventId);
+    const [outcome] = await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: joinPdu, stateBefore, resetsCurrent: true }]);
+    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") {
+      throw forbidden(`The join was not allowed by the room's state: ${outcome?.reason ?? "unknown"}`);
+    }
+  }
+
+  // ---- Serving joins ---------------------------------------------------------------------------------
+
+  /** `GET /make_join/{roomId}/{userId}`: a join event for the user, built on our current state. */
+  async makeJoin(origin: string, roomId: string, userId: string, versions: readonly string[]): Promise<JsonObject> {
+    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    if (!versions.includes(version)) {
+      throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", `The room's version is ${version}, which your server does not support`, {
+        room_version: version,
+      });
+    }
+    const draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "join" } });
+    if (!draft.allowed) throw forbidden(`You are not allowed to join this room: ${draft.reason ?? ""}`.trim());
+    return { event: draft.pdu, room_version: version };
+  }
+
+  /** `PUT /v2/send_join/{roomId}/{eventId}`: the join placed, the state before it and its auth chain answered. */
+  async sendJoin(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    const [checked] = await this.d.checker.check(version, [body]);
+    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The join event is not valid: ${checked?.reason ?? "missing"}`);
+    const e = checked.event;
+    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
+    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "join" || e.state_key !== e.sender) {
+      throw new MatrixError(400, "M_BAD_JSON", "Not a join event of this room");
+    }
+    if (serverNameOf(e.sender) !== origin) throw forbidden("The joining user is not on the requesting server");
+    this.mark(this.relays, eventId, origin);
+    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
+    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") {
+      throw forbidden(`The join is not allowed: ${outcome?.reason ?? "unknown"}`);
+    }
+    const { pdus, auth_chain } = await this.d.serverReads.state({ origin }, roomId, eventId);
+    const servers = this.d.persister.cachedJoinedServers(roomId) ?? (await this.d.rooms.joinedServers(roomId));
+    return { origin: this.d.serverName, state: pdus, auth_chain, event: body, members_omitted: false, servers_in_room: servers };
+  }
+
+  // ---- Invites -----------------------------------------------------------------------------------------
+
+  /** A local user invites a user of another server: the invite signed by their server, then placed. */
+  async inviteRemote(inviter: string, roomId: string, target: string, extra: JsonObject): Promise<void> {
+    const server = serverNameOf(target);
+    if (server === undefined) throw new MatrixError(400, "M_INVALID_PARAM", "Invalid user ID");
+    const draft = await this.d.persister.draft(roomId, {
+      type: "m.room.member",
+      state_key: target,
+      sender: inviter,
+      content: { membership: "invite", ...extra },
+    });
+    if (!draft.allowed) throw forbidden(`You may not invite this user: ${draft.reason ?? ""}`.trim());
+    const version = draft.version;
+    const signed = signEvent(version, draft.pdu, this.d.serverName, this.d.signingKey);
+    const eventId = computeEventId(version, signed);
+    const inviteRoomState = await this.strippedState(roomId, inviter);
+    const res = await this.call(server, "PUT", `/_matrix/federation/v2/invite/${enc(roomId)}/${enc(eventId)}`, {
+      event: signed,
+      room_version: version,
+      invite_room_state: inviteRoomState,
+    });
+    const [back] = await this.d.checker.check(version, [asObject(res.body).event]);
+    if (!back?.ok || back.eventId !== eventId || back.redacted) {
+      throw new MatrixError(502, "M_UNKNOWN", `${server} answered the invite with an event that is not ours`);
+    }
+    const { event_id: _id, ...pdu } = back.event;
+    const [outcome] = await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: pdu as Pdu }]);
+    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The invite was refused: ${outcome?.reason ?? ""}`);
+  }
+
+  /** The stripped state an invite carries: a few current state events and the inviter's membership. */
+  private async strippedState(roomId: string, inviter: string): Promise<JsonObject[]> {
+    const ids: string[] = [];
+    for (const type of INVITE_STATE_TYPES) {
+      const id = await this.d.rooms.currentStateEventId(roomId, type, "");
+      if (id !== undefined) ids.push(id);
+    }
+    const member = await this.d.rooms.currentStateEventId(roomId, "m.room.member", inviter);
+    if (member !== undefined) ids.push(member);
+    const events = await this.d.eventStore.getEvents(ids);
+    return ids.flatMap((id) => {
+      const e = events.get(id);
+      return e ? [{ type: e.type, state_key: e.stateKey ?? "", sender: e.sender, content: (e.pdu as JsonObject).content ?? {} }] : [];
+    });
+  }
+
+  /** `PUT /v2/invite/{roomId}/{eventId}`: another server invites one of our users; we sign it. */
+  async receiveInvite(origin: string, roomId: string, eventId: string, body: JsonObject): Promise<JsonObject> {
+    const version = typeof body.room_version === "string" ? body.room_version : "1";
+    if (!isSupportedRoomVersion(version)) {
+      throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This server does not support the room's version", { room_version: version });
+    }
+    const [checked] = await this.d.checker.check(version, [body.event]);
+    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The invite event is not valid: ${checked?.reason ?? "missing"}`);
+    const e = checked.event;
+    if (checked.eventId !== eventId || e.room_id !== roomId) throw new MatrixError(400, "M_BAD_JSON", "The event does not match the request");
+    if (e.type !== "m.room.member" || e.content.membership !== "invite" || typeof e.state_key !== "string") {
+      throw new MatrixError(400, "M_BAD_JSON", "Not an invite event");
+    }
+    if (serverNameOf(e.sender) !== origin) throw forbidden("The inviter is not on the requesting server");
+    if (serverNameOf(e.state_key) !== this.d.serverName) throw forbidden("The invitee is not a user of this server");
+    if (!(await this.d.accounts.getProfile(e.state_key))) throw notFound("Unknown user");
+    const current = await this.d.rooms.membership(roomId, e.state_key);
+    if (current?.membership === "join" || current?.membership === "ban") throw forbidden(`The user's membership is ${current.membership}`);
+    const { event_id: _id, ...pdu } = e;
+    const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
+    if (!(await this.weAreIn(roomId))) {
+      // Out of band: the invitee's /sync shows it with the room's stripped state.
+      const inviteState = Array.isArray(body.invite_room_state) ? body.invite_room_state.slice(0, 50) : [];
+      const stored = { ...signed, unsigned: { invite_room_state: inviteState } } as unknown as Pdu;
+      const create = inviteState.find((x): x is JsonObject => typeof x === "object" && x !== null && (x as JsonObject).type === "m.room.create");
+      await this.d.persister.storeOutliers(roomId, [], { version, creator: typeof create?.sender === "string" ? create.sender : e.sender });
+      await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: stored, outOfBand: { userId: e.state_key, membership: "invite" } }]);
+    }
+    return { event: signed };
+  }
+
+  // ---- Requests --------------------------------------------------------------------------------------
+
+  /** A signed request; a refusal becomes the MatrixError the client should see. */
+  private async call(server: string, method: "GET" | "PUT" | "POST", path: string, body?: unknown): Promise<FederationResponse> {
+    let res: FederationResponse;
+    try {
+      res = await this.d.http.request(server, { method, path, ...(body === undefined ? {} : { body }) });
+    } catch (err) {
+      throw new MatrixError(502, "M_UNKNOWN", `${server} could not be reached: ${err instanceof Error ? err.message.slice(0, 200) : "error"}`);
+    }
+    if (res.status === 200) return res;
+    const answer = typeof res.body === "object" && res.body !== null ? (res.body as JsonObject) : {};
+    const errcode = typeof answer.errcode === "string" ? answer.errcode.slice(0, 100) : "M_UNKNOWN";
+    const error = typeof answer.error === "string" ? answer.error.slice(0, 300) : `${server} answered ${res.status}`;
+    if (res.status === 403) throw new MatrixError(403, errcode === "M_UNKNOWN" ? "M_FORBIDDEN" : errcode, error);
+    if (res.status === 404) throw new MatrixError(404, "M_NOT_FOUND", error);
+    if (res.status === 400 && (errcode === "M_INCOMPATIBLE_ROOM_VERSION" || errcode === "M_UNSUPPORTED_ROOM_VERSION")) {
+      throw new MatrixError(400, errcode, error);
+    }
+    throw new MatrixError(502, "M_UNKNOWN", `${server} answered ${res.status}: ${error}`);
+  }
+}
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}
+
+function asObject(value: unknown): JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as JsonObject) : {};
+}
+
+function inputOf(c: Extract<CheckedPdu, { ok: true }>): RemoteEventInput {
+  const { event_id: _id, ...pdu } = c.event;
+  return { eventId: c.eventId, pdu: pdu as Pdu };
+}
+
+/** The state map of a list of state PDUs, keeping those that passed the checks and were not rejected. */
+function stateOf(version: string, pdus: readonly unknown[], checked: Map<string, { event: RoomEvent; rejected: boolean }>): Map<StateMapKey, string> {
+  const state = new Map<StateMapKey, string>();
+  for (const p of pdus) {
+    if (typeof p !== "object" || p === null || Array.isArray(p)) continue;
+    const { event_id: _id, ...pdu } = p as JsonObject;
+    let eventId: string;
+    try {
+      eventId = computeEventId(version, pdu);
+    } catch {
+      continue;
+    }
+    const found = checked.get(eventId);
+    if (!found || found.rejected || typeof found.event.state_key !== "string") continue;
+    state.set(stateMapKey(found.event.type, found.event.state_key), eventId);
+  }
+  return state;
+}
+
+function outcomeError(o: RemoteEventOutcome): string | undefined {
+  if (o.status === "accepted" || o.status === "duplicate" || o.status === "soft-failed") return undefined;
+  return o.reason ?? o.status;
+}
+
+/**
+ * Puts rooms across servers together (called where the homeserver is assembled): the fan-out of
+ * our events, received PDUs into the rooms, and federation behind the rooms service's joins,
+ * invites and aliases.
+ */
+export function connectRoomFederation(
+  federation: Federation,
+  deps: Omit<RoomFederationDeps, "http" | "checker" | "history" | "sender" | "assertServerAllowed">,
+): RoomFederation {
+  const rooms = new RoomFederation({
+    ...deps,
+    http: federation.http,
+    checker: federation.pduChecker,
+    history: federation.history,
+    sender: federation.sender,
+    assertServerAllowed: (roomId, server) => federation.acl.assertServerAllowed(roomId, server),
+  });
+  rooms.connect();
+  federation.inbound.placePdusWith((origin, version, checked) => rooms.receivePdus(origin, version, checked));
+  deps.rooms.federateWith({
+    join: (userId, roomId, servers, extra) => rooms.joinRemote(userId, roomId, servers, extra),
+    invite: (inviter, roomId, target, extra) => rooms.inviteRemote(inviter, roomId, target, extra),
+    resolveAlias: (alias) => federation.queries.roomAlias(alias),
+  });
+  federation.rooms = rooms;
+  return rooms;
+}
