@@ -23,8 +23,12 @@ export const MAX_BACKFILL_LIMIT = 100;
 export const MAX_MISSING_EVENTS_LIMIT = 20;
 
 const SMALL_TIMEOUT_MS = 20_000;
-/** The state of a large room is tens of megabytes. */
-const LARGE_TIMEOUT_MS = 120_000;
+/**
+ * The state of a large room is tens of megabytes. The HTTP client's own bounds apply as well: 60 s
+ * for a whole request and 32 MB for an answer (http-client.ts), which the state of the largest
+ * rooms exceeds; `/state_ids` and fetching the events one by one is the way round that.
+ */
+const LARGE_TIMEOUT_MS = 60_000;
 
 export type RoomHistoryFailure = "unreachable" | "timeout" | "not-found" | "forbidden" | "refused" | "bad-response";
 
