@@ -106,6 +106,28 @@ describe("a public room joined from other servers", () => {
     }
   });
 
+  it("typing notices and read receipts cross to the other servers' /sync", async () => {
+    const eventId = await alice.send(roomId, { msgtype: "m.text", body: "read me" });
+    expect((await alice.call("PUT", roomPath(roomId, `/typing/${enc(alice.userId)}`), { typing: true, timeout: 20_000 })).status).toBe(200);
+    expect((await bob.call("PUT", roomPath(roomId, `/typing/${enc(bob.userId)}`), { typing: true, timeout: 20_000 })).status).toBe(200);
+    await eventually(async () => expect(hs2.services.typing.typingIn([roomId], 0, hs2.services.typing.position()).get(roomId) ?? []).toContain(alice.userId));
+    await eventually(async () => expect(hs3.services.typing.typingIn([roomId], 0, hs3.services.typing.position()).get(roomId) ?? []).toEqual(expect.arrayContaining([alice.userId, bob.userId])));
+    await eventually(async () => {
+      const s = await sync(hs3.url, carol);
+      const typing = s.rooms.join[roomId].ephemeral.events.find((e: any) => e.type === "m.typing");
+      expect(typing?.content.user_ids).toEqual(expect.arrayContaining([alice.userId, bob.userId]));
+    });
+    await eventually(async () => expect((await bob.messages(roomId, { dir: "b", limit: "1" })).json.chunk[0]?.event_id).toBe(eventId));
+    expect((await bob.call("POST", roomPath(roomId, `/receipt/m.read/${enc(eventId)}`), {})).status).toBe(200);
+    for (const [server, user] of [[hs1, alice], [hs3, carol]] as const) {
+      await eventually(async () => {
+        const s = await sync(server.url, user);
+        const receipt = s.rooms.join[roomId].ephemeral.events.find((e: any) => e.type === "m.receipt");
+        expect(receipt?.content[eventId]?.["m.read"]?.[bob.userId]).toBeDefined();
+      });
+    }
+  });
+
   it("a kick and a ban from the room's creator take effect on every server", async () => {
     expect((await alice.call("POST", roomPath(roomId, "/kick"), { user_id: bob.userId })).status).toBe(200);
     expect((await alice.call("POST", roomPath(roomId, "/ban"), { user_id: carol.userId })).status).toBe(200);

@@ -130,6 +130,9 @@ export class Rooms {
 
   /** The servers of the room's joined members, from its current state (ours included when we are in it). */
   async joinedServers(roomId: string): Promise<string[]> {
+    // The persister keeps it for rooms whose state it has cached (typing and receipts ask often).
+    const cached = this.persister.cachedJoinedServers(roomId);
+    if (cached) return cached;
     const t = schema.currentState;
     const rows = await this.db
       .select({ userId: t.stateKey })
@@ -152,8 +155,7 @@ export class Rooms {
 
   /** Whether one of our users is joined to the room (this server is in it). */
   async isInRoom(roomId: string): Promise<boolean> {
-    const servers = this.persister.cachedJoinedServers(roomId) ?? (await this.joinedServers(roomId));
-    return servers.includes(this.serverName);
+    return (await this.joinedServers(roomId)).includes(this.serverName);
   }
 
   /** The current state event ID for a key, if any. */
