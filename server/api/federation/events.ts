@@ -82,7 +82,8 @@ export const getMissingEvents = route({
   path: "/_matrix/federation/v1/get_missing_events/:roomId",
   auth: "server",
   body: z.looseObject({
-    earliest_events: eventIds,
+    // Required by the spec; Synapse reads a missing one as empty, and so do we.
+    earliest_events: eventIds.default([]),
     latest_events: eventIds,
     limit: z.number().int().optional(),
     min_depth: z.number().int().optional(),
