@@ -182,9 +182,11 @@ describe("PUT /send/{txnId}", () => {
     const results = (res.body as any).pdus;
     expect(Object.keys(results)).toHaveLength(50);
     expect(results[computeEventId("10", forged)].error).toMatch(/signature .* does not verify/);
-    // A content hash mismatch keeps the event in its redacted form (same event ID): checked, so on to the next step.
-    expect(results[computeEventId("10", pdus[9]!)].error).toMatch(/not supported yet/);
-    for (const [i, p] of pdus.entries()) if (i !== 7 && i !== 9) expect(results[computeEventId("10", p)].error).toMatch(/not supported yet/);
+    // The others passed the checks (a content hash mismatch keeps the event, redacted, under the
+    // same event ID): whatever the next step answers, it is not a check's refusal.
+    for (const [i, p] of pdus.entries()) {
+      if (i !== 7) expect(results[computeEventId("10", p)].error ?? "").not.toMatch(/signature|invalid PDU/);
+    }
   });
 
   it("fetches keys only of the servers that must sign a PDU, whatever other signatures it carries", async () => {
