@@ -142,6 +142,28 @@ describe("device_lists in /sync", () => {
     expect(other.device_lists?.changed ?? []).toEqual([]);
   });
 
+  it("tells the signer's devices, and no one else, that the user whose master key they signed changed", async () => {
+    const alice = await newUser("alice");
+    const bob = await newUser("bob");
+    await sharedRoom(alice, bob);
+    const aliceKeys = crossSigningIdentity(alice.userId);
+    const bobKeys = crossSigningIdentity(bob.userId);
+    expect((await post(hs.url, alice, "/keys/device_signing/upload", aliceKeys.body)).status).toBe(200);
+    expect((await post(hs.url, bob, "/keys/device_signing/upload", bobKeys.body)).status).toBe(200);
+    const [a0, b0] = await Promise.all([sync(hs.url, alice), sync(hs.url, bob)]);
+
+    const signed = sign(bobKeys.body.master_key, alice.userId, aliceKeys.userSigning);
+    const res = await post(hs.url, alice, "/keys/signatures/upload", { [bob.userId]: { [bobKeys.master.publicKeyBase64]: signed } });
+    expect(res.json.failures).toEqual({});
+
+    const own = await sync(hs.url, alice, { since: a0.next_batch, timeout: 2_000 });
+    expect(own.device_lists?.changed).toEqual([bob.userId]);
+    const theirs = await sync(hs.url, bob, { since: b0.next_batch, timeout: 300 });
+    expect(theirs.device_lists?.changed ?? []).toEqual([]);
+    const changes = await keyChanges(alice, a0.next_batch, own.next_batch);
+    expect(changes.json.changed).toEqual([bob.userId]);
+  });
+
   it("puts the members of a room one joins in one's `changed`, and the joiner in theirs", async () => {
     const alice = await newUser("alice");
     const bob = await newUser("bob");

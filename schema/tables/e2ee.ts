@@ -92,7 +92,10 @@ export const deviceListsStream = pgTable(
   {
     streamId: bigint("stream_id", { mode: "number" }).primaryKey(),
     userId: text("user_id").notNull(),
-    /** The device concerned, when the change is about one device. */
+    /**
+     * The device concerned, when the change is about one device. In a `self_only` row: the other
+     * user whose master key the user signed, when that is the change (server/e2ee/device-lists.ts).
+     */
     deviceId: text("device_id"),
     selfOnly: boolean("self_only").notNull().default(false),
   },

@@ -226,7 +226,7 @@ export class CrossSigning {
     if (accepted.length) {
       for (const a of accepted) {
         changes.push(
-          a.targetUserId === userId ? { userId, deviceId: a.targetKeyId } : { userId, selfOnly: true },
+          a.targetUserId === userId ? { userId, deviceId: a.targetKeyId } : { userId, selfOnly: true, signedUserId: a.targetUserId },
         );
       }
       const recorded = dedupe(changes);
@@ -390,7 +390,7 @@ function sig(
 function dedupe(changes: DeviceListChange[]): DeviceListChange[] {
   const seen = new Set<string>();
   return changes.filter((c) => {
-    const k = `${c.userId}|${c.deviceId ?? ""}|${c.selfOnly ? 1 : 0}`;
+    const k = `${c.userId}|${c.deviceId ?? ""}|${c.selfOnly ? 1 : 0}|${c.signedUserId ?? ""}`;
     if (seen.has(k)) return false;
     seen.add(k);
     return true;

@@ -8,7 +8,7 @@
 // Its `stream_id` is a position of the `device_lists` stream, which `/sync` (`device_lists.changed`)
 // and `/keys/changes` read. Positions come from server/sync/streams.ts as the last step of the
 // writer's transaction, so they become visible in order (see server/sync/README.md).
-import { and, asc, desc, eq, gt, isNotNull, lt, lte, or } from "drizzle-orm";
+import { and, desc, eq, gt, isNotNull, lt, lte, or } from "drizzle-orm";
 import { type Database, schema } from "../../schema/db.ts";
 import { advanceStream, type Queryable, readStreamPositions } from "../sync/streams.ts";
 
@@ -19,6 +19,13 @@ export interface DeviceListChange {
   deviceId?: string;
   /** Seen only by the user themself (a signature they made of someone else's master key). */
   selfOnly?: boolean;
+  /**
+   * Of a self-only change: the other user whose master key the user signed. The user's devices
+   * are told that user changed (they must fetch that user's keys again to see the signature), as
+   * Synapse does (sytest "Changing user-signing key notifies local users"). Kept in the row's
+   * `device_id`, which a self-only row has no other use for.
+   */
+  signedUserId?: string;
 }
 
 /**
@@ -53,7 +60,7 @@ export class DeviceLists {
       changes.map((c, i) => ({
         streamId: last - changes.length + 1 + i,
         userId: c.userId,
-        deviceId: c.deviceId ?? null,
+        deviceId: c.deviceId ?? (c.selfOnly ? c.signedUserId : undefined) ?? null,
         selfOnly: c.selfOnly ?? false,
       })),
     );
@@ -93,8 +100,8 @@ export class DeviceLists {
 
   /**
    * The users whose devices or keys changed after position `from` and at or before `to`, as
-   * `requester` may see them: the requester themself, and every other user's changes but those seen
-   * only by their maker. Who of them shares a room with the requester (what the spec limits
+   * `requester` may see them: the requester themself, every other user's changes but those seen
+   * only by their maker, and the users whose master keys the requester signed. Who of them shares a room with the requester (what the spec limits
    * `device_lists` and `/keys/changes` to) is the sync component's to decide
    * (server/sync/device-list-changes.ts): the device-list stream knows nothing of rooms.
    */
@@ -102,11 +109,12 @@ export class DeviceLists {
     if (to <= from) return [];
     const t = schema.deviceListsStream;
     const rows = await this.db
-      .selectDistinct({ userId: t.userId })
+      .selectDistinct({ userId: t.userId, deviceId: t.deviceId, selfOnly: t.selfOnly })
       .from(t)
-      .where(and(gt(t.streamId, from), lte(t.streamId, to), or(eq(t.userId, requester), eq(t.selfOnly, false))))
-      .orderBy(asc(t.userId));
-    return rows.map((r) => r.userId);
+      .where(and(gt(t.streamId, from), lte(t.streamId, to), or(eq(t.userId, requester), eq(t.selfOnly, false))));
+    // A self-only row naming another user (a signature the requester made of their key) is a change of that user.
+    const users = new Set(rows.map((r) => (r.selfOnly && r.deviceId !== null ? r.deviceId : r.userId)));
+    return [...users].sort();
   }
 }
 
