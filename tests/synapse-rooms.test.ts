@@ -1,0 +1,322 @@
+// Rooms between Parley and the reference Synapse 1.67 on loopback, in room version 10 (the newest
+// Synapse 1.67 knows): a Parley user joins a Synapse room (by ID through Synapse, and by alias), a
+// Synapse user joins a Parley room, invites both ways, and messages, state, typing notifications,
+// read receipts and leaves crossing both ways, each checked in the other side's /sync and /messages.
+// Skipped (with the reason printed) when Synapse is not set up here: see tests/synapse-harness.ts.
+//
+// PARLEY_SYNAPSE_ROOMS_LOG=<file> writes Parley's debug log there (Synapse's is /tmp/synapse/hs1/homeserver.log).
+// https://spec.matrix.org/latest/server-server-api/#joining-rooms
+// https://spec.matrix.org/latest/server-server-api/#inviting-to-a-room
+// https://spec.matrix.org/latest/server-server-api/#typing-notifications
+// https://spec.matrix.org/latest/server-server-api/#receipts
+import pino from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerUser } from "./accounts-helpers.ts";
+import { type RoomUser, asRoomUser, roomPath } from "./rooms-helpers.ts";
+import {
+  type ParleyForSynapse,
+  type RunningSynapse,
+  type SynapseInstance,
+  registerSynapseUser,
+  startParleyForSynapse,
+  startSynapse,
+  synapseInteropMissing,
+  synapseSetup,
+} from "./synapse-harness.ts";
+
+const setup = synapseSetup();
+const missing = await synapseInteropMissing(setup);
+if (missing) console.warn(`synapse-rooms tests skipped: ${missing}`);
+
+const enc = encodeURIComponent;
+
+/** Waits until `check` passes (events and EDUs cross servers asynchronously). */
+async function eventually<T>(check: () => Promise<T>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
+/** The bodies of the room's messages as the user reads them with /messages, oldest first. */
+async function bodies(user: RoomUser, roomId: string): Promise<string[]> {
+  const res = await user.messages(roomId, { dir: "b", limit: "100" });
+  expect(res.status, JSON.stringify(res.json)).toBe(200);
+  return res.json.chunk
+    .filter((e: any) => e.type === "m.room.message")
+    .map((e: any) => e.content.body)
+    .reverse();
+}
+
+async function members(user: RoomUser, roomId: string): Promise<Record<string, string>> {
+  const res = await user.call("GET", roomPath(roomId, "/members"));
+  expect(res.status, JSON.stringify(res.json)).toBe(200);
+  return Object.fromEntries(res.json.chunk.map((e: any) => [e.state_key, e.content.membership]));
+}
+
+/** A user of either server who keeps a /sync position, so each sync shows what is new since the last one. */
+interface Syncing extends RoomUser {
+  since?: string;
+}
+
+/** One /sync (short timeout) from where the user's last one ended. */
+async function syncOnce(user: Syncing): Promise<any> {
+  const q = new URLSearchParams({ timeout: "500" });
+  if (user.since) q.set("since", user.since);
+  const res = await user.call("GET", `/_matrix/client/v3/sync?${q}`);
+  expect(res.status, JSON.stringify(res.json)).toBe(200);
+  user.since = res.json.next_batch;
+  return res.json;
+}
+
+/** Syncs until `found` picks something out of a sync answer (or the time is up). */
+async function syncUntil<T>(user: Syncing, what: string, found: (s: any) => T | undefined, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = found(await syncOnce(user));
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`${user.userId} never saw in /sync: ${what}`);
+  }
+}
+
+const timelineOf = (s: any, roomId: string): any[] => s.rooms?.join?.[roomId]?.timeline?.events ?? [];
+const ephemeralOf = (s: any, roomId: string): any[] => s.rooms?.join?.[roomId]?.ephemeral?.events ?? [];
+
+const typingIn = (roomId: string, userId: string) => (s: any) =>
+  ephemeralOf(s, roomId).find((e) => e.type === "m.typing" && e.content.user_ids.includes(userId));
+const receiptIn = (roomId: string, eventId: string, userId: string) => (s: any) =>
+  ephemeralOf(s, roomId).find((e) => e.type === "m.receipt" && e.content[eventId]?.["m.read"]?.[userId] !== undefined);
+const messageIn = (roomId: string, body: string) => (s: any) => timelineOf(s, roomId).find((e) => e.type === "m.room.message" && e.content.body === body);
+
+describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", () => {
+  let synapse: RunningSynapse;
+  let hs1: SynapseInstance;
+  let parley: ParleyForSynapse;
+  let sam: Syncing; // on Synapse
+  let sue: Syncing; // on Synapse
+  let pat: Syncing; // on Parley
+  let paul: Syncing; // on Parley
+
+  beforeAll(async () => {
+    if (!setup.ready) return;
+    synapse = await startSynapse(setup, [setup.instances[0]!.name]);
+    hs1 = synapse.instances[0]!;
+    const logFile = process.env.PARLEY_SYNAPSE_ROOMS_LOG;
+    parley = await startParleyForSynapse(synapse.instances, logFile ? { logger: pino({ level: "debug" }, pino.destination({ dest: logFile, sync: true })) } : {});
+    sam = asRoomUser(hs1.clientUrl, await registerSynapseUser(hs1, "sam"));
+    sue = asRoomUser(hs1.clientUrl, await registerSynapseUser(hs1, "sue"));
+    pat = asRoomUser(parley.url, await registerUser(parley.url, "pat"));
+    paul = asRoomUser(parley.url, await registerUser(parley.url, "paul"));
+    for (const user of [sam, sue, pat, paul]) await syncOnce(user);
+  }, 240_000);
+
+  afterAll(async () => {
+    await parley?.destroy();
+    await synapse?.release();
+  });
+
+  describe("a public room on Synapse joined from Parley", () => {
+    let roomId: string;
+    let alias: string;
+
+    beforeAll(async () => {
+      if (!setup.ready) return;
+      const localpart = `synapse-room-${Date.now().toString(36)}`;
+      roomId = await sam.createRoom({ preset: "public_chat", name: "On Synapse", room_alias_name: localpart, room_version: "10" });
+      alias = `#${localpart}:${hs1.serverName}`;
+      await sam.send(roomId, { msgtype: "m.text", body: "before Parley joined" });
+    });
+
+    it("a Parley user joins by room ID through Synapse and sees the room's state and history", async () => {
+      const res = await pat.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=${enc(hs1.serverName)}`, {});
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.room_id).toBe(roomId);
+      expect((await pat.state(roomId, "m.room.name")).json).toEqual({ name: "On Synapse" });
+      expect((await pat.state(roomId, "m.room.create")).json).toMatchObject({ room_version: "10" });
+      expect(await members(pat, roomId)).toMatchObject({ [sam.userId]: "join", [pat.userId]: "join" });
+      await eventually(async () => expect(await members(sam, roomId)).toMatchObject({ [sam.userId]: "join", [pat.userId]: "join" }));
+      const joined = await syncUntil(pat, "the joined room", (s) => s.rooms?.join?.[roomId]);
+      expect(joined.state.events.concat(joined.timeline.events).some((e: any) => e.type === "m.room.member" && e.state_key === pat.userId)).toBe(true);
+    });
+
+    it("a second Parley user joins by alias, resolved through Synapse", async () => {
+      const res = await paul.join(alias);
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.room_id).toBe(roomId);
+      await eventually(async () => expect((await members(sam, roomId))[paul.userId]).toBe("join"));
+    });
+
+    it("messages cross both ways, in /sync and /messages", async () => {
+      await pat.send(roomId, { msgtype: "m.text", body: "from Parley" });
+      await syncUntil(sam, "Parley's message", messageIn(roomId, "from Parley"));
+      await sam.send(roomId, { msgtype: "m.text", body: "from Synapse" });
+      await syncUntil(pat, "Synapse's message", messageIn(roomId, "from Synapse"));
+      await eventually(async () => expect(await bodies(sam, roomId)).toEqual(["before Parley joined", "from Parley", "from Synapse"]));
+      await eventually(async () => expect(await bodies(pat, roomId)).toEqual(expect.arrayContaining(["from Parley", "from Synapse"])));
+    });
+
+    it("a topic set on either side reaches the other", async () => {
+      expect((await sam.setState(roomId, "m.room.topic", { topic: "set on Synapse" })).status).toBe(200);
+      await eventually(async () => expect((await pat.state(roomId, "m.room.topic")).json).toEqual({ topic: "set on Synapse" }));
+      // The room's creator is the only one with power over the topic by default: give it to pat.
+      const power = (await sam.state(roomId, "m.room.power_levels")).json;
+      const raised = await sam.setState(roomId, "m.room.power_levels", { ...power, users: { ...power.users, [pat.userId]: 50 } });
+      expect(raised.status, JSON.stringify(raised.json)).toBe(200);
+      await eventually(async () => expect((await pat.state(roomId, "m.room.power_levels")).json.users?.[pat.userId]).toBe(50));
+      const set = await pat.setState(roomId, "m.room.topic", { topic: "set on Parley" });
+      expect(set.status, JSON.stringify(set.json)).toBe(200);
+      await eventually(async () => expect((await sam.state(roomId, "m.room.topic")).json).toEqual({ topic: "set on Parley" }));
+    });
+
+    it("typing notifications cross both ways", async () => {
+      expect((await pat.call("PUT", roomPath(roomId, `/typing/${enc(pat.userId)}`), { typing: true, timeout: 30_000 })).status).toBe(200);
+      await syncUntil(sam, "pat typing", typingIn(roomId, pat.userId));
+      expect((await sam.call("PUT", roomPath(roomId, `/typing/${enc(sam.userId)}`), { typing: true, timeout: 30_000 })).status).toBe(200);
+      await syncUntil(pat, "sam typing", typingIn(roomId, sam.userId));
+      // Stopping crosses too.
+      expect((await pat.call("PUT", roomPath(roomId, `/typing/${enc(pat.userId)}`), { typing: false })).status).toBe(200);
+      await syncUntil(sam, "pat no longer typing", (s) =>
+        ephemeralOf(s, roomId).find((e) => e.type === "m.typing" && !e.content.user_ids.includes(pat.userId)),
+      );
+    });
+
+    it("read receipts cross both ways", async () => {
+      const fromSam = await sam.send(roomId, { msgtype: "m.text", body: "read this, Parley" });
+      await syncUntil(pat, "sam's message to read", messageIn(roomId, "read this, Parley"));
+      expect((await pat.call("POST", roomPath(roomId, `/receipt/m.read/${enc(fromSam)}`), {})).status).toBe(200);
+      await syncUntil(sam, "pat's receipt", receiptIn(roomId, fromSam, pat.userId));
+
+      const fromPat = await pat.send(roomId, { msgtype: "m.text", body: "read this, Synapse" });
+      await syncUntil(sam, "pat's message to read", messageIn(roomId, "read this, Synapse"));
+      expect((await sam.call("POST", roomPath(roomId, `/receipt/m.read/${enc(fromPat)}`), {})).status).toBe(200);
+      await syncUntil(pat, "sam's receipt", receiptIn(roomId, fromPat, sam.userId));
+    });
+
+    it("a Parley user's leave reaches Synapse", async () => {
+      const res = await paul.call("POST", roomPath(roomId, "/leave"), {});
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      await eventually(async () => expect((await members(sam, roomId))[paul.userId]).toBe("leave"));
+      await syncUntil(paul, "the room left", (s) => s.rooms?.leave?.[roomId]);
+    });
+  });
+
+  describe("a public room on Parley joined from Synapse", () => {
+    let roomId: string;
+    let alias: string;
+
+    beforeAll(async () => {
+      if (!setup.ready) return;
+      const localpart = `parley-room-${Date.now().toString(36)}`;
+      roomId = await pat.createRoom({ preset: "public_chat", name: "On Parley", room_alias_name: localpart, room_version: "10" });
+      alias = `#${localpart}:${parley.serverName}`;
+      await pat.send(roomId, { msgtype: "m.text", body: "before Synapse joined" });
+    });
+
+    it("a Synapse user joins by room ID through Parley and sees the room's state and history", async () => {
+      const res = await sam.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?server_name=${enc(parley.serverName)}`, {});
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.room_id).toBe(roomId);
+      expect((await sam.state(roomId, "m.room.name")).json).toEqual({ name: "On Parley" });
+      await eventually(async () => expect(await members(pat, roomId)).toMatchObject({ [pat.userId]: "join", [sam.userId]: "join" }));
+      expect(await members(sam, roomId)).toMatchObject({ [pat.userId]: "join", [sam.userId]: "join" });
+      await eventually(async () => expect(await bodies(sam, roomId)).toContain("before Synapse joined"));
+    });
+
+    it("a second Synapse user joins by alias, resolved through Parley", async () => {
+      const res = await sue.join(alias);
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.room_id).toBe(roomId);
+      await eventually(async () => expect((await members(pat, roomId))[sue.userId]).toBe("join"));
+    });
+
+    it("messages cross both ways, in /sync and /messages", async () => {
+      await sam.send(roomId, { msgtype: "m.text", body: "Synapse in Parley's room" });
+      await syncUntil(pat, "sam's message", messageIn(roomId, "Synapse in Parley's room"));
+      await pat.send(roomId, { msgtype: "m.text", body: "Parley in its own room" });
+      await syncUntil(sam, "pat's message", messageIn(roomId, "Parley in its own room"));
+      await eventually(async () =>
+        expect(await bodies(pat, roomId)).toEqual(["before Synapse joined", "Synapse in Parley's room", "Parley in its own room"]),
+      );
+      await eventually(async () => expect(await bodies(sam, roomId)).toEqual(expect.arrayContaining(["Synapse in Parley's room", "Parley in its own room"])));
+    });
+
+    it("a topic set on either side reaches the other", async () => {
+      expect((await pat.setState(roomId, "m.room.topic", { topic: "Parley's topic" })).status).toBe(200);
+      await eventually(async () => expect((await sam.state(roomId, "m.room.topic")).json).toEqual({ topic: "Parley's topic" }));
+      const power = (await pat.state(roomId, "m.room.power_levels")).json;
+      expect((await pat.setState(roomId, "m.room.power_levels", { ...power, users: { ...power.users, [sam.userId]: 50 } })).status).toBe(200);
+      await eventually(async () => expect((await sam.state(roomId, "m.room.power_levels")).json.users?.[sam.userId]).toBe(50));
+      const set = await sam.setState(roomId, "m.room.topic", { topic: "Synapse's topic" });
+      expect(set.status, JSON.stringify(set.json)).toBe(200);
+      await eventually(async () => expect((await pat.state(roomId, "m.room.topic")).json).toEqual({ topic: "Synapse's topic" }));
+    });
+
+    it("typing notifications and read receipts cross both ways", async () => {
+      expect((await sam.call("PUT", roomPath(roomId, `/typing/${enc(sam.userId)}`), { typing: true, timeout: 30_000 })).status).toBe(200);
+      await syncUntil(pat, "sam typing", typingIn(roomId, sam.userId));
+      expect((await pat.call("PUT", roomPath(roomId, `/typing/${enc(pat.userId)}`), { typing: true, timeout: 30_000 })).status).toBe(200);
+      await syncUntil(sam, "pat typing", typingIn(roomId, pat.userId));
+
+      const fromPat = await pat.send(roomId, { msgtype: "m.text", body: "receipt please" });
+      await syncUntil(sam, "pat's message to read", messageIn(roomId, "receipt please"));
+      expect((await sam.call("POST", roomPath(roomId, `/receipt/m.read/${enc(fromPat)}`), {})).status).toBe(200);
+      await syncUntil(pat, "sam's receipt", receiptIn(roomId, fromPat, sam.userId));
+      const fromSam = await sam.send(roomId, { msgtype: "m.text", body: "and back" });
+      await syncUntil(pat, "sam's message to read", messageIn(roomId, "and back"));
+      expect((await pat.call("POST", roomPath(roomId, `/receipt/m.read/${enc(fromSam)}`), {})).status).toBe(200);
+      await syncUntil(sam, "pat's receipt", receiptIn(roomId, fromSam, pat.userId));
+    });
+
+    it("a Synapse user's leave reaches Parley", async () => {
+      const res = await sue.call("POST", roomPath(roomId, "/leave"), {});
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      await eventually(async () => expect((await members(pat, roomId))[sue.userId]).toBe("leave"));
+      // The room goes on for those who stayed.
+      await pat.send(roomId, { msgtype: "m.text", body: "after sue left" });
+      await syncUntil(sam, "pat's message after the leave", messageIn(roomId, "after sue left"));
+    });
+  });
+
+  describe("invites across the two servers", () => {
+    it("a Synapse user invites a Parley user, who sees it in /sync and joins", async () => {
+      const roomId = await sam.createRoom({ preset: "private_chat", name: "Synapse private", room_version: "10" });
+      const invited = await sam.call("POST", roomPath(roomId, "/invite"), { user_id: paul.userId });
+      expect(invited.status, JSON.stringify(invited.json)).toBe(200);
+      const invite = await syncUntil(paul, "the invite", (s) => s.rooms?.invite?.[roomId]);
+      const stripped = invite.invite_state.events;
+      expect(stripped.find((e: any) => e.type === "m.room.name")?.content).toEqual({ name: "Synapse private" });
+      expect(stripped.find((e: any) => e.type === "m.room.member" && e.state_key === paul.userId)?.content.membership).toBe("invite");
+
+      const joined = await paul.join(roomId);
+      expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+      await eventually(async () => expect((await members(sam, roomId))[paul.userId]).toBe("join"));
+      await paul.send(roomId, { msgtype: "m.text", body: "thanks for the invite" });
+      await syncUntil(sam, "paul's message", messageIn(roomId, "thanks for the invite"));
+    });
+
+    it("a Parley user invites a Synapse user, who sees it in /sync and joins", async () => {
+      const roomId = await pat.createRoom({ preset: "private_chat", name: "Parley private", room_version: "10" });
+      const invited = await pat.call("POST", roomPath(roomId, "/invite"), { user_id: sue.userId });
+      expect(invited.status, JSON.stringify(invited.json)).toBe(200);
+      const invite = await syncUntil(sue, "the invite", (s) => s.rooms?.invite?.[roomId]);
+      const stripped = invite.invite_state.events;
+      expect(stripped.find((e: any) => e.type === "m.room.name")?.content).toEqual({ name: "Parley private" });
+      expect(stripped.find((e: any) => e.type === "m.room.member" && e.state_key === sue.userId)?.content.membership).toBe("invite");
+
+      const joined = await sue.join(roomId);
+      expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+      await eventually(async () => expect((await members(pat, roomId))[sue.userId]).toBe("join"));
+      await sue.send(roomId, { msgtype: "m.text", body: "glad to be here" });
+      await syncUntil(pat, "sue's message", messageIn(roomId, "glad to be here"));
+      // And a leave from Parley's side reaches Synapse.
+      const left = await pat.call("POST", roomPath(roomId, "/leave"), {});
+      expect(left.status, JSON.stringify(left.json)).toBe(200);
+      await eventually(async () => expect((await members(sue, roomId))[pat.userId]).toBe("leave"));
+    });
+  });
+});
