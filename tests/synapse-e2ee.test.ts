@@ -21,7 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyJsonSignature } from "../federation/protocol/signing.ts";
 import { schema } from "../schema/db.ts";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
-import { type CrossSigningIdentity, type DeviceIdentity, type Json, crossSigningIdentity, deviceIdentity, oneTimeKeys, sign } from "./e2ee-helpers.ts";
+import { type CrossSigningIdentity, type DeviceIdentity, type Json, crossSigningIdentity, deviceIdentity, fallbackKey, oneTimeKeys, sign } from "./e2ee-helpers.ts";
 import { request } from "./harness.ts";
 import {
   type ParleyForSynapse,
@@ -203,6 +203,26 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
       expect(await claimOne(sam, pat)).toBeUndefined();
       const counts = await call(pat, "POST", "/keys/upload", {});
       expect(counts.json.one_time_key_counts?.signed_curve25519 ?? 0).toBe(0);
+    });
+
+    it("once the one-time keys are gone, each side hands out the other's fallback key, again and again", async () => {
+      // pat's one-time keys are used up (above); sam's are used up here.
+      while (await claimOne(pat, sam));
+      for (const [claimer, owner] of [
+        [sam, pat],
+        [pat, sam],
+      ] as const) {
+        const fallback = fallbackKey(owner, owner.device, `FB${owner === pat ? "PAT" : "SAM"}`);
+        const uploaded = await call(owner, "POST", "/keys/upload", { fallback_keys: fallback });
+        expect(uploaded.status, uploaded.text).toBe(200);
+        const [keyId] = Object.keys(fallback);
+        for (let i = 0; i < 2; i++) {
+          const got = await claimOne(claimer, owner);
+          expect(got?.[0], `${claimer.userId} claims ${owner.userId}'s fallback key`).toBe(keyId);
+          expect(got![1]).toMatchObject({ fallback: true });
+          expect(verifyJsonSignature(got![1], owner.userId, `ed25519:${owner.deviceId}`, owner.device.key.publicKey)).toBe(true);
+        }
+      }
     });
   });
 
