@@ -2,12 +2,12 @@
 import { Writable } from "node:stream";
 import type { Worker } from "node:worker_threads";
 import pino from "pino";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { computeEventId } from "../protocol/event-hashes.ts";
 import { signEvent } from "../protocol/event-signing.ts";
 import { redactEvent } from "../protocol/redaction.ts";
 import { signingKeyFromSeed } from "../protocol/signing.ts";
-import { type CheckedPdu, PduChecker } from "./pdu-checks.ts";
+import { type CheckedPdu, PduChecker, type PduCheckerDeps } from "./pdu-checks.ts";
 
 const VERSION = "10";
 const ROOM = "!room:remote.test";
@@ -65,7 +65,7 @@ function logs() {
 }
 
 const checkers: PduChecker[] = [];
-function checker(workers: number, keys = keyStore(), logger = pino({ level: "silent" })) {
+function checker(workers: number, keys: PduCheckerDeps["keys"] = keyStore(), logger = pino({ level: "silent" })) {
   const c = new PduChecker({ keys, logger, workers });
   checkers.push(c);
   return c;
@@ -178,6 +178,19 @@ describe("checking large batches on worker threads", () => {
     expect(inline.filter((r) => !r.ok)).toHaveLength(56);
   });
 
+  it("sends each chunk to a worker once when the keys it used last are still the keys", async () => {
+    const c = checker(2);
+    const pool = (c as unknown as { pool: { check(...args: unknown[]): Promise<unknown> } }).pool;
+    const requests = vi.spyOn(pool, "check");
+    const batch = mixedBatch(50);
+    const expected = await checker(0).check(VERSION, batch);
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    expect(requests).toHaveBeenCalledTimes(4); // no keys known yet: checked again with the keys looked up
+    requests.mockClear();
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    expect(requests).toHaveBeenCalledTimes(2);
+  });
+
   it("checks the chunks of a worker that died inline, and starts a new worker afterwards", async () => {
     const { lines, logger } = logs();
     const c = checker(2, keyStore(), logger);
@@ -195,8 +208,7 @@ describe("checking large batches on worker threads", () => {
     expect(slots[0]?.worker).not.toBe(first);
   });
 
-  it("checks inline the chunks of a worker that died after checking their format, before verifying them", async () => {
-    const { lines, logger } = logs();
+  it("gives the right results when a worker dies while the keys are looked up", async () => {
     let kill = false;
     const c: PduChecker = checker(
       2,
@@ -207,15 +219,39 @@ describe("checking large batches on worker threads", () => {
         await slots[1]!.worker.terminate();
         await new Promise((resolve) => setImmediate(resolve)); // the pool hears of the exit
       }),
-      logger,
     );
     const batch = mixedBatch(200);
     const expected = await checker(0).check(VERSION, batch);
-    expect(await c.check(VERSION, batch)).toEqual(expected);
     kill = true;
     expect(await c.check(VERSION, batch)).toEqual(expected);
     expect(kill).toBe(false);
-    expect(lines.filter((l) => l.msg === "a PDU check worker failed; checking its PDUs inline")).toHaveLength(1);
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+  });
+
+  it("checks again with the keys looked up when a key is no longer valid for some events", async () => {
+    let validUpTo = Number.MAX_SAFE_INTEGER;
+    const keys = keyStore();
+    const c = checker(2, {
+      verifyKey: (server: string, keyId: string, validAt?: number) => ((validAt ?? 0) <= validUpTo ? keys.verifyKey(server, keyId, validAt) : Promise.resolve(undefined)),
+    });
+    const batch = Array.from({ length: 40 }, (_, i) => message(i));
+    expect((await c.check(VERSION, batch)).every((r) => r.ok)).toBe(true);
+    validUpTo = TS + 5;
+    const results = await c.check(VERSION, batch);
+    expect(results.map((r) => r.ok)).toEqual(batch.map((_, i) => i <= 5));
+    expect(results).toEqual(await checker(0, keyStore(TS + 5)).check(VERSION, batch));
+  });
+
+  it("checks again with the keys looked up when a server's key changed under the same key ID", async () => {
+    const newKey = signingKeyFromSeed(new Uint8Array(32).fill(8), remoteKey.keyId);
+    let current = remoteKey;
+    const c = checker(2, { verifyKey: async (server: string, keyId: string) => (server === "remote.test" && keyId === current.keyId ? current.publicKey : undefined) });
+    const signedWith = (key: typeof remoteKey) => Array.from({ length: 40 }, (_, i) => signEvent(VERSION, { ...message(i), signatures: {} }, "remote.test", key));
+    expect((await c.check(VERSION, signedWith(remoteKey))).every((r) => r.ok)).toBe(true);
+    current = newKey;
+    expect((await c.check(VERSION, signedWith(newKey))).every((r) => r.ok)).toBe(true);
+    const stale = await c.check(VERSION, signedWith(remoteKey));
+    expect(stale.every((r) => !r.ok && r.reason === "signature ed25519:r1 from remote.test does not verify")).toBe(true);
   });
 
   it("checks inline after close", async () => {

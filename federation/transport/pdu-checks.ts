@@ -6,9 +6,15 @@
 // it. Their verify keys are then fetched once per (server, key ID) for the whole batch. Then
 // signatures, event IDs and content hashes. All but the key fetching is pure work: a batch of fewer
 // than INLINE_BELOW PDUs is checked inline; a larger one (a transaction of 50, a join's thousands)
-// is split over a pool of worker threads, which check the formats of their chunks, wait for the
-// keys, then verify, so the event loop keeps answering requests meanwhile. Ed25519 verification is
-// most of that work (ARCHITECTURE.md: about 10,000 verifications/s per core).
+// is split over a pool of worker threads, so the event loop keeps answering requests meanwhile.
+// Ed25519 verification is most of that work (ARCHITECTURE.md: about 10,000 verifications/s per core).
+//
+// One round trip to a worker per chunk: the worker checks the formats and, speculatively, the
+// signatures, with the keys this checker last used for the servers the chunk names (their keys
+// rarely change). The keys the valid PDUs need are then looked up as above, and a chunk's results
+// stand only if every key lookup its PDUs' checks made gives the same answer with the keys just
+// looked up; otherwise the chunk is checked again with those. So what is decided is exactly what
+// checking in order would decide; the speculation only saves a second round trip.
 //
 // The workers run the same TypeScript as this module. From the sources (tsx: `bin/parley.js`,
 // benchmarks, vitest) a worker starts at `pdu-checks-worker.mjs`, which registers tsx's loader
@@ -63,8 +69,8 @@ export type BatchKeys = Map<string, { key: Uint8Array; validUpTo: number }>;
 export type FormatChecked =
   | {
       ok: true;
-      /** The (server, key ID) pairs of the signatures of the servers that must sign it. */
-      signers: Array<[server: string, keyId: string]>;
+      /** The servers that must sign it, each with the ed25519 key IDs of its signatures on the PDU. */
+      signers: Array<[server: string, keyIds: string[]]>;
       originServerTs: number;
     }
   | { ok: false; eventId: string | undefined; reason: string };
@@ -90,13 +96,11 @@ export function checkFormats(roomVersion: string, values: readonly unknown[]): {
     }
     const pdu = format.value;
     valid.push(pdu);
-    const signers: Array<[string, string]> = [];
+    const signers: Array<[string, string[]]> = [];
     for (const server of serversThatMustSign(roomVersion, pdu)) {
       const byKey = Object.hasOwn(pdu.signatures, server) ? pdu.signatures[server] : undefined;
       if (typeof byKey !== "object" || byKey === null) continue;
-      for (const keyId of Object.keys(byKey).slice(0, KEY_IDS_PER_SERVER)) {
-        if (keyId.startsWith("ed25519:")) signers.push([server, keyId]);
-      }
+      signers.push([server, Object.keys(byKey).filter((keyId) => keyId.startsWith("ed25519:"))]);
     }
     return { ok: true, signers, originServerTs: pdu.origin_server_ts };
   });
@@ -116,15 +120,18 @@ export function verifyValidatedPdus(roomVersion: string, pdus: readonly Pdu[], k
   });
 }
 
-/** A chunk of a batch whose formats are known, wherever it was validated. */
-interface FormatCheckedChunk {
+/** A chunk of a batch, checked: the formats in input order, the verifications of its valid PDUs in order. */
+interface CheckedChunk {
   formats: FormatChecked[];
-  /** Steps 2–3 for its valid PDUs, in order. */
-  verify(keys: BatchKeys): Promise<VerifiedPdu[]>;
+  verified: VerifiedPdu[];
 }
+
+/** The keys a checker used last, by "server keyId", for its next guesses. */
+const KEYS_REMEMBERED = 1000;
 
 export class PduChecker {
   private readonly pool: WorkerPool | undefined;
+  private readonly keysUsed = new Map<string, Uint8Array>();
 
   constructor(private readonly deps: PduCheckerDeps) {
     const size = deps.workers ?? Math.min(2, os.availableParallelism());
@@ -134,53 +141,60 @@ export class PduChecker {
   /**
    * Steps 1–3 of "checks performed on receipt of a PDU" for each PDU of a room of `roomVersion`
    * (a supported one), results in input order. Never throws for a bad PDU: it is refused with a reason.
-   *
-   * A large batch goes to the workers in chunks, in two steps, so that format is still checked
-   * before any key is fetched: each worker checks its chunks' formats and keeps the valid PDUs;
-   * the keys the whole batch needs are fetched here; then each worker verifies its chunks.
    */
   async check(roomVersion: string, pdus: readonly unknown[]): Promise<CheckedPdu[]> {
     const pool = this.pool && !this.pool.closed && pdus.length >= INLINE_BELOW ? this.pool : undefined;
-    const chunkSize = pool ? Math.min(MAX_CHUNK, Math.ceil(pdus.length / pool.size)) : Math.max(1, pdus.length);
+    if (!pool) {
+      const { formats, valid } = checkFormats(roomVersion, pdus);
+      const keys = await this.fetchKeys(formats);
+      return assemble(roomVersion, [pdus], [{ formats, verified: verifyValidatedPdus(roomVersion, valid, keys) }]);
+    }
+    const chunkSize = Math.min(MAX_CHUNK, Math.ceil(pdus.length / pool.size));
     const slices: Array<readonly unknown[]> = [];
     for (let i = 0; i < pdus.length; i += chunkSize) slices.push(pdus.slice(i, i + chunkSize));
+    const guesses = slices.map((slice) => this.guessKeys(slice));
+    const speculative = await Promise.all(slices.map((slice, c) => this.onWorker(pool, roomVersion, slice, guesses[c]!)));
+    const keys = await this.fetchKeys(speculative.flatMap((chunk) => chunk.formats));
     const chunks = await Promise.all(
-      slices.map((slice) => (pool ? pool.checkFormats(roomVersion, slice).catch((err: unknown) => this.inline(roomVersion, slice, err)) : this.inline(roomVersion, slice))),
+      speculative.map((chunk, c) => (sameLookups(chunk.formats, guesses[c]!, keys) ? chunk : this.onWorker(pool, roomVersion, slices[c]!, keys))),
     );
-    const keys = await this.fetchKeys(chunks.flatMap((c) => c.formats));
-    const verified = await Promise.all(
-      chunks.map((chunk, c) => chunk.verify(keys).catch((err: unknown) => this.inline(roomVersion, slices[c]!, err).verify(keys))),
-    );
-
-    const results: CheckedPdu[] = [];
-    chunks.forEach((chunk, c) => {
-      let v = 0;
-      chunk.formats.forEach((format, j) => {
-        if (!format.ok) {
-          results.push(format);
-          return;
-        }
-        const value = slices[c]![j] as Record<string, unknown>;
-        const { event_id: givenId, ...pdu } = value;
-        const check = verified[c]![v++]!;
-        if (!check.ok) {
-          results.push({ ok: false, eventId: typeof givenId === "string" ? givenId : check.eventId, reason: check.reason });
-          return;
-        }
-        const form = check.redacted ? redactEvent(roomVersion, pdu) : pdu;
-        results.push({ ok: true, eventId: check.eventId, event: { ...form, event_id: check.eventId } as RoomEvent, redacted: check.redacted });
-      });
-    });
-    return results;
+    return assemble(roomVersion, slices, chunks);
   }
 
-  /** A chunk checked on this thread: inline, or because its worker failed (`err`). */
-  private inline(roomVersion: string, values: readonly unknown[], err?: unknown): FormatCheckedChunk {
-    if (err !== undefined) {
+  /**
+   * A chunk checked on a worker with `keys`; on this thread if the worker fails (a worker that
+   * dies fails only the chunks it held).
+   */
+  private async onWorker(pool: WorkerPool, roomVersion: string, values: readonly unknown[], keys: BatchKeys): Promise<CheckedChunk> {
+    try {
+      return await pool.check(roomVersion, values, keys);
+    } catch (err) {
       this.deps.logger.warn({ err: String(err), pdus: values.length }, "a PDU check worker failed; checking its PDUs inline");
+      const { formats, valid } = checkFormats(roomVersion, values);
+      return { formats, verified: verifyValidatedPdus(roomVersion, valid, keys) };
     }
-    const { formats, valid } = checkFormats(roomVersion, values);
-    return { formats, verify: async (keys) => verifyValidatedPdus(roomVersion, valid, keys) };
+  }
+
+  /**
+   * The keys last used for the (server, key ID) pairs the chunk's signatures name, as if valid at
+   * any time: read from the PDUs unchecked (a guess contacts nobody, and decides nothing alone).
+   */
+  private guessKeys(values: readonly unknown[]): BatchKeys {
+    const guess: BatchKeys = new Map();
+    if (this.keysUsed.size === 0) return guess;
+    for (const value of values) {
+      const signatures = (value as { signatures?: unknown } | null)?.signatures;
+      if (typeof signatures !== "object" || signatures === null) continue;
+      for (const [server, byKey] of Object.entries(signatures).slice(0, 4)) {
+        if (typeof byKey !== "object" || byKey === null) continue;
+        for (const keyId of Object.keys(byKey).slice(0, KEY_IDS_PER_SERVER)) {
+          const id = `${server} ${keyId}`;
+          const key = this.keysUsed.get(id);
+          if (key) guess.set(id, { key, validUpTo: Number.MAX_SAFE_INTEGER });
+        }
+      }
+    }
+    return guess;
   }
 
   /** Terminates the workers. Later checks run inline. */
@@ -199,11 +213,13 @@ export class PduChecker {
     const wanted = new Map<string, { server: string; keyId: string; timestamps: Set<number> }>();
     for (const format of formats) {
       if (!format.ok) continue;
-      for (const [server, keyId] of format.signers) {
-        const id = `${server} ${keyId}`;
-        let entry = wanted.get(id);
-        if (!entry) wanted.set(id, (entry = { server, keyId, timestamps: new Set() }));
-        entry.timestamps.add(format.originServerTs);
+      for (const [server, keyIds] of format.signers) {
+        for (const keyId of keyIds.slice(0, KEY_IDS_PER_SERVER)) {
+          const id = `${server} ${keyId}`;
+          let entry = wanted.get(id);
+          if (!entry) wanted.set(id, (entry = { server, keyId, timestamps: new Set() }));
+          entry.timestamps.add(format.originServerTs);
+        }
       }
     }
     const keys: BatchKeys = new Map();
@@ -215,8 +231,61 @@ export class PduChecker {
       if (found) keys.set(id, { key: found.key, validUpTo: found.ts });
     };
     await runBounded([...wanted], KEY_FETCH_CONCURRENCY, ([id, entry]) => lookUp(id, entry));
+    for (const [id, { key }] of keys) {
+      this.keysUsed.delete(id);
+      this.keysUsed.set(id, key);
+      if (this.keysUsed.size > KEYS_REMEMBERED) this.keysUsed.delete(this.keysUsed.keys().next().value!);
+    }
     return keys;
   }
+}
+
+/**
+ * Whether checking the chunk's valid PDUs with `guess` looked up exactly the keys that `keys`
+ * gives, for every key ID of every server that must sign each (the only lookups a check makes):
+ * then its results are those a check with `keys` gives.
+ */
+function sameLookups(formats: readonly FormatChecked[], guess: BatchKeys, keys: BatchKeys): boolean {
+  const at = (batch: BatchKeys, id: string, ts: number) => {
+    const found = batch.get(id);
+    return found !== undefined && ts <= found.validUpTo ? found.key : undefined;
+  };
+  for (const format of formats) {
+    if (!format.ok) continue;
+    for (const [server, keyIds] of format.signers) {
+      for (const keyId of keyIds) {
+        const id = `${server} ${keyId}`;
+        const guessed = at(guess, id, format.originServerTs);
+        const known = at(keys, id, format.originServerTs);
+        if (guessed === known) continue;
+        if (guessed === undefined || known === undefined || !Buffer.from(guessed).equals(Buffer.from(known))) return false;
+      }
+    }
+  }
+  return true;
+}
+
+/** The results of the chunks of a batch, in input order. */
+function assemble(roomVersion: string, slices: ReadonlyArray<readonly unknown[]>, chunks: readonly CheckedChunk[]): CheckedPdu[] {
+  const results: CheckedPdu[] = [];
+  chunks.forEach((chunk, c) => {
+    let v = 0;
+    chunk.formats.forEach((format, j) => {
+      if (!format.ok) {
+        results.push(format);
+        return;
+      }
+      const { event_id: givenId, ...pdu } = slices[c]![j] as Record<string, unknown>;
+      const check = chunk.verified[v++]!;
+      if (!check.ok) {
+        results.push({ ok: false, eventId: typeof givenId === "string" ? givenId : check.eventId, reason: check.reason });
+        return;
+      }
+      const form = check.redacted ? redactEvent(roomVersion, pdu) : pdu;
+      results.push({ ok: true, eventId: check.eventId, event: { ...form, event_id: check.eventId } as RoomEvent, redacted: check.redacted });
+    });
+  });
+  return results;
 }
 
 /** The event ID to answer a refused PDU under, when one can be computed. */
@@ -260,16 +329,17 @@ async function runBounded<T>(items: readonly T[], concurrency: number, work: (it
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, runner));
 }
 
-/** The requests a worker answers (pdu-checks-worker.ts), and its answers. */
-export type WorkerRequest =
-  /** Step 1 for a chunk (JSON text: cheaper to send than a structured clone); the worker keeps the valid PDUs. */
-  | { kind: "formats"; id: number; chunk: number; roomVersion: string; json: string }
-  /** Steps 2–3 for the valid PDUs the worker kept of `chunk`, which it then forgets. */
-  | { kind: "verify"; id: number; chunk: number; keys: BatchKeys };
-export type WorkerAnswer =
-  | { id: number; formats: FormatChecked[] }
-  | { id: number; verified: VerifiedPdu[] }
-  | { id: number; error: string };
+/**
+ * What a worker is asked (pdu-checks-worker.ts): steps 1–3 for a chunk, sent as JSON text (cheaper
+ * to send than a structured clone), with the keys to verify with; and what it answers.
+ */
+export interface WorkerRequest {
+  id: number;
+  roomVersion: string;
+  json: string;
+  keys: BatchKeys;
+}
+export type WorkerAnswer = { id: number; formats: FormatChecked[]; verified: VerifiedPdu[] } | { id: number; error: string };
 
 interface Slot {
   worker: Worker;
@@ -298,8 +368,8 @@ class WorkerPool {
     this.slots = new Array(size).fill(undefined);
   }
 
-  /** Step 1 for a chunk on the least loaded worker, which keeps it for `verify`. */
-  async checkFormats(roomVersion: string, values: readonly unknown[]): Promise<FormatCheckedChunk> {
+  /** Steps 1–3 for a chunk on the least loaded worker. */
+  async check(roomVersion: string, values: readonly unknown[], keys: BatchKeys): Promise<CheckedChunk> {
     if (this.closed) throw new Error("the PDU check workers are closed");
     let index = 0;
     let least = Number.POSITIVE_INFINITY;
@@ -308,20 +378,12 @@ class WorkerPool {
       if (load < least) [index, least] = [i, load];
     });
     const slot = this.slots[index] ?? this.start(index);
-    const chunk = this.nextId++;
-    const json = JSON.stringify(values);
-    const answer = await this.request(slot, { kind: "formats", id: this.nextId++, chunk, roomVersion, json }, values.length);
-    if (!("formats" in answer)) throw new Error("a PDU check worker gave no formats");
-    const validCount = answer.formats.filter((f) => f.ok).length;
-    return {
-      formats: answer.formats,
-      verify: async (keys) => {
-        if (validCount === 0) return []; // the worker kept nothing
-        const verified = await this.request(slot, { kind: "verify", id: this.nextId++, chunk, keys }, validCount);
-        if (!("verified" in verified) || verified.verified.length !== validCount) throw new Error("a PDU check worker gave no results");
-        return verified.verified;
-      },
-    };
+    const answer = await this.request(slot, { id: this.nextId++, roomVersion, json: JSON.stringify(values), keys }, values.length);
+    if ("error" in answer) throw new Error(answer.error);
+    if (answer.formats.length !== values.length || answer.verified.length !== answer.formats.filter((f) => f.ok).length) {
+      throw new Error("a PDU check worker answered for other PDUs");
+    }
+    return answer;
   }
 
   async close(): Promise<void> {
@@ -357,8 +419,7 @@ class WorkerPool {
       slot.pending.delete(answer.id);
       slot.load -= request.pdus;
       if (slot.pending.size === 0) worker.unref();
-      if ("error" in answer) request.reject(new Error(answer.error));
-      else request.resolve(answer);
+      request.resolve(answer);
     });
     worker.on("error", (err) => {
       this.logger.warn({ err }, "a PDU check worker crashed");
