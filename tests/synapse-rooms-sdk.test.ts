@@ -7,7 +7,7 @@
 // when Synapse is not set up here: see tests/synapse-harness.ts.
 // https://spec.matrix.org/latest/client-server-api/#end-to-end-encryption
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
+import { loginUser, passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
 import { request } from "./harness.ts";
 import { sdk } from "./matrix-sdk.ts";
 import {
@@ -159,7 +159,37 @@ describe.skipIf(missing !== undefined)("encrypted rooms between Parley and Synap
     await talk(await encryptedRoom(pat, sam, samUser.userId));
   }, 180_000);
 
+  let synapseRoom: string;
+
   it("in a room created on Synapse, messages cross both ways encrypted and each client decrypts", async () => {
-    await talk(await encryptedRoom(sam, pat, patUser.userId));
+    synapseRoom = await encryptedRoom(sam, pat, patUser.userId);
+    await talk(synapseRoom);
+  }, 180_000);
+
+  // Now that they share a room, each server tells the other of its users' device changes
+  // (m.device_list_update), and each client learns of the other's new device through its /sync
+  // (device_lists.changed), then shares its next room key with it.
+  // https://spec.matrix.org/latest/server-server-api/#device-management
+  it("a new device on either side is learnt by the other's client through the shared room, and decrypts what comes next", async () => {
+    const roomId = synapseRoom;
+    const known = async (client: Client, userId: string) => [...((await client.getCrypto()!.getUserDeviceInfo([userId], false)).get(userId)?.keys() ?? [])];
+
+    const login = await loginUser(hs1.clientUrl, samUser.userId, samUser.password);
+    expect(login.status, JSON.stringify(login.json)).toBe(200);
+    const sam2User = { ...samUser, accessToken: login.json.access_token, deviceId: login.json.device_id };
+    const sam2 = await cryptoClient(hs1.clientUrl, sam2User);
+    await eventually("pat's client learns of sam's new device", async () => ((await known(pat, samUser.userId)).includes(sam2User.deviceId) ? true : undefined));
+    await eventually("sam's new device sees the room", () => (sam2.getRoom(roomId) ? true : undefined));
+    await within(pat.sendTextMessage(roomId, "for sam's new device"), "pat sends");
+    expect((await decrypted(sam2, roomId, "for sam's new device", "sam's new device")).getSender()).toBe(patUser.userId);
+
+    const again = await loginUser(parley.url, patUser.userId, patUser.password);
+    expect(again.status, JSON.stringify(again.json)).toBe(200);
+    const pat2User = { ...patUser, accessToken: again.json.access_token, deviceId: again.json.device_id };
+    const pat2 = await cryptoClient(parley.url, pat2User);
+    await eventually("sam's client learns of pat's new device", async () => ((await known(sam, patUser.userId)).includes(pat2User.deviceId) ? true : undefined));
+    await eventually("pat's new device sees the room", () => (pat2.getRoom(roomId) ? true : undefined));
+    await within(sam.sendTextMessage(roomId, "for pat's new device"), "sam sends");
+    expect((await decrypted(pat2, roomId, "for pat's new device", "pat's new device")).getSender()).toBe(samUser.userId);
   }, 180_000);
 });
