@@ -185,9 +185,10 @@ export class PduChecker {
     for (const value of values) {
       const signatures = (value as { signatures?: unknown } | null)?.signatures;
       if (typeof signatures !== "object" || signatures === null) continue;
-      for (const [server, byKey] of Object.entries(signatures).slice(0, 4)) {
+      for (const server of firstKeys(signatures, 4)) {
+        const byKey = (signatures as Record<string, unknown>)[server];
         if (typeof byKey !== "object" || byKey === null) continue;
-        for (const keyId of Object.keys(byKey).slice(0, KEY_IDS_PER_SERVER)) {
+        for (const keyId of firstKeys(byKey, KEY_IDS_PER_SERVER)) {
           const id = `${server} ${keyId}`;
           const key = this.keysUsed.get(id);
           if (key) guess.set(id, { key, validUpTo: Number.MAX_SAFE_INTEGER });
@@ -238,6 +239,16 @@ export class PduChecker {
     }
     return keys;
   }
+}
+
+/** The first `n` own keys of an object not yet checked (however many it has). */
+function firstKeys(o: object, n: number): string[] {
+  const keys: string[] = [];
+  for (const key in o) {
+    if (keys.length >= n) break;
+    if (Object.hasOwn(o, key)) keys.push(key);
+  }
+  return keys;
 }
 
 /**
