@@ -3,11 +3,10 @@
 // https://spec.matrix.org/latest/server-server-api/#retrieving-events
 // https://spec.matrix.org/latest/server-server-api/#backfilling-and-retrieving-missing-events
 //
-// Two servers: hs2 holds the rooms (its users are in them), hs1 is another server. A server joins a
-// room only through a federated join, which is not built yet: so over HTTP hs1 is a server that is
-// not in the room (403, and what world_readable rooms show anyone), and the walks are checked
-// against the rooms service directly, for hs2's own server name — a server whose users really are
-// in the room.
+// Two servers: hs2 holds the rooms (its users are in them), hs1 is another server, in a room once
+// one of its users joined it over federation. The walks are checked against the rooms service
+// directly, for hs2's own server name (a server whose users really are in the room), and over HTTP
+// for hs1 in and out of rooms.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { computeEventId } from "../federation/protocol/event-hashes.ts";
 import type { FederationHttpClient, FederationResponse } from "../federation/transport/http-client.ts";
@@ -230,9 +229,86 @@ describe("history visibility for servers", () => {
     expect(never.size).toBe(0);
   });
 
-  it.todo("serves the events a server in the room may not see redacted (needs federated joins: a remote member)");
-  it.todo("serves /state, /state_ids, /event_auth and /get_missing_events over HTTP to a server in the room (needs federated joins)");
-  it.todo("backfills over HTTP for a server in a `shared` room, with what it may not see redacted (needs federated joins)");
+});
+
+describe("over HTTP, to a server in the room", () => {
+  let carl: RoomUser; // hs1
+  beforeAll(async () => {
+    carl = await registerRoomUser(hs1.url, "carl");
+  });
+
+  async function joinFromHs1(roomId: string) {
+    const res = await carl.call("POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}?via=${HS2}`, {});
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+    return (await hs2.services.rooms.currentStateEventId(roomId, "m.room.member", carl.userId))!;
+  }
+
+  it("serves the state, the state IDs, auth chains and missing events once one of its users joined", async () => {
+    const { roomId, messages, version } = await roomWithMessages(3, { preset: "public_chat" });
+    const stranger = history().stateIds(HS2, roomId, messages[2]!);
+    await expectFailure(stranger, "forbidden", 403, "M_FORBIDDEN");
+    await joinFromHs1(roomId);
+    const after = await alice.send(roomId, text("after the join"));
+    const ids = await history().stateIds(HS2, roomId, after);
+    const local = await reads().stateIds(OWN, roomId, after);
+    expect(ids).toEqual({ pduIds: local.pdu_ids, authChainIds: local.auth_chain_ids });
+    const state = await history().state(HS2, roomId, after);
+    expect(idsOf(version, state.pdus)).toEqual(ids.pduIds);
+    expect(idsOf(version, state.authChain)).toEqual(ids.authChainIds);
+    expect(state.pdus.find((p) => p.type === "m.room.member" && p.state_key === carl.userId)?.content).toMatchObject({ membership: "join" });
+    const chain = await history().eventAuth(HS2, roomId, after);
+    expect(idsOf(version, chain)).toEqual(idsOf(version, (await reads().eventAuth(OWN, roomId, after)).auth_chain));
+    const missing = await history().getMissingEvents(HS2, roomId, { earliest: [messages[0]!], latest: [messages[2]!] });
+    expect(idsOf(version, missing)).toEqual([messages[1]]);
+  });
+
+  it("backfills a `shared` room whole, history from before its users came included", async () => {
+    const { roomId, messages } = await roomWithMessages(3, { preset: "public_chat" });
+    await joinFromHs1(roomId);
+    const latest = await alice.send(roomId, text("welcome"));
+    const back = await history().backfill(HS2, roomId, [latest], 100);
+    expect(back.map(bodyOf).filter((b) => b !== undefined)).toEqual(["welcome", "m2", "m1", "m0"]);
+    expect(bodyOf(await history().getEvent(HS2, messages[0]!))).toBe("m0");
+  });
+
+  it("serves redacted what a server in the room may not see (a `joined` room, from before its user joined)", async () => {
+    const { roomId, messages, version } = await roomWithMessages(2, {
+      preset: "public_chat",
+      initial_state: [{ type: "m.room.history_visibility", state_key: "", content: { history_visibility: "joined" } }],
+    });
+    const join = await joinFromHs1(roomId);
+    const latest = await alice.send(roomId, text("seen"));
+    const back = await history().backfill(HS2, roomId, [latest], 100);
+    const ids = idsOf(version, back);
+    // The whole graph, every event with its own ID (redaction keeps what the hashes cover)...
+    expect(ids.slice(0, 2)).toEqual([latest, join]);
+    expect(ids).toEqual(expect.arrayContaining(messages));
+    // ...the content only of what its users could see.
+    expect(bodyOf(back[0]!)).toBe("seen");
+    expect(back[1]!.content).toMatchObject({ membership: "join" });
+    for (const m of messages) expect(back[ids.indexOf(m)]!.content).toEqual({});
+    const single = await history().getEvent(HS2, messages[0]!);
+    expect(single.content).toEqual({});
+    expect(computeEventId(version, single)).toBe(messages[0]);
+    // Missing events are served the same way.
+    const missing = await history().getMissingEvents(HS2, roomId, { earliest: [], latest: [messages[1]!], limit: 1 });
+    expect(idsOf(version, missing)).toEqual([messages[0]]);
+    expect(missing[0]!.content).toEqual({});
+  });
+
+  it("once its last user is kicked, sees what it saw before and nothing after, and may not walk the room", async () => {
+    const { roomId, messages } = await roomWithMessages(1, { preset: "public_chat" });
+    await joinFromHs1(roomId);
+    const during = await alice.send(roomId, text("while carl is here"));
+    const kicked = await alice.call("POST", roomPath(roomId, "/kick"), { user_id: carl.userId });
+    expect(kicked.status, JSON.stringify(kicked.json)).toBe(200);
+    const later = await alice.send(roomId, text("after carl left"));
+    expect(bodyOf(await history().getEvent(HS2, messages[0]!))).toBe("m0");
+    expect(bodyOf(await history().getEvent(HS2, during))).toBe("while carl is here");
+    await expectFailure(history().getEvent(HS2, later), "forbidden", 403, "M_FORBIDDEN");
+    await expectFailure(history().backfill(HS2, roomId, [later], 10), "forbidden", 403, "M_FORBIDDEN");
+    await expectFailure(history().stateIds(HS2, roomId, later), "forbidden", 403, "M_FORBIDDEN");
+  });
 });
 
 describe("over HTTP, to a server that is not in the room", () => {
