@@ -1342,6 +1342,13 @@ export class EventPersister {
         stack.push(...cached.auth_events);
       } else seeds.add(id);
     }
+    // In v12 no auth_events name the create event (the room ID does), but every auth chain holds it.
+    if (snapshot.rules.roomIdIsCreateEventId) {
+      const createId = createEventIdOfRoom(snapshot.roomId);
+      const cached = snapshot.events.get(createId);
+      if (cached) events.set(createId, { event: cached, rejected: false });
+      else if (!events.has(createId)) seeds.add(createId);
+    }
     if (seeds.size > 0) {
       const rows = rowsOf<{ event_id: string; json: string; rejected: boolean }>(
         await tx.execute(sql`with recursive chain(id) as (
