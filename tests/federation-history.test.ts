@@ -296,6 +296,19 @@ describe("over HTTP, to a server in the room", () => {
     expect(missing[0]!.content).toEqual({});
   });
 
+  it("with only an invited user, sees an `invited` room's events from the invite on, and may not walk it", async () => {
+    const { roomId, messages } = await roomWithMessages(1, {
+      preset: "private_chat",
+      initial_state: [{ type: "m.room.history_visibility", state_key: "", content: { history_visibility: "invited" } }],
+    });
+    const invited = await alice.call("POST", roomPath(roomId, "/invite"), { user_id: carl.userId });
+    expect(invited.status, JSON.stringify(invited.json)).toBe(200);
+    const after = await alice.send(roomId, text("for the invited"));
+    expect(bodyOf(await history().getEvent(HS2, after))).toBe("for the invited");
+    await expectFailure(history().getEvent(HS2, messages[0]!), "forbidden", 403, "M_FORBIDDEN");
+    await expectFailure(history().backfill(HS2, roomId, [after], 10), "forbidden", 403, "M_FORBIDDEN");
+  });
+
   it("once its last user is kicked, sees what it saw before and nothing after, and may not walk the room", async () => {
     const { roomId, messages } = await roomWithMessages(1, { preset: "public_chat" });
     await joinFromHs1(roomId);
