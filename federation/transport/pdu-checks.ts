@@ -13,8 +13,9 @@
 // signatures, with the keys this checker last used for the servers the chunk names (their keys
 // rarely change). The keys the valid PDUs need are then looked up as above, and a chunk's results
 // stand only if every key lookup its PDUs' checks made gives the same answer with the keys just
-// looked up; otherwise the chunk is checked again with those. So what is decided is exactly what
-// checking in order would decide; the speculation only saves a second round trip.
+// looked up; otherwise the chunk is checked again with those (a chunk naming no key used before,
+// such as a join's first batch, gets its formats checked only, then its check). So what is decided
+// is exactly what checking in order would decide; the speculation only saves a second round trip.
 //
 // The workers run the same TypeScript as this module. From the sources (tsx: `bin/parley.js`,
 // benchmarks, vitest) a worker starts at `pdu-checks-worker.mjs`, which registers tsx's loader
@@ -120,7 +121,7 @@ export function verifyValidatedPdus(roomVersion: string, pdus: readonly Pdu[], k
   });
 }
 
-/** A chunk of a batch, checked: the formats in input order, the verifications of its valid PDUs in order. */
+/** A chunk of a batch, checked: the formats in input order, the verifications of its valid PDUs in order (none if not asked). */
 interface CheckedChunk {
   formats: FormatChecked[];
   verified: VerifiedPdu[];
@@ -153,25 +154,28 @@ export class PduChecker {
     const slices: Array<readonly unknown[]> = [];
     for (let i = 0; i < pdus.length; i += chunkSize) slices.push(pdus.slice(i, i + chunkSize));
     const guesses = slices.map((slice) => this.guessKeys(slice));
-    const speculative = await Promise.all(slices.map((slice, c) => this.onWorker(pool, roomVersion, slice, guesses[c]!)));
+    // Without a single guessed key, verifying would only be done again: formats only, then.
+    const speculative = await Promise.all(slices.map((slice, c) => this.onWorker(pool, roomVersion, slice, guesses[c]!, guesses[c]!.size > 0)));
     const keys = await this.fetchKeys(speculative.flatMap((chunk) => chunk.formats));
     const chunks = await Promise.all(
-      speculative.map((chunk, c) => (sameLookups(chunk.formats, guesses[c]!, keys) ? chunk : this.onWorker(pool, roomVersion, slices[c]!, keys))),
+      speculative.map((chunk, c) =>
+        guesses[c]!.size > 0 && sameLookups(chunk.formats, guesses[c]!, keys) ? chunk : this.onWorker(pool, roomVersion, slices[c]!, keys, true),
+      ),
     );
     return assemble(roomVersion, slices, chunks);
   }
 
   /**
-   * A chunk checked on a worker with `keys`; on this thread if the worker fails (a worker that
-   * dies fails only the chunks it held).
+   * A chunk checked on a worker with `keys` (its formats only unless `verify`); on this thread if
+   * the worker fails (a worker that dies fails only the chunks it held).
    */
-  private async onWorker(pool: WorkerPool, roomVersion: string, values: readonly unknown[], keys: BatchKeys): Promise<CheckedChunk> {
+  private async onWorker(pool: WorkerPool, roomVersion: string, values: readonly unknown[], keys: BatchKeys, verify: boolean): Promise<CheckedChunk> {
     try {
-      return await pool.check(roomVersion, values, keys);
+      return await pool.check(roomVersion, values, keys, verify);
     } catch (err) {
       this.deps.logger.warn({ err: String(err), pdus: values.length }, "a PDU check worker failed; checking its PDUs inline");
       const { formats, valid } = checkFormats(roomVersion, values);
-      return { formats, verified: verifyValidatedPdus(roomVersion, valid, keys) };
+      return { formats, verified: verify ? verifyValidatedPdus(roomVersion, valid, keys) : [] };
     }
   }
 
@@ -349,6 +353,8 @@ export interface WorkerRequest {
   roomVersion: string;
   json: string;
   keys: BatchKeys;
+  /** False: step 1 only (`verified` is then empty). */
+  verify: boolean;
 }
 export type WorkerAnswer = { id: number; formats: FormatChecked[]; verified: VerifiedPdu[] } | { id: number; error: string };
 
@@ -379,8 +385,8 @@ class WorkerPool {
     this.slots = new Array(size).fill(undefined);
   }
 
-  /** Steps 1–3 for a chunk on the least loaded worker. */
-  async check(roomVersion: string, values: readonly unknown[], keys: BatchKeys): Promise<CheckedChunk> {
+  /** Steps 1–3 (step 1 only unless `verify`) for a chunk on the least loaded worker. */
+  async check(roomVersion: string, values: readonly unknown[], keys: BatchKeys, verify: boolean): Promise<CheckedChunk> {
     if (this.closed) throw new Error("the PDU check workers are closed");
     let index = 0;
     let least = Number.POSITIVE_INFINITY;
@@ -389,9 +395,9 @@ class WorkerPool {
       if (load < least) [index, least] = [i, load];
     });
     const slot = this.slots[index] ?? this.start(index);
-    const answer = await this.request(slot, { id: this.nextId++, roomVersion, json: JSON.stringify(values), keys }, values.length);
+    const answer = await this.request(slot, { id: this.nextId++, roomVersion, json: JSON.stringify(values), keys, verify }, values.length);
     if ("error" in answer) throw new Error(answer.error);
-    if (answer.formats.length !== values.length || answer.verified.length !== answer.formats.filter((f) => f.ok).length) {
+    if (answer.formats.length !== values.length || answer.verified.length !== (verify ? answer.formats.filter((f) => f.ok).length : 0)) {
       throw new Error("a PDU check worker answered for other PDUs");
     }
     return answer;
