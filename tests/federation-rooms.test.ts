@@ -164,4 +164,27 @@ describe("invites across servers", () => {
     const refused = await carol.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs1.test`, {});
     expect(refused.status).toBe(403);
   });
+
+  it("a rejected invite is a leave the inviting server sees, and leaves the invitee's /sync invite list", async () => {
+    const roomId = await alice.createRoom({ preset: "private_chat" });
+    expect((await alice.call("POST", roomPath(roomId, "/invite"), { user_id: carol.userId })).status).toBe(200);
+    await eventually(async () => expect((await sync(hs3.url, carol)).rooms?.invite?.[roomId]).toBeDefined());
+    const left = await carol.call("POST", roomPath(roomId, "/leave"), {});
+    expect(left.status, JSON.stringify(left.json)).toBe(200);
+    await eventually(async () => expect((await members(alice, roomId))[carol.userId]).toBe("leave"));
+    const s = await sync(hs3.url, carol);
+    expect(s.rooms?.invite?.[roomId]).toBeUndefined();
+  });
+
+  it("a user who joined over federation leaves, and the room's server sees it", async () => {
+    const roomId = await alice.createRoom({ preset: "public_chat" });
+    expect((await bob.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs1.test`, {})).status).toBe(200);
+    expect((await bob.call("POST", roomPath(roomId, "/leave"), {})).status).toBe(200);
+    await eventually(async () => expect((await members(alice, roomId))[bob.userId]).toBe("leave"));
+    // And joins again.
+    expect((await bob.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs1.test`, {})).status).toBe(200);
+    await eventually(async () => expect((await members(alice, roomId))[bob.userId]).toBe("join"));
+    await bob.send(roomId, { msgtype: "m.text", body: "back again" });
+    await eventually(async () => expect(await bodies(alice, roomId)).toContain("back again"));
+  });
 });

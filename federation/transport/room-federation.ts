@@ -417,6 +417,94 @@ export class RoomFederation {
     return { origin: this.d.serverName, state: pdus, auth_chain, event: body, members_omitted: false, servers_in_room: servers };
   }
 
+  // ---- Leaving ------------------------------------------------------------------------------------------
+
+  /**
+   * A local user leaves a room this server is not in (rejects an invite from another server):
+   * make_leave and send_leave through one of `servers`; whether or not that works, the leave is
+   * kept here so the user's /sync no longer shows the invite (a local rejection, as Synapse falls
+   * back to when the inviting server cannot be reached).
+   */
+  async leaveRemote(userId: string, roomId: string, servers: readonly string[], extra: JsonObject): Promise<void> {
+    const invite = await this.d.rooms.membership(roomId, userId);
+    for (const server of [...new Set(servers)].filter((s) => s !== this.d.serverName)) {
+      try {
+        const made = await this.call(server, "GET", `/_matrix/federation/v1/make_leave/${enc(roomId)}/${enc(userId)}`);
+        const body = asObject(made.body);
+        const version = typeof body.room_version === "string" ? body.room_version : "1";
+        if (!isSupportedRoomVersion(version)) continue;
+        const template = asObject(body.event);
+        if (template.type !== "m.room.member" || template.state_key !== userId || template.sender !== userId || template.room_id !== roomId) continue;
+        const pdu: JsonObject = {
+          room_id: roomId,
+          sender: userId,
+          type: "m.room.member",
+          state_key: userId,
+          content: { ...asObject(template.content), membership: "leave", ...extra },
+          origin_server_ts: this.d.now(),
+          depth: template.depth,
+          prev_events: template.prev_events,
+          auth_events: template.auth_events,
+        };
+        const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
+        const eventId = computeEventId(version, signed);
+        await this.call(server, "PUT", `/_matrix/federation/v2/send_leave/${enc(roomId)}/${enc(eventId)}`, signed);
+        await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: signed as unknown as Pdu, outOfBand: { userId, membership: "leave" } }]);
+        return;
+      } catch (err) {
+        this.d.logger.info({ err, server, roomId }, "leaving through a server failed");
+      }
+    }
+    // Nobody could be reached: a leave of our own, built on the invite, kept here only.
+    const inviteEvent = invite ? await this.d.eventStore.getEvent(invite.eventId) : undefined;
+    const version = inviteEvent?.roomVersion ?? (await this.d.rooms.roomVersion(roomId));
+    if (!version || !isSupportedRoomVersion(version)) throw notFound("Unknown room");
+    const pdu: JsonObject = {
+      room_id: roomId,
+      sender: userId,
+      type: "m.room.member",
+      state_key: userId,
+      content: { membership: "leave", ...extra },
+      origin_server_ts: this.d.now(),
+      depth: (inviteEvent?.depth ?? 0) + 1,
+      prev_events: inviteEvent ? [inviteEvent.eventId] : [],
+      auth_events: inviteEvent ? [inviteEvent.eventId] : [],
+    };
+    const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
+    const eventId = computeEventId(version, signed);
+    await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: signed as unknown as Pdu, outOfBand: { userId, membership: "leave" } }]);
+  }
+
+  /** `GET /make_leave/{roomId}/{userId}`: a leave event for the user, built on our current state. */
+  async makeLeave(origin: string, roomId: string, userId: string): Promise<JsonObject> {
+    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    const draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "leave" } });
+    if (!draft.allowed) throw forbidden(`You cannot leave this room: ${draft.reason ?? ""}`.trim());
+    return { event: draft.pdu, room_version: version };
+  }
+
+  /** `PUT /v2/send_leave/{roomId}/{eventId}`: the leave placed and passed on to the room's other servers. */
+  async sendLeave(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    const [checked] = await this.d.checker.check(version, [body]);
+    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The leave event is not valid: ${checked?.reason ?? "missing"}`);
+    const e = checked.event;
+    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
+    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "leave" || e.state_key !== e.sender) {
+      throw new MatrixError(400, "M_BAD_JSON", "Not a leave event of this room");
+    }
+    if (serverNameOf(e.sender) !== origin) throw forbidden("The leaving user is not on the requesting server");
+    this.mark(this.relays, eventId, origin);
+    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
+    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The leave is not allowed: ${outcome?.reason ?? "unknown"}`);
+    return {};
+  }
+
   // ---- Invites -----------------------------------------------------------------------------------------
 
   /** A local user invites a user of another server: the invite signed by their server, then placed. */
@@ -577,6 +665,7 @@ export function connectRoomFederation(
   deps.rooms.federateWith({
     join: (userId, roomId, servers, extra) => rooms.joinRemote(userId, roomId, servers, extra),
     invite: (inviter, roomId, target, extra) => rooms.inviteRemote(inviter, roomId, target, extra),
+    leave: (userId, roomId, servers, extra) => rooms.leaveRemote(userId, roomId, servers, extra),
     resolveAlias: (alias) => federation.queries.roomAlias(alias),
   });
   federation.rooms = rooms;

@@ -44,6 +44,8 @@ export interface RemoteRoomOps {
   join(userId: string, roomId: string, servers: readonly string[], extraContent: JsonObject): Promise<void>;
   /** Invites a user of another server (their server signs the invite first). */
   invite(inviter: string, roomId: string, target: string, extraContent: JsonObject): Promise<void>;
+  /** A local user leaves a room this server is not in (rejects an invite from another server). */
+  leave(userId: string, roomId: string, servers: readonly string[], extraContent: JsonObject): Promise<void>;
   /** A room alias of another server: the room and servers in it. */
   resolveAlias(alias: string): Promise<{ room_id: string; servers: string[] }>;
 }
@@ -353,6 +355,20 @@ export class Rooms {
 
   async leave(requester: Requester, roomId: string, reason?: string): Promise<void> {
     await this.requireRoom(roomId);
+    if (this.remote && !(await this.isInRoom(roomId))) {
+      const current = await this.membership(roomId, requester.userId);
+      if (current?.membership === "invite" || current?.membership === "knock") {
+        // Through the inviter's server and the room ID's own (before v12).
+        const servers: string[] = [];
+        const [row] = rowsOf<{ sender: string }>(await this.db.execute(sql`select sender from events where event_id = ${current.eventId}`));
+        const inviter = row && serverNameOf(row.sender);
+        if (inviter) servers.push(inviter);
+        const idServer = serverNameOf(roomId);
+        if (idServer) servers.push(idServer);
+        await this.remote.leave(requester.userId, roomId, servers, reason !== undefined ? { reason } : {});
+        return;
+      }
+    }
     await this.persister.enqueue(roomId, () => [
       this.membershipTemplate(requester.userId, requester.userId, "leave", reason),
     ]);

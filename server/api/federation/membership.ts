@@ -60,4 +60,36 @@ export const inviteV2 = route({
   },
 });
 
-export const federationMembershipRoutes = [makeJoin, sendJoinV2, sendJoinV1, inviteV2];
+// https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
+export const makeLeave = route({
+  method: "GET",
+  path: "/_matrix/federation/v1/make_leave/:roomId/:userId",
+  auth: "server",
+  async handler({ origin, params }, services) {
+    return roomFederation(services).makeLeave(origin, params.roomId!, params.userId!);
+  },
+});
+
+// https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv2send_leaveroomideventid
+export const sendLeaveV2 = route({
+  method: "PUT",
+  path: "/_matrix/federation/v2/send_leave/:roomId/:eventId",
+  auth: "server",
+  body: jsonObject,
+  async handler({ origin, params, body }, services) {
+    return roomFederation(services).sendLeave(origin, params.roomId!, params.eventId!, body);
+  },
+});
+
+// https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv1send_leaveroomideventid
+export const sendLeaveV1 = route({
+  method: "PUT",
+  path: "/_matrix/federation/v1/send_leave/:roomId/:eventId",
+  auth: "server",
+  body: jsonObject,
+  async handler({ origin, params, body }, services) {
+    return [200, await roomFederation(services).sendLeave(origin, params.roomId!, params.eventId!, body)];
+  },
+});
+
+export const federationMembershipRoutes = [makeJoin, sendJoinV2, sendJoinV1, inviteV2, makeLeave, sendLeaveV2, sendLeaveV1];
