@@ -369,6 +369,11 @@ describe("over HTTP, to a server that is not in the room", () => {
     expect(ids.slice(0, 3)).toEqual([after[1], after[0], opened.json.event_id]);
     for (const m of messages) expect(ids).not.toContain(m);
     await expectFailure(history().getEvent(HS2, messages[0]!), "forbidden", 403, "M_FORBIDDEN");
+    // Nor does the event nearest a time name one of them.
+    const ts = (await hs2.services.eventStore.getEvent(messages[1]!))!.originServerTs;
+    expect((await reads().timestampToEvent(OWN, roomId, ts, "b")).event_id).toBe(messages[1]);
+    await expectFailure(history().timestampToEvent(HS2, roomId, ts, "b"), "not-found", 404, "M_NOT_FOUND");
+    expect((await history().timestampToEvent(HS2, roomId, ts, "f")).eventId).toBe(opened.json.event_id);
 
     const redacted = await alice.call("PUT", roomPath(roomId, `/redact/${encodeURIComponent(after[0]!)}/r1`), { reason: "oops" });
     expect(redacted.status).toBe(200);

@@ -36,6 +36,8 @@ export const MAX_BACKFILL_LIMIT = 100;
 /** get_missing_events: "Defaults to 10"; Synapse allows at most 20. */
 export const DEFAULT_MISSING_EVENTS_LIMIT = 10;
 export const MAX_MISSING_EVENTS_LIMIT = 20;
+/** Events looked at for a server reading a world_readable room from outside, for one it may see. */
+const TIMESTAMP_CANDIDATES = 50;
 /** Events a walk visits at most (rejected ones are walked through but not served). */
 const MAX_WALK_STEPS = 1_000;
 /** A former member's membership history is walked back at most this far. */
@@ -279,16 +281,17 @@ export class ServerReads {
   async timestampToEvent(asking: AskingServer | string, roomId: string, ts: number, dir: "f" | "b"): Promise<{ event_id: string; origin_server_ts: number }> {
     const standing = await this.admit(asking, roomId, "member-or-world-readable");
     const forwards = dir === "f";
-    const rows = rowsOf<{ event_id: string; origin_server_ts: string | number }>(
-      await this.db.execute(sql`select event_id, origin_server_ts from events
-        where room_id = ${roomId} and stream_ordering is not null and not outlier and rejected_reason is null and not soft_failed
-          and ${forwards ? sql`origin_server_ts >= ${ts}` : sql`origin_server_ts <= ${ts}`}
-        order by ${forwards ? sql`origin_server_ts asc, stream_ordering asc` : sql`origin_server_ts desc, stream_ordering desc`}
-        limit 1`),
-    );
-    const row = rows[0];
-    if (!row) throw notFound(`Unable to find event from ${ts} in direction ${dir}`);
-    return { event_id: row.event_id, origin_server_ts: Number(row.origin_server_ts) };
+    // A server in the room may learn of any event; one reading a world_readable room from outside,
+    // only of those it may see (the nearest of the next few).
+    const candidates = await this.store.query(sql`select ${EVENT_COLUMNS} from events e join rooms r on r.room_id = e.room_id
+      where e.room_id = ${roomId} and e.stream_ordering is not null and not e.outlier and e.rejected_reason is null and not e.soft_failed
+        and ${forwards ? sql`e.origin_server_ts >= ${ts}` : sql`e.origin_server_ts <= ${ts}`}
+      order by ${forwards ? sql`e.origin_server_ts asc, e.stream_ordering asc` : sql`e.origin_server_ts desc, e.stream_ordering desc`}
+      limit ${standing.inRoom ? 1 : TIMESTAMP_CANDIDATES}::int`);
+    const visible = standing.inRoom ? undefined : await this.visibility.visibleToServer(standing.viewer, candidates);
+    const found = candidates.find((e) => visible === undefined || visible.has(e.eventId));
+    if (!found) throw notFound(`Unable to find event from ${ts} in direction ${dir}`);
+    return { event_id: found.eventId, origin_server_ts: found.originServerTs };
   }
 
   // ---- Who may read, and how events are served -----------------------------------------------------------
