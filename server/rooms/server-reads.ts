@@ -18,7 +18,7 @@
 // as Synapse's `filter_events_for_server(redact=True)` does: the graph stays walkable, the content
 // stays private. A server that is not in the room gets nothing it may not see. Events redacted in
 // the room are served redacted to everyone; rejected events are never served; outliers (events held
-// without their state) only in auth chains and by ID.
+// without their state) only by ID, in state and in auth chains, never in the walks.
 import { type SQL, sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
 import { createEventIdOfRoom } from "../../federation/protocol/event-hashes.ts";
