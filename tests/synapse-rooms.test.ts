@@ -1,7 +1,10 @@
 // Rooms between Parley and the reference Synapse 1.67 on loopback, in room version 10 (the newest
 // Synapse 1.67 knows): a Parley user joins a Synapse room (by ID through Synapse, and by alias), a
 // Synapse user joins a Parley room, invites both ways, and messages, state, typing notifications,
-// read receipts and leaves crossing both ways, each checked in the other side's /sync and /messages.
+// read receipts and leaves crossing both ways, each checked in the other side's /sync and /messages;
+// then redactions, kicks and bans both ways, concurrent sends (a fork in the graph) and concurrent
+// topic changes (state resolution: both sides must agree), and a third server (Synapse hs2) that
+// a Synapse user joins a Parley room through.
 // Skipped (with the reason printed) when Synapse is not set up here: see tests/synapse-harness.ts.
 //
 // PARLEY_SYNAPSE_ROOMS_LOG=<file> writes Parley's debug log there (Synapse's is /tmp/synapse/hs1/homeserver.log).
@@ -96,6 +99,7 @@ const messageIn = (roomId: string, body: string) => (s: any) => timelineOf(s, ro
 describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", () => {
   let synapse: RunningSynapse;
   let hs1: SynapseInstance;
+  let hs2: SynapseInstance | undefined;
   let parley: ParleyForSynapse;
   let sam: Syncing; // on Synapse
   let sue: Syncing; // on Synapse
@@ -104,8 +108,10 @@ describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", (
 
   beforeAll(async () => {
     if (!setup.ready) return;
-    synapse = await startSynapse(setup, [setup.instances[0]!.name]);
+    // hs2 (when set up) is the third server of the last test.
+    synapse = await startSynapse(setup, setup.instances.slice(0, 2).map((i) => i.name));
     hs1 = synapse.instances[0]!;
+    hs2 = synapse.instances[1];
     const logFile = process.env.PARLEY_SYNAPSE_ROOMS_LOG;
     parley = await startParleyForSynapse(synapse.instances, logFile ? { logger: pino({ level: "debug" }, pino.destination({ dest: logFile, sync: true })) } : {});
     sam = asRoomUser(hs1.clientUrl, await registerSynapseUser(hs1, "sam"));
@@ -281,6 +287,124 @@ describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", (
       // The room goes on for those who stayed.
       await pat.send(roomId, { msgtype: "m.text", body: "after sue left" });
       await syncUntil(sam, "pat's message after the leave", messageIn(roomId, "after sue left"));
+    });
+  });
+
+  describe("harder cases in a Synapse room", () => {
+    let roomId: string;
+
+    beforeAll(async () => {
+      if (!setup.ready) return;
+      roomId = await sam.createRoom({ preset: "public_chat", name: "Harder", room_version: "10" });
+      for (let i = 0; i < 3; i++) await sam.send(roomId, { msgtype: "m.text", body: `history ${i}` });
+      const res = await pat.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=${enc(hs1.serverName)}`, {});
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      await eventually(async () => expect((await members(sam, roomId))[pat.userId]).toBe("join"));
+      // Give pat the power to redact others' messages, kick and ban.
+      const power = (await sam.state(roomId, "m.room.power_levels")).json;
+      expect((await sam.setState(roomId, "m.room.power_levels", { ...power, users: { ...power.users, [pat.userId]: 100 } })).status).toBe(200);
+      await eventually(async () => expect((await pat.state(roomId, "m.room.power_levels")).json.users?.[pat.userId]).toBe(100));
+    });
+
+    // history_visibility "shared" (public_chat): a newly joined member may read what came before.
+    // Parley does not backfill yet: its /messages stops at the join (the events before it are not
+    // here), though it serves /backfill to others and has the client for it (federation.history).
+    // Synapse, joining Parley's rooms, backfills from Parley at once (GET /backfill in its log).
+    it.skip("a Parley user who joined later reads the room's earlier history with /messages", async () => {
+      await eventually(async () => expect(await bodies(pat, roomId)).toEqual(expect.arrayContaining(["history 0", "history 1", "history 2"])), 5_000);
+    });
+
+    it("redactions cross both ways", async () => {
+      const fromPat = await pat.send(roomId, { msgtype: "m.text", body: "redact me, Synapse" });
+      const fromSam = await sam.send(roomId, { msgtype: "m.text", body: "redact me, Parley" });
+      await eventually(async () => expect(await bodies(sam, roomId)).toContain("redact me, Synapse"));
+      await eventually(async () => expect(await bodies(pat, roomId)).toContain("redact me, Parley"));
+      expect((await sam.call("PUT", roomPath(roomId, `/redact/${enc(fromPat)}/r1`), { reason: "by Synapse" })).status).toBe(200);
+      expect((await pat.call("PUT", roomPath(roomId, `/redact/${enc(fromSam)}/r2`), { reason: "by Parley" })).status).toBe(200);
+      for (const [user, eventId] of [[pat, fromPat], [sam, fromPat], [pat, fromSam], [sam, fromSam]] as const) {
+        await eventually(async () => {
+          const res = await user.call("GET", roomPath(roomId, `/event/${enc(eventId)}`));
+          expect(res.status, JSON.stringify(res.json)).toBe(200);
+          expect(res.json.content).toEqual({});
+          expect(res.json.unsigned?.redacted_because?.type).toBe("m.room.redaction");
+        });
+      }
+    });
+
+    it("messages sent at the same moment on both sides (a fork) end up on both, and the room goes on after", async () => {
+      const sends: Promise<string>[] = [];
+      for (let i = 0; i < 5; i++) {
+        sends.push(pat.send(roomId, { msgtype: "m.text", body: `fork parley ${i}` }));
+        sends.push(sam.send(roomId, { msgtype: "m.text", body: `fork synapse ${i}` }));
+      }
+      await Promise.all(sends);
+      const expected = [0, 1, 2, 3, 4].flatMap((i) => [`fork parley ${i}`, `fork synapse ${i}`]);
+      for (const user of [pat, sam]) await eventually(async () => expect(await bodies(user, roomId)).toEqual(expect.arrayContaining(expected)));
+      // The next event on each side is built on the merged graph, and accepted by the other.
+      await pat.send(roomId, { msgtype: "m.text", body: "after the fork" });
+      await eventually(async () => expect((await bodies(sam, roomId)).at(-1)).toBe("after the fork"));
+      await sam.send(roomId, { msgtype: "m.text", body: "and after that" });
+      await eventually(async () => expect((await bodies(pat, roomId)).at(-1)).toBe("and after that"));
+    });
+
+    it("topics set at the same moment on both sides resolve to the same topic on both", async () => {
+      const [a, b] = await Promise.all([
+        pat.setState(roomId, "m.room.topic", { topic: "concurrent from Parley" }),
+        sam.setState(roomId, "m.room.topic", { topic: "concurrent from Synapse" }),
+      ]);
+      expect([a.status, b.status]).toEqual([200, 200]);
+      // Let both reach the other side, then make both sides build on the merged graph.
+      await eventually(async () => expect(await bodies(pat, roomId)).toContain("and after that"));
+      await new Promise((r) => setTimeout(r, 2_000));
+      await pat.send(roomId, { msgtype: "m.text", body: "settle parley" });
+      await sam.send(roomId, { msgtype: "m.text", body: "settle synapse" });
+      await eventually(async () => expect(await bodies(pat, roomId)).toContain("settle synapse"));
+      await eventually(async () => expect(await bodies(sam, roomId)).toContain("settle parley"));
+      await eventually(async () => {
+        const onParley = (await pat.state(roomId, "m.room.topic")).json.topic;
+        const onSynapse = (await sam.state(roomId, "m.room.topic")).json.topic;
+        expect(onParley).toBe(onSynapse);
+      });
+    });
+
+    it("kicks and bans cross both ways", async () => {
+      // paul (Parley) and sue (Synapse) join; pat kicks sue, sam bans paul.
+      expect((await paul.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=${enc(hs1.serverName)}`, {})).status).toBe(200);
+      expect((await sue.join(roomId)).status).toBe(200);
+      await eventually(async () => expect(await members(pat, roomId)).toMatchObject({ [sue.userId]: "join", [paul.userId]: "join" }));
+      await eventually(async () => expect(await members(sam, roomId)).toMatchObject({ [sue.userId]: "join", [paul.userId]: "join" }));
+      const kicked = await pat.call("POST", roomPath(roomId, "/kick"), { user_id: sue.userId, reason: "from Parley" });
+      expect(kicked.status, JSON.stringify(kicked.json)).toBe(200);
+      const banned = await sam.call("POST", roomPath(roomId, "/ban"), { user_id: paul.userId, reason: "from Synapse" });
+      expect(banned.status, JSON.stringify(banned.json)).toBe(200);
+      for (const user of [pat, sam]) {
+        await eventually(async () => expect(await members(user, roomId)).toMatchObject({ [sue.userId]: "leave", [paul.userId]: "ban" }));
+      }
+      const back = await paul.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=${enc(hs1.serverName)}`, {});
+      expect(back.status).toBe(403);
+    });
+  });
+
+  describe("a third server", () => {
+    // Synapse hs2 joins a Parley room through Parley, and Synapse hs1 then joins it through hs2: Parley
+    // hears of hs1's join from hs2 (whose make_join built it), and everything crosses all three.
+    it.skipIf(!setup.ready || setup.instances.length < 2)("a room on Parley with users of two Synapse servers, one joined through the other", async () => {
+      if (!hs2) return;
+      const tom: Syncing = asRoomUser(hs2.clientUrl, await registerSynapseUser(hs2, "tom"));
+      const roomId = await pat.createRoom({ preset: "public_chat", name: "Three servers", room_version: "10" });
+      const viaParley = await tom.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?server_name=${enc(parley.serverName)}`, {});
+      expect(viaParley.status, JSON.stringify(viaParley.json)).toBe(200);
+      const viaHs2 = await sam.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?server_name=${enc(hs2.serverName)}`, {});
+      expect(viaHs2.status, JSON.stringify(viaHs2.json)).toBe(200);
+      for (const user of [pat, tom, sam]) {
+        await eventually(async () => expect(await members(user, roomId)).toMatchObject({ [pat.userId]: "join", [tom.userId]: "join", [sam.userId]: "join" }));
+      }
+      await pat.send(roomId, { msgtype: "m.text", body: "three: Parley" });
+      await tom.send(roomId, { msgtype: "m.text", body: "three: hs2" });
+      await sam.send(roomId, { msgtype: "m.text", body: "three: hs1" });
+      for (const user of [pat, tom, sam]) {
+        await eventually(async () => expect(await bodies(user, roomId)).toEqual(expect.arrayContaining(["three: Parley", "three: hs2", "three: hs1"])));
+      }
     });
   });
 
