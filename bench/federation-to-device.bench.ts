@@ -12,6 +12,7 @@
 // on a stranger's waiting messages are raised for the run. Embedded PGlite, or PostgreSQL when
 // DATABASE_URL is set. Run: `npx tsx bench/federation-to-device.bench.ts` (about 30 s). Ends with
 // one BENCH_RESULT line.
+import os from "node:os";
 import { performance } from "node:perf_hooks";
 import { startNetwork } from "../tests/federation-harness.ts";
 import { request } from "../tests/harness.ts";
@@ -99,7 +100,10 @@ try {
     await arrived;
   }
 
-  process.stdout.write(`to-device across two servers on loopback (${process.env.DATABASE_URL ? "PostgreSQL" : "PGlite"})\n`);
+  process.stdout.write(
+    `to-device across two servers on loopback (${process.env.DATABASE_URL ? "PostgreSQL" : "PGlite"}); ` +
+      `${os.availableParallelism()} cores, load average ${os.loadavg()[0]!.toFixed(1)}\n`,
+  );
   const alone: number[] = [];
   for (let n = 0; n < LATENCY_ROUNDS; n++) {
     let arrivedAt = 0;
