@@ -7,14 +7,17 @@
 // https://spec.matrix.org/latest/server-server-api/#send-to-device-messaging
 // https://spec.matrix.org/latest/server-server-api/#device-management
 //
-// The two users share no room (federated joins come with the rooms-across-servers issue), so
-// device-list updates cannot reach a client's `/sync` `device_lists.changed` here. What is checked
-// instead: each side's `/keys/query` sees the other's newly added device at once. Neither server
-// caches the device list of a remote user it shares no room with: Synapse 1.67 asks the user's
-// server on every query (handlers/e2e_keys.py: only users "tracked" through a shared room are
-// served from its cache, and an `m.device_list_update` for a user it shares no room with is
-// dropped: "Got device list update edu for …, but don't share a room"); Parley asks on every query
-// too, and keeps remote device lists only from updates and `/user/devices` resyncs.
+// Device lists, first without a shared room: neither server caches the device list of a remote
+// user it shares no room with. Synapse 1.67 asks the user's server on every query
+// (handlers/e2e_keys.py: only users "tracked" through a shared room are served from its cache) and
+// drops an `m.device_list_update` for a user it shares no room with ("Got device list update edu
+// for …, but don't share a room"); Parley asks on every query too, and keeps remote device lists
+// only from updates and `/user/devices` resyncs. So each side's `/keys/query` sees the other's new
+// device at once. Then in a shared room (room version 10): Synapse fetches Parley's user's list once
+// (`/user/devices`) and from then on answers key queries from its cache, which Parley's
+// `m.device_list_update` EDUs keep current (its log says "requiring resync: False": our `prev_id`
+// chain follows); the clients on both sides see the other user in `device_lists.changed` for a new
+// device and for a deleted one.
 import { readFile } from "node:fs/promises";
 import { eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -125,6 +128,38 @@ async function toDeviceOnce(user: KeyedUser, type: string, count: number) {
   user.since = again.next_batch;
   return { events: got, repeated };
 }
+
+/** Logs `user` in again on its server: another device, with keys uploaded. */
+async function secondDevice(user: KeyedUser, name = "second"): Promise<KeyedUser> {
+  const login = await request(user.base, "POST", "/_matrix/client/v3/login", {
+    body: { type: "m.login.password", identifier: { type: "m.id.user", user: user.userId }, password: user.password, initial_device_display_name: name },
+  });
+  expect(login.status, login.text).toBe(200);
+  const second: TestUser = { userId: user.userId, accessToken: login.json.access_token, deviceId: login.json.device_id, password: user.password };
+  const device = deviceIdentity(second);
+  const keyed: KeyedUser = { ...second, base: user.base, device, crossSigning: user.crossSigning, oneTimeKeyIds: [] };
+  const res = await call(keyed, "POST", "/keys/upload", { device_keys: device.deviceKeys });
+  expect(res.status, res.text).toBe(200);
+  return keyed;
+}
+
+/** Syncs `user` on from where its last sync ended until `userId` is in `device_lists.changed`. */
+async function untilChanged(user: KeyedUser, userId: string, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const res = await sync(user.base, user, { ...(user.since ? { since: user.since } : {}), timeout: 1_000 });
+    user.since = res.next_batch;
+    if (res.device_lists?.changed?.includes(userId)) return;
+    if (Date.now() > deadline) throw new Error(`timed out: ${user.userId} waiting for ${userId} in device_lists.changed`);
+  }
+}
+
+const deviceIdsOf = async (asker: KeyedUser, userId: string) => {
+  const res = await call(asker, "POST", "/keys/query", { device_keys: { [userId]: [] } });
+  expect(res.status, res.text).toBe(200);
+  expect(res.json.failures ?? {}).toEqual({});
+  return Object.keys(res.json.device_keys?.[userId] ?? {}).sort();
+};
 
 async function waitFor<T>(what: string, check: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
   const deadline = Date.now() + ms;
@@ -270,20 +305,6 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
   });
 
   describe("new devices", () => {
-    /** Logs `user` in again on its server: a second device, with keys uploaded. */
-    async function secondDevice(user: KeyedUser): Promise<KeyedUser> {
-      const login = await request(user.base, "POST", "/_matrix/client/v3/login", {
-        body: { type: "m.login.password", identifier: { type: "m.id.user", user: user.userId }, password: user.password, initial_device_display_name: "second" },
-      });
-      expect(login.status, login.text).toBe(200);
-      const second: TestUser = { userId: user.userId, accessToken: login.json.access_token, deviceId: login.json.device_id, password: user.password };
-      const device = deviceIdentity(second);
-      const keyed: KeyedUser = { ...second, base: user.base, device, crossSigning: user.crossSigning, oneTimeKeyIds: [] };
-      const res = await call(keyed, "POST", "/keys/upload", { device_keys: device.deviceKeys });
-      expect(res.status, res.text).toBe(200);
-      return keyed;
-    }
-
     it("a new Synapse device shows in a Parley client's /keys/query", async () => {
       const before = await call(pat, "POST", "/keys/query", { device_keys: { [sam.userId]: [] } });
       expect(Object.keys(before.json.device_keys[sam.userId])).toEqual([sam.deviceId]);
@@ -332,5 +353,58 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
         return log.includes(`Got device list update edu for '${pat.userId}'/'${pat3.deviceId}', but don't share a room`);
       });
     });
+  });
+
+  // Once they share a room, Synapse tracks pat's device list: it answers key queries from its
+  // cache, which only Parley's m.device_list_update EDUs keep current; each side's clients see the
+  // other user in device_lists.changed.
+  describe("in a shared room", () => {
+    beforeAll(async () => {
+      const created = await call(sam, "POST", "/createRoom", { preset: "public_chat", room_version: "10" });
+      expect(created.status, created.text).toBe(200);
+      const roomId = created.json.room_id as string;
+      const joined = await call(pat, "POST", `/join/${encodeURIComponent(roomId)}?via=${encodeURIComponent(hs1.serverName)}`, {});
+      expect(joined.status, joined.text).toBe(200);
+      // Each sees the other join (the change that makes clients track the other's devices).
+      await untilChanged(sam, pat.userId);
+      await untilChanged(pat, sam.userId);
+    }, 60_000);
+
+    it("a new Parley device reaches Synapse's cache and its client's device_lists.changed; so does its deletion", async () => {
+      // Synapse now tracks pat: this query fills its cache (/user/devices), the next ones read it.
+      const before = await deviceIdsOf(sam, pat.userId);
+      const pat4 = await secondDevice(pat, "fourth");
+      await untilChanged(sam, pat.userId);
+      await waitFor("Synapse's cache holds pat's new device", async () => (await deviceIdsOf(sam, pat.userId)).includes(pat4.deviceId));
+      // Synapse applied the update as it came: its prev_id followed what Synapse held (no resync).
+      const escaped = pat.userId.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      expect(await readFile(hs1.logPath, "utf8")).toMatch(new RegExp(`update for ${escaped}, requiring resync: False\\. Devices: [^\\n]*${pat4.deviceId}`));
+      const keys = await call(sam, "POST", "/keys/query", { device_keys: { [pat.userId]: [pat4.deviceId] } });
+      expect(keys.json.device_keys[pat.userId][pat4.deviceId]).toMatchObject({ keys: pat4.device.deviceKeys.keys });
+      expect(verifyJsonSignature(keys.json.device_keys[pat.userId][pat4.deviceId], pat.userId, `ed25519:${pat4.deviceId}`, pat4.device.key.publicKey)).toBe(true);
+
+      const deleted = await withPassword(pat, "DELETE", `/devices/${encodeURIComponent(pat4.deviceId)}`, {});
+      expect(deleted.status, deleted.text).toBe(200);
+      await untilChanged(sam, pat.userId);
+      await waitFor("Synapse's cache forgets pat's deleted device", async () => !(await deviceIdsOf(sam, pat.userId)).includes(pat4.deviceId));
+      expect(await deviceIdsOf(sam, pat.userId)).toEqual(before);
+    }, 60_000);
+
+    it("a new Synapse device reaches Parley's copy of the list and its client's device_lists.changed; so does its deletion", async () => {
+      const sam4 = await secondDevice(sam, "fourth");
+      await untilChanged(pat, sam.userId);
+      expect(await deviceIdsOf(pat, sam.userId)).toContain(sam4.deviceId);
+      const d = schema.remoteDevices;
+      const held = async () => (await parley.services.db.select().from(d).where(eq(d.userId, sam.userId))).map((r) => r.deviceId);
+      await waitFor("Parley holds sam's new device", async () => (await held()).includes(sam4.deviceId));
+
+      const deleted = await withPassword(sam, "DELETE", `/devices/${encodeURIComponent(sam4.deviceId)}`, {});
+      expect(deleted.status, deleted.text).toBe(200);
+      await untilChanged(pat, sam.userId);
+      expect(await deviceIdsOf(pat, sam.userId)).not.toContain(sam4.deviceId);
+      await waitFor("Parley forgets sam's deleted device", async () => !(await held()).includes(sam4.deviceId));
+      const [head] = await parley.services.db.select().from(schema.remoteDeviceListHeads).where(eq(schema.remoteDeviceListHeads.userId, sam.userId));
+      expect(head).toMatchObject({ stale: false });
+    }, 60_000);
   });
 });
