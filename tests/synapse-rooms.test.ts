@@ -432,6 +432,31 @@ describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", (
     });
   });
 
+  // https://spec.matrix.org/latest/client-server-api/#restricted-rooms: Synapse's make_join names
+  // one of its users in join_authorised_via_users_server, and its send_join answer carries the join
+  // with Synapse's signature added. (Parley serves no restricted joins yet: rooms.ts refuses them.)
+  it("a Parley user joins a Synapse room restricted to the members of another room they are in", async () => {
+    const allowed = await sam.createRoom({ preset: "public_chat", name: "Members only", room_version: "10" });
+    expect((await pat.call("POST", `/_matrix/client/v3/join/${enc(allowed)}?via=${enc(hs1.serverName)}`, {})).status).toBe(200);
+    const roomId = await sam.createRoom({
+      preset: "private_chat",
+      name: "Restricted",
+      room_version: "10",
+      initial_state: [{ type: "m.room.join_rules", state_key: "", content: { join_rule: "restricted", allow: [{ type: "m.room_membership", room_id: allowed }] } }],
+    });
+    await eventually(async () => expect((await members(sam, allowed))[pat.userId]).toBe("join"));
+    const res = await pat.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=${enc(hs1.serverName)}`, {});
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+    await eventually(async () => expect((await members(sam, roomId))[pat.userId]).toBe("join"));
+    const join = (await pat.state(roomId, "m.room.member", pat.userId)).json;
+    expect(join).toMatchObject({ membership: "join", join_authorised_via_users_server: sam.userId });
+    await pat.send(roomId, { msgtype: "m.text", body: "in through the allowed room" });
+    await syncUntil(sam, "pat's message in the restricted room", messageIn(roomId, "in through the allowed room"));
+    // A user who is not in the allowed room is refused.
+    const refused = await paul.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=${enc(hs1.serverName)}`, {});
+    expect(refused.status, JSON.stringify(refused.json)).toBe(403);
+  });
+
   describe("invites across the two servers", () => {
     it("a Synapse user invites a Parley user, who sees it in /sync and joins", async () => {
       const roomId = await sam.createRoom({ preset: "private_chat", name: "Synapse private", room_version: "10" });
