@@ -254,6 +254,26 @@ describe("checking large batches on worker threads", () => {
     expect(stale.every((r) => !r.ok && r.reason === "signature ed25519:r1 from remote.test does not verify")).toBe(true);
   });
 
+  it("stops workers idle for a minute, and starts them again for the next batch", async () => {
+    const c = checker(2);
+    const slots = (c as unknown as { pool: { slots: Array<{ worker: Worker } | undefined> } }).pool.slots;
+    const batch = mixedBatch(40);
+    const expected = await checker(0).check(VERSION, batch);
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      expect(await c.check(VERSION, batch)).toEqual(expected);
+      expect(slots.every((s) => s !== undefined)).toBe(true);
+      vi.advanceTimersByTime(59_000);
+      expect(slots.every((s) => s !== undefined)).toBe(true);
+      vi.advanceTimersByTime(1_000);
+      expect(slots.every((s) => s === undefined)).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    expect(slots.some((s) => s !== undefined)).toBe(true);
+  });
+
   it("checks inline after close", async () => {
     const c = checker(2);
     const batch = mixedBatch(40);

@@ -363,15 +363,20 @@ interface Slot {
   pending: Map<number, { pdus: number; resolve(answer: WorkerAnswer): void; reject(err: Error): void }>;
   /** PDUs sent and not yet answered: new chunks go to the least loaded worker. */
   load: number;
+  /** Set while the worker has nothing to do: it is stopped when this fires. */
+  idleTimer: NodeJS.Timeout | undefined;
 }
+
+/** A worker with nothing to do for this long is stopped (it holds tens of MB); the next batch starts one. */
+const IDLE_WORKER_MS = 60_000;
 
 const fromSources = import.meta.url.endsWith(".ts");
 const WORKER_URL = new URL(fromSources ? "./pdu-checks-worker.mjs" : "./pdu-checks-worker.js", import.meta.url);
 
 /**
  * Worker threads started when first needed, unref'd while idle (an idle pool never keeps the
- * process alive), replaced when one dies: its unanswered requests are rejected, and their caller
- * checks those PDUs inline.
+ * process alive) and stopped after IDLE_WORKER_MS idle, replaced when one dies: its unanswered
+ * requests are rejected, and their caller checks those PDUs inline.
  */
 class WorkerPool {
   private readonly slots: Array<Slot | undefined>;
@@ -414,6 +419,7 @@ class WorkerPool {
     return new Promise<WorkerAnswer>((resolve, reject) => {
       slot.pending.set(message.id, { pdus, resolve, reject });
       slot.load += pdus;
+      clearTimeout(slot.idleTimer);
       if (slot.pending.size === 1) slot.worker.ref();
       slot.worker.postMessage(message);
     });
@@ -422,9 +428,10 @@ class WorkerPool {
   private start(index: number): Slot {
     const worker = new Worker(WORKER_URL);
     worker.unref();
-    const slot: Slot = { worker, pending: new Map(), load: 0 };
+    const slot: Slot = { worker, pending: new Map(), load: 0, idleTimer: undefined };
     this.slots[index] = slot;
     const fail = (err: Error) => {
+      clearTimeout(slot.idleTimer);
       if (this.slots[index] === slot) this.slots[index] = undefined;
       for (const request of slot.pending.values()) request.reject(err);
       slot.pending.clear();
@@ -435,7 +442,15 @@ class WorkerPool {
       if (!request) return;
       slot.pending.delete(answer.id);
       slot.load -= request.pdus;
-      if (slot.pending.size === 0) worker.unref();
+      if (slot.pending.size === 0) {
+        worker.unref();
+        slot.idleTimer = setTimeout(() => {
+          if (this.slots[index] === slot && slot.pending.size === 0) {
+            this.slots[index] = undefined;
+            void worker.terminate();
+          }
+        }, IDLE_WORKER_MS).unref();
+      }
       request.resolve(answer);
     });
     worker.on("error", (err) => {
