@@ -390,6 +390,31 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
       expect(await deviceIdsOf(sam, pat.userId)).toEqual(before);
     }, 60_000);
 
+    it("Parley's new cross-signing keys and signatures reach Synapse's cache (m.signing_key_update, m.device_list_update)", async () => {
+      const replacement = crossSigningIdentity(pat.userId);
+      const uploaded = await withPassword(pat, "POST", "/keys/device_signing/upload", replacement.body);
+      expect(uploaded.status, uploaded.text).toBe(200);
+      await untilChanged(sam, pat.userId);
+      const masterOf = async () => (await call(sam, "POST", "/keys/query", { device_keys: { [pat.userId]: [] } })).json;
+      await waitFor("Synapse's cache holds pat's new master key", async () => {
+        const answer = await masterOf();
+        return JSON.stringify(answer.master_keys?.[pat.userId]?.keys) === JSON.stringify(replacement.body.master_key.keys) && answer;
+      });
+      const answer = await masterOf();
+      expect(answer.self_signing_keys[pat.userId]).toMatchObject({ keys: replacement.body.self_signing_key.keys });
+
+      // pat signs the device with the new self-signing key: Synapse's copy of the device gets the signature.
+      const signed = sign(pat.device.deviceKeys, pat.userId, replacement.selfSigning);
+      const sig = await call(pat, "POST", "/keys/signatures/upload", { [pat.userId]: { [pat.deviceId]: signed } });
+      expect(sig.json.failures ?? {}).toEqual({});
+      const ssk = replacement.selfSigning;
+      await waitFor("Synapse's cache holds the device's new signature", async () => {
+        const device = (await masterOf()).device_keys?.[pat.userId]?.[pat.deviceId];
+        return device && verifyJsonSignature(device, pat.userId, `ed25519:${ssk.publicKeyBase64}`, ssk.publicKey);
+      });
+      pat.crossSigning = replacement;
+    }, 60_000);
+
     it("a new Synapse device reaches Parley's copy of the list and its client's device_lists.changed; so does its deletion", async () => {
       const sam4 = await secondDevice(sam, "fourth");
       await untilChanged(pat, sam.userId);
