@@ -20,8 +20,8 @@
 //   last message in bob's /sync.
 // Environment: BENCH_FED_ROOMS_SIZES (default 1000,5000,20000), BENCH_FED_ROOMS_PARTS (default
 // latency,throughput,join), BENCH_FED_ROOMS_ROUNDS (300), BENCH_FED_ROOMS_MESSAGES (2000),
-// BENCH_FED_ROOMS_PROFILE=<size> writes a CPU profile of that size's join (main thread, through
-// node:inspector; the PDU check workers are not in it) and prints its top self-time functions.
+// BENCH_FED_ROOMS_PROFILE=join-20000,latency,throughput,setup-5000 writes a CPU profile of those phases (main
+// thread, through node:inspector; the PDU check workers are not in it) and prints where it went.
 // Run: `npm run bench federation-rooms` or `npx tsx bench/federation-rooms.bench.ts` (a few
 // minutes). Ends with one BENCH_RESULT line.
 import { readFileSync, writeFileSync } from "node:fs";
@@ -39,8 +39,12 @@ const SIZES = (process.env.BENCH_FED_ROOMS_SIZES ?? "1000,5000,20000").split(","
 const PARTS = new Set((process.env.BENCH_FED_ROOMS_PARTS ?? "latency,throughput,join").split(","));
 const LATENCY_ROUNDS = Number(process.env.BENCH_FED_ROOMS_ROUNDS ?? 300);
 const MESSAGES = Number(process.env.BENCH_FED_ROOMS_MESSAGES ?? 2000);
-const PROFILE_SIZE = Number(process.env.BENCH_FED_ROOMS_PROFILE ?? 0);
+/** Phases to profile: `latency`, `throughput`, `join-<size>`, `setup-<size>` (hs1 building the room). */
+const PROFILE = new Set((process.env.BENCH_FED_ROOMS_PROFILE ?? "").split(",").filter(Boolean));
+const profileFile = (phase: string) => path.join(tmpdir(), `parley-federation-rooms-${phase}-${process.pid}.cpuprofile`);
 const IN_FLIGHT = 20;
+/** The members of the room joined first, outside the figures (see below). */
+const WARM_UP_SIZE = 50;
 /** Member joins per persister job while building the big rooms. */
 const SETUP_BATCH = 250;
 /** How long bob's /sync is given to start waiting before alice sends. */
@@ -102,27 +106,39 @@ function resetPeakRss(): boolean {
   }
 }
 
-/**
- * Wraps methods of an object so the time spent in each (from call to settle) adds up in `spans`
- * while `on.active`; nested or concurrent calls each count their own wall time.
- */
-function timeMethods(target: object, label: string, methods: string[], spans: Map<string, { ms: number; calls: number }>, on: { active: boolean }) {
+interface Span {
+  ms: number;
+  /** Process CPU time (every thread) while the step ran: its own work, as the join's steps run one after another. */
+  cpuMs: number;
+  calls: number;
+}
+type Spans = Map<string, Span>;
+
+/** Times `work` into `spans[key]`: wall time and the process's CPU time meanwhile. */
+async function timed<T>(spans: Spans, key: string, work: () => Promise<T>): Promise<T> {
+  const start = performance.now();
+  const cpu = process.cpuUsage();
+  try {
+    return await work();
+  } finally {
+    const used = process.cpuUsage(cpu);
+    const span = spans.get(key) ?? { ms: 0, cpuMs: 0, calls: 0 };
+    span.ms += performance.now() - start;
+    span.cpuMs += (used.user + used.system) / 1000;
+    span.calls++;
+    spans.set(key, span);
+  }
+}
+
+/** Wraps methods of an object so each call is timed into `spans` while `on.active`. */
+function timeMethods(target: object, label: string, methods: string[], spans: Spans, on: { active: boolean }) {
   const t = target as Record<string, (...args: unknown[]) => unknown>;
   for (const name of methods) {
     const original = t[name];
     if (typeof original !== "function") throw new Error(`benchmark setup is wrong: ${label} has no method ${name}`);
-    t[name] = async function (this: unknown, ...args: unknown[]) {
+    t[name] = function (this: unknown, ...args: unknown[]) {
       if (!on.active) return original.apply(this, args);
-      const start = performance.now();
-      try {
-        return await original.apply(this, args);
-      } finally {
-        const key = `${label}.${name}`;
-        const span = spans.get(key) ?? { ms: 0, calls: 0 };
-        span.ms += performance.now() - start;
-        span.calls++;
-        spans.set(key, span);
-      }
+      return timed(spans, `${label}.${name}`, async () => original.apply(this, args));
     };
   }
 }
@@ -131,32 +147,80 @@ interface ProfileNode {
   id: number;
   callFrame: { functionName: string; url: string; lineNumber: number };
   hitCount?: number;
+  children?: number[];
+}
+type CpuProfile = { nodes: ProfileNode[]; startTime: number; endTime: number };
+
+/** Starts the V8 CPU profiler on the main thread; the returned function stops it and answers the profile. */
+async function startProfile(): Promise<() => Promise<CpuProfile>> {
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.start");
+  return async () => {
+    const { profile } = await session.post("Profiler.stop");
+    session.disconnect();
+    return profile as unknown as CpuProfile;
+  };
 }
 
-/** The top self-time functions (and files) of a V8 CPU profile. */
-function topSelfTime(profile: { nodes: ProfileNode[]; startTime: number; endTime: number; samples?: number[] }, count: number): void {
+/**
+ * Prints a CPU profile's top self time by function and by file, and the self time charged to the
+ * nearest Parley frame above it (so PGlite's WebAssembly, drizzle and JSON work show under the
+ * Parley function that asked for them).
+ */
+function printProfile(profile: CpuProfile, file: string, count: number): void {
+  writeFileSync(file, JSON.stringify(profile));
   const total = profile.nodes.reduce((n, x) => n + (x.hitCount ?? 0), 0);
   const msPerSample = (profile.endTime - profile.startTime) / 1000 / Math.max(1, total);
+  const short = (url: string) => url.replace(/^file:\/\//, "").replace(/^.*\/node_modules\//, "node_modules/").replace(/^.*\/main\//, "");
+  const ours = (url: string) => url.startsWith("file://") && !url.includes("/node_modules/") && !url.includes("/bench/");
+  const name = (n: ProfileNode) => {
+    const f = n.callFrame;
+    if (f.url.startsWith("wasm://")) return "PGlite (WebAssembly)";
+    return `${f.functionName || "(anonymous)"}  ${short(f.url)}${f.url ? `:${f.lineNumber + 1}` : ""}`;
+  };
+  const parent = new Map<number, ProfileNode>();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n);
   const byFunction = new Map<string, number>();
   const byFile = new Map<string, number>();
-  const short = (url: string) => url.replace(/^file:\/\//, "").replace(/^.*\/node_modules\//, "node_modules/").replace(/^.*\/main\//, "");
+  const byParley = new Map<string, number>();
+  const add = (m: Map<string, number>, k: string, hits: number) => m.set(k, (m.get(k) ?? 0) + hits);
   for (const n of profile.nodes) {
     const hits = n.hitCount ?? 0;
     if (hits === 0) continue;
-    const f = n.callFrame;
-    const key = `${f.functionName || "(anonymous)"}  ${short(f.url)}${f.url ? `:${f.lineNumber + 1}` : ""}`;
-    byFunction.set(key, (byFunction.get(key) ?? 0) + hits);
-    const file = f.url ? short(f.url) : f.functionName;
-    byFile.set(file, (byFile.get(file) ?? 0) + hits);
+    const url = n.callFrame.url;
+    add(byFunction, name(n), hits);
+    add(byFile, url.startsWith("wasm://") ? "PGlite (WebAssembly)" : url ? short(url).replace(/^(node_modules\/(@[^/]+\/)?[^/]+)\/.*$/, "$1") : n.callFrame.functionName, hits);
+    let at: ProfileNode | undefined = n;
+    while (at && !ours(at.callFrame.url)) at = parent.get(at.id);
+    add(byParley, at ? name(at) : name(n), hits);
   }
+  process.stdout.write(`  CPU profile (main thread): ${file}, ${round(total * msPerSample, 0)} ms sampled\n`);
   const print = (title: string, m: Map<string, number>) => {
-    process.stdout.write(`  ${title} (of ${round(total * msPerSample, 0)} ms sampled on the main thread)\n`);
+    process.stdout.write(`  ${title}\n`);
     for (const [k, hits] of [...m].sort((a, b) => b[1] - a[1]).slice(0, count)) {
       process.stdout.write(`    ${String(round(hits * msPerSample, 0)).padStart(7)} ms ${String(round((100 * hits) / total)).padStart(5)}%  ${k}\n`);
     }
   };
   print("top self time by function", byFunction);
-  print("top self time by file", byFile);
+  print("self time by file or package", byFile);
+  print("self time charged to the nearest Parley function (its own, and the libraries and PGlite it called)", byParley);
+}
+
+/** Main-thread utilisation and process CPU (all threads: the PDU check workers too) over a phase. */
+function startCpuMeter(): () => { elu: number; cpuCores: number; cpuSeconds: number } {
+  const elu = performance.eventLoopUtilization();
+  const cpu = process.cpuUsage();
+  const start = performance.now();
+  return () => {
+    const used = process.cpuUsage(cpu);
+    return {
+      elu: round(performance.eventLoopUtilization(elu).utilization * 100, 0),
+      cpuCores: round((used.user + used.system) / 1000 / (performance.now() - start), 2),
+      cpuSeconds: round((used.user + used.system) / 1e6, 2),
+    };
+  };
 }
 
 /** The room's joined members in a server's current state. */
@@ -229,6 +293,8 @@ try {
     if (PARTS.has("latency")) {
       process.stdout.write(`delivery latency, one message at a time (load average ${loadAverage()})\n`);
       const samples: number[] = [];
+      const stopProfile = PROFILE.has("latency") ? await startProfile() : undefined;
+      const cpu = startCpuMeter();
       for (let n = 0; n < LATENCY_ROUNDS; n++) {
         let arrivedAt = 0;
         const arrived = receive("alone", 1, () => (arrivedAt = performance.now()));
@@ -238,9 +304,13 @@ try {
         await arrived;
         samples.push(arrivedAt - sentAt);
       }
+      const used = cpu();
+      const profile = await stopProfile?.();
       samples.sort((a, b) => a - b);
       record(`delivery hs1 send → hs2 /sync, p50 (${LATENCY_ROUNDS} messages)`, percentile(samples, 50), "ms");
       record("delivery hs1 send → hs2 /sync, p99", percentile(samples, 99), "ms");
+      record("  main thread busy", used.elu, "%");
+      if (profile) printProfile(profile, profileFile("latency"), 20);
       process.stdout.write(`  (load average after: ${loadAverage()})\n`);
     }
 
@@ -254,6 +324,8 @@ try {
         latencies.push(lastSeen - sentAt[n]!);
       });
       await new Promise((r) => setTimeout(r, SETTLE_MS));
+      const stopProfile = PROFILE.has("throughput") ? await startProfile() : undefined;
+      const cpu = startCpuMeter();
       const start = performance.now();
       let next = 0;
       await Promise.all(
@@ -267,17 +339,22 @@ try {
       );
       const sendSeconds = (performance.now() - start) / 1000;
       await arrived;
+      const used = cpu();
+      const profile = await stopProfile?.();
       latencies.sort((a, b) => a - b);
       record(`messages hs1 → hs2 /sync, ${IN_FLIGHT} in flight (${MESSAGES})`, Math.round(MESSAGES / ((lastSeen - start) / 1000)), "messages/s");
       record("  PUT /send answered on hs1", Math.round(MESSAGES / sendSeconds), "requests/s");
       record("  latency send → hs2 /sync, p50", percentile(latencies, 50), "ms");
       record("  latency send → hs2 /sync, p99", percentile(latencies, 99), "ms");
+      record("  main thread busy", used.elu, "%");
+      record("  process CPU (all threads) / wall time", used.cpuCores, "cores");
+      if (profile) printProfile(profile, profileFile("throughput"), 20);
       process.stdout.write(`  (load average after: ${loadAverage()})\n`);
     }
   }
 
   if (PARTS.has("join")) {
-    const spans = new Map<string, { ms: number; calls: number }>();
+    const spans: Spans = new Map();
     const on = { active: false };
     const rf1 = hs1.services.federation.rooms!;
     const rf2 = hs2.services.federation.rooms!;
@@ -290,26 +367,19 @@ try {
     // hs2's federation requests: each round trip as hs2 sees it (hs1's serving, the transfer, the parse).
     const http2 = hs2.services.federation.http as unknown as Record<string, (...args: any[]) => Promise<unknown>>;
     const originalRequest = http2.request!.bind(hs2.services.federation.http);
-    http2.request = async (destination: string, req: { method: string; path: string }) => {
-      const start = performance.now();
-      try {
-        return await originalRequest(destination, req);
-      } finally {
-        if (on.active) {
-          const kind = /\/(make_join|send_join)\//.exec(req.path)?.[1] ?? req.path.split("?")[0]!.split("/").slice(0, 5).join("/");
-          const key = `hs2→hs1 ${kind} round trip`;
-          const span = spans.get(key) ?? { ms: 0, calls: 0 };
-          span.ms += performance.now() - start;
-          span.calls++;
-          spans.set(key, span);
-        }
-      }
+    http2.request = (destination: string, req: { method: string; path: string }) => {
+      if (!on.active) return originalRequest(destination, req);
+      const kind = /\/(make_join|send_join)\//.exec(req.path)?.[1] ?? req.path.split("?")[0]!.split("/").slice(0, 5).join("/");
+      return timed(spans, `hs2→hs1 ${kind} round trip`, () => originalRequest(destination, req));
     };
 
-    for (const size of SIZES) {
+    // The first large join after start pays for the PDU check workers' start and hs1's key fetch
+    // (both once per process): a small join first, measured apart.
+    for (const [size, warmUp] of [[WARM_UP_SIZE, true] as const, ...SIZES.map((s) => [s, false] as const)]) {
       const roomId = (await ok(request(hs1.url, "POST", "/_matrix/client/v3/createRoom", { token: alice.token, body: { preset: "public_chat" } }), "createRoom"))
         .room_id as string;
       const setupStart = performance.now();
+      const stopSetupProfile = PROFILE.has(`setup-${size}`) ? await startProfile() : undefined;
       const jobs: Promise<unknown>[] = [];
       for (let from = 1; from <= size; from += SETUP_BATCH) {
         const templates: EventTemplate[] = [];
@@ -321,9 +391,19 @@ try {
       }
       await Promise.all(jobs);
       const setupMs = performance.now() - setupStart;
+      const setupProfile = await stopSetupProfile?.();
+      if (setupProfile) printProfile(setupProfile, profileFile(`setup-${size}`), 20);
       const joinedBefore = await joinedCount(hs1, roomId);
       if (joinedBefore !== size + 1) throw new Error(`benchmark setup is wrong: the room has ${joinedBefore} joined members, not ${size + 1}`);
-      const joiner = await register(hs2.url, `joiner${size}`);
+      const joiner = await register(hs2.url, `joiner${size}${warmUp ? "warmup" : ""}`);
+      if (warmUp) {
+        const cpu = startCpuMeter();
+        const start = performance.now();
+        await ok(request(hs2.url, "POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs1.test`, { token: joiner.token, body: {} }), "remote join");
+        record(`first join after start, ${size} members (workers start, keys fetched)`, round((performance.now() - start) / 1000, 2), "s");
+        record("  its process CPU time", cpu().cpuSeconds, "s");
+        continue;
+      }
       process.stdout.write(`join a room of ${size.toLocaleString("en")} members on hs1 from hs2 (hs1 built it in ${round(setupMs / 1000)} s; load average ${loadAverage()})\n`);
 
       globalThis.gc?.();
@@ -332,53 +412,46 @@ try {
       const peakResettable = resetPeakRss();
       let sampledPeak = rssBefore;
       const sampler = setInterval(() => (sampledPeak = Math.max(sampledPeak, process.memoryUsage().rss)), 50);
-      let profiler: Session | undefined;
-      if (PROFILE_SIZE === size) {
-        profiler = new Session();
-        profiler.connect();
-        await profiler.post("Profiler.enable");
-        await profiler.post("Profiler.start");
-      }
+      const stopProfile = PROFILE.has(`join-${size}`) ? await startProfile() : undefined;
       spans.clear();
+      const cpu = startCpuMeter();
       on.active = true;
       const start = performance.now();
       await ok(request(hs2.url, "POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs1.test`, { token: joiner.token, body: {} }), "remote join");
       const joinMs = performance.now() - start;
+      const used = cpu();
       on.active = false;
       clearInterval(sampler);
       sampledPeak = Math.max(sampledPeak, process.memoryUsage().rss);
       const kernelPeak = peakRss();
-      let profileFile: string | undefined;
-      let profile: Parameters<typeof topSelfTime>[0] | undefined;
-      if (profiler) {
-        profile = (await profiler.post("Profiler.stop")).profile as unknown as Parameters<typeof topSelfTime>[0];
-        profiler.disconnect();
-        profileFile = path.join(tmpdir(), `parley-federation-join-${size}-${process.pid}.cpuprofile`);
-        writeFileSync(profileFile, JSON.stringify(profile));
-      }
+      const profile = await stopProfile?.();
       const members = await joinedCount(hs2, roomId);
       if (members !== size + 2) throw new Error(`after the join hs2 counts ${members} joined members, not ${size + 2}`);
 
       const n = size.toLocaleString("en");
       record(`join ${n} members: wall time of POST /join on hs2`, round(joinMs / 1000, 2), "s");
-      const span = (k: string) => spans.get(k)?.ms ?? 0;
-      const hs1Serving = span("hs1.makeJoin") + span("hs1.sendJoin");
-      const roundTrips = span("hs2→hs1 make_join round trip") + span("hs2→hs1 send_join round trip");
-      record(`join ${n}: hs1 serving (make_join + send_join handlers)`, round(hs1Serving / 1000, 2), "s");
-      record(`join ${n}: round trips as hs2 sees them (+ JSON, transfer)`, round(roundTrips / 1000, 2), "s");
-      record(`join ${n}: hs2's own part (wall time − round trips)`, round((joinMs - roundTrips) / 1000, 2), "s");
+      const wall = (k: string) => spans.get(k)?.ms ?? 0;
+      const cpuOf = (k: string) => spans.get(k)?.cpuMs ?? 0;
+      const serving = ["hs1.makeJoin", "hs1.sendJoin"];
+      const trips = ["hs2→hs1 make_join round trip", "hs2→hs1 send_join round trip"];
+      const sum = (keys: string[], f: (k: string) => number) => keys.reduce((x, k) => x + f(k), 0);
+      record(`join ${n}: hs1 serving (make_join + send_join handlers)`, round(sum(serving, wall) / 1000, 2), "s");
+      record(`join ${n}: round trips as hs2 sees them (+ JSON, transfer)`, round(sum(trips, wall) / 1000, 2), "s");
+      record(`join ${n}: hs2's own part (wall time − round trips)`, round((joinMs - sum(trips, wall)) / 1000, 2), "s");
+      record(`join ${n}: CPU time of the round trips (hs1 serving, JSON, transfer)`, round(sum(trips, cpuOf) / 1000, 2), "s");
+      record(`join ${n}: CPU time of hs2's own part`, round(used.cpuSeconds - sum(trips, cpuOf) / 1000, 2), "s");
+      record(`join ${n}: main thread busy`, used.elu, "%");
+      record(`join ${n}: process CPU time (all threads)`, used.cpuSeconds, "s");
+      record(`join ${n}: process CPU (all threads) / wall time`, used.cpuCores, "cores");
       record(`join ${n}: RSS before`, mb(rssBefore), "MB");
       record(`join ${n}: peak RSS sampled every 50 ms`, mb(sampledPeak), "MB");
       record(`join ${n}: kernel peak RSS (VmHWM = maxRSS)${peakResettable ? "" : ", whole run"}`, mb(kernelPeak), "MB");
-      process.stdout.write(`  where the time went (wall time of each step, ms; calls):\n`);
+      process.stdout.write(`  where the time went (each step's wall time, and the process's CPU time meanwhile; steps nest):\n`);
       for (const [k, v] of [...spans].sort((a, b) => b[1].ms - a[1].ms)) {
-        process.stdout.write(`    ${k.padEnd(40)} ${String(round(v.ms, 0)).padStart(8)} ms  ${v.calls}×\n`);
+        process.stdout.write(`    ${k.padEnd(40)} ${String(round(v.ms, 0)).padStart(8)} ms wall ${String(round(v.cpuMs, 0)).padStart(8)} ms CPU  ${v.calls}×\n`);
       }
       process.stdout.write(`  (load average after: ${loadAverage()})\n`);
-      if (profile) {
-        process.stdout.write(`  CPU profile of the join (main thread): ${profileFile}\n`);
-        topSelfTime(profile, 25);
-      }
+      if (profile) printProfile(profile, profileFile(`join-${size}`), 20);
     }
   }
 } finally {
