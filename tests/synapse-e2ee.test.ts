@@ -19,7 +19,7 @@
 // chain follows); the clients on both sides see the other user in `device_lists.changed` for a new
 // device and for a deleted one.
 import { readFile } from "node:fs/promises";
-import { eq } from "drizzle-orm";
+import { and, eq } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyJsonSignature } from "../federation/protocol/signing.ts";
 import { schema } from "../schema/db.ts";
@@ -413,6 +413,22 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
         return device && verifyJsonSignature(device, pat.userId, `ed25519:${ssk.publicKeyBase64}`, ssk.publicKey);
       });
       pat.crossSigning = replacement;
+    }, 60_000);
+
+    it("Synapse's new cross-signing keys reach Parley's client (device_lists.changed) and key queries", async () => {
+      const replacement = crossSigningIdentity(sam.userId);
+      const uploaded = await withPassword(sam, "POST", "/keys/device_signing/upload", replacement.body);
+      expect(uploaded.status, uploaded.text).toBe(200);
+      await untilChanged(pat, sam.userId);
+      const t = schema.remoteCrossSigningKeys;
+      await waitFor("Parley holds sam's new master key (m.signing_key_update)", async () => {
+        const [row] = await parley.services.db.select().from(t).where(and(eq(t.userId, sam.userId), eq(t.usage, "master")));
+        return row !== undefined && JSON.parse(row.keyJson).keys[`ed25519:${replacement.master.publicKeyBase64}`] !== undefined;
+      });
+      const answer = (await call(pat, "POST", "/keys/query", { device_keys: { [sam.userId]: [] } })).json;
+      expect(answer.master_keys[sam.userId]).toMatchObject({ keys: replacement.body.master_key.keys });
+      expect(answer.self_signing_keys[sam.userId]).toMatchObject({ keys: replacement.body.self_signing_key.keys });
+      sam.crossSigning = replacement;
     }, 60_000);
 
     it("a new Synapse device reaches Parley's copy of the list and its client's device_lists.changed; so does its deletion", async () => {
