@@ -17,3 +17,5 @@ port.on("message", ({ id, roomVersion, json, keys, verify }: WorkerRequest) => {
   }
   port.postMessage(answer);
 });
+// Loaded and listening: the pool sends work from now on.
+port.postMessage({ ready: true });

@@ -70,6 +70,15 @@ function checker(workers: number, keys: PduCheckerDeps["keys"] = keyStore(), log
   checkers.push(c);
   return c;
 }
+/** A checker whose workers are running. */
+async function pooled(keys: PduCheckerDeps["keys"] = keyStore(), logger = pino({ level: "silent" })) {
+  const c = checker(2, keys, logger);
+  await poolOf(c).whenReady();
+  return c;
+}
+function poolOf(c: PduChecker) {
+  return (c as unknown as { pool: { whenReady(): Promise<void>; check(...args: unknown[]): Promise<unknown>; slots: Array<{ worker: Worker } | undefined> } }).pool;
+}
 afterEach(async () => {
   await Promise.all(checkers.splice(0).map((c) => c.close()));
 });
@@ -179,9 +188,8 @@ describe("checking large batches on worker threads", () => {
   });
 
   it("sends each chunk to a worker once when the keys it used last are still the keys", async () => {
-    const c = checker(2);
-    const pool = (c as unknown as { pool: { check(...args: unknown[]): Promise<unknown> } }).pool;
-    const requests = vi.spyOn(pool, "check");
+    const c = await pooled();
+    const requests = vi.spyOn(poolOf(c), "check");
     const batch = mixedBatch(50);
     const expected = await checker(0).check(VERSION, batch);
     expect(await c.check(VERSION, batch)).toEqual(expected);
@@ -189,6 +197,19 @@ describe("checking large batches on worker threads", () => {
     requests.mockClear();
     expect(await c.check(VERSION, batch)).toEqual(expected);
     expect(requests).toHaveBeenCalledTimes(2);
+  });
+
+  it("checks a transaction inline while the workers start, then on them", async () => {
+    const c = checker(2);
+    const requests = vi.spyOn(poolOf(c), "check");
+    const batch = mixedBatch(50);
+    const expected = await checker(0).check(VERSION, batch);
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    expect(requests).not.toHaveBeenCalled();
+    expect(poolOf(c).slots.every((s) => s !== undefined)).toBe(true);
+    await poolOf(c).whenReady();
+    expect(await c.check(VERSION, batch)).toEqual(expected);
+    expect(requests).toHaveBeenCalled();
   });
 
   it("checks the chunks of a worker that died inline, and starts a new worker afterwards", async () => {
@@ -231,7 +252,7 @@ describe("checking large batches on worker threads", () => {
   it("checks again with the keys looked up when a key is no longer valid for some events", async () => {
     let validUpTo = Number.MAX_SAFE_INTEGER;
     const keys = keyStore();
-    const c = checker(2, {
+    const c = await pooled({
       verifyKey: (server: string, keyId: string, validAt?: number) => ((validAt ?? 0) <= validUpTo ? keys.verifyKey(server, keyId, validAt) : Promise.resolve(undefined)),
     });
     const batch = Array.from({ length: 40 }, (_, i) => message(i));
@@ -245,7 +266,7 @@ describe("checking large batches on worker threads", () => {
   it("checks again with the keys looked up when a server's key changed under the same key ID", async () => {
     const newKey = signingKeyFromSeed(new Uint8Array(32).fill(8), remoteKey.keyId);
     let current = remoteKey;
-    const c = checker(2, { verifyKey: async (server: string, keyId: string) => (server === "remote.test" && keyId === current.keyId ? current.publicKey : undefined) });
+    const c = await pooled({ verifyKey: async (server: string, keyId: string) => (server === "remote.test" && keyId === current.keyId ? current.publicKey : undefined) });
     const signedWith = (key: typeof remoteKey) => Array.from({ length: 40 }, (_, i) => signEvent(VERSION, { ...message(i), signatures: {} }, "remote.test", key));
     expect((await c.check(VERSION, signedWith(remoteKey))).every((r) => r.ok)).toBe(true);
     current = newKey;
@@ -254,24 +275,24 @@ describe("checking large batches on worker threads", () => {
     expect(stale.every((r) => !r.ok && r.reason === "signature ed25519:r1 from remote.test does not verify")).toBe(true);
   });
 
-  it("stops workers idle for a minute, and starts them again for the next batch", async () => {
-    const c = checker(2);
-    const slots = (c as unknown as { pool: { slots: Array<{ worker: Worker } | undefined> } }).pool.slots;
+  it("stops workers idle for five minutes, and starts them again for the next batch", async () => {
+    const c = await pooled();
+    const slots = poolOf(c).slots;
     const batch = mixedBatch(40);
     const expected = await checker(0).check(VERSION, batch);
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
     try {
       expect(await c.check(VERSION, batch)).toEqual(expected);
       expect(slots.every((s) => s !== undefined)).toBe(true);
-      vi.advanceTimersByTime(59_000);
+      vi.advanceTimersByTime(299_000);
       expect(slots.every((s) => s !== undefined)).toBe(true);
       vi.advanceTimersByTime(1_000);
       expect(slots.every((s) => s === undefined)).toBe(true);
     } finally {
       vi.useRealTimers();
     }
-    expect(await c.check(VERSION, batch)).toEqual(expected);
-    expect(slots.some((s) => s !== undefined)).toBe(true);
+    expect(await c.check(VERSION, batch)).toEqual(expected); // inline while they start again
+    expect(slots.every((s) => s !== undefined)).toBe(true);
   });
 
   it("checks inline after close", async () => {

@@ -6,7 +6,8 @@
 // it. Their verify keys are then fetched once per (server, key ID) for the whole batch. Then
 // signatures, event IDs and content hashes. All but the key fetching is pure work: a batch of fewer
 // than INLINE_BELOW PDUs is checked inline; a larger one (a transaction of 50, a join's thousands)
-// is split over a pool of worker threads, so the event loop keeps answering requests meanwhile.
+// is split over a pool of worker threads, so the event loop keeps answering requests meanwhile
+// (while the workers start, a transaction's worth is still checked inline rather than wait).
 // Ed25519 verification is most of that work (ARCHITECTURE.md: about 10,000 verifications/s per core).
 //
 // One round trip to a worker per chunk: the worker checks the formats and, speculatively, the
@@ -52,6 +53,8 @@ export interface PduCheckerDeps {
 
 /** Batches smaller than this are checked on the calling thread: a worker round trip costs more. */
 export const INLINE_BELOW = 16;
+/** Batches up to this size (a transaction's 50) are checked inline while the workers start; larger ones wait for them. */
+const INLINE_WHILE_STARTING = 64;
 /** The most PDUs sent to a worker at once, so concurrent batches share the pool fairly. */
 const MAX_CHUNK = 250;
 /** At most this many key lookups (each possibly a fetch from another server) at once per batch. */
@@ -144,7 +147,10 @@ export class PduChecker {
    * (a supported one), results in input order. Never throws for a bad PDU: it is refused with a reason.
    */
   async check(roomVersion: string, pdus: readonly unknown[]): Promise<CheckedPdu[]> {
-    const pool = this.pool && !this.pool.closed && pdus.length >= INLINE_BELOW ? this.pool : undefined;
+    // While the workers start (hundreds of ms), a transaction's worth is checked here rather than wait.
+    const usePool =
+      this.pool !== undefined && !this.pool.closed && pdus.length >= INLINE_BELOW && (this.pool.warm() || pdus.length > INLINE_WHILE_STARTING);
+    const pool = usePool ? this.pool : undefined;
     if (!pool) {
       const { formats, valid } = checkFormats(roomVersion, pdus);
       const keys = await this.fetchKeys(formats);
@@ -365,10 +371,14 @@ interface Slot {
   load: number;
   /** Set while the worker has nothing to do: it is stopped when this fires. */
   idleTimer: NodeJS.Timeout | undefined;
+  /** Whether the worker has loaded its code (it says so): starting one takes hundreds of ms. */
+  ready: boolean;
+  /** Settles when it is ready or gone. */
+  started: Promise<void>;
 }
 
 /** A worker with nothing to do for this long is stopped (it holds tens of MB); the next batch starts one. */
-const IDLE_WORKER_MS = 60_000;
+const IDLE_WORKER_MS = 5 * 60_000;
 
 const fromSources = import.meta.url.endsWith(".ts");
 const WORKER_URL = new URL(fromSources ? "./pdu-checks-worker.mjs" : "./pdu-checks-worker.js", import.meta.url);
@@ -408,6 +418,18 @@ class WorkerPool {
     return answer;
   }
 
+  /** Starts the workers not running; whether all are ready to take work. */
+  warm(): boolean {
+    if (this.closed) return false;
+    return this.slots.map((slot, i) => slot ?? this.start(i)).every((slot) => slot.ready);
+  }
+
+  /** Starts the workers not running, and waits until they are ready (or gone). */
+  async whenReady(): Promise<void> {
+    this.warm();
+    await Promise.all(this.slots.map((slot) => slot?.started));
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     const slots = this.slots.splice(0, this.slots.length, ...new Array<undefined>(this.size).fill(undefined));
@@ -428,29 +450,38 @@ class WorkerPool {
   private start(index: number): Slot {
     const worker = new Worker(WORKER_URL);
     worker.unref();
-    const slot: Slot = { worker, pending: new Map(), load: 0, idleTimer: undefined };
+    let started!: () => void;
+    const slot: Slot = { worker, pending: new Map(), load: 0, idleTimer: undefined, ready: false, started: new Promise((resolve) => (started = resolve)) };
     this.slots[index] = slot;
+    const idle = () => {
+      worker.unref();
+      slot.idleTimer = setTimeout(() => {
+        if (this.slots[index] === slot && slot.pending.size === 0) {
+          this.slots[index] = undefined;
+          void worker.terminate();
+        }
+      }, IDLE_WORKER_MS).unref();
+    };
     const fail = (err: Error) => {
+      started();
       clearTimeout(slot.idleTimer);
       if (this.slots[index] === slot) this.slots[index] = undefined;
       for (const request of slot.pending.values()) request.reject(err);
       slot.pending.clear();
       slot.load = 0;
     };
-    worker.on("message", (answer: WorkerAnswer) => {
+    worker.on("message", (answer: WorkerAnswer | { ready: true }) => {
+      if ("ready" in answer) {
+        slot.ready = true;
+        started();
+        if (slot.pending.size === 0) idle();
+        return;
+      }
       const request = slot.pending.get(answer.id);
       if (!request) return;
       slot.pending.delete(answer.id);
       slot.load -= request.pdus;
-      if (slot.pending.size === 0) {
-        worker.unref();
-        slot.idleTimer = setTimeout(() => {
-          if (this.slots[index] === slot && slot.pending.size === 0) {
-            this.slots[index] = undefined;
-            void worker.terminate();
-          }
-        }, IDLE_WORKER_MS).unref();
-      }
+      if (slot.pending.size === 0) idle();
       request.resolve(answer);
     });
     worker.on("error", (err) => {
