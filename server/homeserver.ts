@@ -121,6 +121,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       rooms: roomServices.rooms,
       eventStore: roomServices.eventStore,
       serverReads: roomServices.serverReads,
+      timeline: roomServices.timeline,
       accounts: accountServices.accounts,
       logger,
       now,

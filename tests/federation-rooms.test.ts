@@ -94,7 +94,8 @@ describe("a public room joined from other servers", () => {
     await bob.send(roomId, { msgtype: "m.text", body: "from bob" });
     await carol.send(roomId, { msgtype: "m.text", body: "from carol" });
     for (const user of [alice, bob, carol]) {
-      await eventually(async () => expect(new Set(await bodies(user, roomId))).toEqual(new Set(["before anyone joined", "from alice", "from bob", "from carol"].filter((b) => user === alice || b !== "before anyone joined"))));
+      // The servers that joined late page back into what was said before (backfill).
+      await eventually(async () => expect(new Set(await bodies(user, roomId))).toEqual(new Set(["before anyone joined", "from alice", "from bob", "from carol"])));
     }
   });
 

@@ -23,6 +23,7 @@ import type { EventStore } from "../../server/rooms/event-store.ts";
 import type { EventPersister, RemoteEventInput, RemoteEventOutcome } from "../../server/rooms/persister.ts";
 import type { Rooms } from "../../server/rooms/rooms.ts";
 import type { ServerReads } from "../../server/rooms/server-reads.ts";
+import type { Timeline } from "../../server/rooms/timeline.ts";
 import { checkAuthAgainstAuthEvents } from "../protocol/auth-rules.ts";
 import { computeEventId, createEventIdOfRoom } from "../protocol/event-hashes.ts";
 import { signEvent } from "../protocol/event-signing.ts";
@@ -287,6 +288,85 @@ export class RoomFederation {
     }
     // Events in an auth cycle never become ready: they are not stored.
     await this.d.persister.storeOutliers(roomId, rows, newRoom);
+    return results;
+  }
+
+  // ---- Backfill ----------------------------------------------------------------------------------------
+
+  /**
+   * Fetches the room's past from its other servers when a client pages back past what we hold:
+   * `/backfill` from the events our timeline begins after, the answers checked (format,
+   * signatures, hashes, their auth events) and stored before everything we had. Answers how many
+   * events were stored.
+   */
+  async backfill(roomId: string, limit: number): Promise<number> {
+    const edges = await this.d.rooms.backwardExtremities(roomId);
+    if (edges.length === 0) return 0;
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !isSupportedRoomVersion(version)) return 0;
+    const servers = (await this.d.rooms.joinedServers(roomId)).filter((s) => s !== this.d.serverName);
+    const idServer = serverNameOf(roomId);
+    if (idServer !== undefined && servers.includes(idServer)) servers.unshift(idServer);
+    for (const server of [...new Set(servers)].slice(0, 5)) {
+      let pdus: unknown[];
+      try {
+        pdus = await this.d.history.backfill(server, roomId, edges.map((e) => e.eventId), limit);
+      } catch (err) {
+        this.d.logger.info({ err, server, roomId }, "backfill from a server failed");
+        continue;
+      }
+      if (pdus.length === 0) continue;
+      const checked = await this.authChecked(roomId, version, pdus, server);
+      // Each event's state before: that of the event we had that follows the gap (the same for all).
+      const stateBeforeGroup = edges.find((e) => e.stateBeforeGroup !== null)?.stateBeforeGroup ?? null;
+      const rows = [...checked].map(([eventId, { event, rejected, reason }]) => {
+        const { event_id: _id, ...pdu } = event;
+        return { eventId, pdu: pdu as Pdu, stateBeforeGroup, ...(rejected ? { rejectedReason: reason ?? "rejected" } : {}) };
+      });
+      const stored = await this.d.persister.storeHistorical(roomId, rows);
+      if (stored > 0) return stored;
+    }
+    return 0;
+  }
+
+  /**
+   * Steps 1–4 for events of the room from `server`: format, signatures, hashes, then each against
+   * its own auth events (fetched from `server` when unknown), in auth order.
+   */
+  private async authChecked(
+    roomId: string,
+    version: string,
+    pdus: readonly unknown[],
+    server: string,
+  ): Promise<Map<string, { event: RoomEvent; rejected: boolean; reason?: string }>> {
+    const rules = roomVersionRules(version);
+    const checked = (await this.d.checker.check(version, pdus)).filter(
+      (c): c is Extract<CheckedPdu, { ok: true }> => c.ok && c.event.room_id === roomId && c.event.type !== "m.room.create",
+    );
+    const byId = new Map(checked.map((c) => [c.eventId, c.event]));
+    const needed = new Set<string>();
+    for (const e of byId.values()) for (const a of e.auth_events) if (!byId.has(a)) needed.add(a);
+    if (rules.roomIdIsCreateEventId) needed.add(createEventIdOfRoom(roomId));
+    let stored = await this.d.eventStore.getEvents([...needed]);
+    const unknown = [...needed].filter((id) => !stored.has(id));
+    if (unknown.length > 0) {
+      for (const e of byId.values()) {
+        if (!e.auth_events.some((a) => unknown.includes(a))) continue;
+        await this.fetchAuthChain(server, roomId, version, e.event_id).catch(() => {});
+      }
+      stored = await this.d.eventStore.getEvents([...needed]);
+    }
+    const results = new Map<string, { event: RoomEvent; rejected: boolean; reason?: string }>();
+    const lookup = (id: string) => {
+      const found = results.get(id);
+      if (found) return found;
+      const s = stored.get(id);
+      return s && s.roomId === roomId ? { event: { ...(s.pdu as unknown as Pdu), event_id: id }, rejected: s.rejected } : undefined;
+    };
+    for (const e of [...byId.values()].sort((a, b) => Number(a.depth) - Number(b.depth))) {
+      const decision = checkAuthAgainstAuthEvents(rules, e, lookup);
+      results.set(e.event_id, { event: e, rejected: !decision.allowed, ...(decision.allowed ? {} : { reason: decision.reason }) });
+    }
     return results;
   }
 
@@ -650,10 +730,11 @@ function outcomeError(o: RemoteEventOutcome): string | undefined {
  */
 export function connectRoomFederation(
   federation: Federation,
-  deps: Omit<RoomFederationDeps, "http" | "checker" | "history" | "sender" | "assertServerAllowed">,
+  deps: Omit<RoomFederationDeps, "http" | "checker" | "history" | "sender" | "assertServerAllowed"> & { timeline: Timeline },
 ): RoomFederation {
+  const { timeline: _timeline, ...roomDeps } = deps;
   const rooms = new RoomFederation({
-    ...deps,
+    ...roomDeps,
     http: federation.http,
     checker: federation.pduChecker,
     history: federation.history,
@@ -668,6 +749,7 @@ export function connectRoomFederation(
     leave: (userId, roomId, servers, extra) => rooms.leaveRemote(userId, roomId, servers, extra),
     resolveAlias: (alias) => federation.queries.roomAlias(alias),
   });
+  deps.timeline.backfillWith((roomId, limit) => rooms.backfill(roomId, limit));
   federation.rooms = rooms;
   return rooms;
 }

@@ -4,6 +4,7 @@
 // A token is a point in a room's timeline, ordered by (topological_ordering, stream_ordering): the
 // point just after the event at that position. Paginating backwards from it returns the events at or
 // before it, newest first; forwards, the events after it, oldest first. `t<topological>_<stream>`.
+// Backfilled events have negative stream positions (they come before everything the room had).
 // A stream token `s<stream>` (what /sync hands out as prev_batch) names the point just after the
 // room's last event at or before that stream position; it is converted with the room's events.
 import { MatrixError } from "../http/errors.ts";
@@ -29,7 +30,7 @@ export function streamToken(stream: number): string {
 }
 
 export function parseToken(token: string): ParsedToken {
-  const t = /^t(\d{1,16})_(\d{1,16})$/.exec(token);
+  const t = /^t(\d{1,16})_(-?\d{1,16})$/.exec(token);
   if (t) {
     const point = { topological: Number(t[1]), stream: Number(t[2]) };
     if (Number.isSafeInteger(point.topological) && Number.isSafeInteger(point.stream)) return { kind: "topological", point };

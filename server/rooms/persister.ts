@@ -577,6 +577,74 @@ export class EventPersister {
   }
 
   /**
+   * Stores events fetched from the room's past (backfill): in the timeline, before everything we
+   * had (negative stream positions, so /sync never sees them as new), outside the current state and
+   * forward extremities. Each event's state before is `stateBeforeGroup` (the state before the
+   * event we had that follows them); events already in the timeline are skipped, outliers replaced.
+   * Answers how many were stored.
+   */
+  async storeHistorical(
+    roomId: string,
+    events: ReadonlyArray<{ eventId: string; pdu: Pdu; rejectedReason?: string; stateBeforeGroup: number | null }>,
+  ): Promise<number> {
+    if (events.length === 0) return 0;
+    const L = sqlLiteral;
+    const room = L(roomId);
+    return this.inTransaction(async (t) => {
+      await t.start();
+      const tx = t.db;
+      const ids = events.map((e) => e.eventId);
+      const present = new Set(
+        rowsOf<{ event_id: string }>(
+          await tx.execute(sql`select event_id from events where not outlier and event_id in (${sql.join(
+            ids.map((id) => sql`${id}`),
+            sql`, `,
+          )})`),
+        ).map((r) => r.event_id),
+      );
+      // Oldest last: the deepest event gets the position nearest zero.
+      const fresh = events.filter((e) => !present.has(e.eventId)).sort((a, b) => Number(b.pdu.depth) - Number(a.pdu.depth));
+      if (fresh.length === 0) return 0;
+      const [pos] = rowsOf<{ position: string | number }>(
+        await tx.execute(sql`insert into stream_positions (stream, position) values ('backfill', ${-fresh.length})
+          on conflict (stream) do update set position = stream_positions.position - ${fresh.length} returning position`),
+      );
+      const lowest = Number(pos!.position);
+      // An outlier we had (the state a join brought) keeps the verdict it got then.
+      const outliers = new Map(
+        rowsOf<{ event_id: string; rejected_reason: string | null }>(
+          await tx.execute(sql.raw(`delete from events where outlier and event_id in (${fresh.map((e) => L(e.eventId)).join(", ")}) returning event_id, rejected_reason`)),
+        ).map((r) => [r.event_id, r.rejected_reason]),
+      );
+      const rows: string[] = [];
+      const edges: string[] = [];
+      const auth: string[] = [];
+      const relations: string[] = [];
+      fresh.forEach((e, k) => {
+        const { unsigned: _u, ...pdu } = e.pdu;
+        const id = L(e.eventId);
+        const position = lowest + fresh.length - 1 - k;
+        rows.push(
+          `(${id}, ${room}, ${L(pdu.type)}, ${L(pdu.state_key ?? null)}, ${L(pdu.sender)}, ${L(pdu.origin_server_ts)}, ${L(pdu.depth)}, ${L(JSON.stringify(pdu))}, ` +
+            `${position}, ${L(pdu.depth)}, ${L(outliers.has(e.eventId) ? outliers.get(e.eventId)! : (e.rejectedReason ?? null))}, false, ${L(e.stateBeforeGroup)}::bigint, null::bigint, null, false)`,
+        );
+        for (const p of pdu.prev_events) edges.push(`(${id}, ${L(p)}, ${room})`);
+        for (const a of pdu.auth_events) auth.push(`(${id}, ${L(a)}, ${room})`);
+        for (const r of relationRows(e.eventId, pdu.content)) relations.push(`(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`);
+      });
+      await tx.execute(sql.raw(`insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
+        stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state, outlier)
+        values ${rows.join(", ")}`));
+      if (edges.length) await tx.execute(sql.raw(`insert into event_edges (event_id, prev_event_id, room_id) values ${edges.join(", ")} on conflict do nothing`));
+      if (auth.length) await tx.execute(sql.raw(`insert into event_auth (event_id, auth_event_id, room_id) values ${auth.join(", ")} on conflict do nothing`));
+      if (relations.length) {
+        await tx.execute(sql.raw(`insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${relations.join(", ")} on conflict do nothing`));
+      }
+      return fresh.length;
+    });
+  }
+
+  /**
    * Starts batches while fewer than MAX_CONCURRENT_BATCHES run: each takes the rooms that have
    * queued jobs and no batch in flight (a room is in at most one batch: its events persist one at a
    * time), with up to MAX_JOBS_PER_ROOM jobs of each. Under light load every event gets a batch of

@@ -155,6 +155,30 @@ export class Rooms {
     return row?.x ?? [];
   }
 
+  /**
+   * Where the room's timeline here begins, when it does not begin with its create event (a room
+   * joined over federation): the events it lacks that the earliest events it has name as
+   * prev_events, with the state group before the event naming each. Empty when the timeline holds
+   * the room's beginning.
+   */
+  async backwardExtremities(roomId: string, limit = 5): Promise<Array<{ eventId: string; stateBeforeGroup: number | null }>> {
+    const [first] = rowsOf<{ type: string; outlier: boolean }>(
+      await this.db.execute(sql`select type, outlier from events where room_id = ${roomId} and stream_ordering is not null and not outlier
+        order by topological_ordering, stream_ordering limit 1`),
+    );
+    if (!first || first.type === "m.room.create") return [];
+    const rows = rowsOf<{ prev_event_id: string; state_before_group: string | number | null }>(
+      await this.db.execute(sql`select ee.prev_event_id, min(c.state_before_group) as state_before_group
+        from (select event_id, state_before_group, depth from events where room_id = ${roomId} and stream_ordering is not null and not outlier
+              order by topological_ordering, stream_ordering limit 50) c
+        join event_edges ee on ee.event_id = c.event_id
+        left join events p on p.event_id = ee.prev_event_id
+        where p.event_id is null or (p.outlier and p.type <> 'm.room.create')
+        group by ee.prev_event_id order by min(c.depth) limit ${limit}`),
+    );
+    return rows.map((r) => ({ eventId: r.prev_event_id, stateBeforeGroup: r.state_before_group === null ? null : Number(r.state_before_group) }));
+  }
+
   /** Whether one of our users is joined to the room (this server is in it). */
   async isInRoom(roomId: string): Promise<boolean> {
     return (await this.joinedServers(roomId)).includes(this.serverName);

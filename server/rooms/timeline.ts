@@ -61,6 +61,16 @@ export class Timeline {
     private readonly visibility: HistoryVisibility,
   ) {}
 
+  private backfiller: ((roomId: string, limit: number) => Promise<number>) | undefined;
+
+  /**
+   * Plugs in federation's backfill: when a client pages back past the start of what this server
+   * holds of a room (joined over federation), the room's other servers are asked for more.
+   */
+  backfillWith(backfill: (roomId: string, limit: number) => Promise<number>): void {
+    this.backfiller = backfill;
+  }
+
   /** What `userId` may read of the room, or 403 (also for rooms we do not know: no existence leak). */
   async access(userId: string, roomId: string): Promise<RoomAccess> {
     const notMember = () => forbidden("You aren't a member of the room");
@@ -104,7 +114,12 @@ export class Timeline {
     let bound = request.to !== undefined ? await this.pointOf(roomId, request.to) : undefined;
     if (access.until && !backwards && (!bound || comparePoints(bound, access.until) > 0)) bound = access.until;
 
-    const { events, next, exhausted } = await this.page(access, backwards, from, bound, limit, request.filter);
+    let { events, next, exhausted } = await this.page(access, backwards, from, bound, limit, request.filter);
+    if (backwards && events.length < limit && this.backfiller) {
+      // A peer that cannot help leaves the page as it is.
+      const stored = await this.backfiller(roomId, Math.min(100, limit - events.length + 10)).catch(() => 0);
+      if (stored > 0) ({ events, next, exhausted } = await this.page(access, backwards, from, bound, limit, request.filter));
+    }
     const chunk = await this.store.format(events, requester);
     const response: JsonObject = { chunk, start };
     // "If no further events are available (either because we have reached the start of the
