@@ -7,7 +7,8 @@
 //   start of the send call until bob's /sync returns with it (p50/p99 over LATENCY_ROUNDS);
 // - throughput: alice sends MESSAGES messages, SENDERS calls in flight at once, while bob syncs
 //   in a loop; messages/s from the first send to the last message seen on hs2, and each message's
-//   latency (send call start → seen in bob's /sync), p50/p99.
+//   latency (send call start → seen in bob's /sync), p50/p99; and how many transactions carried
+//   them (hs1 sends one at a time to a destination, up to 100 EDUs each).
 // bob shares no room with alice (rooms across servers are not there yet), so the per-sender limits
 // on a stranger's waiting messages are raised for the run. Embedded PGlite, or PostgreSQL when
 // DATABASE_URL is set. Run: `npx tsx bench/federation-to-device.bench.ts` (about 30 s). Ends with
@@ -18,7 +19,7 @@ import { startNetwork } from "../tests/federation-harness.ts";
 import { request } from "../tests/harness.ts";
 
 const LATENCY_ROUNDS = Number(process.env.BENCH_FED_TO_DEVICE_ROUNDS ?? 100);
-const MESSAGES = Number(process.env.BENCH_FED_TO_DEVICE_MESSAGES ?? 2000);
+const MESSAGES = Number(process.env.BENCH_FED_TO_DEVICE_MESSAGES ?? 1000);
 const SENDERS = 10;
 /** How long bob's /sync is given to start waiting before alice sends. */
 const SETTLE_MS = 10;
@@ -77,18 +78,30 @@ try {
     return res.json as { next_batch: string; to_device?: { events: ToDeviceEvent[] } };
   };
   let since = (await syncOnce(undefined, 0)).next_batch;
+  // How the messages travel: hs1's transactions to hs2 and the EDUs in them.
+  const transactions = { count: 0, edus: 0 };
+  const http = hs1.services.federation.http;
+  const request0 = http.request.bind(http);
+  http.request = (destination, options) => {
+    if (options.path.startsWith("/_matrix/federation/v1/send/")) {
+      transactions.count++;
+      transactions.edus += ((options.body as { edus?: unknown[] } | undefined)?.edus ?? []).length;
+    }
+    return request0(destination, options);
+  };
   /** Syncs until `wanted` messages of `type` arrived, calling `seen` with each message's n as it arrives. */
   const receive = async (type: string, wanted: number, seen: (n: number) => void) => {
     let count = 0;
-    const deadline = performance.now() + 120_000;
+    let deadline = performance.now() + 60_000;
     while (count < wanted) {
-      if (performance.now() > deadline) throw new Error(`only ${count} of ${wanted} ${type} messages arrived within 120 s`);
+      if (performance.now() > deadline) throw new Error(`${count} of ${wanted} ${type} messages arrived, then none for 60 s`);
       const res = await syncOnce(since, 10_000);
       since = res.next_batch;
       for (const e of res.to_device?.events ?? []) {
         if (e.type !== type || typeof e.content.n !== "number") continue;
         seen(e.content.n);
         count++;
+        deadline = performance.now() + 60_000;
       }
     }
   };
@@ -118,6 +131,7 @@ try {
   record(`one at a time: latency p50 (${LATENCY_ROUNDS} messages)`, percentile(alone, 50), "ms");
   record("one at a time: latency p99", percentile(alone, 99), "ms");
 
+  const before = { ...transactions };
   const sentAt = new Array<number>(MESSAGES);
   const latencies: number[] = [];
   let lastSeen = 0;
@@ -143,6 +157,9 @@ try {
   record("  sendToDevice calls answered on hs1", Math.round(MESSAGES / sendSeconds), "requests/s");
   record("  latency p50", percentile(latencies, 50), "ms");
   record("  latency p99", percentile(latencies, 99), "ms");
+  const sent = { count: transactions.count - before.count, edus: transactions.edus - before.edus };
+  record("  transactions hs1 → hs2", sent.count, "transactions");
+  record("  EDUs per transaction", Math.round((sent.edus / Math.max(1, sent.count)) * 10) / 10, "EDUs");
 } finally {
   await net.destroy();
 }
