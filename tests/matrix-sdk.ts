@@ -19,4 +19,9 @@ if (!("withResolvers" in Promise)) {
 
 export const sdk = await import("matrix-js-sdk");
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
-(logger as unknown as { setLevel(level: string): void }).setLevel("silent");
+// Child loggers (MatrixRTCSession's, one per room) set their own level to DEBUG but copy the root's
+// methodFactory: a silent factory quiets them too.
+const root = logger as unknown as { setLevel(level: string): void; methodFactory: unknown; rebuild(): void };
+root.setLevel("silent");
+root.methodFactory = () => () => {};
+root.rebuild();
