@@ -363,7 +363,30 @@ export class RoomFederation {
       const s = stored.get(id);
       return s && s.roomId === roomId ? { event: { ...(s.pdu as unknown as Pdu), event_id: id }, rejected: s.rejected } : undefined;
     };
-    for (const e of [...byId.values()].sort((a, b) => Number(a.depth) - Number(b.depth))) {
+    // Auth order, not depth alone: an event's auth events may share its depth (Synapse gives a new
+    // room's creator join and first m.room.power_levels both depth 2, and the latter names the former).
+    const ordered: RoomEvent[] = [];
+    const placed = new Set<string>();
+    for (const start of [...byId.values()].sort((a, b) => Number(a.depth) - Number(b.depth))) {
+      const stack: Array<{ e: RoomEvent; next: number }> = [{ e: start, next: 0 }];
+      while (stack.length > 0) {
+        const top = stack[stack.length - 1]!;
+        if (placed.has(top.e.event_id)) {
+          stack.pop();
+          continue;
+        }
+        const dep = top.e.auth_events.slice(top.next).find((a) => byId.has(a) && !placed.has(a) && !stack.some((s) => s.e.event_id === a));
+        if (dep !== undefined) {
+          top.next = top.e.auth_events.indexOf(dep) + 1;
+          stack.push({ e: byId.get(dep)!, next: 0 });
+          continue;
+        }
+        placed.add(top.e.event_id);
+        ordered.push(top.e);
+        stack.pop();
+      }
+    }
+    for (const e of ordered) {
       const decision = checkAuthAgainstAuthEvents(rules, e, lookup);
       results.set(e.event_id, { event: e, rejected: !decision.allowed, ...(decision.allowed ? {} : { reason: decision.reason }) });
     }
