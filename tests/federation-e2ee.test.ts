@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verifyJsonSignature } from "../federation/protocol/signing.ts";
 import { schema } from "../schema/db.ts";
 import { passwordAuth, registerUser, type TestUser } from "./accounts-helpers.ts";
-import { crossSigningIdentity, deviceIdentity, oneTimeKeys, post } from "./e2ee-helpers.ts";
+import { crossSigningIdentity, deviceIdentity, oneTimeKeys, post, sign } from "./e2ee-helpers.ts";
 import { type Network, startNetwork } from "./federation-harness.ts";
 import { request, type TestServer } from "./harness.ts";
 import { createRoom, sync } from "./sync-helpers.ts";
@@ -85,6 +85,26 @@ describe("keys of users on another server", () => {
     expect(Object.keys(keys)).toEqual(["signed_curve25519:AAAA0"]);
     const second = await post(hs1().url, alice, "/keys/claim", { one_time_keys: { [bob.userId]: { [bob.deviceId]: "signed_curve25519" } } });
     expect(second.json.one_time_keys[bob.userId]?.[bob.deviceId] ?? {}).toEqual({});
+  });
+
+  it("a user signs a remote user's master key with their user-signing key, and alone sees the signature", async () => {
+    const carol = await registerUser(hs1().url, "carol");
+    const carolCrossSigning = crossSigningIdentity(carol.userId);
+    expect((await post(hs1().url, carol, "/keys/device_signing/upload", carolCrossSigning.body)).status).toBe(200);
+    const usk = carolCrossSigning.userSigning;
+    const signed = sign(bobCrossSigning.body.master_key, carol.userId, usk);
+    const res = await post(hs1().url, carol, "/keys/signatures/upload", { [bob.userId]: { [bobCrossSigning.master.publicKeyBase64]: signed } });
+    expect(res.json.failures).toEqual({});
+    const seen = (await post(hs1().url, carol, "/keys/query", { device_keys: { [bob.userId]: [] } })).json.master_keys[bob.userId];
+    expect(verifyJsonSignature(seen, carol.userId, `ed25519:${usk.publicKeyBase64}`, usk.publicKey)).toBe(true);
+    const byAlice = (await post(hs1().url, alice, "/keys/query", { device_keys: { [bob.userId]: [] } })).json.master_keys[bob.userId];
+    expect(byAlice.signatures?.[carol.userId]).toBeUndefined();
+    const bySelf = (await post(hs2().url, bob, "/keys/query", { device_keys: { [bob.userId]: [] } })).json.master_keys[bob.userId];
+    expect(bySelf.signatures?.[carol.userId]).toBeUndefined();
+    // Only the key bob's server holds as his master key can be signed.
+    const other = sign(crossSigningIdentity(bob.userId).body.master_key, carol.userId, usk);
+    const refused = await post(hs1().url, carol, "/keys/signatures/upload", { [bob.userId]: { [Object.keys(other.keys)[0]!.slice(8)]: other } });
+    expect(Object.keys(refused.json.failures[bob.userId])).toHaveLength(1);
   });
 
   it("lists a server that cannot be reached in failures, and answers for the others", async () => {

@@ -448,4 +448,38 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
       expect(head).toMatchObject({ stale: false });
     }, 60_000);
   });
+  // Verifying a user of the other server: one's user-signing key signs their master key. The
+  // signature stays on the signer's server, seen by the signer alone (the spec: user-signing
+  // signatures are visible only to their maker); the server reads the target's master key from
+  // the target's server to check it.
+  describe("cross-signing a user of the other server", () => {
+    it("a Parley user signs a Synapse user's master key: Parley checks it against Synapse's key and shows it to the signer alone", async () => {
+      const target = sam.crossSigning.body.master_key;
+      const signed = sign(target, pat.userId, pat.crossSigning.userSigning);
+      const res = await call(pat, "POST", "/keys/signatures/upload", { [sam.userId]: { [sam.crossSigning.master.publicKeyBase64]: signed } });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json.failures ?? {}).toEqual({});
+      const usk = pat.crossSigning.userSigning;
+      const seen = (await call(pat, "POST", "/keys/query", { device_keys: { [sam.userId]: [] } })).json.master_keys[sam.userId];
+      expect(verifyJsonSignature(seen, pat.userId, `ed25519:${usk.publicKeyBase64}`, usk.publicKey)).toBe(true);
+      const bySam = (await call(sam, "POST", "/keys/query", { device_keys: { [sam.userId]: [] } })).json.master_keys[sam.userId];
+      expect(bySam.signatures?.[pat.userId]).toBeUndefined();
+
+      // A signature of a key that is not the user's current master key is refused.
+      const stale = sign(crossSigningIdentity(sam.userId).body.master_key, pat.userId, usk);
+      const refused = await call(pat, "POST", "/keys/signatures/upload", { [sam.userId]: { [Object.keys(stale.keys)[0]!.slice(8)]: stale } });
+      expect(Object.keys(refused.json.failures?.[sam.userId] ?? {})).toHaveLength(1);
+    });
+
+    it("a Synapse user signs a Parley user's master key: Synapse checks it against Parley's key and shows it to the signer", async () => {
+      const target = pat.crossSigning.body.master_key;
+      const signed = sign(target, sam.userId, sam.crossSigning.userSigning);
+      const res = await call(sam, "POST", "/keys/signatures/upload", { [pat.userId]: { [pat.crossSigning.master.publicKeyBase64]: signed } });
+      expect(res.status, res.text).toBe(200);
+      expect(res.json.failures ?? {}).toEqual({});
+      const usk = sam.crossSigning.userSigning;
+      const seen = (await call(sam, "POST", "/keys/query", { device_keys: { [pat.userId]: [] } })).json.master_keys[pat.userId];
+      expect(verifyJsonSignature(seen, sam.userId, `ed25519:${usk.publicKeyBase64}`, usk.publicKey)).toBe(true);
+    });
+  });
 });

@@ -13,6 +13,7 @@ import { CanonicalJsonError, canonicalJson } from "../../federation/protocol/can
 import { dictionary, dictionaryOf } from "../../federation/protocol/dictionary.ts";
 import { type Database, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
+import { isLocalUser } from "../accounts/user-id.ts";
 import type { AuditSource } from "../accounts/audit.ts";
 import type { UserInteractiveAuth } from "../accounts/uia.ts";
 import { MatrixError } from "../http/errors.ts";
@@ -57,7 +58,12 @@ interface StoredSignature {
   signature: string;
 }
 
+/** Reads a user of another server's current master key (from their server), or undefined when they have none. */
+export type RemoteMasterKeys = (userId: string) => Promise<CrossSigningKey | undefined>;
+
 export class CrossSigning {
+  private remoteMasterKey?: RemoteMasterKeys;
+
   constructor(
     private readonly db: Database,
     private readonly deviceKeys: DeviceKeys,
@@ -65,6 +71,11 @@ export class CrossSigning {
     private readonly accounts: Accounts,
     private readonly uia: UserInteractiveAuth,
   ) {}
+
+  /** How to read other servers' users' master keys (the e2ee component's remote key queries). */
+  useRemoteMasterKeys(fetch: RemoteMasterKeys): void {
+    this.remoteMasterKey = fetch;
+  }
 
   /** The current cross-signing keys of some users, as uploaded (without later signatures). */
   async keysOf(userIds: readonly string[]): Promise<Map<string, CrossSigningKeys>> {
@@ -206,8 +217,18 @@ export class CrossSigning {
           else accepted.push(sig(userId, keyId, userId, ssk.publicKey, mine));
           continue;
         }
-        // Another user's master key, signed by our user-signing key.
-        const theirMaster = keys.get(targetUser)?.master;
+        // Another user's master key, signed by our user-signing key. A user of another server's
+        // key is read from their server (as Synapse does): verifying someone across servers is
+        // the usual case. The signature is kept here, seen only by its maker, as for local users.
+        let theirMaster = keys.get(targetUser)?.master;
+        if (!isLocalUser(targetUser, this.accounts.serverName)) {
+          try {
+            theirMaster = await this.remoteMasterKey?.(targetUser);
+          } catch (err) {
+            fail(targetUser, keyId, "M_UNKNOWN", `Could not read the user's master key from their server: ${(err as Error)?.message ?? err}`.slice(0, 300));
+            continue;
+          }
+        }
         if (!theirMaster || keyId !== theirMaster.publicKey) {
           fail(targetUser, keyId, "M_NOT_FOUND", "Only another user's current master key can be signed");
           continue;
@@ -323,7 +344,7 @@ export class CrossSigning {
 }
 
 /** Checks that a cross-signing key object is well formed and the requester's; returns it with its public key. */
-function checkKeyShape(userId: string, type: CrossSigningKeyType, key: JsonObject): CrossSigningKey {
+export function checkKeyShape(userId: string, type: CrossSigningKeyType, key: JsonObject): CrossSigningKey {
   if (key.user_id !== userId) throw new MatrixError(400, "M_INVALID_PARAM", `The ${type} key must have user_id ${userId}`);
   if (!Array.isArray(key.usage) || !key.usage.includes(type)) {
     throw new MatrixError(400, "M_INVALID_PARAM", `The ${type} key must have "${type}" in its usage`);

@@ -10,12 +10,12 @@
 // The server never sees a private key or a plaintext message: it stores signed public keys (and
 // checks their signatures) and opaque ciphertext.
 import { dictionary } from "../../federation/protocol/dictionary.ts";
-import { isValidServerName } from "../../federation/protocol/identifiers.ts";
+import { isValidServerName, serverNameOf } from "../../federation/protocol/identifiers.ts";
 import type { Database } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { groupUsersByServer } from "../accounts/user-id.ts";
 import type { UserInteractiveAuth } from "../accounts/uia.ts";
-import { CrossSigning } from "./cross-signing.ts";
+import { CrossSigning, type CrossSigningKey, checkKeyShape } from "./cross-signing.ts";
 import { DeviceKeys, type ClaimRequest } from "./device-keys.ts";
 import { DeviceLists } from "./device-lists.ts";
 import { KeyBackup } from "./key-backup.ts";
@@ -39,6 +39,15 @@ export function emptyKeysQueryResponse(): KeysQueryResponse {
     user_signing_keys: dictionary(),
     failures: dictionary(),
   };
+}
+
+/** The public key of a master key as another server sent it, if it is a well-formed master key of `userId`. */
+function masterPublicKey(userId: string, key: JsonObject): string | undefined {
+  try {
+    return checkKeyShape(userId, "master", key).publicKey;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface KeysClaimResponse {
@@ -95,6 +104,7 @@ export class E2ee {
     this.deviceLists = new DeviceLists(db);
     this.deviceKeys = new DeviceKeys(db, this.deviceLists);
     this.crossSigning = new CrossSigning(db, this.deviceKeys, this.deviceLists, accounts, uia);
+    this.crossSigning.useRemoteMasterKeys((userId) => this.remoteMasterKey(userId));
     this.toDevice = new ToDevice(db, accounts, options.serverName, options.toDeviceLimits, options.now);
     this.keyBackup = new KeyBackup(db);
     accounts.onDevicesDeleted((userId, deviceIds) => this.devicesDeleted(userId, deviceIds));
@@ -202,8 +212,28 @@ export class E2ee {
           if (Object.hasOwn(asked, userId) && isJsonObject(value)) (out[field] as Record<string, unknown>)[userId] = value;
         }
       }
+      // The requester's own signatures of these users' master keys (their user-signing key's,
+      // kept here and seen by them alone) join what the users' servers answered.
+      for (const userId of Object.keys(asked)) {
+        const master = out.master_keys[userId];
+        const publicKey = master && masterPublicKey(userId, master);
+        if (publicKey && requester) await this.crossSigning.mergeSignatures(requester, userId, new Map([[publicKey, master]]));
+      }
     }
     return out;
+  }
+
+  /** A user of another server's master key, asked of their server; undefined when they have none (or it is malformed). */
+  private async remoteMasterKey(userId: string): Promise<CrossSigningKey | undefined> {
+    const server = serverNameOf(userId);
+    if (server === undefined) return undefined;
+    const failures = dictionary<JsonObject>();
+    const [answer] = await this.askServers(new Map([[server, { [userId]: [] as string[] }]]), (r, s, asked, signal) => r.query(s, asked, signal), failures);
+    if (!answer) throw new Error(String(failures[server]?.message ?? `${server} did not answer`));
+    const master = answer[1].master_keys?.[userId];
+    if (!isJsonObject(master)) return undefined;
+    const publicKey = masterPublicKey(userId, master);
+    return publicKey ? { publicKey, key: master } : undefined;
   }
 
   /**
