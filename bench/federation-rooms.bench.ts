@@ -293,23 +293,72 @@ try {
     if (PARTS.has("latency")) {
       process.stdout.write(`delivery latency, one message at a time (load average ${loadAverage()})\n`);
       const samples: number[] = [];
+      // Where each message is on its way (first time each point is reached in the round), to split the latency.
+      let marks: Record<string, number> | undefined;
+      const mark = (name: string) => {
+        if (marks && marks[name] === undefined) marks[name] = performance.now();
+      };
+      const http1 = hs1.services.federation.http as unknown as Record<string, (...args: any[]) => Promise<unknown>>;
+      const request1 = http1.request!.bind(hs1.services.federation.http);
+      http1.request = async (destination: string, req: { path: string }) => {
+        const isTxn = req.path.startsWith("/_matrix/federation/v1/send/");
+        if (isTxn) mark("txnStart");
+        try {
+          return await request1(destination, req);
+        } finally {
+          if (isTxn) mark("txnAnswered");
+        }
+      };
+      const rf2 = hs2.services.federation.rooms! as unknown as Record<string, (...args: any[]) => Promise<unknown>>;
+      const receivePdus2 = rf2.receivePdus!.bind(rf2);
+      rf2.receivePdus = async (...args: unknown[]) => {
+        mark("placeStart");
+        try {
+          return await receivePdus2(...args);
+        } finally {
+          mark("placeEnd");
+        }
+      };
+      const segments: Record<string, number[]> = {};
       const stopProfile = PROFILE.has("latency") ? await startProfile() : undefined;
       const cpu = startCpuMeter();
       for (let n = 0; n < LATENCY_ROUNDS; n++) {
         let arrivedAt = 0;
         const arrived = receive("alone", 1, () => (arrivedAt = performance.now()));
         await new Promise((r) => setTimeout(r, SETTLE_MS));
+        marks = {};
         const sentAt = performance.now();
         await send("alone", n);
+        mark("putAnswered");
         await arrived;
         samples.push(arrivedAt - sentAt);
+        const m = marks;
+        marks = undefined;
+        const points: Array<[string, number | undefined, number | undefined]> = [
+          ["hs1: PUT /send answered (persisted)", sentAt, m.putAnswered],
+          ["hs1: send start → transaction to hs2 starts", sentAt, m.txnStart],
+          ["transaction starts → hs2 starts placing the PDU (HTTP, X-Matrix, checks)", m.txnStart, m.placeStart],
+          ["hs2: placing the PDU (persist)", m.placeStart, m.placeEnd],
+          ["hs2: placed → bob's /sync returns with it", m.placeEnd, arrivedAt],
+        ];
+        for (const [name, from, to] of points) {
+          if (from === undefined || to === undefined) continue;
+          (segments[name] ??= []).push(to - from);
+        }
       }
+      http1.request = request1;
+      rf2.receivePdus = receivePdus2;
       const used = cpu();
       const profile = await stopProfile?.();
       samples.sort((a, b) => a - b);
       record(`delivery hs1 send → hs2 /sync, p50 (${LATENCY_ROUNDS} messages)`, percentile(samples, 50), "ms");
       record("delivery hs1 send → hs2 /sync, p99", percentile(samples, 99), "ms");
       record("  main thread busy", used.elu, "%");
+      record("  process CPU time per message (both servers and both clients, all threads)", round((used.cpuSeconds * 1000) / LATENCY_ROUNDS), "ms");
+      for (const [name, values] of Object.entries(segments)) {
+        values.sort((a, b) => a - b);
+        record(`  ${name}, p50`, percentile(values, 50), "ms");
+      }
       if (profile) printProfile(profile, profileFile("latency"), 20);
       process.stdout.write(`  (load average after: ${loadAverage()})\n`);
     }
@@ -348,6 +397,7 @@ try {
       record("  latency send → hs2 /sync, p99", percentile(latencies, 99), "ms");
       record("  main thread busy", used.elu, "%");
       record("  process CPU (all threads) / wall time", used.cpuCores, "cores");
+      record("  process CPU time per message (both servers and both clients, all threads)", round((used.cpuSeconds * 1000) / MESSAGES), "ms");
       if (profile) printProfile(profile, profileFile("throughput"), 20);
       process.stdout.write(`  (load average after: ${loadAverage()})\n`);
     }
