@@ -188,4 +188,26 @@ describe("invites across servers", () => {
     await bob.send(roomId, { msgtype: "m.text", body: "back again" });
     await eventually(async () => expect(await bodies(alice, roomId)).toContain("back again"));
   });
+
+  it("a user of another server knocks, sees the knock in /sync, and gets in when invited", async () => {
+    const roomId = await alice.createRoom({ preset: "private_chat", name: "Knock here", initial_state: [{ type: "m.room.join_rules", state_key: "", content: { join_rule: "knock" } }] });
+    const knocked = await bob.call("POST", `/_matrix/client/v3/knock/${enc(roomId)}?via=hs1.test`, { reason: "let me in" });
+    expect(knocked.status, JSON.stringify(knocked.json)).toBe(200);
+    await eventually(async () => expect((await members(alice, roomId))[bob.userId]).toBe("knock"));
+    const s = await eventually(async () => {
+      const r = await sync(hs2.url, bob);
+      expect(r.rooms?.knock?.[roomId]).toBeDefined();
+      return r;
+    });
+    expect(s.rooms.knock[roomId].knock_state.events.find((e: any) => e.type === "m.room.name")?.content).toEqual({ name: "Knock here" });
+    // A knock is not a join: the room is still closed to him.
+    expect((await bob.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs1.test`, {})).status).toBe(403);
+    expect((await alice.call("POST", roomPath(roomId, "/invite"), { user_id: bob.userId })).status).toBe(200);
+    await eventually(async () => expect((await sync(hs2.url, bob)).rooms?.invite?.[roomId]).toBeDefined());
+    expect((await bob.join(roomId)).status).toBe(200);
+    await eventually(async () => expect((await members(alice, roomId))[bob.userId]).toBe("join"));
+    // Knocking on a room whose join rule does not allow it is refused.
+    const closed = await alice.createRoom({ preset: "private_chat" });
+    expect((await carol.call("POST", `/_matrix/client/v3/knock/${enc(closed)}?via=hs1.test`, {})).status).toBe(403);
+  });
 });

@@ -420,8 +420,9 @@ export class RoomFederation {
         if (err instanceof MatrixError && err.status === 403) throw err;
       }
     }
-    if (lastError instanceof MatrixError) throw lastError;
-    throw new MatrixError(502, "M_UNKNOWN", "No server could be reached to join the room");
+    // No server of the room could be reached (or knew it): to the client, no such room (as Synapse's "No known servers").
+    if (lastError instanceof MatrixError && lastError.status !== 502 && lastError.status !== 404) throw lastError;
+    throw notFound("No server of the room could be reached to join it");
   }
 
   private async joinVia(server: string, userId: string, roomId: string, extra: JsonObject): Promise<void> {
@@ -518,6 +519,92 @@ export class RoomFederation {
     const { pdus, auth_chain } = await this.d.serverReads.state({ origin }, roomId, eventId);
     const servers = this.d.persister.cachedJoinedServers(roomId) ?? (await this.d.rooms.joinedServers(roomId));
     return { origin: this.d.serverName, state: pdus, auth_chain, event: body, members_omitted: false, servers_in_room: servers };
+  }
+
+  // ---- Knocking -----------------------------------------------------------------------------------------
+
+  /**
+   * Knocks for a local user on a room this server is not in: make_knock, our signature,
+   * send_knock through the first of `servers` that helps; the knock is kept out of band with the
+   * room's stripped state, so the user's /sync shows it.
+   */
+  async knockRemote(userId: string, roomId: string, servers: readonly string[], extra: JsonObject): Promise<void> {
+    let lastError: unknown;
+    for (const server of [...new Set(servers)].filter((s) => s !== this.d.serverName)) {
+      try {
+        const ver = SUPPORTED_ROOM_VERSIONS.map((v) => `ver=${encodeURIComponent(v)}`).join("&");
+        const made = await this.call(server, "GET", `/_matrix/federation/v1/make_knock/${enc(roomId)}/${enc(userId)}?${ver}`);
+        const body = asObject(made.body);
+        const version = typeof body.room_version === "string" ? body.room_version : "1";
+        if (!isSupportedRoomVersion(version)) throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", "The room's version is not supported here");
+        const template = asObject(body.event);
+        if (template.type !== "m.room.member" || template.state_key !== userId || template.sender !== userId || template.room_id !== roomId) {
+          throw new MatrixError(502, "M_UNKNOWN", `${server} answered make_knock with an event that is not this user's knock`);
+        }
+        const pdu: JsonObject = {
+          room_id: roomId,
+          sender: userId,
+          type: "m.room.member",
+          state_key: userId,
+          content: { ...asObject(template.content), ...extra, membership: "knock" },
+          origin_server_ts: this.d.now(),
+          depth: template.depth,
+          prev_events: template.prev_events,
+          auth_events: template.auth_events,
+        };
+        const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
+        const eventId = computeEventId(version, signed);
+        const sent = await this.call(server, "PUT", `/_matrix/federation/v1/send_knock/${enc(roomId)}/${enc(eventId)}`, signed);
+        const knockState = asObject(sent.body).knock_room_state;
+        const stripped = Array.isArray(knockState) ? knockState.slice(0, 50) : [];
+        const create = stripped.find((x): x is JsonObject => typeof x === "object" && x !== null && (x as JsonObject).type === "m.room.create");
+        await this.d.persister.storeOutliers(roomId, [], { version, creator: typeof create?.sender === "string" ? create.sender : userId });
+        const stored = { ...signed, unsigned: { knock_room_state: stripped } } as unknown as Pdu;
+        await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: stored, outOfBand: { userId, membership: "knock" } }]);
+        return;
+      } catch (err) {
+        lastError = err;
+        this.d.logger.info({ err, server, roomId }, "knocking through a server failed");
+        if (err instanceof MatrixError && err.status === 403) throw err;
+      }
+    }
+    if (lastError instanceof MatrixError) throw lastError;
+    throw notFound("No server in the room is known to knock through");
+  }
+
+  /** `GET /make_knock/{roomId}/{userId}`: a knock event for the user, built on our current state. */
+  async makeKnock(origin: string, roomId: string, userId: string, versions: readonly string[]): Promise<JsonObject> {
+    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    if (!versions.includes(version)) {
+      throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", `The room's version is ${version}, which your server does not support`, {
+        room_version: version,
+      });
+    }
+    const draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "knock" } });
+    if (!draft.allowed) throw forbidden(`You are not allowed to knock on this room: ${draft.reason ?? ""}`.trim());
+    return { event: draft.pdu, room_version: version };
+  }
+
+  /** `PUT /send_knock/{roomId}/{eventId}`: the knock placed and relayed; the room's stripped state answered. */
+  async sendKnock(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    const [checked] = await this.d.checker.check(version, [body]);
+    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The knock event is not valid: ${checked?.reason ?? "missing"}`);
+    const e = checked.event;
+    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
+    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "knock" || e.state_key !== e.sender) {
+      throw new MatrixError(400, "M_BAD_JSON", "Not a knock event of this room");
+    }
+    if (serverNameOf(e.sender) !== origin) throw forbidden("The knocking user is not on the requesting server");
+    this.mark(this.relays, eventId, origin);
+    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
+    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The knock is not allowed: ${outcome?.reason ?? "unknown"}`);
+    return { knock_room_state: await this.strippedState(roomId, undefined) };
   }
 
   // ---- Leaving ------------------------------------------------------------------------------------------
@@ -640,13 +727,13 @@ export class RoomFederation {
   }
 
   /** The stripped state an invite carries: a few current state events and the inviter's membership. */
-  private async strippedState(roomId: string, inviter: string): Promise<JsonObject[]> {
+  private async strippedState(roomId: string, inviter: string | undefined): Promise<JsonObject[]> {
     const ids: string[] = [];
     for (const type of INVITE_STATE_TYPES) {
       const id = await this.d.rooms.currentStateEventId(roomId, type, "");
       if (id !== undefined) ids.push(id);
     }
-    const member = await this.d.rooms.currentStateEventId(roomId, "m.room.member", inviter);
+    const member = inviter === undefined ? undefined : await this.d.rooms.currentStateEventId(roomId, "m.room.member", inviter);
     if (member !== undefined) ids.push(member);
     const events = await this.d.eventStore.getEvents(ids);
     return ids.flatMap((id) => {
@@ -770,6 +857,7 @@ export function connectRoomFederation(
     join: (userId, roomId, servers, extra) => rooms.joinRemote(userId, roomId, servers, extra),
     invite: (inviter, roomId, target, extra) => rooms.inviteRemote(inviter, roomId, target, extra),
     leave: (userId, roomId, servers, extra) => rooms.leaveRemote(userId, roomId, servers, extra),
+    knock: (userId, roomId, servers, extra) => rooms.knockRemote(userId, roomId, servers, extra),
     resolveAlias: (alias) => federation.queries.roomAlias(alias),
   });
   deps.timeline.backfillWith((roomId, limit) => rooms.backfill(roomId, limit));

@@ -44,6 +44,8 @@ export interface RemoteRoomOps {
   join(userId: string, roomId: string, servers: readonly string[], extraContent: JsonObject): Promise<void>;
   /** Invites a user of another server (their server signs the invite first). */
   invite(inviter: string, roomId: string, target: string, extraContent: JsonObject): Promise<void>;
+  /** Knocks for a local user on a room this server is not in, through one of `servers`. */
+  knock(userId: string, roomId: string, servers: readonly string[], extraContent: JsonObject): Promise<void>;
   /** A local user leaves a room this server is not in (rejects an invite from another server). */
   leave(userId: string, roomId: string, servers: readonly string[], extraContent: JsonObject): Promise<void>;
   /** A room alias of another server: the room and servers in it. */
@@ -359,6 +361,46 @@ export class Rooms {
         const guestAccess = (await view.stateEvent("m.room.guest_access", ""))?.content.guest_access;
         if (guestAccess !== "can_join") throw new MatrixError(403, "M_FORBIDDEN", "Guest access is not allowed in this room");
       }
+      return [{ type: "m.room.member", state_key: userId, sender: userId, content }];
+    });
+    return roomId;
+  }
+
+  /**
+   * POST /knock/{roomIdOrAlias}: asks to be let in (join rules `knock`, `knock_restricted`; the
+   * auth rules decide), here when this server is in the room, else through another server of it.
+   */
+  async knock(requester: Requester, roomIdOrAlias: string, reason?: string, via: readonly string[] = []): Promise<string> {
+    const userId = requester.userId;
+    const servers = [...via];
+    let roomId: string;
+    if (roomIdOrAlias.startsWith("#")) {
+      const local = await this.aliases.resolve(roomIdOrAlias);
+      if (local) roomId = local.roomId;
+      else if (this.remote && parseAlias(roomIdOrAlias) && serverNameOf(roomIdOrAlias) !== this.serverName) {
+        const found = await this.remote.resolveAlias(roomIdOrAlias);
+        roomId = found.room_id;
+        servers.push(...found.servers, serverNameOf(roomIdOrAlias)!);
+      } else throw notFound("Room alias not found");
+    } else if (roomIdOrAlias.startsWith("!")) {
+      roomId = roomIdOrAlias;
+    } else {
+      throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
+    }
+    const profile = await this.accounts.getProfile(userId);
+    const content = memberContent("knock", profile, reason !== undefined ? { reason } : {});
+    if (!(await this.isInRoom(roomId))) {
+      const idServer = serverNameOf(roomId);
+      if (idServer) servers.push(idServer);
+      if (!this.remote || !servers.some((s) => s !== this.serverName)) throw notFound("No known room with that ID or alias");
+      const { membership: _m, ...extra } = content;
+      await this.remote.knock(userId, roomId, servers, extra);
+      return roomId;
+    }
+    await this.persister.enqueue(roomId, (view) => {
+      const current = view.membership(userId);
+      if (current === "join") throw forbidden("You are already in the room");
+      if (current === "ban") throw forbidden("You are banned from the room");
       return [{ type: "m.room.member", state_key: userId, sender: userId, content }];
     });
     return roomId;

@@ -174,8 +174,12 @@ export class SyncReads {
     // state itself (`unsigned.invite_room_state`, kept with the out-of-band invite).
     const [own] = rowsOf<{ json: string }>(await this.db.execute(sql`select json from events where event_id = ${inviteEventId} and outlier`));
     if (own) {
-      const invite = JSON.parse(own.json) as StrippedStateEvent & { unsigned?: { invite_room_state?: unknown } };
-      const carried = Array.isArray(invite.unsigned?.invite_room_state) ? invite.unsigned.invite_room_state : [];
+      const invite = JSON.parse(own.json) as StrippedStateEvent & { unsigned?: { invite_room_state?: unknown; knock_room_state?: unknown } };
+      const carried = Array.isArray(invite.unsigned?.invite_room_state)
+        ? invite.unsigned.invite_room_state
+        : Array.isArray(invite.unsigned?.knock_room_state)
+          ? invite.unsigned.knock_room_state
+          : [];
       const stripped = carried.flatMap((x): StrippedStateEvent[] => {
         if (typeof x !== "object" || x === null) return [];
         const e = x as Record<string, unknown>;

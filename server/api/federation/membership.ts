@@ -92,4 +92,26 @@ export const sendLeaveV1 = route({
   },
 });
 
-export const federationMembershipRoutes = [makeJoin, sendJoinV2, sendJoinV1, inviteV2, makeLeave, sendLeaveV2, sendLeaveV1];
+// https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1make_knockroomiduserid
+export const makeKnock = route({
+  method: "GET",
+  path: "/_matrix/federation/v1/make_knock/:roomId/:userId",
+  auth: "server",
+  query: z.looseObject({ ver: z.union([z.string(), z.array(z.string())]).optional() }),
+  async handler({ origin, params, c }, services) {
+    return roomFederation(services).makeKnock(origin, params.roomId!, params.userId!, c.req.queries("ver") ?? []);
+  },
+});
+
+// https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv1send_knockroomideventid
+export const sendKnock = route({
+  method: "PUT",
+  path: "/_matrix/federation/v1/send_knock/:roomId/:eventId",
+  auth: "server",
+  body: jsonObject,
+  async handler({ origin, params, body }, services) {
+    return roomFederation(services).sendKnock(origin, params.roomId!, params.eventId!, body);
+  },
+});
+
+export const federationMembershipRoutes = [makeJoin, sendJoinV2, sendJoinV1, inviteV2, makeLeave, sendLeaveV2, sendLeaveV1, makeKnock, sendKnock];

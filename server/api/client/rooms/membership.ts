@@ -36,14 +36,15 @@ export const joinRoom = route({
   },
 });
 
-/** Knocking needs the knock join rules, which are not supported yet. */
+// https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3knockroomidoralias
 export const knock = route({
   method: "POST",
   path: "/_matrix/client/v3/knock/:roomIdOrAlias",
   auth: "user",
   body: reasonBody,
-  handler() {
-    throw new MatrixError(403, "M_FORBIDDEN", "Knocking on rooms is not supported yet");
+  async handler({ requester, params, body, c }, services) {
+    const via = [...(c.req.queries("via") ?? []), ...(c.req.queries("server_name") ?? [])].filter(isValidServerName).slice(0, 20);
+    return { room_id: await services.rooms.knock(requester, params.roomIdOrAlias!, body.reason, via) };
   },
 });
 
