@@ -457,6 +457,48 @@ describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", (
     expect(refused.status, JSON.stringify(refused.json)).toBe(403);
   });
 
+  // https://spec.matrix.org/latest/client-server-api/#knocking-on-rooms (room versions 7 and later):
+  // make_knock / send_knock through the room's server, the knock in the knocker's /sync with the
+  // room's stripped state, and an invite as the answer.
+  // The send_knock answer's stripped state is `knock_room_state` in the spec, but Synapse 1.37–1.69
+  // (1.67 included) send and read only `knock_state_events` (synapse#14088): to Parley's spec-only
+  // answer, Synapse 1.67's do_knock fails with KeyError 'knock_state_events' (500 to its client),
+  // and Synapse's answer leaves Parley's knock without the room's state. Synapse 1.70–1.94 sent both
+  // names and read either; Parley should do the same. Skipped until then (and until knocking lands).
+  describe.skip("knocking across the two servers", () => {
+    const knockRule = [{ type: "m.room.join_rules", state_key: "", content: { join_rule: "knock" } }];
+
+    it("a Parley user knocks on a Synapse room, is let in by an invite, and joins", async () => {
+      const roomId = await sam.createRoom({ preset: "private_chat", name: "Knock on Synapse", room_version: "10", initial_state: knockRule });
+      const res = await paul.call("POST", `/_matrix/client/v3/knock/${enc(roomId)}?server_name=${enc(hs1.serverName)}`, { reason: "let me in" });
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.room_id).toBe(roomId);
+      const knocked = await syncUntil(paul, "the knock", (s) => s.rooms?.knock?.[roomId]);
+      expect(knocked.knock_state.events.find((e: any) => e.type === "m.room.name")?.content).toEqual({ name: "Knock on Synapse" });
+      await eventually(async () => expect((await members(sam, roomId))[paul.userId]).toBe("knock"));
+      expect((await sam.call("POST", roomPath(roomId, "/invite"), { user_id: paul.userId })).status).toBe(200);
+      await syncUntil(paul, "the invite", (s) => s.rooms?.invite?.[roomId]);
+      const joined = await paul.join(roomId);
+      expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+      await eventually(async () => expect((await members(sam, roomId))[paul.userId]).toBe("join"));
+    });
+
+    it("a Synapse user knocks on a Parley room, is let in by an invite, and joins", async () => {
+      const roomId = await pat.createRoom({ preset: "private_chat", name: "Knock on Parley", room_version: "10", initial_state: knockRule });
+      const res = await sue.call("POST", `/_matrix/client/v3/knock/${enc(roomId)}?server_name=${enc(parley.serverName)}`, { reason: "let me in" });
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.room_id).toBe(roomId);
+      const knocked = await syncUntil(sue, "the knock", (s) => s.rooms?.knock?.[roomId]);
+      expect(knocked.knock_state.events.find((e: any) => e.type === "m.room.name")?.content).toEqual({ name: "Knock on Parley" });
+      await eventually(async () => expect((await members(pat, roomId))[sue.userId]).toBe("knock"));
+      expect((await pat.call("POST", roomPath(roomId, "/invite"), { user_id: sue.userId })).status).toBe(200);
+      await syncUntil(sue, "the invite", (s) => s.rooms?.invite?.[roomId]);
+      const joined = await sue.join(roomId);
+      expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+      await eventually(async () => expect((await members(pat, roomId))[sue.userId]).toBe("join"));
+    });
+  });
+
   describe("invites across the two servers", () => {
     it("a Synapse user invites a Parley user, who sees it in /sync and joins", async () => {
       const roomId = await sam.createRoom({ preset: "private_chat", name: "Synapse private", room_version: "10" });
