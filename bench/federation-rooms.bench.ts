@@ -11,7 +11,12 @@
 //   the join placed); the process's RSS sampled every 50 ms during the join, and the kernel's peak
 //   (VmHWM, the same as process.resourceUsage().maxRSS; reset before each join through
 //   /proc/self/clear_refs where the kernel allows it, else a high-water mark of the whole run).
-//   Target: 20,000 members in under 15 s.
+//   Target: 20,000 members in under 15 s. Each step's CPU time is given beside its wall time: on a
+//   shared machine the wall times move with the load, the CPU times much less. A first join of
+//   WARM_UP_SIZE members, measured apart, starts the PDU check workers and fetches hs1's key.
+//   Building the room on hs1 grows quadratically with N (a full state snapshot every 51 state
+//   events; push rules evaluated for every local member at each join): about 4 s for 1,000 and
+//   100–470 s for 5,000 on a busy 2-core VM, so the 20,000 room takes the better part of an hour.
 // - cross-server delivery latency: alice (hs1) and bob (hs2) in one room; bob long-polls /sync,
 //   alice sends one message (PUT /send); the sample is the time from the start of the send call
 //   until bob's /sync returns with it, over LATENCY_ROUNDS messages. Target p50 under 20 ms.
@@ -20,10 +25,10 @@
 //   last message in bob's /sync.
 // Environment: BENCH_FED_ROOMS_SIZES (default 1000,5000,20000), BENCH_FED_ROOMS_PARTS (default
 // latency,throughput,join), BENCH_FED_ROOMS_ROUNDS (300), BENCH_FED_ROOMS_MESSAGES (2000),
-// BENCH_FED_ROOMS_PROFILE=join-20000,latency,throughput,setup-5000 writes a CPU profile of those phases (main
-// thread, through node:inspector; the PDU check workers are not in it) and prints where it went.
-// Run: `npm run bench federation-rooms` or `npx tsx bench/federation-rooms.bench.ts` (a few
-// minutes). Ends with one BENCH_RESULT line.
+// BENCH_FED_ROOMS_PROFILE=join-20000,latency,throughput,setup-5000 writes a CPU profile of those
+// phases (main thread, through node:inspector; the PDU check workers are not in it) and prints
+// where it went. Run: `npm run bench federation-rooms` or `npx tsx bench/federation-rooms.bench.ts`
+// (BENCH_FED_ROOMS_SIZES=1000,5000 for a run of minutes). Ends with one BENCH_RESULT line.
 import { readFileSync, writeFileSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { tmpdir } from "node:os";
