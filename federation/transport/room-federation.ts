@@ -555,7 +555,9 @@ export class RoomFederation {
         const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
         const eventId = computeEventId(version, signed);
         const sent = await this.call(server, "PUT", `/_matrix/federation/v1/send_knock/${enc(roomId)}/${enc(eventId)}`, signed);
-        const knockState = asObject(sent.body).knock_room_state;
+        // The spec's knock_room_state; Synapse 1.37–1.69 send only knock_state_events (synapse#14088).
+        const answer = asObject(sent.body);
+        const knockState = answer.knock_room_state ?? answer.knock_state_events;
         const stripped = Array.isArray(knockState) ? knockState.slice(0, 50) : [];
         const create = stripped.find((x): x is JsonObject => typeof x === "object" && x !== null && (x as JsonObject).type === "m.room.create");
         await this.d.persister.storeOutliers(roomId, [], { version, creator: typeof create?.sender === "string" ? create.sender : userId });
@@ -604,7 +606,10 @@ export class RoomFederation {
     this.mark(this.relays, eventId, origin);
     const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
     if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The knock is not allowed: ${outcome?.reason ?? "unknown"}`);
-    return { knock_room_state: await this.strippedState(roomId, undefined) };
+    // knock_room_state as the spec says, and again as knock_state_events, the only name Synapse
+    // 1.37–1.69 read (1.67 fails the knock without it: synapse#14088); 1.70–1.94 sent both too.
+    const stripped = await this.strippedState(roomId, undefined);
+    return { knock_room_state: stripped, knock_state_events: stripped };
   }
 
   // ---- Leaving ------------------------------------------------------------------------------------------
