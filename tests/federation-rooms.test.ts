@@ -210,4 +210,19 @@ describe("invites across servers", () => {
     const closed = await alice.createRoom({ preset: "private_chat" });
     expect((await carol.call("POST", `/_matrix/client/v3/knock/${enc(closed)}?via=hs1.test`, {})).status).toBe(403);
   });
+
+  it("a user of another server joins a restricted room through their membership of an allowed room", async () => {
+    const space = await alice.createRoom({ preset: "public_chat" });
+    const restricted = await alice.createRoom({
+      initial_state: [{ type: "m.room.join_rules", state_key: "", content: { join_rule: "restricted", allow: [{ type: "m.room_membership", room_id: space }] } }],
+    });
+    // Not in the allowed room yet: refused.
+    expect((await carol.call("POST", `/_matrix/client/v3/join/${enc(restricted)}?via=hs1.test`, {})).status).toBe(403);
+    expect((await carol.call("POST", `/_matrix/client/v3/join/${enc(space)}?via=hs1.test`, {})).status).toBe(200);
+    const joined = await carol.call("POST", `/_matrix/client/v3/join/${enc(restricted)}?via=hs1.test`, {});
+    expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+    await eventually(async () => expect((await members(alice, restricted))[carol.userId]).toBe("join"));
+    const member = await alice.state(restricted, "m.room.member", carol.userId);
+    expect(member.json.join_authorised_via_users_server).toBe(alice.userId);
+  });
 });

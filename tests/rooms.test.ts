@@ -146,13 +146,20 @@ describe("membership", () => {
     expect(unknownRoom.status).toBe(404);
   });
 
-  it("refuses restricted rooms cleanly (not supported yet), and lets users knock where the join rule says so", async () => {
+  it("lets members of an allowed room into restricted rooms, and users knock where the join rule says so", async () => {
+    const space = await alice.createRoom({ preset: "public_chat" });
     for (const rule of ["restricted", "knock_restricted"]) {
-      const roomId = await alice.createRoom({ initial_state: [{ type: "m.room.join_rules", content: { join_rule: rule, allow: [] } }] });
-      const res = await bob.join(roomId);
+      const roomId = await alice.createRoom({ initial_state: [{ type: "m.room.join_rules", content: { join_rule: rule, allow: [{ type: "m.room_membership", room_id: space }] } }] });
+      const res = await carol.join(roomId);
       expect(res.status).toBe(403);
-      expect(res.json).toEqual({ errcode: "M_FORBIDDEN", error: `Joining rooms with the join rule "${rule}" is not supported yet` });
+      expect(res.json.errcode).toBe("M_FORBIDDEN");
     }
+    // A member of the allowed room joins; one of the room's users with invite power authorises it.
+    const restricted = await alice.createRoom({ initial_state: [{ type: "m.room.join_rules", content: { join_rule: "restricted", allow: [{ type: "m.room_membership", room_id: space }] } }] });
+    expect((await carol.join(space)).status).toBe(200);
+    const joined = await carol.join(restricted);
+    expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+    expect((await alice.state(restricted, "m.room.member", carol.userId)).json).toMatchObject({ membership: "join", join_authorised_via_users_server: alice.userId });
     const knockRoom = await alice.createRoom({ initial_state: [{ type: "m.room.join_rules", content: { join_rule: "knock" } }] });
     expect((await bob.join(knockRoom)).status).toBe(403);
     const knocked = await bob.call("POST", `/_matrix/client/v3/knock/${encodeURIComponent(knockRoom)}`, { reason: "hello" });

@@ -27,11 +27,12 @@ import type { Timeline } from "../../server/rooms/timeline.ts";
 import { checkAuthAgainstAuthEvents } from "../protocol/auth-rules.ts";
 import { computeEventId, createEventIdOfRoom } from "../protocol/event-hashes.ts";
 import { signEvent } from "../protocol/event-signing.ts";
+import { redactEvent } from "../protocol/redaction.ts";
 import { serverNameOf } from "../protocol/identifiers.ts";
 import type { Pdu, RoomEvent } from "../protocol/pdu.ts";
 import { type StateMapKey, stateMapKey } from "../protocol/room-state.ts";
 import { SUPPORTED_ROOM_VERSIONS, isSupportedRoomVersion, roomVersionRules } from "../protocol/room-versions.ts";
-import type { SigningKey } from "../protocol/signing.ts";
+import { type SigningKey, signJson } from "../protocol/signing.ts";
 import type { FederationHttpClient, FederationResponse } from "./http-client.ts";
 import type { CheckedPdu, PduChecker } from "./pdu-checks.ts";
 import type { RoomHistoryClient } from "./room-history.ts";
@@ -493,7 +494,20 @@ export class RoomFederation {
         room_version: version,
       });
     }
-    const draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "join" } });
+    let draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "join" } });
+    if (!draft.allowed) {
+      // A restricted room: one of our users with the power to invite authorises the join, when the
+      // user is in a room the join rule allows (and we sign the event in send_join).
+      const authoriser = await this.d.rooms.restrictedJoinAuthoriser(roomId, userId);
+      if (authoriser !== undefined) {
+        draft = await this.d.persister.draft(roomId, {
+          type: "m.room.member",
+          state_key: userId,
+          sender: userId,
+          content: { membership: "join", join_authorised_via_users_server: authoriser },
+        });
+      }
+    }
     if (!draft.allowed) throw forbidden(`You are not allowed to join this room: ${draft.reason ?? ""}`.trim());
     return { event: draft.pdu, room_version: version };
   }
@@ -503,8 +517,15 @@ export class RoomFederation {
     const version = await this.d.rooms.roomVersion(roomId);
     if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
     await this.d.assertServerAllowed?.(roomId, origin);
+    // A join one of our users authorises (restricted rooms) needs our signature too.
+    const authoriser = asObject(asObject(body).content).join_authorised_via_users_server;
+    if (typeof authoriser === "string" && serverNameOf(authoriser) === this.d.serverName) {
+      const ours = signJson(redactEvent(version, body as object), this.d.serverName, this.d.signingKey).signatures;
+      body = { ...(body as JsonObject), signatures: { ...asObject(asObject(body).signatures), [this.d.serverName]: ours[this.d.serverName] } };
+    }
     const [checked] = await this.d.checker.check(version, [body]);
     if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The join event is not valid: ${checked?.reason ?? "missing"}`);
+    if (checked.redacted) throw new MatrixError(400, "M_BAD_JSON", "The join event's content does not match its hash");
     const e = checked.event;
     if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
     if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "join" || e.state_key !== e.sender) {

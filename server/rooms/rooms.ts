@@ -24,8 +24,6 @@ type JsonObject = Record<string, unknown>;
 
 /** "The size of ... type, state_key, ... MUST NOT exceed 255 bytes." */
 const MAX_ID_BYTES = 255;
-/** Join rules whose joins (without an invite) need what is not built yet. */
-const UNSUPPORTED_JOIN_RULES = new Set(["knock", "restricted", "knock_restricted"]);
 
 /** A local user's current membership of a room. */
 export interface Membership {
@@ -179,6 +177,42 @@ export class Rooms {
         group by ee.prev_event_id order by min(c.depth) limit ${limit}`),
     );
     return rows.map((r) => ({ eventId: r.prev_event_id, stateBeforeGroup: r.state_before_group === null ? null : Number(r.state_before_group) }));
+  }
+
+  /**
+   * For a join without an invite into a room whose join rule is `restricted` or `knock_restricted`
+   * (https://spec.matrix.org/latest/client-server-api/#restricted-rooms): when `userId` is joined to
+   * one of the rooms the rule allows (as far as this server knows), one of our joined users with the
+   * power to invite, who authorises the join (`join_authorised_via_users_server`). Undefined when
+   * the rule is another, or the user may not join this way, or none of our users can authorise it.
+   */
+  async restrictedJoinAuthoriser(roomId: string, userId: string): Promise<string | undefined> {
+    const rule = await this.currentStateContent(roomId, "m.room.join_rules");
+    if (rule?.join_rule !== "restricted" && rule?.join_rule !== "knock_restricted") return undefined;
+    const allow = Array.isArray(rule.allow) ? rule.allow : [];
+    let allowed = false;
+    for (const entry of allow.slice(0, 50)) {
+      if (typeof entry !== "object" || entry === null) continue;
+      const { type, room_id: allowedRoom } = entry as JsonObject;
+      if (type !== "m.room_membership" || typeof allowedRoom !== "string") continue;
+      if ((await this.currentMembership(allowedRoom, userId)) === "join") {
+        allowed = true;
+        break;
+      }
+    }
+    if (!allowed) return undefined;
+    const members = rowsOf<{ state_key: string }>(
+      await this.db.execute(sql`select state_key from current_state where room_id = ${roomId} and type = 'm.room.member' and membership = 'join'
+        and state_key like ${`%:${this.serverName}`}`),
+    );
+    let best: { userId: string; level: number } | undefined;
+    for (const { state_key: member } of members) {
+      if (serverNameOf(member) !== this.serverName) continue;
+      const { level, content } = await this.powerLevels(roomId, member);
+      const inviteLevel = typeof content.invite === "number" ? content.invite : 0;
+      if (level >= inviteLevel && (!best || level > best.level)) best = { userId: member, level };
+    }
+    return best?.userId;
   }
 
   /** Whether one of our users is joined to the room (this server is in it). */
@@ -342,6 +376,8 @@ export class Rooms {
       }
     }
     const profile = await this.accounts.getProfile(userId);
+    // Read before the room's serial section (which must not wait for other queries on PGlite).
+    const authoriser = await this.restrictedJoinAuthoriser(roomId, userId);
     await this.persister.enqueue(roomId, async (view) => {
       const current = view.membership(userId);
       const content = memberContent("join", profile, reason !== undefined ? { reason } : {});
@@ -353,8 +389,9 @@ export class Rooms {
       }
       if (current !== "invite" && current !== "join") {
         const joinRule = (await view.stateEvent("m.room.join_rules", ""))?.content.join_rule;
-        if (typeof joinRule === "string" && UNSUPPORTED_JOIN_RULES.has(joinRule)) {
-          throw forbidden(`Joining rooms with the join rule "${joinRule}" is not supported yet`);
+        if (joinRule === "restricted" || joinRule === "knock_restricted") {
+          if (authoriser === undefined) throw forbidden("You are not in any room whose members may join this one");
+          content.join_authorised_via_users_server = authoriser;
         }
       }
       if (requester.isGuest) {
