@@ -461,11 +461,11 @@ describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", (
   // make_knock / send_knock through the room's server, the knock in the knocker's /sync with the
   // room's stripped state, and an invite as the answer.
   // The send_knock answer's stripped state is `knock_room_state` in the spec, but Synapse 1.37–1.69
-  // (1.67 included) send and read only `knock_state_events` (synapse#14088): to Parley's spec-only
-  // answer, Synapse 1.67's do_knock fails with KeyError 'knock_state_events' (500 to its client),
-  // and Synapse's answer leaves Parley's knock without the room's state. Synapse 1.70–1.94 sent both
-  // names and read either; Parley should do the same. Skipped until then (and until knocking lands).
-  describe.skip("knocking across the two servers", () => {
+  // (1.67 included) send and read only `knock_state_events` (synapse#14088): to a spec-only answer,
+  // Synapse 1.67's do_knock fails with KeyError 'knock_state_events' (500 to its client), and its
+  // answer left Parley's knock without the room's state. Parley sends both and reads either, as
+  // Synapse 1.70–1.94 did.
+  describe("knocking across the two servers", () => {
     const knockRule = [{ type: "m.room.join_rules", state_key: "", content: { join_rule: "knock" } }];
 
     it("a Parley user knocks on a Synapse room, is let in by an invite, and joins", async () => {
@@ -497,6 +497,27 @@ describe.skipIf(missing !== undefined)("rooms with Synapse (room version 10)", (
       expect(joined.status, JSON.stringify(joined.json)).toBe(200);
       await eventually(async () => expect((await members(pat, roomId))[sue.userId]).toBe("join"));
     });
+  });
+
+  // The other way: Parley's make_join names one of its users who may invite, and signs the join in
+  // send_join (https://spec.matrix.org/latest/server-server-api/#restricted-rooms).
+  it("a Synapse user joins a Parley room restricted to the members of another room they are in", async () => {
+    const allowed = await pat.createRoom({ preset: "public_chat", name: "Parley members only", room_version: "10" });
+    expect((await sam.call("POST", `/_matrix/client/v3/join/${enc(allowed)}?server_name=${enc(parley.serverName)}`, {})).status).toBe(200);
+    const roomId = await pat.createRoom({
+      preset: "private_chat",
+      name: "Restricted on Parley",
+      room_version: "10",
+      initial_state: [{ type: "m.room.join_rules", state_key: "", content: { join_rule: "restricted", allow: [{ type: "m.room_membership", room_id: allowed }] } }],
+    });
+    const res = await sam.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?server_name=${enc(parley.serverName)}`, {});
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+    await eventually(async () => expect((await members(pat, roomId))[sam.userId]).toBe("join"));
+    expect((await sam.state(roomId, "m.room.member", sam.userId)).json).toMatchObject({ membership: "join", join_authorised_via_users_server: pat.userId });
+    await sam.send(roomId, { msgtype: "m.text", body: "in through Parley's allowed room" });
+    await syncUntil(pat, "sam's message in the restricted room", messageIn(roomId, "in through Parley's allowed room"));
+    const refused = await sue.call("POST", `/_matrix/client/v3/join/${enc(roomId)}?server_name=${enc(parley.serverName)}`, {});
+    expect(refused.status, JSON.stringify(refused.json)).toBe(403);
   });
 
   describe("invites across the two servers", () => {
