@@ -2,9 +2,10 @@
 // Synapse 1.67 knows): a Parley user joins a Synapse room (by ID through Synapse, and by alias), a
 // Synapse user joins a Parley room, invites both ways, and messages, state, typing notifications,
 // read receipts and leaves crossing both ways, each checked in the other side's /sync and /messages;
-// then redactions, kicks and bans both ways, concurrent sends (a fork in the graph) and concurrent
-// topic changes (state resolution: both sides must agree), and a third server (Synapse hs2) that
-// a Synapse user joins a Parley room through.
+// then pre-join history (Parley backfills from Synapse), redactions, kicks and bans both ways,
+// concurrent sends (a fork in the graph) and concurrent topic changes (state resolution: both sides
+// must agree), a third server (Synapse hs2) that a Synapse user joins a Parley room through, joins
+// by alias alone, restricted rooms and knocking both ways, and invite rejections both ways.
 // Skipped (with the reason printed) when Synapse is not set up here: see tests/synapse-harness.ts.
 //
 // PARLEY_SYNAPSE_ROOMS_LOG=<file> writes Parley's debug log there (Synapse's is /tmp/synapse/hs1/homeserver.log).
