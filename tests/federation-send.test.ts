@@ -4,10 +4,8 @@
 // https://spec.matrix.org/latest/server-server-api/#receipts
 // https://spec.matrix.org/latest/server-server-api/#presence
 //
-// Rooms across servers (federated joins) come with issue 12, so a room both servers' users are in is
-// crafted: the remote user's join is written into the room's current state on the server that holds
-// the room (what a federated join will leave there), and, for the outbound typing test, the local
-// user's join into the other server's copy. Events are never sent into a room after that.
+// The room both servers' users are in is joined over federation: bob creates it on hs2, alice (hs1)
+// joins it through hs2.
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { schema } from "../schema/db.ts";
 import { signEvent } from "../federation/protocol/event-signing.ts";
@@ -28,13 +26,6 @@ let roomId: string;
 let eventId: string; // bob's message in the room
 const alice = "@alice:hs1.test";
 let txn = 0;
-
-/** Writes a join of `userId` into the current state of `room` on `server` (see the file's note). */
-async function injectJoin(server: TestServer, room: string, userId: string) {
-  await server.services.db
-    .insert(schema.currentState)
-    .values({ roomId: room, type: "m.room.member", stateKey: userId, eventId: `$injected-${userId}`, membership: "join" });
-}
 
 /** hs1 sends hs2 a signed transaction. */
 function sendTxn(body: { pdus?: unknown[]; edus?: unknown[]; origin?: string }, txnId = `txn${++txn}`) {
@@ -58,8 +49,11 @@ beforeAll(async () => {
   bob = await registerUser(hs2.url, "bob");
   roomId = await createRoom(hs2.url, bob, { preset: "public_chat" });
   eventId = await send(hs2.url, bob, roomId);
-  await injectJoin(hs2, roomId, alice);
-});
+  const aliceUser = await registerUser(hs1.url, "alice");
+  const joined = await request(hs1.url, "POST", `/_matrix/client/v3/join/${enc(roomId)}?via=hs2.test`, { token: aliceUser.accessToken, body: {} });
+  expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+  await vi.waitFor(async () => expect(await hs2.services.rooms.currentMembership(roomId, alice)).toBe("join"), { timeout: 10_000 });
+}, 120_000);
 afterAll(() => net?.destroy());
 
 describe("PUT /send/{txnId}", () => {
@@ -161,8 +155,8 @@ describe("PUT /send/{txnId}", () => {
     expect(res.status).toBe(200);
     const results = (res.body as any).pdus;
     expect(results[computeEventId("10", unknownRoom)].error).toMatch(/unknown room/i);
-    // Checked, then refused: rooms across servers come with issue 12.
-    expect(results[computeEventId("10", knownRoom)].error).toMatch(/not supported yet/);
+    // Checked, then refused by the room: it names no prev_events.
+    expect(results[computeEventId("10", knownRoom)].error).toMatch(/prev_events/);
     expect(results[computeEventId("10", forged)].error).toMatch(/signature/);
     expect(typersOnHs2()).toEqual([alice]);
     await sendTxn({ edus: [typingEdu(alice, false)] });
@@ -242,9 +236,6 @@ describe("room EDUs from another server", () => {
 
 describe("room EDUs to other servers", () => {
   it("sends a local user's typing to the servers of the room's members, which show it", async () => {
-    // hs1's copy of the room: both members joined (what a federated join will leave there).
-    await injectJoin(hs1, roomId, alice);
-    await injectJoin(hs1, roomId, bob.userId);
     const res = await request(hs2.url, "PUT", `/_matrix/client/v3/rooms/${enc(roomId)}/typing/${enc(bob.userId)}`, {
       token: bob.accessToken,
       body: { typing: true, timeout: 30_000 },

@@ -1207,6 +1207,7 @@ export class EventPersister {
       beforeRef = { id: group.id, chainLength: 0 };
     } else {
       const prevs = [...new Set(pdu.prev_events)];
+      if (prevs.length === 0) return unplaced("the event has no prev_events");
       const missingPrev = prevs.filter((id) => {
         const k = known.get(id);
         return !k || k.outlier || k.group === undefined;
