@@ -232,19 +232,30 @@ export async function startParleyForSynapse(
 ): Promise<ParleyForSynapse> {
   const certDir = await mkdtemp(path.join(tmpdir(), "parley-synapse-tls-"));
   const cert = await selfSignedCertificate(certDir);
-  const port = await freePort();
-  const serverName = `localhost:${port}`;
-  const hs = await startTestServer({
-    ...options,
-    config: {
-      server_name: serverName,
-      tls_port: port,
-      tls_certificate: cert.certFile,
-      tls_private_key: cert.keyFile,
-      ...parleyFederationConfig(instances),
-      ...options.config,
-    },
-  });
+  // The port is free when picked, but another process may take it in the seconds Parley takes to
+  // start (the name must be chosen before): then pick another.
+  let hs: TestServer;
+  let serverName: string;
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    serverName = `localhost:${port}`;
+    try {
+      hs = await startTestServer({
+        ...options,
+        config: {
+          server_name: serverName,
+          tls_port: port,
+          tls_certificate: cert.certFile,
+          tls_private_key: cert.keyFile,
+          ...parleyFederationConfig(instances),
+          ...options.config,
+        },
+      });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE" || attempt >= 3) throw err;
+    }
+  }
   return {
     ...hs,
     serverName,
