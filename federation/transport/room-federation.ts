@@ -177,8 +177,17 @@ export class RoomFederation {
     for (const i of unplaced) {
       const input = inputs[i]!;
       try {
-        if (outcomes[i]!.reason === "unknown auth events") await this.fetchAuthChain(origin, roomId, version, input.eventId);
-        else if (fetchMissing) await this.fetchMissingEvents(origin, roomId, version, input);
+        const prevsUnknown = await this.unknownEvents(input.pdu.prev_events);
+        if (fetchMissing && prevsUnknown.length > 0) await this.fetchMissingEvents(origin, roomId, version, input);
+        if (outcomes[i]!.reason === "unknown auth events") {
+          await this.fetchAuthChain(origin, roomId, version, input.eventId).catch(async () => {
+            // A server that does not serve /event_auth: the missing auth events one by one.
+            const pdus = await Promise.all(
+              (outcomes[i]!.missing ?? []).slice(0, 20).map((id) => this.d.history.getEvent(origin, id).catch(() => undefined)),
+            );
+            await this.storeOutliers(roomId, version, pdus.filter((p) => p !== undefined));
+          });
+        }
       } catch (err) {
         this.d.logger.info({ err, origin, eventId: input.eventId }, "could not fetch what a received event needs");
       }
@@ -198,6 +207,12 @@ export class RoomFederation {
       outcomes[i] = outcome;
     }
     return outcomes;
+  }
+
+  /** Which of these events this server does not hold at all. */
+  private async unknownEvents(ids: readonly string[]): Promise<string[]> {
+    const found = await this.d.eventStore.getEvents(ids);
+    return ids.filter((id) => !found.has(id));
   }
 
   /** get_missing_events between our forward extremities and the event; the answers placed oldest first. */
@@ -815,8 +830,9 @@ export class RoomFederation {
     const error = typeof answer.error === "string" ? answer.error.slice(0, 300) : `${server} answered ${res.status}`;
     if (res.status === 403) throw new MatrixError(403, errcode === "M_UNKNOWN" ? "M_FORBIDDEN" : errcode, error);
     if (res.status === 404) throw new MatrixError(404, "M_NOT_FOUND", error);
-    if (res.status === 400 && (errcode === "M_INCOMPATIBLE_ROOM_VERSION" || errcode === "M_UNSUPPORTED_ROOM_VERSION")) {
-      throw new MatrixError(400, errcode, error);
+    if (res.status === 400) {
+      const roomVersion = typeof answer.room_version === "string" ? { room_version: answer.room_version.slice(0, 50) } : {};
+      throw new MatrixError(400, errcode, error, roomVersion);
     }
     throw new MatrixError(502, "M_UNKNOWN", `${server} answered ${res.status}: ${error}`);
   }
@@ -854,8 +870,12 @@ function stateOf(version: string, pdus: readonly unknown[], checked: Map<string,
   return state;
 }
 
+/**
+ * The per-PDU answer of a transaction: an error only for what could not be processed. A rejected or
+ * soft-failed event was processed (and stored as such): no error, as Synapse answers and sytest expects.
+ */
 function outcomeError(o: RemoteEventOutcome): string | undefined {
-  if (o.status === "accepted" || o.status === "duplicate" || o.status === "soft-failed") return undefined;
+  if (o.status !== "unplaced") return undefined;
   return o.reason ?? o.status;
 }
 

@@ -35,7 +35,8 @@ export function parseToken(token: string): ParsedToken {
     const point = { topological: Number(t[1]), stream: Number(t[2]) };
     if (Number.isSafeInteger(point.topological) && Number.isSafeInteger(point.stream)) return { kind: "topological", point };
   }
-  const s = /^s(\d{1,16})$/.exec(token);
+  // A /sync next_batch (`s<events>_<account data>_…`) names a point by its first position, the events stream.
+  const s = /^s(\d{1,16})(?:_\d{1,16}){0,16}$/.exec(token);
   if (s && Number.isSafeInteger(Number(s[1]))) return { kind: "stream", stream: Number(s[1]) };
   throw new MatrixError(400, "M_INVALID_PARAM", `Invalid pagination token: ${token.slice(0, 40)}`);
 }
