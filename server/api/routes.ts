@@ -32,6 +32,7 @@ import { roomAccountDataRoutes } from "./client/rooms/room-account-data.ts";
 import { sendRoutes } from "./client/rooms/send.ts";
 import { ephemeralRoutes } from "./client/ephemeral.ts";
 import { syncRoutes } from "./client/sync.ts";
+import { eventStreamRoutes } from "./client/events.ts";
 import { versions } from "./client/versions.ts";
 import { synapseAdminRoutes } from "./synapse/register.ts";
 import { health } from "./health.ts";
@@ -78,5 +79,6 @@ export const routes: AnyRoute[] = [
   ...directoryRoutes,
   ...roomAccountDataRoutes,
   ...syncRoutes,
+  ...eventStreamRoutes,
   ...ephemeralRoutes,
 ];

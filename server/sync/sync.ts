@@ -44,6 +44,11 @@ import { type UnreadCounts, type UserUnreadCounts, addCounts } from "./unread.ts
 
 /** The longest a long-poll is held, whatever the client asks. */
 const MAX_TIMEOUT_MS = 5 * 60_000;
+/**
+ * Events per room in one /events response. Beyond it the room's latest ones are sent (as a limited
+ * /sync timeline would): /events is a legacy API for small deltas.
+ */
+const EVENT_STREAM_ROOM_LIMIT = 100;
 /** To-device messages per response; the rest come in the next one. */
 const TO_DEVICE_LIMIT = 100;
 /**
@@ -74,6 +79,21 @@ export interface SyncRequest {
   setPresence?: PresenceState;
   /** Aborted when the client goes away. */
   signal?: AbortSignal;
+}
+
+export interface EventStreamRequest {
+  requester: Requester;
+  from?: string;
+  /** Only this room's events. */
+  roomId?: string;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+export interface EventStreamResponse {
+  chunk: ClientEvent[];
+  start: string;
+  end: string;
 }
 
 interface EventBatch {
@@ -277,6 +297,77 @@ export class Sync {
     } finally {
       presenceDone();
     }
+  }
+
+  /**
+   * The deprecated `GET /events`: the room events of the user's rooms past `from`, waiting up to
+   * `timeoutMs` when there are none. Its tokens are sync tokens, so `end` serves as a /sync `since`
+   * and a `next_batch` as `from`. Only the `events` position moves: the other streams (account data,
+   * to-device, ...) are not delivered here, so a /sync from `end` still delivers them. Without
+   * `from` it answers at once with the current position (what clients use to start streaming).
+   */
+  async eventStream(req: EventStreamRequest): Promise<EventStreamResponse> {
+    const { userId, deviceId } = req.requester;
+    if (req.from === undefined || req.from === "") {
+      const now = encodeSyncToken(await this.safeUpperBound());
+      return { chunk: [], start: now, end: now };
+    }
+    let from: StreamPositions;
+    try {
+      from = decodeSyncToken(req.from);
+    } catch {
+      throw invalidParam("from: not an event stream token of this server");
+    }
+    const timeout = Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
+    const deadline = performance.now() + timeout * (1 - TIMEOUT_JITTER * Math.random());
+    let after = from.events;
+    let upper = maxPositions(await this.safeUpperBound(), from);
+    for (;;) {
+      const { chunk, rooms, bound } = await this.eventsBetween(userId, deviceId, req.roomId, after, upper.events);
+      upper.events = Math.max(upper.events, bound);
+      const left = deadline - performance.now();
+      if (chunk.length || left <= 0) {
+        return { chunk, start: req.from, end: encodeSyncToken({ ...from, events: upper.events }) };
+      }
+      const woken = await this.d.notifier.wait({ userId, rooms, after: upper, timeoutMs: left, signal: req.signal });
+      if (!woken) return { chunk, start: req.from, end: encodeSyncToken({ ...from, events: upper.events }) };
+      after = upper.events;
+      upper = maxPositions(upper, this.d.notifier.positions());
+    }
+  }
+
+  /**
+   * The events of `(after, to]` in the rooms the user is (or was, until they left in that range)
+   * joined to, oldest first; `rooms`: the rooms to wait on; `bound`: a safe bound at least `to`
+   * (membership rows read are committed).
+   */
+  private async eventsBetween(
+    userId: string,
+    deviceId: string,
+    onlyRoom: string | undefined,
+    after: number,
+    to: number,
+  ): Promise<{ chunk: ClientEvent[]; rooms: string[]; bound: number }> {
+    const memberships = (await this.memberships.get(userId)).filter((m) => onlyRoom === undefined || m.roomId === onlyRoom);
+    let bound = to;
+    for (const m of memberships) if (m.streamOrdering > bound) bound = m.streamOrdering;
+    // A room left (or banned from) within the range gives its events up to the leave, the leave included.
+    const rooms = memberships.filter((m) => m.membership === "join" || ((m.membership === "leave" || m.membership === "ban") && m.streamOrdering > after));
+    const perRoom = await Promise.all(
+      rooms.map(async (m) => {
+        const until = m.membership === "join" ? bound : m.streamOrdering;
+        if (until <= after) return [];
+        const { events } = await this.timeline(m.roomId, after, until, EVENT_STREAM_ROOM_LIMIT, undefined);
+        // Events from before the user's join are subject to the room's history visibility.
+        const before = events.filter((e) => e.streamOrdering! < m.streamOrdering);
+        if (m.membership !== "join" || before.length === 0) return events;
+        const visible = new Set((await this.d.visibility.filter({ userId, joinedUntil: Number.POSITIVE_INFINITY }, before)).map((e) => e.eventId));
+        return events.filter((e) => e.streamOrdering! >= m.streamOrdering || visible.has(e.eventId));
+      }),
+    );
+    const events = perRoom.flat().sort((a, b) => a.streamOrdering! - b.streamOrdering!);
+    const chunk = await this.d.eventStore.format(events, { userId, deviceId }, { aggregations: false });
+    return { chunk, rooms: rooms.filter((m) => m.membership === "join").map((m) => m.roomId), bound };
   }
 
   /** `generation` counts the cache's invalidations: a read that overlapped one is used but not kept. */
