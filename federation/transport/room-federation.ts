@@ -441,9 +441,20 @@ export class RoomFederation {
     throw notFound("No server of the room could be reached to join it");
   }
 
-  private async joinVia(server: string, userId: string, roomId: string, extra: JsonObject): Promise<void> {
-    const ver = SUPPORTED_ROOM_VERSIONS.map((v) => `ver=${encodeURIComponent(v)}`).join("&");
-    const made = await this.call(server, "GET", `/_matrix/federation/v1/make_join/${enc(roomId)}/${enc(userId)}?${ver}`);
+  /**
+   * The first half of a membership handshake made through another server: `make_<kind>`, the
+   * template checked to be this user's event of this room, our content on it, signed. Answers the
+   * room version, the signed PDU and its event ID.
+   */
+  private async makeAndSign(
+    server: string,
+    kind: "join" | "knock" | "leave",
+    roomId: string,
+    userId: string,
+    content: JsonObject,
+  ): Promise<{ version: string; signed: JsonObject; eventId: string }> {
+    const ver = kind === "leave" ? "" : `?${SUPPORTED_ROOM_VERSIONS.map((v) => `ver=${encodeURIComponent(v)}`).join("&")}`;
+    const made = await this.call(server, "GET", `/_matrix/federation/v1/make_${kind}/${enc(roomId)}/${enc(userId)}${ver}`);
     const body = asObject(made.body);
     const version = typeof body.room_version === "string" ? body.room_version : "1";
     if (!isSupportedRoomVersion(version)) {
@@ -451,24 +462,72 @@ export class RoomFederation {
     }
     const template = asObject(body.event);
     if (template.type !== "m.room.member" || template.state_key !== userId || template.sender !== userId || template.room_id !== roomId) {
-      throw new MatrixError(502, "M_UNKNOWN", `${server} answered make_join with an event that is not this user's join`);
+      throw new MatrixError(502, "M_UNKNOWN", `${server} answered make_${kind} with an event that is not this user's ${kind}`);
     }
-    const templateContent = asObject(template.content);
-    const profile = await this.d.accounts.getProfile(userId);
-    const content = { ...templateContent, ...memberContent("join", profile, extra) };
     const pdu: JsonObject = {
       room_id: roomId,
       sender: userId,
       type: "m.room.member",
       state_key: userId,
-      content,
+      // The template's content (a restricted join's authorising user), ours over it, the membership last.
+      content: { ...asObject(template.content), ...content, membership: kind },
       origin_server_ts: this.d.now(),
       depth: template.depth,
       prev_events: template.prev_events,
       auth_events: template.auth_events,
     };
     const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
-    const eventId = computeEventId(version, signed);
+    return { version, signed, eventId: computeEventId(version, signed) };
+  }
+
+  /**
+   * Serving `make_<kind>`: the room must be one we are in, the user on the asking server, the ACL
+   * must let it in, and (for joins and knocks) it must support the room's version. Answers the
+   * room's version.
+   */
+  private async checkMakeRequest(origin: string, roomId: string, userId: string, versions: readonly string[] | undefined): Promise<string> {
+    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    if (versions !== undefined && !versions.includes(version)) {
+      throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", `The room's version is ${version}, which your server does not support`, {
+        room_version: version,
+      });
+    }
+    return version;
+  }
+
+  /** The membership event a user would send now, built on our current state (make_join, make_knock, make_leave). */
+  private draftMembership(roomId: string, userId: string, content: JsonObject) {
+    return this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content });
+  }
+
+  /**
+   * Serving `send_<kind>`: the event checked (signatures, hash, that it is the origin's user's own
+   * `kind` in this room), placed in the room and relayed to its other servers. Throws 400 or 403.
+   */
+  private async receiveMembership(origin: string, roomId: string, eventId: string, body: unknown, kind: "join" | "knock" | "leave"): Promise<void> {
+    const version = await this.d.rooms.roomVersion(roomId);
+    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
+    await this.d.assertServerAllowed?.(roomId, origin);
+    const [checked] = await this.d.checker.check(version, [body]);
+    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The ${kind} event is not valid: ${checked?.reason ?? "missing"}`);
+    if (checked.redacted) throw new MatrixError(400, "M_BAD_JSON", `The ${kind} event's content does not match its hash`);
+    const e = checked.event;
+    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
+    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== kind || e.state_key !== e.sender) {
+      throw new MatrixError(400, "M_BAD_JSON", `Not a ${kind} event of this room`);
+    }
+    if (serverNameOf(e.sender) !== origin) throw forbidden(`The user is not on the requesting server`);
+    this.mark(this.relays, eventId, origin);
+    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
+    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The ${kind} is not allowed: ${outcome?.reason ?? "unknown"}`);
+  }
+
+  private async joinVia(server: string, userId: string, roomId: string, extra: JsonObject): Promise<void> {
+    const profile = await this.d.accounts.getProfile(userId);
+    const { version, signed, eventId } = await this.makeAndSign(server, "join", roomId, userId, memberContent("join", profile, extra));
     const sent = await this.call(server, "PUT", `/_matrix/federation/v2/send_join/${enc(roomId)}/${enc(eventId)}`, signed);
     const answer = asObject(sent.body);
     const state = Array.isArray(answer.state) ? answer.state : [];
@@ -500,27 +559,14 @@ export class RoomFederation {
 
   /** `GET /make_join/{roomId}/{userId}`: a join event for the user, built on our current state. */
   async makeJoin(origin: string, roomId: string, userId: string, versions: readonly string[]): Promise<JsonObject> {
-    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
-    const version = await this.d.rooms.roomVersion(roomId);
-    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
-    await this.d.assertServerAllowed?.(roomId, origin);
-    if (!versions.includes(version)) {
-      throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", `The room's version is ${version}, which your server does not support`, {
-        room_version: version,
-      });
-    }
-    let draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "join" } });
+    const version = await this.checkMakeRequest(origin, roomId, userId, versions);
+    let draft = await this.draftMembership(roomId, userId, { membership: "join" });
     if (!draft.allowed) {
       // A restricted room: one of our users with the power to invite authorises the join, when the
       // user is in a room the join rule allows (and we sign the event in send_join).
       const authoriser = await this.d.rooms.restrictedJoinAuthoriser(roomId, userId);
       if (authoriser !== undefined) {
-        draft = await this.d.persister.draft(roomId, {
-          type: "m.room.member",
-          state_key: userId,
-          sender: userId,
-          content: { membership: "join", join_authorised_via_users_server: authoriser },
-        });
+        draft = await this.draftMembership(roomId, userId, { membership: "join", join_authorised_via_users_server: authoriser });
       }
     }
     if (!draft.allowed) throw forbidden(`You are not allowed to join this room: ${draft.reason ?? ""}`.trim());
@@ -530,28 +576,14 @@ export class RoomFederation {
   /** `PUT /v2/send_join/{roomId}/{eventId}`: the join placed, the state before it and its auth chain answered. */
   async sendJoin(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
     const version = await this.d.rooms.roomVersion(roomId);
-    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
-    await this.d.assertServerAllowed?.(roomId, origin);
+    if (version === undefined) throw notFound("This server is not in that room");
     // A join one of our users authorises (restricted rooms) needs our signature too.
     const authoriser = asObject(asObject(body).content).join_authorised_via_users_server;
     if (typeof authoriser === "string" && serverNameOf(authoriser) === this.d.serverName) {
       const ours = signJson(redactEvent(version, body as object), this.d.serverName, this.d.signingKey).signatures;
       body = { ...(body as JsonObject), signatures: { ...asObject(asObject(body).signatures), [this.d.serverName]: ours[this.d.serverName] } };
     }
-    const [checked] = await this.d.checker.check(version, [body]);
-    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The join event is not valid: ${checked?.reason ?? "missing"}`);
-    if (checked.redacted) throw new MatrixError(400, "M_BAD_JSON", "The join event's content does not match its hash");
-    const e = checked.event;
-    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
-    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "join" || e.state_key !== e.sender) {
-      throw new MatrixError(400, "M_BAD_JSON", "Not a join event of this room");
-    }
-    if (serverNameOf(e.sender) !== origin) throw forbidden("The joining user is not on the requesting server");
-    this.mark(this.relays, eventId, origin);
-    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
-    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") {
-      throw forbidden(`The join is not allowed: ${outcome?.reason ?? "unknown"}`);
-    }
+    await this.receiveMembership(origin, roomId, eventId, body, "join");
     const { pdus, auth_chain } = await this.d.serverReads.state({ origin }, roomId, eventId);
     const servers = this.d.persister.cachedJoinedServers(roomId) ?? (await this.d.rooms.joinedServers(roomId));
     return { origin: this.d.serverName, state: pdus, auth_chain, event: body, members_omitted: false, servers_in_room: servers };
@@ -568,28 +600,7 @@ export class RoomFederation {
     let lastError: unknown;
     for (const server of [...new Set(servers)].filter((s) => s !== this.d.serverName)) {
       try {
-        const ver = SUPPORTED_ROOM_VERSIONS.map((v) => `ver=${encodeURIComponent(v)}`).join("&");
-        const made = await this.call(server, "GET", `/_matrix/federation/v1/make_knock/${enc(roomId)}/${enc(userId)}?${ver}`);
-        const body = asObject(made.body);
-        const version = typeof body.room_version === "string" ? body.room_version : "1";
-        if (!isSupportedRoomVersion(version)) throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", "The room's version is not supported here");
-        const template = asObject(body.event);
-        if (template.type !== "m.room.member" || template.state_key !== userId || template.sender !== userId || template.room_id !== roomId) {
-          throw new MatrixError(502, "M_UNKNOWN", `${server} answered make_knock with an event that is not this user's knock`);
-        }
-        const pdu: JsonObject = {
-          room_id: roomId,
-          sender: userId,
-          type: "m.room.member",
-          state_key: userId,
-          content: { ...asObject(template.content), ...extra, membership: "knock" },
-          origin_server_ts: this.d.now(),
-          depth: template.depth,
-          prev_events: template.prev_events,
-          auth_events: template.auth_events,
-        };
-        const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
-        const eventId = computeEventId(version, signed);
+        const { version, signed, eventId } = await this.makeAndSign(server, "knock", roomId, userId, extra);
         const sent = await this.call(server, "PUT", `/_matrix/federation/v1/send_knock/${enc(roomId)}/${enc(eventId)}`, signed);
         // The spec's knock_room_state; Synapse 1.37–1.69 send only knock_state_events (synapse#14088).
         const answer = asObject(sent.body);
@@ -612,36 +623,15 @@ export class RoomFederation {
 
   /** `GET /make_knock/{roomId}/{userId}`: a knock event for the user, built on our current state. */
   async makeKnock(origin: string, roomId: string, userId: string, versions: readonly string[]): Promise<JsonObject> {
-    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
-    const version = await this.d.rooms.roomVersion(roomId);
-    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
-    await this.d.assertServerAllowed?.(roomId, origin);
-    if (!versions.includes(version)) {
-      throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", `The room's version is ${version}, which your server does not support`, {
-        room_version: version,
-      });
-    }
-    const draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "knock" } });
+    const version = await this.checkMakeRequest(origin, roomId, userId, versions);
+    const draft = await this.draftMembership(roomId, userId, { membership: "knock" });
     if (!draft.allowed) throw forbidden(`You are not allowed to knock on this room: ${draft.reason ?? ""}`.trim());
     return { event: draft.pdu, room_version: version };
   }
 
   /** `PUT /send_knock/{roomId}/{eventId}`: the knock placed and relayed; the room's stripped state answered. */
   async sendKnock(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
-    const version = await this.d.rooms.roomVersion(roomId);
-    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
-    await this.d.assertServerAllowed?.(roomId, origin);
-    const [checked] = await this.d.checker.check(version, [body]);
-    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The knock event is not valid: ${checked?.reason ?? "missing"}`);
-    const e = checked.event;
-    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
-    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "knock" || e.state_key !== e.sender) {
-      throw new MatrixError(400, "M_BAD_JSON", "Not a knock event of this room");
-    }
-    if (serverNameOf(e.sender) !== origin) throw forbidden("The knocking user is not on the requesting server");
-    this.mark(this.relays, eventId, origin);
-    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
-    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The knock is not allowed: ${outcome?.reason ?? "unknown"}`);
+    await this.receiveMembership(origin, roomId, eventId, body, "knock");
     // knock_room_state as the spec says, and again as knock_state_events, the only name Synapse
     // 1.37–1.69 read (1.67 fails the knock without it: synapse#14088); 1.70–1.94 sent both too.
     const stripped = await this.strippedState(roomId, undefined);
@@ -660,25 +650,7 @@ export class RoomFederation {
     const invite = await this.d.rooms.membership(roomId, userId);
     for (const server of [...new Set(servers)].filter((s) => s !== this.d.serverName)) {
       try {
-        const made = await this.call(server, "GET", `/_matrix/federation/v1/make_leave/${enc(roomId)}/${enc(userId)}`);
-        const body = asObject(made.body);
-        const version = typeof body.room_version === "string" ? body.room_version : "1";
-        if (!isSupportedRoomVersion(version)) continue;
-        const template = asObject(body.event);
-        if (template.type !== "m.room.member" || template.state_key !== userId || template.sender !== userId || template.room_id !== roomId) continue;
-        const pdu: JsonObject = {
-          room_id: roomId,
-          sender: userId,
-          type: "m.room.member",
-          state_key: userId,
-          content: { ...asObject(template.content), membership: "leave", ...extra },
-          origin_server_ts: this.d.now(),
-          depth: template.depth,
-          prev_events: template.prev_events,
-          auth_events: template.auth_events,
-        };
-        const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
-        const eventId = computeEventId(version, signed);
+        const { signed, eventId } = await this.makeAndSign(server, "leave", roomId, userId, extra);
         await this.call(server, "PUT", `/_matrix/federation/v2/send_leave/${enc(roomId)}/${enc(eventId)}`, signed);
         await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: signed as unknown as Pdu, outOfBand: { userId, membership: "leave" } }]);
         return;
@@ -708,31 +680,15 @@ export class RoomFederation {
 
   /** `GET /make_leave/{roomId}/{userId}`: a leave event for the user, built on our current state. */
   async makeLeave(origin: string, roomId: string, userId: string): Promise<JsonObject> {
-    if (serverNameOf(userId) !== origin) throw forbidden("The user is not on the requesting server");
-    const version = await this.d.rooms.roomVersion(roomId);
-    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
-    await this.d.assertServerAllowed?.(roomId, origin);
-    const draft = await this.d.persister.draft(roomId, { type: "m.room.member", state_key: userId, sender: userId, content: { membership: "leave" } });
+    const version = await this.checkMakeRequest(origin, roomId, userId, undefined);
+    const draft = await this.draftMembership(roomId, userId, { membership: "leave" });
     if (!draft.allowed) throw forbidden(`You cannot leave this room: ${draft.reason ?? ""}`.trim());
     return { event: draft.pdu, room_version: version };
   }
 
   /** `PUT /v2/send_leave/{roomId}/{eventId}`: the leave placed and passed on to the room's other servers. */
   async sendLeave(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
-    const version = await this.d.rooms.roomVersion(roomId);
-    if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
-    await this.d.assertServerAllowed?.(roomId, origin);
-    const [checked] = await this.d.checker.check(version, [body]);
-    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The leave event is not valid: ${checked?.reason ?? "missing"}`);
-    const e = checked.event;
-    if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
-    if (e.room_id !== roomId || e.type !== "m.room.member" || e.content.membership !== "leave" || e.state_key !== e.sender) {
-      throw new MatrixError(400, "M_BAD_JSON", "Not a leave event of this room");
-    }
-    if (serverNameOf(e.sender) !== origin) throw forbidden("The leaving user is not on the requesting server");
-    this.mark(this.relays, eventId, origin);
-    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
-    if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The leave is not allowed: ${outcome?.reason ?? "unknown"}`);
+    await this.receiveMembership(origin, roomId, eventId, body, "leave");
     return {};
   }
 

@@ -336,23 +336,25 @@ export class Rooms {
     return roomIdOrAlias;
   }
 
+  /**
+   * The room a join or knock names: a room ID, or an alias resolved here or (another server's) over
+   * federation; the servers an alias names are added to `servers`, to go through.
+   */
+  private async roomToEnter(roomIdOrAlias: string, servers: string[]): Promise<string> {
+    if (roomIdOrAlias.startsWith("!")) return roomIdOrAlias;
+    if (!roomIdOrAlias.startsWith("#")) throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
+    const local = await this.aliases.resolve(roomIdOrAlias);
+    if (local) return local.roomId;
+    if (!this.remote || !parseAlias(roomIdOrAlias) || serverNameOf(roomIdOrAlias) === this.serverName) throw notFound("Room alias not found");
+    const found = await this.remote.resolveAlias(roomIdOrAlias);
+    servers.push(...found.servers, serverNameOf(roomIdOrAlias)!);
+    return found.room_id;
+  }
+
   async join(requester: Requester, roomIdOrAlias: string, reason?: string, via: readonly string[] = []): Promise<string> {
     const userId = requester.userId;
-    let roomId: string;
     const servers = [...via];
-    if (roomIdOrAlias.startsWith("#")) {
-      const local = await this.aliases.resolve(roomIdOrAlias);
-      if (local) roomId = local.roomId;
-      else if (this.remote && parseAlias(roomIdOrAlias) && serverNameOf(roomIdOrAlias) !== this.serverName) {
-        const found = await this.remote.resolveAlias(roomIdOrAlias);
-        roomId = found.room_id;
-        servers.push(...found.servers, serverNameOf(roomIdOrAlias)!);
-      } else throw notFound("Room alias not found");
-    } else if (roomIdOrAlias.startsWith("!")) {
-      roomId = roomIdOrAlias;
-    } else {
-      throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
-    }
+    const roomId = await this.roomToEnter(roomIdOrAlias, servers);
     if (!(await this.isInRoom(roomId))) {
       const known = await this.roomVersion(roomId);
       if (!this.remote) {
@@ -410,20 +412,7 @@ export class Rooms {
   async knock(requester: Requester, roomIdOrAlias: string, reason?: string, via: readonly string[] = []): Promise<string> {
     const userId = requester.userId;
     const servers = [...via];
-    let roomId: string;
-    if (roomIdOrAlias.startsWith("#")) {
-      const local = await this.aliases.resolve(roomIdOrAlias);
-      if (local) roomId = local.roomId;
-      else if (this.remote && parseAlias(roomIdOrAlias) && serverNameOf(roomIdOrAlias) !== this.serverName) {
-        const found = await this.remote.resolveAlias(roomIdOrAlias);
-        roomId = found.room_id;
-        servers.push(...found.servers, serverNameOf(roomIdOrAlias)!);
-      } else throw notFound("Room alias not found");
-    } else if (roomIdOrAlias.startsWith("!")) {
-      roomId = roomIdOrAlias;
-    } else {
-      throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
-    }
+    const roomId = await this.roomToEnter(roomIdOrAlias, servers);
     const profile = await this.accounts.getProfile(userId);
     const content = memberContent("knock", profile, reason !== undefined ? { reason } : {});
     if (!(await this.isInRoom(roomId))) {
