@@ -62,6 +62,17 @@ describe("PDUs another server forges", () => {
     expect(got.json.content.body).toBe("genuine");
   });
 
+  it("keeps an event whose prev_events nobody can supply as an outlier, outside the timeline", async () => {
+    const event = signedByHs2({ ...(await draft("m.room.message", { msgtype: "m.text", body: "from nowhere" })), prev_events: ["$unknowable"] });
+    const eventId = computeEventId("10", event);
+    const answer = await deliver(event);
+    expect(answer[eventId]?.error).toMatch(/prev events/);
+    const stored = await hs1.services.eventStore.getEvent(eventId);
+    expect(stored?.outlier).toBe(true);
+    expect(stored?.rejected).toBe(false);
+    expect((await alice.call("GET", roomPath(roomId, `/event/${enc(eventId)}`))).status).toBe(404);
+  });
+
   it("drops an event signed with a key that is not the sending server's", async () => {
     const forger = signingKeyFromSeed(randomBytes(32), "ed25519:forged");
     const event = signEvent("10", await draft("m.room.message", { msgtype: "m.text", body: "forged" }), "hs2.test", forger);

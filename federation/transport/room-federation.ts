@@ -206,6 +206,17 @@ export class RoomFederation {
       }
       outcomes[i] = outcome;
     }
+    // What still cannot be placed for want of its prev_events is kept as an outlier (checked against
+    // its own auth events, which we have): never dropped, and placed should it come again once the
+    // gap is closed. One whose auth events we could not get has no verdict to keep.
+    const leftOver = unplaced
+      .filter((i) => outcomes[i]!.status === "unplaced" && outcomes[i]!.reason === "unknown prev events")
+      .map((i) => inputs[i]!.pdu);
+    if (leftOver.length > 0) {
+      await this.storeOutliers(roomId, version, leftOver).catch((err: unknown) =>
+        this.d.logger.warn({ err, origin, roomId }, "could not keep received events as outliers"),
+      );
+    }
     return outcomes;
   }
 
@@ -254,7 +265,7 @@ export class RoomFederation {
     version: string,
     pdus: readonly unknown[],
     newRoom?: { version: string; creator: string },
-  ): Promise<Map<string, { event: RoomEvent; rejected: boolean }>> {
+  ): Promise<Map<string, { event: RoomEvent; rejected: boolean }> & { idsInOrder?: Array<string | undefined> }> {
     const rules = roomVersionRules(version);
     const checked = await this.d.checker.check(version, pdus);
     const byId = new Map<string, RoomEvent>();
@@ -304,7 +315,7 @@ export class RoomFederation {
     }
     // Events in an auth cycle never become ready: they are not stored.
     await this.d.persister.storeOutliers(roomId, rows, newRoom);
-    return results;
+    return Object.assign(results, { idsInOrder: checked.map((c) => c.eventId) });
   }
 
   // ---- Backfill ----------------------------------------------------------------------------------------
@@ -544,7 +555,12 @@ export class RoomFederation {
     const create = state.find((e): e is JsonObject => typeof e === "object" && e !== null && (e as JsonObject).type === "m.room.create");
     if (!create || typeof create.sender !== "string") throw new MatrixError(502, "M_UNKNOWN", `${server}'s send_join answer holds no create event`);
     const stored = await this.storeOutliers(roomId, version, [...authChain, ...state], { version, creator: create.sender });
-    const stateBefore = stateOf(version, state, stored);
+    // The state's event IDs, as the checker computed them (the state follows the auth chain).
+    const stateBefore = new Map<StateMapKey, string>();
+    for (const eventId of stored.idsInOrder?.slice(authChain.length) ?? []) {
+      const found = eventId === undefined ? undefined : stored.get(eventId);
+      if (found && !found.rejected && typeof found.event.state_key === "string") stateBefore.set(stateMapKey(found.event.type, found.event.state_key), eventId!);
+    }
     if (!stateBefore.has(stateMapKey("m.room.create", ""))) {
       throw new MatrixError(502, "M_UNKNOWN", `${server}'s send_join answer failed the checks (no valid create event)`);
     }
