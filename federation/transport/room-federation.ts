@@ -761,6 +761,8 @@ export class RoomFederation {
     if (!isSupportedRoomVersion(version)) {
       throw new MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This server does not support the room's version", { room_version: version });
     }
+    // The room's server ACL, when we hold the room's state.
+    await this.d.assertServerAllowed?.(roomId, origin);
     const [checked] = await this.d.checker.check(version, [body.event]);
     if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The invite event is not valid: ${checked?.reason ?? "missing"}`);
     const e = checked.event;
