@@ -41,6 +41,8 @@ import type { FederationSender } from "./sender.ts";
 
 type JsonObject = Record<string, unknown>;
 
+/** Events of the state at a gap fetched one by one (`/event`) at most; past that, the whole state (`/state`). */
+const MAX_EVENTS_FETCHED_ONE_BY_ONE = 100;
 /** Missing events asked for at once when a received event's prev_events are unknown. */
 const MISSING_EVENTS_LIMIT = 10;
 /** Remembered relays and suppressed fan-outs (entries live only from a persist to its commit). */
@@ -198,7 +200,7 @@ export class RoomFederation {
       if (outcome.status === "unplaced" && outcome.reason === "unknown prev events") {
         // The gap could not be closed: the event is placed on the state the sender says it had.
         try {
-          const stateBefore = await this.fetchStateBefore(origin, roomId, version, inputs[i]!.eventId);
+          const stateBefore = await this.fetchStateBefore(origin, roomId, version, inputs[i]!);
           [outcome] = (await this.d.persister.enqueueRemote(roomId, [{ ...inputs[i]!, stateBefore }])) as [RemoteEventOutcome];
         } catch (err) {
           this.d.logger.info({ err, origin, eventId: inputs[i]!.eventId }, "could not fetch the state before a received event");
@@ -249,8 +251,40 @@ export class RoomFederation {
   }
 
   /** The state before an event as `origin` has it (and its auth chain), stored as outliers. */
-  private async fetchStateBefore(origin: string, roomId: string, version: string, eventId: string): Promise<Map<StateMapKey, string>> {
-    const { pdus, authChain } = await this.d.history.state(origin, roomId, eventId);
+  private async fetchStateBefore(origin: string, roomId: string, version: string, input: RemoteEventInput): Promise<Map<StateMapKey, string>> {
+    // One prev_event we lack (the usual gap): the state after it is the state at it (/state_ids),
+    // plus the event itself when it is a state event — fetching only the events we do not hold,
+    // as Synapse does. Otherwise, or when too much is missing, the whole state at the event.
+    const prevs = input.pdu.prev_events;
+    const missingPrevs = await this.unknownEvents(prevs);
+    if (prevs.length === 1 && missingPrevs.length === 1) {
+      const prev = prevs[0]!;
+      const { pduIds, authChainIds } = await this.d.history.stateIds(origin, roomId, prev);
+      const wanted = [...new Set([...pduIds, ...authChainIds, prev])];
+      const held = await this.d.eventStore.getEvents(wanted);
+      const lacking = wanted.filter((id) => !held.has(id));
+      if (lacking.length <= MAX_EVENTS_FETCHED_ONE_BY_ONE) {
+        const fetched: unknown[] = [];
+        for (let k = 0; k < lacking.length; k += 10) {
+          const batch = await Promise.all(lacking.slice(k, k + 10).map((id) => this.d.history.getEvent(origin, id).catch(() => undefined)));
+          for (const pdu of batch) if (pdu !== undefined) fetched.push(pdu);
+        }
+        const stored = await this.storeOutliers(roomId, version, fetched);
+        const eventOf = (id: string): { event: RoomEvent; rejected: boolean } | undefined => {
+          const s = stored.get(id);
+          if (s) return s;
+          const h = held.get(id);
+          return h && h.roomId === roomId ? { event: { ...(h.pdu as unknown as Pdu), event_id: id }, rejected: h.rejected } : undefined;
+        };
+        const state = new Map<StateMapKey, string>();
+        for (const id of [...pduIds, prev]) {
+          const found = eventOf(id);
+          if (found && !found.rejected && typeof found.event.state_key === "string") state.set(stateMapKey(found.event.type, found.event.state_key), id);
+        }
+        return state;
+      }
+    }
+    const { pdus, authChain } = await this.d.history.state(origin, roomId, input.eventId);
     const stored = await this.storeOutliers(roomId, version, [...authChain, ...pdus]);
     return stateOf(version, pdus, stored);
   }
