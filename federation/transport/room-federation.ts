@@ -19,7 +19,7 @@ import type { Logger } from "pino";
 import { MatrixError, forbidden, notFound } from "../../server/http/errors.ts";
 import type { Accounts } from "../../server/accounts/accounts.ts";
 import { memberContent } from "../../server/rooms/create-room.ts";
-import type { EventStore } from "../../server/rooms/event-store.ts";
+import type { EventStore, StoredEvent } from "../../server/rooms/event-store.ts";
 import type { EventPersister, RemoteEventInput, RemoteEventOutcome } from "../../server/rooms/persister.ts";
 import type { Rooms } from "../../server/rooms/rooms.ts";
 import type { ServerReads } from "../../server/rooms/server-reads.ts";
@@ -31,7 +31,7 @@ import { redactEvent } from "../protocol/redaction.ts";
 import { serverNameOf } from "../protocol/identifiers.ts";
 import type { Pdu, RoomEvent } from "../protocol/pdu.ts";
 import { type StateMapKey, stateMapKey } from "../protocol/room-state.ts";
-import { SUPPORTED_ROOM_VERSIONS, isSupportedRoomVersion, roomVersionRules } from "../protocol/room-versions.ts";
+import { type RoomVersionRules, SUPPORTED_ROOM_VERSIONS, isSupportedRoomVersion, roomVersionRules } from "../protocol/room-versions.ts";
 import { type SigningKey, signJson } from "../protocol/signing.ts";
 import type { FederationHttpClient, FederationResponse } from "./http-client.ts";
 import type { CheckedPdu, PduChecker } from "./pdu-checks.ts";
@@ -40,6 +40,8 @@ import type { Federation } from "./federation.ts";
 import type { FederationSender } from "./sender.ts";
 
 type JsonObject = Record<string, unknown>;
+/** An event checked against its own auth events: rejected, with the reason, or not. */
+type Judged = { event: RoomEvent; rejected: boolean; reason?: string };
 
 /** Events of the state at a gap fetched one by one (`/event`) at most; past that, the whole state (`/state`). */
 const MAX_EVENTS_FETCHED_ONE_BY_ONE = 100;
@@ -299,7 +301,7 @@ export class RoomFederation {
     version: string,
     pdus: readonly unknown[],
     newRoom?: { version: string; creator: string },
-  ): Promise<Map<string, { event: RoomEvent; rejected: boolean }> & { idsInOrder?: Array<string | undefined> }> {
+  ): Promise<Map<string, Judged> & { idsInOrder?: Array<string | undefined> }> {
     const rules = roomVersionRules(version);
     const checked = await this.d.checker.check(version, pdus);
     const byId = new Map<string, RoomEvent>();
@@ -309,18 +311,37 @@ export class RoomFederation {
       const inRoom = c.event.room_id === roomId || (c.event.type === "m.room.create" && c.eventId === createId && c.event.room_id === undefined);
       if (inRoom) byId.set(c.eventId, c.event);
     }
-    const referenced = new Set<string>();
-    for (const e of byId.values()) for (const a of e.auth_events) if (!byId.has(a)) referenced.add(a);
-    if (createId !== undefined && !byId.has(createId)) referenced.add(createId);
-    const stored = await this.d.eventStore.getEvents([...referenced]);
-    const results = new Map<string, { event: RoomEvent; rejected: boolean }>();
+    const results = await this.judgeByAuthEvents(roomId, rules, byId);
+    const rows = [...results].map(([eventId, { event, reason }]) => {
+      const { event_id: _id, ...pdu } = event;
+      return { eventId, pdu: pdu as Pdu, ...(reason === undefined ? {} : { rejectedReason: reason }) };
+    });
+    // Events in an auth cycle never become ready: they are not stored.
+    await this.d.persister.storeOutliers(roomId, rows, newRoom);
+    return Object.assign(results, { idsInOrder: checked.map((c) => c.eventId) });
+  }
+
+  /**
+   * Check 4 on receipt for a set of events: each against its own auth events, in auth order (an
+   * event after those of its auth events that are in the set: Kahn's algorithm over the auth edges;
+   * depth alone is not enough, as Synapse gives a new room's creator join and first power levels the
+   * same depth). Auth events outside the set are read from `stored`, or from the database. Events in
+   * an auth cycle never become ready and are left out. Answers the events in auth order.
+   */
+  private async judgeByAuthEvents(
+    roomId: string,
+    rules: RoomVersionRules,
+    byId: ReadonlyMap<string, RoomEvent>,
+    stored?: Map<string, StoredEvent>,
+  ): Promise<Map<string, Judged>> {
+    const held = stored ?? (await this.d.eventStore.getEvents(authEventsOutside(roomId, rules, byId)));
+    const results = new Map<string, Judged>();
     const lookup = (id: string) => {
       const found = results.get(id);
       if (found) return found;
-      const s = stored.get(id);
+      const s = held.get(id);
       return s && s.roomId === roomId ? { event: { ...(s.pdu as unknown as Pdu), event_id: id }, rejected: s.rejected } : undefined;
     };
-    // Auth order: an event after its auth events (Kahn's algorithm over the auth edges inside the set).
     const waiting = new Map<string, number>();
     const dependents = new Map<string, string[]>();
     for (const [id, e] of byId) {
@@ -333,23 +354,18 @@ export class RoomFederation {
       }
     }
     const queue = [...waiting].filter(([, n]) => n === 0).map(([id]) => id);
-    const rows: Array<{ eventId: string; pdu: Pdu; rejectedReason?: string }> = [];
-    while (queue.length > 0) {
-      const id = queue.shift()!;
+    for (let k = 0; k < queue.length; k++) {
+      const id = queue[k]!;
       const event = byId.get(id)!;
       const decision = checkAuthAgainstAuthEvents(rules, event, lookup);
-      results.set(id, { event, rejected: !decision.allowed });
-      const { event_id: _id, ...pdu } = event;
-      rows.push({ eventId: id, pdu: pdu as Pdu, ...(decision.allowed ? {} : { rejectedReason: decision.reason }) });
+      results.set(id, { event, rejected: !decision.allowed, ...(decision.allowed ? {} : { reason: decision.reason }) });
       for (const next of dependents.get(id) ?? []) {
         const n = waiting.get(next)! - 1;
         waiting.set(next, n);
         if (n === 0) queue.push(next);
       }
     }
-    // Events in an auth cycle never become ready: they are not stored.
-    await this.d.persister.storeOutliers(roomId, rows, newRoom);
-    return Object.assign(results, { idsInOrder: checked.map((c) => c.eventId) });
+    return results;
   }
 
   // ---- Backfill ----------------------------------------------------------------------------------------
@@ -399,64 +415,27 @@ export class RoomFederation {
     version: string,
     pdus: readonly unknown[],
     server: string,
-  ): Promise<Map<string, { event: RoomEvent; rejected: boolean; reason?: string }>> {
+  ): Promise<Map<string, Judged>> {
     const rules = roomVersionRules(version);
     const checked = (await this.d.checker.check(version, pdus)).filter(
       (c): c is Extract<CheckedPdu, { ok: true }> => c.ok && c.event.room_id === roomId && c.event.type !== "m.room.create",
     );
     const byId = new Map(checked.map((c) => [c.eventId, c.event]));
-    const needed = new Set<string>();
-    for (const e of byId.values()) for (const a of e.auth_events) if (!byId.has(a)) needed.add(a);
-    if (rules.roomIdIsCreateEventId) needed.add(createEventIdOfRoom(roomId));
-    let stored = await this.d.eventStore.getEvents([...needed]);
-    const unknown = [...needed].filter((id) => !stored.has(id));
+    const needed = authEventsOutside(roomId, rules, byId);
+    let stored = await this.d.eventStore.getEvents(needed);
+    const unknown = needed.filter((id) => !stored.has(id));
     if (unknown.length > 0) {
       for (const e of byId.values()) {
         if (!e.auth_events.some((a) => unknown.includes(a))) continue;
         await this.fetchAuthChain(server, roomId, version, e.event_id).catch(() => {});
       }
-      stored = await this.d.eventStore.getEvents([...needed]);
+      stored = await this.d.eventStore.getEvents(needed);
     }
-    const results = new Map<string, { event: RoomEvent; rejected: boolean; reason?: string }>();
-    const lookup = (id: string) => {
-      const found = results.get(id);
-      if (found) return found;
-      const s = stored.get(id);
-      return s && s.roomId === roomId ? { event: { ...(s.pdu as unknown as Pdu), event_id: id }, rejected: s.rejected } : undefined;
-    };
-    // Auth order, not depth alone: an event's auth events may share its depth (Synapse gives a new
-    // room's creator join and first m.room.power_levels both depth 2, and the latter names the former).
-    const ordered: RoomEvent[] = [];
-    const placed = new Set<string>();
-    for (const start of [...byId.values()].sort((a, b) => Number(a.depth) - Number(b.depth))) {
-      const stack: Array<{ e: RoomEvent; next: number }> = [{ e: start, next: 0 }];
-      while (stack.length > 0) {
-        const top = stack[stack.length - 1]!;
-        if (placed.has(top.e.event_id)) {
-          stack.pop();
-          continue;
-        }
-        const dep = top.e.auth_events.slice(top.next).find((a) => byId.has(a) && !placed.has(a) && !stack.some((s) => s.e.event_id === a));
-        if (dep !== undefined) {
-          top.next = top.e.auth_events.indexOf(dep) + 1;
-          stack.push({ e: byId.get(dep)!, next: 0 });
-          continue;
-        }
-        placed.add(top.e.event_id);
-        ordered.push(top.e);
-        stack.pop();
-      }
-    }
-    for (const e of ordered) {
-      const decision = checkAuthAgainstAuthEvents(rules, e, lookup);
-      results.set(e.event_id, { event: e, rejected: !decision.allowed, ...(decision.allowed ? {} : { reason: decision.reason }) });
-    }
-    return results;
+    return this.judgeByAuthEvents(roomId, rules, byId, stored);
   }
 
-  private async weAreIn(roomId: string): Promise<boolean> {
-    const servers = this.d.persister.cachedJoinedServers(roomId) ?? (await this.d.rooms.joinedServers(roomId));
-    return servers.includes(this.d.serverName);
+  private weAreIn(roomId: string): Promise<boolean> {
+    return this.d.rooms.isInRoom(roomId);
   }
 
   // ---- Joining rooms through other servers -----------------------------------------------------------
@@ -635,7 +614,7 @@ export class RoomFederation {
     }
     await this.receiveMembership(origin, roomId, eventId, body, "join");
     const { pdus, auth_chain } = await this.d.serverReads.state({ origin }, roomId, eventId);
-    const servers = this.d.persister.cachedJoinedServers(roomId) ?? (await this.d.rooms.joinedServers(roomId));
+    const servers = await this.d.rooms.joinedServers(roomId);
     return { origin: this.d.serverName, state: pdus, auth_chain, event: body, members_omitted: false, servers_in_room: servers };
   }
 
@@ -844,6 +823,17 @@ export class RoomFederation {
     }
     throw new MatrixError(502, "M_UNKNOWN", `${server} answered ${res.status}: ${error}`);
   }
+}
+
+/** The auth events a set of events names outside itself (in v12, the create event the room ID implies). */
+function authEventsOutside(roomId: string, rules: RoomVersionRules, byId: ReadonlyMap<string, RoomEvent>): string[] {
+  const outside = new Set<string>();
+  for (const e of byId.values()) for (const a of e.auth_events) if (!byId.has(a)) outside.add(a);
+  if (rules.roomIdIsCreateEventId) {
+    const createId = createEventIdOfRoom(roomId);
+    if (!byId.has(createId)) outside.add(createId);
+  }
+  return [...outside];
 }
 
 function enc(s: string): string {
