@@ -493,13 +493,7 @@ export class EventPersister {
     await this.enqueue(roomId, async (view) => {
       const rules = view.rules;
       const state = view.currentState();
-      const pdu: JsonObject = { room_id: roomId, sender: template.sender, type: template.type };
-      if (template.state_key !== undefined) pdu.state_key = template.state_key;
-      pdu.content = template.content;
-      pdu.origin_server_ts = template.originServerTs ?? this.now();
-      pdu.depth = Math.min(view.maxDepth() + 1, Number.MAX_SAFE_INTEGER);
-      pdu.prev_events = view.forwardExtremities().slice(-MAX_PREV_EVENTS);
-      pdu.auth_events = selectAuthEvents(rules, template, state);
+      const pdu = unsignedPdu(rules, roomId, template, { maxDepth: view.maxDepth(), extremities: view.forwardExtremities(), state }, this.now());
       const keys = authTypesForEvent(rules, template).map(([type, stateKey]) => stateMapKey(type, stateKey));
       keys.push(stateMapKey("m.room.create", ""));
       const authState = new Map<StateMapKey, RoomEvent>();
@@ -1502,22 +1496,7 @@ export class EventPersister {
     if (containsNul(template)) throw badJson("Events cannot contain NUL characters");
     this.fault("build", snapshot.roomId, template);
     const rules = snapshot.rules;
-    const isCreate = template.type === "m.room.create";
-    let content = template.content;
-    const pdu: JsonObject = {};
-    if (!(isCreate && rules.roomIdIsCreateEventId)) pdu.room_id = snapshot.roomId;
-    pdu.sender = template.sender;
-    pdu.type = template.type;
-    if (template.state_key !== undefined) pdu.state_key = template.state_key;
-    if (template.redacts !== undefined) {
-      if (rules.redactsInContent) content = { ...content, redacts: template.redacts };
-      else pdu.redacts = template.redacts;
-    }
-    pdu.content = content;
-    pdu.origin_server_ts = template.originServerTs ?? this.now();
-    pdu.depth = Math.min(snapshot.maxDepth + 1, Number.MAX_SAFE_INTEGER);
-    pdu.prev_events = snapshot.extremities.slice(-MAX_PREV_EVENTS);
-    pdu.auth_events = selectAuthEvents(rules, template, snapshot.state);
+    const pdu = unsignedPdu(rules, snapshot.roomId, template, snapshot, this.now());
 
     let signed: Pdu;
     try {
@@ -2044,6 +2023,36 @@ function containsNul(value: unknown): boolean {
     for (const [k, v] of Object.entries(value)) if (k.includes("\u0000") || containsNul(v)) return true;
   }
   return false;
+}
+
+/**
+ * A local event's PDU before hashing and signing, built on a room's current state: prev_events are
+ * the forward extremities, depth one more than the deepest, auth_events as the spec selects them
+ * (a v12 create event has no room_id; `redacts` sits in the content from v11).
+ */
+function unsignedPdu(
+  rules: RoomVersionRules,
+  roomId: string,
+  template: EventTemplate,
+  room: { maxDepth: number; extremities: readonly string[]; state: ReadonlyMap<StateMapKey, string> },
+  now: number,
+): JsonObject {
+  let content = template.content;
+  const pdu: JsonObject = {};
+  if (!(template.type === "m.room.create" && rules.roomIdIsCreateEventId)) pdu.room_id = roomId;
+  pdu.sender = template.sender;
+  pdu.type = template.type;
+  if (template.state_key !== undefined) pdu.state_key = template.state_key;
+  if (template.redacts !== undefined) {
+    if (rules.redactsInContent) content = { ...content, redacts: template.redacts };
+    else pdu.redacts = template.redacts;
+  }
+  pdu.content = content;
+  pdu.origin_server_ts = template.originServerTs ?? now;
+  pdu.depth = Math.min(room.maxDepth + 1, Number.MAX_SAFE_INTEGER);
+  pdu.prev_events = room.extremities.slice(-MAX_PREV_EVENTS);
+  pdu.auth_events = selectAuthEvents(rules, template, room.state);
+  return pdu;
 }
 
 /** The servers of a room's joined members, cached on the snapshot until a membership changes. */
