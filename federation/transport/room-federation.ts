@@ -82,7 +82,7 @@ export class RoomFederation {
 
   /** Queues every event of ours for the room's other servers, in the statement that stores it. */
   connect(): void {
-    this.d.persister.extendWrites(async (_tx, view, events) => this.outboxRows(view.joinedServers(), events));
+    this.d.persister.extendWrites(async (_tx, view, events) => this.outboxRows(() => view.joinedServers(), events));
     this.d.persister.onBatchPersisted((events) => {
       for (const e of events) {
         this.relays.delete(e.eventId);
@@ -95,7 +95,7 @@ export class RoomFederation {
     });
   }
 
-  private outboxRows(joinedServers: readonly string[], events: readonly RoomEvent[]): SQL[] {
+  private outboxRows(joinedServers: () => readonly string[], events: readonly RoomEvent[]): SQL[] {
     const { serverName } = this.d;
     const rows: SQL[] = [];
     const now = this.d.now();
@@ -103,7 +103,7 @@ export class RoomFederation {
       const relayedFrom = this.relays.get(e.event_id);
       if (serverNameOf(e.sender) !== serverName && relayedFrom === undefined) continue;
       if (this.noFanout.has(e.event_id)) continue;
-      const destinations = new Set(joinedServers);
+      const destinations = new Set(joinedServers());
       // A kicked or banned user's server hears of it (it is no longer in the room after).
       if (e.type === "m.room.member" && typeof e.state_key === "string" && e.content.membership !== "invite") {
         const target = serverNameOf(e.state_key);

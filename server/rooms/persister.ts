@@ -231,7 +231,12 @@ interface RoomSnapshot {
   events: Map<string, RoomEvent>;
   /** State keys whose current value changed in the batch being built (written by writeEvents). */
   dirty: Set<StateMapKey>;
-  /** The servers of the joined members, computed when asked and dropped when a membership changes. */
+  /**
+   * Joined members per server, built when first asked and kept current by each membership change
+   * (so a join in a large room costs no walk over its members); `servers` lists its keys, rebuilt
+   * when a server comes or goes.
+   */
+  serverCounts?: Map<string, number>;
   servers?: string[];
 }
 
@@ -1475,6 +1480,7 @@ export class EventPersister {
       snapshot.maxDepth = previous.maxDepth;
       snapshot.stateGroup = previous.stateGroup;
       snapshot.dirty = previous.dirty;
+      snapshot.serverCounts = undefined;
       snapshot.servers = undefined;
     });
     snapshot.state = new Map(state);
@@ -1483,6 +1489,7 @@ export class EventPersister {
     snapshot.extremities = extremities;
     snapshot.maxDepth = maxDepth;
     snapshot.stateGroup = ref;
+    snapshot.serverCounts = undefined;
     snapshot.servers = undefined;
   }
 
@@ -1568,13 +1575,14 @@ export class EventPersister {
       const replaced = snapshot.state.get(key);
       const previousMembership = isMember ? snapshot.memberships.get(stateKey) : undefined;
       const wasDirty = snapshot.dirty.has(key);
+      const joinedChange = isMember ? Number(membership === "join") - Number(previousMembership === "join") : 0;
       undo.push(() => {
         if (replaced === undefined) snapshot.state.delete(key);
         else snapshot.state.set(key, replaced);
         snapshot.events.delete(event.event_id);
         if (!wasDirty) snapshot.dirty.delete(key);
         if (isMember) {
-          snapshot.servers = undefined;
+          if (joinedChange !== 0) countJoined(snapshot, stateKey, -joinedChange);
           if (previousMembership === undefined) snapshot.memberships.delete(stateKey);
           else snapshot.memberships.set(stateKey, previousMembership);
         }
@@ -1585,7 +1593,7 @@ export class EventPersister {
       snapshot.events.set(event.event_id, event);
       if (membership !== undefined) {
         snapshot.memberships.set(stateKey, membership);
-        if (membership !== previousMembership) snapshot.servers = undefined;
+        if (joinedChange !== 0) countJoined(snapshot, stateKey, joinedChange);
       }
       const group = nextStateGroup(await this.groupIds.next(tx), snapshot.stateGroup, new Map([[key, event.event_id]]), snapshot.state);
       toStore.newStateGroup = group;
@@ -2055,14 +2063,31 @@ function unsignedPdu(
   return pdu;
 }
 
-/** The servers of a room's joined members, cached on the snapshot until a membership changes. */
+/** The servers of a room's joined members, from the snapshot's counts (built when first asked). */
 function joinedServersOf(snapshot: RoomSnapshot): string[] {
-  if (snapshot.servers) return snapshot.servers;
-  const servers = new Set<string>();
-  for (const [userId, membership] of snapshot.memberships) {
-    if (membership !== "join") continue;
-    const server = serverNameOf(userId);
-    if (server !== undefined) servers.add(server);
+  if (!snapshot.serverCounts) {
+    const counts = new Map<string, number>();
+    for (const [userId, membership] of snapshot.memberships) {
+      if (membership !== "join") continue;
+      const server = serverNameOf(userId);
+      if (server !== undefined) counts.set(server, (counts.get(server) ?? 0) + 1);
+    }
+    snapshot.serverCounts = counts;
+    snapshot.servers = undefined;
   }
-  return (snapshot.servers = [...servers]);
+  return (snapshot.servers ??= [...snapshot.serverCounts.keys()]);
+}
+
+/** One more (`delta` 1) or one fewer (-1) joined member of the user's server, when the counts are kept. */
+function countJoined(snapshot: RoomSnapshot, userId: string, delta: number): void {
+  const counts = snapshot.serverCounts;
+  const server = serverNameOf(userId);
+  if (!counts || server === undefined) return;
+  const n = (counts.get(server) ?? 0) + delta;
+  if (n > 0) {
+    if (!counts.has(server)) snapshot.servers = undefined;
+    counts.set(server, n);
+  } else if (counts.delete(server)) {
+    snapshot.servers = undefined;
+  }
 }
