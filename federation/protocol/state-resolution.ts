@@ -10,6 +10,7 @@ import { createEventIdOfRoom } from "./event-hashes.ts";
 import type { RoomEvent } from "./pdu.ts";
 import { stateMapKey, type StateMap, type StateMapKey } from "./room-state.ts";
 import { roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
+import { resolveStateV1 } from "./state-resolution-v1.ts";
 
 /** Finds an event by ID (synchronously: the caller loads what resolution may need beforehand). */
 export type EventLookup = (eventId: string) => RoomEvent | undefined;
@@ -30,6 +31,7 @@ export function resolveState(
   options: StateResolutionOptions = {},
 ): StateMap {
   const rules = roomVersionRules(roomVersion);
+  if (rules.stateResolution === "v1") return resolveStateV1(rules, stateSets, fetchEvent, options);
   if (stateSets.length === 0) return new Map();
   if (stateSets.length === 1) return new Map(stateSets[0]);
   const isRejected = options.isRejected ?? (() => false);
