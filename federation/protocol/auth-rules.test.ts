@@ -1,9 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { authTypesForEvent, selectAuthEvents } from "./auth-events-selection.ts";
-import { checkAuth, checkAuthAgainstAuthEvents, userPowerLevel, type AuthState } from "./auth-rules.ts";
+import { checkAuth, checkAuthAgainstAuthEvents, powerLevelValue, userPowerLevel, type AuthState } from "./auth-rules.ts";
 import { encodeUnpaddedBase64 } from "./base64.ts";
 import type { RoomEvent } from "./pdu.ts";
 import { stateMapKey } from "./room-state.ts";
+import { roomVersionRules } from "./room-versions.ts";
 import { signJson, signingKeyFromSeed } from "./signing.ts";
 
 const ALICE = "@alice:a.example";
@@ -36,12 +37,12 @@ function stateOf(...events: RoomEvent[]): AuthState {
   return new Map(events.map((e) => [stateMapKey(e.type, e.state_key!), e]));
 }
 
-/** A room created by Alice (v10: creator in content; v12: the room ID names the create event). */
+/** A room created by Alice (v1–10: creator in content; v12: the room ID names the create event). */
 function createEvent(version: string, content: Record<string, unknown> = {}): RoomEvent {
   if (version === "12") {
     return { ...event({ type: "m.room.create", sender: ALICE, state_key: "", content: { room_version: "12", ...content }, prev_events: [] }), room_id: undefined, event_id: "$create12" };
   }
-  const base = version === "10" ? { creator: ALICE } : {};
+  const base = roomVersionRules(version).creatorFromCreateSender ? {} : { creator: ALICE };
   return event({ type: "m.room.create", sender: ALICE, state_key: "", content: { room_version: version, ...base, ...content }, prev_events: [] });
 }
 
@@ -122,6 +123,13 @@ describe("creators and power", () => {
     expect(checkAuth("11", join, stateOf(create))).toEqual({ allowed: true });
     // In v10, the same event is judged by content.creator, which this create event lacks.
     expect(checkAuth("10", join, stateOf(create)).allowed).toBe(false);
+  });
+
+  it("v1: the creator's first join names the create event as an [event_id, hashes] pair", () => {
+    const create = { ...createEvent("1"), event_id: "$create:a.example" };
+    const join = { ...member(ALICE, "join"), event_id: "$join:a.example", prev_events: [[create.event_id, { sha256: "abc" }] as const] };
+    expect(checkAuth("1", join, stateOf(create))).toEqual({ allowed: true });
+    expect(checkAuth("1", { ...join, state_key: BOB, sender: BOB }, stateOf(create)).allowed).toBe(false);
   });
 
   it("v12: creators (sender and additional_creators) have infinite power, even with a power levels event", () => {
@@ -428,5 +436,271 @@ describe("checking an event against its own auth_events (rule 3)", () => {
       allowed: false,
       reason: `the m.room.create event named by room_id ${room.roomId} was rejected`,
     });
+  });
+});
+
+describe("v1–5 rule 4: m.room.aliases", () => {
+  const aliases = (sender: string, stateKey: string | undefined) =>
+    event({ type: "m.room.aliases", sender, ...(stateKey === undefined ? {} : { state_key: stateKey }), content: { aliases: ["#a:b.example"] } });
+
+  it("v5 lets only the server named by the state_key send it, with no power and no membership", () => {
+    const room = joinedRoom("5", { [ALICE]: 100 });
+    // Bob has power 0, below state_default 50: the aliases rule allows before rule 8 is reached.
+    expect(checkAuth("5", room.inRoom(aliases(BOB, "b.example")), room.state)).toEqual({ allowed: true });
+    // Carol is not in the room at all.
+    expect(checkAuth("5", room.inRoom(aliases(CAROL, "c.example")), room.state)).toEqual({ allowed: true });
+    expect(checkAuth("5", room.inRoom(aliases(ALICE, "b.example")), room.state)).toEqual({
+      allowed: false,
+      reason: 'm.room.aliases with state_key "b.example" may only be sent from that server, not a.example',
+    });
+    expect(checkAuth("5", room.inRoom(aliases(BOB, undefined)), room.state)).toEqual({ allowed: false, reason: "m.room.aliases has no state_key" });
+  });
+
+  it("v6 treats it as an ordinary state event", () => {
+    const room = joinedRoom("6", { [ALICE]: 100 });
+    expect(checkAuth("6", room.inRoom(aliases(BOB, "b.example")), room.state)).toEqual({
+      allowed: false,
+      reason: `sending m.room.aliases needs power level 50; sender ${BOB} has 0`,
+    });
+    expect(checkAuth("6", room.inRoom(aliases(CAROL, "c.example")), room.state).allowed).toBe(false);
+    expect(checkAuth("6", room.inRoom(aliases(ALICE, "b.example")), room.state)).toEqual({ allowed: true });
+  });
+});
+
+describe("v1–2 rule 11: m.room.redaction", () => {
+  // v1–2 event IDs are `$opaque:domain`, chosen by the sending server; `redacts` is top level.
+  const redaction = (sender: string, eventId: string, redacts?: string) =>
+    event({ type: "m.room.redaction", sender, event_id: eventId, content: {}, ...(redacts === undefined ? {} : { redacts }) });
+
+  it("v2 allows a redaction at the redact level, or of an event from the redaction's own server", () => {
+    const room = joinedRoom("2", { [ALICE]: 100 });
+    expect(checkAuth("2", room.inRoom(redaction(BOB, "$r1:b.example", "$m1:b.example")), room.state)).toEqual({ allowed: true });
+    expect(checkAuth("2", room.inRoom(redaction(BOB, "$r2:b.example", "$m2:a.example")), room.state)).toEqual({
+      allowed: false,
+      reason: `${BOB} (power level 0, redact level 50) cannot redact $m2:a.example: it is not from the redaction's server b.example`,
+    });
+    expect(checkAuth("2", room.inRoom(redaction(BOB, "$r3:b.example")), room.state).allowed).toBe(false);
+    expect(checkAuth("2", room.inRoom(redaction(ALICE, "$r4:a.example", "$m4:b.example")), room.state)).toEqual({ allowed: true });
+  });
+
+  it("v2 reads the redact level from the power levels", () => {
+    const room = joinedRoom("2", { [ALICE]: 100 });
+    const state = new Map(room.state);
+    state.set(stateMapKey("m.room.power_levels", ""), room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100 }, redact: 0 })));
+    expect(checkAuth("2", room.inRoom(redaction(BOB, "$r1:b.example", "$m1:a.example")), state)).toEqual({ allowed: true });
+  });
+
+  it("v3 does not consider the redact level or the event's server", () => {
+    const room = joinedRoom("3", { [ALICE]: 100 });
+    expect(checkAuth("3", room.inRoom(redaction(BOB, "$r1", "$m1")), room.state)).toEqual({ allowed: true });
+    expect(checkAuth("3", room.inRoom(redaction(BOB, "$r2:b.example", "$m2:a.example")), room.state)).toEqual({ allowed: true });
+  });
+});
+
+describe("knocking (v7+)", () => {
+  function roomWithJoinRule(version: string, joinRule: string) {
+    const room = joinedRoom(version, { [ALICE]: 100 });
+    const state = new Map(room.state);
+    state.set(stateMapKey("m.room.join_rules", ""), room.inRoom(joinRules(joinRule)));
+    return { room, state };
+  }
+
+  it("v7 allows a knock on a room whose join rule is knock; v6 knows no knock membership", () => {
+    const v7 = roomWithJoinRule("7", "knock");
+    expect(checkAuth("7", v7.room.inRoom(member(CAROL, "knock")), v7.state)).toEqual({ allowed: true });
+    const v6 = roomWithJoinRule("6", "knock");
+    expect(checkAuth("6", v6.room.inRoom(member(CAROL, "knock")), v6.state)).toEqual({
+      allowed: false,
+      reason: 'unknown membership "knock" (knocking needs room version 7 or later)',
+    });
+  });
+
+  it("v7 lets the invited join a knock room; in v6 knock is no join rule", () => {
+    for (const version of ["6", "7"]) {
+      const { room, state } = roomWithJoinRule(version, "knock");
+      state.set(stateMapKey("m.room.member", CAROL), room.inRoom(member(CAROL, "invite", { sender: ALICE })));
+      const decision = checkAuth(version, room.inRoom(member(CAROL, "join")), state);
+      expect(decision).toEqual(version === "7" ? { allowed: true } : { allowed: false, reason: `${CAROL} may not join: the join rule is "knock"` });
+    }
+  });
+
+  it("v7 lets a knocking user withdraw (leave); v6 does not count knock as a membership to leave", () => {
+    for (const version of ["6", "7"]) {
+      const { room, state } = roomWithJoinRule(version, "knock");
+      state.set(stateMapKey("m.room.member", CAROL), room.inRoom(member(CAROL, "knock")));
+      const decision = checkAuth(version, room.inRoom(member(CAROL, "leave")), state);
+      expect(decision).toEqual(version === "7" ? { allowed: true } : { allowed: false, reason: `${CAROL} cannot leave: membership is knock` });
+    }
+  });
+
+  it("knock_restricted is a join rule only from v10", () => {
+    const v9 = roomWithJoinRule("9", "knock_restricted");
+    expect(checkAuth("9", v9.room.inRoom(member(CAROL, "knock")), v9.state)).toEqual({ allowed: false, reason: 'cannot knock: the join rule is "knock_restricted"' });
+    const v10 = roomWithJoinRule("10", "knock_restricted");
+    expect(checkAuth("10", v10.room.inRoom(member(CAROL, "knock")), v10.state)).toEqual({ allowed: true });
+  });
+});
+
+describe("power levels before v10: strings and floats (v1-stringy-power-levels, v1-floaty-power-levels)", () => {
+  it("reads the spec's string format: whitespace, one sign, leading zeros, base 10", () => {
+    for (const [value, level] of [
+      ["100", 100],
+      ["000100", 100],
+      ["+100", 100],
+      ["-100", -100],
+      [" 100 ", 100],
+      [" 00100 ", 100],
+      [" +100 ", 100],
+      [" -100 ", -100],
+      ["\t\n50\u3000", 50],
+      ["-0", 0],
+    ] as const) {
+      expect(powerLevelValue("9", value)).toBe(level);
+    }
+    for (const value of ["", " ", "+-5", "--5", "5.0", "1e3", "0x10", "1_0", "5 0", "\u0665", "fifty", true, null, [50], { level: 50 }]) {
+      expect(powerLevelValue("9", value)).toBeUndefined();
+    }
+  });
+
+  it("truncates floats toward zero and refuses what a double cannot hold", () => {
+    expect(powerLevelValue("1", 50.57)).toBe(50);
+    expect(powerLevelValue("1", 5.114698e4)).toBe(51146);
+    expect(powerLevelValue("1", -50.5)).toBe(-50);
+    expect(Object.is(powerLevelValue("1", -0.5), 0)).toBe(true);
+    expect(powerLevelValue("1", Number.POSITIVE_INFINITY)).toBeUndefined();
+    expect(powerLevelValue("1", Number.NaN)).toBeUndefined();
+    expect(powerLevelValue("9", "1".repeat(400))).toBeUndefined();
+  });
+
+  it("v10 reads integers only", () => {
+    expect(powerLevelValue("10", 50)).toBe(50);
+    expect(powerLevelValue("10", "50")).toBeUndefined();
+    expect(powerLevelValue("10", 50.5)).toBeUndefined();
+  });
+
+  it("v9 accepts the spec's example of string power levels; v10 rejects it", () => {
+    // The example event of v1-stringy-power-levels.
+    const content = {
+      ban: "50",
+      events: { "m.room.power_levels": "100" },
+      events_default: "0",
+      state_default: "50",
+      users: { [ALICE]: "100" },
+      users_default: "0",
+    };
+    const v9 = joinedRoom("9", { [ALICE]: 100 });
+    expect(checkAuth("9", v9.inRoom(powerLevels(ALICE, content)), v9.state)).toEqual({ allowed: true });
+    const v10 = joinedRoom("10", { [ALICE]: 100 });
+    expect(checkAuth("10", v10.inRoom(powerLevels(ALICE, content)), v10.state)).toEqual({ allowed: false, reason: "power levels: users_default must be an integer" });
+  });
+
+  it("v1 accepts the spec's example of float power levels, where 50 and 50.57 are the same level", () => {
+    const room = joinedRoom("1", { [ALICE]: 100 });
+    const floaty = room.inRoom(powerLevels(ALICE, { ban: 50, events: { "m.room.power_levels": 100 }, users: { [ALICE]: 100, [BOB]: 50.57, [CAROL]: 50 } }));
+    expect(checkAuth("1", floaty, room.state)).toEqual({ allowed: true });
+    expect(userPowerLevel("1", BOB, room.create, floaty)).toBe(50);
+    // Carol at 50 cannot kick Bob: his level is not below hers.
+    const state = new Map(room.state);
+    state.set(stateMapKey("m.room.power_levels", ""), floaty);
+    state.set(stateMapKey("m.room.member", CAROL), room.inRoom(member(CAROL, "join")));
+    const kick = room.inRoom(event({ type: "m.room.member", sender: CAROL, state_key: BOB, content: { membership: "leave" } }));
+    expect(checkAuth("1", kick, state)).toEqual({ allowed: false, reason: `${CAROL} (power level 50) cannot kick ${BOB} (power level 50; kick level 50)` });
+  });
+
+  it("v5 rejects power levels outside the range of a double", () => {
+    const room = joinedRoom("5", { [ALICE]: 100 });
+    expect(checkAuth("5", room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100 }, ban: Number.POSITIVE_INFINITY })), room.state)).toEqual({
+      allowed: false,
+      reason: "power levels: ban is outside the range of a double",
+    });
+    expect(checkAuth("5", room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100 }, events: { "m.room.name": Number.NEGATIVE_INFINITY } })), room.state).allowed).toBe(false);
+  });
+
+  it("v9 reads string levels wherever a level is needed: users, users_default, events, state_default", () => {
+    const room = joinedRoom("9", { [ALICE]: 100 });
+    const state = new Map(room.state);
+    const pl = room.inRoom(powerLevels(ALICE, { users: { [ALICE]: "100", [BOB]: " 60 " }, users_default: "10", state_default: "55", events: { "m.room.name": "+070" } }));
+    state.set(stateMapKey("m.room.power_levels", ""), pl);
+    expect(userPowerLevel("9", BOB, room.create, pl)).toBe(60);
+    expect(userPowerLevel("9", CAROL, room.create, pl)).toBe(10);
+    expect(checkAuth("9", room.inRoom(event({ type: "m.room.topic", sender: BOB, state_key: "" })), state)).toEqual({ allowed: true });
+    expect(checkAuth("9", room.inRoom(event({ type: "m.room.name", sender: BOB, state_key: "" })), state)).toEqual({
+      allowed: false,
+      reason: `sending m.room.name needs power level 70; sender ${BOB} has 60`,
+    });
+    // The same content in v10 was never valid; userPowerLevel ignores values that are not levels.
+    expect(userPowerLevel("10", BOB, room.create, pl)).toBe(0);
+  });
+
+  it("v9 compares levels, not their spelling: 100 to \"100\" is no change", () => {
+    const room = joinedRoom("9", { [ALICE]: 100, [BOB]: 50 });
+    // Bob (50) may not touch Alice's entry (100), but rewriting it as a string changes nothing.
+    expect(checkAuth("9", room.inRoom(powerLevels(BOB, { users: { [ALICE]: "100", [BOB]: "50" } })), room.state)).toEqual({ allowed: true });
+    expect(checkAuth("9", room.inRoom(powerLevels(BOB, { users: { [ALICE]: "99", [BOB]: 50 } })), room.state)).toEqual({
+      allowed: false,
+      reason: `power levels: cannot change the level of ${ALICE} (100): not below the sender's level 50`,
+    });
+    expect(checkAuth("9", room.inRoom(powerLevels(BOB, { users: { [ALICE]: 100, [BOB]: 50 }, kick: "0050" })), room.state)).toEqual({ allowed: true });
+    expect(checkAuth("9", room.inRoom(powerLevels(BOB, { users: { [ALICE]: 100, [BOB]: 50 }, kick: "51" })), room.state)).toEqual({
+      allowed: false,
+      reason: "power levels: cannot set kick to 51, above the sender's level 50",
+    });
+  });
+
+  it("v9 rejects users levels that are not integers or strings holding one", () => {
+    const room = joinedRoom("9", { [ALICE]: 100 });
+    expect(checkAuth("9", room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100, [BOB]: "fifty" } })), room.state)).toEqual({
+      allowed: false,
+      reason: `power levels: the level of ${BOB} must be an integer (or a string holding one)`,
+    });
+    expect(checkAuth("9", room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100, [BOB]: null } })), room.state).allowed).toBe(false);
+    expect(checkAuth("9", room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100, [BOB]: "5.5" } })), room.state).allowed).toBe(false);
+  });
+
+  it("v9 does not type-check other fields, but refuses the events whose rules need a level that is not one", () => {
+    // Synapse 1.67 reads such a level with int() when a rule needs it, and cannot accept the event.
+    const room = joinedRoom("9", { [ALICE]: 100 });
+    const state = new Map(room.state);
+    state.delete(stateMapKey("m.room.power_levels", ""));
+    const garbled = room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100 }, ban: "fifty" }));
+    // The first power levels event: rule 10 checks only users.
+    expect(checkAuth("9", garbled, state)).toEqual({ allowed: true });
+    state.set(stateMapKey("m.room.power_levels", ""), garbled);
+    const ban = room.inRoom(event({ type: "m.room.member", sender: ALICE, state_key: BOB, content: { membership: "ban" } }));
+    expect(checkAuth("9", ban, state)).toEqual({ allowed: false, reason: 'power levels: ban is "fifty", which is not a power level' });
+    // Rules that do not read the ban level are unaffected.
+    expect(checkAuth("9", room.inRoom(event({ type: "m.room.message", sender: BOB })), state)).toEqual({ allowed: true });
+    expect(checkAuth("9", room.inRoom(member(CAROL, "join")), state)).toEqual({ allowed: true });
+    // Changing the power levels compares the current ban level, which cannot be read.
+    expect(checkAuth("9", room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100 }, ban: 50 })), state)).toEqual({
+      allowed: false,
+      reason: 'power levels: the current ban is "fifty", which is not a power level',
+    });
+  });
+});
+
+describe("power levels: notifications (v6+)", () => {
+  it("v6 holds changes to notifications to the sender's level; v5 does not look at them", () => {
+    for (const version of ["5", "6"]) {
+      const room = joinedRoom(version, { [ALICE]: 100, [BOB]: 50 });
+      const state = new Map(room.state);
+      state.set(stateMapKey("m.room.power_levels", ""), room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100, [BOB]: 50 }, notifications: { room: 100 } })));
+      const lowered = room.inRoom(powerLevels(BOB, { users: { [ALICE]: 100, [BOB]: 50 }, notifications: { room: 0 } }));
+      expect(checkAuth(version, lowered, state)).toEqual(
+        version === "6" ? { allowed: false, reason: "power levels: cannot change notifications.room from 100, above the sender's level 50" } : { allowed: true },
+      );
+      const raised = room.inRoom(powerLevels(BOB, { users: { [ALICE]: 100, [BOB]: 50 }, notifications: { room: 100, "org.example": 75 } }));
+      expect(checkAuth(version, raised, state).allowed).toBe(version === "5");
+    }
+  });
+
+  it("v5 does not read notifications at all; v6 refuses a value there that is not a level", () => {
+    for (const version of ["5", "6"]) {
+      const room = joinedRoom(version, { [ALICE]: 100 });
+      const garbled = room.inRoom(powerLevels(ALICE, { users: { [ALICE]: 100 }, notifications: { room: "everyone" } }));
+      expect(checkAuth(version, garbled, room.state)).toEqual(
+        version === "5" ? { allowed: true } : { allowed: false, reason: 'power levels: notifications["room"] is "everyone", which is not a power level' },
+      );
+    }
   });
 });

@@ -1,9 +1,19 @@
-// Authorization rules for room versions 10, 11 and 12.
-//   v10: content/rooms/v10.md#authorization-rules
-//   v11: content/rooms/v11.md#authorization-rules (creator is the create event's sender)
-//   v12: content/rooms/v12.md#authorization-rules (creators with infinite power, room ID names the
-//        create event, the create event is never an auth event, auth events in the same room)
-// Comments quote the rules with v12's numbering; v10/v11 number every rule after 1 one lower.
+// Authorization rules for room versions 1 to 12.
+//   v1–2:  content/rooms/fragments/v1-auth-rules.md (rule 11: m.room.redaction by the redact level
+//          or the event IDs' domains)
+//   v3–5:  content/rooms/fragments/v3-auth-rules.md (rule 4: m.room.aliases)
+//   v6:    content/rooms/v6.md (no aliases rule; `notifications` in the power levels rules)
+//   v7:    content/rooms/v7.md (the knock join rule and membership)
+//   v8–9:  content/rooms/fragments/v8-auth-rules.md (restricted joins)
+//   v10:   content/rooms/v10.md#authorization-rules (knock_restricted; power levels must be integers)
+//   v11:   content/rooms/v11.md#authorization-rules (creator is the create event's sender)
+//   v12:   content/rooms/v12.md#authorization-rules (creators with infinite power, room ID names the
+//          create event, the create event is never an auth event, auth events in the same room)
+//   Power level values before v10: content/rooms/fragments/v1-stringy-power-levels.md (all of
+//   v1–9) and v1-floaty-power-levels.md (v1–5; from v6 canonical JSON keeps floats out of events).
+// Every difference branches on a flag of room-versions.ts. Comments quote the rules with v12's
+// numbering. v1–5 number them the same from rule 5 on (their rule 3 is m.federate, 4 is
+// m.room.aliases, and v1–2 add 11, m.room.redaction); v6–11 number every rule after 1 one lower.
 //
 // checkAuth applies the rules that depend on a set of state (the event's auth events, the state
 // before it, or the current state: checks 4–6 on receipt of a PDU). checkAuthAgainstAuthEvents
@@ -12,7 +22,7 @@
 import { isValidUserId, serverNameOf } from "./identifiers.ts";
 import { authTypesForEvent } from "./auth-events-selection.ts";
 import { createEventIdOfRoom } from "./event-hashes.ts";
-import type { RoomEvent } from "./pdu.ts";
+import { referencedIds, type RoomEvent } from "./pdu.ts";
 import { stateMapKey, type StateMapKey } from "./room-state.ts";
 import { isRecognisedRoomVersion, roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
 import { decodeBase64, decodeBase64Url } from "./base64.ts";
@@ -43,8 +53,83 @@ function ownValue(object: JsonObject, key: string): unknown {
 }
 
 /**
+ * A stringy power level (v1-stringy-power-levels): "a single base 10 integer ... optionally with any
+ * number of leading zeroes", "optionally prefixed with a single - or +", "optionally with any number
+ * of leading or trailing whitespace characters". The spec does not say which characters are
+ * whitespace; these are Python's (str.isspace), which is what Synapse's int() strips. Digits are
+ * ASCII only and underscores are not allowed, as the spec's format says (Python's int() would also
+ * take "1_0" and non-ASCII digits).
+ */
+const STRINGY_POWER_LEVEL =
+  /^[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*([+-]?[0-9]+)[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/;
+
+/**
+ * A value of an m.room.power_levels event read as a power level, or undefined if it is not one.
+ * v10+ (integerPowerLevels): only integers. v1–9: also a string holding an integer in the format
+ * above, and a number, truncated toward zero (v1-floaty-power-levels: `50.57` is 50; only v1–5
+ * events can carry floats, v6+ refuse them as non-canonical JSON on receipt). Numbers or strings
+ * outside the range of a double (JSON.parse makes `1e400` Infinity) are not power levels.
+ * Booleans and null are not power levels in any version (Python's int() would read true as 1).
+ */
+export function powerLevelValue(roomVersion: string | RoomVersionRules, value: unknown): number | undefined {
+  const rules = roomVersionRules(roomVersion);
+  if (rules.integerPowerLevels) return isInteger(value) ? value : undefined;
+  let level: number;
+  if (typeof value === "number") level = Math.trunc(value);
+  else if (typeof value === "string") {
+    const integer = STRINGY_POWER_LEVEL.exec(value)?.[1];
+    if (integer === undefined) return undefined;
+    level = Number(integer);
+  } else return undefined;
+  // + 0 turns -0 (from "-0" or -0.5) into 0.
+  return Number.isFinite(level) ? level + 0 : undefined;
+}
+
+/**
+ * A power level the rules need holds a value that is not a power level. Only possible before v10,
+ * where rule 10 checks only `users`: `{"ban": "fifty"}` passes it. The spec is silent on what such
+ * a level means; Synapse 1.67 (synapse/event_auth.py) calls int() on it when a rule reads it, and
+ * the ValueError stops it from accepting the event. So an event whose check needs such a level is
+ * rejected (checkAuth catches this), and an event whose rules do not read it is unaffected.
+ */
+class UnreadablePowerLevel extends Error {
+  override name = "UnreadablePowerLevel";
+  constructor(where: string, value: unknown) {
+    super(`power levels: ${where} is ${JSON.stringify(value)}, which is not a power level`);
+  }
+}
+
+/**
+ * What a reader does with a value that is not a power level: the auth rules refuse the event
+ * (UnreadablePowerLevel); userPowerLevel, which other components call, treats it as absent.
+ */
+type OnUnreadable = "refuse" | "ignore";
+
+/**
+ * The level at `key` of a power levels object, or undefined if there is none. null counts as
+ * absent, as in Synapse's get_named_level and get_user_power_level (its get_send_level and its
+ * power levels change check raise on a null instead; we do not copy that).
+ */
+function levelIn(rules: RoomVersionRules, object: JsonObject, key: string, where: string, onUnreadable: OnUnreadable): number | undefined {
+  const value = ownValue(object, key);
+  if (value === undefined || value === null) return undefined;
+  const level = powerLevelValue(rules, value);
+  if (level === undefined && onUnreadable === "refuse") throw new UnreadablePowerLevel(where, value);
+  return level;
+}
+
+/** The `users`, `events` or `notifications` object of power levels content, if present (null counts as absent). */
+function levelMapIn(content: JsonObject, field: string, onUnreadable: OnUnreadable): JsonObject | undefined {
+  const value = ownValue(content, field);
+  if (value === undefined || value === null) return undefined;
+  if (isObject(value)) return value;
+  if (onUnreadable === "refuse") throw new UnreadablePowerLevel(field, value);
+  return undefined;
+}
+
+/**
  * The room's creators. v12: the create event's sender plus `content.additional_creators`.
- * v11: its sender. v10: `content.creator`.
+ * v11: its sender. v1–10: `content.creator`.
  */
 export function roomCreators(roomVersion: string | RoomVersionRules, createEvent: RoomEvent): Set<string> {
   const rules = roomVersionRules(roomVersion);
@@ -60,10 +145,30 @@ export function roomCreators(roomVersion: string | RoomVersionRules, createEvent
   return creators;
 }
 
+function levelOfUser(
+  rules: RoomVersionRules,
+  userId: string,
+  createEvent: RoomEvent | undefined,
+  powerLevels: RoomEvent | undefined,
+  onUnreadable: OnUnreadable,
+): number {
+  const creators = createEvent ? roomCreators(rules, createEvent) : new Set<string>();
+  if (rules.privilegedCreators && creators.has(userId)) return Number.POSITIVE_INFINITY;
+  if (powerLevels) {
+    const content = powerLevels.content;
+    const users = levelMapIn(content, "users", onUnreadable);
+    const level = users ? levelIn(rules, users, userId, `the level of ${userId}`, onUnreadable) : undefined;
+    return level ?? levelIn(rules, content, "users_default", "users_default", onUnreadable) ?? 0;
+  }
+  return creators.has(userId) ? 100 : 0;
+}
+
 /**
  * A user's power level given the create event and the m.room.power_levels event (if any).
  * v12 creators have infinite power. Without a power levels event, "the room's creator has a
- * power level of 100, and all other users have a power level of 0".
+ * power level of 100, and all other users have a power level of 0". Before v10 values may be
+ * strings or floats (powerLevelValue); one that is not a power level at all counts as absent here
+ * (the auth rules instead refuse an event that needs it).
  */
 export function userPowerLevel(
   roomVersion: string | RoomVersionRules,
@@ -71,38 +176,25 @@ export function userPowerLevel(
   createEvent: RoomEvent | undefined,
   powerLevels: RoomEvent | undefined,
 ): number {
-  const rules = roomVersionRules(roomVersion);
-  const creators = createEvent ? roomCreators(rules, createEvent) : new Set<string>();
-  if (rules.privilegedCreators && creators.has(userId)) return Number.POSITIVE_INFINITY;
-  if (powerLevels) {
-    const users = powerLevels.content.users;
-    if (isObject(users)) {
-      const level = ownValue(users, userId);
-      if (isInteger(level)) return level;
-    }
-    const usersDefault = powerLevels.content.users_default;
-    return isInteger(usersDefault) ? usersDefault : 0;
-  }
-  return creators.has(userId) ? 100 : 0;
+  return levelOfUser(roomVersionRules(roomVersion), userId, createEvent, powerLevels, "ignore");
 }
 
 const NAMED_LEVEL_DEFAULTS = { invite: 0, kick: 50, ban: 50, redact: 50 } as const;
 
 /** The invite, kick, ban or redact level: "The invite level defaults to 0 ... the others default to 50." */
-function namedLevel(powerLevels: RoomEvent | undefined, name: keyof typeof NAMED_LEVEL_DEFAULTS): number {
-  const value = powerLevels?.content[name];
-  return isInteger(value) ? value : NAMED_LEVEL_DEFAULTS[name];
+function namedLevel(rules: RoomVersionRules, powerLevels: RoomEvent | undefined, name: keyof typeof NAMED_LEVEL_DEFAULTS): number {
+  const level = powerLevels ? levelIn(rules, powerLevels.content, name, name, "refuse") : undefined;
+  return level ?? NAMED_LEVEL_DEFAULTS[name];
 }
 
 /** The required power level to send an event of this type (state_default 50, events_default 0). */
-function requiredPowerLevel(powerLevels: RoomEvent | undefined, type: string, isState: boolean): number {
+function requiredPowerLevel(rules: RoomVersionRules, powerLevels: RoomEvent | undefined, type: string, isState: boolean): number {
   const content = powerLevels?.content ?? {};
-  if (isObject(content.events)) {
-    const level = ownValue(content.events, type);
-    if (isInteger(level)) return level;
-  }
-  const fallback = isState ? content.state_default : content.events_default;
-  return isInteger(fallback) ? fallback : isState ? 50 : 0;
+  const events = levelMapIn(content, "events", "refuse");
+  const level = events ? levelIn(rules, events, type, `events[${JSON.stringify(type)}]`, "refuse") : undefined;
+  if (level !== undefined) return level;
+  const fallback = isState ? "state_default" : "events_default";
+  return levelIn(rules, content, fallback, fallback, "refuse") ?? (isState ? 50 : 0);
 }
 
 /** Reads the bits of state the rules ask about. */
@@ -129,7 +221,11 @@ class StateView {
   }
 
   powerLevel(userId: string): number {
-    return userPowerLevel(this.rules, userId, this.create, this.powerLevels);
+    return levelOfUser(this.rules, userId, this.create, this.powerLevels, "refuse");
+  }
+
+  namedLevel(name: keyof typeof NAMED_LEVEL_DEFAULTS): number {
+    return namedLevel(this.rules, this.powerLevels, name);
   }
 
   get(type: string, stateKey: string): RoomEvent | undefined {
@@ -148,6 +244,15 @@ function describeLevel(level: number): string {
  */
 export function checkAuth(roomVersion: string | RoomVersionRules, event: RoomEvent, authState: AuthState): AuthDecision {
   const rules = roomVersionRules(roomVersion);
+  try {
+    return checkAuthRules(rules, event, authState);
+  } catch (err) {
+    if (err instanceof UnreadablePowerLevel) return reject(err.message);
+    throw err;
+  }
+}
+
+function checkAuthRules(rules: RoomVersionRules, event: RoomEvent, authState: AuthState): AuthDecision {
   // 1. If type is m.room.create:
   if (event.type === "m.room.create") return checkCreate(rules, event);
 
@@ -169,6 +274,10 @@ export function checkAuth(roomVersion: string | RoomVersionRules, event: RoomEve
     return reject(`the room does not federate (m.federate is false) and ${event.sender} is not on the creator's server`);
   }
 
+  // (v1–5 rule 4) If type is m.room.aliases: allow if and only if it has a state_key that is the
+  // sender's domain. From v6 it is an ordinary state event, held to the rules below.
+  if (rules.aliasesAuthRule && event.type === "m.room.aliases") return checkAliases(event);
+
   // 5. If type is m.room.member:
   if (event.type === "m.room.member") return checkMember(rules, event, state);
 
@@ -180,7 +289,7 @@ export function checkAuth(roomVersion: string | RoomVersionRules, event: RoomEve
   // 7. If type is m.room.third_party_invite: allow if and only if sender's current power level is
   //    greater than or equal to the invite level.
   if (event.type === "m.room.third_party_invite") {
-    const inviteLevel = namedLevel(state.powerLevels, "invite");
+    const inviteLevel = state.namedLevel("invite");
     return senderLevel >= inviteLevel
       ? ALLOW
       : reject(`sender's power level ${describeLevel(senderLevel)} is below the invite level ${inviteLevel} needed for m.room.third_party_invite`);
@@ -188,7 +297,7 @@ export function checkAuth(roomVersion: string | RoomVersionRules, event: RoomEve
 
   // 8. If the event type's required power level is greater than the sender's power level, reject.
   const isState = typeof event.state_key === "string";
-  const required = requiredPowerLevel(state.powerLevels, event.type, isState);
+  const required = requiredPowerLevel(rules, state.powerLevels, event.type, isState);
   if (required > senderLevel) {
     return reject(`sending ${event.type} needs power level ${required}; sender ${event.sender} has ${describeLevel(senderLevel)}`);
   }
@@ -200,6 +309,11 @@ export function checkAuth(roomVersion: string | RoomVersionRules, event: RoomEve
 
   // 10. If type is m.room.power_levels:
   if (event.type === "m.room.power_levels") return checkPowerLevels(rules, event, state, senderLevel);
+
+  // (v1–2 rule 11) If type is m.room.redaction: the redact level, or the event IDs' domains. From
+  // v3 "the redact level is not considered by the auth rules" (it is checked when the redaction is
+  // applied: Handling redactions).
+  if (rules.redactionAuthRule && event.type === "m.room.redaction") return checkRedaction(rules, event, state, senderLevel);
 
   // 11. Otherwise, allow.
   return ALLOW;
@@ -221,7 +335,7 @@ function checkCreate(rules: RoomVersionRules, event: RoomEvent): AuthDecision {
   if (Object.hasOwn(event.content, "room_version") && !isRecognisedRoomVersion(event.content.room_version)) {
     return reject(`content.room_version ${JSON.stringify(event.content.room_version)} is not a recognised room version`);
   }
-  // 1.4 (v10) If content has no creator property, reject.
+  // 1.4 (v1–10) If content has no creator property, reject.
   if (!rules.creatorFromCreateSender && !Object.hasOwn(event.content, "creator")) {
     return reject("m.room.create content has no creator property");
   }
@@ -236,6 +350,35 @@ function checkCreate(rules: RoomVersionRules, event: RoomEvent): AuthDecision {
   return ALLOW;
 }
 
+function checkAliases(event: RoomEvent): AuthDecision {
+  // 4.1 (v1–5) If event has no state_key, reject.
+  if (typeof event.state_key !== "string") return reject("m.room.aliases has no state_key");
+  // 4.2 (v1–5) If sender's domain doesn't match state_key, reject.
+  const senderDomain = serverNameOf(event.sender);
+  if (event.state_key !== senderDomain) {
+    return reject(`m.room.aliases with state_key ${JSON.stringify(event.state_key)} may only be sent from that server, not ${senderDomain}`);
+  }
+  // 4.3 (v1–5) Otherwise, allow.
+  return ALLOW;
+}
+
+function checkRedaction(rules: RoomVersionRules, event: RoomEvent, state: StateView, senderLevel: number): AuthDecision {
+  // 11.1 (v1–2) If the sender's power level is greater than or equal to the redact level, allow.
+  const redactLevel = state.namedLevel("redact");
+  if (senderLevel >= redactLevel) return ALLOW;
+  // 11.2 (v1–2) If the domain of the event_id of the event being redacted is the same as the
+  //      domain of the event_id of the m.room.redaction, allow. (v1–2 event IDs are
+  //      `$opaque:domain`.) A redaction that names no event has no such domain, so 11.3 refuses it
+  //      (Synapse 1.67 allows one whose `redacts` is not a string; the spec's rule does not).
+  const redacts = rules.redactsInContent ? event.content.redacts : event.redacts;
+  const domain = serverNameOf(event.event_id);
+  if (typeof redacts === "string" && domain !== undefined && serverNameOf(redacts) === domain) return ALLOW;
+  // 11.3 (v1–2) Otherwise, reject.
+  return reject(
+    `${event.sender} (power level ${describeLevel(senderLevel)}, redact level ${redactLevel}) cannot redact ${typeof redacts === "string" ? redacts : "an unnamed event"}: it is not from the redaction's server ${domain}`,
+  );
+}
+
 function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView): AuthDecision {
   // 5.1 If there is no state_key property, or no membership property in content, reject.
   if (typeof event.state_key !== "string") return reject("m.room.member has no state_key");
@@ -248,28 +391,30 @@ function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView
   //     the others on receipt (event-signing.ts serversThatMustSign), before the auth rules.
   const senderMembership = state.membership(sender);
   const targetMembership = state.membership(target);
-  const senderLevel = state.powerLevel(sender);
-  const targetLevel = state.powerLevel(target);
   const joinRule = state.joinRule();
+  // Power levels are read only by the rules that need them: before v10 one may hold a value that
+  // is not a power level, and that refuses only the events whose rules read it. (Synapse 1.67
+  // reads the sender's, the target's, the invite and the ban level for every membership change.)
 
   switch (membership) {
     case "join": {
       // 5.3.1 If the only previous event is an m.room.create and the state_key is the creator
-      //       (v10: content.creator; v11+: the sender of the m.room.create), allow.
+      //       (v1–10: content.creator; v11+: the sender of the m.room.create), allow.
       const create = state.create!;
       const creator = rules.creatorFromCreateSender ? create.sender : create.content.creator;
-      if (event.prev_events.length === 1 && event.prev_events[0] === create.event_id && target === creator) return ALLOW;
+      const prevEvents = referencedIds(event.prev_events);
+      if (prevEvents.length === 1 && prevEvents[0] === create.event_id && target === creator) return ALLOW;
       // 5.3.2 If the sender does not match state_key, reject.
       if (sender !== target) return reject(`${sender} cannot join on behalf of ${target}`);
       // 5.3.3 If the sender is banned, reject.
       if (senderMembership === "ban") return reject(`${sender} is banned from the room`);
-      // 5.3.4 If the join_rule is invite or knock then allow if membership state is invite or join.
-      if (joinRule === "invite" || joinRule === "knock") {
+      // 5.3.4 If the join_rule is invite or knock (v7+) then allow if membership state is invite or join.
+      if (joinRule === "invite" || (joinRule === "knock" && rules.knockJoinRule)) {
         return senderMembership === "invite" || senderMembership === "join"
           ? ALLOW
           : reject(`the join rule is ${joinRule} and ${sender} is not invited (membership: ${senderMembership})`);
       }
-      // 5.3.5 If the join_rule is restricted or knock_restricted:
+      // 5.3.5 If the join_rule is restricted (v8+) or knock_restricted (v10+):
       if ((joinRule === "restricted" && rules.restrictedJoinRule) || (joinRule === "knock_restricted" && rules.knockRestrictedJoinRule)) {
         // 5.3.5.1 If membership state is join or invite, allow.
         if (senderMembership === "join" || senderMembership === "invite") return ALLOW;
@@ -278,9 +423,10 @@ function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView
         const authoriser = event.content.join_authorised_via_users_server;
         if (typeof authoriser !== "string") return reject(`the join rule is ${joinRule} and the join names no join_authorised_via_users_server`);
         if (state.membership(authoriser) !== "join") return reject(`join_authorised_via_users_server ${authoriser} is not joined to the room`);
-        const inviteLevel = namedLevel(state.powerLevels, "invite");
-        if (state.powerLevel(authoriser) < inviteLevel) {
-          return reject(`join_authorised_via_users_server ${authoriser} has power level ${describeLevel(state.powerLevel(authoriser))}, below the invite level ${inviteLevel}`);
+        const inviteLevel = state.namedLevel("invite");
+        const authoriserLevel = state.powerLevel(authoriser);
+        if (authoriserLevel < inviteLevel) {
+          return reject(`join_authorised_via_users_server ${authoriser} has power level ${describeLevel(authoriserLevel)}, below the invite level ${inviteLevel}`);
         }
         // 5.3.5.3 Otherwise, allow.
         return ALLOW;
@@ -298,16 +444,17 @@ function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView
       // 5.4.3 If target user's current membership state is join or ban, reject.
       if (targetMembership === "join" || targetMembership === "ban") return reject(`${target} cannot be invited: membership is ${targetMembership}`);
       // 5.4.4 If the sender's power level is greater than or equal to the invite level, allow.
-      const inviteLevel = namedLevel(state.powerLevels, "invite");
+      const senderLevel = state.powerLevel(sender);
+      const inviteLevel = state.namedLevel("invite");
       if (senderLevel >= inviteLevel) return ALLOW;
       // 5.4.5 Otherwise, reject.
       return reject(`${sender} has power level ${describeLevel(senderLevel)}, below the invite level ${inviteLevel}`);
     }
     case "leave": {
       // 5.5.1 If the sender matches state_key, allow if and only if that user's current membership
-      //       state is invite, join, or knock.
+      //       state is invite, join, or knock (v7+).
       if (sender === target) {
-        return senderMembership === "invite" || senderMembership === "join" || senderMembership === "knock"
+        return senderMembership === "invite" || senderMembership === "join" || (senderMembership === "knock" && rules.knockJoinRule)
           ? ALLOW
           : reject(`${sender} cannot leave: membership is ${senderMembership}`);
       }
@@ -315,13 +462,15 @@ function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView
       if (senderMembership !== "join") return reject(`${sender} cannot kick or unban: not joined to the room (membership: ${senderMembership})`);
       // 5.5.3 If the target user's current membership state is ban, and the sender's power level
       //       is less than the ban level, reject.
-      const banLevel = namedLevel(state.powerLevels, "ban");
-      if (targetMembership === "ban" && senderLevel < banLevel) {
-        return reject(`${sender} has power level ${describeLevel(senderLevel)}, below the ban level ${banLevel} needed to unban`);
+      const senderLevel = state.powerLevel(sender);
+      if (targetMembership === "ban") {
+        const banLevel = state.namedLevel("ban");
+        if (senderLevel < banLevel) return reject(`${sender} has power level ${describeLevel(senderLevel)}, below the ban level ${banLevel} needed to unban`);
       }
       // 5.5.4 If the sender's power level is greater than or equal to the kick level, and the
       //       target user's power level is less than the sender's power level, allow.
-      const kickLevel = namedLevel(state.powerLevels, "kick");
+      const kickLevel = state.namedLevel("kick");
+      const targetLevel = state.powerLevel(target);
       if (senderLevel >= kickLevel && targetLevel < senderLevel) return ALLOW;
       // 5.5.5 Otherwise, reject.
       return reject(
@@ -333,7 +482,9 @@ function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView
       if (senderMembership !== "join") return reject(`${sender} cannot ban: not joined to the room (membership: ${senderMembership})`);
       // 5.6.2 If the sender's power level is greater than or equal to the ban level, and the target
       //       user's power level is less than the sender's power level, allow.
-      const banLevel = namedLevel(state.powerLevels, "ban");
+      const senderLevel = state.powerLevel(sender);
+      const targetLevel = state.powerLevel(target);
+      const banLevel = state.namedLevel("ban");
       if (senderLevel >= banLevel && targetLevel < senderLevel) return ALLOW;
       // 5.6.3 Otherwise, reject.
       return reject(
@@ -341,7 +492,9 @@ function checkMember(rules: RoomVersionRules, event: RoomEvent, state: StateView
       );
     }
     case "knock": {
-      // 5.7.1 If the join_rule is anything other than knock or knock_restricted, reject.
+      // Before v7 knock is not a membership: 5.8 refuses it.
+      if (!rules.knockJoinRule) return reject(`unknown membership "knock" (knocking needs room version 7 or later)`);
+      // 5.7.1 If the join_rule is anything other than knock or knock_restricted (v10+), reject.
       if (joinRule !== "knock" && !(joinRule === "knock_restricted" && rules.knockRestrictedJoinRule)) {
         return reject(`cannot knock: the join rule is ${joinRule === undefined ? "not set" : JSON.stringify(joinRule)}`);
       }
@@ -410,25 +563,44 @@ const POWER_LEVEL_FIELDS = ["users_default", "events_default", "state_default", 
 
 function checkPowerLevels(rules: RoomVersionRules, event: RoomEvent, state: StateView, senderLevel: number): AuthDecision {
   const content = event.content;
-  // 10.1 If any of the properties users_default, events_default, state_default, ban, redact, kick,
-  //      or invite in content are present and not an integer, reject.
-  for (const field of POWER_LEVEL_FIELDS) {
-    if (Object.hasOwn(content, field) && !isInteger(content[field])) return reject(`power levels: ${field} must be an integer`);
-  }
-  // 10.2 If either of the properties events or notifications in content are present and not an
-  //      object with values that are integers, reject.
-  for (const field of ["events", "notifications"] as const) {
-    if (!Object.hasOwn(content, field)) continue;
-    const value = content[field];
-    if (!isObject(value) || !Object.values(value).every(isInteger)) return reject(`power levels: ${field} must map to integers`);
+  // `notifications` is covered from v6 (rooms/v6: "the authorisation rules for events of type
+  // m.room.power_levels now include a notifications property"); before, only `events`.
+  const levelMaps = rules.notificationsPowerLevels ? (["events", "notifications"] as const) : (["events"] as const);
+  if (rules.integerPowerLevels) {
+    // 10.1 (v10+) If any of the properties users_default, events_default, state_default, ban,
+    //      redact, kick, or invite in content are present and not an integer, reject.
+    for (const field of POWER_LEVEL_FIELDS) {
+      if (Object.hasOwn(content, field) && !isInteger(content[field])) return reject(`power levels: ${field} must be an integer`);
+    }
+    // 10.2 (v10+) If either of the properties events or notifications in content are present and
+    //      not an object with values that are integers, reject.
+    for (const field of levelMaps) {
+      if (!Object.hasOwn(content, field)) continue;
+      const value = content[field];
+      if (!isObject(value) || !Object.values(value).every(isInteger)) return reject(`power levels: ${field} must map to integers`);
+    }
+  } else {
+    // v1–9 check the type of `users` only (below). But v1-floaty-power-levels: "Values outside the
+    // range represented by IEEE754 binary64 ... cause the powerlevel event to be rejected, as do
+    // Infinity, -Infinity and NaN" (JSON.parse reads `1e400` as Infinity).
+    const nonFinite = (value: unknown) => typeof value === "number" && !Number.isFinite(value);
+    for (const field of POWER_LEVEL_FIELDS) {
+      if (nonFinite(ownValue(content, field))) return reject(`power levels: ${field} is outside the range of a double`);
+    }
+    for (const field of levelMaps) {
+      const map = ownValue(content, field);
+      if (isObject(map) && Object.values(map).some(nonFinite)) return reject(`power levels: ${field} has a value outside the range of a double`);
+    }
   }
   // 10.3 If the users property in content is not an object with keys that are valid user IDs with
-  //      values that are integers, reject.
+  //      values that are integers (v1–9: "or a string that is an integer"), reject.
   const users = Object.hasOwn(content, "users") ? content.users : {};
   if (!isObject(users)) return reject("power levels: users must be an object");
   for (const [user, level] of Object.entries(users)) {
     if (!isValidUserId(user)) return reject(`power levels: ${JSON.stringify(user)} in users is not a valid user ID`);
-    if (!isInteger(level)) return reject(`power levels: the level of ${user} must be an integer`);
+    if (powerLevelValue(rules, level) === undefined) {
+      return reject(`power levels: the level of ${user} must be an integer${rules.integerPowerLevels ? "" : " (or a string holding one)"}`);
+    }
   }
   // 10.4 (v12) If the users property in content contains the sender of the m.room.create event or
   //      any of the additional_creators array (if present), reject.
@@ -441,46 +613,49 @@ function checkPowerLevels(rules: RoomVersionRules, event: RoomEvent, state: Stat
   const previous = state.powerLevels;
   if (!previous) return ALLOW;
   const old = previous.content;
+  // The checks below compare levels, not how they are written: before v10, "50" to 50 is no change.
+  // A value on either side that is not a power level refuses the event (UnreadablePowerLevel).
+  const level = (object: JsonObject, key: string, where: string) => levelIn(rules, object, key, where, "refuse");
   // 10.6 For the properties users_default, events_default, state_default, ban, redact, kick,
   //      invite check if they were added, changed or removed. For each found alteration: if the
   //      current value is higher than the sender's current power level, reject; if the new value
   //      is higher than the sender's current power level, reject.
   for (const field of POWER_LEVEL_FIELDS) {
-    const before = ownValue(old, field);
-    const after = ownValue(content, field);
+    const before = level(old, field, `the current ${field}`);
+    const after = level(content, field, field);
     if (before === after) continue;
-    if (isInteger(before) && before > senderLevel) return reject(`power levels: cannot change ${field} from ${before}, above the sender's level ${describeLevel(senderLevel)}`);
-    if (isInteger(after) && after > senderLevel) return reject(`power levels: cannot set ${field} to ${after}, above the sender's level ${describeLevel(senderLevel)}`);
+    if (before !== undefined && before > senderLevel) return reject(`power levels: cannot change ${field} from ${before}, above the sender's level ${describeLevel(senderLevel)}`);
+    if (after !== undefined && after > senderLevel) return reject(`power levels: cannot set ${field} to ${after}, above the sender's level ${describeLevel(senderLevel)}`);
   }
-  for (const field of ["events", "notifications"] as const) {
-    const before = isObject(old[field]) ? (old[field] as JsonObject) : {};
-    const after = isObject(content[field]) ? (content[field] as JsonObject) : {};
+  for (const field of levelMaps) {
+    const before = levelMapIn(old, field, "refuse") ?? {};
+    const after = levelMapIn(content, field, "refuse") ?? {};
     for (const key of new Set([...Object.keys(before), ...Object.keys(after)])) {
-      const was = ownValue(before, key);
-      const now = ownValue(after, key);
+      const was = level(before, key, `the current ${field}[${JSON.stringify(key)}]`);
+      const now = level(after, key, `${field}[${JSON.stringify(key)}]`);
       if (was === now) continue;
-      // 10.7 For each entry being changed in, or removed from, the events or notifications
+      // 10.7 For each entry being changed in, or removed from, the events or notifications (v6+)
       //      properties: if the current value is greater than the sender's power level, reject.
-      if (isInteger(was) && was > senderLevel) return reject(`power levels: cannot change ${field}.${key} from ${was}, above the sender's level ${describeLevel(senderLevel)}`);
-      // 10.8 For each entry being added to, or changed in, the events or notifications
+      if (was !== undefined && was > senderLevel) return reject(`power levels: cannot change ${field}.${key} from ${was}, above the sender's level ${describeLevel(senderLevel)}`);
+      // 10.8 For each entry being added to, or changed in, the events or notifications (v6+)
       //      properties: if the new value is greater than the sender's power level, reject.
-      if (isInteger(now) && now > senderLevel) return reject(`power levels: cannot set ${field}.${key} to ${now}, above the sender's level ${describeLevel(senderLevel)}`);
+      if (now !== undefined && now > senderLevel) return reject(`power levels: cannot set ${field}.${key} to ${now}, above the sender's level ${describeLevel(senderLevel)}`);
     }
   }
-  const oldUsers = isObject(old.users) ? old.users : {};
+  const oldUsers = levelMapIn(old, "users", "refuse") ?? {};
   for (const user of new Set([...Object.keys(oldUsers), ...Object.keys(users)])) {
-    const was = ownValue(oldUsers, user);
-    const now = ownValue(users, user);
+    const was = level(oldUsers, user, `the current level of ${user}`);
+    const now = level(users, user, `the level of ${user}`);
     if (was === now) continue;
     // 10.9 For each entry being changed in, or removed from, the users property, other than the
     //      sender's own entry: if the current value is greater than or equal to the sender's
     //      current power level, reject.
-    if (user !== event.sender && isInteger(was) && was >= senderLevel) {
+    if (user !== event.sender && was !== undefined && was >= senderLevel) {
       return reject(`power levels: cannot change the level of ${user} (${was}): not below the sender's level ${describeLevel(senderLevel)}`);
     }
     // 10.10 For each entry being added to, or changed in, the users property: if the new value is
     //       greater than the sender's current power level, reject.
-    if (isInteger(now) && now > senderLevel) return reject(`power levels: cannot give ${user} level ${now}, above the sender's level ${describeLevel(senderLevel)}`);
+    if (now !== undefined && now > senderLevel) return reject(`power levels: cannot give ${user} level ${now}, above the sender's level ${describeLevel(senderLevel)}`);
   }
   // 10.11 Otherwise, allow.
   return ALLOW;
@@ -492,7 +667,7 @@ export type AuthEventLookup = (eventId: string) => { event: RoomEvent; rejected:
 /**
  * Checks an event against its own auth_events (check 4 on receipt of a PDU): first the rules
  * about the list itself (v12 rule 3: no duplicate (type, state_key), only the types the auth
- * events selection names, none rejected, all in the same room; v10/v11 also: the create event is
+ * events selection names, none rejected, all in the same room; v1–11 also: the create event is
  * among them), then all the other rules with the auth events as the state. In v12 the create
  * event is found from the room ID (rule 2) instead.
  */
@@ -514,7 +689,7 @@ export function checkAuthAgainstAuthEvents(roomVersion: string | RoomVersionRule
 
   const expected = new Set(authTypesForEvent(rules, event).map(([type, stateKey]) => stateMapKey(type, stateKey)));
   const seen = new Set<StateMapKey>();
-  for (const authEventId of event.auth_events) {
+  for (const authEventId of referencedIds(event.auth_events)) {
     const found = lookup(authEventId);
     if (!found) return reject(`auth event ${authEventId} is unknown`);
     const authEvent = found.event;
