@@ -125,7 +125,7 @@ describe("parley debug: bad usage", () => {
   it.each([
     [[], "{}"],
     [["frobnicate"], "{}"],
-    [["event-id", "--room-version", "9"], "{}"],
+    [["event-id", "--room-version", "13"], "{}"],
     [["event-id", "--colour"], "{}"],
     [["event-id"], ""],
     [["event-id"], "not json"],

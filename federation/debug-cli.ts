@@ -6,11 +6,11 @@ import { parseArgs } from "node:util";
 import { CanonicalJsonError, canonicalJson, parseStrictJson } from "./protocol/canonical-json.ts";
 import { checkAuthAgainstAuthEvents } from "./protocol/auth-rules.ts";
 import { checkContentHash, computeEventId } from "./protocol/event-hashes.ts";
-import { validateRoomEvent, type RoomEvent } from "./protocol/pdu.ts";
+import { pduOf, validateRoomEvent, type RoomEvent } from "./protocol/pdu.ts";
 import { redactEvent } from "./protocol/redaction.ts";
 import { ReplayError, replayRoom } from "./protocol/replay.ts";
 import { stateEntries, stateMapKey, type StateMap } from "./protocol/room-state.ts";
-import { DEFAULT_ROOM_VERSION, isSupportedRoomVersion, SUPPORTED_ROOM_VERSIONS } from "./protocol/room-versions.ts";
+import { DEFAULT_ROOM_VERSION, isSupportedRoomVersion, roomVersionRules, SUPPORTED_ROOM_VERSIONS } from "./protocol/room-versions.ts";
 import { resolveState } from "./protocol/state-resolution.ts";
 
 export interface DebugResult {
@@ -115,9 +115,13 @@ function run(command: string, roomVersion: string, stdin: string): string {
       return canonicalJson(parseInput(stdin));
     case "event-id": {
       const pdu = requireObject(parseInput(stdin), "a PDU");
-      // Event IDs are not part of v4+ PDUs: a copy on the input is not hashed.
-      const { event_id: _id, ...withoutId } = pdu;
-      return JSON.stringify({ event_id: computeEventId(roomVersion, withoutId), content_hash_ok: checkContentHash(withoutId) });
+      // Event IDs are not part of v3+ PDUs: a copy on the input is not hashed (in v1–2 it is the ID).
+      const withoutId = pduOf(roomVersion, pdu);
+      if (roomVersionRules(roomVersion).eventFormat === "v1" && typeof withoutId.event_id !== "string") {
+        throw new UsageError(`a room version ${roomVersion} PDU carries its event_id`);
+      }
+      const strict = roomVersionRules(roomVersion).strictCanonicalJson;
+      return JSON.stringify({ event_id: computeEventId(roomVersion, withoutId), content_hash_ok: checkContentHash(withoutId, { strict }) });
     }
     case "redact":
       return JSON.stringify(redactEvent(roomVersion, requireObject(parseInput(stdin), "an event")));

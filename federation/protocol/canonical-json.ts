@@ -49,6 +49,17 @@ function encodeString(s: string): string {
   return JSON.stringify(s);
 }
 
+/**
+ * Room versions 1–5: "Servers MUST NOT strictly enforce the JSON format" (v1-canonical-json), so
+ * their events may hold floats and integers beyond ±(2^53-1). Encoded the shortest way JSON can
+ * (JavaScript's number form, which for finite numbers is Python's `repr` that Synapse writes,
+ * except where Python keeps a float like 1e16 that JSON.parse made an integer).
+ */
+function encodeLenientNumber(n: number): string {
+  if (!Number.isFinite(n)) throw new CanonicalJsonError(`${n} is not a JSON number`);
+  return Object.is(n, -0) ? "0" : String(n);
+}
+
 function encodeNumber(n: number): string {
   if (!Number.isInteger(n)) {
     throw new CanonicalJsonError(`${n} is not an integer; canonical JSON has no floats`);
@@ -65,12 +76,12 @@ function isPlainObject(value: object): boolean {
   return proto === Object.prototype || proto === null;
 }
 
-function encodeValue(value: unknown, ancestors: Set<object>): string {
+function encodeValue(value: unknown, ancestors: Set<object>, strict = true): string {
   switch (typeof value) {
     case "string":
       return encodeString(value);
     case "number":
-      return encodeNumber(value);
+      return strict ? encodeNumber(value) : encodeLenientNumber(value);
     case "boolean":
       return value ? "true" : "false";
     case "object": {
@@ -82,7 +93,7 @@ function encodeValue(value: unknown, ancestors: Set<object>): string {
         const parts: string[] = [];
         for (const item of value) {
           if (item === undefined) throw new CanonicalJsonError("arrays cannot hold undefined");
-          parts.push(encodeValue(item, ancestors));
+          parts.push(encodeValue(item, ancestors, strict));
         }
         out = `[${parts.join(",")}]`;
       } else if (isPlainObject(value)) {
@@ -94,7 +105,7 @@ function encodeValue(value: unknown, ancestors: Set<object>): string {
           // An absent optional field in a TypeScript object literal; JSON.stringify drops it too,
           // so what we sign is what goes on the wire.
           if (v === undefined) continue;
-          parts.push(`${encodeString(key)}:${encodeValue(v, ancestors)}`);
+          parts.push(`${encodeString(key)}:${encodeValue(v, ancestors, strict)}`);
         }
         out = `{${parts.join(",")}}`;
       } else {
@@ -108,14 +119,19 @@ function encodeValue(value: unknown, ancestors: Set<object>): string {
   }
 }
 
+export interface CanonicalJsonOptions {
+  /** False for the events of room versions 1–5: numbers need not be integers in range. Default true. */
+  strict?: boolean;
+}
+
 /** Encodes a JSON value as canonical JSON. Throws CanonicalJsonError for anything it cannot encode. */
-export function canonicalJson(value: unknown): string {
-  return encodeValue(value, new Set());
+export function canonicalJson(value: unknown, options?: CanonicalJsonOptions): string {
+  return encodeValue(value, new Set(), options?.strict ?? true);
 }
 
 /** The canonical JSON of a value as UTF-8 bytes: what is hashed and signed. */
-export function canonicalJsonBytes(value: unknown): Uint8Array {
-  return Buffer.from(canonicalJson(value), "utf8");
+export function canonicalJsonBytes(value: unknown, options?: CanonicalJsonOptions): Uint8Array {
+  return Buffer.from(canonicalJson(value, options), "utf8");
 }
 
 /**

@@ -50,3 +50,10 @@ export function isValidHashRoomId(s: string): boolean {
 export function isValidEventId(s: string): boolean {
   return s.length > 1 && s.startsWith("$") && byteLength(s) <= 255;
 }
+
+/** Room versions 1–2 event IDs: `$opaque_id:domain`, at most 255 bytes (v1-event-ids). */
+export function isValidEventIdWithDomain(s: string): boolean {
+  if (!isValidEventId(s)) return false;
+  const colon = s.indexOf(":");
+  return colon > 1 && isValidServerName(s.slice(colon + 1));
+}

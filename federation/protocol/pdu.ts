@@ -1,5 +1,6 @@
 // The PDU (persistent data unit) and its format checks.
-// Schemas: data/api/server-server/definitions/pdu_v4.yaml (v10), pdu_v11.yaml, pdu_v12.yaml.
+// Schemas: data/api/server-server/definitions/pdu_v1.yaml (rooms 1–2), pdu_v3.yaml (3), pdu_v4.yaml
+// (4–10), pdu_v11.yaml, pdu_v12.yaml.
 // Size limits: https://spec.matrix.org/latest/client-server-api/#size-limits
 //
 // "Checks performed on receipt of a PDU", step 1: "Is a valid event, otherwise it is dropped. For an
@@ -8,14 +9,21 @@
 
 import { z } from "zod";
 import { CanonicalJsonError, canonicalJson } from "./canonical-json.ts";
-import { byteLength, isValidEventId, isValidHashRoomId, isValidRoomIdWithDomain, isValidUserId } from "./identifiers.ts";
+import { byteLength, isValidEventId, isValidEventIdWithDomain, isValidHashRoomId, isValidRoomIdWithDomain, isValidUserId } from "./identifiers.ts";
 import { roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
 
 export type JsonObject = Record<string, unknown>;
 
 /**
- * What the authorization rules and state resolution read from an event. Event IDs are not part of
- * PDUs from room version 3 on (they are computed), so an event carries its ID beside the PDU.
+ * How a PDU names its prev and auth events: by event ID (room versions 3+), or (versions 1–2) as an
+ * `[event_id, {sha256: reference hash}]` pair. Read the IDs with `referencedIds`.
+ */
+export type EventReference = string | readonly [eventId: string, hashes: JsonObject];
+
+/**
+ * What the authorization rules and state resolution read from an event: its PDU as it travels,
+ * with its ID. Event IDs are not part of PDUs from room version 3 on (they are computed), so an
+ * event carries its ID beside the PDU; in versions 1–2 the PDU holds it.
  */
 export interface RoomEvent {
   event_id: string;
@@ -26,12 +34,12 @@ export interface RoomEvent {
   state_key?: string;
   content: JsonObject;
   origin_server_ts: number;
-  prev_events: readonly string[];
-  auth_events: readonly string[];
+  prev_events: readonly EventReference[];
+  auth_events: readonly EventReference[];
   [key: string]: unknown;
 }
 
-/** A PDU as it travels between servers (room versions 4+: no event_id). */
+/** A PDU as it travels between servers (room versions 3+: no event_id; 1–2: with it). */
 export interface Pdu {
   type: string;
   sender: string;
@@ -40,8 +48,8 @@ export interface Pdu {
   content: JsonObject;
   origin_server_ts: number;
   depth: number;
-  prev_events: string[];
-  auth_events: string[];
+  prev_events: EventReference[];
+  auth_events: EventReference[];
   hashes: { sha256: string; [algorithm: string]: unknown };
   signatures: Record<string, Record<string, string>>;
   unsigned?: JsonObject;
@@ -58,22 +66,37 @@ const MAX_AUTH_EVENTS = 10;
 
 const jsonObject = z.record(z.string(), z.unknown(), { error: "must be a JSON object" });
 const safeInteger = z.int(); // zod's int() is a safe integer: ±(2^53 - 1)
+// Before v6 events need not be canonical JSON: numbers may be floats or beyond ±(2^53 - 1).
+const anyNumber = z.number();
 
-const pduShape = z.looseObject({
+const eventIdString = z.string().refine(isValidEventId, "must be an event ID");
+const hashedReference = z.tuple([eventIdString, jsonObject], { error: "must be an [event_id, hashes] pair" });
+
+function pduShape(rules: RoomVersionRules) {
+  const v1 = rules.eventFormat === "v1";
+  const reference = v1 ? hashedReference : eventIdString;
+  const integer = rules.strictCanonicalJson ? safeInteger : anyNumber;
+  return z.looseObject({
   type: z.string().refine((s) => byteLength(s) <= MAX_ID_BYTES, "must not exceed 255 bytes"),
   sender: z.string().refine(isValidUserId, "must be a valid user ID of at most 255 bytes"),
   room_id: z.string().refine((s) => byteLength(s) <= MAX_ID_BYTES, "must not exceed 255 bytes").optional(),
   state_key: z.string().refine((s) => byteLength(s) <= MAX_ID_BYTES, "must not exceed 255 bytes").optional(),
   content: jsonObject,
-  origin_server_ts: safeInteger,
-  depth: safeInteger.min(0),
-  prev_events: z.array(z.string().refine(isValidEventId, "must be an event ID")).max(MAX_PREV_EVENTS),
-  auth_events: z.array(z.string().refine(isValidEventId, "must be an event ID")).max(MAX_AUTH_EVENTS),
+  origin_server_ts: integer,
+  depth: integer.min(0),
+  prev_events: z.array(reference).max(MAX_PREV_EVENTS),
+  auth_events: z.array(reference).max(MAX_AUTH_EVENTS),
   hashes: z.looseObject({ sha256: z.string() }),
   signatures: z.record(z.string(), z.record(z.string(), z.string())),
   unsigned: jsonObject.optional(),
-  event_id: z.string().refine((s) => byteLength(s) <= MAX_ID_BYTES, "must not exceed 255 bytes").optional(),
-});
+  // v1–2: "$opaque_id:domain", part of the PDU. Later versions compute it; one sent along is ignored.
+  event_id: v1
+    ? z.string().refine(isValidEventIdWithDomain, "must be an event ID of the form $opaque_id:domain")
+    : z.string().refine((s) => byteLength(s) <= MAX_ID_BYTES, "must not exceed 255 bytes").optional(),
+  });
+}
+
+const PDU_SHAPES = new Map<RoomVersionRules, ReturnType<typeof pduShape>>();
 
 function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
   let value = input;
@@ -99,7 +122,9 @@ function describeIssues(error: z.ZodError, input: unknown): string {
  */
 export function validatePdu(roomVersion: string | RoomVersionRules, value: unknown): Validation<Pdu> {
   const rules = roomVersionRules(roomVersion);
-  const parsed = pduShape.safeParse(value);
+  let shape = PDU_SHAPES.get(rules);
+  if (!shape) PDU_SHAPES.set(rules, (shape = pduShape(rules)));
+  const parsed = shape.safeParse(value);
   if (!parsed.success) return { ok: false, reason: describeIssues(parsed.error, value) };
   const pdu = parsed.data as Pdu;
 
@@ -124,7 +149,7 @@ export function validatePdu(roomVersion: string | RoomVersionRules, value: unkno
 
   let size: number;
   try {
-    size = Buffer.byteLength(canonicalJson(pdu), "utf8");
+    size = Buffer.byteLength(canonicalJson(pdu, { strict: rules.strictCanonicalJson }), "utf8");
   } catch (err) {
     if (err instanceof CanonicalJsonError) return { ok: false, reason: `not canonical JSON: ${err.message}` };
     throw err;
@@ -140,9 +165,9 @@ const roomEventShape = z.looseObject({
   room_id: z.string().optional(),
   state_key: z.string().optional(),
   content: jsonObject,
-  origin_server_ts: safeInteger,
-  prev_events: z.array(z.string()),
-  auth_events: z.array(z.string()),
+  origin_server_ts: z.number(),
+  prev_events: z.array(z.union([z.string(), z.tuple([z.string(), jsonObject])])),
+  auth_events: z.array(z.union([z.string(), z.tuple([z.string(), jsonObject])])),
 });
 
 /**
@@ -158,10 +183,40 @@ export function validateRoomEvent(value: unknown): Validation<RoomEvent> {
   return { ok: true, value: parsed.data as RoomEvent };
 }
 
-/** The PDU of an event: the event without the event_id attached to it locally. */
-export function pduOf<T extends object>(event: T): Omit<T, "event_id"> {
+/**
+ * The PDU of an event, as it travels: from room version 3 on, the event without the event_id
+ * attached to it locally; in versions 1–2 the event_id is part of the PDU and stays.
+ */
+export function pduOf<T extends object>(roomVersion: string | RoomVersionRules, event: T): T {
+  if (roomVersionRules(roomVersion).eventFormat === "v1") return event;
+  if (!Object.hasOwn(event, "event_id")) return event;
   const { event_id: _eventId, ...pdu } = event as T & { event_id?: unknown };
-  return pdu;
+  return pdu as T;
+}
+
+/** The event IDs a list of prev_events or auth_events names, in order (pairs give their first item). */
+export function referencedIds(references: readonly EventReference[]): readonly string[] {
+  if (references.length === 0 || typeof references[0] === "string" && references.every((r) => typeof r === "string")) {
+    return references as readonly string[];
+  }
+  return references.map((r) => (typeof r === "string" ? r : r[0]));
+}
+
+/**
+ * The references a new event of this room version makes to the given events: their IDs (3+), or
+ * (1–2) `[event_id, {sha256: reference hash}]` pairs, as Synapse writes them. `referenceHash`
+ * gives the unpadded base64 reference hash of an event the caller holds.
+ */
+export function eventReferences(
+  roomVersion: string | RoomVersionRules,
+  eventIds: readonly string[],
+  referenceHash: (eventId: string) => string | undefined,
+): EventReference[] {
+  if (roomVersionRules(roomVersion).eventFormat !== "v1") return [...eventIds];
+  return eventIds.map((id) => {
+    const hash = referenceHash(id);
+    return [id, hash === undefined ? {} : { sha256: hash }] as const;
+  });
 }
 
 /** Whether the event is a state event (it has a state_key, possibly empty). */

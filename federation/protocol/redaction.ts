@@ -1,5 +1,8 @@
 // The redaction algorithm, per room version:
-//   v10     rooms/fragments/v9-redactions.md
+//   v1–5    rooms/fragments/v1-redactions.md (m.room.aliases keeps `aliases`)
+//   v6–7    rooms/fragments/v6-redactions.md
+//   v8      rooms/v8.md#redactions (m.room.join_rules also keeps `allow`)
+//   v9–10   rooms/fragments/v9-redactions.md (m.room.member also keeps `join_authorised_via_users_server`)
 //   v11–12  rooms/fragments/v11-redactions.md
 // Redaction is what signatures and reference hashes cover, so a difference of one key here
 // changes event IDs and breaks signature checks with every other server.
@@ -8,7 +11,8 @@ import { roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
 
 type JsonObject = Record<string, unknown>;
 
-const TOP_LEVEL_V9 = [
+// The same list for v1 to v10.
+const TOP_LEVEL_V1 = [
   "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures", "depth",
   "prev_events", "prev_state", "auth_events", "origin", "origin_server_ts", "membership",
 ];
@@ -20,13 +24,24 @@ const TOP_LEVEL_V11 = [
 ];
 
 // Maps: an event type is whatever the sender chose (`constructor`, `__proto__`), never an inherited key.
-const CONTENT_V9 = new Map<string, readonly string[]>(Object.entries({
-  "m.room.member": ["membership", "join_authorised_via_users_server"],
+const POWER_LEVELS_V1 = ["ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"];
+
+const CONTENT_V6 = {
+  "m.room.member": ["membership"],
   "m.room.create": ["creator"],
-  "m.room.join_rules": ["join_rule", "allow"],
-  "m.room.power_levels": ["ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default"],
+  "m.room.join_rules": ["join_rule"],
+  "m.room.power_levels": POWER_LEVELS_V1,
   "m.room.history_visibility": ["history_visibility"],
-}));
+};
+
+const CONTENT_V8 = { ...CONTENT_V6, "m.room.join_rules": ["join_rule", "allow"] };
+
+const CONTENT_PRE_V11 = {
+  v1: new Map<string, readonly string[]>(Object.entries({ ...CONTENT_V6, "m.room.aliases": ["aliases"] })),
+  v6: new Map<string, readonly string[]>(Object.entries(CONTENT_V6)),
+  v8: new Map<string, readonly string[]>(Object.entries(CONTENT_V8)),
+  v9: new Map<string, readonly string[]>(Object.entries({ ...CONTENT_V8, "m.room.member": ["membership", "join_authorised_via_users_server"] })),
+};
 
 const CONTENT_V11 = new Map<string, readonly string[]>(Object.entries({
   "m.room.member": ["membership", "join_authorised_via_users_server"],
@@ -62,7 +77,7 @@ function redactContent(rules: RoomVersionRules, type: unknown, content: JsonObje
     }
     return kept;
   }
-  return pick(content, (typeof type === "string" && CONTENT_V9.get(type)) || []);
+  return pick(content, (typeof type === "string" && CONTENT_PRE_V11[rules.redaction].get(type)) || []);
 }
 
 /**
@@ -73,7 +88,7 @@ function redactContent(rules: RoomVersionRules, type: unknown, content: JsonObje
 export function redactEvent<T extends object>(roomVersion: string | RoomVersionRules, event: T): JsonObject {
   const rules = roomVersionRules(roomVersion);
   const source = event as JsonObject;
-  const redacted = pick(source, rules.redaction === "v11" ? TOP_LEVEL_V11 : TOP_LEVEL_V9);
+  const redacted = pick(source, rules.redaction === "v11" ? TOP_LEVEL_V11 : TOP_LEVEL_V1);
   redacted.content = redactContent(rules, source.type, isObject(source.content) ? source.content : {});
   return redacted;
 }

@@ -14,7 +14,7 @@
 
 import { authTypesForEvent } from "./auth-events-selection.ts";
 import { checkAuth, checkAuthAgainstAuthEvents, type AuthDecision } from "./auth-rules.ts";
-import type { RoomEvent } from "./pdu.ts";
+import { referencedIds, type RoomEvent } from "./pdu.ts";
 import { stateMapKey, type StateMap, type StateMapKey } from "./room-state.ts";
 import { roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
 import { resolveState } from "./state-resolution.ts";
@@ -68,17 +68,18 @@ export function replayRoom(roomVersion: string | RoomVersionRules, events: reado
 
   for (const event of events) {
     if (byId.has(event.event_id)) throw new ReplayError(`event ${event.event_id} appears twice`);
-    for (const prev of event.prev_events) {
+    const prevEvents = referencedIds(event.prev_events);
+    for (const prev of prevEvents) {
       if (!stateAfter.has(prev)) throw new ReplayError(`event ${event.event_id} comes before its prev_event ${prev}`);
     }
-    for (const authId of event.auth_events) {
+    for (const authId of referencedIds(event.auth_events)) {
       if (!byId.has(authId)) throw new ReplayError(`event ${event.event_id} comes before its auth event ${authId}`);
     }
 
     const stateBefore =
-      event.prev_events.length === 1
-        ? new Map(stateAfter.get(event.prev_events[0]!)!)
-        : resolveState(rules, event.prev_events.map((prev) => stateAfter.get(prev)!), fetchEvent, { isRejected });
+      prevEvents.length === 1
+        ? new Map(stateAfter.get(prevEvents[0]!)!)
+        : resolveState(rules, prevEvents.map((prev) => stateAfter.get(prev)!), fetchEvent, { isRejected });
     byId.set(event.event_id, event);
 
     let decision: AuthDecision = checkAuthAgainstAuthEvents(rules, event, (id) => {
@@ -104,7 +105,7 @@ export function replayRoom(roomVersion: string | RoomVersionRules, events: reado
 
   const referenced = new Set<string>();
   for (const event of events) {
-    if (!rejectedIds.has(event.event_id)) for (const prev of event.prev_events) referenced.add(prev);
+    if (!rejectedIds.has(event.event_id)) for (const prev of referencedIds(event.prev_events)) referenced.add(prev);
   }
   const forwardExtremities = events.map((event) => event.event_id).filter((id) => !rejectedIds.has(id) && !referenced.has(id));
   const state = resolveState(rules, forwardExtremities.map((id) => stateAfter.get(id)!), fetchEvent, { isRejected });

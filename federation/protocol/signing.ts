@@ -7,7 +7,7 @@
 // KeyObject for each public key is imported once and cached.
 
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
-import { CanonicalJsonError, canonicalJsonBytes } from "./canonical-json.ts";
+import { CanonicalJsonError, canonicalJsonBytes, type CanonicalJsonOptions } from "./canonical-json.ts";
 import { Base64Error, decodeBase64, encodeUnpaddedBase64, encodeUnpaddedBase64Url } from "./base64.ts";
 import { own } from "./dictionary.ts";
 
@@ -95,8 +95,8 @@ function signedPart(obj: object): Record<string, unknown> {
  * signatures plus this one (and `unsigned` untouched). Throws CanonicalJsonError if the object
  * cannot be encoded as canonical JSON.
  */
-export function signJson<T extends object>(obj: T, entityName: string, key: SigningKey): T & { signatures: Signatures } {
-  const signature = encodeUnpaddedBase64(signEd25519(key, canonicalJsonBytes(signedPart(obj))));
+export function signJson<T extends object>(obj: T, entityName: string, key: SigningKey, options?: CanonicalJsonOptions): T & { signatures: Signatures } {
+  const signature = encodeUnpaddedBase64(signEd25519(key, canonicalJsonBytes(signedPart(obj), options)));
   const existing = ((obj as { signatures?: unknown }).signatures ?? {}) as Signatures;
   const mine = own(existing, entityName);
   const signatures: Signatures = { ...existing, [entityName]: { ...(typeof mine === "object" ? mine : {}), [key.keyId]: signature } };
@@ -108,7 +108,13 @@ export function signJson<T extends object>(obj: T, entityName: string, key: Sign
  * steps 4–7; choosing which key IDs to check is the caller's job). False when the signature is
  * missing, not base64, or wrong, or the object is not canonical JSON.
  */
-export function verifyJsonSignature(obj: object, entityName: string, keyId: string, publicKey: Uint8Array): boolean {
+export function verifyJsonSignature(
+  obj: object,
+  entityName: string,
+  keyId: string,
+  publicKey: Uint8Array,
+  options?: CanonicalJsonOptions,
+): boolean {
   const signatures = (obj as { signatures?: unknown }).signatures;
   if (typeof signatures !== "object" || signatures === null) return false;
   // Own properties only: a server named `toString` (a valid host name) has no signatures inherited.
@@ -120,7 +126,7 @@ export function verifyJsonSignature(obj: object, entityName: string, keyId: stri
   let message: Uint8Array;
   try {
     signature = decodeBase64(encoded);
-    message = canonicalJsonBytes(signedPart(obj));
+    message = canonicalJsonBytes(signedPart(obj), options);
   } catch (err) {
     if (err instanceof Base64Error || err instanceof CanonicalJsonError) return false;
     throw err;

@@ -7,7 +7,7 @@ import { compareByCodePoint } from "./canonical-json.ts";
 import { authTypesForEvent } from "./auth-events-selection.ts";
 import { checkAuth, userPowerLevel } from "./auth-rules.ts";
 import { createEventIdOfRoom } from "./event-hashes.ts";
-import type { RoomEvent } from "./pdu.ts";
+import { referencedIds, type RoomEvent } from "./pdu.ts";
 import { stateMapKey, type StateMap, type StateMapKey } from "./room-state.ts";
 import { roomVersionRules, type RoomVersionRules } from "./room-versions.ts";
 import { resolveStateV1 } from "./state-resolution-v1.ts";
@@ -103,14 +103,14 @@ export function authChainOf(eventIds: Iterable<string>, fetchEvent: EventLookup)
   const stack: string[] = [];
   for (const id of eventIds) {
     const event = fetchEvent(id);
-    if (event) stack.push(...event.auth_events);
+    if (event) stack.push(...referencedIds(event.auth_events));
   }
   while (stack.length > 0) {
     const id = stack.pop()!;
     if (chain.has(id)) continue;
     chain.add(id);
     const event = fetchEvent(id);
-    if (event) for (const authId of event.auth_events) if (!chain.has(authId)) stack.push(authId);
+    if (event) for (const authId of referencedIds(event.auth_events)) if (!chain.has(authId)) stack.push(authId);
   }
   return chain;
 }
@@ -142,7 +142,7 @@ function conflictedStateSubgraph(conflicted: ReadonlySet<string>, fetchEvent: Ev
     const onStack = new Set([start]);
     while (stack.length > 0) {
       const frame = stack[stack.length - 1]!;
-      const authEvents = fetchEvent(frame.id)?.auth_events ?? [];
+      const authEvents = referencedIds(fetchEvent(frame.id)?.auth_events ?? []);
       if (frame.next < authEvents.length) {
         const child = authEvents[frame.next++]!;
         // onStack: a malformed graph with a cycle must not loop forever.
@@ -195,7 +195,7 @@ function conflictedAuthGraph(powerEvents: ReadonlySet<string>, fullConflictedSet
     const onStack = new Set([start]);
     while (stack.length > 0) {
       const frame = stack[stack.length - 1]!;
-      const authEvents = fetchEvent(frame.id)?.auth_events ?? [];
+      const authEvents = referencedIds(fetchEvent(frame.id)?.auth_events ?? []);
       if (frame.next < authEvents.length) {
         const child = authEvents[frame.next++]!;
         if (!fullConflictedSet.has(child) && !nearestBelow.has(child) && !onStack.has(child)) {
@@ -222,7 +222,7 @@ function conflictedAuthGraph(powerEvents: ReadonlySet<string>, fullConflictedSet
     const id = stack.pop()!;
     if (graph.has(id)) continue;
     const edges = new Set<string>();
-    for (const authId of fetchEvent(id)?.auth_events ?? []) {
+    for (const authId of referencedIds(fetchEvent(id)?.auth_events ?? [])) {
       if (fullConflictedSet.has(authId)) edges.add(authId);
       else for (const below of nearestFrom(authId)) edges.add(below);
     }
@@ -239,7 +239,7 @@ function conflictedAuthGraph(powerEvents: ReadonlySet<string>, fullConflictedSet
 function senderPowerLevelFromAuthEvents(rules: RoomVersionRules, event: RoomEvent, fetchEvent: EventLookup): number {
   let powerLevels: RoomEvent | undefined;
   let create: RoomEvent | undefined;
-  for (const authId of event.auth_events) {
+  for (const authId of referencedIds(event.auth_events)) {
     const authEvent = fetchEvent(authId);
     if (authEvent?.state_key !== "") continue;
     if (authEvent.type === "m.room.power_levels") powerLevels ??= authEvent;
@@ -298,7 +298,7 @@ function reverseTopologicalPowerOrder(rules: RoomVersionRules, graph: ReadonlyMa
 
 /** The m.room.power_levels event among an event's auth events. */
 function powerLevelsAuthEvent(event: RoomEvent, fetchEvent: EventLookup): string | undefined {
-  for (const authId of event.auth_events) {
+  for (const authId of referencedIds(event.auth_events)) {
     const authEvent = fetchEvent(authId);
     if (authEvent?.type === "m.room.power_levels" && authEvent.state_key === "") return authId;
   }
@@ -370,7 +370,7 @@ function iterativeAuthChecks(
     const event = fetchEvent(id);
     if (!event || typeof event.state_key !== "string") continue;
     const authState = new Map<StateMapKey, RoomEvent>();
-    for (const authId of event.auth_events) {
+    for (const authId of referencedIds(event.auth_events)) {
       const authEvent = fetchEvent(authId);
       if (authEvent && typeof authEvent.state_key === "string" && !isRejected(authId)) {
         authState.set(stateMapKey(authEvent.type, authEvent.state_key), authEvent);

@@ -28,8 +28,8 @@ import os from "node:os";
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
 import { computeEventId } from "../protocol/event-hashes.ts";
-import { checkValidatedPdu, serversThatMustSign } from "../protocol/event-signing.ts";
-import { type Pdu, type RoomEvent, validatePdu } from "../protocol/pdu.ts";
+import { checkValidatedPdu, keyValidityTime, serversThatMustSign } from "../protocol/event-signing.ts";
+import { type Pdu, type RoomEvent, pduOf, validatePdu } from "../protocol/pdu.ts";
 import { redactEvent } from "../protocol/redaction.ts";
 import type { ServerKeyStore } from "./server-keys.ts";
 
@@ -92,7 +92,8 @@ export function checkFormats(roomVersion: string, values: readonly unknown[]): {
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       return { ok: false, eventId: undefined, reason: "invalid PDU: not a JSON object" };
     }
-    const { event_id: givenId, ...rest } = value as Record<string, unknown>;
+    const givenId = (value as Record<string, unknown>).event_id;
+    const rest = pduOf(roomVersion, value);
     const format = validatePdu(roomVersion, rest);
     if (!format.ok) {
       const eventId = typeof givenId === "string" ? givenId : safeEventId(roomVersion, rest);
@@ -106,7 +107,7 @@ export function checkFormats(roomVersion: string, values: readonly unknown[]): {
       if (typeof byKey !== "object" || byKey === null) continue;
       signers.push([server, Object.keys(byKey).filter((keyId) => keyId.startsWith("ed25519:"))]);
     }
-    return { ok: true, signers, originServerTs: pdu.origin_server_ts };
+    return { ok: true, signers, originServerTs: keyValidityTime(roomVersion, pdu) };
   });
   return { formats, valid };
 }
@@ -296,7 +297,8 @@ function assemble(roomVersion: string, slices: ReadonlyArray<readonly unknown[]>
         results.push(format);
         return;
       }
-      const { event_id: givenId, ...pdu } = slices[c]![j] as Record<string, unknown>;
+      const givenId = (slices[c]![j] as Record<string, unknown>).event_id;
+      const pdu = pduOf(roomVersion, slices[c]![j] as Record<string, unknown>);
       const check = chunk.verified[v++]!;
       if (!check.ok) {
         results.push({ ok: false, eventId: typeof givenId === "string" ? givenId : check.eventId, reason: check.reason });

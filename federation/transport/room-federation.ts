@@ -20,16 +20,16 @@ import { MatrixError, forbidden, notFound } from "../../server/http/errors.ts";
 import type { Accounts } from "../../server/accounts/accounts.ts";
 import { memberContent } from "../../server/rooms/create-room.ts";
 import type { EventStore, StoredEvent } from "../../server/rooms/event-store.ts";
-import type { EventPersister, RemoteEventInput, RemoteEventOutcome } from "../../server/rooms/persister.ts";
+import { type EventPersister, type RemoteEventInput, type RemoteEventOutcome, newEventIdWithDomain } from "../../server/rooms/persister.ts";
 import type { Rooms } from "../../server/rooms/rooms.ts";
 import type { ServerReads } from "../../server/rooms/server-reads.ts";
 import type { Timeline } from "../../server/rooms/timeline.ts";
 import { checkAuthAgainstAuthEvents } from "../protocol/auth-rules.ts";
-import { computeEventId, createEventIdOfRoom } from "../protocol/event-hashes.ts";
+import { computeEventId, createEventIdOfRoom, referenceHashes } from "../protocol/event-hashes.ts";
 import { signEvent } from "../protocol/event-signing.ts";
 import { redactEvent } from "../protocol/redaction.ts";
 import { serverNameOf } from "../protocol/identifiers.ts";
-import type { Pdu, RoomEvent } from "../protocol/pdu.ts";
+import { eventReferences, pduOf, referencedIds, type Pdu, type RoomEvent } from "../protocol/pdu.ts";
 import { type StateMapKey, stateMapKey } from "../protocol/room-state.ts";
 import { type RoomVersionRules, SUPPORTED_ROOM_VERSIONS, isSupportedRoomVersion, roomVersionRules } from "../protocol/room-versions.ts";
 import { type SigningKey, signJson } from "../protocol/signing.ts";
@@ -82,7 +82,7 @@ export class RoomFederation {
 
   /** Queues every event of ours for the room's other servers, in the statement that stores it. */
   connect(): void {
-    this.d.persister.extendWrites(async (_tx, view, events) => this.outboxRows(() => view.joinedServers(), events));
+    this.d.persister.extendWrites(async (_tx, view, events) => this.outboxRows(view.rules, () => view.joinedServers(), events));
     this.d.persister.onBatchPersisted((events) => {
       for (const e of events) {
         this.relays.delete(e.eventId);
@@ -95,7 +95,7 @@ export class RoomFederation {
     });
   }
 
-  private outboxRows(joinedServers: () => readonly string[], events: readonly RoomEvent[]): SQL[] {
+  private outboxRows(rules: RoomVersionRules, joinedServers: () => readonly string[], events: readonly RoomEvent[]): SQL[] {
     const { serverName } = this.d;
     const rows: SQL[] = [];
     const now = this.d.now();
@@ -112,8 +112,7 @@ export class RoomFederation {
       destinations.delete(serverName);
       if (relayedFrom !== undefined) destinations.delete(relayedFrom);
       if (destinations.size === 0) continue;
-      const { event_id: _id, ...pdu } = e;
-      const payload = JSON.stringify(pdu);
+      const payload = JSON.stringify(pduOf(rules, e));
       for (const destination of destinations) rows.push(sql`(${destination}, 'pdu', ${payload}, ${now})`);
       this.queuedFor.set(e.event_id, [...destinations]);
     }
@@ -156,7 +155,7 @@ export class RoomFederation {
             return;
           }
           await this.d.assertServerAllowed?.(roomId, origin);
-          const inputs = indexes.map((i) => inputOf(checked[i] as Extract<CheckedPdu, { ok: true }>));
+          const inputs = indexes.map((i) => inputOf(roomVersion, checked[i] as Extract<CheckedPdu, { ok: true }>));
           const outcomes = await this.place(origin, roomId, roomVersion, inputs, true);
           outcomes.forEach((o, k) => (errors[indexes[k]!] = outcomeError(o)));
         } catch (err) {
@@ -181,7 +180,7 @@ export class RoomFederation {
     for (const i of unplaced) {
       const input = inputs[i]!;
       try {
-        const prevsUnknown = await this.unknownEvents(input.pdu.prev_events);
+        const prevsUnknown = await this.unknownEvents(referencedIds(input.pdu.prev_events));
         if (fetchMissing && prevsUnknown.length > 0) await this.fetchMissingEvents(origin, roomId, version, input);
         if (outcomes[i]!.reason === "unknown auth events") {
           await this.fetchAuthChain(origin, roomId, version, input.eventId).catch(async () => {
@@ -243,7 +242,7 @@ export class RoomFederation {
     const events = checked
       .flatMap((c) => (c.ok && c.event.room_id === roomId && c.eventId !== input.eventId ? [c] : []))
       .sort((a, b) => Number(a.event.depth) - Number(b.event.depth));
-    if (events.length > 0) await this.place(origin, roomId, version, events.map(inputOf), false);
+    if (events.length > 0) await this.place(origin, roomId, version, events.map((c) => inputOf(version, c)), false);
   }
 
   /** The event's auth chain from `origin`, checked and stored as outliers. */
@@ -257,7 +256,7 @@ export class RoomFederation {
     // One prev_event we lack (the usual gap): the state after it is the state at it (/state_ids),
     // plus the event itself when it is a state event — fetching only the events we do not hold,
     // as Synapse does. Otherwise, or when too much is missing, the whole state at the event.
-    const prevs = input.pdu.prev_events;
+    const prevs = referencedIds(input.pdu.prev_events);
     const missingPrevs = await this.unknownEvents(prevs);
     if (prevs.length === 1 && missingPrevs.length === 1) {
       const prev = prevs[0]!;
@@ -313,8 +312,7 @@ export class RoomFederation {
     }
     const results = await this.judgeByAuthEvents(roomId, rules, byId);
     const rows = [...results].map(([eventId, { event, reason }]) => {
-      const { event_id: _id, ...pdu } = event;
-      return { eventId, pdu: pdu as Pdu, ...(reason === undefined ? {} : { rejectedReason: reason }) };
+      return { eventId, pdu: pduOf(rules, event) as unknown as Pdu, ...(reason === undefined ? {} : { rejectedReason: reason }) };
     });
     // Events in an auth cycle never become ready: they are not stored.
     await this.d.persister.storeOutliers(roomId, rows, newRoom);
@@ -345,7 +343,7 @@ export class RoomFederation {
     const waiting = new Map<string, number>();
     const dependents = new Map<string, string[]>();
     for (const [id, e] of byId) {
-      const inside = [...new Set(e.auth_events)].filter((a) => byId.has(a));
+      const inside = [...new Set(referencedIds(e.auth_events))].filter((a) => byId.has(a));
       waiting.set(id, inside.length);
       for (const a of inside) {
         let list = dependents.get(a);
@@ -397,8 +395,7 @@ export class RoomFederation {
       // Each event's state before: that of the event we had that follows the gap (the same for all).
       const stateBeforeGroup = edges.find((e) => e.stateBeforeGroup !== null)?.stateBeforeGroup ?? null;
       const rows = [...checked].map(([eventId, { event, rejected, reason }]) => {
-        const { event_id: _id, ...pdu } = event;
-        return { eventId, pdu: pdu as Pdu, stateBeforeGroup, ...(rejected ? { rejectedReason: reason ?? "rejected" } : {}) };
+        return { eventId, pdu: pduOf(version, event) as unknown as Pdu, stateBeforeGroup, ...(rejected ? { rejectedReason: reason ?? "rejected" } : {}) };
       });
       const stored = await this.d.persister.storeHistorical(roomId, rows);
       if (stored > 0) return stored;
@@ -426,7 +423,7 @@ export class RoomFederation {
     const unknown = needed.filter((id) => !stored.has(id));
     if (unknown.length > 0) {
       for (const e of byId.values()) {
-        if (!e.auth_events.some((a) => unknown.includes(a))) continue;
+        if (!referencedIds(e.auth_events).some((a) => unknown.includes(a))) continue;
         await this.fetchAuthChain(server, roomId, version, e.event_id).catch(() => {});
       }
       stored = await this.d.eventStore.getEvents(needed);
@@ -500,6 +497,8 @@ export class RoomFederation {
       prev_events: template.prev_events,
       auth_events: template.auth_events,
     };
+    // Room versions 1–2: the event's ID is ours to choose (and our signature covers it).
+    if (roomVersionRules(version).eventFormat === "v1") pdu.event_id = newEventIdWithDomain(this.d.serverName);
     const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
     return { version, signed, eventId: computeEventId(version, signed) };
   }
@@ -545,7 +544,7 @@ export class RoomFederation {
     }
     if (serverNameOf(e.sender) !== origin) throw forbidden(`The user is not on the requesting server`);
     this.mark(this.relays, eventId, origin);
-    const [outcome] = await this.place(origin, roomId, version, [inputOf(checked)], true);
+    const [outcome] = await this.place(origin, roomId, version, [inputOf(version, checked)], true);
     if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The ${kind} is not allowed: ${outcome?.reason ?? "unknown"}`);
   }
 
@@ -561,8 +560,7 @@ export class RoomFederation {
     if (answer.event !== undefined) {
       const [back] = await this.d.checker.check(version, [answer.event]);
       if (back?.ok && back.eventId === eventId) {
-        const { event_id: _id, ...p } = back.event;
-        joinPdu = p as Pdu;
+        joinPdu = pduOf(version, back.event) as unknown as Pdu;
       }
     }
     const create = state.find((e): e is JsonObject => typeof e === "object" && e !== null && (e as JsonObject).type === "m.room.create");
@@ -699,9 +697,10 @@ export class RoomFederation {
       content: { membership: "leave", ...extra },
       origin_server_ts: this.d.now(),
       depth: (inviteEvent?.depth ?? 0) + 1,
-      prev_events: inviteEvent ? [inviteEvent.eventId] : [],
-      auth_events: inviteEvent ? [inviteEvent.eventId] : [],
+      prev_events: inviteEvent ? eventReferences(version, [inviteEvent.eventId], () => referenceHashes(version, inviteEvent.pdu).sha256) : [],
+      auth_events: inviteEvent ? eventReferences(version, [inviteEvent.eventId], () => referenceHashes(version, inviteEvent.pdu).sha256) : [],
     };
+    if (roomVersionRules(version).eventFormat === "v1") pdu.event_id = newEventIdWithDomain(this.d.serverName);
     const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
     const eventId = computeEventId(version, signed);
     await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: signed as unknown as Pdu, outOfBand: { userId, membership: "leave" } }]);
@@ -747,8 +746,7 @@ export class RoomFederation {
     if (!back?.ok || back.eventId !== eventId || back.redacted) {
       throw new MatrixError(502, "M_UNKNOWN", `${server} answered the invite with an event that is not ours`);
     }
-    const { event_id: _id, ...pdu } = back.event;
-    const [outcome] = await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: pdu as Pdu }]);
+    const [outcome] = await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: pduOf(version, back.event) as unknown as Pdu }]);
     if (outcome?.status !== "accepted" && outcome?.status !== "duplicate") throw forbidden(`The invite was refused: ${outcome?.reason ?? ""}`);
   }
 
@@ -788,8 +786,7 @@ export class RoomFederation {
     if (!(await this.d.accounts.getProfile(e.state_key))) throw notFound("Unknown user");
     const current = await this.d.rooms.membership(roomId, e.state_key);
     if (current?.membership === "join" || current?.membership === "ban") throw forbidden(`The user's membership is ${current.membership}`);
-    const { event_id: _id, ...pdu } = e;
-    const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
+    const signed = signEvent(version, pduOf(version, e), this.d.serverName, this.d.signingKey);
     if (!(await this.weAreIn(roomId))) {
       // Out of band: the invitee's /sync shows it with the room's stripped state.
       const inviteState = Array.isArray(body.invite_room_state) ? body.invite_room_state.slice(0, 50) : [];
@@ -828,7 +825,7 @@ export class RoomFederation {
 /** The auth events a set of events names outside itself (in v12, the create event the room ID implies). */
 function authEventsOutside(roomId: string, rules: RoomVersionRules, byId: ReadonlyMap<string, RoomEvent>): string[] {
   const outside = new Set<string>();
-  for (const e of byId.values()) for (const a of e.auth_events) if (!byId.has(a)) outside.add(a);
+  for (const e of byId.values()) for (const a of referencedIds(e.auth_events)) if (!byId.has(a)) outside.add(a);
   if (rules.roomIdIsCreateEventId) {
     const createId = createEventIdOfRoom(roomId);
     if (!byId.has(createId)) outside.add(createId);
@@ -844,9 +841,8 @@ function asObject(value: unknown): JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as JsonObject) : {};
 }
 
-function inputOf(c: Extract<CheckedPdu, { ok: true }>): RemoteEventInput {
-  const { event_id: _id, ...pdu } = c.event;
-  return { eventId: c.eventId, pdu: pdu as Pdu };
+function inputOf(version: string, c: Extract<CheckedPdu, { ok: true }>): RemoteEventInput {
+  return { eventId: c.eventId, pdu: pduOf(version, c.event) as unknown as Pdu };
 }
 
 /** The state map of a list of state PDUs, keeping those that passed the checks and were not rejected. */
@@ -854,10 +850,9 @@ function stateOf(version: string, pdus: readonly unknown[], checked: Map<string,
   const state = new Map<StateMapKey, string>();
   for (const p of pdus) {
     if (typeof p !== "object" || p === null || Array.isArray(p)) continue;
-    const { event_id: _id, ...pdu } = p as JsonObject;
     let eventId: string;
     try {
-      eventId = computeEventId(version, pdu);
+      eventId = computeEventId(version, pduOf(version, p as JsonObject));
     } catch {
       continue;
     }

@@ -41,10 +41,11 @@ import { CanonicalJsonError } from "../../federation/protocol/canonical-json.ts"
 import { authTypesForEvent, selectAuthEvents } from "../../federation/protocol/auth-events-selection.ts";
 import { checkAuth, checkAuthAgainstAuthEvents, userPowerLevel } from "../../federation/protocol/auth-rules.ts";
 import { resolveState } from "../../federation/protocol/state-resolution.ts";
-import { computeEventId, computeRoomIdFromCreateEvent, createEventIdOfRoom } from "../../federation/protocol/event-hashes.ts";
+import { unconflictedAuthEventIdsV1 } from "../../federation/protocol/state-resolution-v1.ts";
+import { computeEventId, computeRoomIdFromCreateEvent, createEventIdOfRoom, referenceHashes } from "../../federation/protocol/event-hashes.ts";
 import { signEvent } from "../../federation/protocol/event-signing.ts";
 import { serverNameOf } from "../../federation/protocol/identifiers.ts";
-import { MAX_PDU_BYTES, type Pdu, type RoomEvent } from "../../federation/protocol/pdu.ts";
+import { MAX_PDU_BYTES, eventReferences, pduOf, referencedIds, type Pdu, type RoomEvent } from "../../federation/protocol/pdu.ts";
 import { type StateMapKey, splitStateMapKey, stateMapKey } from "../../federation/protocol/room-state.ts";
 import { type RoomVersionRules, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
@@ -499,6 +500,7 @@ export class EventPersister {
       const rules = view.rules;
       const state = view.currentState();
       const pdu = unsignedPdu(rules, roomId, template, { maxDepth: view.maxDepth(), extremities: view.forwardExtremities(), state }, this.now());
+      if (rules.eventFormat === "v1") await this.hashReferences(view.event, rules, pdu);
       const keys = authTypesForEvent(rules, template).map(([type, stateKey]) => stateMapKey(type, stateKey));
       keys.push(stateMapKey("m.room.create", ""));
       const authState = new Map<StateMapKey, RoomEvent>();
@@ -567,7 +569,7 @@ export class EventPersister {
           const { unsigned: _u, ...stored } = pdu;
           return `(${L(eventId)}, ${room}, ${L(pdu.type)}, ${L(pdu.state_key ?? null)}, ${L(pdu.sender)}, ${L(pdu.origin_server_ts)}, ${L(pdu.depth)}, ${L(JSON.stringify(stored))}, null, ${L(pdu.depth)}, true, ${L(rejectedReason ?? null)}, false)`;
         });
-        const auth = chunk.flatMap(({ eventId, pdu }) => pdu.auth_events.map((a) => `(${L(eventId)}, ${L(a)}, ${room})`));
+        const auth = chunk.flatMap(({ eventId, pdu }) => referencedIds(pdu.auth_events).map((a) => `(${L(eventId)}, ${L(a)}, ${room})`));
         await tx.execute(sql.raw(`insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
           stream_ordering, topological_ordering, outlier, rejected_reason, soft_failed) values ${rows.join(", ")} on conflict (event_id) do nothing`));
         if (auth.length) await tx.execute(sql.raw(`insert into event_auth (event_id, auth_event_id, room_id) values ${auth.join(", ")} on conflict do nothing`));
@@ -627,8 +629,8 @@ export class EventPersister {
           `(${id}, ${room}, ${L(pdu.type)}, ${L(pdu.state_key ?? null)}, ${L(pdu.sender)}, ${L(pdu.origin_server_ts)}, ${L(pdu.depth)}, ${L(JSON.stringify(pdu))}, ` +
             `${position}, ${L(pdu.depth)}, ${L(outliers.has(e.eventId) ? outliers.get(e.eventId)! : (e.rejectedReason ?? null))}, false, ${L(e.stateBeforeGroup)}::bigint, null::bigint, null, false)`,
         );
-        for (const p of pdu.prev_events) edges.push(`(${id}, ${L(p)}, ${room})`);
-        for (const a of pdu.auth_events) auth.push(`(${id}, ${L(a)}, ${room})`);
+        for (const p of referencedIds(pdu.prev_events)) edges.push(`(${id}, ${L(p)}, ${room})`);
+        for (const a of referencedIds(pdu.auth_events)) auth.push(`(${id}, ${L(a)}, ${room})`);
         for (const r of relationRows(e.eventId, pdu.content)) relations.push(`(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`);
       });
       await tx.execute(sql.raw(`insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
@@ -1071,6 +1073,21 @@ export class EventPersister {
     };
   }
 
+  /**
+   * Room versions 1–2: turns the prev_events and auth_events of an unsigned PDU (event IDs) into
+   * `[event_id, {sha256: reference hash}]` pairs, as Synapse writes them.
+   */
+  private async hashReferences(lookUp: (eventId: string) => Promise<RoomEvent | undefined>, rules: RoomVersionRules, pdu: JsonObject): Promise<void> {
+    const hashes = new Map<string, string>();
+    for (const id of [...(pdu.prev_events as string[]), ...(pdu.auth_events as string[])]) {
+      if (hashes.has(id)) continue;
+      const event = await lookUp(id);
+      if (event) hashes.set(id, referenceHashes(rules, pduOf(rules, event)).sha256);
+    }
+    pdu.prev_events = eventReferences(rules, pdu.prev_events as string[], (id) => hashes.get(id));
+    pdu.auth_events = eventReferences(rules, pdu.auth_events as string[], (id) => hashes.get(id));
+  }
+
   /** Loads state events the auth rules need into the snapshot's event cache. */
   private async loadEvents(tx: Database, snapshot: RoomSnapshot, eventIds: readonly string[]): Promise<void> {
     const missing = eventIds.filter((id) => !snapshot.events.has(id));
@@ -1094,8 +1111,8 @@ export class EventPersister {
     const wanted = new Set<string>();
     for (const { eventId, pdu } of job.inputs) {
       wanted.add(eventId);
-      for (const id of pdu.prev_events) wanted.add(id);
-      for (const id of pdu.auth_events) wanted.add(id);
+      for (const id of referencedIds(pdu.prev_events)) wanted.add(id);
+      for (const id of referencedIds(pdu.auth_events)) wanted.add(id);
     }
     if (rules.roomIdIsCreateEventId) wanted.add(createEventIdOfRoom(snapshot.roomId));
     const known = new Map<string, KnownEvent>();
@@ -1188,7 +1205,7 @@ export class EventPersister {
 
     // Its auth events must all be known (the caller fetches them first).
     const createId = rules.roomIdIsCreateEventId ? createEventIdOfRoom(snapshot.roomId) : undefined;
-    const missingAuth = [...pdu.auth_events, ...(createId ? [createId] : [])].filter((id) => !known.has(id));
+    const missingAuth = [...referencedIds(pdu.auth_events), ...(createId ? [createId] : [])].filter((id) => !known.has(id));
     if (missingAuth.length > 0) return unplaced("unknown auth events", [...new Set(missingAuth)]);
     const authDecision = checkAuthAgainstAuthEvents(rules, event, (id) => {
       const k = known.get(id);
@@ -1205,7 +1222,7 @@ export class EventPersister {
       extraStateGroups.push(group);
       beforeRef = { id: group.id, chainLength: 0 };
     } else {
-      const prevs = [...new Set(pdu.prev_events)];
+      const prevs = [...new Set(referencedIds(pdu.prev_events))];
       if (prevs.length === 0) return unplaced("the event has no prev_events");
       const missingPrev = prevs.filter((id) => {
         const k = known.get(id);
@@ -1276,7 +1293,7 @@ export class EventPersister {
       return { toStore, outcome: { eventId, status: "rejected", reason: rejectedReason } };
     }
 
-    const prevSet = new Set(pdu.prev_events);
+    const prevSet = new Set(referencedIds(pdu.prev_events));
     const extremities = input.resetsCurrent ? [eventId] : [...snapshot.extremities.filter((x) => !prevSet.has(x)), eventId];
     const depth = Math.max(input.resetsCurrent ? 0 : snapshot.maxDepth, Number(pdu.depth));
     if (before === snapshot.state && softFailReason === undefined) {
@@ -1407,7 +1424,7 @@ export class EventPersister {
       const cached = k?.event ?? snapshot.events.get(id);
       if (cached && (!k || !k.stored)) {
         events.set(id, { event: cached, rejected: k?.rejected ?? false });
-        stack.push(...cached.auth_events);
+        stack.push(...referencedIds(cached.auth_events));
       } else seeds.add(id);
     }
     // In v12 no auth_events name the create event (the room ID does), but every auth chain holds it.
@@ -1431,7 +1448,29 @@ export class EventPersister {
       );
       for (const r of rows) if (!events.has(r.event_id)) events.set(r.event_id, { event: { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id }, rejected: r.rejected });
     }
-    return resolveState(snapshot.rules, states, (id) => events.get(id)?.event, { isRejected: (id) => events.get(id)?.rejected ?? false });
+    const fetchEvent = (id: string) => events.get(id)?.event;
+    const isRejected = (id: string) => events.get(id)?.rejected ?? false;
+    if (snapshot.rules.stateResolution === "v1") {
+      // v1 checks conflicted events against the unconflicted state, not their auth chains: load
+      // the unconflicted events of the types their auth rules read.
+      const wanted = [...unconflictedAuthEventIdsV1(snapshot.rules, states, fetchEvent, { isRejected })].filter((id) => !events.has(id));
+      for (const id of wanted) {
+        const k = known.get(id);
+        const cached = k?.event ?? snapshot.events.get(id);
+        if (cached) events.set(id, { event: cached, rejected: k?.rejected ?? false });
+      }
+      const missing = wanted.filter((id) => !events.has(id));
+      if (missing.length > 0) {
+        const rows = rowsOf<{ event_id: string; json: string; rejected: boolean }>(
+          await tx.execute(sql`select event_id, json, rejected_reason is not null as rejected from events where event_id in (${sql.join(
+            missing.map((id) => sql`${id}`),
+            sql`, `,
+          )})`),
+        );
+        for (const r of rows) events.set(r.event_id, { event: { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id }, rejected: r.rejected });
+      }
+    }
+    return resolveState(snapshot.rules, states, fetchEvent, { isRejected });
   }
 
   /**
@@ -1504,6 +1543,12 @@ export class EventPersister {
     this.fault("build", snapshot.roomId, template);
     const rules = snapshot.rules;
     const pdu = unsignedPdu(rules, snapshot.roomId, template, snapshot, this.now());
+    if (rules.eventFormat === "v1") {
+      // Room versions 1–2: the event carries an ID this server chose, and names its prev and auth
+      // events with their reference hashes.
+      pdu.event_id = newEventIdWithDomain(this.serverName);
+      await this.hashReferences(this.view(tx, snapshot).event, rules, pdu);
+    }
 
     let signed: Pdu;
     try {
@@ -1766,8 +1811,8 @@ export class EventPersister {
         `(${id}, ${room}, ${L(e.pdu.type)}, ${L(e.pdu.state_key ?? null)}, ${L(e.pdu.sender)}, ${originServerTs}, ` +
         `${L(e.pdu.depth)}, ${L(e.json)}, ${positionOf(i)}, ${L(e.pdu.depth)}, ${L(e.rejectedReason ?? null)}, ${L(e.softFailed)}, ` +
         `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)}, ${L(e.outOfBand !== undefined)})`,
-      edges: e.pdu.prev_events.map((p) => `(${id}, ${L(p)}, ${room})`),
-      auth: e.pdu.auth_events.map((a) => `(${id}, ${L(a)}, ${room})`),
+      edges: referencedIds(e.pdu.prev_events).map((p) => `(${id}, ${L(p)}, ${room})`),
+      auth: referencedIds(e.pdu.auth_events).map((a) => `(${id}, ${L(a)}, ${room})`),
       relations: relationRows(e.eventId, e.pdu.content).map((r) => `(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`),
       txn: e.txn && `(${L(e.txn.userId)}, ${L(e.txn.deviceId)}, ${L(e.txn.endpoint)}, ${L(e.txn.txnId)}, ${id}, ${ts})`,
       redaction:
@@ -2031,6 +2076,11 @@ function containsNul(value: unknown): boolean {
     for (const [k, v] of Object.entries(value)) if (k.includes("\u0000") || containsNul(v)) return true;
   }
   return false;
+}
+
+/** A room version 1–2 event ID of this server: `$opaque_id:domain` (rooms/fragments/v1-event-ids). */
+export function newEventIdWithDomain(serverName: string): string {
+  return `$${randomBytes(18).toString("base64url")}:${serverName}`;
 }
 
 /**
