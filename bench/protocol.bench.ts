@@ -1,6 +1,8 @@
 // The signed-event core on one core: Ed25519 verifications/s with our verifier (node:crypto,
 // cached KeyObject) against @noble/ed25519 and libsodium in the same run, and full PDU checks/s
-// (format + signature + content hash + event ID: checks 1–3 on receipt of a PDU).
+// (format + signature + content hash + event ID: checks 1–3 on receipt of a PDU) for a room
+// version 12 event and the same event in room version 1's format (event ID in the event, hashed
+// references, a second signature check when another server chose the ID).
 // Run: `npx tsx bench/protocol.bench.ts` (about 15 s). Ends with one BENCH_RESULT line.
 
 import { createHash } from "node:crypto";
@@ -51,6 +53,26 @@ const pdu = signEvent(
   "bench.example",
   key,
 );
+// The same event in a version 1 room: its ID chosen by its server, prev and auth events with hashes.
+const hashes = { sha256: "Rqnc+F+dvnEYJTyHq/iKxU2bZ1CI92+kuZq3a5lr5Zg" };
+const pduV1 = signEvent(
+  "1",
+  {
+    type: "m.room.member",
+    state_key: "@alice:bench.example",
+    sender: "@alice:bench.example",
+    room_id: "!NhcuBSUMnFXhBVfVSoX:bench.example",
+    event_id: "$1700000000000abcde:bench.example",
+    content: { membership: "join", displayname: "Alice Example", avatar_url: "mxc://bench.example/abcdefghijklmnop" },
+    origin_server_ts: 1_700_000_000_000,
+    depth: 1234,
+    prev_events: [["$1699999999999fghij:bench.example", hashes]],
+    auth_events: [["$1600000000000aaaaa:bench.example", hashes], ["$1600000000000bbbbb:bench.example", hashes]],
+    unsigned: { age: 42 },
+  },
+  "bench.example",
+  key,
+);
 const message = new TextEncoder().encode(canonicalJson({ ...pdu, signatures: undefined, unsigned: undefined }));
 const signature = signEd25519(key, message);
 
@@ -60,6 +82,7 @@ const checks: Array<[string, boolean]> = [
   ["@noble/ed25519 verifies", noble.verify(signature, message, key.publicKey)],
   ["libsodium verifies", sodium.crypto_sign_verify_detached(signature, message, key.publicKey)],
   ["PDU check passes", checkReceivedPdu("12", pdu, () => key.publicKey).ok],
+  ["v1 PDU check passes", checkReceivedPdu("1", pduV1, () => key.publicKey).ok],
 ];
 for (const [what, ok] of checks) if (!ok) throw new Error(`benchmark setup is wrong: ${what} failed`);
 
@@ -76,6 +99,7 @@ record("ed25519 verify (libsodium)", measure(() => sodium.crypto_sign_verify_det
 record("ed25519 sign (node:crypto)", measure(() => signEd25519(key, message)));
 record("canonical JSON of a PDU", measure(() => canonicalJson(pdu)));
 record("event ID (redact + reference hash)", measure(() => computeEventId("12", pdu)));
-record("full PDU check (format+signature+hash+ID)", measure(() => checkReceivedPdu("12", pdu, () => key.publicKey)));
+record("full PDU check, room version 12", measure(() => checkReceivedPdu("12", pdu, () => key.publicKey)));
+record("full PDU check, room version 1", measure(() => checkReceivedPdu("1", pduV1, () => key.publicKey)));
 
 process.stdout.write(`BENCH_RESULT ${JSON.stringify({ bench: "protocol", results })}\n`);
