@@ -119,6 +119,22 @@ describe.each(VERSIONS)("room version %s", (version) => {
     expect(onHs1["m.room.topic|"]).toBeDefined();
   });
 
+  it("invites a user of another server, who rejects one invite and accepts another", async () => {
+    const rejected = await alice.createRoom({ room_version: version, preset: "private_chat" });
+    const invite1 = await alice.call("POST", roomPath(rejected, "/invite"), { user_id: bob.userId });
+    expect(invite1.status, JSON.stringify(invite1.json)).toBe(200);
+    const leave = await bob.call("POST", roomPath(rejected, "/leave"), {});
+    expect(leave.status, JSON.stringify(leave.json)).toBe(200);
+    await eventually(async () => expect((await alice.state(rejected, "m.room.member", bob.userId)).json.membership).toBe("leave"));
+
+    const accepted = await alice.createRoom({ room_version: version, preset: "private_chat" });
+    const invite2 = await alice.call("POST", roomPath(accepted, "/invite"), { user_id: bob.userId });
+    expect(invite2.status, JSON.stringify(invite2.json)).toBe(200);
+    const join = await bob.call("POST", `/_matrix/client/v3/join/${enc(accepted)}`, {});
+    expect(join.status, JSON.stringify(join.json)).toBe(200);
+    await eventually(async () => expect((await alice.state(accepted, "m.room.member", bob.userId)).json.membership).toBe("join"));
+  });
+
   it(`knocking ${Number(version) >= 7 ? "works" : "is refused"}`, async () => {
     const knockRoom = await alice.createRoom({ room_version: version, preset: "private_chat" });
     const rule = await alice.setState(knockRoom, "m.room.join_rules", { join_rule: "knock" });

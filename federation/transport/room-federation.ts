@@ -734,6 +734,8 @@ export class RoomFederation {
     });
     if (!draft.allowed) throw forbidden(`You may not invite this user: ${draft.reason ?? ""}`.trim());
     const version = draft.version;
+    // Room versions 1–2: an event of ours carries the ID we choose for it.
+    if (roomVersionRules(version).eventFormat === "v1") draft.pdu.event_id = newEventIdWithDomain(this.d.serverName);
     const signed = signEvent(version, draft.pdu, this.d.serverName, this.d.signingKey);
     const eventId = computeEventId(version, signed);
     const inviteRoomState = await this.strippedState(roomId, inviter);
