@@ -1,5 +1,6 @@
 // https://spec.matrix.org/latest/client-server-api/#sending-events-to-a-room (room_send.yaml, room_state.yaml)
 // https://spec.matrix.org/latest/client-server-api/#redactions (redaction.yaml)
+import { randomUUID } from "node:crypto";
 import { z } from "zod";
 import { route } from "../../../http/route.ts";
 import { jsonObject } from "../../../http/safe-json.ts";
@@ -50,4 +51,19 @@ export const redact = route({
   },
 });
 
-export const sendRoutes = [sendMessage, setState, setStateEmptyKeySlash, setStateEmptyKey, redact];
+/**
+ * `POST /rooms/{roomId}/redact/{eventId}` without a transaction ID: the r0 form, which Synapse still
+ * serves and sytest uses. Each request is a new redaction (nothing to deduplicate it by).
+ */
+export const redactWithoutTxn = route({
+  method: "POST",
+  path: "/_matrix/client/v3/rooms/:roomId/redact/:eventId",
+  auth: "user",
+  body: z.looseObject({ reason: z.string().optional() }),
+  async handler({ requester, params, body }, services) {
+    const eventId = await services.rooms.redact(requester, params.roomId!, params.eventId!, `post-${randomUUID()}`, body.reason);
+    return { event_id: eventId };
+  },
+});
+
+export const sendRoutes = [sendMessage, setState, setStateEmptyKeySlash, setStateEmptyKey, redact, redactWithoutTxn];
