@@ -39,7 +39,7 @@ import type { Logger } from "pino";
 import { type Database, type OpenedDatabase, inlineSql, rowsOf, sqlLiteral } from "../../schema/db.ts";
 import { CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
 import { authTypesForEvent, selectAuthEvents } from "../../federation/protocol/auth-events-selection.ts";
-import { checkAuth, checkAuthAgainstAuthEvents, userPowerLevel } from "../../federation/protocol/auth-rules.ts";
+import { checkAuth, checkAuthAgainstAuthEvents, powerLevelValue, userPowerLevel } from "../../federation/protocol/auth-rules.ts";
 import { resolveState } from "../../federation/protocol/state-resolution.ts";
 import { unconflictedAuthEventIdsV1 } from "../../federation/protocol/state-resolution-v1.ts";
 import { computeEventId, computeRoomIdFromCreateEvent, createEventIdOfRoom, referenceHashes } from "../../federation/protocol/event-hashes.ts";
@@ -1390,7 +1390,7 @@ export class EventPersister {
     const create = get(state.get(stateMapKey("m.room.create", "")));
     const powerLevels = get(state.get(stateMapKey("m.room.power_levels", "")));
     const level = userPowerLevel(snapshot.rules, redaction.sender, create, powerLevels);
-    const needed = typeof powerLevels?.content.redact === "number" ? powerLevels.content.redact : 50;
+    const needed = powerLevelValue(snapshot.rules, powerLevels?.content.redact) ?? 50;
     return level >= needed;
   }
 

@@ -9,7 +9,7 @@ import { and, eq, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import { canonicalJson, CanonicalJsonError } from "../../federation/protocol/canonical-json.ts";
-import { userPowerLevel } from "../../federation/protocol/auth-rules.ts";
+import { powerLevelValue, userPowerLevel } from "../../federation/protocol/auth-rules.ts";
 import { byteLength, isValidUserId, serverNameOf } from "../../federation/protocol/identifiers.ts";
 import type { RoomEvent } from "../../federation/protocol/pdu.ts";
 import { DEFAULT_ROOM_VERSION, isSupportedRoomVersion, roomVersionRules } from "../../federation/protocol/room-versions.ts";
@@ -578,7 +578,7 @@ export class Rooms {
         const create = await view.stateEvent("m.room.create", "");
         const powerLevels = await view.stateEvent("m.room.power_levels", "");
         const level = userPowerLevel(view.rules, requester.userId, create, powerLevels);
-        const redactLevel = typeof powerLevels?.content.redact === "number" ? powerLevels.content.redact : 50;
+        const redactLevel = powerLevelValue(view.rules, powerLevels?.content.redact) ?? 50;
         if (level < redactLevel) throw forbidden("You may only redact your own events, or need the redact power level");
       }
       return [{ type: "m.room.redaction", sender: requester.userId, content, redacts: target, txn }];
