@@ -104,6 +104,8 @@ describe.each(VERSIONS)("room version %s", (version) => {
       const res = await bob.call("GET", roomPath(roomId, `/event/${enc(aliceMessage)}`));
       expect(res.status, JSON.stringify(res.json)).toBe(200);
       expect(res.json.content).toEqual({});
+      expect(res.json.unsigned.redacted_because.event_id).toBe(redaction.json.event_id);
+      expect(res.json.unsigned.redacted_by).toBe(redaction.json.event_id);
     });
 
     // Bob (power 0) redacts his own message with the r0 form (no transaction ID): in v1–2 the auth

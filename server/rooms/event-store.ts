@@ -226,7 +226,11 @@ export function clientEvent(event: StoredEvent, now: number, extras: ClientEvent
     unsigned.prev_sender = extras.prev.sender;
     unsigned.replaces_state = extras.prev.eventId;
   }
-  if (extras.redactedBecause) unsigned.redacted_because = extras.redactedBecause;
+  if (extras.redactedBecause) {
+    unsigned.redacted_because = extras.redactedBecause;
+    // Not in the spec, but Synapse sets it beside redacted_because and clients and sytest read it.
+    if (typeof extras.redactedBecause.event_id === "string") unsigned.redacted_by = extras.redactedBecause.event_id;
+  }
   out.unsigned = unsigned;
   return out;
 }
