@@ -1,6 +1,7 @@
 // Parley's configuration: one YAML file, every key documented here once, every key also settable
 // by an environment variable that overrides the file. `parley generate-config` and the README's
 // configuration table are both generated from the table below.
+import { DEFAULT_ROOM_VERSION, isSupportedRoomVersion, SUPPORTED_ROOM_VERSIONS } from "../federation/protocol/room-versions.ts";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import YAML from "yaml";
@@ -211,6 +212,12 @@ export const configKeys = {
     schema: rateLimitSchema,
     default: "300/50ms",
     doc: "Authenticated requests allowed per user, all endpoints together: a generous guard against runaway clients.",
+  }),
+  default_room_version: key({
+    env: "PARLEY_DEFAULT_ROOM_VERSION",
+    schema: z.string().refine(isSupportedRoomVersion, `not a supported room version (${SUPPORTED_ROOM_VERSIONS.join(", ")})`),
+    default: DEFAULT_ROOM_VERSION,
+    doc: "The room version of rooms created without one, and the default the capabilities advertise. The spec recommends 12; older servers in a federation may need an older one (Synapse 1.67 defaults to 9).",
   }),
   access_token_lifetime_ms: key({
     env: "PARLEY_ACCESS_TOKEN_LIFETIME_MS",

@@ -93,6 +93,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       accounts: accountServices.accounts,
       userData: accountServices.userData,
       persisterFaults: options.persisterFaults,
+      defaultRoomVersion: config.default_room_version,
     });
     const syncServices = createSyncServices({
       database,

@@ -6,7 +6,7 @@
 // https://spec.matrix.org/latest/rooms/
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Network, startNetwork } from "./federation-harness.ts";
-import type { TestServer } from "./harness.ts";
+import { startTestServer, type TestServer } from "./harness.ts";
 import { type RoomUser, registerRoomUser, roomPath, timeline } from "./rooms-helpers.ts";
 
 let net: Network;
@@ -54,6 +54,24 @@ describe("capabilities", () => {
       default: "12",
       available: Object.fromEntries(VERSIONS.map((v) => [v, "stable"])),
     });
+  });
+});
+
+describe("default_room_version", () => {
+  it("sets the version of rooms created without one and the advertised default", async () => {
+    const hs = await startTestServer({ config: { default_room_version: "9" } });
+    try {
+      const carol = await registerRoomUser(hs.url, "carol");
+      const caps = await carol.call("GET", "/_matrix/client/v3/capabilities");
+      expect(caps.json.capabilities["m.room_versions"].default).toBe("9");
+      const roomId = await carol.createRoom({});
+      expect((await carol.state(roomId, "m.room.create")).json.room_version).toBe("9");
+      const v12 = await carol.createRoom({ room_version: "12" });
+      expect((await carol.state(v12, "m.room.create")).json.room_version).toBe("12");
+    } finally {
+      await hs.destroy();
+    }
+    await expect(startTestServer({ config: { default_room_version: "13" } })).rejects.toThrow(/default_room_version/);
   });
 });
 

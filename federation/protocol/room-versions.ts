@@ -143,8 +143,8 @@ export function roomVersionRules(version: string | RoomVersionRules): RoomVersio
  * The `m.room_versions` capability (`GET /capabilities`). "available" lists the versions this
  * server supports, not every stable version: a client may create a room in any of them.
  */
-export function roomVersionsCapability(): { default: string; available: Record<string, "stable" | "unstable"> } {
+export function roomVersionsCapability(defaultVersion = DEFAULT_ROOM_VERSION): { default: string; available: Record<string, "stable" | "unstable"> } {
   const available: Record<string, "stable" | "unstable"> = {};
   for (const id of SUPPORTED_ROOM_VERSIONS) available[id] = "stable";
-  return { default: DEFAULT_ROOM_VERSION, available };
+  return { default: defaultVersion, available };
 }

@@ -39,12 +39,14 @@ export function createRoomServices(options: {
   userData: UserData;
   /** Test-only fault injection into the persist path (StartOptions.persisterFaults). */
   persisterFaults?: PersistFaults;
+  /** The version of rooms created without one (config `default_room_version`). */
+  defaultRoomVersion?: string;
 }): RoomServices {
   const { database, serverName, signingKey, now, logger, accounts, userData } = options;
   const db = database.db;
   const persister = new EventPersister(database, serverName, signingKey, now, logger, options.persisterFaults);
   const aliases = new RoomAliases(db, serverName, now);
-  const rooms = new Rooms(db, persister, accounts, aliases, serverName, logger);
+  const rooms = new Rooms(db, persister, accounts, aliases, serverName, logger, options.defaultRoomVersion);
   const eventStore = new EventStore(db, now);
   const visibility = new HistoryVisibility(db);
   const timeline = new Timeline(db, rooms, eventStore, visibility);

@@ -67,6 +67,8 @@ export class Rooms {
     private readonly aliases: RoomAliases,
     private readonly serverName: string,
     private readonly logger: Logger,
+    /** The version of rooms created without one. */
+    readonly defaultRoomVersion: string = DEFAULT_ROOM_VERSION,
   ) {}
 
   // ---- Queries ---------------------------------------------------------------------------------------
@@ -259,7 +261,7 @@ export class Rooms {
   // ---- Creating rooms --------------------------------------------------------------------------------
 
   async createRoom(requester: Requester, request: CreateRoomRequest): Promise<string> {
-    const version = request.room_version ?? DEFAULT_ROOM_VERSION;
+    const version = request.room_version ?? this.defaultRoomVersion;
     if (!isSupportedRoomVersion(version)) {
       throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", `Room version ${JSON.stringify(version).slice(0, 40)} is not supported`);
     }

@@ -7,14 +7,14 @@ export const capabilities = route({
   path: "/_matrix/client/v3/capabilities",
   auth: "user",
   allowGuests: true,
-  handler: () => ({
+  handler: (_request, services) => ({
     capabilities: {
       "m.change_password": { enabled: true },
       "m.set_displayname": { enabled: true },
       "m.set_avatar_url": { enabled: true },
       "m.3pid_changes": { enabled: false },
       "m.get_login_token": { enabled: false },
-      "m.room_versions": roomVersionsCapability(),
+      "m.room_versions": roomVersionsCapability(services.rooms.defaultRoomVersion),
     },
   }),
 });
