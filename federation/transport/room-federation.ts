@@ -497,8 +497,10 @@ export class RoomFederation {
       prev_events: template.prev_events,
       auth_events: template.auth_events,
     };
-    // Room versions 1–2: the event's ID is ours to choose (and our signature covers it).
+    // Room versions 1–2: the event's ID is ours to choose (and our signature covers it). Before
+    // v11 the event names its origin server, as the persister's events do.
     if (roomVersionRules(version).eventFormat === "v1") pdu.event_id = newEventIdWithDomain(this.d.serverName);
+    if (roomVersionRules(version).redaction !== "v11") pdu.origin = this.d.serverName;
     const signed = signEvent(version, pdu, this.d.serverName, this.d.signingKey);
     return { version, signed, eventId: computeEventId(version, signed) };
   }
@@ -739,12 +741,27 @@ export class RoomFederation {
     const signed = signEvent(version, draft.pdu, this.d.serverName, this.d.signingKey);
     const eventId = computeEventId(version, signed);
     const inviteRoomState = await this.strippedState(roomId, inviter);
-    const res = await this.call(server, "PUT", `/_matrix/federation/v2/invite/${enc(roomId)}/${enc(eventId)}`, {
+    const v2 = await this.rawCall(server, "PUT", `/_matrix/federation/v2/invite/${enc(roomId)}/${enc(eventId)}`, {
       event: signed,
       room_version: version,
       invite_room_state: inviteRoomState,
     });
-    const [back] = await this.d.checker.check(version, [asObject(res.body).event]);
+    let answered: unknown;
+    const unrecognised = (v2.status === 404 || v2.status === 400) && asObject(v2.body).errcode === "M_UNRECOGNIZED";
+    if (unrecognised && roomVersionRules(version).eventFormat === "v1") {
+      // A server without the v2 API (deprecated v1: the event is the body, the stripped state in
+      // its unsigned; the answer is `[200, {event}]`), for the room versions that API knows, as
+      // Synapse falls back.
+      const v1 = await this.call(server, "PUT", `/_matrix/federation/v1/invite/${enc(roomId)}/${enc(eventId)}`, {
+        ...signed,
+        unsigned: { ...asObject(signed.unsigned), invite_room_state: inviteRoomState },
+      });
+      answered = Array.isArray(v1.body) ? asObject(v1.body[1]).event : undefined;
+    } else {
+      if (unrecognised) throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", `${server} does not support this room's version`);
+      answered = asObject(this.answerOf(server, v2).body).event;
+    }
+    const [back] = await this.d.checker.check(version, [answered]);
     if (!back?.ok || back.eventId !== eventId || back.redacted) {
       throw new MatrixError(502, "M_UNKNOWN", `${server} answered the invite with an event that is not ours`);
     }
@@ -804,12 +821,20 @@ export class RoomFederation {
 
   /** A signed request; a refusal becomes the MatrixError the client should see. */
   private async call(server: string, method: "GET" | "PUT" | "POST", path: string, body?: unknown): Promise<FederationResponse> {
-    let res: FederationResponse;
+    return this.answerOf(server, await this.rawCall(server, method, path, body));
+  }
+
+  /** A request whatever its status; throws 502 only when the server cannot be reached. */
+  private async rawCall(server: string, method: "GET" | "PUT" | "POST", path: string, body?: unknown): Promise<FederationResponse> {
     try {
-      res = await this.d.http.request(server, { method, path, ...(body === undefined ? {} : { body }) });
+      return await this.d.http.request(server, { method, path, ...(body === undefined ? {} : { body }) });
     } catch (err) {
       throw new MatrixError(502, "M_UNKNOWN", `${server} could not be reached: ${err instanceof Error ? err.message.slice(0, 200) : "error"}`);
     }
+  }
+
+  /** A 200 answer, or its error as ours to pass on (403, 404 and 400 kept, anything else 502). */
+  private answerOf(server: string, res: FederationResponse): FederationResponse {
     if (res.status === 200) return res;
     const answer = typeof res.body === "object" && res.body !== null ? (res.body as JsonObject) : {};
     const errcode = typeof answer.errcode === "string" ? answer.errcode.slice(0, 100) : "M_UNKNOWN";

@@ -60,6 +60,27 @@ export const inviteV2 = route({
   },
 });
 
+// https://spec.matrix.org/latest/server-server-api/#put_matrixfederationv1inviteroomideventid
+// Deprecated, for room versions 1 and 2 (which it assumes is the room's: the body carries no
+// version, and Synapse takes it as 1): the body is the event, its `unsigned.invite_room_state` the
+// stripped state; the answer is `[200, {event}]`.
+export const inviteV1 = route({
+  method: "PUT",
+  path: "/_matrix/federation/v1/invite/:roomId/:eventId",
+  auth: "server",
+  body: jsonObject,
+  async handler({ origin, params, body }, services) {
+    const unsigned = typeof body.unsigned === "object" && body.unsigned !== null ? (body.unsigned as Record<string, unknown>) : {};
+    const inviteRoomState = Array.isArray(unsigned.invite_room_state) ? unsigned.invite_room_state : [];
+    const answer = await roomFederation(services).receiveInvite(origin, params.roomId!, params.eventId!, {
+      event: body,
+      room_version: "1",
+      invite_room_state: inviteRoomState,
+    });
+    return [200, answer];
+  },
+});
+
 // https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1make_leaveroomiduserid
 export const makeLeave = route({
   method: "GET",
@@ -114,4 +135,4 @@ export const sendKnock = route({
   },
 });
 
-export const federationMembershipRoutes = [makeJoin, sendJoinV2, sendJoinV1, inviteV2, makeLeave, sendLeaveV2, sendLeaveV1, makeKnock, sendKnock];
+export const federationMembershipRoutes = [makeJoin, sendJoinV2, sendJoinV1, inviteV2, inviteV1, makeLeave, sendLeaveV2, sendLeaveV1, makeKnock, sendKnock];
