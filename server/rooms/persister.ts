@@ -1116,6 +1116,9 @@ export class EventPersister {
     }
     if (rules.roomIdIsCreateEventId) wanted.add(createEventIdOfRoom(snapshot.roomId));
     const known = new Map<string, KnownEvent>();
+    // Events another room holds under an ID these events name: never prev events here, but an auth
+    // event in another room is a reason to reject (rule "auth events in the same room").
+    const foreign = new Map<string, RoomEvent>();
     const ids = [...wanted];
     for (let c = 0; c < ids.length; c += 500) {
       const rows = rowsOf<{
@@ -1136,7 +1139,10 @@ export class EventPersister {
           )})`),
       );
       for (const r of rows) {
-        if (r.room_id !== snapshot.roomId) continue;
+        if (r.room_id !== snapshot.roomId) {
+          foreign.set(r.event_id, { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id });
+          continue;
+        }
         const group = r.state_after_group ?? r.state_before_group;
         known.set(r.event_id, {
           event: { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id },
@@ -1151,7 +1157,7 @@ export class EventPersister {
     for (const input of job.inputs) {
       const mark = undo.mark();
       try {
-        const { toStore, outcome } = await this.buildOneRemote(tx, snapshot, undo, input, known);
+        const { toStore, outcome } = await this.buildOneRemote(tx, snapshot, undo, input, known, foreign);
         job.outcomes.push(outcome);
         if (toStore) out.push(toStore);
       } catch (err) {
@@ -1170,6 +1176,7 @@ export class EventPersister {
     undo: UndoLog,
     input: RemoteEventInput,
     known: Map<string, KnownEvent>,
+    foreign: ReadonlyMap<string, RoomEvent>,
   ): Promise<{ toStore?: EventToStore; outcome: RemoteEventOutcome }> {
     const { eventId } = input;
     const rules = snapshot.rules;
@@ -1205,11 +1212,13 @@ export class EventPersister {
 
     // Its auth events must all be known (the caller fetches them first).
     const createId = rules.roomIdIsCreateEventId ? createEventIdOfRoom(snapshot.roomId) : undefined;
-    const missingAuth = [...referencedIds(pdu.auth_events), ...(createId ? [createId] : [])].filter((id) => !known.has(id));
+    const missingAuth = [...referencedIds(pdu.auth_events), ...(createId ? [createId] : [])].filter((id) => !known.has(id) && !foreign.has(id));
     if (missingAuth.length > 0) return unplaced("unknown auth events", [...new Set(missingAuth)]);
     const authDecision = checkAuthAgainstAuthEvents(rules, event, (id) => {
       const k = known.get(id);
-      return k ? { event: k.event, rejected: k.rejected } : undefined;
+      if (k) return { event: k.event, rejected: k.rejected };
+      const elsewhere = foreign.get(id);
+      return elsewhere ? { event: elsewhere, rejected: false } : undefined;
     });
 
     // The state before it.
