@@ -45,6 +45,9 @@ type Judged = { event: RoomEvent; rejected: boolean; reason?: string };
 
 /** Events of the state at a gap fetched one by one (`/event`) at most; past that, the whole state (`/state`). */
 const MAX_EVENTS_FETCHED_ONE_BY_ONE = 100;
+/** Prev events we lack whose states are fetched one by one (/state_ids); past this, the whole /state. */
+const MAX_PREV_STATES_FETCHED = 5;
+
 /** Missing events asked for at once when a received event's prev_events are unknown. */
 const MISSING_EVENTS_LIMIT = 10;
 /** Remembered relays and suppressed fan-outs (entries live only from a persist to its commit). */
@@ -199,10 +202,19 @@ export class RoomFederation {
     for (const [k, i] of unplaced.entries()) {
       let outcome = again[k]!;
       if (outcome.status === "unplaced" && outcome.reason === "unknown prev events") {
-        // The gap could not be closed: the event is placed on the state the sender says it had.
+        // The gap could not be closed: the event is placed on the states the sender says its
+        // missing prev_events had (resolved with those we hold), or else on the whole state the
+        // sender says it had before it.
         try {
-          const stateBefore = await this.fetchStateBefore(origin, roomId, version, inputs[i]!);
-          [outcome] = (await this.d.persister.enqueueRemote(roomId, [{ ...inputs[i]!, stateBefore }])) as [RemoteEventOutcome];
+          const prevStates = await this.fetchPrevStates(origin, roomId, version, outcome.missing ?? []).catch((err: unknown) => {
+            this.d.logger.info({ err, origin, eventId: inputs[i]!.eventId }, "could not fetch the state after a missing prev event");
+            return undefined;
+          });
+          if (prevStates) [outcome] = (await this.d.persister.enqueueRemote(roomId, [{ ...inputs[i]!, prevStates }])) as [RemoteEventOutcome];
+          if (outcome.status === "unplaced" && outcome.reason === "unknown prev events") {
+            const stateBefore = await this.fetchStateBefore(origin, roomId, version, inputs[i]!);
+            [outcome] = (await this.d.persister.enqueueRemote(roomId, [{ ...inputs[i]!, stateBefore }])) as [RemoteEventOutcome];
+          }
         } catch (err) {
           this.d.logger.info({ err, origin, eventId: inputs[i]!.eventId }, "could not fetch the state before a received event");
         }
@@ -251,40 +263,54 @@ export class RoomFederation {
     await this.storeOutliers(roomId, version, pdus);
   }
 
-  /** The state before an event as `origin` has it (and its auth chain), stored as outliers. */
-  private async fetchStateBefore(origin: string, roomId: string, version: string, input: RemoteEventInput): Promise<Map<StateMapKey, string>> {
-    // One prev_event we lack (the usual gap): the state after it is the state at it (/state_ids),
-    // plus the event itself when it is a state event — fetching only the events we do not hold,
-    // as Synapse does. Otherwise, or when too much is missing, the whole state at the event.
-    const prevs = referencedIds(input.pdu.prev_events);
-    const missingPrevs = await this.unknownEvents(prevs);
-    if (prevs.length === 1 && missingPrevs.length === 1) {
-      const prev = prevs[0]!;
+  /**
+   * The states after the prev_events of an event that we cannot place, as `origin` has them (each
+   * with its auth chain, stored as outliers): for each, the state at it (/state_ids) plus the event
+   * itself when it is a state event, fetching only the events we do not hold, as Synapse does. The
+   * persister resolves them with the states after the prev_events we hold. Undefined when a
+   * state is too large to fetch event by event or cannot be had: the caller then asks for the whole
+   * state before the event.
+   */
+  private async fetchPrevStates(
+    origin: string,
+    roomId: string,
+    version: string,
+    missing: readonly string[],
+  ): Promise<Map<string, Map<StateMapKey, string>> | undefined> {
+    if (missing.length === 0 || missing.length > MAX_PREV_STATES_FETCHED) return undefined;
+    const out = new Map<string, Map<StateMapKey, string>>();
+    for (const prev of missing) {
       const { pduIds, authChainIds } = await this.d.history.stateIds(origin, roomId, prev);
       const wanted = [...new Set([...pduIds, ...authChainIds, prev])];
       const held = await this.d.eventStore.getEvents(wanted);
       const lacking = wanted.filter((id) => !held.has(id));
-      if (lacking.length <= MAX_EVENTS_FETCHED_ONE_BY_ONE) {
-        const fetched: unknown[] = [];
-        for (let k = 0; k < lacking.length; k += 10) {
-          const batch = await Promise.all(lacking.slice(k, k + 10).map((id) => this.d.history.getEvent(origin, id).catch(() => undefined)));
-          for (const pdu of batch) if (pdu !== undefined) fetched.push(pdu);
-        }
-        const stored = await this.storeOutliers(roomId, version, fetched);
-        const eventOf = (id: string): { event: RoomEvent; rejected: boolean } | undefined => {
-          const s = stored.get(id);
-          if (s) return s;
-          const h = held.get(id);
-          return h && h.roomId === roomId ? { event: { ...(h.pdu as unknown as Pdu), event_id: id }, rejected: h.rejected } : undefined;
-        };
-        const state = new Map<StateMapKey, string>();
-        for (const id of [...pduIds, prev]) {
-          const found = eventOf(id);
-          if (found && !found.rejected && typeof found.event.state_key === "string") state.set(stateMapKey(found.event.type, found.event.state_key), id);
-        }
-        return state;
+      if (lacking.length > MAX_EVENTS_FETCHED_ONE_BY_ONE) return undefined;
+      const fetched: unknown[] = [];
+      for (let k = 0; k < lacking.length; k += 10) {
+        const batch = await Promise.all(lacking.slice(k, k + 10).map((id) => this.d.history.getEvent(origin, id).catch(() => undefined)));
+        for (const pdu of batch) if (pdu !== undefined) fetched.push(pdu);
       }
+      const stored = await this.storeOutliers(roomId, version, fetched);
+      const eventOf = (id: string): { event: RoomEvent; rejected: boolean } | undefined => {
+        const s = stored.get(id);
+        if (s) return s;
+        const h = held.get(id);
+        return h && h.roomId === roomId ? { event: { ...(h.pdu as unknown as Pdu), event_id: id }, rejected: h.rejected } : undefined;
+      };
+      // The prev event itself must be had: the state after it names it.
+      if (!eventOf(prev)) return undefined;
+      const state = new Map<StateMapKey, string>();
+      for (const id of [...pduIds, prev]) {
+        const found = eventOf(id);
+        if (found && !found.rejected && typeof found.event.state_key === "string") state.set(stateMapKey(found.event.type, found.event.state_key), id);
+      }
+      out.set(prev, state);
     }
+    return out;
+  }
+
+  /** The whole state before an event as `origin` has it (/state, with its auth chain), stored as outliers. */
+  private async fetchStateBefore(origin: string, roomId: string, version: string, input: RemoteEventInput): Promise<Map<StateMapKey, string>> {
     const { pdus, authChain } = await this.d.history.state(origin, roomId, input.eventId);
     const stored = await this.storeOutliers(roomId, version, [...authChain, ...pdus]);
     return stateOf(version, pdus, stored);

@@ -192,6 +192,12 @@ export interface RemoteEventInput {
    */
   stateBefore?: ReadonlyMap<StateMapKey, string>;
   /**
+   * The state after prev_events this server does not hold, as the sender has it (/state_ids at the
+   * prev event plus the event): resolved with the states after the prev_events we do hold, as if
+   * we held them all.
+   */
+  prevStates?: ReadonlyMap<string, ReadonlyMap<StateMapKey, string>>;
+  /**
    * The event becomes the room's only forward extremity and its state the current state (our own
    * join into a room through another server: what we knew of the room before is out of date).
    */
@@ -1233,15 +1239,35 @@ export class EventPersister {
     } else {
       const prevs = [...new Set(referencedIds(pdu.prev_events))];
       if (prevs.length === 0) return unplaced("the event has no prev_events");
+      const supplied = input.prevStates;
       const missingPrev = prevs.filter((id) => {
+        if (supplied?.has(id)) return false;
         const k = known.get(id);
         return !k || k.outlier || k.group === undefined;
       });
       if (missingPrev.length > 0) return unplaced("unknown prev events", missingPrev);
       const groups = new Map<number, KnownEvent>();
-      for (const id of prevs) groups.set(known.get(id)!.group!, known.get(id)!);
+      const suppliedStates: Array<ReadonlyMap<StateMapKey, string>> = [];
+      for (const id of prevs) {
+        const k = known.get(id);
+        if (k && !k.outlier && k.group !== undefined) groups.set(k.group, k);
+        else suppliedStates.push(supplied!.get(id)!);
+      }
       const current = snapshot.stateGroup?.id;
-      if (groups.size === 1 && current !== undefined && groups.has(current)) {
+      if (suppliedStates.length > 0) {
+        // States of prev events we lack, with those of the ones we hold: resolved, kept whole.
+        const states: Array<ReadonlyMap<StateMapKey, string>> = [...suppliedStates];
+        for (const [group, k] of groups) {
+          if (group === current) states.push(snapshot.state);
+          else if (k.state) states.push(k.state);
+          else if (k.stored) states.push(await loadStateGroup(tx, group));
+          else return unplaced("its prev events' state is not at hand in this batch; send it again");
+        }
+        before = states.length === 1 ? new Map(states[0]) : await this.resolveStates(tx, snapshot, states, known);
+        const group: NewStateGroup = { id: await this.groupIds.next(tx), prev: undefined, chainLength: 0, entries: new Map(before) };
+        extraStateGroups.push(group);
+        beforeRef = { id: group.id, chainLength: 0 };
+      } else if (groups.size === 1 && current !== undefined && groups.has(current)) {
         before = snapshot.state;
         beforeRef = snapshot.stateGroup;
       } else {
