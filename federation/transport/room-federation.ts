@@ -201,10 +201,13 @@ export class RoomFederation {
     const again = await this.d.persister.enqueueRemote(roomId, unplaced.map((i) => inputs[i]!));
     for (const [k, i] of unplaced.entries()) {
       let outcome = again[k]!;
-      if (outcome.status === "unplaced" && outcome.reason === "unknown prev events") {
-        // The gap could not be closed: the event is placed on the states the sender says its
-        // missing prev_events had (resolved with those we hold), or else on the whole state the
-        // sender says it had before it.
+      if (outcome.status === "unplaced" && outcome.reason === "unknown prev events" && !fetchMissing) {
+        // A pulled event (from get_missing_events) whose gap could not be closed: placed on the
+        // states the sender says its missing prev_events had (resolved with those we hold), or
+        // else on the whole state the sender says it had before it. Not a pushed one (`fetchMissing`):
+        // get_missing_events failed to close its gap, and an event pushed to us could otherwise
+        // make the room's state whatever its sender says; it stays an outlier, as Synapse refuses
+        // it ("Your server isn't divulging details about prev_events").
         try {
           const prevStates = await this.fetchPrevStates(origin, roomId, version, outcome.missing ?? []).catch((err: unknown) => {
             this.d.logger.info({ err, origin, eventId: inputs[i]!.eventId }, "could not fetch the state after a missing prev event");
@@ -773,7 +776,11 @@ export class RoomFederation {
       invite_room_state: inviteRoomState,
     });
     let answered: unknown;
-    const unrecognised = (v2.status === 404 || v2.status === 400) && asObject(v2.body).errcode === "M_UNRECOGNIZED";
+    // An endpoint the server does not have: 404 or 405 without an errcode, or M_UNRECOGNIZED (as
+    // Synapse tells them apart).
+    const errcode = asObject(v2.body).errcode;
+    const unrecognised =
+      ((v2.status === 404 || v2.status === 405) && errcode === undefined) || ((v2.status === 404 || v2.status === 400) && errcode === "M_UNRECOGNIZED");
     if (unrecognised && roomVersionRules(version).eventFormat === "v1") {
       // A server without the v2 API (deprecated v1: the event is the body, the stripped state in
       // its unsigned; the answer is `[200, {event}]`), for the room versions that API knows, as
@@ -828,7 +835,8 @@ export class RoomFederation {
     }
     if (serverNameOf(e.sender) !== origin) throw forbidden("The inviter is not on the requesting server");
     if (serverNameOf(e.state_key) !== this.d.serverName) throw forbidden("The invitee is not a user of this server");
-    if (!(await this.d.accounts.getProfile(e.state_key))) throw notFound("Unknown user");
+    // No check that the user exists: the spec asks none, and Synapse 1.67 signs invites for any
+    // user ID of its own (sytest relies on it); an invite to nobody is never seen.
     const current = await this.d.rooms.membership(roomId, e.state_key);
     if (current?.membership === "join" || current?.membership === "ban") throw forbidden(`The user's membership is ${current.membership}`);
     const signed = signEvent(version, pduOf(version, e), this.d.serverName, this.d.signingKey);

@@ -82,9 +82,10 @@ export const getMissingEvents = route({
   path: "/_matrix/federation/v1/get_missing_events/:roomId",
   auth: "server",
   body: z.looseObject({
-    // Required by the spec; Synapse reads a missing one as empty, and so do we.
+    // Required by the spec; Synapse 1.67 reads a missing one as empty, and so do we (an ACL-banned
+    // server then hears 403, not a complaint about its body).
     earliest_events: eventIds.default([]),
-    latest_events: eventIds,
+    latest_events: eventIds.default([]),
     limit: z.number().int().optional(),
     min_depth: z.number().int().optional(),
   }),
