@@ -566,7 +566,7 @@ export class RoomFederation {
     if (version === undefined || !(await this.weAreIn(roomId))) throw notFound("This server is not in that room");
     await this.d.assertServerAllowed?.(roomId, origin);
     const [checked] = await this.d.checker.check(version, [body]);
-    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The ${kind} event is not valid: ${checked?.reason ?? "missing"}`);
+    if (!checked?.ok) throw refusedEvent(`The ${kind} event`, checked?.reason);
     if (checked.redacted) throw new MatrixError(400, "M_BAD_JSON", `The ${kind} event's content does not match its hash`);
     const e = checked.event;
     if (checked.eventId !== eventId) throw new MatrixError(400, "M_BAD_JSON", "The event ID does not match the event");
@@ -582,8 +582,15 @@ export class RoomFederation {
   private async joinVia(server: string, userId: string, roomId: string, extra: JsonObject): Promise<void> {
     const profile = await this.d.accounts.getProfile(userId);
     const { version, signed, eventId } = await this.makeAndSign(server, "join", roomId, userId, memberContent("join", profile, extra));
-    const sent = await this.call(server, "PUT", `/_matrix/federation/v2/send_join/${enc(roomId)}/${enc(eventId)}`, signed);
-    const answer = asObject(sent.body);
+    const v2 = await this.rawCall(server, "PUT", `/_matrix/federation/v2/send_join/${enc(roomId)}/${enc(eventId)}`, signed);
+    let answer: JsonObject;
+    if (unrecognisedEndpoint(v2)) {
+      // A server without v2: the deprecated v1, which answers `[200, {…}]` (as Synapse falls back).
+      const v1 = await this.call(server, "PUT", `/_matrix/federation/v1/send_join/${enc(roomId)}/${enc(eventId)}`, signed);
+      answer = Array.isArray(v1.body) ? asObject(v1.body[1]) : asObject(v1.body);
+    } else {
+      answer = asObject(this.answerOf(server, v2).body);
+    }
     const state = Array.isArray(answer.state) ? answer.state : [];
     const authChain = Array.isArray(answer.auth_chain) ? answer.auth_chain : [];
     // A restricted join comes back with the resident server's signature added.
@@ -776,11 +783,7 @@ export class RoomFederation {
       invite_room_state: inviteRoomState,
     });
     let answered: unknown;
-    // An endpoint the server does not have: 404 or 405 without an errcode, or M_UNRECOGNIZED (as
-    // Synapse tells them apart).
-    const errcode = asObject(v2.body).errcode;
-    const unrecognised =
-      ((v2.status === 404 || v2.status === 405) && errcode === undefined) || ((v2.status === 404 || v2.status === 400) && errcode === "M_UNRECOGNIZED");
+    const unrecognised = unrecognisedEndpoint(v2);
     if (unrecognised && roomVersionRules(version).eventFormat === "v1") {
       // A server without the v2 API (deprecated v1: the event is the body, the stripped state in
       // its unsigned; the answer is `[200, {event}]`), for the room versions that API knows, as
@@ -827,7 +830,7 @@ export class RoomFederation {
     // The room's server ACL, when we hold the room's state.
     await this.d.assertServerAllowed?.(roomId, origin);
     const [checked] = await this.d.checker.check(version, [body.event]);
-    if (!checked?.ok) throw new MatrixError(400, "M_BAD_JSON", `The invite event is not valid: ${checked?.reason ?? "missing"}`);
+    if (!checked?.ok) throw refusedEvent("The invite event", checked?.reason);
     const e = checked.event;
     if (checked.eventId !== eventId || e.room_id !== roomId) throw new MatrixError(400, "M_BAD_JSON", "The event does not match the request");
     if (e.type !== "m.room.member" || e.content.membership !== "invite" || typeof e.state_key !== "string") {
@@ -896,6 +899,25 @@ function authEventsOutside(roomId: string, rules: RoomVersionRules, byId: Readon
 
 function enc(s: string): string {
   return encodeURIComponent(s);
+}
+
+/**
+ * Whether a server answered that it does not have the endpoint: 404 or 405 without an errcode, or
+ * M_UNRECOGNIZED (as Synapse tells them apart before falling back to an older API).
+ */
+function unrecognisedEndpoint(res: FederationResponse): boolean {
+  const errcode = asObject(res.body).errcode;
+  return ((res.status === 404 || res.status === 405) && errcode === undefined) || ((res.status === 404 || res.status === 400) && errcode === "M_UNRECOGNIZED");
+}
+
+/**
+ * A membership event another server asked us to sign or place that failed the checks on receipt:
+ * 400 M_BAD_JSON when it is not canonical JSON (room versions 6+), else 403 M_FORBIDDEN (unsigned,
+ * wrongly signed or malformed), as Synapse answers.
+ */
+function refusedEvent(what: string, reason: string | undefined): MatrixError {
+  const text = `${what} is not valid: ${reason ?? "missing"}`;
+  return reason?.includes("not canonical JSON") ? new MatrixError(400, "M_BAD_JSON", text) : new MatrixError(403, "M_FORBIDDEN", text);
 }
 
 function asObject(value: unknown): JsonObject {

@@ -1304,6 +1304,12 @@ export class EventPersister {
     }
 
     const redacts = pdu.type === "m.room.redaction" ? (rules.redactsInContent ? pdu.content.redacts : pdu.redacts) : undefined;
+    if (typeof redacts === "string" && rejectedReason === undefined && softFailReason === undefined && !known.has(redacts)) {
+      // A redaction of another room's event can never be applied ("Handling redactions": only
+      // once both events are received and valid), so clients never see it: kept soft-failed.
+      const [row] = rowsOf<{ room_id: string }>(await tx.execute(sql`select room_id from events where event_id = ${redacts}`));
+      if (row && row.room_id !== snapshot.roomId) softFailReason = `it redacts ${redacts}, an event of another room`;
+    }
     const toStore: EventToStore = {
       eventId,
       pdu: pdu as Pdu,
