@@ -105,6 +105,30 @@ describe("PDUs another server forges", () => {
     expect((await hs1.services.eventStore.getEvent(eventId))?.rejected).toBe(true);
   });
 
+  it("rejects an event whose auth events are another room's", async () => {
+    const other = await alice.createRoom({ preset: "public_chat", room_version: "10" });
+    const joined = await bob.call("POST", `/_matrix/client/v3/join/${enc(other)}?via=hs1.test`, {});
+    expect(joined.status, JSON.stringify(joined.json)).toBe(200);
+    const { pdu: elsewhere } = await hs1.services.persister.draft(other, { type: "m.room.message", sender: bob.userId, content: {} });
+    const event = signedByHs2({ ...(await draft("m.room.message", { msgtype: "m.text", body: "wrong auth" })), auth_events: elsewhere.auth_events });
+    const eventId = computeEventId("10", event);
+    expect(await deliver(event)).toEqual({ [eventId]: {} });
+    const stored = await hs1.services.eventStore.getEvent(eventId);
+    expect(stored?.rejected).toBe(true);
+    expect((await alice.call("GET", roomPath(roomId, `/event/${enc(eventId)}`))).status).toBe(404);
+  });
+
+  it("never shows clients a redaction of another room's event, nor applies it", async () => {
+    const other = await alice.createRoom({ preset: "public_chat", room_version: "10" });
+    const target = await alice.send(other, { msgtype: "m.text", body: "elsewhere" });
+    const redaction = signedByHs2({ ...(await draft("m.room.redaction", {})), redacts: target });
+    const redactionId = computeEventId("10", redaction);
+    expect(await deliver(redaction)).toEqual({ [redactionId]: {} });
+    expect((await hs1.services.eventStore.getEvent(redactionId))?.softFailed).toBe(true);
+    expect((await alice.call("GET", roomPath(roomId, `/event/${enc(redactionId)}`))).status).toBe(404);
+    expect((await alice.call("GET", roomPath(other, `/event/${enc(target)}`))).json.content.body).toBe("elsewhere");
+  });
+
   it("soft-fails an event allowed by the state before it but not by the current state, and hides it from clients", async () => {
     // Built while bob was joined; alice bans him before it arrives.
     const late = signedByHs2(await draft("m.room.message", { msgtype: "m.text", body: "after the ban" }));
