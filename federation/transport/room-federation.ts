@@ -183,8 +183,11 @@ export class RoomFederation {
     for (const i of unplaced) {
       const input = inputs[i]!;
       try {
+        // Prev events we lack, or hold only as outliers (the persister's "unknown prev events").
         const prevsUnknown = await this.unknownEvents(referencedIds(input.pdu.prev_events));
-        if (fetchMissing && prevsUnknown.length > 0) await this.fetchMissingEvents(origin, roomId, version, input);
+        if (fetchMissing && (prevsUnknown.length > 0 || outcomes[i]!.reason === "unknown prev events")) {
+          await this.fetchMissingEvents(origin, roomId, version, input);
+        }
         if (outcomes[i]!.reason === "unknown auth events") {
           await this.fetchAuthChain(origin, roomId, version, input.eventId).catch(async () => {
             // A server that does not serve /event_auth: the missing auth events one by one.
@@ -798,6 +801,9 @@ export class RoomFederation {
       answered = asObject(this.answerOf(server, v2).body).event;
     }
     const [back] = await this.d.checker.check(version, [answered]);
+    if (!back?.ok && back?.reason.includes("not canonical JSON")) {
+      throw new MatrixError(400, "M_BAD_JSON", `${server} answered the invite with an event that is not canonical JSON`);
+    }
     if (!back?.ok || back.eventId !== eventId || back.redacted) {
       throw new MatrixError(502, "M_UNKNOWN", `${server} answered the invite with an event that is not ours`);
     }
