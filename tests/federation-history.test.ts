@@ -402,7 +402,10 @@ describe("over HTTP, to a server that is not in the room", () => {
     const ask = (method: "GET" | "POST", path: string, body?: unknown) =>
       hs1.services.federation.http.request(HS2, { method, path, ...(body === undefined ? {} : { body }) });
     expect((await ask("POST", `/_matrix/federation/v1/get_missing_events/${room}`, { earliest_events: [], latest_events: "x" })).status).toBe(400);
-    expect((await ask("POST", `/_matrix/federation/v1/get_missing_events/${room}`, { earliest_events: [messages[0]] })).status).toBe(400);
+    // A missing latest_events reads as none, as Synapse reads it: a well-formed request, refused
+    // here only because the asking server is not in the room.
+    const noLatest = await ask("POST", `/_matrix/federation/v1/get_missing_events/${room}`, { earliest_events: [messages[0]] });
+    expect(noLatest.status).toBe(403);
     expect((await ask("GET", `/_matrix/federation/v1/backfill/${room}?v=${encodeURIComponent(messages[0]!)}`)).status).toBe(400);
     expect((await ask("GET", `/_matrix/federation/v1/state_ids/${room}`)).status).toBe(400);
     expect((await ask("GET", `/_matrix/federation/v1/timestamp_to_event/${room}?ts=1&dir=x`)).status).toBe(400);
