@@ -118,6 +118,22 @@ describe("PDUs another server forges", () => {
     expect((await alice.call("GET", roomPath(roomId, `/event/${enc(eventId)}`))).status).toBe(404);
   });
 
+  it("applies a redaction that arrives in the same transaction as the event it redacts", async () => {
+    const message = signedByHs2(await draft("m.room.message", { msgtype: "m.text", body: "soon gone" }));
+    const messageId = computeEventId("10", message);
+    const redaction = signedByHs2({
+      ...(await draft("m.room.redaction", {})),
+      redacts: messageId,
+      prev_events: [messageId],
+      depth: (message as { depth: number }).depth + 1,
+    });
+    const redactionId = computeEventId("10", redaction);
+    expect(await deliver(message, redaction)).toEqual({ [messageId]: {}, [redactionId]: {} });
+    const got = await alice.call("GET", roomPath(roomId, `/event/${enc(messageId)}`));
+    expect(got.json.content).toEqual({});
+    expect(got.json.unsigned.redacted_by).toBe(redactionId);
+  });
+
   it("never shows clients a redaction of another room's event, nor applies it", async () => {
     const other = await alice.createRoom({ preset: "public_chat", room_version: "10" });
     const target = await alice.send(other, { msgtype: "m.text", body: "elsewhere" });

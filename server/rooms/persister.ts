@@ -264,6 +264,11 @@ export interface EventToStore {
   txn: TxnRef | undefined;
   /** For an accepted redaction that applies: the event it redacts. */
   redactsEventId: string | undefined;
+  /**
+   * The accepted redaction of this event written in the same statement: set on its row as it is
+   * inserted (the statement's update of `redacted_by` cannot see rows that statement inserts).
+   */
+  redactedBy?: string;
   /** Its rows as SQL text, built in its job's stage (so a value that cannot be written fails that job). */
   sql?: EventSql;
   /** State groups written with it besides newStateGroup (the state before a received event, a resolved state). */
@@ -1731,12 +1736,24 @@ export class EventPersister {
     let index = 0;
     let extensionCount = 0;
 
+    // Redactions whose target is written in the same statement: the target's row carries them.
+    const redactedInBatch = new Map<string, string>();
+    for (const { events } of writes) {
+      for (const e of events) {
+        if (e.redactsEventId !== undefined && e.rejectedReason === undefined && !e.softFailed) redactedInBatch.set(e.redactsEventId, e.eventId);
+      }
+    }
     for (const { snapshot, events, newRoom, extensionSql } of writes) {
       const roomId = snapshot.roomId;
       const room = L(roomId);
       const first = index;
       for (const e of events) {
         const i = index++;
+        const redactedBy = redactedInBatch.get(e.eventId);
+        if (redactedBy !== undefined && e.redactedBy !== redactedBy && e.rejectedReason === undefined) {
+          e.redactedBy = redactedBy;
+          e.sql = undefined;
+        }
         // Events of a batch come with their text, built in their job's stage (buildJobs).
         const text = e.sql?.index === i ? e.sql : this.eventSql(e, room, i, ts, roomId);
         eventRows.push(text.event);
@@ -1797,7 +1814,8 @@ export class EventPersister {
       `pos as (insert into stream_positions (stream, position) values ('events', ${n})
         on conflict (stream) do update set position = stream_positions.position + ${n} returning position, position - ${n - 1} as first)`,
       `ev as (insert into events (event_id, room_id, type, state_key, sender, origin_server_ts, depth, json,
-        stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state, outlier)
+        stream_ordering, topological_ordering, rejected_reason, soft_failed, state_before_group, state_after_group, replaces_state, outlier,
+        redacted_by)
         values ${eventRows.join(", ")})`,
     ];
     if (edges.length) head.push(`edges as (insert into event_edges (event_id, prev_event_id, room_id) values ${edges.join(", ")} on conflict do nothing)`);
@@ -1851,7 +1869,8 @@ export class EventPersister {
       event:
         `(${id}, ${room}, ${L(e.pdu.type)}, ${L(e.pdu.state_key ?? null)}, ${L(e.pdu.sender)}, ${originServerTs}, ` +
         `${L(e.pdu.depth)}, ${L(e.json)}, ${positionOf(i)}, ${L(e.pdu.depth)}, ${L(e.rejectedReason ?? null)}, ${L(e.softFailed)}, ` +
-        `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)}, ${L(e.outOfBand !== undefined)})`,
+        `${L(e.stateBefore?.id ?? null)}::bigint, ${L(e.stateAfter?.id ?? null)}::bigint, ${L(e.replacesState ?? null)}, ${L(e.outOfBand !== undefined)}, ` +
+        `${L(e.redactedBy ?? null)})`,
       edges: referencedIds(e.pdu.prev_events).map((p) => `(${id}, ${L(p)}, ${room})`),
       auth: referencedIds(e.pdu.auth_events).map((a) => `(${id}, ${L(a)}, ${room})`),
       relations: relationRows(e.eventId, e.pdu.content).map((r) => `(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`),
