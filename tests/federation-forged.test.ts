@@ -125,7 +125,7 @@ describe("PDUs another server forges", () => {
       ...(await draft("m.room.redaction", {})),
       redacts: messageId,
       prev_events: [messageId],
-      depth: (message as { depth: number }).depth + 1,
+      depth: (message as unknown as { depth: number }).depth + 1,
     });
     const redactionId = computeEventId("10", redaction);
     expect(await deliver(message, redaction)).toEqual({ [messageId]: {}, [redactionId]: {} });
