@@ -1309,11 +1309,17 @@ export class EventPersister {
     }
 
     const redacts = pdu.type === "m.room.redaction" ? (rules.redactsInContent ? pdu.content.redacts : pdu.redacts) : undefined;
-    if (typeof redacts === "string" && rejectedReason === undefined && softFailReason === undefined && !known.has(redacts)) {
-      // A redaction of another room's event can never be applied ("Handling redactions": only
-      // once both events are received and valid), so clients never see it: kept soft-failed.
-      const [row] = rowsOf<{ room_id: string }>(await tx.execute(sql`select room_id from events where event_id = ${redacts}`));
-      if (row && row.room_id !== snapshot.roomId) softFailReason = `it redacts ${redacts}, an event of another room`;
+    // The event it redacts, looked up once: in this batch, else in the database (any room).
+    let redacted: RoomEvent | undefined;
+    if (typeof redacts === "string" && rejectedReason === undefined) {
+      redacted = known.get(redacts)?.event;
+      if (!redacted) {
+        const [row] = rowsOf<{ json: string; room_id: string }>(await tx.execute(sql`select json, room_id from events where event_id = ${redacts}`));
+        if (row?.room_id === snapshot.roomId) redacted = { ...(JSON.parse(row.json) as Pdu), event_id: redacts };
+        // A redaction of another room's event can never be applied ("Handling redactions": only
+        // once both events are received and valid), so clients never see it: kept soft-failed.
+        else if (row && softFailReason === undefined) softFailReason = `it redacts ${redacts}, an event of another room`;
+      }
     }
     const toStore: EventToStore = {
       eventId,
@@ -1326,10 +1332,7 @@ export class EventPersister {
       rejectedReason,
       softFailed: softFailReason !== undefined,
       txn: undefined,
-      redactsEventId:
-        typeof redacts === "string" && rejectedReason === undefined && (await this.mayRedact(tx, snapshot, before, event, redacts, known))
-          ? redacts
-          : undefined,
+      redactsEventId: redacted && (await this.mayRedact(tx, snapshot, before, event, redacted, known)) ? redacted.event_id : undefined,
       extraStateGroups,
       replacesOutlier: existing?.outlier === true,
     };
@@ -1420,15 +1423,9 @@ export class EventPersister {
     snapshot: RoomSnapshot,
     state: ReadonlyMap<StateMapKey, string>,
     redaction: RoomEvent,
-    target: string,
+    original: RoomEvent,
     known: Map<string, KnownEvent>,
   ): Promise<boolean> {
-    let original = known.get(target)?.event;
-    if (!original) {
-      const [row] = rowsOf<{ json: string; room_id: string }>(await tx.execute(sql`select json, room_id from events where event_id = ${target}`));
-      if (!row || row.room_id !== snapshot.roomId) return false;
-      original = { ...(JSON.parse(row.json) as Pdu), event_id: target };
-    }
     if (serverNameOf(original.sender) === serverNameOf(redaction.sender)) return true;
     const ids = [state.get(stateMapKey("m.room.create", "")), state.get(stateMapKey("m.room.power_levels", ""))].filter((x): x is string => !!x);
     await this.loadEvents(tx, snapshot, ids.filter((id) => !known.has(id)));
