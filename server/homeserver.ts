@@ -136,6 +136,9 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       edus: federation.edus,
       e2ee: accountServices.e2ee,
       usersSharingRoomsWith: (userId) => sharing.usersSharingRoomsWith(userId),
+      sharingRoomsWithLocalUsers: (userIds) => sharing.sharingRoomsWithLocalUsers(userIds),
+      joinedMembers: (roomId) => sharing.joinedMembers(roomId),
+      onEventsPersisted: (listener) => roomServices.persister.onEventsPersisted(listener),
       logger,
       now,
     });

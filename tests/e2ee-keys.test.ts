@@ -45,6 +45,24 @@ describe("/keys/upload", () => {
     expect(tampered.json.errcode).toBe("M_INVALID_SIGNATURE");
   });
 
+  it("takes device keys without algorithms, keys or signatures (the upload names no error for them), but not of the wrong type", async () => {
+    const alice = await newUser();
+    const bare = { user_id: alice.userId, device_id: alice.deviceId };
+    expect((await post(hs.url, alice, "/keys/upload", { device_keys: bare })).status).toBe(200);
+    // A placeholder may be replaced, by another or by real keys.
+    expect((await post(hs.url, alice, "/keys/upload", { device_keys: { ...bare, updated: "keys" } })).status).toBe(200);
+    const query = await post(hs.url, alice, "/keys/query", { device_keys: { [alice.userId]: [] } });
+    expect(query.json.device_keys[alice.userId][alice.deviceId]).toEqual({ ...bare, updated: "keys", unsigned: {} });
+    const device = deviceIdentity(alice);
+    expect((await post(hs.url, alice, "/keys/upload", { device_keys: device.deviceKeys })).status).toBe(200);
+
+    for (const wrong of [{ algorithms: "m.megolm.v1.aes-sha2" }, { keys: { "curve25519:X": 5 } }, { signatures: [] }]) {
+      const res = await post(hs.url, alice, "/keys/upload", { device_keys: { ...bare, ...wrong } });
+      expect(res.status, JSON.stringify(wrong)).toBe(400);
+      expect(res.json.errcode).toBe("M_BAD_JSON");
+    }
+  });
+
   it("keeps a device's identity keys: the same keys again are fine, different ones are refused", async () => {
     const alice = await newUser();
     const device = deviceIdentity(alice);

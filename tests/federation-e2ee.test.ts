@@ -24,6 +24,8 @@ let bob: TestUser; // @bob:hs2.test
 let bobDevice: ReturnType<typeof deviceIdentity>;
 let bobCrossSigning: ReturnType<typeof crossSigningIdentity>;
 let txn = 0;
+/** bob's room on hs2 that alice is written into (her device list is tracked by hs2 while it is shared). */
+let bobsRoom: string;
 
 async function injectJoin(server: TestServer, roomId: string, userId: string) {
   await server.services.db
@@ -179,7 +181,8 @@ describe("device lists across servers", () => {
   it("a new device of a local user reaches the servers sharing a room, and their users' /sync device_lists.changed", async () => {
     // alice's room on hs1 holds bob; bob's room on hs2 holds alice (see the file's note).
     await injectJoin(hs1(), await createRoom(hs1().url, alice), bob.userId);
-    await injectJoin(hs2(), await createRoom(hs2().url, bob), alice.userId);
+    bobsRoom = await createRoom(hs2().url, bob);
+    await injectJoin(hs2(), bobsRoom, alice.userId);
     const since = (await sync(hs2().url, bob)).next_batch;
 
     // bob long-polls: the change must wake him, not his timeout.
@@ -256,6 +259,48 @@ describe("device lists across servers", () => {
       const [row] = await hs2().services.db.select().from(schema.remoteCrossSigningKeys).where(eq(schema.remoteCrossSigningKeys.userId, alice.userId));
       return row !== undefined && JSON.parse(row.keyJson).keys[`ed25519:${identity.master.publicKeyBase64}`] !== undefined;
     });
+  });
+
+  it("answers key queries for a tracked user from the held list, without asking their server", async () => {
+    // A device only hs2's copy has: an answer holding it cannot have come from hs1.
+    const d = schema.remoteDevices;
+    const held = { user_id: alice.userId, device_id: "HELDONLY", algorithms: ["m.olm.v1.curve25519-aes-sha2"], keys: {}, signatures: {} };
+    await hs2().services.db.insert(d).values({ userId: alice.userId, deviceId: "HELDONLY", displayName: "held", keysJson: JSON.stringify(held) });
+    const res = await post(hs2().url, bob, "/keys/query", { device_keys: { [alice.userId]: [] } });
+    expect(res.status).toBe(200);
+    expect(res.json.failures).toEqual({});
+    expect(Object.keys(res.json.device_keys[alice.userId]).sort()).toEqual([alice.deviceId, "HELDONLY"].sort());
+    expect(res.json.device_keys[alice.userId].HELDONLY).toEqual({ ...held, unsigned: { device_display_name: "held" } });
+    expect(res.json.master_keys[alice.userId]).toBeDefined();
+    // Asked for one device, only that one.
+    const one = await post(hs2().url, bob, "/keys/query", { device_keys: { [alice.userId]: ["HELDONLY"] } });
+    expect(Object.keys(one.json.device_keys[alice.userId])).toEqual(["HELDONLY"]);
+    await hs2().services.db.delete(d).where(eq(d.deviceId, "HELDONLY"));
+  });
+
+  it("drops a user's list when no room is shared any more, and fetches it whole when one is again", async () => {
+    const heads = schema.remoteDeviceListHeads;
+    const headOf = async () => (await hs2().services.db.select().from(heads).where(eq(heads.userId, alice.userId)))[0];
+    expect(await headOf()).toBeDefined();
+    const left = await request(hs2().url, "POST", `/_matrix/client/v3/rooms/${encodeURIComponent(bobsRoom)}/leave`, { token: bob.accessToken, body: {} });
+    expect(left.status).toBe(200);
+    const deadline = Date.now() + 5_000;
+    while ((await headOf()) !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(await headOf()).toBeUndefined();
+    expect(await hs2().services.db.select().from(schema.remoteDevices).where(eq(schema.remoteDevices.userId, alice.userId))).toEqual([]);
+
+    // Not shared: a query asks hs1 and keeps nothing.
+    const asked = await post(hs2().url, bob, "/keys/query", { device_keys: { [alice.userId]: [] } });
+    expect(Object.keys(asked.json.device_keys[alice.userId])).toEqual([alice.deviceId]);
+    expect(await headOf()).toBeUndefined();
+
+    // Shared again: the first query fetches the whole list and keeps it.
+    bobsRoom = await createRoom(hs2().url, bob);
+    await injectJoin(hs2(), bobsRoom, alice.userId);
+    const res = await post(hs2().url, bob, "/keys/query", { device_keys: { [alice.userId]: [] } });
+    expect(res.json.failures).toEqual({});
+    expect(Object.keys(res.json.device_keys[alice.userId])).toEqual([alice.deviceId]);
+    expect(await headOf()).toMatchObject({ stale: false, streamId: await hs1().services.e2ee.deviceLists.lastDeviceChange(alice.userId) });
   });
 
   it("takes a signing-key update only from the user's own server", async () => {

@@ -15,11 +15,12 @@
 // device-list stream, so local users sharing a room see the user in `device_lists.changed` and
 // query the keys again.
 import { createHash } from "node:crypto";
-import { and, eq } from "drizzle-orm";
+import { and, eq, inArray } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, schema } from "../../schema/db.ts";
 import type { E2ee, KeysClaimResponse, KeysQueryResponse } from "../../server/e2ee/e2ee.ts";
 import type { RecordedChange } from "../../server/e2ee/device-lists.ts";
+import type { EventsPersistedListener } from "../../server/rooms/persister.ts";
 import { type JsonObject, isJsonObject } from "../../server/e2ee/signed-json.ts";
 import { canonicalJson } from "../protocol/canonical-json.ts";
 import { dictionary } from "../protocol/dictionary.ts";
@@ -37,6 +38,12 @@ export interface E2eeFederationDeps {
   e2ee: E2ee;
   /** Everyone (local or remote) who shares a joined room with a local user: their servers get the user's device-list updates. */
   usersSharingRoomsWith(userId: string): Promise<Set<string>>;
+  /** Which of these users (of other servers) share a joined room with a local user. */
+  sharingRoomsWithLocalUsers(userIds: readonly string[]): Promise<Set<string>>;
+  /** The room's joined members, of every server. */
+  joinedMembers(roomId: string): Promise<string[]>;
+  /** Subscribes to committed room events (to stop tracking users we no longer share a room with). */
+  onEventsPersisted(listener: EventsPersistedListener): void;
   logger: Logger;
   now(): number;
 }
@@ -47,9 +54,30 @@ const MESSAGE_ID_LENGTH = 32;
 export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists {
   const { http, sender, edus, e2ee, serverName, logger } = deps;
 
+  const remote = new RemoteDeviceLists(deps);
   e2ee.useRemoteKeys({
+    // Users we share a room with are tracked: their lists come from our copy, fetched whole
+    // (`/user/devices`) the first time or when it went stale, then kept current by their server's
+    // updates, so the answer needs no request and survives their server being down. Others (and
+    // tracked users whose list cannot be fetched) are asked of their server each time.
     async query(server, deviceKeys, signal) {
-      return (await ask(http, server, "/_matrix/federation/v1/user/keys/query", { device_keys: deviceKeys }, signal)) as Partial<KeysQueryResponse>;
+      const out: Pick<KeysQueryResponse, "device_keys" | "master_keys" | "self_signing_keys"> = {
+        device_keys: dictionary(),
+        master_keys: dictionary(),
+        self_signing_keys: dictionary(),
+      };
+      const tracked = await deps.sharingRoomsWithLocalUsers(Object.keys(deviceKeys));
+      const rest = dictionary<string[]>();
+      for (const [userId, wanted] of Object.entries(deviceKeys)) {
+        if (!(tracked.has(userId) && (await remote.answerFromCopy(userId, wanted, out)))) rest[userId] = wanted;
+      }
+      if (Object.keys(rest).length === 0) return out;
+      const asked = (await ask(http, server, "/_matrix/federation/v1/user/keys/query", { device_keys: rest }, signal)) as Partial<KeysQueryResponse>;
+      for (const field of ["device_keys", "master_keys", "self_signing_keys"] as const) {
+        const got = asked[field];
+        if (isJsonObject(got)) for (const [userId, value] of Object.entries(got)) if (Object.hasOwn(rest, userId)) (out[field] as Record<string, unknown>)[userId] = value;
+      }
+      return out;
     },
     async claim(server, oneTimeKeys, signal) {
       return (await ask(http, server, "/_matrix/federation/v1/user/keys/claim", { one_time_keys: oneTimeKeys }, signal)) as Partial<KeysClaimResponse>;
@@ -90,7 +118,6 @@ export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists 
     await e2ee.toDevice.receive(from, type, messageId, valid);
   });
 
-  const remote = new RemoteDeviceLists(deps);
   edus.register("m.device_list_update", (origin, content) => remote.deviceListUpdate(origin, content));
   edus.register("m.signing_key_update", (origin, content) => remote.signingKeyUpdate(origin, content));
 
@@ -103,6 +130,24 @@ export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists 
     chain = chain
       .then(() => announce(deps, local))
       .catch((err) => logger.warn({ err }, "could not queue device-list updates for other servers"));
+  });
+  // A user we no longer share any room with is no longer tracked: their server stops telling us
+  // of their devices, so our copy would silently age. It is dropped, and fetched whole again if
+  // we share a room later.
+  let forgetting: Promise<void> = Promise.resolve();
+  deps.onEventsPersisted((roomId, events) => {
+    const leaving = events.filter((e) => e.type === "m.room.member" && e.membership !== "join" && e.stateKey !== undefined);
+    if (leaving.length === 0) return;
+    forgetting = forgetting
+      .then(async () => {
+        const candidates = new Set<string>();
+        for (const e of leaving) {
+          if (serverNameOf(e.stateKey!) !== serverName) candidates.add(e.stateKey!);
+          else for (const u of await deps.joinedMembers(roomId)) if (serverNameOf(u) !== serverName) candidates.add(u);
+        }
+        await remote.forgetUntracked([...candidates]);
+      })
+      .catch((err) => logger.warn({ err, roomId }, "could not drop the device lists of users we no longer share a room with"));
   });
   return remote;
 }
@@ -261,6 +306,57 @@ export class RemoteDeviceLists {
       stale: head.stale,
       devices: new Map(rows.map((r) => [r.deviceId, { displayName: r.displayName, keys: r.keysJson ? (JSON.parse(r.keysJson) as JsonObject) : null }])),
     };
+  }
+
+  /**
+   * Fills `out` with a tracked user's devices (those in `wanted`, all when it is empty) and
+   * cross-signing keys from our copy of their list, fetching it whole first when we have none or it
+   * is stale. False when the list cannot be had (the caller asks their server instead).
+   */
+  async answerFromCopy(
+    userId: string,
+    wanted: readonly string[],
+    out: Pick<KeysQueryResponse, "device_keys" | "master_keys" | "self_signing_keys">,
+  ): Promise<boolean> {
+    let held = await this.devicesOf(userId);
+    if (!held || held.stale) {
+      try {
+        await this.resync(userId);
+      } catch (err) {
+        this.deps.logger.info({ err, userId }, "could not fetch a remote device list; asking for the keys instead");
+        return false;
+      }
+      held = await this.devicesOf(userId);
+      if (!held || held.stale) return false;
+    }
+    const byDevice = dictionary<JsonObject>();
+    for (const [deviceId, device] of held.devices) {
+      if (!device.keys || (wanted.length > 0 && !wanted.includes(deviceId))) continue;
+      byDevice[deviceId] = { ...device.keys, unsigned: device.displayName !== null ? { device_display_name: device.displayName } : {} };
+    }
+    out.device_keys[userId] = byDevice;
+    const crossSigning = await this.crossSigningKeysOf(userId);
+    if (crossSigning.master) out.master_keys[userId] = crossSigning.master;
+    if (crossSigning.self_signing) out.self_signing_keys[userId] = crossSigning.self_signing;
+    return true;
+  }
+
+  /** Drops what we hold of those of `userIds` who share no room with a local user any more. */
+  async forgetUntracked(userIds: readonly string[]): Promise<void> {
+    const h = schema.remoteDeviceListHeads;
+    for (let i = 0; i < userIds.length; i += 500) {
+      const chunk = userIds.slice(i, i + 500);
+      const held = (await this.deps.db.select({ userId: h.userId }).from(h).where(inArray(h.userId, chunk))).map((r) => r.userId);
+      if (held.length === 0) continue;
+      const still = await this.deps.sharingRoomsWithLocalUsers(held);
+      const gone = held.filter((u) => !still.has(u));
+      if (gone.length === 0) continue;
+      await this.deps.db.transaction(async (tx) => {
+        await tx.delete(schema.remoteDevices).where(inArray(schema.remoteDevices.userId, gone));
+        await tx.delete(schema.remoteCrossSigningKeys).where(inArray(schema.remoteCrossSigningKeys.userId, gone));
+        await tx.delete(h).where(inArray(h.userId, gone));
+      });
+    }
   }
 
   /** The cross-signing keys we hold of a remote user, by usage. */

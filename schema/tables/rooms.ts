@@ -137,7 +137,12 @@ export const currentState = pgTable(
     eventId: text("event_id").notNull(),
     membership: text("membership"),
   },
-  (t) => [primaryKey({ columns: [t.roomId, t.type, t.stateKey] })],
+  (t) => [
+    primaryKey({ columns: [t.roomId, t.type, t.stateKey] }),
+    // "The rooms a user (of any server) is joined to": device lists, presence and key queries of
+    // remote users, who have no room_memberships rows.
+    index("current_state_members_idx").on(t.stateKey).where(sql`${t.type} = 'm.room.member'`),
+  ],
 );
 
 /**

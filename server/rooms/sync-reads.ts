@@ -285,6 +285,26 @@ export class SyncReads {
     return new Set(rows.map((r) => r.user_id));
   }
 
+  /** Which of `userIds` (users of other servers, usually) share a joined room with a local user. */
+  async sharingRoomsWithLocalUsers(userIds: readonly string[]): Promise<Set<string>> {
+    if (userIds.length === 0) return new Set();
+    const rows = rowsOf<{ state_key: string }>(
+      await this.db.execute(sql`select distinct c.state_key from current_state c
+        where c.type = 'm.room.member' and c.state_key in (${sqlList(userIds)}) and c.membership = 'join'
+          and exists (select 1 from room_memberships m where m.room_id = c.room_id and m.membership = 'join')`),
+    );
+    return new Set(rows.map((r) => r.state_key));
+  }
+
+  /** The room's joined members (of every server), from its current state. */
+  async joinedMembers(roomId: string): Promise<string[]> {
+    const rows = rowsOf<{ state_key: string }>(
+      await this.db.execute(sql`select state_key from current_state
+        where room_id = ${roomId} and type = 'm.room.member' and membership = 'join'`),
+    );
+    return rows.map((r) => r.state_key);
+  }
+
   /**
    * The membership changes (m.room.member events) in `roomIds` with a stream position in
    * `(from, to]`, oldest first: who came and went, for `device_lists`.

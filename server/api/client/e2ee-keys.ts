@@ -17,9 +17,9 @@ const keyMap = z.record(z.string(), z.unknown());
 const deviceKeysShape = z.looseObject({
   user_id: z.string(),
   device_id: z.string(),
-  algorithms: z.array(z.string()),
-  keys: z.record(z.string(), z.string()),
-  signatures,
+  algorithms: z.array(z.string()).optional(),
+  keys: z.record(z.string(), z.string()).optional(),
+  signatures: signatures.optional(),
 });
 // Every field of the device keys is signed, so none may be dropped: the shape is checked, and the
 // object passed on exactly as parsed (a loose object would still drop a `__proto__` key).

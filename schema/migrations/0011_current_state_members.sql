@@ -1,0 +1,1 @@
+CREATE INDEX "current_state_members_idx" ON "current_state" USING btree ("state_key") WHERE "current_state"."type" = 'm.room.member';
