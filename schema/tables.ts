@@ -5,5 +5,6 @@ export * from "./tables/accounts.ts";
 export * from "./tables/userdata.ts";
 export * from "./tables/e2ee.ts";
 export * from "./tables/rooms.ts";
+export * from "./tables/search.ts";
 export * from "./tables/sync.ts";
 export * from "./tables/federation.ts";
