@@ -8,3 +8,4 @@ export * from "./tables/rooms.ts";
 export * from "./tables/search.ts";
 export * from "./tables/sync.ts";
 export * from "./tables/federation.ts";
+export * from "./tables/user-directory.ts";
