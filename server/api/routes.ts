@@ -23,6 +23,7 @@ import { loginRoutes } from "./client/login.ts";
 import { profileRoutes } from "./client/profile.ts";
 import { pushRuleRoutes } from "./client/pushrules.ts";
 import { registerRoutes } from "./client/register.ts";
+import { searchRoutes } from "./client/search.ts";
 import { createRoomRoutes } from "./client/rooms/create-room.ts";
 import { directoryRoutes } from "./client/rooms/directory.ts";
 import { membershipRoutes } from "./client/rooms/membership.ts";
@@ -76,6 +77,7 @@ export const routes: AnyRoute[] = [
   ...sendRoutes,
   ...readRoutes,
   ...relationsRoutes,
+  ...searchRoutes,
   ...directoryRoutes,
   ...roomAccountDataRoutes,
   ...syncRoutes,

@@ -12,6 +12,7 @@ import { EventStore } from "./event-store.ts";
 import { EventPersister, type PersistFaults } from "./persister.ts";
 import { Relations } from "./relations.ts";
 import { Rooms } from "./rooms.ts";
+import { RoomSearch } from "./search.ts";
 import { ServerReads } from "./server-reads.ts";
 import { Timeline } from "./timeline.ts";
 import { HistoryVisibility } from "./visibility.ts";
@@ -27,6 +28,8 @@ export interface RoomServices {
   serverReads: ServerReads;
   directory: Directory;
   roomTags: RoomTags;
+  /** Server-side search (`POST /search`): its index is written by the persist path. */
+  search: RoomSearch;
 }
 
 export function createRoomServices(options: {
@@ -52,6 +55,9 @@ export function createRoomServices(options: {
   const timeline = new Timeline(db, rooms, eventStore, visibility);
   const relations = new Relations(db, eventStore, timeline, visibility);
   eventStore.setBundler(relations.bundle);
+  const search = new RoomSearch(db, eventStore, timeline, visibility, rooms, logger);
+  persister.extendWrites(search.writeExtension);
+  persister.onBatchPersisted(search.onBatchPersisted);
   accounts.onProfileChanged((userId, profile) => rooms.profileChanged(userId, profile));
   return {
     persister,
@@ -62,5 +68,6 @@ export function createRoomServices(options: {
     serverReads: new ServerReads(db, eventStore, visibility, serverName, now),
     directory: new Directory(db, rooms, aliases, accounts, serverName),
     roomTags: new RoomTags(userData),
+    search,
   };
 }

@@ -253,6 +253,16 @@ export class Timeline {
     };
   }
 
+  /**
+   * The visible events just before and after an event (the context of a search result: /context's
+   * walk, without its state), and the /messages tokens at their far ends.
+   */
+  async around(access: RoomAccess, event: StoredEvent, beforeLimit: number, afterLimit: number) {
+    const before = await this.page(access, true, pointBefore(event), undefined, beforeLimit, {});
+    const after = await this.page(access, false, pointAfter(event), access.until, afterLimit, {});
+    return { before: before.events, after: after.events, start: formatToken(before.next), end: formatToken(after.next) };
+  }
+
   // ---- State -------------------------------------------------------------------------------------------
 
   /** The state a user may read: the current state, or the state at their leave for a former member. */
