@@ -31,6 +31,7 @@ import { readRoutes } from "./client/rooms/read.ts";
 import { relationsRoutes } from "./client/rooms/relations.ts";
 import { roomAccountDataRoutes } from "./client/rooms/room-account-data.ts";
 import { sendRoutes } from "./client/rooms/send.ts";
+import { upgradeRoutes } from "./client/rooms/upgrade.ts";
 import { ephemeralRoutes } from "./client/ephemeral.ts";
 import { syncRoutes } from "./client/sync.ts";
 import { eventStreamRoutes } from "./client/events.ts";
@@ -80,6 +81,7 @@ export const routes: AnyRoute[] = [
   ...searchRoutes,
   ...directoryRoutes,
   ...roomAccountDataRoutes,
+  ...upgradeRoutes,
   ...syncRoutes,
   ...eventStreamRoutes,
   ...ephemeralRoutes,

@@ -62,6 +62,13 @@ export class RoomAliases {
     return rows.length > 0;
   }
 
+  /** Points every alias of one room at another (a room upgrade); `db` may be an open transaction. */
+  async moveAll(fromRoomId: string, toRoomId: string, db: Database = this.db): Promise<string[]> {
+    const t = schema.roomAliases;
+    const rows = await db.update(t).set({ roomId: toRoomId }).where(eq(t.roomId, fromRoomId)).returning({ alias: t.alias });
+    return rows.map((r) => r.alias);
+  }
+
   async forRoom(roomId: string): Promise<string[]> {
     const t = schema.roomAliases;
     const rows = await this.db.select({ alias: t.alias }).from(t).where(and(eq(t.roomId, roomId))).orderBy(asc(t.alias));

@@ -440,6 +440,8 @@ export class EventPersister {
     isPublic: boolean;
     /** Runs in the same transaction before the events are written (aliases). */
     alongside?: (tx: Database, roomId: string) => Promise<void>;
+    /** The room ID, chosen beforehand (versions before 12; a room upgrade names it in the tombstone first). */
+    roomId?: string;
   }): Promise<{ roomId: string; events: PersistedEvent[] }> {
     const { version, creator, createContent, templates, isPublic, alongside } = options;
     const rules = roomVersionRules(version);
@@ -450,7 +452,7 @@ export class EventPersister {
       const createTs = Math.max(this.now(), this.lastCreateTs + 1);
       this.lastCreateTs = createTs;
       const snapshot: RoomSnapshot = {
-        roomId: rules.roomIdIsCreateEventId ? "" : `!${randomBytes(13).toString("base64url").replace(/[-_]/g, "x")}:${this.serverName}`,
+        roomId: rules.roomIdIsCreateEventId ? "" : (options.roomId ?? newRoomIdWithDomain(this.serverName)),
         rules,
         stateGroup: undefined,
         state: new Map(),
@@ -2133,6 +2135,11 @@ function containsNul(value: unknown): boolean {
     for (const [k, v] of Object.entries(value)) if (k.includes("\u0000") || containsNul(v)) return true;
   }
   return false;
+}
+
+/** A room ID of this server for versions before 12: `!opaque_id:domain` (appendices#room-ids). */
+export function newRoomIdWithDomain(serverName: string): string {
+  return `!${randomBytes(13).toString("base64url").replace(/[-_]/g, "x")}:${serverName}`;
 }
 
 /** A room version 1–2 event ID of this server: `$opaque_id:domain` (rooms/fragments/v1-event-ids). */

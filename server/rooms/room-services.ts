@@ -11,6 +11,7 @@ import { Directory } from "./directory.ts";
 import { EventStore } from "./event-store.ts";
 import { EventPersister, type PersistFaults } from "./persister.ts";
 import { Relations } from "./relations.ts";
+import { RoomUpgrades } from "./room-upgrades.ts";
 import { Rooms } from "./rooms.ts";
 import { RoomSearch } from "./search.ts";
 import { ServerReads } from "./server-reads.ts";
@@ -30,6 +31,8 @@ export interface RoomServices {
   roomTags: RoomTags;
   /** Server-side search (`POST /search`): its index is written by the persist path. */
   search: RoomSearch;
+  /** POST /rooms/{roomId}/upgrade. */
+  roomUpgrades: RoomUpgrades;
 }
 
 export function createRoomServices(options: {
@@ -59,6 +62,7 @@ export function createRoomServices(options: {
   persister.extendWrites(search.writeExtension);
   persister.onBatchPersisted(search.onBatchPersisted);
   accounts.onProfileChanged((userId, profile) => rooms.profileChanged(userId, profile));
+  const roomTags = new RoomTags(userData);
   return {
     persister,
     rooms,
@@ -67,7 +71,8 @@ export function createRoomServices(options: {
     relations,
     serverReads: new ServerReads(db, eventStore, visibility, serverName, now),
     directory: new Directory(db, rooms, aliases, accounts, serverName),
-    roomTags: new RoomTags(userData),
+    roomTags,
     search,
+    roomUpgrades: new RoomUpgrades(db, persister, rooms, aliases, userData, roomTags, serverName, logger),
   };
 }

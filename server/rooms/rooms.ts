@@ -50,6 +50,16 @@ export interface RemoteRoomOps {
   resolveAlias(alias: string): Promise<{ room_id: string; servers: string[] }>;
 }
 
+/** What a room upgrade adds to the creation of the replacement room (server/rooms/room-upgrades.ts). */
+export interface RoomCreationExtras {
+  /** The room ID (versions before 12), chosen before the room exists. */
+  roomId?: string;
+  /** Events after those the request makes (the upgrader's power level restored). */
+  after?: EventTemplate[];
+  /** Runs in the creating transaction (aliases and the directory entry moved from the old room). */
+  alongside?: (tx: Database, roomId: string) => Promise<void>;
+}
+
 export class Rooms {
   /** Client transactions in flight in this process: a retry waits for the original. */
   private readonly inflightTxns = new Map<string, Promise<string>>();
@@ -260,7 +270,11 @@ export class Rooms {
 
   // ---- Creating rooms --------------------------------------------------------------------------------
 
-  async createRoom(requester: Requester, request: CreateRoomRequest): Promise<string> {
+  /**
+   * POST /createRoom; a room upgrade creates the replacement room here too, with `extras` (see
+   * RoomCreationExtras).
+   */
+  async createRoom(requester: Requester, request: CreateRoomRequest, extras: RoomCreationExtras = {}): Promise<string> {
     const version = request.room_version ?? this.defaultRoomVersion;
     if (!isSupportedRoomVersion(version)) {
       throw new MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", `Room version ${JSON.stringify(version).slice(0, 40)} is not supported`);
@@ -289,12 +303,14 @@ export class Rooms {
         version,
         creator,
         createContent: plan.createContent,
-        templates: plan.templates,
+        templates: (roomId) => [...plan.templates(roomId), ...(extras.after ?? [])],
         isPublic: request.visibility === "public",
+        ...(extras.roomId !== undefined ? { roomId: extras.roomId } : {}),
         alongside: async (tx, roomId) => {
           if (alias !== undefined && !(await this.aliases.create(alias, roomId, creator, tx))) {
             throw new MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken");
           }
+          await extras.alongside?.(tx, roomId);
         },
       });
       // Users of other servers are invited once the room exists (their servers sign the invites).
@@ -548,6 +564,7 @@ export class Rooms {
   async sendMessage(requester: Requester, roomId: string, type: string, content: JsonObject, txnId: string): Promise<string> {
     this.checkEventFields(type);
     this.checkContent(content);
+    checkTombstone(roomId, type, content);
     const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: `/rooms/${roomId}/send/${type}`, txnId };
     return this.withTransaction(txn, async () => {
       const template: EventTemplate = { type, sender: requester.userId, content, txn };
@@ -592,6 +609,7 @@ export class Rooms {
   async setState(requester: Requester, roomId: string, type: string, stateKey: string, content: JsonObject): Promise<string> {
     this.checkEventFields(type, stateKey);
     this.checkContent(content);
+    checkTombstone(roomId, type, content);
     await this.requireRoom(roomId);
     if (type === "m.room.canonical_alias" && stateKey === "") await this.checkCanonicalAlias(roomId, content);
     const events = await this.persister.enqueue(roomId, async (view) => {
@@ -640,6 +658,13 @@ export class Rooms {
     } finally {
       this.inflightTxns.delete(key);
     }
+  }
+}
+
+/** A tombstone naming its own room as the replacement would send clients round in a circle (Synapse refuses it too). */
+function checkTombstone(roomId: string, type: string, content: JsonObject): void {
+  if (type === "m.room.tombstone" && content.replacement_room === roomId) {
+    throw new MatrixError(400, "M_BAD_JSON", "A tombstone cannot name its own room as the replacement");
   }
 }
 
