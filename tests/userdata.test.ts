@@ -151,16 +151,46 @@ describe("filters", () => {
 });
 
 describe("push rules", () => {
-  it("serves the default rule set at /pushrules/ (trailing slash) and its other spellings", async () => {
+  it("serves the default rule set at /pushrules/, /pushrules/global/ and /pushrules/global/{kind}/, and in the initial sync", async () => {
     const res = await request(hs.url, "GET", "/_matrix/client/v3/pushrules/", { token: alice.accessToken });
     expect(res.status).toBe(200);
     const ids = res.json.global.override.map((r: { rule_id: string }) => r.rule_id);
     expect(ids[0]).toBe(".m.rule.master");
     expect(res.json.global.underride.length).toBeGreaterThan(0);
-    const bare = await request(hs.url, "GET", "/_matrix/client/v3/pushrules", { token: alice.accessToken });
-    expect(bare.json).toEqual(res.json);
     const global = await request(hs.url, "GET", "/_matrix/client/v3/pushrules/global/", { token: alice.accessToken });
     expect(global.json).toEqual(res.json.global);
+    const content = await request(hs.url, "GET", "/_matrix/client/v3/pushrules/global/content/", { token: alice.accessToken });
+    expect(content.json).toEqual(res.json.global.content);
+    // Never changed, the rules still come in the initial sync's account data, as an object.
+    const initial = await request(hs.url, "GET", "/_matrix/client/v3/sync", { token: alice.accessToken });
+    const event = initial.json.account_data.events.find((e: { type: string }) => e.type === "m.push_rules");
+    expect(event.content).toEqual(res.json);
+  });
+
+  it("answers malformed push rule paths with 400", async () => {
+    const t = { token: alice.accessToken };
+    const base = "/_matrix/client/v3/pushrules";
+    for (const path of ["", "/global", "/global/room", "/not_a_scope/", "/global/not_a_template/", "/global/override/.m.rule.master/not_an_attr"]) {
+      const res = await request(hs.url, "GET", `${base}${path}`, t);
+      expect(res.status, `GET ${path}`).toBe(400);
+    }
+    for (const path of ["/", "/global", "/global/room", "/global/room/", "/global/override/.m.rule.master/not_an_attr"]) {
+      const res = await request(hs.url, "PUT", `${base}${path}`, { ...t, body: { actions: ["notify"], enabled: true } });
+      expect(res.status, `PUT ${path}`).toBe(400);
+    }
+    // The attributes themselves still answer.
+    expect((await request(hs.url, "GET", `${base}/global/override/.m.rule.master/enabled`, t)).status).toBe(200);
+  });
+
+  it("keeps room rules with any ID and the historical dont_notify action as written", async () => {
+    const t = { token: bob.accessToken };
+    const path = `/_matrix/client/v3/pushrules/global/room/${encodeURIComponent("#a:example.com")}`;
+    expect((await request(hs.url, "PUT", path, { ...t, body: { actions: ["dont_notify"] } })).status).toBe(200);
+    expect((await request(hs.url, "GET", path, t)).json).toMatchObject({ rule_id: "#a:example.com", actions: ["dont_notify"] });
+    const master = "/_matrix/client/v3/pushrules/global/override/.m.rule.master/actions";
+    await request(hs.url, "PUT", master, { ...t, body: { actions: ["dont_notify"] } });
+    expect((await request(hs.url, "GET", master, t)).json).toEqual({ actions: ["dont_notify"] });
+    await request(hs.url, "PUT", master, { ...t, body: { actions: [] } });
   });
 
   it("adds, orders, reads, toggles and deletes a user's rules", async () => {

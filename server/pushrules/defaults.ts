@@ -26,10 +26,10 @@ export interface SetTweakAction {
 }
 
 /**
- * An action of a push rule. The historical `dont_notify` and `coalesce` actions are removed when a rule is
- * written and ignored when one is evaluated (spec "Historical Actions").
+ * An action of a push rule. The historical `dont_notify` and `coalesce` actions are kept as the
+ * client wrote them and ignored when a rule is evaluated (spec "Historical Actions").
  */
-export type PushAction = "notify" | SetTweakAction;
+export type PushAction = "notify" | "dont_notify" | "coalesce" | SetTweakAction;
 
 export interface EventMatchCondition {
   kind: "event_match";

@@ -191,8 +191,7 @@ function notificationPowerLevel(powerLevels: Record<string, unknown> | null | un
 }
 
 function outcome(kind: PushRuleKind, rule: PushRule): PushRuleOutcome {
-  // Historical `dont_notify` and `coalesce` are never stored by ruleset.ts, but a rule from elsewhere may
-  // carry them; the spec says to ignore them.
+  // Historical `dont_notify` and `coalesce`, kept as written, are ignored as the spec says.
   const actions = rule.actions.filter(
     (action) =>
       action === "notify" || (typeof action === "object" && action !== null && typeof action.set_tweak === "string"),

@@ -56,13 +56,12 @@ const scalarJsonValue = z.union([z.string(), z.int(), z.boolean(), z.null()]);
 const setTweakAction = z.object({ set_tweak: z.string(), value: z.json().optional() }).catchall(z.json());
 
 /**
- * `dont_notify` and `coalesce` are still accepted from old clients, then removed: "a rule with
- * `["dont_notify"]` actions MUST be equivalent to a rule with an empty actions array" (spec "Historical
- * Actions"). Other strings are refused, as Synapse does, so a typo does not silently store a no-op.
+ * `dont_notify` and `coalesce` are still accepted from old clients and kept as given, so a client
+ * reads back what it wrote; evaluation ignores them ("Clients and homeservers MUST ignore these
+ * actions": a rule with `["dont_notify"]` acts as one with no actions; spec "Historical Actions").
+ * Other strings are refused, as Synapse does, so a typo does not silently store a no-op.
  */
-const pushActions = z
-  .array(z.union([z.enum(["notify", "dont_notify", "coalesce"]), setTweakAction]))
-  .transform((actions) => actions.flatMap((a) => (a === "dont_notify" || a === "coalesce" ? [] : [a])));
+const pushActions = z.array(z.union([z.enum(["notify", "dont_notify", "coalesce"]), setTweakAction]));
 
 const knownCondition = z.discriminatedUnion("kind", [
   z.object({ kind: z.literal("event_match"), key: z.string(), pattern: z.string() }),
@@ -119,14 +118,9 @@ function checkNewRuleId(kind: PushRuleKind, ruleId: string): void {
   if (ruleId.includes("/") || ruleId.includes("\\")) {
     throw new PushRuleError(400, "M_INVALID_PARAM", "Rule IDs may not contain slashes or backslashes");
   }
-  // "The rule_id of a room rule is always the ID of the room that it affects", and of a sender rule the
-  // user ID: evaluation compares them with the event's room_id and sender.
-  if (kind === "room" && !ruleId.startsWith("!")) {
-    throw new PushRuleError(400, "M_INVALID_PARAM", "The rule ID of a room rule must be a room ID");
-  }
-  if (kind === "sender" && !ruleId.startsWith("@")) {
-    throw new PushRuleError(400, "M_INVALID_PARAM", "The rule ID of a sender rule must be a user ID");
-  }
+  // "The rule_id of a room rule is always the ID of the room that it affects", and of a sender rule
+  // the user ID: evaluation compares them with the event's room_id and sender. Any other string is
+  // stored as given and matches nothing (clients have used room aliases; Synapse takes them too).
 }
 
 // ---- Order ------------------------------------------------------------------------------------------
@@ -156,6 +150,11 @@ function replaceRule(ruleset: Ruleset, kind: PushRuleKind, updated: PushRule): R
 }
 
 // ---- Operations -------------------------------------------------------------------------------------
+
+/** `GET /pushrules/global/{kind}/`: the rules of one kind, in evaluation order. */
+export function getRulesOfKind(ruleset: Ruleset, kind: string): PushRule[] {
+  return ruleset[parsePushRuleKind(kind)];
+}
 
 /** `GET /pushrules/global/{kind}/{ruleId}` (and its `/enabled` and `/actions`). */
 export function getRule(ruleset: Ruleset, kind: string, ruleId: string): PushRule {

@@ -4,7 +4,7 @@
 import { z } from "zod";
 import { MatrixError } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
-import { deleteRule, getRule, putRule, setActions, setEnabled } from "../../pushrules/ruleset.ts";
+import { deleteRule, getRule, getRulesOfKind, putRule, setActions, setEnabled } from "../../pushrules/ruleset.ts";
 
 const BASE = "/_matrix/client/v3/pushrules";
 
@@ -12,24 +12,49 @@ function checkScope(scope: string): void {
   if (scope !== "global") throw new MatrixError(400, "M_INVALID_PARAM", `Unknown push rule scope ${scope}`);
 }
 
-// matrix-js-sdk asks for `/pushrules/` with the trailing slash; serve the other spellings too.
-const getAll = (path: string) =>
-  route({
-    method: "GET",
-    path,
-    auth: "user",
-    handler: ({ requester }, services) => services.userData.getPushRules(requester.userId),
-  });
+// The spec's paths end in a slash (`/pushrules/`, `/pushrules/global/`, `/pushrules/global/{kind}/`);
+// the same paths without it, and paths with a part missing or an unknown one, are malformed
+// requests for a rule: 400, as Synapse answers them, rather than 404 for an unknown endpoint.
+const getAll = route({
+  method: "GET",
+  path: `${BASE}/`,
+  auth: "user",
+  handler: ({ requester }, services) => services.userData.getPushRules(requester.userId),
+});
 
-const getGlobal = (path: string) =>
-  route({
-    method: "GET",
-    path,
-    auth: "user",
-    async handler({ requester }, services) {
-      return (await services.userData.getPushRules(requester.userId)).global;
-    },
-  });
+const getScope = route({
+  method: "GET",
+  path: `${BASE}/:scope/`,
+  auth: "user",
+  async handler({ params, requester }, services) {
+    checkScope(params.scope!);
+    return (await services.userData.getPushRules(requester.userId)).global;
+  },
+});
+
+const getKind = route({
+  method: "GET",
+  path: `${BASE}/:scope/:kind/`,
+  auth: "user",
+  async handler({ params, requester }, services) {
+    checkScope(params.scope!);
+    const { global } = await services.userData.getPushRules(requester.userId);
+    return getRulesOfKind(global, params.kind!);
+  },
+});
+
+function malformed(path: string, why: string, methods: ReadonlyArray<"GET" | "PUT" | "DELETE"> = ["GET", "PUT", "DELETE"]) {
+  return methods.map((method) =>
+    route({
+      method,
+      path,
+      auth: "user",
+      handler() {
+        throw new MatrixError(400, "M_UNRECOGNIZED", why);
+      },
+    }),
+  );
+}
 
 export const getRuleRoute = route({
   method: "GET",
@@ -121,10 +146,9 @@ export const putActions = route({
 });
 
 export const pushRuleRoutes = [
-  getAll(`${BASE}/`),
-  getAll(BASE),
-  getGlobal(`${BASE}/global/`),
-  getGlobal(`${BASE}/global`),
+  getAll,
+  getScope,
+  getKind,
   getRuleRoute,
   putRuleRoute,
   deleteRuleRoute,
@@ -132,4 +156,12 @@ export const pushRuleRoutes = [
   putEnabled,
   getActions,
   putActions,
+  // Malformed paths, after the real ones (which win where both match).
+  ...malformed(BASE, "Push rule paths end with a slash: /pushrules/"),
+  ...malformed(`${BASE}/`, "A push rule path needs a scope, a kind and a rule ID", ["PUT", "DELETE"]),
+  ...malformed(`${BASE}/:scope`, "A push rule path needs a kind and a rule ID (or a trailing slash)"),
+  ...malformed(`${BASE}/:scope/`, "A push rule path needs a kind and a rule ID", ["PUT", "DELETE"]),
+  ...malformed(`${BASE}/:scope/:kind`, "A push rule path needs a rule ID (or a trailing slash)"),
+  ...malformed(`${BASE}/:scope/:kind/`, "A push rule's ID cannot be empty", ["PUT", "DELETE"]),
+  ...malformed(`${BASE}/:scope/:kind/:ruleId/:attribute`, "A push rule's attributes are `enabled` and `actions`"),
 ];
