@@ -44,3 +44,17 @@ export const userDirectorySearch = pgTable(
 export const userDirectoryPublicRooms = pgTable("user_directory_public_rooms", {
   roomId: text("room_id").primaryKey(),
 });
+
+/**
+ * The joined members of the public rooms above: who everyone can find, one indexed probe per
+ * candidate at search time. Kept with the rooms' memberships; a room leaves this table (and the
+ * one above) when no user of this server is joined to it any more (its state is then frozen).
+ */
+export const userDirectoryPublicMembers = pgTable(
+  "user_directory_public_members",
+  {
+    userId: text("user_id").notNull(),
+    roomId: text("room_id").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.roomId] }), index("user_directory_public_members_room_idx").on(t.roomId)],
+);
