@@ -14,6 +14,7 @@
 // - `m.reference`: the IDs of the events that reference it.
 import { type SQL, sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
+import { MatrixError } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
 import { EVENT_COLUMNS, type EventStore, type Reader, type StoredEvent, sqlList } from "./event-store.ts";
 import { TIMELINE_END, TIMELINE_START, type TimelinePoint, formatToken, parseToken, pointAfter, pointBefore } from "./pagination.ts";
@@ -35,6 +36,14 @@ export interface RelationsRequest {
   dir: "b" | "f";
   recurse?: boolean;
 }
+
+export interface ThreadsRequest {
+  include: "all" | "participated";
+  limit?: number;
+  from?: string;
+}
+
+const THREADS_DEFAULT_LIMIT = 20;
 
 export class Relations {
   constructor(
@@ -77,6 +86,69 @@ export class Relations {
     if (!exhausted) response.next_batch = formatToken(cursor);
     if (request.from !== undefined) response.prev_batch = request.from;
     if (request.recurse !== undefined) response.recursion_depth = depth;
+    return response;
+  }
+
+  /**
+   * GET /rooms/{roomId}/threads (threads_list.yaml): the room's thread roots the user may see, the
+   * thread with the latest reply first ("ordered by the latest_event in each event's aggregated
+   * children", topologically), each with its bundled aggregations as /messages serves them.
+   * `participated`: threads whose root or a reply the user sent. The token is the position of the
+   * last thread's latest reply; the next page has the threads whose latest reply is older. A former
+   * member sees the threads as they were when they left.
+   */
+  async threads(requester: Requester, roomId: string, request: ThreadsRequest): Promise<JsonObject> {
+    const access = await this.timeline.access(requester.userId, roomId);
+    const limit = Math.min(request.limit ?? THREADS_DEFAULT_LIMIT, MAX_LIMIT);
+    let cursor = TIMELINE_END;
+    if (request.from !== undefined) {
+      const parsed = parseToken(request.from);
+      if (parsed.kind !== "topological") throw new MatrixError(400, "M_INVALID_PARAM", "Unknown pagination token");
+      cursor = parsed.point;
+    }
+    const userId = requester.userId;
+    const accepted = (alias: string) =>
+      sql`${sql.raw(alias)}.stream_ordering is not null and ${sql.raw(alias)}.rejected_reason is null and not ${sql.raw(alias)}.soft_failed`;
+    const until = access.until;
+    const notAfterUntil = (alias: string) =>
+      until ? sql` and (${sql.raw(alias)}.topological_ordering, ${sql.raw(alias)}.stream_ordering) <= (${until.topological}::bigint, ${until.stream}::bigint)` : sql``;
+
+    const out: StoredEvent[] = [];
+    let exhausted = false;
+    while (out.length < limit) {
+      const batch = Math.max(limit * 2, 20);
+      const page = rowsOf<{ root_id: string; lt: string | number; ls: string | number }>(
+        await this.db.execute(sql`select t.root_id, t.lt, t.ls from (
+            select distinct on (rl.relates_to_id) rl.relates_to_id as root_id, e.topological_ordering as lt, e.stream_ordering as ls
+            from events e join event_relations rl on rl.event_id = e.event_id and rl.rel_type = 'm.thread'
+            where e.room_id = ${roomId} and ${accepted("e")}${notAfterUntil("e")}
+            order by rl.relates_to_id, e.topological_ordering desc, e.stream_ordering desc
+          ) t join events root on root.event_id = t.root_id
+          where root.room_id = ${roomId} and ${accepted("root")}${notAfterUntil("root")}
+            and (t.lt, t.ls) < (${cursor.topological}::bigint, ${cursor.stream}::bigint)
+            ${
+              request.include === "participated"
+                ? sql`and (root.sender = ${userId} or exists (select 1 from event_relations r2 join events e2 on e2.event_id = r2.event_id
+                    where r2.relates_to_id = t.root_id and r2.rel_type = 'm.thread' and e2.sender = ${userId} and ${accepted("e2")}))`
+                : sql``
+            }
+          order by t.lt desc, t.ls desc limit ${batch}::int`),
+      );
+      const roots = await this.store.getEvents(page.map((r) => r.root_id));
+      const visible = new Set((await this.visibility.filter(access.viewer, [...roots.values()])).map((e) => e.eventId));
+      for (const row of page) {
+        cursor = { topological: Number(row.lt), stream: Number(row.ls) };
+        const root = roots.get(row.root_id);
+        if (root && visible.has(root.eventId)) out.push(root);
+        if (out.length >= limit) break;
+      }
+      if (page.length < batch && out.length < limit) {
+        exhausted = true;
+        break;
+      }
+    }
+    const response: JsonObject = { chunk: await this.store.format(out, requester) };
+    if (!exhausted) response.next_batch = formatToken(cursor);
     return response;
   }
 

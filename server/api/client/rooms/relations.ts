@@ -31,7 +31,25 @@ function relationsRoute(path: string) {
   });
 }
 
+// https://spec.matrix.org/latest/client-server-api/#get_matrixclientv1roomsroomidthreads (threads_list.yaml)
+export const threads = route({
+  method: "GET",
+  path: "/_matrix/client/v1/rooms/:roomId/threads",
+  auth: "user",
+  allowGuests: true,
+  query: z.looseObject({
+    include: z.enum(["all", "participated"]).optional(),
+    // "Must be an integer greater than zero."
+    limit: z.string().regex(/^0*[1-9]\d{0,8}$/, "must be an integer greater than zero").transform(Number).optional(),
+    from: z.string().optional(),
+  }),
+  handler({ requester, params, query }, services) {
+    return services.relations.threads(requester, params.roomId!, { include: query.include ?? "all", limit: query.limit, from: query.from });
+  },
+});
+
 export const relationsRoutes = [
+  threads,
   relationsRoute("/_matrix/client/v1/rooms/:roomId/relations/:eventId"),
   relationsRoute("/_matrix/client/v1/rooms/:roomId/relations/:eventId/:relType"),
   relationsRoute("/_matrix/client/v1/rooms/:roomId/relations/:eventId/:relType/:eventType"),
