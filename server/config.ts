@@ -183,6 +183,12 @@ export const configKeys = {
     default: false,
     doc: "Allow guest accounts (/register?kind=guest).",
   }),
+  user_directory_search_all_users: key({
+    env: "PARLEY_USER_DIRECTORY_SEARCH_ALL_USERS",
+    schema: bool,
+    default: false,
+    doc: "User directory search (/user_directory/search) also finds every local user (not guests), not only those sharing a room with the searcher or joined to a public room.",
+  }),
   rate_limits: key({
     env: "PARLEY_RATE_LIMITS",
     schema: bool,

@@ -25,6 +25,7 @@ import { wireE2eeFederation } from "../federation/transport/e2ee.ts";
 import { SyncReads } from "./rooms/sync-reads.ts";
 import { connectRoomEdus } from "../federation/transport/room-edus.ts";
 import { connectRoomFederation } from "../federation/transport/room-federation.ts";
+import { UserDirectory } from "./userdirectory/user-directory.ts";
 
 export interface Homeserver {
   services: Services;
@@ -143,6 +144,17 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       now,
     });
     await federation.start();
+    const userDirectory = new UserDirectory({
+      db: database.db,
+      serverName: config.server_name,
+      accounts: accountServices.accounts,
+      logger,
+      searchAllUsers: config.user_directory_search_all_users,
+    });
+    accountServices.accounts.onAccountCreated((userId) => userDirectory.localUserChanged(userId));
+    accountServices.accounts.onProfileChanged((userId) => userDirectory.localUserChanged(userId));
+    roomServices.persister.onBatchPersisted((events) => userDirectory.eventsPersisted(events));
+    userDirectory.start();
     const queries = federation.queries;
     roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));
     roomServices.directory.readRemoteDirectoriesWith((server, query) => queries.publicRooms(server, query));
@@ -159,6 +171,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       auth: accountServices.sessions,
       federation,
       serverAuth: federation.serverAuth,
+      userDirectory,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
     const handle = requests.wrap(app.fetch);

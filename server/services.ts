@@ -20,6 +20,7 @@ import { RateLimiter } from "./ratelimit.ts";
 import type { RoomServices } from "./rooms/room-services.ts";
 import type { SyncServices } from "./sync/sync-services.ts";
 import { UserData } from "./userdata/userdata.ts";
+import type { UserDirectory } from "./userdirectory/user-directory.ts";
 
 /** Turns an access token into a requester, or throws 401 M_UNKNOWN_TOKEN. */
 export interface Authenticator {
@@ -39,6 +40,8 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   federation: Federation;
   /** Checks X-Matrix signatures for routes declared `auth: "server"`. */
   serverAuth: ServerAuthenticator;
+  /** `/user_directory/search`. */
+  userDirectory: UserDirectory;
 }
 
 /** Until accounts exist, no token is valid. */

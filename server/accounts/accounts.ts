@@ -59,6 +59,8 @@ export type DevicesDeletedListener = (userId: string, deviceIds: string[]) => Pr
 export type DeviceRenamedListener = (userId: string, deviceId: string) => Promise<void> | void;
 /** Called after a login created a new device; E2EE records a device-list change (the device is in the user's list now). */
 export type DeviceCreatedListener = (userId: string, deviceId: string) => Promise<void> | void;
+/** Called after an account is created or a guest account becomes a full one (the user directory lists it). */
+export type AccountCreatedListener = (userId: string) => Promise<void> | void;
 /** Called after a user's displayname or avatar changes; the rooms component updates membership events. */
 export type ProfileChangedListener = (userId: string, profile: Profile) => Promise<void> | void;
 
@@ -82,6 +84,7 @@ export class Accounts {
   private readonly profileChangedListeners: ProfileChangedListener[] = [];
   private readonly deviceRenamedListeners: DeviceRenamedListener[] = [];
   private readonly deviceCreatedListeners: DeviceCreatedListener[] = [];
+  private readonly accountCreatedListeners: AccountCreatedListener[] = [];
 
   constructor(
     private readonly db: Database,
@@ -107,6 +110,10 @@ export class Accounts {
 
   onDeviceCreated(listener: DeviceCreatedListener): void {
     this.deviceCreatedListeners.push(listener);
+  }
+
+  onAccountCreated(listener: AccountCreatedListener): void {
+    this.accountCreatedListeners.push(listener);
   }
 
   // ---- Users -----------------------------------------------------------------------------------------
@@ -163,6 +170,7 @@ export class Accounts {
       ...(user.admin ? { admin: true } : {}),
       ...(user.guest ? { guest: true } : {}),
     });
+    await this.accountCreated(userId);
     return userId;
   }
 
@@ -183,6 +191,7 @@ export class Accounts {
     if (updated.length === 0) throw forbidden("This account is not a guest account");
     await this.sessions.dropCached(userId);
     await this.audit.record("registered", userId, source, { upgraded_guest: true });
+    await this.accountCreated(userId);
   }
 
   /**
@@ -456,6 +465,16 @@ export class Accounts {
       ...(row.displayName !== null ? { displayname: row.displayName } : {}),
       ...(row.avatarUrl !== null ? { avatar_url: row.avatarUrl } : {}),
     });
+  }
+
+  private async accountCreated(userId: string): Promise<void> {
+    for (const listener of this.accountCreatedListeners) {
+      try {
+        await listener(userId);
+      } catch (err) {
+        this.logger.error({ err, userId }, "an account-created hook failed");
+      }
+    }
   }
 
   private async profileChanged(userId: string, profile: Profile): Promise<void> {

@@ -21,6 +21,7 @@ import { toDeviceRoutes } from "./client/e2ee-to-device.ts";
 import { filterRoutes } from "./client/filter.ts";
 import { loginRoutes } from "./client/login.ts";
 import { profileRoutes } from "./client/profile.ts";
+import { userDirectoryRoutes } from "./client/user-directory.ts";
 import { pushRuleRoutes } from "./client/pushrules.ts";
 import { registerRoutes } from "./client/register.ts";
 import { searchRoutes } from "./client/search.ts";
@@ -64,6 +65,7 @@ export const routes: AnyRoute[] = [
   ...accountRoutes,
   ...deviceRoutes,
   ...profileRoutes,
+  ...userDirectoryRoutes,
   ...accountDataRoutes,
   ...filterRoutes,
   ...pushRuleRoutes,
