@@ -1,6 +1,6 @@
 // The user directory's tables (`POST /user_directory/search`): who can be found and under which
-// words. Owned by server/userdirectory/. Membership itself is not copied: a search reads the rooms
-// component's current state (always up to date), so leaving a room hides a user at once.
+// words, the public rooms and their members. Owned by server/userdirectory/. Who shares a room with
+// the searcher is read from the rooms component's current state at search time.
 import { boolean, index, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 
 /**
