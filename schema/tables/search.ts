@@ -27,7 +27,10 @@ export const eventSearch = pgTable(
     streamOrdering: bigint("stream_ordering", { mode: "number" }).notNull(),
   },
   (t) => [
-    index("event_search_vector_idx").using("gin", t.vector),
-    index("event_search_room_stream_idx").on(t.roomId, t.streamOrdering),
+    // fastupdate off: each insert goes into the index itself, not a pending list that every query
+    // then scans in full until a VACUUM (PGlite runs no autovacuum; measured 10-60 ms per query).
+    index("event_search_vector_idx").using("gin", t.vector).with({ fastupdate: false }),
+    // `recent` over a common term: the newest rows first, stopping after a page of matches.
+    index("event_search_stream_idx").on(t.streamOrdering),
   ],
 );
