@@ -27,7 +27,7 @@ import { stateMapKey } from "../../federation/protocol/room-state.ts";
 import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { MatrixError } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
-import { EVENT_COLUMNS, type ClientEvent, type EventRow, type EventStore, type StoredEvent, eventFromRow, sqlList, visibleContent } from "./event-store.ts";
+import { type ClientEvent, type EventStore, type StoredEvent, sqlList, visibleContent } from "./event-store.ts";
 import { matchesFilter, typeMatches, type RoomEventFilter } from "./event-filter.ts";
 import type { BatchPersistedListener, EventsWriteExtension } from "./persister.ts";
 import type { Rooms } from "./rooms.ts";
@@ -56,6 +56,8 @@ const MAX_LIMIT = 500;
 const MAX_CONTEXT = 100;
 /** Candidates examined for one request at most, however many visibility and filters drop. */
 const MAX_SCANNED = 5_000;
+/** Matches counted exactly at most (see `count`). */
+const EXACT_COUNT = 1_000;
 /** Words of the results looked at for `highlights`, at most. */
 const MAX_HIGHLIGHT_WORDS = 2_000;
 
@@ -83,6 +85,8 @@ interface Cursor {
   stream: number;
   rank?: number;
   group?: { key: SearchGroupKey; value: string };
+  /** The first page's count, so later pages need not count again. */
+  count?: number;
 }
 
 /** The searchable text of an event, or undefined for events search does not cover. */
@@ -147,7 +151,8 @@ function decodeCursor(token: string, order: SearchOrder): Cursor {
     const g = c.group as { key?: unknown; value?: unknown };
     if ((g.key !== "room_id" && g.key !== "sender") || typeof g.value !== "string") throw invalid();
   }
-  return { order, stream: c.stream, rank: c.rank, group: c.group };
+  if (c.count !== undefined && (typeof c.count !== "number" || !Number.isSafeInteger(c.count) || c.count < 0)) throw invalid();
+  return { order, stream: c.stream, rank: c.rank, group: c.group, count: c.count };
 }
 
 interface Candidate {
@@ -229,24 +234,24 @@ export class RoomSearch {
 
     const query = sql`websearch_to_tsquery(${CONFIG}::regconfig, ${term})`;
     const rank = sql`ts_rank(s.vector, ${query})`;
-    const where = [
-      sql`s.vector @@ ${query}`,
-      sql`s.stream_ordering <= a.until`,
-      sql`s.key in (${sqlList(keys)})`,
-      sql`e.redacted_by is null and e.rejected_reason is null and not e.soft_failed and not e.outlier`,
+    // Joined rooms whole; the rooms the user left up to their leave.
+    const joined = rooms.filter((r) => r.joined).map((r) => r.roomId);
+    const inRooms = [
+      ...(joined.length ? [sql`s.room_id in (${sqlList(joined)})`] : []),
+      ...rooms.filter((r) => !r.joined).map((r) => sql`(s.room_id = ${r.roomId} and s.stream_ordering <= ${r.until}::bigint)`),
     ];
+    const where = [sql`s.vector @@ ${query}`, sql`(${sql.join(inRooms, sql` or `)})`];
+    // Every key: no condition (the planner then estimates the count from the term alone).
+    if (keys.length < ALL_KEYS.length) where.push(sql`s.key in (${sqlList(keys)})`);
     if (senders) where.push(sql`s.sender in (${sqlList(senders)})`);
     if (filter.not_senders?.length) where.push(sql`s.sender not in (${sqlList(filter.not_senders)})`);
-    const from = sql`from event_search s
-      join (values ${sql.join(rooms.map((r) => sql`(${r.roomId}, ${r.until}::bigint)`), sql`, `)}) as a(room_id, until) on a.room_id = s.room_id
-      join events e on e.event_id = s.event_id
-      join rooms r on r.room_id = e.room_id`;
+    // The index alone answers which events match and in what order (it holds no rejected,
+    // soft-failed or outlier events, and loses redacted ones just after they are redacted); the
+    // events are then read by ID, a page at a time, and checked again.
+    const from = sql`from event_search s`;
     const order = request.orderBy === "rank" ? sql`order by rank desc, s.stream_ordering desc` : sql`order by s.stream_ordering desc`;
 
-    // "An approximate count of the total number of results": every match in the rooms searched,
-    // before history visibility (which the database cannot tell).
-    const countRows = rowsOf<{ n: string | number }>(await this.db.execute(sql`select count(*) as n ${from} where ${sql.join(where, sql` and `)}`));
-    const count = Number(countRows[0]?.n ?? 0);
+    const count = cursor?.count ?? (await this.count(sql`${from} where ${sql.join(where, sql` and `)}`));
 
     const byRoom = new Map(rooms.map((r) => [r.roomId, r]));
     const accesses = new Map<string, RoomAccess>();
@@ -272,18 +277,24 @@ export class RoomSearch {
           ? sql` and (${rank}, s.stream_ordering) < (${position.rank!}::real, ${position.stream}::bigint)`
           : sql` and s.stream_ordering < ${position.stream}::bigint`
         : sql``;
-      const rows = rowsOf<EventRow & { rank: string | number }>(
-        await this.db.execute(sql`select ${EVENT_COLUMNS}, ${rank} as rank ${from}
+      const rows = rowsOf<{ event_id: string; stream_ordering: string | number; rank: string | number }>(
+        await this.db.execute(sql`select s.event_id, s.stream_ordering, ${rank} as rank ${from}
           where ${sql.join(where, sql` and `)}${after} ${order} limit ${batchSize}::int`),
       );
-      const candidates = rows.map((r) => ({ event: eventFromRow(r), rank: Number(r.rank) }));
-      const visible = await this.visibleIds(candidates.map((c) => c.event), accessOf);
+      const stored = await this.store.getEvents(rows.map((r) => r.event_id));
+      const candidates = new Map<string, Candidate>();
+      for (const r of rows) {
+        const event = stored.get(r.event_id);
+        if (event && !event.redactedBy && !event.rejected && !event.softFailed && !event.outlier) candidates.set(r.event_id, { event, rank: Number(r.rank) });
+      }
+      const visible = await this.visibleIds([...candidates.values()].map((c) => c.event), accessOf);
       let full = false;
-      for (const c of candidates) {
-        position = { order: request.orderBy, stream: c.event.streamOrdering ?? 0, group: cursor?.group };
-        if (request.orderBy === "rank") position.rank = c.rank;
+      for (const r of rows) {
+        position = { order: request.orderBy, stream: Number(r.stream_ordering), group: cursor?.group, count };
+        if (request.orderBy === "rank") position.rank = Number(r.rank);
         scanned++;
-        if (!visible.has(c.event.eventId)) continue;
+        const c = candidates.get(r.event_id);
+        if (!c || !visible.has(c.event.eventId)) continue;
         if (!matchesFilter(filter, { type: c.event.type, sender: c.event.sender, content: visibleContent(c.event) })) continue;
         results.push(c);
         if (results.length >= limit) {
@@ -344,6 +355,26 @@ export class RoomSearch {
     }
     if (nextBatch !== undefined) response.next_batch = nextBatch;
     return response;
+  }
+
+  /**
+   * "An approximate count of the total number of results": the matches in the rooms searched
+   * (before history visibility, which the database cannot tell, and redactions not yet applied to
+   * the index), counted exactly up to EXACT_COUNT; beyond it, the planner's estimate from the
+   * index's statistics (counting half of 100,000 messages took 250 ms on PGlite, as long as the
+   * search itself).
+   */
+  private async count(fromWhere: SQL): Promise<number> {
+    const [row] = rowsOf<{ n: string | number }>(
+      await this.db.execute(sql`select count(*) as n from (select 1 ${fromWhere} limit ${EXACT_COUNT}::int) as m`),
+    );
+    const exact = Number(row?.n ?? 0);
+    if (exact < EXACT_COUNT) return exact;
+    const [plan] = rowsOf<Record<string, unknown>>(await this.db.execute(sql`explain (format json) select 1 ${fromWhere}`));
+    let value = plan ? Object.values(plan)[0] : undefined;
+    if (typeof value === "string") value = JSON.parse(value) as unknown;
+    const estimate = Number((value as Array<{ Plan?: { "Plan Rows"?: number } }> | undefined)?.[0]?.Plan?.["Plan Rows"]);
+    return Number.isFinite(estimate) ? Math.max(EXACT_COUNT, Math.round(estimate)) : EXACT_COUNT;
   }
 
   /**
