@@ -1,6 +1,7 @@
 // Room upgrades over HTTP: POST /rooms/{roomId}/upgrade.
 // https://spec.matrix.org/latest/client-server-api/#room-upgrades
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Network, startNetwork } from "./federation-harness.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
 import { type RoomUser, registerRoomUser, roomPath } from "./rooms-helpers.ts";
 import { sync } from "./sync-helpers.ts";
@@ -254,5 +255,45 @@ describe("room upgrades", () => {
     const roomId = await alice.createRoom();
     const res = await alice.setState(roomId, "m.room.tombstone", { body: "x", replacement_room: roomId });
     expect(res.status).toBe(400);
+  });
+});
+
+describe("a room upgraded on another server", () => {
+  let net: Network;
+  let hs1Alice: RoomUser;
+  let hs2Bob: RoomUser;
+  beforeAll(async () => {
+    net = await startNetwork(2);
+    hs1Alice = await registerRoomUser(net.servers[0]!.url, "alice");
+    hs2Bob = await registerRoomUser(net.servers[1]!.url, "bob");
+  });
+  afterAll(() => net?.destroy());
+
+  it("moves this server's aliases and copies its user's push rules and tags when its first user joins the new room", async () => {
+    const old = await hs1Alice.createRoom({ room_version: "10", preset: "public_chat" });
+    expect((await hs2Bob.call("POST", `/_matrix/client/v3/join/${enc(old)}?via=hs1.test`, {})).status).toBe(200);
+    expect((await hs2Bob.call("PUT", aliasPath("#bobs:hs2.test"), { room_id: old })).status).toBe(200);
+    expect((await hs2Bob.call("PUT", `/_matrix/client/v3/pushrules/global/room/${enc(old)}`, { actions: ["dont_notify"] })).status).toBe(200);
+    expect((await hs2Bob.call("PUT", `/_matrix/client/v3/user/${enc(hs2Bob.userId)}/rooms/${enc(old)}/tags/m.favourite`, {})).status).toBe(200);
+
+    const replacement = await upgraded(hs1Alice, old, { new_version: "11" });
+    // Nothing moves on hs2 before one of its users joins the new room.
+    expect((await request(net.servers[1]!.url, "GET", aliasPath("#bobs:hs2.test"))).json.room_id).toBe(old);
+
+    expect((await hs2Bob.call("POST", `/_matrix/client/v3/join/${enc(replacement)}?via=hs1.test`, {})).status).toBe(200);
+    let alias = "";
+    for (let i = 0; i < 50 && alias !== replacement; i++) {
+      alias = (await request(net.servers[1]!.url, "GET", aliasPath("#bobs:hs2.test"))).json.room_id;
+      if (alias !== replacement) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(alias).toBe(replacement);
+    let rule = await hs2Bob.call("GET", `/_matrix/client/v3/pushrules/global/room/${enc(replacement)}`);
+    for (let i = 0; i < 50 && rule.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      rule = await hs2Bob.call("GET", `/_matrix/client/v3/pushrules/global/room/${enc(replacement)}`);
+    }
+    expect(rule.json.actions).toEqual(["dont_notify"]);
+    const tags = await hs2Bob.call("GET", `/_matrix/client/v3/user/${enc(hs2Bob.userId)}/rooms/${enc(replacement)}/tags`);
+    expect(tags.json.tags).toEqual({ "m.favourite": {} });
   });
 });

@@ -63,6 +63,8 @@ export function createRoomServices(options: {
   persister.onBatchPersisted(search.onBatchPersisted);
   accounts.onProfileChanged((userId, profile) => rooms.profileChanged(userId, profile));
   const roomTags = new RoomTags(userData);
+  const roomUpgrades = new RoomUpgrades(db, persister, rooms, aliases, userData, roomTags, serverName, logger);
+  persister.onEventsPersisted(roomUpgrades.onEventsPersisted);
   return {
     persister,
     rooms,
@@ -73,6 +75,6 @@ export function createRoomServices(options: {
     directory: new Directory(db, rooms, aliases, accounts, serverName),
     roomTags,
     search,
-    roomUpgrades: new RoomUpgrades(db, persister, rooms, aliases, userData, roomTags, serverName, logger),
+    roomUpgrades,
   };
 }

@@ -34,10 +34,12 @@
 //    personalized settings such as notifications, tags": as Synapse does, for every local member
 //    of the old room at the upgrade (the upgrader is joined to the new room at once; the others
 //    find their settings there when they join): the room's tags, its place in m.direct, and the
-//    push rules that name the room.
+//    push rules that name the room. A server that joins a room upgraded elsewhere does the same
+//    for what it holds of the old room (aliases, directory entry, members' settings) when its
+//    first user joins the new room.
 import { and, eq, inArray, sql } from "drizzle-orm";
 import type { Logger } from "pino";
-import { type Database, schema } from "../../schema/db.ts";
+import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import { canonicalJson } from "../../federation/protocol/canonical-json.ts";
 import { powerLevelValue, roomCreators } from "../../federation/protocol/auth-rules.ts";
 import { isValidUserId, serverNameOf } from "../../federation/protocol/identifiers.ts";
@@ -51,7 +53,7 @@ import type { RoomTags } from "../userdata/room-tags.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import type { RoomAliases } from "./aliases.ts";
 import type { CreateRoomRequest } from "./create-room.ts";
-import { type EventPersister, type EventTemplate, newRoomIdWithDomain } from "./persister.ts";
+import { type EventPersister, type EventTemplate, type PersistedEvent, newRoomIdWithDomain } from "./persister.ts";
 import type { Rooms } from "./rooms.ts";
 
 type JsonObject = Record<string, unknown>;
@@ -412,6 +414,45 @@ export class RoomUpgrades {
     if (restricted) await this.sendQuietly(oldRoomId, { type: "m.room.power_levels", state_key: "", sender: upgrader, content: restricted });
     await this.transferUserSettings(oldRoomId, newRoomId);
     return newRoomId;
+  }
+
+  /**
+   * The persister's listener: when one of our users is the first of this server to join a room
+   * that replaces another, and the upgrade was made on another server, this server moves what it
+   * holds for the old room as if it had upgraded it (as Synapse does when it joins an upgraded room
+   * over federation): its local aliases, its directory entry, and its members' tags, m.direct
+   * and push rules.
+   */
+  readonly onEventsPersisted = (roomId: string, events: readonly PersistedEvent[]): void => {
+    const localJoin = events.some(
+      (e) => e.type === "m.room.member" && e.membership === "join" && e.stateKey !== undefined && serverNameOf(e.stateKey) === this.serverName,
+    );
+    if (!localJoin) return;
+    this.joinedUpgradedRoom(roomId).catch((err: unknown) => this.logger.warn({ err, roomId }, "room upgrade: could not move the old room's aliases and settings"));
+  };
+
+  private async joinedUpgradedRoom(newRoomId: string): Promise<void> {
+    const [create] = rowsOf<{ sender: string; json: string }>(
+      await this.db.execute(sql`select e.sender, e.json from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${newRoomId} and c.type = 'm.room.create' and c.state_key = ''`),
+    );
+    if (!create || serverNameOf(create.sender) === this.serverName) return;
+    const predecessor = (JSON.parse(create.json) as { content?: { predecessor?: unknown } }).content?.predecessor;
+    const oldRoomId = typeof predecessor === "object" && predecessor !== null ? (predecessor as JsonObject).room_id : undefined;
+    if (typeof oldRoomId !== "string" || oldRoomId === newRoomId) return;
+    const local = rowsOf<{ n: string | number }>(
+      await this.db.execute(sql`select count(*) as n from room_memberships where room_id = ${newRoomId} and membership = 'join'`),
+    );
+    if (Number(local[0]?.n ?? 0) !== 1) return;
+    if (await this.isPublished(oldRoomId)) {
+      const t = schema.rooms;
+      await this.db.transaction(async (tx) => {
+        await tx.update(t).set({ isPublic: false }).where(eq(t.roomId, oldRoomId));
+        await tx.update(t).set({ isPublic: true }).where(eq(t.roomId, newRoomId));
+      });
+    }
+    await this.aliases.moveAll(oldRoomId, newRoomId);
+    await this.transferUserSettings(oldRoomId, newRoomId);
   }
 
   /** Tags, m.direct and push rules of the old room's local members, for the new room (step 7). */
