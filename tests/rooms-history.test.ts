@@ -1,7 +1,7 @@
 // Reading rooms over HTTP: /messages (tokens, directions, filters), history visibility, /context,
 // /event, /members, /joined_members.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestServer, type TestServer } from "./harness.ts";
+import { request, startTestServer, type TestServer } from "./harness.ts";
 import { type RoomUser, registerRoomUser, roomPath, timeline } from "./rooms-helpers.ts";
 
 let hs: TestServer;
@@ -44,6 +44,21 @@ describe("/messages", () => {
     await alice.send(roomId, text("m7"));
     const later = await alice.messages(roomId, { dir: "f", from: first.json.start });
     expect(bodies(later.json.chunk)).toEqual(["m7"]);
+  });
+
+  it("pages forwards from a /sync next_batch; a forwards page always carries end, to poll from", async () => {
+    const roomId = await alice.createRoom();
+    await alice.send(roomId, text("before"));
+    const synced = await request(hs.url, "GET", "/_matrix/client/v3/sync", { token: alice.accessToken });
+    const token = synced.json.next_batch as string;
+    const empty = await alice.messages(roomId, { dir: "f", from: token });
+    expect(empty.status).toBe(200);
+    expect(empty.json.chunk).toEqual([]);
+    expect(typeof empty.json.end).toBe("string");
+    await alice.send(roomId, text("after"));
+    const next = await alice.messages(roomId, { dir: "f", from: empty.json.end });
+    expect(bodies(next.json.chunk)).toEqual(["after"]);
+    expect(typeof next.json.end).toBe("string");
   });
 
   it("requires dir and refuses bad tokens", async () => {

@@ -222,6 +222,78 @@ describe("membership", () => {
   });
 });
 
+describe("what a room new to the sync carries", () => {
+  it("a display-name change of a member all along is no join: no full state, only the change", async () => {
+    const roomId = await sharedRoom();
+    const { next_batch } = await sync(hs.url, bob);
+    const put = await request(hs.url, "PUT", `/_matrix/client/v3/rooms/${enc(roomId)}/state/m.room.member/${enc(bob.userId)}`, {
+      token: bob.accessToken,
+      body: { membership: "join", displayname: "Robert" },
+    });
+    expect(put.status).toBe(200);
+    const res = await sync(hs.url, bob, { since: next_batch });
+    const room = res.rooms.join[roomId];
+    expect(room.state.events).toEqual([]);
+    expect(room.timeline.events.map((e: any) => e.event_id)).toEqual([put.json.event_id]);
+    expect(room.timeline.limited).toBe(false);
+  });
+
+  it("a room joined since the token is limited, with the presence of its members", async () => {
+    const roomId = await createRoom(hs.url, alice, { preset: "public_chat" });
+    await request(hs.url, "PUT", `/_matrix/client/v3/presence/${enc(alice.userId)}/status`, {
+      token: alice.accessToken,
+      body: { presence: "online", status_msg: "here" },
+    });
+    for (let i = 0; i < 3; i++) await send(hs.url, alice, roomId, { msgtype: "m.text", body: `m${i}` });
+    const filter = { room: { timeline: { types: ["m.room.message"], limit: 10 } } };
+    const { next_batch } = await sync(hs.url, carol, { filter });
+    await joinRoom(hs.url, carol, roomId);
+    const res = await sync(hs.url, carol, { since: next_batch, filter });
+    // Every message fits, but the client has none of the room's history before them: limited, so
+    // it pages back for the rest (as Synapse answers).
+    expect(bodies(res, roomId)).toEqual(["m0", "m1", "m2"]);
+    expect(res.rooms.join[roomId].timeline.limited).toBe(true);
+    const presence = (res.presence?.events ?? []).find((e: any) => e.sender === alice.userId);
+    expect(presence?.content).toMatchObject({ presence: "online", status_msg: "here" });
+    await leaveRoom(hs.url, carol, roomId);
+  });
+
+  it("a room joined and left since the token comes with its state", async () => {
+    const roomId = await createRoom(hs.url, alice, { preset: "public_chat", name: "Brief" });
+    const { next_batch } = await sync(hs.url, carol);
+    await joinRoom(hs.url, carol, roomId);
+    await leaveRoom(hs.url, carol, roomId);
+    const res = await sync(hs.url, carol, { since: next_batch });
+    const left = res.rooms.leave[roomId];
+    expect(left.state.events.find((e: any) => e.type === "m.room.name")?.content.name).toBe("Brief");
+  });
+
+  it("shows current state events in the timeline even where history visibility hides their time", async () => {
+    const roomId = await createRoom(hs.url, alice, { preset: "public_chat", initial_state: [{ type: "m.room.history_visibility", state_key: "", content: { history_visibility: "joined" } }] });
+    await joinRoom(hs.url, bob, roomId);
+    const { next_batch } = await sync(hs.url, bob);
+    await leaveRoom(hs.url, bob, roomId);
+    await joinRoom(hs.url, carol, roomId);
+    await send(hs.url, alice, roomId, { msgtype: "m.text", body: "hidden from bob" });
+    await joinRoom(hs.url, bob, roomId);
+    const res = await sync(hs.url, bob, { since: next_batch });
+    const timeline = res.rooms.join[roomId].timeline.events;
+    // carol's join is in the room's current state: bob sees it; the message of that time he does not.
+    expect(timeline.some((e: any) => e.type === "m.room.member" && e.state_key === carol.userId)).toBe(true);
+    expect(bodies(res, roomId)).not.toContain("hidden from bob");
+    await leaveRoom(hs.url, carol, roomId);
+  });
+
+  it("names heroes only for a room without a name or canonical alias", async () => {
+    const named = await sharedRoom({ name: "Has a name" });
+    const unnamed = await sharedRoom();
+    const res = await sync(hs.url, bob);
+    expect(res.rooms.join[named].summary["m.heroes"]).toBeUndefined();
+    expect(res.rooms.join[named].summary["m.joined_member_count"]).toBe(2);
+    expect(res.rooms.join[unnamed].summary["m.heroes"]).toEqual([alice.userId]);
+  });
+});
+
 describe("filters", () => {
   it("accepts a stored filter by ID and inline JSON, and refuses unknown IDs", async () => {
     const roomId = await sharedRoom();

@@ -194,6 +194,14 @@ export class Presence {
     return rows.map((r) => ({ type: "m.presence", sender: r.userId, content: this.content(r) }));
   }
 
+  /** The presence of these users as of `upTo` (those who have any): for users newly sharing a room with a syncing user. */
+  async presenceOf(users: readonly string[], upTo: number): Promise<PresenceEvent[]> {
+    if (users.length === 0) return [];
+    const t = schema.presence;
+    const rows = await this.db.select().from(t).where(and(inArray(t.userId, [...users]), lte(t.streamId, upTo)));
+    return rows.map((r) => ({ type: "m.presence", sender: r.userId, content: this.content(r) }));
+  }
+
   private content(row: Row): PresenceContent {
     const now = this.now();
     const content: PresenceContent = {

@@ -212,14 +212,23 @@ export class SyncReads {
         where c.room_id = ${roomId} and c.type = 'm.room.member' and c.state_key <> ${userId}
           and c.membership in (${sqlList(memberships)})
         order by e.stream_ordering limit 5`);
-    const [counts, active] = await Promise.all([
+    // Heroes name a room that has no name of its own (neither m.room.name nor a canonical alias,
+    // each non-empty and not redacted away), as Synapse sends them; a named room's are left out.
+    const [counts, named] = await Promise.all([
       this.db.execute(sql`select count(*) filter (where membership = 'join') as joined,
           count(*) filter (where membership = 'invite') as invited
         from current_state where room_id = ${roomId} and type = 'm.room.member'`),
-      heroesOf(["join", "invite"]),
+      this.db.execute(sql`select 1 as one from current_state c join events e on e.event_id = c.event_id
+        where c.room_id = ${roomId} and c.state_key = '' and e.redacted_by is null
+          and ((c.type = 'm.room.name' and coalesce((e.json::jsonb) -> 'content' ->> 'name', '') <> '')
+            or (c.type = 'm.room.canonical_alias' and coalesce((e.json::jsonb) -> 'content' ->> 'alias', '') <> ''))
+        limit 1`),
     ]);
-    let heroes = rowsOf<{ state_key: string }>(active).map((r) => r.state_key);
-    if (heroes.length === 0) heroes = rowsOf<{ state_key: string }>(await heroesOf(["leave", "ban"])).map((r) => r.state_key);
+    let heroes: string[] = [];
+    if (rowsOf(named).length === 0) {
+      heroes = rowsOf<{ state_key: string }>(await heroesOf(["join", "invite"])).map((r) => r.state_key);
+      if (heroes.length === 0) heroes = rowsOf<{ state_key: string }>(await heroesOf(["leave", "ban"])).map((r) => r.state_key);
+    }
     const c = rowsOf<{ joined: string | number; invited: string | number }>(counts)[0];
     return { heroes, joinedMemberCount: Number(c?.joined ?? 0), invitedMemberCount: Number(c?.invited ?? 0) };
   }
@@ -294,6 +303,15 @@ export class SyncReads {
           and exists (select 1 from room_memberships m where m.room_id = c.room_id and m.membership = 'join')`),
     );
     return new Set(rows.map((r) => r.state_key));
+  }
+
+  /** Which of the events are in their room's current state. */
+  async inCurrentState(roomId: string, eventIds: readonly string[]): Promise<Set<string>> {
+    if (eventIds.length === 0) return new Set();
+    const rows = rowsOf<{ event_id: string }>(
+      await this.db.execute(sql`select event_id from current_state where room_id = ${roomId} and event_id in (${sqlList(eventIds)})`),
+    );
+    return new Set(rows.map((r) => r.event_id));
   }
 
   /** The room's joined members (of every server), from its current state. */

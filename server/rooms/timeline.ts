@@ -125,7 +125,9 @@ export class Timeline {
     // "If no further events are available (either because we have reached the start of the
     // timeline, or because the user does not have permission to see any more events), this
     // property is omitted from the response."
-    if (!exhausted) response.end = formatToken(next);
+    // Forwards, the timeline has no end: the page ends at the room's latest event for now, and
+    // `end` is where to continue once more arrive (a client paging on from a /sync token polls it).
+    if (!exhausted || !backwards) response.end = formatToken(next);
     if (request.filter.lazy_load_members && events.length > 0) {
       const last = events[events.length - 1]!;
       response.state = await this.memberEventsOf(last.stateAfterGroup ?? last.stateBeforeGroup, new Set(events.map((e) => e.sender)), requester);

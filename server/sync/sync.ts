@@ -22,7 +22,7 @@ import type { ClientEvent, EventStore, StoredEvent } from "../rooms/event-store.
 import { formatToken, pointBefore, streamToken } from "../rooms/pagination.ts";
 import type { EventTypeFilter, RoomMembership, SyncReads } from "../rooms/sync-reads.ts";
 import type { HistoryVisibility } from "../rooms/visibility.ts";
-import type { UserData } from "../userdata/userdata.ts";
+import { type AccountDataChange, PUSH_RULES_TYPE, type UserData } from "../userdata/userdata.ts";
 import { Batcher, SharedReads } from "./batch.ts";
 import { RecentEvents } from "./recent-events.ts";
 import type { DeviceListChanges } from "./device-list-changes.ts";
@@ -447,16 +447,30 @@ export class Sync {
     const moved = (s: (typeof STREAMS)[number]) => pass.initial || upper[s] > from[s];
 
     const joined = memberships.filter((m) => m.membership === "join");
+    // Rooms new to this sync: every room on an initial sync, else those the user was not joined to
+    // at the token. A membership row changed since the token may be a display-name or avatar change
+    // of a member all along, which is no join (it must not resend the room's whole state).
+    const newlyJoined = new Set<string>();
+    await Promise.all(
+      joined.map(async (m) => {
+        if (pass.initial || (m.streamOrdering > from.events && !(await this.wasJoinedAt(m.eventId, from.events)))) newlyJoined.add(m.roomId);
+      }),
+    );
     const changedSince = (m: RoomMembership) => pass.initial || m.streamOrdering > from.events;
 
     const [accountData, presence, toDevice, keyCounts] = await Promise.all([
-      moved("account_data") ? this.d.userData.accountDataSince(userId, pass.initial ? 0 : from.account_data, upper.account_data) : [],
-      moved("presence") ? this.presenceFor(pass) : [],
+      moved("account_data") ? this.d.userData.accountDataSince(userId, pass.initial ? 0 : from.account_data, upper.account_data) : ([] as AccountDataChange[]),
+      this.presenceFor(pass, moved("presence"), pass.initial ? [] : [...newlyJoined]),
       moved("to_device") ? this.d.e2ee.toDevice.fetchToDevice(userId, deviceId, from.to_device, TO_DEVICE_LIMIT) : undefined,
       this.cached(this.keyCountCache, () => this.keyCountGeneration, `${userId}\u0000${deviceId}`, () => this.keyCounts.get(`${userId}\u0000${deviceId}`)),
     ]);
+    // An initial sync has the push rules even if the user never changed them (the server's
+    // defaults): clients read them from here, not from /pushrules.
+    if (pass.initial && !accountData.some((a) => a.roomId === "" && a.type === PUSH_RULES_TYPE)) {
+      accountData.push({ roomId: "", type: PUSH_RULES_TYPE, content: await this.d.userData.getPushRules(userId), streamId: 0 });
+    }
     // Room account data of rooms joined since the token: all of it, not only what changed.
-    const newlyJoinedIds = new Set(joined.filter((m) => !pass.initial && m.streamOrdering > from.events).map((m) => m.roomId));
+    const newlyJoinedIds = pass.initial ? new Set<string>() : newlyJoined;
     const rejoinedData =
       newlyJoinedIds.size > 0 ? (await this.d.userData.accountDataSince(userId, 0, upper.account_data)).filter((a) => newlyJoinedIds.has(a.roomId)) : [];
 
@@ -479,7 +493,7 @@ export class Sync {
 
     // Ephemeral data of the joined rooms; rooms new to this sync get all of theirs.
     const joinedIds = joined.map((m) => m.roomId);
-    const fresh = new Set(joined.filter(changedSince).map((m) => m.roomId));
+    const fresh = newlyJoined;
     const known = joinedIds.filter((r) => !fresh.has(r));
     const ephemeralFilter = filter.room?.ephemeral;
     const wantsEphemeral = (type: string) => passesFilter(ephemeralFilter, { type });
@@ -500,7 +514,7 @@ export class Sync {
     // Keyed by room IDs and thread roots (an event ID any sender may write in m.relates_to): no prototypes.
     const joinResponses = dictionary<JoinedRoomResponse>();
     const joinedResults = await Promise.all(
-      joined.map((m) => this.joinedRoom(pass, m, changedSince(m), {
+      joined.map((m) => this.joinedRoom(pass, m, newlyJoined.has(m.roomId), {
         typing: typing.get(m.roomId),
         receipts: receipts.get(m.roomId),
         accountData: roomAccountData.get(m.roomId) ?? [],
@@ -571,11 +585,41 @@ export class Sync {
     return { response, empty, rooms: joinedIds };
   }
 
-  private presenceFor(pass: Pass): Promise<PresenceEvent[]> {
+  /**
+   * Whether the user was joined at stream position `at`, walking back from their current member
+   * event through the member events each replaced, down to the one in force at `at`. Any other
+   * membership on the way means they left and came back since.
+   */
+  private async wasJoinedAt(memberEventId: string, at: number): Promise<boolean> {
+    let eventId: string | null | undefined = memberEventId;
+    for (let hops = 0; eventId && hops < 50; hops++) {
+      const event: StoredEvent | undefined = (await this.d.reads.getEvents([eventId])).get(eventId);
+      if (!event || event.streamOrdering === null || event.streamOrdering === undefined) return false;
+      const joined = (event.pdu.content as JsonObject | undefined)?.membership === "join";
+      if (event.streamOrdering <= at || !joined) return event.streamOrdering <= at && joined;
+      eventId = event.replacesState;
+    }
+    return false;
+  }
+
+  /**
+   * Presence changes since the token of the users sharing a room with the user, and the presence
+   * of everyone in the rooms joined since it, whether it changed or not (the user had no reason to
+   * know it before; Synapse does the same).
+   */
+  private async presenceFor(pass: Pass, moved: boolean, newlyJoinedRooms: readonly string[]): Promise<PresenceEvent[]> {
     const sharing = () => this.d.reads.usersSharingRoomsWith(pass.userId);
-    return this.d.presence
-      .presenceFor(pass.userId, pass.initial ? 0 : pass.from.presence, pass.upper.presence, sharing)
-      .then((events) => events.filter((e) => passesFilter(pass.filter.presence, e)));
+    const [changes, newcomers] = await Promise.all([
+      moved ? this.d.presence.presenceFor(pass.userId, pass.initial ? 0 : pass.from.presence, pass.upper.presence, sharing) : [],
+      newlyJoinedRooms.length
+        ? Promise.all(newlyJoinedRooms.map((r) => this.d.reads.joinedMembers(r))).then((lists) =>
+            this.d.presence.presenceOf([...new Set(lists.flat())].filter((u) => u !== pass.userId), pass.upper.presence),
+          )
+        : [],
+    ]);
+    const seen = new Set(changes.map((e) => e.sender));
+    const events = [...changes, ...newcomers.filter((e) => !seen.has(e.sender))];
+    return events.filter((e) => passesFilter(pass.filter.presence, e));
   }
 
   private async acknowledgeToDevice(userId: string, deviceId: string, upTo: number): Promise<void> {
@@ -631,12 +675,20 @@ export class Sync {
     const start = newlyJoined ? 0 : from.events;
     const fetched = await this.timeline(roomId, start, upper.events, limit, timelineFilter);
     let events = fetched.events;
-    const { limited } = fetched;
+    // A room joined since the token is limited: the client has none of its history and may page
+    // back (as Synapse answers), unless the timeline reaches back to the room's creation.
+    const limited = fetched.limited || (newlyJoined && !pass.initial && events[0]?.type !== "m.room.create");
     // Events from before the user's join are subject to the room's history visibility.
     if (events.length && events[0]!.streamOrdering! < m.streamOrdering) {
       const before = events.filter((e) => e.streamOrdering! < m.streamOrdering);
-      const visible = new Set((await this.d.visibility.filter({ userId, joinedUntil: Number.POSITIVE_INFINITY }, before)).map((e) => e.eventId));
-      events = events.filter((e) => e.streamOrdering! >= m.streamOrdering || visible.has(e.eventId));
+      // State events still in the room's current state show whatever the visibility: the client
+      // sees the room as it is (who is in it), as Synapse does (matrix-ios-sdk#341).
+      const [visible, current] = await Promise.all([
+        this.d.visibility.filter({ userId, joinedUntil: Number.POSITIVE_INFINITY }, before),
+        this.d.reads.inCurrentState(roomId, before.filter((e) => e.stateKey !== undefined).map((e) => e.eventId)),
+      ]);
+      const shown = new Set(visible.map((e) => e.eventId));
+      events = events.filter((e) => e.streamOrdering! >= m.streamOrdering || shown.has(e.eventId) || current.has(e.eventId));
     }
     if (timelineFilter?.contains_url !== undefined) {
       events = events.filter((e) => passesFilter({ contains_url: timelineFilter.contains_url }, { type: e.type, content: e.pdu.content }));
@@ -681,7 +733,7 @@ export class Sync {
     };
     if (summary && membersChanged) {
       response.summary = {
-        "m.heroes": summary.heroes,
+        ...(summary.heroes.length ? { "m.heroes": summary.heroes } : {}),
         "m.joined_member_count": summary.joinedMemberCount,
         "m.invited_member_count": summary.invitedMemberCount,
       };
@@ -786,7 +838,10 @@ export class Sync {
       // An invite (or knock) that ended: only the event that ended it.
       events = [leaveEvent];
     }
-    const state = events.length && (limited || pass.initial || pass.fullState)
+    // A room joined and left since the token is new to the client: its state comes whole.
+    const joinedSinceToken =
+      !pass.initial && prevMembership === "join" && leaveEvent?.replacesState ? !(await this.wasJoinedAt(leaveEvent.replacesState, pass.from.events)) : false;
+    const state = events.length && (limited || pass.initial || pass.fullState || joinedSinceToken)
       ? [...(await this.d.reads.getEvents([...(await this.d.reads.stateOfGroup(events[0]!.stateBeforeGroup)).values()])).values()]
       : [];
     const reader = { userId, deviceId: pass.deviceId };

@@ -115,7 +115,7 @@ export class UserData {
       .from(t)
       .where(and(eq(t.userId, userId), gt(t.streamId, since), lte(t.streamId, upTo)))
       .orderBy(asc(t.streamId));
-    const changes: AccountDataChange[] = rows.map((r) => ({
+    return rows.map((r) => ({
       roomId: r.roomId,
       type: r.type,
       content:
@@ -124,12 +124,6 @@ export class UserData {
           : (JSON.parse(r.content) as Record<string, unknown>),
       streamId: r.streamId,
     }));
-    // From the beginning (an initial sync): the push rules are there even if the user never
-    // changed them, the server's defaults (clients read them from here, not from /pushrules).
-    if (since === 0 && !changes.some((c) => c.roomId === "" && c.type === PUSH_RULES_TYPE)) {
-      changes.push({ roomId: "", type: PUSH_RULES_TYPE, content: getPushRules(undefined, userId), streamId: 0 });
-    }
-    return changes;
   }
 
   // ---- Filters ---------------------------------------------------------------------------------------
