@@ -63,6 +63,13 @@ export const uiaSessions = pgTable("uia_sessions", {
   userId: text("user_id"),
   completed: jsonb("completed").$type<string[]>().notNull().default(sql`'[]'::jsonb`),
   createdTs: bigint("created_ts", { mode: "number" }).notNull(),
+  /**
+   * The request's parameters as a step gave them, so later steps may carry only `auth` (a password
+   * is kept hashed, as `password_hash`).
+   */
+  params: jsonb("params").$type<Record<string, unknown>>(),
+  /** For a completed session kept for retries: what the operation produced (the registered user ID). */
+  result: text("result"),
 });
 
 /** Single-use nonces of Synapse-compatible shared-secret registration. */
