@@ -189,6 +189,49 @@ export const configKeys = {
     default: false,
     doc: "User directory search (/user_directory/search) also finds every local user (not guests), not only those sharing a room with the searcher or joined to a public room.",
   }),
+  turn_uris: key({
+    env: "PARLEY_TURN_URIS",
+    schema: z
+      .union([z.array(z.string().regex(/^turns?:/, "a TURN URI starts with turn: or turns:")), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean)))
+      .pipe(z.array(z.string().regex(/^turns?:/, "a TURN URI starts with turn: or turns:"))),
+    default: [],
+    example: "[\"turn:turn.example.org:3478?transport=udp\", \"turns:turn.example.org:5349?transport=tcp\"]",
+    doc: "TURN server URIs handed to clients for VoIP calls (GET /voip/turnServer; in the environment: comma-separated). With none, clients get `{}`: no TURN server.",
+  }),
+  turn_shared_secret: key({
+    env: "PARLEY_TURN_SHARED_SECRET",
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    example: "the static-auth-secret of coturn",
+    doc: "The secret shared with the TURN server (coturn's `use-auth-secret` / `static-auth-secret`): each user gets a username `<expiry>:<user id>` and its HMAC-SHA1 as password, valid for `turn_user_lifetime_ms`.",
+    secret: true,
+  }),
+  turn_username: key({
+    env: "PARLEY_TURN_USERNAME",
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    doc: "A static TURN username handed to every user, when there is no `turn_shared_secret` (with `turn_password`).",
+  }),
+  turn_password: key({
+    env: "PARLEY_TURN_PASSWORD",
+    schema: z.string().min(1).optional(),
+    default: undefined,
+    doc: "The static TURN password that goes with `turn_username`.",
+    secret: true,
+  }),
+  turn_user_lifetime_ms: key({
+    env: "PARLEY_TURN_USER_LIFETIME_MS",
+    schema: int(1000, 365 * 86_400_000),
+    default: 86_400_000,
+    doc: "How long TURN credentials stay valid (the `ttl` clients get, in seconds; the expiry in shared-secret usernames).",
+  }),
+  turn_allow_guests: key({
+    env: "PARLEY_TURN_ALLOW_GUESTS",
+    schema: bool,
+    default: true,
+    doc: "Guest accounts may get TURN credentials too (as Synapse's default), so they can take part in calls.",
+  }),
   rate_limits: key({
     env: "PARLEY_RATE_LIMITS",
     schema: bool,

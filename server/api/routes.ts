@@ -22,6 +22,7 @@ import { filterRoutes } from "./client/filter.ts";
 import { loginRoutes } from "./client/login.ts";
 import { profileRoutes } from "./client/profile.ts";
 import { userDirectoryRoutes } from "./client/user-directory.ts";
+import { voipRoutes } from "./client/voip.ts";
 import { pushRuleRoutes } from "./client/pushrules.ts";
 import { registerRoutes } from "./client/register.ts";
 import { searchRoutes } from "./client/search.ts";
@@ -66,6 +67,7 @@ export const routes: AnyRoute[] = [
   ...deviceRoutes,
   ...profileRoutes,
   ...userDirectoryRoutes,
+  ...voipRoutes,
   ...accountDataRoutes,
   ...filterRoutes,
   ...pushRuleRoutes,
