@@ -1,6 +1,8 @@
 // The user directory, `POST /_matrix/client/v3/user_directory/search`, over HTTP.
 // https://spec.matrix.org/latest/client-server-api/#user-directory
+import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { UserDirectory } from "../server/userdirectory/user-directory.ts";
 import { passwordAuth } from "./accounts-helpers.ts";
 import { startNetwork, type Network } from "./federation-harness.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
@@ -194,6 +196,26 @@ describe("requests", () => {
     const res = await request(hs.url, "POST", SEARCH, { token: guest.json.access_token, body: { search_term: "a" } });
     expect(res.status).toBe(403);
     expect(res.json.errcode).toBe("M_GUEST_ACCESS_FORBIDDEN");
+  });
+});
+
+describe("start-up", () => {
+  it("fills itself from the accounts and rooms already there (a database from before the directory)", async () => {
+    const name = unique("Older");
+    const [alice, bob] = await Promise.all([user(hs.url, name), user(hs.url, unique("Searcher"))]);
+    const roomId = await alice.createRoom({ preset: "public_chat" });
+    expect((await bob.join(roomId)).status).toBe(200);
+    const db = hs.services.db;
+    await hs.services.userDirectory.settled();
+    await db.execute(sql`delete from user_directory_search`);
+    await db.execute(sql`delete from user_directory`);
+    await db.execute(sql`delete from user_directory_public_members`);
+    await db.execute(sql`delete from user_directory_public_rooms`);
+    expect(ids(await search(bob, name))).toEqual([]);
+    const again = new UserDirectory({ db, serverName: "test.local", accounts: hs.services.accounts, logger: hs.services.logger, searchAllUsers: false });
+    again.start();
+    await again.settled();
+    expect((await search(bob, name)).results).toEqual([{ user_id: alice.userId, display_name: name }]);
   });
 });
 

@@ -160,8 +160,14 @@ export class UserDirectory {
     this.enqueue("following room events", async () => {
       if (localJoins.size > 0) await this.refreshLocalUsers([...localJoins], { onlyMissing: true });
       for (const [roomId, users] of remoteJoins) await this.refreshRemoteMembers(roomId, [...users]);
-      // A room a local user just joined: the members of other servers it already had.
-      for (const roomId of roomsJoined) await this.refreshRemoteMembers(roomId, undefined, { onlyMissing: true });
+      // A room our first user just joined (maybe over federation, its members arriving as state):
+      // the members of other servers it already had.
+      for (const roomId of roomsJoined) {
+        const [first] = rowsOf<{ first: boolean }>(
+          await this.db.execute(sql`select count(*) < 2 as first from (select 1 from room_memberships where room_id = ${roomId} and membership = 'join' limit 2) m`),
+        );
+        if (first?.first) await this.refreshRemoteMembers(roomId, undefined, { onlyMissing: true });
+      }
       const rebuilt = roomsToRefresh.size > 0 ? await this.refreshPublicRooms([...roomsToRefresh]) : new Set<string>();
       for (const [roomId, users] of memberChanges) {
         if (!rebuilt.has(roomId)) await this.refreshPublicMembers(roomId, [...users]);
