@@ -369,3 +369,29 @@ describe("existing databases", () => {
     expect(ids(res)).not.toContain(redacted);
   });
 });
+
+describe("history from other servers", () => {
+  it("finds messages a room's other server sent before our user joined, once backfilled", async () => {
+    const { startNetwork } = await import("./federation-harness.ts");
+    const net = await startNetwork(2);
+    try {
+      const [hs1, hs2] = net.servers as [TestServer, TestServer];
+      const alice = await registerRoomUser(hs2.url, "alice");
+      const carl = await registerRoomUser(hs1.url, "carl");
+      const roomId = await alice.createRoom({ preset: "public_chat" });
+      const old = await alice.send(roomId, text("an ancient kiwi story"));
+      const join = await carl.call("POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}?via=hs2.test`, {});
+      expect(join.status, JSON.stringify(join.json)).toBe(200);
+      // Paging back past the join fetches the room's earlier history from hs2 (backfill).
+      for (let i = 0, from: string | undefined; i < 5; i++) {
+        const page = await carl.messages(roomId, { dir: "b", limit: "50", ...(from ? { from } : {}) });
+        if (page.json.chunk.some((e: any) => e.event_id === old) || !page.json.end) break;
+        from = page.json.end;
+      }
+      const res = await found(carl, { search_term: "kiwi" });
+      expect(ids(res)).toEqual([old]);
+    } finally {
+      await net.destroy();
+    }
+  }, 90_000);
+});

@@ -158,6 +158,16 @@ export type EventsWriteExtension = (
   position: (i: number) => SQL,
 ) => Promise<SQL[]>;
 
+/**
+ * More rows written with events stored from a room's past (`storeHistorical`: backfill), in their
+ * transaction: the search index. `events` are the accepted ones, with the stream position each got.
+ */
+export type HistoricalWriteExtension = (
+  tx: Database,
+  roomId: string,
+  events: ReadonlyArray<{ event: RoomEvent; streamOrdering: number }>,
+) => Promise<SQL[]>;
+
 /** Where an event can fail on its way through the persister (named by test-only fault injection). */
 export type PersistStage =
   | "prepare"
@@ -372,6 +382,7 @@ export class EventPersister {
   private readonly listeners: EventsPersistedListener[] = [];
   private readonly batchListeners: BatchPersistedListener[] = [];
   private readonly extensions: EventsWriteExtension[] = [];
+  private readonly historicalExtensions: HistoricalWriteExtension[] = [];
 
   private readonly db: Database;
 
@@ -413,6 +424,11 @@ export class EventPersister {
   /** Adds writes to every batch of events (see EventsWriteExtension). */
   extendWrites(extension: EventsWriteExtension): void {
     this.extensions.push(extension);
+  }
+
+  /** Adds writes to every store of historical events (see HistoricalWriteExtension). */
+  extendHistoricalWrites(extension: HistoricalWriteExtension): void {
+    this.historicalExtensions.push(extension);
   }
 
   /**
@@ -634,14 +650,17 @@ export class EventPersister {
       const edges: string[] = [];
       const auth: string[] = [];
       const relations: string[] = [];
+      const accepted: Array<{ event: RoomEvent; streamOrdering: number }> = [];
       fresh.forEach((e, k) => {
         const { unsigned: _u, ...pdu } = e.pdu;
         const id = L(e.eventId);
         const position = lowest + fresh.length - 1 - k;
+        const rejectedReason = outliers.has(e.eventId) ? outliers.get(e.eventId)! : (e.rejectedReason ?? null);
         rows.push(
           `(${id}, ${room}, ${L(pdu.type)}, ${L(pdu.state_key ?? null)}, ${L(pdu.sender)}, ${L(pdu.origin_server_ts)}, ${L(pdu.depth)}, ${L(JSON.stringify(pdu))}, ` +
-            `${position}, ${L(pdu.depth)}, ${L(outliers.has(e.eventId) ? outliers.get(e.eventId)! : (e.rejectedReason ?? null))}, false, ${L(e.stateBeforeGroup)}::bigint, null::bigint, null, false)`,
+            `${position}, ${L(pdu.depth)}, ${L(rejectedReason)}, false, ${L(e.stateBeforeGroup)}::bigint, null::bigint, null, false)`,
         );
+        if (rejectedReason === null) accepted.push({ event: { ...pdu, room_id: roomId, event_id: e.eventId } as RoomEvent, streamOrdering: position });
         for (const p of referencedIds(pdu.prev_events)) edges.push(`(${id}, ${L(p)}, ${room})`);
         for (const a of referencedIds(pdu.auth_events)) auth.push(`(${id}, ${L(a)}, ${room})`);
         for (const r of relationRows(e.eventId, pdu.content)) relations.push(`(${id}, ${L(r.relType)}, ${L(r.relatesTo)}, ${room}, ${L(r.key)})`);
@@ -653,6 +672,9 @@ export class EventPersister {
       if (auth.length) await tx.execute(sql.raw(`insert into event_auth (event_id, auth_event_id, room_id) values ${auth.join(", ")} on conflict do nothing`));
       if (relations.length) {
         await tx.execute(sql.raw(`insert into event_relations (event_id, rel_type, relates_to_id, room_id, aggregation_key) values ${relations.join(", ")} on conflict do nothing`));
+      }
+      for (const extension of this.historicalExtensions) {
+        for (const statement of await extension(tx, roomId, accepted)) await tx.execute(statement);
       }
       return fresh.length;
     });

@@ -60,6 +60,7 @@ export function createRoomServices(options: {
   eventStore.setBundler(relations.bundle);
   const search = new RoomSearch(db, eventStore, timeline, visibility, rooms, logger);
   persister.extendWrites(search.writeExtension);
+  persister.extendHistoricalWrites(search.historicalWriteExtension);
   persister.onBatchPersisted(search.onBatchPersisted);
   accounts.onProfileChanged((userId, profile) => rooms.profileChanged(userId, profile));
   const roomTags = new RoomTags(userData);

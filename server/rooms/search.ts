@@ -23,13 +23,14 @@
 import { type SQL, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, rowsOf } from "../../schema/db.ts";
+import type { RoomEvent } from "../../federation/protocol/pdu.ts";
 import { stateMapKey } from "../../federation/protocol/room-state.ts";
 import { dictionary } from "../../federation/protocol/dictionary.ts";
 import { MatrixError } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
 import { type ClientEvent, type EventStore, type StoredEvent, sqlList, visibleContent } from "./event-store.ts";
 import { matchesFilter, typeMatches, type RoomEventFilter } from "./event-filter.ts";
-import type { BatchPersistedListener, EventsWriteExtension } from "./persister.ts";
+import type { BatchPersistedListener, EventsWriteExtension, HistoricalWriteExtension } from "./persister.ts";
 import type { Rooms } from "./rooms.ts";
 import { lookupStateKeys } from "./state-groups.ts";
 import type { RoomAccess, Timeline } from "./timeline.ts";
@@ -129,6 +130,21 @@ function redactsOf(pdu: JsonObject): string | undefined {
   return typeof redacts === "string" ? redacts : undefined;
 }
 
+/** The statement that indexes the searchable ones of some events (none: no statement). */
+function indexRows(events: ReadonlyArray<{ event: RoomEvent; roomId: string; position: SQL }>): SQL[] {
+  const rows: SQL[] = [];
+  for (const { event, roomId, position } of events) {
+    const doc = searchableText(event);
+    if (!doc) continue;
+    rows.push(sql`(${event.event_id}, ${roomId}, ${event.sender}, ${doc.key}, to_tsvector(${CONFIG}::regconfig, ${doc.text}), ${position})`);
+  }
+  if (rows.length === 0) return [];
+  return [
+    sql`insert into event_search (event_id, room_id, sender, key, vector, stream_ordering) values ${sql.join(rows, sql`, `)}
+      on conflict do nothing`,
+  ];
+}
+
 export function encodeCursor(cursor: Cursor): string {
   return Buffer.from(JSON.stringify(cursor)).toString("base64url");
 }
@@ -182,19 +198,12 @@ export class RoomSearch {
    * statement that stores them (accepted events only: the persister leaves out rejected and
    * soft-failed ones).
    */
-  readonly writeExtension: EventsWriteExtension = async (_tx, view, events, position) => {
-    const rows: SQL[] = [];
-    for (const [k, event] of events.entries()) {
-      const doc = searchableText(event);
-      if (!doc) continue;
-      rows.push(sql`(${event.event_id}, ${view.roomId}, ${event.sender}, ${doc.key}, to_tsvector(${CONFIG}::regconfig, ${doc.text}), ${position(k)})`);
-    }
-    if (rows.length === 0) return [];
-    return [
-      sql`insert into event_search (event_id, room_id, sender, key, vector, stream_ordering) values ${sql.join(rows, sql`, `)}
-        on conflict do nothing`,
-    ];
-  };
+  readonly writeExtension: EventsWriteExtension = async (_tx, view, events, position) =>
+    indexRows(events.map((event, k) => ({ event, roomId: view.roomId, position: position(k) })));
+
+  /** The same for events stored from a room's past (backfill): their history is searchable too. */
+  readonly historicalWriteExtension: HistoricalWriteExtension = async (_tx, roomId, events) =>
+    indexRows(events.map(({ event, streamOrdering }) => ({ event, roomId, position: sql`${streamOrdering}::bigint` })));
 
   /**
    * After a batch commits: the index rows of the events its redactions redacted are deleted (the
