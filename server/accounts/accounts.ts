@@ -43,6 +43,8 @@ export interface NewUser {
   localpart: string;
   /** No password: the account cannot log in with one (guests). */
   password?: string;
+  /** Instead of `password`: one already hashed by `hashPassword`. */
+  passwordHash?: string;
   admin?: boolean;
   guest?: boolean;
   /** Defaults to the localpart. */
@@ -148,11 +150,17 @@ export class Accounts {
     }
   }
 
+  /** A new password, checked and hashed (off the main thread), for `createUser` or `upgradeGuest`. */
+  async hashPassword(password: string): Promise<string> {
+    checkPassword(password);
+    return this.hasher.hash(password);
+  }
+
   async createUser(user: NewUser, source: AuditSource): Promise<string> {
     checkNewLocalpart(user.localpart, this.serverName);
     if (user.password !== undefined) checkPassword(user.password);
     const userId = userIdOf(user.localpart, this.serverName);
-    const passwordHash = user.password !== undefined ? await this.hasher.hash(user.password) : null;
+    const passwordHash = user.passwordHash ?? (user.password !== undefined ? await this.hasher.hash(user.password) : null);
     const inserted = await this.db
       .insert(schema.users)
       .values({
@@ -179,9 +187,7 @@ export class Accounts {
    * (https://spec.matrix.org/latest/client-server-api/#guest-access: "Guest users can also upgrade
    * their account by going through the ordinary register flow").
    */
-  async upgradeGuest(userId: string, password: string, source: AuditSource): Promise<void> {
-    checkPassword(password);
-    const passwordHash = await this.hasher.hash(password);
+  async upgradeGuest(userId: string, passwordHash: string, source: AuditSource): Promise<void> {
     const u = schema.users;
     const updated = await this.db
       .update(u)

@@ -24,6 +24,25 @@ export interface UiaRequest {
   userId?: string;
   flows: UiaStage[][];
   params?: Record<string, unknown>;
+  /**
+   * The request's own parameters, to keep in the session: a later step that gives none uses the
+   * kept ones ("registration remembers parameters"). Undefined: this step gave none.
+   */
+  remember?: Record<string, unknown>;
+  /**
+   * Keep the session once complete, so a retry of the finished request gets its result
+   * (`finish`) instead of an unknown session (registration).
+   */
+  retryable?: boolean;
+}
+
+/** What a completed flow authorises. */
+export interface UiaOutcome {
+  sessionId: string;
+  /** The parameters to act on: this step's, else those an earlier step of the session gave. */
+  params: Record<string, unknown>;
+  /** Set when the session had already finished its operation: what it produced. */
+  result?: string;
 }
 
 /** A 401 of user-interactive auth: the flows, the session and what is done, plus an error when a stage failed. */
@@ -60,17 +79,22 @@ export class UserInteractiveAuth {
   /**
    * Resolves when `auth` completes a flow of `req`; otherwise throws the 401 that tells the client
    * what to do next (or 400/403 for a session that is unknown, expired or for something else).
+   *
+   * "Completed stages cannot be retried by clients, therefore servers must return either a 401
+   * response with the completed stages, or the result of the API call if all stages were completed
+   * when a client retries a stage": a retryable session (registration) answers with its result.
    */
-  async require(req: UiaRequest, auth: unknown, source: AuditSource): Promise<void> {
+  async require(req: UiaRequest, auth: unknown, source: AuditSource): Promise<UiaOutcome> {
     const flowsJson = req.flows.map((stages) => ({ stages }));
     const params = req.params ?? {};
     const a = isObject(auth) ? auth : undefined;
+    const t = schema.uiaSessions;
     let sessionId = typeof a?.session === "string" ? a.session : undefined;
     let completed: string[] = [];
+    let remembered: Record<string, unknown> = req.remember ?? {};
     if (sessionId === undefined) {
       sessionId = await this.createSession(req);
     } else {
-      const t = schema.uiaSessions;
       const [session] = await this.db.select().from(t).where(eq(t.sessionId, sessionId));
       if (!session || session.createdTs + UIA_SESSION_MS < this.now()) {
         throw new MatrixError(400, "M_UNKNOWN", "Unknown or expired user-interactive auth session");
@@ -79,9 +103,17 @@ export class UserInteractiveAuth {
         throw forbidden("This user-interactive auth session was started for another request");
       }
       completed = session.completed;
+      if (req.remember === undefined) remembered = session.params ?? {};
+      else await this.db.update(t).set({ params: req.remember }).where(eq(t.sessionId, sessionId));
+      const done = req.flows.some((flow) => flow.every((s) => completed.includes(s)));
+      if (done && session.result !== null) return { sessionId, params: remembered, result: session.result };
     }
     const challenge = (errcode?: string, message?: string) =>
-      new UiaChallenge({ flows: flowsJson, params, session: sessionId, ...(completed.length ? { completed } : {}) }, errcode, message);
+      new UiaChallenge(
+        { flows: flowsJson, params, session: sessionId, ...(completed.length || a !== undefined ? { completed } : {}) },
+        errcode,
+        message,
+      );
 
     if (a === undefined || typeof a.type !== "string") throw challenge();
     const stage = a.type;
@@ -92,13 +124,19 @@ export class UserInteractiveAuth {
     if (failure) throw challenge("M_FORBIDDEN", failure);
     if (!completed.includes(stage)) completed = [...completed, stage];
 
-    const t = schema.uiaSessions;
     if (req.flows.some((flow) => flow.every((s) => completed.includes(s)))) {
-      await this.db.delete(t).where(eq(t.sessionId, sessionId));
-      return;
+      if (req.retryable) await this.db.update(t).set({ completed }).where(eq(t.sessionId, sessionId));
+      else await this.db.delete(t).where(eq(t.sessionId, sessionId));
+      return { sessionId, params: remembered };
     }
     await this.db.update(t).set({ completed }).where(eq(t.sessionId, sessionId));
     throw challenge();
+  }
+
+  /** Records what a retryable session's operation produced, for retries of it. */
+  async finish(sessionId: string, result: string): Promise<void> {
+    const t = schema.uiaSessions;
+    await this.db.update(t).set({ result }).where(eq(t.sessionId, sessionId));
   }
 
   /** Runs one stage; answers a reason when it failed. */
@@ -115,6 +153,11 @@ export class UserInteractiveAuth {
         if (!req.userId) return "Password authentication needs a logged-in user";
         const named = passwordUser(auth);
         const userId = named === undefined ? undefined : this.accounts.loginUserId(named);
+        // Someone else's credentials (a stolen access token and the thief's own password) are
+        // refused outright, whether or not they are right, as Synapse does.
+        if (userId !== undefined && userId !== req.userId) {
+          throw forbidden("The authenticated user does not match the user making the request");
+        }
         const password = typeof auth.password === "string" ? auth.password : "";
         // Wrong passwords here are limited like logins: UIA must not become a way round the login limit.
         this.rateLimiter.take("login", req.userId);
@@ -131,7 +174,9 @@ export class UserInteractiveAuth {
     // Expired sessions are swept here rather than by a timer: creating one is rare enough.
     await this.db.delete(t).where(lt(t.createdTs, now - UIA_SESSION_MS));
     const sessionId = randomBytes(18).toString("base64url");
-    await this.db.insert(t).values({ sessionId, operation: req.operation, userId: req.userId ?? null, createdTs: now });
+    await this.db
+      .insert(t)
+      .values({ sessionId, operation: req.operation, userId: req.userId ?? null, createdTs: now, params: req.remember ?? null });
     return sessionId;
   }
 

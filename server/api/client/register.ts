@@ -52,36 +52,76 @@ export const register = route({
     }
 
     refuseWhenClosed(services);
+    // A step's parameters are kept in the UIA session, so a later step may carry only `auth`
+    // ("registration remembers parameters", as Synapse and clients expect); the password is kept
+    // hashed. A step that gives parameters replaces the kept ones.
+    const given = await registrationParams(services, body);
     // Synapse lowercases the requested username; login compares localparts in lower case too.
-    const localpart = body.username?.toLowerCase();
-    const guest = body.guest_access_token === undefined ? undefined : await guestToUpgrade(services, body.guest_access_token, localpart, request);
+    const givenLocalpart = given?.username;
+    const guest = body.guest_access_token === undefined ? undefined : await guestToUpgrade(services, body.guest_access_token, givenLocalpart, request);
     // The username is checked before any auth stage, so the client hears about a taken name first.
-    if (localpart !== undefined && !guest) await accounts.checkUsernameAvailable(localpart);
-    if (body.auth !== undefined && body.password === undefined) {
-      throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
+    if (givenLocalpart !== undefined && !guest) await accounts.checkUsernameAvailable(givenLocalpart);
+    const outcome = await services.uia.require(
+      { operation: "register", flows: registrationFlows(services), remember: given as Record<string, unknown> | undefined, retryable: !guest },
+      body.auth,
+      request,
+    );
+    const params = outcome.params as RememberedParams;
+    const device = { deviceId: params.device_id, displayName: params.initial_device_display_name };
+    if (outcome.result !== undefined) {
+      // A retry of a finished registration: its result again (a new login of the same account),
+      // never for a request that asks for another account or gives another password.
+      if (givenLocalpart !== undefined && userIdOf(givenLocalpart, config.server_name) !== outcome.result) {
+        throw new MatrixError(400, "M_UNKNOWN", "This registration session has already registered another account");
+      }
+      if (body.password !== undefined && !(await accounts.verifyPassword(outcome.result, body.password))) {
+        throw forbidden("This registration session registered its account with another password");
+      }
+      if (params.inhibit_login) return { user_id: outcome.result };
+      const login = await accounts.login(outcome.result, device, request);
+      return { user_id: outcome.result, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
     }
-    await services.uia.require({ operation: "register", flows: registrationFlows(services) }, body.auth, request);
-    if (body.password === undefined) throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
+    if (params.password_hash === undefined) throw new MatrixError(400, "M_MISSING_PARAM", "A password is required");
 
     let userId: string;
     if (guest) {
-      await accounts.upgradeGuest(guest.userId, body.password, request);
+      await accounts.upgradeGuest(guest.userId, params.password_hash, request);
       userId = guest.userId;
     } else {
+      if (params.username !== undefined && params.username !== givenLocalpart) await accounts.checkUsernameAvailable(params.username);
       userId = await accounts.createUser(
-        { localpart: localpart ?? (await accounts.generateLocalpart()), password: body.password },
+        { localpart: params.username ?? (await accounts.generateLocalpart()), passwordHash: params.password_hash },
         request,
       );
+      await services.uia.finish(outcome.sessionId, userId);
     }
-    if (body.inhibit_login) return { user_id: userId };
-    const login = await accounts.login(
-      userId,
-      { deviceId: body.device_id, displayName: body.initial_device_display_name },
-      request,
-    );
+    if (params.inhibit_login) return { user_id: userId };
+    const login = await accounts.login(userId, device, request);
     return { user_id: userId, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
   },
 });
+
+/** What a registration step gave, as kept in its UIA session. */
+interface RememberedParams {
+  username?: string;
+  password_hash?: string;
+  device_id?: string;
+  initial_device_display_name?: string;
+  inhibit_login?: boolean;
+}
+
+/** This step's registration parameters (undefined when it gave none but `auth`). */
+async function registrationParams(services: Services, body: z.infer<typeof registerBody>): Promise<RememberedParams | undefined> {
+  const { username, password, device_id, initial_device_display_name, inhibit_login } = body;
+  if ([username, password, device_id, initial_device_display_name, inhibit_login].every((v) => v === undefined)) return undefined;
+  const params: RememberedParams = {};
+  if (username !== undefined) params.username = username.toLowerCase();
+  if (password !== undefined) params.password_hash = await services.accounts.hashPassword(password);
+  if (device_id !== undefined) params.device_id = device_id;
+  if (initial_device_display_name !== undefined) params.initial_device_display_name = initial_device_display_name;
+  if (inhibit_login !== undefined) params.inhibit_login = inhibit_login;
+  return params;
+}
 
 /** The guest account a `guest_access_token` names, checked against the requested username. */
 async function guestToUpgrade(services: Services, token: string, localpart: string | undefined, request: RequestInfo) {
