@@ -17,7 +17,7 @@
 import { createHash } from "node:crypto";
 import { and, eq, inArray } from "drizzle-orm";
 import type { Logger } from "pino";
-import { type Database, schema } from "../../schema/db.ts";
+import { type Database, isDatabaseClosed, schema } from "../../schema/db.ts";
 import type { E2ee, KeysClaimResponse, KeysQueryResponse } from "../../server/e2ee/e2ee.ts";
 import type { RecordedChange } from "../../server/e2ee/device-lists.ts";
 import type { EventsPersistedListener } from "../../server/rooms/persister.ts";
@@ -147,7 +147,10 @@ export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists 
         }
         await remote.forgetUntracked([...candidates]);
       })
-      .catch((err) => logger.warn({ err, roomId }, "could not drop the device lists of users we no longer share a room with"));
+      .catch((err) => {
+        // At shutdown the work left is moot: the lists are dropped at the next leave, or refetched.
+        if (!isDatabaseClosed(err)) logger.warn({ err, roomId }, "could not drop the device lists of users we no longer share a room with");
+      });
   });
   return remote;
 }
