@@ -66,6 +66,17 @@ describe("backup versions", () => {
     expect((await call(alice, "PUT", "/version/9", { algorithm: ALGORITHM, auth_data: {} })).status).toBe(404);
   });
 
+  it("keeps auth_data of any JSON type as given (opaque), but requires it", async () => {
+    const alice = await newUser();
+    const created = await call(alice, "POST", "/version", { algorithm: ALGORITHM, auth_data: "anopaquestring" });
+    expect(created.status).toBe(200);
+    expect((await call(alice, "GET", "/version")).json.auth_data).toBe("anopaquestring");
+    await call(alice, "PUT", `/version/${created.json.version}`, { algorithm: ALGORITHM, auth_data: ["a", { b: 1 }] });
+    expect((await call(alice, "GET", "/version")).json.auth_data).toEqual(["a", { b: 1 }]);
+    expect((await call(alice, "POST", "/version", { algorithm: ALGORITHM })).status).toBe(400);
+    expect((await call(alice, "POST", "/version", { algorithm: ALGORITHM, auth_data: null })).status).toBe(400);
+  });
+
   it("deletes a version with its keys; deleting again succeeds; numbers are never reused", async () => {
     const alice = await newUser();
     await call(alice, "POST", "/version", { algorithm: ALGORITHM, auth_data: {} });

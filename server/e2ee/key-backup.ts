@@ -13,7 +13,8 @@ import { canonicalOrBadJson, type JsonObject } from "./signed-json.ts";
 
 export interface BackupVersionInfo {
   algorithm: string;
-  auth_data: JsonObject;
+  /** Opaque to the server: an object as the spec describes it, or any JSON a client stored. */
+  auth_data: unknown;
   count: number;
   etag: string;
   version: string;
@@ -39,7 +40,7 @@ type Row = typeof schema.e2eRoomKeysVersions.$inferSelect;
 export class KeyBackup {
   constructor(private readonly db: Database) {}
 
-  async createVersion(userId: string, algorithm: string, authData: JsonObject): Promise<string> {
+  async createVersion(userId: string, algorithm: string, authData: unknown): Promise<string> {
     const authJson = canonicalOrBadJson(authData, "auth_data");
     return this.db.transaction(async (tx) => {
       await lockUser(tx, userId);
@@ -63,7 +64,7 @@ export class KeyBackup {
     if (!row) throw notFound(version === undefined ? "No current backup version" : "Unknown backup version");
     return {
       algorithm: row.algorithm,
-      auth_data: JSON.parse(row.authData) as JsonObject,
+      auth_data: JSON.parse(row.authData) as unknown,
       count: await this.count(this.db, userId, row.version),
       etag: String(row.etag),
       version: String(row.version),
@@ -71,7 +72,7 @@ export class KeyBackup {
   }
 
   /** Replaces a version's `auth_data`; the algorithm cannot change. */
-  async updateVersion(userId: string, version: string, algorithm: string, authData: JsonObject, bodyVersion?: string) {
+  async updateVersion(userId: string, version: string, algorithm: string, authData: unknown, bodyVersion?: string) {
     if (bodyVersion !== undefined && bodyVersion !== version) {
       throw new MatrixError(400, "M_INVALID_PARAM", "The version in the body does not match the version in the path");
     }
