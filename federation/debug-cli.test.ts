@@ -21,6 +21,11 @@ describe("parley debug canonical-json", () => {
     expect(result).toMatchObject({ code: 0, stdout: `{"a":"1","b":"2"}\n`, stderr: "" });
   });
 
+  it("writes -0 and 1e10 as integers (the appendix's example)", async () => {
+    const result = await run(["canonical-json"], `{"a":-0,"b":1e10}`);
+    expect(result).toMatchObject({ code: 0, stdout: `{"a":0,"b":10000000000}\n`, stderr: "" });
+  });
+
   it("refuses a float with one line on stderr and code 2", async () => {
     const result = await run(["canonical-json"], `{"a": 1.5}`);
     expect(result.code).toBe(2);

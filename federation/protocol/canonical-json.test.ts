@@ -102,8 +102,13 @@ describe("parseStrictJson", () => {
   it("parses integers, strings and nesting", () => {
     expect(parseStrictJson(`{"a":[1,-2,"x.5e3"],"b":{"c":null}}`)).toEqual({ a: [1, -2, "x.5e3"], b: { c: null } });
   });
-  it.each([["1.5"], ["1.0"], ["1e3"], ["-2E-1"], ['{"a":[0.1]}']])("refuses the float %s", (text) => {
+  it.each([["1.5"], ["1e-3"], ["-2E-1"], ['{"a":[0.1]}']])("refuses the float %s", (text) => {
     expect(() => parseStrictJson(text)).toThrow(CanonicalJsonError);
+  });
+  it("takes integers written with an exponent, a decimal point or as -0 (the spec's example)", () => {
+    const value = parseStrictJson(`{"a": -0, "b": 1e10, "c": 1.0, "d": 25E1}`);
+    expect(canonicalJson(value)).toBe(`{"a":0,"b":10000000000,"c":1,"d":250}`);
+    expect(() => parseStrictJson("1e16")).toThrow(CanonicalJsonError);
   });
   it.each([["9007199254740992"], ["-9007199254740992"], ["123456789012345678901234567890"]])(
     "refuses the out-of-range integer %s",

@@ -136,8 +136,9 @@ export function canonicalJsonBytes(value: unknown, options?: CanonicalJsonOption
 
 /**
  * Parses JSON and refuses what canonical JSON cannot hold (room versions 6+ and request bodies):
- * numbers written with a fraction or exponent (floats, even `1.0` or `1e3`), integers outside
- * ±(2^53-1), and strings with unpaired surrogates. JSON.parse already refuses NaN and Infinity.
+ * numbers that are not integers (`1.5`, `1e-3`; `1e10` and `1.0` are integers, written `10000000000`
+ * and `1`), integers outside ±(2^53-1), and strings with unpaired surrogates. JSON.parse already
+ * refuses NaN and Infinity.
  */
 export function parseStrictJson(text: string): unknown {
   checkNumberTokens(text);
@@ -176,10 +177,12 @@ function checkNumberTokens(text: string): void {
         else break;
       }
       const token = text.slice(start, i);
-      if (/[.eE]/.test(token)) {
+      const n = Number(token);
+      // The spec's own example takes `{"a": -0, "b": 1e10}` to `{"a":0,"b":10000000000}`: what
+      // must be an integer is the value; exponents and decimal places are only never written.
+      if (/[.eE]/.test(token) && !Number.isNaN(n) && !Number.isInteger(n)) {
         throw new CanonicalJsonError(`number ${token} is not an integer; floats are not allowed`);
       }
-      const n = Number(token);
       // A malformed token (a lone "-") is left for JSON.parse to report.
       if (!Number.isNaN(n) && (n > MAX_SAFE || n < -MAX_SAFE)) {
         throw new CanonicalJsonError(`integer ${token} is outside the range ±(2^53-1)`);
