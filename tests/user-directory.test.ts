@@ -173,7 +173,9 @@ describe("matching and ranking", () => {
     expect(all.results).toHaveLength(12);
     expect(all.limited).toBe(false);
     expect(new Set(ids(all))).toEqual(new Set(users.map((u) => u.userId)));
-    expect(await search(searcher, word, 0)).toEqual({ results: [], limited: false });
+    // limit 0: nothing listed, but the list was cut (as Synapse answers).
+    expect(await search(searcher, word, 0)).toEqual({ results: [], limited: true });
+    expect(await search(searcher, unique("nobody"), 0)).toEqual({ results: [], limited: false });
   });
 });
 

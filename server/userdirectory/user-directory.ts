@@ -376,7 +376,7 @@ export class UserDirectory {
   /** The search's statement (the benchmark explains it); undefined when nothing can match. */
   searchSql(requester: string, term: string, limit: number): SQL | undefined {
     const terms = [...new Set(wordsOf(term))].slice(0, MAX_TERMS).map((t) => t.slice(0, MAX_TOKEN_LENGTH));
-    if (terms.length === 0 || limit <= 1) return undefined;
+    if (terms.length === 0 || limit < 1) return undefined;
     const whole = normalise(term).trim();
     const bare = whole.startsWith("@") ? whole.slice(1) : whole;
     const conditions: SQL[] = terms.map(
