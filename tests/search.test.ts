@@ -173,6 +173,13 @@ describe("event_context, state and groups", () => {
     // The tokens are /messages tokens at the ends of the context.
     const earlier = await alice.messages(roomId, { dir: "b", from: context.start, limit: "1" });
     expect(earlier.json.chunk.map((e: any) => e.content.body)).toEqual(["Message number 1"]);
+    // Several results, each with its own context.
+    const two = await found(alice, { search_term: "number", order_by: "recent", filter: { limit: 2 }, event_context: { before_limit: 1, after_limit: 1 } });
+    const contextBodies = (r: any) => [r.context.events_before, r.context.events_after].map((l: any[]) => l.map((e) => e.content.body));
+    expect(two.results.map(contextBodies)).toEqual([
+      [["Message number 6"], []],
+      [["Message number 5"], ["Message number 7"]],
+    ]);
     // No context asked, none given.
     const bare = await found(alice, { search_term: "Message 4" });
     expect(bare.results[0].context).toBeUndefined();

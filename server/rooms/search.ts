@@ -466,14 +466,21 @@ export class RoomSearch {
   ): Promise<JsonObject[]> {
     const beforeLimit = Math.min(options.beforeLimit ?? 5, MAX_CONTEXT);
     const afterLimit = Math.min(options.afterLimit ?? 5, MAX_CONTEXT);
+    const arounds = [];
+    for (const event of events) arounds.push(await this.timeline.around(await accessOf(event.roomId), event, beforeLimit, afterLimit));
+    // Every context event formatted at once (one read of their redactions, transaction IDs and
+    // aggregations for the whole page, not two per result).
+    const formatted = await this.store.format(arounds.flatMap((a) => [...a.before, ...a.after]), requester);
     const out: JsonObject[] = [];
-    for (const event of events) {
-      const around = await this.timeline.around(await accessOf(event.roomId), event, beforeLimit, afterLimit);
-      const [before, after] = await Promise.all([this.store.format(around.before, requester), this.store.format(around.after, requester)]);
+    let at = 0;
+    for (const [i, around] of arounds.entries()) {
+      const before = formatted.slice(at, (at += around.before.length));
+      const after = formatted.slice(at, (at += around.after.length));
       const context: JsonObject = { events_before: before, events_after: after, start: around.start, end: around.end };
       if (options.includeProfile) {
         // "The historic profile information of the users that sent the events returned": their
         // member events in the state at the last event returned.
+        const event = events[i]!;
         const last = around.after.at(-1) ?? event;
         context.profile_info = await this.profilesAt(last.stateAfterGroup ?? last.stateBeforeGroup, [event, ...around.before, ...around.after].map((e) => e.sender));
       }
