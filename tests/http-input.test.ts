@@ -96,6 +96,18 @@ describe("Node's own answers are Matrix errors", () => {
   });
 });
 
+describe("bodies that are not JSON", () => {
+  it("answers a body that is not valid UTF-8 with 400 M_NOT_JSON, not a repaired string", async () => {
+    const body = Buffer.concat([Buffer.from('{ "username": "a'), Buffer.from([0x81]), Buffer.from('" }')]);
+    const res = await fetch(`${hs.url}/_matrix/client/v3/register`, { method: "POST", headers: { "content-type": "application/json" }, body });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { errcode: string }).errcode).toBe("M_NOT_JSON");
+    // The same text in valid UTF-8 is JSON (and gets the registration flow).
+    const ok = await fetch(`${hs.url}/_matrix/client/v3/register`, { method: "POST", headers: { "content-type": "application/json" }, body: '{ "username": "utf8user" }' });
+    expect(ok.status).toBe(401);
+  });
+});
+
 describe("a client that goes away mid-body", () => {
   it("is logged at debug, with no unhandled error and no 500", async () => {
     const path = `/_matrix/client/v3/user/${encodeURIComponent(alice.userId)}/account_data/org.example.half`;

@@ -249,7 +249,16 @@ export async function readBodyText(c: Context, maxBytes: number): Promise<string
     }
     chunks.push(value);
   }
-  return new TextDecoder("utf-8", { fatal: false }).decode(Buffer.concat(chunks));
+  return utf8Text(Buffer.concat(chunks));
+}
+
+/** JSON bodies are UTF-8 (RFC 8259 §8.1): bytes that are not are no JSON, not text to repair. */
+function utf8Text(bytes: Uint8Array): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new MatrixError(400, "M_NOT_JSON", "The request body is not valid UTF-8");
+  }
 }
 
 function readIncoming(incoming: IncomingMessage, maxBytes: number): Promise<string> {
@@ -272,7 +281,14 @@ function readIncoming(incoming: IncomingMessage, maxBytes: number): Promise<stri
       }
       chunks.push(chunk);
     };
-    const onEnd = () => done(() => resolve(new TextDecoder("utf-8", { fatal: false }).decode(Buffer.concat(chunks))));
+    const onEnd = () =>
+      done(() => {
+        try {
+          resolve(utf8Text(Buffer.concat(chunks)));
+        } catch (err) {
+          reject(err);
+        }
+      });
     // Node reports a client that goes away mid-body as an "aborted" (ECONNRESET) error, then a close.
     const onError = (err: Error) => done(() => reject(new ClientAbortedError(err.message)));
     const onClose = () => {
