@@ -250,18 +250,61 @@ describe("membership", () => {
   });
 });
 
+describe("what clients expect of smaller endpoints", () => {
+  it("keeps custom keys of a join's body in the member event, but not the ones the server sets", async () => {
+    const roomId = await alice.createRoom({ preset: "public_chat" });
+    const res = await bob.call("POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, { foo: "bar", membership: "leave", reason: "hi" });
+    expect(res.status).toBe(200);
+    const member = (await bob.state(roomId, "m.room.member", bob.userId)).json;
+    expect(member).toMatchObject({ foo: "bar", membership: "join", reason: "hi" });
+    const again = await carol.call("POST", roomPath(roomId, "/join"), { "org.example.x": 1 });
+    expect(again.status).toBe(200);
+    expect((await carol.state(roomId, "m.room.member", carol.userId)).json["org.example.x"]).toBe(1);
+  });
+
+  it("lists joined members with display_name and avatar_url, null when unset", async () => {
+    const roomId = await alice.createRoom();
+    const res = await alice.call("GET", roomPath(roomId, "/joined_members"));
+    expect(res.json.joined[alice.userId]).toEqual({ display_name: "alice", avatar_url: null });
+  });
+
+  it("answers /event of a room the user may not read with 404, as for an unknown event", async () => {
+    const roomId = await alice.createRoom({ preset: "private_chat" });
+    const eventId = await alice.send(roomId, { msgtype: "m.text", body: "private" });
+    const res = await carol.call("GET", roomPath(roomId, `/event/${encodeURIComponent(eventId)}`));
+    expect(res.status).toBe(404);
+    expect(res.json.errcode).toBe("M_NOT_FOUND");
+  });
+
+  it("takes a null since in POST /publicRooms, and refuses an overlong account data type with 400", async () => {
+    expect((await alice.call("POST", "/_matrix/client/v3/publicRooms", { since: null, limit: 5 })).status).toBe(200);
+    const type = "x".repeat(5000);
+    const res = await alice.call("PUT", `/_matrix/client/v3/user/${encodeURIComponent(alice.userId)}/account_data/${type}`, { a: 1 });
+    expect(res.status).toBe(400);
+    expect(res.json.errcode).toBe("M_INVALID_PARAM");
+  });
+});
+
 describe("sending", () => {
   it("refuses floats and oversized events, and event types over 255 bytes", async () => {
     const roomId = await alice.createRoom();
-    for (const raw of ['{"msgtype":"m.text","body":"x","n":1.5}', '{"body":"x","n":1.0}', '{"n":1e3}']) {
-      const res = await fetch(`${hs.url}${roomPath(roomId, "/send/m.room.message/float" + raw.length)}`, {
+    const put = (raw: string) =>
+      fetch(`${hs.url}${roomPath(roomId, "/send/m.room.message/float" + raw.length)}`, {
         method: "PUT",
         headers: { Authorization: `Bearer ${alice.accessToken}`, "Content-Type": "application/json" },
         body: raw,
       });
+    for (const raw of ['{"msgtype":"m.text","body":"x","n":1.5}', '{"body":"x","n":1e-3}']) {
+      const res = await put(raw);
       expect(res.status).toBe(400);
       expect(((await res.json()) as { errcode: string }).errcode).toBe("M_BAD_JSON");
     }
+    // Integers written with an exponent or a decimal point are integers (the canonical JSON
+    // appendix's own example), stored as such.
+    const integral = await put('{"body":"x","n":1.0,"m":1e3}');
+    expect(integral.status).toBe(200);
+    const { event_id } = (await integral.json()) as { event_id: string };
+    expect((await alice.call("GET", roomPath(roomId, `/event/${encodeURIComponent(event_id)}`))).json.content).toEqual({ body: "x", n: 1, m: 1000 });
     const big = await alice.call("PUT", roomPath(roomId, "/send/m.room.message/big"), { msgtype: "m.text", body: "x".repeat(70_000) });
     expect(big.status).toBe(413);
     expect(big.json.errcode).toBe("M_TOO_LARGE");

@@ -60,6 +60,18 @@ export interface RoomCreationExtras {
   alongside?: (tx: Database, roomId: string) => Promise<void>;
 }
 
+/** Member content keys the server sets or that mean something to the auth rules: not the client's to add on a join. */
+const RESERVED_MEMBER_KEYS: ReadonlySet<string> = new Set([
+  "membership",
+  "displayname",
+  "avatar_url",
+  "join_authorised_via_users_server",
+  "third_party_invite",
+  "third_party_signed",
+  "is_direct",
+  "reason",
+]);
+
 export class Rooms {
   /** Client transactions in flight in this process: a retry waits for the original. */
   private readonly inflightTxns = new Map<string, Promise<string>>();
@@ -369,8 +381,15 @@ export class Rooms {
     return found.room_id;
   }
 
-  async join(requester: Requester, roomIdOrAlias: string, reason?: string, via: readonly string[] = []): Promise<string> {
+  /**
+   * Joins a room. `custom`: other keys of the request body, kept in the member event's content as
+   * Synapse does (the ones with a meaning in the spec are the server's to set, and dropped).
+   */
+  async join(requester: Requester, roomIdOrAlias: string, reason?: string, via: readonly string[] = [], custom: JsonObject = {}): Promise<string> {
     const userId = requester.userId;
+    const extra: JsonObject = {};
+    for (const [k, v] of Object.entries(custom)) if (!RESERVED_MEMBER_KEYS.has(k)) extra[k] = v;
+    if (reason !== undefined) extra.reason = reason;
     const servers = [...via];
     const roomId = await this.roomToEnter(roomIdOrAlias, servers);
     if (!(await this.isInRoom(roomId))) {
@@ -389,7 +408,7 @@ export class Rooms {
         if (idServer) servers.push(idServer);
         if (servers.some((s) => s !== this.serverName)) {
           const profile = await this.accounts.getProfile(userId);
-          await this.remote.join(userId, roomId, servers, memberContent("join", profile, reason !== undefined ? { reason } : {}));
+          await this.remote.join(userId, roomId, servers, { ...extra, ...memberContent("join", profile) });
           return roomId;
         }
         if (known === undefined) throw notFound("No known room with that ID or alias");
@@ -400,12 +419,12 @@ export class Rooms {
     const authoriser = await this.restrictedJoinAuthoriser(roomId, userId);
     await this.persister.enqueue(roomId, async (view) => {
       const current = view.membership(userId);
-      const content = memberContent("join", profile, reason !== undefined ? { reason } : {});
+      const content = { ...extra, ...memberContent("join", profile) };
       if (current === "join") {
         // Already joined: nothing to send unless the profile in the room is stale.
         const existing = await view.stateEvent("m.room.member", userId);
         const c = existing?.content ?? {};
-        if (c.displayname === content.displayname && c.avatar_url === content.avatar_url && reason === undefined) return [];
+        if (c.displayname === content.displayname && c.avatar_url === content.avatar_url && Object.keys(extra).length === 0) return [];
       }
       if (current !== "invite" && current !== "join") {
         const joinRule = (await view.stateEvent("m.room.join_rules", ""))?.content.join_rule;

@@ -217,7 +217,12 @@ export class Timeline {
   }
 
   async event(requester: Requester, roomId: string, eventId: string): Promise<ClientEvent> {
-    const access = await this.access(requester.userId, roomId);
+    // "404: The event was not found or you do not have permission to read this event": a room the
+    // user may not read is no 403 here, or the answer would tell events apart.
+    const access = await this.access(requester.userId, roomId).catch((err: unknown) => {
+      if (err instanceof MatrixError && err.status === 403) throw notFound("Event not found");
+      throw err;
+    });
     const event = await this.visibleEvent(access, eventId);
     return (await this.store.format([event], requester))[0]!;
   }
@@ -339,10 +344,11 @@ export class Timeline {
     const joined = dictionary<JsonObject>();
     for (const r of rows) {
       const content = (JSON.parse(r.json) as { content?: JsonObject }).content ?? {};
-      const info: JsonObject = {};
-      if (typeof content.displayname === "string") info.display_name = content.displayname;
-      if (typeof content.avatar_url === "string") info.avatar_url = content.avatar_url;
-      joined[r.state_key] = info;
+      // Both keys always, null when unset, as Synapse answers (clients and sytest read them).
+      joined[r.state_key] = {
+        display_name: typeof content.displayname === "string" ? content.displayname : null,
+        avatar_url: typeof content.avatar_url === "string" ? content.avatar_url : null,
+      };
     }
     return joined;
   }

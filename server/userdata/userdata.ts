@@ -11,6 +11,8 @@ import { advanceStream } from "../sync/streams.ts";
 
 /** The account-data type under which a user's push rules are kept (and streamed to `/sync`). */
 export const PUSH_RULES_TYPE = "m.push_rules";
+/** The longest account data type (bytes of UTF-8). */
+const MAX_TYPE_BYTES = 1024;
 
 export interface AccountDataChange {
   roomId: string;
@@ -84,6 +86,11 @@ export class UserData {
 
   private async writeAccountData(tx: Tx, userId: string, roomId: string, type: string, content: string): Promise<number> {
     const t = schema.accountData;
+    // The type is a key of the table's index, whose entries PostgreSQL caps at about 2.7 kB: a
+    // longer one is a bad request, not a failed insert. Real types are short namespaced names.
+    if (Buffer.byteLength(type, "utf8") > MAX_TYPE_BYTES) {
+      throw new MatrixError(400, "M_INVALID_PARAM", `An account data type is at most ${MAX_TYPE_BYTES} bytes`);
+    }
     const size = Buffer.byteLength(content, "utf8");
     if (size > this.limits.itemMaxBytes) {
       throw tooLarge(`Account data is at most ${this.limits.itemMaxBytes} bytes of JSON (this is ${size})`);

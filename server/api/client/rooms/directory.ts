@@ -74,7 +74,8 @@ export const queryPublicRooms = route({
   query: z.looseObject({ server: z.string().optional() }),
   body: z.looseObject({
     limit: z.int().min(0).optional(),
-    since: z.string().optional(),
+    // Clients send `"since": null` for the first page (Synapse takes it): the same as none.
+    since: z.string().nullish(),
     filter: z
       .looseObject({
         generic_search_term: z.string().optional(),
@@ -87,7 +88,7 @@ export const queryPublicRooms = route({
   handler({ query, body }, services) {
     return services.directory.publicRooms({
       limit: body.limit,
-      since: body.since,
+      since: body.since ?? undefined,
       server: query.server,
       searchTerm: body.filter?.generic_search_term,
       roomTypes: body.filter?.room_types,

@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { MatrixError } from "../../../http/errors.ts";
 import { route } from "../../../http/route.ts";
+import type { JsonObject } from "../../../../federation/protocol/pdu.ts";
 import { isValidServerName } from "../../../../federation/protocol/identifiers.ts";
 
 const reasonBody = z.looseObject({ reason: z.string().optional() });
@@ -20,7 +21,8 @@ export const joinRoomIdOrAlias = route({
     }
     // The servers to join through: `via` (v1.12), and `server_name` before it.
     const via = [...(c.req.queries("via") ?? []), ...(c.req.queries("server_name") ?? [])].filter(isValidServerName).slice(0, 20);
-    return { room_id: await services.rooms.join(requester, params.roomIdOrAlias!, body.reason, via) };
+    const { reason, third_party_signed: _, ...custom } = body;
+    return { room_id: await services.rooms.join(requester, params.roomIdOrAlias!, reason, via, custom as JsonObject) };
   },
 });
 
@@ -32,7 +34,8 @@ export const joinRoom = route({
   body: z.looseObject({ reason: z.string().optional(), third_party_signed: z.unknown().optional() }),
   async handler({ requester, params, body }, services) {
     if (!params.roomId!.startsWith("!")) throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID");
-    return { room_id: await services.rooms.join(requester, params.roomId!, body.reason) };
+    const { reason, third_party_signed: _, ...custom } = body;
+    return { room_id: await services.rooms.join(requester, params.roomId!, reason, [], custom as JsonObject) };
   },
 });
 
