@@ -55,7 +55,7 @@ export function createRoomServices(options: {
   const rooms = new Rooms(db, persister, accounts, aliases, serverName, logger, options.defaultRoomVersion);
   const eventStore = new EventStore(db, now);
   const visibility = new HistoryVisibility(db);
-  const timeline = new Timeline(db, rooms, eventStore, visibility);
+  const timeline = new Timeline(db, rooms, eventStore, visibility, (userId) => userData.ignoredUsers(userId));
   const relations = new Relations(db, eventStore, timeline, visibility);
   eventStore.setBundler(relations.bundle);
   const search = new RoomSearch(db, eventStore, timeline, visibility, rooms, logger);

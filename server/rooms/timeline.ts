@@ -59,7 +59,15 @@ export class Timeline {
     private readonly rooms: Rooms,
     private readonly store: EventStore,
     private readonly visibility: HistoryVisibility,
+    /** The users a user ignores (`m.ignored_user_list`): their non-state events are left out of pages. */
+    private readonly ignoredBy: (userId: string) => Promise<ReadonlySet<string>> = async () => new Set(),
   ) {}
+
+  /** Leaves out the events of users `userId` ignores, but not their state events. */
+  private async withoutIgnored(userId: string, events: StoredEvent[]): Promise<StoredEvent[]> {
+    const ignored = await this.ignoredBy(userId);
+    return ignored.size ? events.filter((e) => e.stateKey !== undefined || !ignored.has(e.sender)) : events;
+  }
 
   private backfiller: ((roomId: string, limit: number) => Promise<number>) | undefined;
 
@@ -120,6 +128,7 @@ export class Timeline {
       const stored = await this.backfiller(roomId, Math.min(100, limit - events.length + 10)).catch(() => 0);
       if (stored > 0) ({ events, next, exhausted } = await this.page(access, backwards, from, bound, limit, request.filter));
     }
+    events = await this.withoutIgnored(requester.userId, events);
     const chunk = await this.store.format(events, requester);
     const response: JsonObject = { chunk, start };
     // "If no further events are available (either because we have reached the start of the
@@ -235,6 +244,8 @@ export class Timeline {
     const afterLimit = limit - beforeLimit;
     const before = await this.page(access, true, pointBefore(event), undefined, beforeLimit, filter);
     const after = await this.page(access, false, pointAfter(event), access.until, afterLimit, filter);
+    before.events = await this.withoutIgnored(requester.userId, before.events);
+    after.events = await this.withoutIgnored(requester.userId, after.events);
     const [formatted, eventsBefore, eventsAfter] = await Promise.all([
       this.store.format([event], requester),
       this.store.format(before.events, requester),

@@ -153,6 +153,8 @@ interface Pass {
   initial: boolean;
   from: StreamPositions;
   upper: StreamPositions;
+  /** The users this user ignores (`m.ignored_user_list`): their events and invites are left out. */
+  ignored?: ReadonlySet<string>;
 }
 
 interface RoomTimeline {
@@ -166,6 +168,11 @@ export class Sync {
   private readonly filters = new Map<string, Filter>();
   /** Per device (`user\0device`): per room, the member events already sent under lazy loading. */
   private readonly lazyLoaded = new Map<string, Map<string, Set<string>>>();
+  /**
+   * Per user, their ignored users as read at an account-data stream position: still good while
+   * the stream has not moved past it (positions are global, so this holds across processes).
+   */
+  private readonly ignoredCache = new Map<string, { position: number; users: ReadonlySet<string> }>();
   /** Per device: the to-device position already acknowledged (deleted up to). */
   private readonly toDeviceAcked = new Map<string, number>();
   // Reads that the long-polls woken by one change make all at once: batched into one query each.
@@ -427,8 +434,22 @@ export class Sync {
 
   // ---- One response ------------------------------------------------------------------------------------
 
+  /**
+   * The users `userId` ignores. "Following an update of the m.ignored_user_list, the sync API for
+   * all clients should immediately start ignoring (or un-ignoring) the user."
+   */
+  private async ignoredUsers(userId: string, position: number): Promise<ReadonlySet<string>> {
+    const cached = this.ignoredCache.get(userId);
+    if (cached && cached.position >= position) return cached.users;
+    const users = await this.d.userData.ignoredUsers(userId);
+    if (this.ignoredCache.size >= 50_000) this.ignoredCache.clear();
+    this.ignoredCache.set(userId, { position, users });
+    return users;
+  }
+
   private async compute(pass: Pass): Promise<{ response: SyncResponse; empty: boolean; rooms: string[] }> {
     const { userId, deviceId, filter, from } = pass;
+    pass.ignored = await this.ignoredUsers(userId, pass.upper.account_data);
     // Cached memberships are complete only as far as this process has heard of every room event.
     const readMemberships = () => this.memberships.get(userId);
     const all = pass.upper.events <= this.d.notifier.coveredEvents() ? await this.cached(this.membershipCache, () => this.membershipGeneration, userId, readMemberships) : await readMemberships();
@@ -545,6 +566,9 @@ export class Sync {
     for (const m of memberships) {
       if ((m.membership !== "invite" && m.membership !== "knock") || !changedSince(m)) continue;
       const events = await this.d.reads.inviteState(m.roomId, m.eventId);
+      // "Servers must not send room invites from ignored users to clients."
+      const own = events.find((e) => e.type === "m.room.member" && e.state_key === userId);
+      if (m.membership === "invite" && own && pass.ignored.has(own.sender)) continue;
       if (m.membership === "invite") inviteResponses[m.roomId] = { invite_state: { events } };
       else knockResponses[m.roomId] = { knock_state: { events } };
     }
@@ -693,6 +717,10 @@ export class Sync {
     if (timelineFilter?.contains_url !== undefined) {
       events = events.filter((e) => passesFilter({ contains_url: timelineFilter.contains_url }, { type: e.type, content: e.pdu.content }));
     }
+    // Ignored users' events are left out; their state events stay ("so that parts such as the
+    // room name do not appear different").
+    const ignored = pass.ignored;
+    if (ignored?.size) events = events.filter((e) => e.stateKey !== undefined || !ignored.has(e.sender));
 
     const wholeState = newlyJoined || pass.fullState;
     const isMember = (e: StoredEvent) => e.type === "m.room.member";

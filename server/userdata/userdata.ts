@@ -73,6 +73,13 @@ export class UserData {
     return row ? (JSON.parse(row.content) as Record<string, unknown>) : undefined;
   }
 
+  /** The users `userId` ignores: the keys of `ignored_users` in their `m.ignored_user_list` account data. */
+  async ignoredUsers(userId: string): Promise<Set<string>> {
+    const content = await this.getAccountData(userId, "", "m.ignored_user_list");
+    const list = content?.ignored_users;
+    return typeof list === "object" && list !== null && !Array.isArray(list) ? new Set(Object.keys(list)) : new Set();
+  }
+
   /**
    * Sets account data; each write takes the next position of the account-data stream, as the last
    * step of its transaction (server/sync/streams.ts: positions become visible in order).
