@@ -12,7 +12,7 @@ let bob: TestUser;
 let carol: TestUser;
 beforeAll(async () => {
   hs = await startTestServer();
-  [alice, bob, carol] = await Promise.all(["alice", "bob", "carol"].map((n) => registerUser(hs.url, n)));
+  [alice, bob, carol] = (await Promise.all(["alice", "bob", "carol"].map((n) => registerUser(hs.url, n)))) as [TestUser, TestUser, TestUser];
 });
 afterAll(() => hs.destroy());
 

@@ -24,7 +24,7 @@ export interface KeyBackupData {
   first_message_index: number;
   forwarded_count: number;
   is_verified: boolean;
-  session_data: JsonObject;
+  session_data: unknown;
 }
 
 /** `{roomId: {sessions: {sessionId: data}}}` */
@@ -199,7 +199,7 @@ export class KeyBackup {
         first_message_index: r.firstMessageIndex,
         forwarded_count: r.forwardedCount,
         is_verified: r.isVerified,
-        session_data: JSON.parse(r.sessionData) as JsonObject,
+        session_data: JSON.parse(r.sessionData) as unknown,
       };
     }
     return rooms;

@@ -10,12 +10,14 @@ import { jsonObject } from "../../http/safe-json.ts";
 // Opaque to the server (signed and encrypted by clients): kept exactly as parsed. The spec
 // describes an object but names no error for anything else, and Synapse keeps any JSON value
 // (sytest stores a string): only its owner's clients read it, and they check it themselves.
-const authData = z.union([jsonObject, z.string(), z.number(), z.boolean(), z.array(z.unknown())]);
+const opaqueJson = z.union([jsonObject, z.string(), z.number(), z.boolean(), z.array(z.unknown())]);
+const authData = opaqueJson;
 const keyBackupData = z.object({
   first_message_index: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   forwarded_count: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   is_verified: z.boolean(),
-  session_data: jsonObject,
+  // Encrypted by the client, opaque likewise.
+  session_data: opaqueJson,
 });
 const sessions = z.record(z.string(), keyBackupData);
 const roomKeyBackup = z.object({ sessions });
