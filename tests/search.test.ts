@@ -150,6 +150,20 @@ describe("ordering and paging", () => {
       expect(res.status, bad).toBe(400);
       expect(res.json.errcode, bad).toBe("M_INVALID_PARAM");
     }
+    // Forged tokens: values the database would refuse are refused first (never a 500).
+    const forged = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    for (const [order_by, token] of [
+      ["rank", { order: "rank", stream: 1, rank: 1e300 }],
+      ["rank", { order: "rank", stream: 1, rank: -1e-300 }],
+      ["rank", { order: "rank", stream: 1 }],
+      ["recent", { order: "recent", stream: 1.5 }],
+      ["recent", { order: "recent", stream: 1, count: 1e300 }],
+      ["recent", { order: "recent", stream: 1, group: { key: "type", value: "m.room.message" } }],
+    ] as const) {
+      const res = await search(alice, { search_term: "narwhal", order_by }, forged(token));
+      expect(res.status, JSON.stringify(token)).toBe(400);
+      expect(res.json.errcode).toBe("M_INVALID_PARAM");
+    }
   });
 });
 

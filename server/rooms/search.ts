@@ -162,13 +162,21 @@ function decodeCursor(token: string, order: SearchOrder): Cursor {
   const c = value as Partial<Cursor>;
   if (c.order !== order) throw new MatrixError(400, "M_INVALID_PARAM", "next_batch is from a search with another order_by");
   if (typeof c.stream !== "number" || !Number.isSafeInteger(c.stream)) throw invalid();
-  if (order === "rank" && (typeof c.rank !== "number" || !Number.isFinite(c.rank))) throw invalid();
+  // The rank goes back to the database as a `real`: one out of its range (a forged token) would
+  // be refused there, as a 500.
+  if (order === "rank" && (typeof c.rank !== "number" || !inRealRange(c.rank))) throw invalid();
   if (c.group !== undefined) {
     const g = c.group as { key?: unknown; value?: unknown };
     if ((g.key !== "room_id" && g.key !== "sender") || typeof g.value !== "string") throw invalid();
   }
   if (c.count !== undefined && (typeof c.count !== "number" || !Number.isSafeInteger(c.count) || c.count < 0)) throw invalid();
   return { order, stream: c.stream, rank: c.rank, group: c.group, count: c.count };
+}
+
+/** Whether a number can be given to PostgreSQL as a `real` (float4) without overflow or underflow. */
+function inRealRange(x: number): boolean {
+  const f = Math.fround(x);
+  return Number.isFinite(f) && (x === 0 || Math.abs(f) >= 1.1754943508222875e-38);
 }
 
 interface Candidate {
