@@ -37,6 +37,7 @@ import { upgradeRoutes } from "./client/rooms/upgrade.ts";
 import { ephemeralRoutes } from "./client/ephemeral.ts";
 import { syncRoutes } from "./client/sync.ts";
 import { eventStreamRoutes } from "./client/events.ts";
+import { initialSyncRoutes } from "./client/initial-sync.ts";
 import { versions } from "./client/versions.ts";
 import { synapseAdminRoutes } from "./synapse/register.ts";
 import { health } from "./health.ts";
@@ -88,5 +89,6 @@ export const routes: AnyRoute[] = [
   ...upgradeRoutes,
   ...syncRoutes,
   ...eventStreamRoutes,
+  ...initialSyncRoutes,
   ...ephemeralRoutes,
 ];

@@ -15,6 +15,7 @@ import { SyncReads } from "../rooms/sync-reads.ts";
 import { HistoryVisibility } from "../rooms/visibility.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import { DeviceListChanges } from "./device-list-changes.ts";
+import { InitialSync } from "./initial-sync.ts";
 import { Notifier } from "./notifier.ts";
 import { PushActions } from "./push-actions.ts";
 import { Sync } from "./sync.ts";
@@ -31,6 +32,8 @@ export interface SyncServices {
   pushActions: PushActions;
   /** `device_lists` of /sync and GET /keys/changes. */
   deviceListChanges: DeviceListChanges;
+  /** The legacy GET /initialSync and GET /rooms/{roomId}/initialSync. */
+  initialSync: InitialSync;
 }
 
 export function createSyncServices(options: {
@@ -117,7 +120,19 @@ export function createSyncServices(options: {
       .catch((err) => logger.warn({ err }, "could not announce a device-list change"));
   });
 
-  return { notifier, sync, typing, receipts, readMarkers: new ReadMarkerService(userData, receipts, membership), presence, unread, pushActions, deviceListChanges };
+  const initialSync = new InitialSync({
+    db,
+    notifier,
+    reads,
+    rooms: rooms.rooms,
+    timeline: rooms.timeline,
+    eventStore: rooms.eventStore,
+    directory: rooms.directory,
+    presence,
+    receipts,
+    userData,
+  });
+  return { notifier, sync, typing, receipts, readMarkers: new ReadMarkerService(userData, receipts, membership), presence, unread, pushActions, deviceListChanges, initialSync };
 }
 
 /** Starts what the sync component runs in the background (after the database is open). */
