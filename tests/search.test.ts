@@ -313,6 +313,23 @@ describe("who finds what", () => {
     expect((await found(bob, { search_term: "puffin" })).results).toEqual([]);
   });
 
+  it("leaves out the messages of users the searcher ignores, in results and context", async () => {
+    const alice = await newUser("alice");
+    const bob = await newUser("bob");
+    const roomId = await alice.createRoom({ preset: "public_chat" });
+    expect((await bob.join(roomId)).status).toBe(200);
+    const mine = await alice.send(roomId, text("walnut one"));
+    await bob.send(roomId, text("walnut two"));
+    const ignore = await alice.call("PUT", `/_matrix/client/v3/user/${encodeURIComponent(alice.userId)}/account_data/m.ignored_user_list`, {
+      ignored_users: { [bob.userId]: {} },
+    });
+    expect(ignore.status).toBe(200);
+    const res = await found(alice, { search_term: "walnut", event_context: { before_limit: 0, after_limit: 5 } });
+    expect(ids(res)).toEqual([mine]);
+    expect(res.results[0].context.events_after.map((e: any) => e.sender)).not.toContain(bob.userId);
+    expect((await found(bob, { search_term: "walnut" })).results).toHaveLength(2);
+  });
+
   it("never finds redacted events, in either order, and drops them from the index", async () => {
     const alice = await newUser("alice");
     const roomId = await alice.createRoom();

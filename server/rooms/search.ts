@@ -292,6 +292,8 @@ export class RoomSearch {
       return access;
     };
 
+    // As /messages: the non-state events of users the searcher ignores are left out.
+    const ignored = await this.timeline.ignoredUsers(requester.userId);
     const results: Candidate[] = [];
     let position = cursor;
     let more = false;
@@ -321,6 +323,7 @@ export class RoomSearch {
         scanned++;
         const c = candidates.get(r.event_id);
         if (!c || !visible.has(c.event.eventId)) continue;
+        if (c.event.stateKey === undefined && ignored.has(c.event.sender)) continue;
         if (!matchesFilter(filter, { type: c.event.type, sender: c.event.sender, content: visibleContent(c.event) })) continue;
         results.push(c);
         if (results.length >= limit) {

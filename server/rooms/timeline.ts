@@ -278,7 +278,17 @@ export class Timeline {
   async around(access: RoomAccess, event: StoredEvent, beforeLimit: number, afterLimit: number) {
     const before = await this.page(access, true, pointBefore(event), undefined, beforeLimit, {});
     const after = await this.page(access, false, pointAfter(event), access.until, afterLimit, {});
-    return { before: before.events, after: after.events, start: formatToken(before.next), end: formatToken(after.next) };
+    return {
+      before: await this.withoutIgnored(access.viewer.userId, before.events),
+      after: await this.withoutIgnored(access.viewer.userId, after.events),
+      start: formatToken(before.next),
+      end: formatToken(after.next),
+    };
+  }
+
+  /** The users `userId` ignores (`m.ignored_user_list`), for reads outside this module (search). */
+  ignoredUsers(userId: string): Promise<ReadonlySet<string>> {
+    return this.ignoredBy(userId);
   }
 
   // ---- State -------------------------------------------------------------------------------------------
