@@ -26,6 +26,7 @@ import { SyncReads } from "./rooms/sync-reads.ts";
 import { connectRoomEdus } from "../federation/transport/room-edus.ts";
 import { connectRoomFederation } from "../federation/transport/room-federation.ts";
 import { UserDirectory } from "./userdirectory/user-directory.ts";
+import { RemoteHierarchies } from "../federation/transport/remote-hierarchy.ts";
 
 export interface Homeserver {
   services: Services;
@@ -158,6 +159,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const queries = federation.queries;
     roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));
     roomServices.directory.readRemoteDirectoriesWith((server, query) => queries.publicRooms(server, query));
+    const hierarchies = new RemoteHierarchies(federation.http, now, logger);
+    roomServices.spaceHierarchy.readRemoteHierarchiesWith((servers, roomId, suggestedOnly) => hierarchies.hierarchy(servers, roomId, suggestedOnly));
     services = {
       config,
       database,

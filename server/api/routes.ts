@@ -3,6 +3,7 @@ import { federationVersion } from "../../federation/transport/version.ts";
 import { notaryQuery, notaryQueryOne, notaryQueryOneById, serverKeys, serverKeysById } from "../../federation/transport/key-server.ts";
 import { federationQueryRoutes } from "./federation/query.ts";
 import { federationPublicRoomsRoutes } from "./federation/public-rooms.ts";
+import { federationHierarchyRoutes } from "./federation/hierarchy.ts";
 import { federationEventRoutes } from "./federation/events.ts";
 import { openIdUserInfo } from "./federation/openid.ts";
 import { openIdRoutes } from "./client/openid.ts";
@@ -28,6 +29,7 @@ import { registerRoutes } from "./client/register.ts";
 import { searchRoutes } from "./client/search.ts";
 import { createRoomRoutes } from "./client/rooms/create-room.ts";
 import { directoryRoutes } from "./client/rooms/directory.ts";
+import { hierarchyRoutes } from "./client/rooms/hierarchy.ts";
 import { membershipRoutes } from "./client/rooms/membership.ts";
 import { readRoutes } from "./client/rooms/read.ts";
 import { relationsRoutes } from "./client/rooms/relations.ts";
@@ -56,6 +58,7 @@ export const routes: AnyRoute[] = [
   notaryQueryOneById,
   ...federationQueryRoutes,
   ...federationPublicRoomsRoutes,
+  ...federationHierarchyRoutes,
   openIdUserInfo,
   ...openIdRoutes,
   ...federationSendRoutes,
@@ -85,6 +88,7 @@ export const routes: AnyRoute[] = [
   ...relationsRoutes,
   ...searchRoutes,
   ...directoryRoutes,
+  ...hierarchyRoutes,
   ...roomAccountDataRoutes,
   ...upgradeRoutes,
   ...syncRoutes,

@@ -15,6 +15,7 @@ import { RoomUpgrades } from "./room-upgrades.ts";
 import { Rooms } from "./rooms.ts";
 import { RoomSearch } from "./search.ts";
 import { ServerReads } from "./server-reads.ts";
+import { SpaceHierarchy } from "./space-hierarchy.ts";
 import { Timeline } from "./timeline.ts";
 import { HistoryVisibility } from "./visibility.ts";
 
@@ -33,6 +34,8 @@ export interface RoomServices {
   search: RoomSearch;
   /** POST /rooms/{roomId}/upgrade. */
   roomUpgrades: RoomUpgrades;
+  /** GET /rooms/{roomId}/hierarchy and federation's /hierarchy (spaces). */
+  spaceHierarchy: SpaceHierarchy;
 }
 
 export function createRoomServices(options: {
@@ -77,5 +80,6 @@ export function createRoomServices(options: {
     roomTags,
     search,
     roomUpgrades,
+    spaceHierarchy: new SpaceHierarchy(db, rooms, now),
   };
 }
