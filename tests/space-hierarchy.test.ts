@@ -10,8 +10,8 @@ import { type RoomUser, registerRoomUser } from "./rooms-helpers.ts";
 const enc = encodeURIComponent;
 const SPACE = { creation_content: { type: "m.space" } };
 
-const hierarchy = (user: RoomUser, roomId: string, params: Record<string, string> = {}) =>
-  user.call("GET", `/_matrix/client/v1/rooms/${enc(roomId)}/hierarchy?${new URLSearchParams(params)}`);
+const hierarchy = (user: RoomUser, roomId: string, params: Record<string, string | undefined> = {}) =>
+  user.call("GET", `/_matrix/client/v1/rooms/${enc(roomId)}/hierarchy?${new URLSearchParams(Object.entries(params).filter((e): e is [string, string] => e[1] !== undefined))}`);
 const ids = (res: { json: { rooms: Array<{ room_id: string }> } }) => res.json.rooms.map((r) => r.room_id);
 
 async function addChild(user: RoomUser, space: string, child: string, content: Record<string, unknown>) {
@@ -23,7 +23,7 @@ describe("GET /rooms/{roomId}/hierarchy on one server", () => {
   let hs: TestServer;
   let alice: RoomUser; // builds the spaces
   let bob: RoomUser; // browses them
-  const r: Record<string, string> = {};
+  const r = {} as Record<"space" | "general" | "sub" | "c" | "d" | "secret" | "unlinked", string>;
   const via = { via: ["test.local"] };
 
   beforeAll(async () => {
@@ -164,8 +164,9 @@ describe("GET /rooms/{roomId}/hierarchy on one server", () => {
   });
 
   it("is 403 for a root the user may not see, and for an unknown room", async () => {
+    const eve = await registerRoomUser(hs.url, "eve");
     for (const room of [r.secret, "!nowhere:test.local"]) {
-      const res = await hierarchy(await registerRoomUser(hs.url, `eve${room.length}${Math.random().toString(36).slice(2, 6)}`), room);
+      const res = await hierarchy(eve, room);
       expect(res.status).toBe(403);
       expect(res.json.errcode).toBe("M_FORBIDDEN");
     }
@@ -183,7 +184,7 @@ describe("rooms of another server, filled in over federation", () => {
   let hs2: TestServer;
   let alice: RoomUser; // @alice:hs1.test
   let bob: RoomUser; // @bob:hs2.test
-  const r: Record<string, string> = {};
+  const r = {} as Record<"space" | "remoteSpace" | "remoteRoom" | "remotePrivate" | "remoteLeaf", string>;
 
   beforeAll(async () => {
     net = await startNetwork(2);
