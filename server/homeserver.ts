@@ -116,7 +116,22 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       roomVersion: (roomId) => roomServices.rooms.roomVersion(roomId),
       roomState: roomServices.rooms,
     });
-    connectRoomEdus({ serverName: config.server_name, federation, rooms: roomServices.rooms, ...syncServices, logger });
+    const sharing = new SyncReads(database.db, roomServices.eventStore);
+    const rooms = roomServices.rooms;
+    connectRoomEdus({
+      serverName: config.server_name,
+      federation,
+      rooms: {
+        currentMembership: (roomId, userId) => rooms.currentMembership(roomId, userId),
+        joinedServers: (roomId) => rooms.joinedServers(roomId),
+        joinedRooms: (userId) => rooms.joinedRooms(userId),
+        roomsWithJoinedMember: (userId) => rooms.roomsWithJoinedMember(userId),
+        joinedMembers: (roomId) => sharing.joinedMembers(roomId),
+      },
+      ...syncServices,
+      onEventsPersisted: (listener) => roomServices.persister.onEventsPersisted(listener),
+      logger,
+    });
     connectRoomFederation(federation, {
       serverName: config.server_name,
       signingKey,
@@ -129,7 +144,6 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       logger,
       now,
     });
-    const sharing = new SyncReads(database.db, roomServices.eventStore);
     wireE2eeFederation({
       db: database.db,
       serverName: config.server_name,

@@ -31,6 +31,8 @@ export interface RoomMembersView {
   joinedRooms(userId: string): Promise<string[]>;
   /** The rooms anyone (a remote user too) is joined to, from their current state. */
   roomsWithJoinedMember(userId: string): Promise<string[]>;
+  /** The room's joined members, of every server. */
+  joinedMembers(roomId: string): Promise<string[]>;
 }
 
 export interface RoomEduDeps {
@@ -40,6 +42,8 @@ export interface RoomEduDeps {
   typing: Typing;
   receipts: Receipts;
   presence: Presence;
+  /** Subscribes to committed room events (joins bring presence to the servers newly sharing a room). */
+  onEventsPersisted?(listener: (roomId: string, events: ReadonlyArray<{ type: string; stateKey: string | undefined; membership: string | undefined }>) => void): void;
   logger: Logger;
 }
 
@@ -119,7 +123,7 @@ function registerInbound({ federation, rooms, typing, receipts, presence, logger
   });
 }
 
-function publishOutbound({ serverName, federation, rooms, typing, receipts, presence, logger }: RoomEduDeps): void {
+function publishOutbound({ serverName, federation, rooms, typing, receipts, presence, onEventsPersisted, logger }: RoomEduDeps): void {
   const ours = (userId: string) => serverNameOf(userId) === serverName;
   const others = (servers: Iterable<string>) => [...servers].filter((s) => s !== serverName);
   const failed = (what: string) => (err: unknown) => logger.warn({ err }, `could not send ${what} to other servers`);
@@ -151,6 +155,29 @@ function publishOutbound({ serverName, federation, rooms, typing, receipts, pres
       .catch(failed("a receipt"));
   });
 
+  // A join makes servers share a room that may not have before: the joiner's presence goes to the
+  // room's other servers, and a remote joiner's server gets the presence of our members (Synapse
+  // does both; sytest "New federated private chats get full presence information (SYN-115)").
+  onEventsPersisted?.((roomId, events) => {
+    const joiners = events.filter((e) => e.type === "m.room.member" && e.membership === "join" && e.stateKey !== undefined).map((e) => e.stateKey!);
+    if (joiners.length === 0) return;
+    (async () => {
+      const servers = others(await rooms.joinedServers(roomId));
+      if (servers.length === 0) return;
+      const local = joiners.filter(ours);
+      const remoteServers = new Set(joiners.filter((u) => !ours(u)).map((u) => serverNameOf(u)!).filter((s) => s !== undefined));
+      if (local.length) {
+        const push = (await presence.presenceOf(local, Number.MAX_SAFE_INTEGER)).map((e) => presenceUpdate(e.sender, e.content));
+        if (push.length) federation.sender.sendEphemeral(servers, { edu_type: "m.presence", content: { push } });
+      }
+      if (remoteServers.size) {
+        const members = (await rooms.joinedMembers(roomId)).filter(ours);
+        const push = (await presence.presenceOf(members, Number.MAX_SAFE_INTEGER)).map((e) => presenceUpdate(e.sender, e.content));
+        if (push.length) federation.sender.sendEphemeral([...remoteServers], { edu_type: "m.presence", content: { push } });
+      }
+    })().catch(failed("presence to servers newly sharing a room"));
+  });
+
   presence.onPresence((userId, content: PresenceContent) => {
     if (!ours(userId)) return;
     rooms
@@ -160,15 +187,19 @@ function publishOutbound({ serverName, federation, rooms, typing, receipts, pres
         for (const roomId of roomIds) for (const s of await rooms.joinedServers(roomId)) servers.add(s);
         const destinations = others(servers);
         if (destinations.length === 0) return;
-        const update = {
-          user_id: userId,
-          presence: content.presence,
-          last_active_ago: content.last_active_ago ?? 0,
-          currently_active: content.currently_active === true,
-          ...(content.status_msg ? { status_msg: content.status_msg } : {}),
-        };
-        federation.sender.sendEphemeral(destinations, { edu_type: "m.presence", content: { push: [update] } });
+        federation.sender.sendEphemeral(destinations, { edu_type: "m.presence", content: { push: [presenceUpdate(userId, content)] } });
       })
       .catch(failed("a presence update"));
   });
+}
+
+/** One entry of an `m.presence` EDU's `push`. */
+function presenceUpdate(userId: string, content: PresenceContent) {
+  return {
+    user_id: userId,
+    presence: content.presence,
+    last_active_ago: content.last_active_ago ?? 0,
+    currently_active: content.currently_active === true,
+    ...(content.status_msg ? { status_msg: content.status_msg } : {}),
+  };
 }

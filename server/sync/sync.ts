@@ -593,6 +593,12 @@ export class Sync {
     if (Object.keys(knockResponses).length) rooms.knock = knockResponses;
     if (Object.keys(leaveResponses).length) rooms.leave = leaveResponses;
     if (Object.keys(rooms).length) response.rooms = rooms;
+    // The presence of users who just joined a room the user was already in, whether or not it
+    // changed since the token (Synapse sends it too: "Existing members see new member's presence").
+    const joiners = new Set(included.flatMap((r) => r.joiners).filter((u) => !presence.some((e) => e.sender === u)));
+    if (!pass.initial && joiners.size > 0 && passesFilter(filter.presence, { type: "m.presence" })) {
+      for (const e of await this.d.presence.presenceOf([...joiners], upper.presence)) if (passesFilter(filter.presence, e)) presence.push(e);
+    }
     if (presence.length) response.presence = { events: presence };
     if (globalAccountData.length) response.account_data = { events: globalAccountData };
     const next = { ...upper };
@@ -691,7 +697,7 @@ export class Sync {
     m: RoomMembership,
     newlyJoined: boolean,
     ephemeral: { typing?: string[]; receipts?: ReceiptContent; accountData: JsonObject[] },
-  ): Promise<{ roomId: string; response: JoinedRoomResponse } | undefined> {
+  ): Promise<{ roomId: string; response: JoinedRoomResponse; joiners: string[] } | undefined> {
     const { filter, from, upper, userId } = pass;
     const roomId = m.roomId;
     const timelineFilter = filter.room?.timeline;
@@ -766,7 +772,9 @@ export class Sync {
         "m.invited_member_count": summary.invitedMemberCount,
       };
     }
-    return { roomId, response };
+    // Users who joined in this timeline: the syncing user may not have their presence yet.
+    const joiners = events.filter((e) => e.type === "m.room.member" && e.stateKey !== userId && (e.pdu.content as JsonObject)?.membership === "join").map((e) => e.stateKey!);
+    return { roomId, response, joiners };
   }
 
   /**
