@@ -173,6 +173,11 @@ describe("GET /rooms/{roomId}/initialSync", () => {
     const roomId = await createRoom(hs.url, alice, { preset: "private_chat", invite: [bob.userId] });
     await joinRoom(hs.url, bob, roomId);
     await sendAll(alice, roomId, ["a", "b", "c"]);
+    const status = await request(hs.url, "PUT", `/_matrix/client/v3/presence/${enc(alice.userId)}/status`, {
+      token: alice.accessToken,
+      body: { presence: "online", status_msg: "snapshotting" },
+    });
+    expect(status.status).toBe(200);
 
     const res = await ok(await roomInitialSync(bob, roomId, { limit: 2 }));
     expect(res.room_id).toBe(roomId);
@@ -182,7 +187,10 @@ describe("GET /rooms/{roomId}/initialSync", () => {
     expect(typeof res.messages.start).toBe("string");
     expect(typeof res.messages.end).toBe("string");
     expect(res.state.some((e: any) => e.type === "m.room.member" && e.state_key === alice.userId)).toBe(true);
-    expect(Array.isArray(res.presence)).toBe(true);
+    // Every joined member's presence: as set, or offline when never set.
+    const presence = new Map((res.presence as any[]).map((p) => [p.content.user_id, p]));
+    expect(presence.get(alice.userId)).toMatchObject({ type: "m.presence", content: { presence: "online", status_msg: "snapshotting" } });
+    expect(presence.get(bob.userId)?.content.presence).toBe("offline");
     expect(Array.isArray(res.account_data)).toBe(true);
   });
 
@@ -212,6 +220,9 @@ describe("GET /rooms/{roomId}/initialSync", () => {
     expect(peek.room_id).toBe(readable);
     expect(peek.membership).toBeUndefined();
     expect(bodiesOf(peek.messages.chunk)).toEqual(["for everyone"]);
+    // History visibility still applies: what came before world_readable (the create event) is not shown.
+    expect(peek.messages.chunk.some((e: any) => e.type === "m.room.create")).toBe(false);
+    expect(peek.messages.chunk.some((e: any) => e.type === "m.room.history_visibility")).toBe(true);
     expect(peek.state.some((e: any) => e.type === "m.room.history_visibility")).toBe(true);
     // Peeking is not joining.
     const members = await ok(await get(alice, `/_matrix/client/v3/rooms/${enc(readable)}/joined_members`));

@@ -5,20 +5,23 @@
 //
 // Both read every stream's position FIRST and answer as of it: each room's messages stop at that
 // events position, and `end` is that position as a sync token, so `GET /events?from=<end>` continues
-// exactly where the snapshot stops (nothing missed, nothing twice). Reading goes through the services
-// the newer endpoints use: the timeline (/messages, /state, with their access rules), presence,
-// receipts, account data and the room directory.
+// exactly where the snapshot stops (nothing missed, nothing twice). Who may read a room is the
+// timeline's rule (/messages, /state: members, former members up to their leave, peekers of
+// world_readable rooms); the events are read as /sync reads them (by stream position, through the
+// history visibility filter) and served without bundled aggregations, as Synapse serves this
+// deprecated API (bundling costs more than the rest of a room's snapshot).
 import type { Database } from "../../schema/db.ts";
 import type { Presence, PresenceEvent } from "../ephemeral/presence.ts";
 import type { Receipts } from "../ephemeral/receipts.ts";
 import { MatrixError } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
 import type { Directory } from "../rooms/directory.ts";
-import type { ClientEvent, EventStore } from "../rooms/event-store.ts";
-import { TIMELINE_START, formatToken, streamToken } from "../rooms/pagination.ts";
+import type { ClientEvent, EventStore, StoredEvent } from "../rooms/event-store.ts";
+import { formatToken, pointBefore, streamToken } from "../rooms/pagination.ts";
 import type { Rooms } from "../rooms/rooms.ts";
 import type { RoomMembership, SyncReads } from "../rooms/sync-reads.ts";
-import type { Timeline } from "../rooms/timeline.ts";
+import type { RoomAccess, Timeline } from "../rooms/timeline.ts";
+import type { HistoryVisibility, Viewer } from "../rooms/visibility.ts";
 import type { AccountDataChange, UserData } from "../userdata/userdata.ts";
 import type { Notifier } from "./notifier.ts";
 import { type StreamPositions, maxPositions, readStreamPositions } from "./streams.ts";
@@ -69,6 +72,7 @@ export class InitialSync {
       rooms: Rooms;
       timeline: Timeline;
       eventStore: EventStore;
+      visibility: HistoryVisibility;
       directory: Directory;
       presence: Presence;
       receipts: Receipts;
@@ -111,11 +115,9 @@ export class InitialSync {
     // 403 (also for an unknown room) before anything is read.
     const access = await this.d.timeline.access(userId, roomId);
     const membership = await this.d.rooms.membership(roomId, userId);
-    const former = access.kind === "former" && membership !== undefined;
-    const until = former ? membership.streamOrdering : upper.events;
-    const [messages, state, visibility, accountData, live] = await Promise.all([
-      this.messages(requester, roomId, limit, until, former ? streamToken(until) : encodeSyncToken(upper)),
-      this.d.timeline.state(requester, roomId),
+    const former = access.kind === "former";
+    const [{ messages, state }, visibility, accountData, live] = await Promise.all([
+      this.readRoom(requester, access, upper, limit),
       this.d.directory.getVisibility(roomId),
       this.d.userData.accountDataSince(userId, 0, upper.account_data),
       former ? undefined : this.liveExtras(userId, roomId, upper),
@@ -148,16 +150,13 @@ export class InitialSync {
       if (invite) room.invite = (await this.d.eventStore.format([invite], requester, { aggregations: false }))[0];
       return room;
     }
-    // A joined room's messages stop at the snapshot's position; a left one's at the leave.
-    const joined = m.membership === "join";
-    const until = joined ? upper.events : m.streamOrdering;
     try {
-      const [messages, state] = await Promise.all([
-        this.messages(requester, m.roomId, limit, until, joined ? encodeSyncToken(upper) : streamToken(until)),
-        this.d.timeline.state(requester, m.roomId),
-      ]);
-      room.messages = messages;
-      room.state = state;
+      // A joined member reads everything as of now; a former member's reach is the timeline's to say.
+      const access: RoomAccess =
+        m.membership === "join"
+          ? { roomId: m.roomId, kind: "member", viewer: { userId: requester.userId, joinedUntil: Number.POSITIVE_INFINITY } }
+          : await this.d.timeline.access(requester.userId, m.roomId);
+      Object.assign(room, await this.readRoom(requester, access, upper, limit));
     } catch (err) {
       // The membership changed between the two reads (a leave, then a forget): the room is no
       // longer the user's to list.
@@ -168,16 +167,38 @@ export class InitialSync {
   }
 
   /**
-   * The last `limit` events the user may see up to stream position `until`, oldest first. `start`
-   * is where /messages continues backwards; `end` is the snapshot's position.
+   * A room's messages and state as `access` allows: as of the snapshot's position, or for a former
+   * member as of their leave. `messages.chunk`: the last `limit` events (those the viewer may see),
+   * oldest first; `start`: where /messages continues backwards; `end`: the snapshot's position (a
+   * sync token, which /messages and /events both take), or the leave's.
    */
-  private async messages(requester: Requester, roomId: string, limit: number, until: number, end: string): Promise<PaginationChunk> {
-    const page = await this.d.timeline.messages(requester, roomId, { dir: "b", from: streamToken(until), limit, filter: {} });
-    const chunk = (page.chunk as ClientEvent[]).slice().reverse();
-    // /messages leaves out `end` when nothing precedes the page; the start of the timeline is then
-    // where it starts (paging back from it gives nothing, as it should).
-    const start = typeof page.end === "string" ? page.end : formatToken(TIMELINE_START);
-    return { chunk, start, end };
+  private async readRoom(
+    requester: Requester,
+    access: RoomAccess,
+    upper: StreamPositions,
+    limit: number,
+  ): Promise<{ messages: PaginationChunk; state: ClientEvent[] }> {
+    const roomId = access.roomId;
+    const former = access.kind === "former";
+    const until = former && access.until ? access.until.stream : upper.events;
+    const [{ events }, group] = await Promise.all([
+      this.d.reads.roomEvents(roomId, Number.MIN_SAFE_INTEGER, until, limit),
+      former ? Promise.resolve(access.stateGroup ?? null) : this.d.reads.groupAt(roomId, upper.events),
+    ]);
+    const [chunk, state] = await Promise.all([
+      this.visibleEvents(access.viewer, events, requester),
+      this.d.reads.stateOfGroup(group).then(async (ids) => {
+        const stored = await this.d.reads.getEvents([...ids.values()]);
+        return this.d.eventStore.format([...stored.values()], requester, { aggregations: false });
+      }),
+    ]);
+    const start = events.length ? formatToken(pointBefore(events[0]!)) : streamToken(until);
+    return { messages: { chunk, start, end: former ? streamToken(until) : encodeSyncToken(upper) }, state };
+  }
+
+  private async visibleEvents(viewer: Viewer, events: StoredEvent[], requester: Requester): Promise<ClientEvent[]> {
+    const visible = await this.d.visibility.filter(viewer, events);
+    return this.d.eventStore.format(visible, requester, { aggregations: false });
   }
 
   /** Presence of the room's joined members and its receipts, for a room one reads as of now. */
@@ -187,6 +208,9 @@ export class InitialSync {
       this.d.presence.presenceOf(members, upper.presence),
       this.d.receipts.receiptsIn([roomId], 0, upper.receipts, userId),
     ]);
+    // Every joined member has a presence, as Synapse answers: offline for those who never set one.
+    const known = new Set(presence.map((e) => e.sender));
+    for (const member of members) if (!known.has(member)) presence.push(offlinePresence(member));
     const content = receipts.get(roomId);
     return {
       presence: presence.map(legacyPresence),
@@ -197,7 +221,7 @@ export class InitialSync {
   /** The presence of the user and of everyone sharing a room with them; their own always (offline when never set). */
   private async presenceOfSharing(userId: string, upper: StreamPositions): Promise<PresenceEvent[]> {
     const events = await this.d.presence.presenceFor(userId, 0, upper.presence, () => this.d.reads.usersSharingRoomsWith(userId));
-    if (!events.some((e) => e.sender === userId)) events.push({ type: "m.presence", sender: userId, content: { presence: "offline" } });
+    if (!events.some((e) => e.sender === userId)) events.push(offlinePresence(userId));
     return events.map(legacyPresence);
   }
 
@@ -217,6 +241,10 @@ function checkLimit(limit: number | undefined): number {
 
 function accountDataEvent(a: AccountDataChange): { type: string; content: JsonObject } {
   return { type: a.type, content: a.content };
+}
+
+function offlinePresence(userId: string): PresenceEvent {
+  return { type: "m.presence", sender: userId, content: { presence: "offline" } };
 }
 
 /**

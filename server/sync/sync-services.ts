@@ -127,6 +127,7 @@ export function createSyncServices(options: {
     rooms: rooms.rooms,
     timeline: rooms.timeline,
     eventStore: rooms.eventStore,
+    visibility: new HistoryVisibility(db),
     directory: rooms.directory,
     presence,
     receipts,
