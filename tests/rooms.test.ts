@@ -286,6 +286,17 @@ describe("what clients expect of smaller endpoints", () => {
 });
 
 describe("sending", () => {
+  it("takes the transaction-less POST /send of old clients, each request a new event, with the same size limit", async () => {
+    const roomId = await alice.createRoom();
+    const path = roomPath(roomId, "/send/m.room.message");
+    const a = await alice.call("POST", path, { msgtype: "m.text", body: "old bot" });
+    const b = await alice.call("POST", path, { msgtype: "m.text", body: "old bot" });
+    expect(a.status).toBe(200);
+    expect(b.status).toBe(200);
+    expect(a.json.event_id).not.toBe(b.json.event_id);
+    expect((await alice.call("POST", path, { msgtype: "m.text", body: "A".repeat(70_000) })).status).toBe(413);
+  });
+
   it("refuses floats and oversized events, and event types over 255 bytes", async () => {
     const roomId = await alice.createRoom();
     const put = (raw: string) =>

@@ -21,6 +21,21 @@ export const sendMessage = route({
   },
 });
 
+// The transaction-less POST of the r0 era, still served by Synapse and used by old bots and
+// sytest: each request is a new event (no transaction ID to repeat).
+export const sendMessageWithoutTxn = route({
+  method: "POST",
+  path: "/_matrix/client/v3/rooms/:roomId/send/:eventType",
+  auth: "user",
+  allowGuests: true,
+  strictJson: true,
+  body: content,
+  async handler({ requester, params, body }, services) {
+    const eventId = await services.rooms.sendMessage(requester, params.roomId!, params.eventType!, body, `post-${randomUUID()}`);
+    return { event_id: eventId };
+  },
+});
+
 function setStateRoute(path: string, stateKeyOf: (params: Record<string, string>) => string) {
   return route({
     method: "PUT",
@@ -66,4 +81,4 @@ export const redactWithoutTxn = route({
   },
 });
 
-export const sendRoutes = [sendMessage, setState, setStateEmptyKeySlash, setStateEmptyKey, redact, redactWithoutTxn];
+export const sendRoutes = [sendMessage, sendMessageWithoutTxn, setState, setStateEmptyKeySlash, setStateEmptyKey, redact, redactWithoutTxn];
