@@ -9,3 +9,4 @@ export * from "./tables/search.ts";
 export * from "./tables/sync.ts";
 export * from "./tables/federation.ts";
 export * from "./tables/user-directory.ts";
+export * from "./tables/spaces.ts";

@@ -2,10 +2,13 @@
 // GET /_matrix/federation/v1/hierarchy/{roomId} filling in rooms of another server.
 // https://spec.matrix.org/latest/client-server-api/#get_matrixclientv1roomsroomidhierarchy
 // https://spec.matrix.org/latest/server-server-api/#get_matrixfederationv1hierarchyroomid
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Network, startNetwork } from "./federation-harness.ts";
-import { type TestServer, request, startTestServer } from "./harness.ts";
-import { type RoomUser, registerRoomUser } from "./rooms-helpers.ts";
+import { type TestServer, createTestDatabase, request, startTestServer } from "./harness.ts";
+import { type RoomUser, asRoomUser, registerRoomUser } from "./rooms-helpers.ts";
 
 const enc = encodeURIComponent;
 const SPACE = { creation_content: { type: "m.space" } };
@@ -243,5 +246,31 @@ describe("rooms of another server, filled in over federation", () => {
     const res = await hs1.services.federation.http.request("hs2.test", { method: "GET", path: `/_matrix/federation/v1/hierarchy/${enc(r.remoteSpace)}` });
     expect(res.status).toBe(403);
     expect((res.body as { errcode: string }).errcode).toBe("M_FORBIDDEN");
+  });
+});
+
+describe.skipIf(!process.env.DATABASE_URL)("two processes on one PostgreSQL", () => {
+  it("takes a next_batch token issued by the other process", async () => {
+    const database = await createTestDatabase();
+    const dataDir = await mkdtemp(path.join(tmpdir(), "parley-two-"));
+    const one = await startTestServer({ database, dataDir });
+    const two = await startTestServer({ database, dataDir });
+    try {
+      const alice = await registerRoomUser(one.url, "alice");
+      const space = await alice.createRoom({ preset: "public_chat", ...SPACE });
+      const child = await alice.createRoom({ preset: "public_chat", name: "child" });
+      await addChild(alice, space, child, { via: ["test.local"] });
+      const first = await hierarchy(alice, space, { limit: "1" });
+      expect(ids(first)).toEqual([space]);
+      const second = await hierarchy(asRoomUser(two.url, alice), space, { limit: "1", from: first.json.next_batch });
+      expect(second.status, JSON.stringify(second.json)).toBe(200);
+      expect(ids(second)).toEqual([child]);
+      expect(second.json.next_batch).toBeUndefined();
+    } finally {
+      await one.stop();
+      await two.stop();
+      await database.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });

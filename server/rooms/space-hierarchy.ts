@@ -10,13 +10,14 @@
 // (`readRemoteHierarchiesWith`: this service never imports federation). A server that fails leaves
 // that room out.
 //
-// Pagination: the walk's position (the rooms still to visit and those visited) is kept here, in
-// memory, under a random `next_batch` token for PAGINATION_SESSION_MS, bound to the user, the root
-// room, `suggested_only` and `max_depth`. A token is therefore good on the process that issued it
-// (as a /sync long-poll connection is); an unknown or expired one is 400 M_INVALID_PARAM.
+// Pagination: the walk's position (the rooms still to visit and those visited) is kept server-side,
+// in the database (`space_hierarchy_sessions`, so that every process sharing it takes the token),
+// under a random `next_batch` token for PAGINATION_SESSION_MS, bound to the user, the root room,
+// `suggested_only` and `max_depth`. An unknown or expired token is 400 M_INVALID_PARAM. A token may
+// be used again (a retried request gets the same page).
 import { randomBytes } from "node:crypto";
-import { sql } from "drizzle-orm";
-import { type Database, rowsOf } from "../../schema/db.ts";
+import { eq, lte, sql } from "drizzle-orm";
+import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import { isSupportedRoomVersion, roomVersionRules } from "../../federation/protocol/room-versions.ts";
 import { forbidden, invalidParam, notFound } from "../http/errors.ts";
 import type { Requester } from "../http/route.ts";
@@ -36,7 +37,6 @@ const MAX_CHILDREN_PER_FEDERATION_ANSWER = 50;
 const MAX_SERVERS_PER_ROOM = 3;
 /** A walk's position is kept this long (Synapse: 5 minutes). */
 const PAGINATION_SESSION_MS = 5 * 60 * 1000;
-const MAX_PAGINATION_SESSIONS = 10_000;
 /** The `order` key counts when it is at most 50 printable ASCII characters (m.space.child). */
 const VALID_ORDER = /^[\x20-\x7E]{0,50}$/;
 
@@ -116,7 +116,6 @@ const SUMMARY_TYPES = [
 ];
 
 export class SpaceHierarchy {
-  private readonly sessions = new Map<string, Session>();
   private remote?: RemoteHierarchyReader;
 
   constructor(
@@ -142,8 +141,7 @@ export class SpaceHierarchy {
     let queue: QueueEntry[];
     let processed: Set<string>;
     if (query.from !== undefined) {
-      this.dropExpiredSessions();
-      const session = this.sessions.get(query.from);
+      const session = await this.loadSession(query.from);
       if (
         !session ||
         session.userId !== userId ||
@@ -181,7 +179,7 @@ export class SpaceHierarchy {
 
     const response: { rooms: JsonObject[]; next_batch?: string } = { rooms };
     if (queue.some((e) => !processed.has(e.roomId))) {
-      response.next_batch = this.saveSession({
+      response.next_batch = await this.saveSession({
         userId,
         roomId: rootId,
         suggestedOnly: query.suggestedOnly,
@@ -235,24 +233,36 @@ export class SpaceHierarchy {
     return membership === "join" || membership === "invite";
   }
 
-  private saveSession(session: Session): string {
-    this.dropExpiredSessions();
-    if (this.sessions.size >= MAX_PAGINATION_SESSIONS) {
-      const oldest = this.sessions.keys().next().value;
-      if (oldest !== undefined) this.sessions.delete(oldest);
-    }
+  private async saveSession(session: Session): Promise<string> {
+    const t = schema.spaceHierarchySessions;
+    await this.db.delete(t).where(lte(t.expiresTs, this.now()));
     const token = randomBytes(18).toString("base64url");
-    this.sessions.set(token, session);
+    await this.db.insert(t).values({
+      token,
+      userId: session.userId,
+      roomId: session.roomId,
+      suggestedOnly: session.suggestedOnly,
+      maxDepth: session.maxDepth ?? null,
+      queue: session.queue,
+      processed: [...session.processed],
+      expiresTs: session.expires,
+    });
     return token;
   }
 
-  private dropExpiredSessions(): void {
-    const now = this.now();
-    // Sessions are kept in the order they were made, all with the same lifetime.
-    for (const [token, session] of this.sessions) {
-      if (session.expires > now) break;
-      this.sessions.delete(token);
-    }
+  private async loadSession(token: string): Promise<Session | undefined> {
+    const t = schema.spaceHierarchySessions;
+    const [row] = await this.db.select().from(t).where(eq(t.token, token));
+    if (!row || row.expiresTs <= this.now()) return undefined;
+    return {
+      userId: row.userId,
+      roomId: row.roomId,
+      suggestedOnly: row.suggestedOnly,
+      maxDepth: row.maxDepth ?? undefined,
+      queue: row.queue as QueueEntry[],
+      processed: new Set(row.processed as string[]),
+      expires: row.expiresTs,
+    };
   }
 
   // ---- Federation: GET /_matrix/federation/v1/hierarchy/{roomId} ------------------------------------------
