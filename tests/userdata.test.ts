@@ -147,6 +147,11 @@ describe("filters", () => {
     });
     expect(res.status).toBe(400);
     expect(res.json.errcode).toBe("M_BAD_JSON");
+    // Room and sender lists hold room and user IDs.
+    for (const body of [{ room: { timeline: { rooms: ["not_a_room_id"] } } }, { room: { timeline: { senders: ["not_a_sender"] } } }, { room: { not_rooms: ["x"] } }]) {
+      const bad = await request(hs.url, "POST", `/_matrix/client/v3/user/${u(alice.userId)}/filter`, { token: alice.accessToken, body });
+      expect(bad.status, JSON.stringify(body)).toBe(400);
+    }
   });
 });
 

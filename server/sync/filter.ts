@@ -11,19 +11,23 @@ import { dictionary, dictionaryOf, own } from "../../federation/protocol/diction
 import { typeMatches } from "../rooms/event-filter.ts";
 
 const strings = z.array(z.string()).optional();
+// Room and user IDs are checked for their sigil: a list of anything else is a client's mistake,
+// better told than silently matching nothing (as Synapse refuses them too).
+const roomIds = z.array(z.string().startsWith("!", "must be room IDs")).optional();
+const userIds = z.array(z.string().startsWith("@", "must be user IDs")).optional();
 export const eventFilterSchema = z.looseObject({
   limit: z.int().min(0).optional(),
-  not_senders: strings,
+  not_senders: userIds,
   not_types: strings,
-  senders: strings,
+  senders: userIds,
   types: strings,
 });
 export const roomEventFilterSchema = eventFilterSchema.extend({
   contains_url: z.boolean().optional(),
   include_redundant_members: z.boolean().optional(),
   lazy_load_members: z.boolean().optional(),
-  not_rooms: strings,
-  rooms: strings,
+  not_rooms: roomIds,
+  rooms: roomIds,
   unread_thread_notifications: z.boolean().optional(),
 });
 export const filterSchema = z.looseObject({
@@ -36,8 +40,8 @@ export const filterSchema = z.looseObject({
       account_data: roomEventFilterSchema.optional(),
       ephemeral: roomEventFilterSchema.optional(),
       include_leave: z.boolean().optional(),
-      not_rooms: strings,
-      rooms: strings,
+      not_rooms: roomIds,
+      rooms: roomIds,
       state: roomEventFilterSchema.optional(),
       timeline: roomEventFilterSchema.optional(),
     })
