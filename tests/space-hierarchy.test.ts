@@ -24,13 +24,15 @@ async function addChild(user: RoomUser, space: string, child: string, content: R
 
 describe("GET /rooms/{roomId}/hierarchy on one server", () => {
   let hs: TestServer;
+  /** Added to the server's clock (tokens expire). */
+  let clockOffset = 0;
   let alice: RoomUser; // builds the spaces
   let bob: RoomUser; // browses them
   const r = {} as Record<"space" | "general" | "sub" | "c" | "d" | "secret" | "unlinked", string>;
   const via = { via: ["test.local"] };
 
   beforeAll(async () => {
-    hs = await startTestServer();
+    hs = await startTestServer({ now: () => Date.now() + clockOffset });
     [alice, bob] = await Promise.all([registerRoomUser(hs.url, "alice"), registerRoomUser(hs.url, "bob")]);
     const pub = { preset: "public_chat" };
     r.space = await alice.createRoom({ ...pub, ...SPACE, name: "Top space", topic: "Everything" });
@@ -120,6 +122,20 @@ describe("GET /rooms/{roomId}/hierarchy on one server", () => {
     ]) {
       expect(res.status).toBe(400);
       expect(res.json.errcode).toBe("M_INVALID_PARAM");
+    }
+  });
+
+  it("refuses a next_batch token after five minutes", async () => {
+    const first = await hierarchy(bob, r.space, { limit: "1" });
+    const from = first.json.next_batch as string;
+    expect((await hierarchy(bob, r.space, { limit: "1", from })).status).toBe(200);
+    clockOffset += 5 * 60 * 1000 + 1;
+    try {
+      const late = await hierarchy(bob, r.space, { limit: "1", from });
+      expect(late.status).toBe(400);
+      expect(late.json.errcode).toBe("M_INVALID_PARAM");
+    } finally {
+      clockOffset = 0;
     }
   });
 
