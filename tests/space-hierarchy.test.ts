@@ -217,6 +217,8 @@ describe("rooms of another server, filled in over federation", () => {
     r.remoteLeaf = await bob.createRoom({ ...pub, name: "hs2 leaf" });
     await addChild(alice, r.space, r.remoteSpace, { via: ["hs2.test"] });
     await addChild(alice, r.space, r.remoteLeaf, { via: ["nowhere.invalid", "hs2.test"], suggested: true });
+    // A room whose only server cannot be reached: left out.
+    await addChild(alice, r.space, "!gone:nowhere.invalid", { via: ["nowhere.invalid"] });
     await addChild(bob, r.remoteSpace, r.remoteRoom, { via: ["hs2.test"] });
     await addChild(bob, r.remoteSpace, r.remotePrivate, { via: ["hs2.test"] });
   }, 60_000);
@@ -248,6 +250,7 @@ describe("rooms of another server, filled in over federation", () => {
     // The remote space, its public room (not the private one), then the leaf (via's first server fails).
     expect(ids(res)).toEqual([r.space, r.remoteSpace, r.remoteRoom, r.remoteLeaf]);
     expect(res.json.rooms[1]).toMatchObject({ room_id: r.remoteSpace, name: "hs2 space", room_type: "m.space" });
+    expect(res.json.rooms[0].children_state).toHaveLength(3);
     expect(res.json.rooms[1].children_state).toHaveLength(2);
     expect(res.json.rooms[2]).toMatchObject({ room_id: r.remoteRoom, name: "hs2 room", topic: "lives on hs2", children_state: [] });
     expect(res.json.rooms[3]).toMatchObject({ room_id: r.remoteLeaf, name: "hs2 leaf" });

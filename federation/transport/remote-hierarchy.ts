@@ -16,6 +16,8 @@ import type { Logger } from "pino";
 /** One server gets this long to answer. */
 const HIERARCHY_TIMEOUT_MS = 5_000;
 const HIERARCHY_CACHE_MS = 60_000;
+/** A room none of whose servers answered is not asked again for this long (a walk's next page, a reload). */
+const FAILURE_CACHE_MS = 30_000;
 const HIERARCHY_CACHE_LIMIT = 1_000;
 const MAX_CHILDREN = 1_000;
 
@@ -33,7 +35,8 @@ const summaryShape = z.object({
 const SUMMARY_STRINGS = ["name", "topic", "canonical_alias", "avatar_url", "join_rule", "room_type", "encryption", "room_version"] as const;
 
 export class RemoteHierarchies {
-  private readonly cache = new Map<string, { answer: RemoteHierarchy; until: number }>();
+  /** Answers by room and suggested_only; undefined for rooms none of the servers asked answered. */
+  private readonly cache = new Map<string, { answer: RemoteHierarchy | undefined; until: number }>();
 
   constructor(
     private readonly http: FederationHttpClient,
@@ -44,30 +47,32 @@ export class RemoteHierarchies {
   /** The first usable answer of `servers`, asked in turn; undefined when none gave one. */
   async hierarchy(servers: readonly string[], roomId: string, suggestedOnly: boolean): Promise<RemoteHierarchy | undefined> {
     const key = `${suggestedOnly ? "s" : "a"}${roomId}`;
-    const cached = this.cache.get(key);
-    if (cached && cached.until > this.now()) return cached.answer;
-    this.cache.delete(key);
+    // A failure is remembered for the servers asked alone: another parent may name others.
+    const failureKey = `${key} ${[...servers].sort().join(",")}`;
+    for (const k of [key, failureKey]) {
+      const cached = this.cache.get(k);
+      if (cached && cached.until > this.now()) return cached.answer;
+      this.cache.delete(k);
+    }
     const path = `/_matrix/federation/v1/hierarchy/${encodeURIComponent(roomId)}?suggested_only=${suggestedOnly}`;
+    let answer: RemoteHierarchy | undefined;
     for (const server of new Set(servers)) {
       if (!isValidServerName(server)) continue;
       try {
         const res = await this.http.request(server, { method: "GET", path, signal: AbortSignal.timeout(HIERARCHY_TIMEOUT_MS) });
-        const answer = res.status === 200 ? parseAnswer(res.body, roomId) : undefined;
-        if (!answer) {
-          this.logger.debug({ server, roomId, status: res.status }, "no usable space hierarchy answer");
-          continue;
-        }
-        if (this.cache.size >= HIERARCHY_CACHE_LIMIT) {
-          const oldest = this.cache.keys().next().value;
-          if (oldest !== undefined) this.cache.delete(oldest);
-        }
-        this.cache.set(key, { answer, until: this.now() + HIERARCHY_CACHE_MS });
-        return answer;
+        answer = res.status === 200 ? parseAnswer(res.body, roomId) : undefined;
+        if (answer) break;
+        this.logger.debug({ server, roomId, status: res.status }, "no usable space hierarchy answer");
       } catch (err) {
         this.logger.debug({ server, roomId, err: (err as Error).message }, "asking for a space hierarchy failed");
       }
     }
-    return undefined;
+    if (this.cache.size >= HIERARCHY_CACHE_LIMIT) {
+      const oldest = this.cache.keys().next().value;
+      if (oldest !== undefined) this.cache.delete(oldest);
+    }
+    this.cache.set(answer ? key : failureKey, { answer, until: this.now() + (answer ? HIERARCHY_CACHE_MS : FAILURE_CACHE_MS) });
+    return answer;
   }
 }
 

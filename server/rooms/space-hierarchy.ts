@@ -31,6 +31,11 @@ export const DEFAULT_HIERARCHY_LIMIT = 50;
 export const MAX_HIERARCHY_DEPTH = 50;
 /** Rooms looked at for one page at most, shown or not: a space of many hidden rooms ends a page early. */
 const MAX_ROOMS_VISITED_PER_PAGE = 500;
+/**
+ * Time one page may spend walking: rooms of other servers are asked of theirs, which may be slow
+ * or down; past this the page ends early (with next_batch) rather than keep the client waiting.
+ */
+const PAGE_TIME_BUDGET_MS = 15_000;
 /** Children of one space a federation answer summarises (Synapse's MAX_ROOMS_PER_SPACE). */
 const MAX_CHILDREN_PER_FEDERATION_ANSWER = 50;
 /** `via` servers asked for a room this server is not in (Synapse's MAX_SERVERS_PER_SPACE). */
@@ -160,7 +165,8 @@ export class SpaceHierarchy {
 
     const rooms: JsonObject[] = [];
     let visited = 0;
-    while (queue.length > 0 && rooms.length < limit && visited < MAX_ROOMS_VISITED_PER_PAGE) {
+    const deadline = performance.now() + PAGE_TIME_BUDGET_MS;
+    while (queue.length > 0 && rooms.length < limit && visited < MAX_ROOMS_VISITED_PER_PAGE && performance.now() < deadline) {
       const entry = queue.pop()!;
       if (processed.has(entry.roomId)) continue;
       processed.add(entry.roomId);
@@ -200,7 +206,9 @@ export class SpaceHierarchy {
     maxDepth: number,
   ): Promise<{ summary: RoomSummary; childrenState: ChildStateEvent[]; children: Map<string, RoomSummary>; inaccessible: Set<string> } | undefined> {
     const none = { children: new Map<string, RoomSummary>(), inaccessible: new Set<string>() };
-    if (await this.rooms.isInRoom(entry.roomId)) {
+    // The root is known here (its access was checked on its state); any other room is read from
+    // our state only while one of our users is in it, else our copy may be stale.
+    if (entry.depth === 0 || (await this.rooms.isInRoom(entry.roomId))) {
       const room = await this.localRoom(entry.roomId);
       if (!room || !(await this.accessible(room, { userId }))) return undefined;
       return { summary: this.summary(room), childrenState: childrenOf(room, suggestedOnly), ...none };
