@@ -203,6 +203,6 @@ describe("/context, /event, /members, /joined_members", () => {
     expect(await members("?not_membership=join")).toEqual([`${bob.userId}=leave`]);
     expect(await members(`?at=${encodeURIComponent(early.json.start)}`)).toEqual([`${alice.userId}=join`, `${bob.userId}=join`].sort());
     const joined = (await alice.call("GET", roomPath(roomId, "/joined_members"))).json.joined;
-    expect(joined).toEqual({ [alice.userId]: { display_name: "alice" }, [carol.userId]: { display_name: "carol" } });
+    expect(joined).toEqual({ [alice.userId]: { display_name: "alice", avatar_url: null }, [carol.userId]: { display_name: "carol", avatar_url: null } });
   });
 });
