@@ -6,13 +6,13 @@ import { route } from "../../http/route.ts";
  * turn features on by version (matrix-js-sdk: v1.4 threads and private receipts, v1.11 authenticated
  * media, v1.15 OAuth metadata, v1.16 extended profiles), so listing one we do not serve breaks them.
  *
- * "v1.1" only, for now: matrix-js-sdk gates nothing on versions below v1.4, and its AutoDiscovery
- * (what Element's login screen uses) refuses a homeserver that lists none of v1.1–v1.13. Accounts,
- * rooms and /sync are served. v1.4 turns on threads in matrix-js-sdk, which then lists threads with
- * `GET /v1/rooms/{roomId}/threads` — not served yet (private and threaded receipts and thread
- * notification counts are). Add later versions as their endpoints land, never ahead of them.
+ * v1.1 to v1.4: accounts, rooms and /sync (v1.1); the spaces hierarchy, knocking and restricted
+ * rooms (v1.2); relations (v1.3); threads with `GET /v1/rooms/{roomId}/threads`, threaded and
+ * private read receipts and thread notification counts, room version 10 (v1.4). matrix-js-sdk turns
+ * threads on at v1.4. v1.5 and later wait on what they bring (v1.6 timestamp_to_event for clients,
+ * v1.7 asynchronous uploads, v1.11 authenticated media): never list a version ahead of its endpoints.
  */
-export const SUPPORTED_SPEC_VERSIONS: readonly string[] = ["v1.1"];
+export const SUPPORTED_SPEC_VERSIONS: readonly string[] = ["v1.1", "v1.2", "v1.3", "v1.4"];
 
 export const versions = route({
   method: "GET",
