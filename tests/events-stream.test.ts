@@ -158,3 +158,15 @@ describe("GET /events under admission control", () => {
     }
   });
 });
+
+describe("presence of a client that streams events", () => {
+  it("is online, as a syncing client is", async () => {
+    const dora = await registerUser(hs.url, "dora");
+    const status = async () =>
+      (await request(hs.url, "GET", `/_matrix/client/v3/presence/${encodeURIComponent(dora.userId)}/status`, { token: dora.accessToken })).json.presence;
+    expect(await status()).not.toBe("online");
+    const res = await request(hs.url, "GET", "/_matrix/client/v3/events?timeout=0", { token: dora.accessToken });
+    expect(res.status).toBe(200);
+    expect(await status()).toBe("online");
+  });
+});

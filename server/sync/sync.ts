@@ -314,6 +314,16 @@ export class Sync {
    * `from` it answers at once with the current position (what clients use to start streaming).
    */
   async eventStream(req: EventStreamRequest): Promise<EventStreamResponse> {
+    // A client streaming events is as present as one that syncs (Synapse marks it online too).
+    const presenceDone = await this.d.presence.syncStarted(req.requester.userId, undefined);
+    try {
+      return await this.streamEvents(req);
+    } finally {
+      presenceDone();
+    }
+  }
+
+  private async streamEvents(req: EventStreamRequest): Promise<EventStreamResponse> {
     const { userId, deviceId } = req.requester;
     if (req.from === undefined || req.from === "") {
       const now = encodeSyncToken(await this.safeUpperBound());
