@@ -117,6 +117,10 @@ describe("registration", () => {
     expect(retry.status).toBe(200);
     expect(retry.json.user_id).toBe(done.json.user_id);
     expect(retry.json.access_token).not.toBe(done.json.access_token);
+    // The same with the username given again (sytest "registration is idempotent, with username").
+    const named = await request(hs.url, "POST", "/_matrix/client/v3/register", { body: { username: "rememberme", password: "pässwörd", auth } });
+    expect(named.status).toBe(200);
+    expect(named.json.user_id).toBe(done.json.user_id);
     // The password never sits in the session in the clear.
     const [row] = await hs.services.db.select().from(schema.uiaSessions).where(eq(schema.uiaSessions.sessionId, first.json.session));
     expect(JSON.stringify(row?.params)).not.toContain("pässwörd");

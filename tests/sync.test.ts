@@ -255,6 +255,11 @@ describe("what a room new to the sync carries", () => {
     expect(res.rooms.join[roomId].timeline.limited).toBe(true);
     const presence = (res.presence?.events ?? []).find((e: any) => e.sender === alice.userId);
     expect(presence?.content).toMatchObject({ presence: "online", status_msg: "here" });
+    // A member who never set any presence is offline, as far as the server knows.
+    const quiet = await registerUser(hs.url, "quietmember");
+    await joinRoom(hs.url, quiet, roomId);
+    const next = await sync(hs.url, carol, { since: res.next_batch });
+    expect((next.presence?.events ?? []).find((e: any) => e.sender === quiet.userId)?.content.presence).toBe("offline");
     await leaveRoom(hs.url, carol, roomId);
   });
 
@@ -266,6 +271,10 @@ describe("what a room new to the sync carries", () => {
     const res = await sync(hs.url, carol, { since: next_batch });
     const left = res.rooms.leave[roomId];
     expect(left.state.events.find((e: any) => e.type === "m.room.name")?.content.name).toBe("Brief");
+    // With the timeline filtered away, the state is the state at the leave.
+    const filter = { room: { timeline: { types: [] }, state: { types: ["m.room.name"] }, include_leave: true } };
+    const filtered = await sync(hs.url, carol, { since: next_batch, filter });
+    expect(filtered.rooms.leave[roomId].state.events.map((e: any) => e.content.name)).toEqual(["Brief"]);
   });
 
   it("shows current state events in the timeline even where history visibility hides their time", async () => {

@@ -194,12 +194,21 @@ export class Presence {
     return rows.map((r) => ({ type: "m.presence", sender: r.userId, content: this.content(r) }));
   }
 
-  /** The presence of these users as of `upTo` (those who have any): for users newly sharing a room with a syncing user. */
-  async presenceOf(users: readonly string[], upTo: number): Promise<PresenceEvent[]> {
+  /**
+   * The presence of these users as of `upTo`: for users newly sharing a room with a syncing user.
+   * With `unknownAsOffline`, a user with none recorded is `offline` (their state as far as we know,
+   * which Synapse sends too); otherwise they are left out.
+   */
+  async presenceOf(users: readonly string[], upTo: number, unknownAsOffline = false): Promise<PresenceEvent[]> {
     if (users.length === 0) return [];
     const t = schema.presence;
     const rows = await this.db.select().from(t).where(and(inArray(t.userId, [...users]), lte(t.streamId, upTo)));
-    return rows.map((r) => ({ type: "m.presence", sender: r.userId, content: this.content(r) }));
+    const events: PresenceEvent[] = rows.map((r) => ({ type: "m.presence", sender: r.userId, content: this.content(r) }));
+    if (unknownAsOffline) {
+      const known = new Set(rows.map((r) => r.userId));
+      for (const u of users) if (!known.has(u)) events.push({ type: "m.presence", sender: u, content: { presence: "offline" } });
+    }
+    return events;
   }
 
   private content(row: Row): PresenceContent {

@@ -607,7 +607,7 @@ export class Sync {
     // changed since the token (Synapse sends it too: "Existing members see new member's presence").
     const joiners = new Set(included.flatMap((r) => r.joiners).filter((u) => !presence.some((e) => e.sender === u)));
     if (!pass.initial && joiners.size > 0 && passesFilter(filter.presence, { type: "m.presence" })) {
-      for (const e of await this.d.presence.presenceOf([...joiners], upper.presence)) if (passesFilter(filter.presence, e)) presence.push(e);
+      for (const e of await this.d.presence.presenceOf([...joiners], upper.presence, true)) if (passesFilter(filter.presence, e)) presence.push(e);
     }
     if (presence.length) response.presence = { events: presence };
     if (globalAccountData.length) response.account_data = { events: globalAccountData };
@@ -653,7 +653,7 @@ export class Sync {
       moved ? this.d.presence.presenceFor(pass.userId, pass.initial ? 0 : pass.from.presence, pass.upper.presence, sharing) : [],
       newlyJoinedRooms.length
         ? Promise.all(newlyJoinedRooms.map((r) => this.d.reads.joinedMembers(r))).then((lists) =>
-            this.d.presence.presenceOf([...new Set(lists.flat())].filter((u) => u !== pass.userId), pass.upper.presence),
+            this.d.presence.presenceOf([...new Set(lists.flat())].filter((u) => u !== pass.userId), pass.upper.presence, true),
           )
         : [],
     ]);
@@ -887,8 +887,10 @@ export class Sync {
     // A room joined and left since the token is new to the client: its state comes whole.
     const joinedSinceToken =
       !pass.initial && prevMembership === "join" && leaveEvent?.replacesState ? !(await this.wasJoinedAt(leaveEvent.replacesState, pass.from.events)) : false;
-    const state = events.length && (limited || pass.initial || pass.fullState || joinedSinceToken)
-      ? [...(await this.d.reads.getEvents([...(await this.d.reads.stateOfGroup(events[0]!.stateBeforeGroup)).values()])).values()]
+    // The state at the timeline's start; with no timeline (filtered away), the state at the leave.
+    const stateGroup = events.length ? events[0]!.stateBeforeGroup : joinedSinceToken ? leaveEvent?.stateBeforeGroup : undefined;
+    const state = stateGroup !== undefined && (limited || pass.initial || pass.fullState || joinedSinceToken)
+      ? [...(await this.d.reads.getEvents([...(await this.d.reads.stateOfGroup(stateGroup)).values()])).values()]
       : [];
     const reader = { userId, deviceId: pass.deviceId };
     return {

@@ -59,8 +59,11 @@ export const register = route({
     // Synapse lowercases the requested username; login compares localparts in lower case too.
     const givenLocalpart = given?.username;
     const guest = body.guest_access_token === undefined ? undefined : await guestToUpgrade(services, body.guest_access_token, givenLocalpart, request);
-    // The username is checked before any auth stage, so the client hears about a taken name first.
-    if (givenLocalpart !== undefined && !guest) await accounts.checkUsernameAvailable(givenLocalpart);
+    // The username is checked before any auth stage, so the client hears about a taken name first
+    // (a step within a session is checked once its auth is through: the session may already have
+    // registered that very name, and its retry answers with it).
+    const inSession = typeof body.auth?.session === "string";
+    if (givenLocalpart !== undefined && !guest && !inSession) await accounts.checkUsernameAvailable(givenLocalpart);
     const outcome = await services.uia.require(
       { operation: "register", flows: registrationFlows(services), remember: given as Record<string, unknown> | undefined, retryable: !guest },
       body.auth,
@@ -88,7 +91,7 @@ export const register = route({
       await accounts.upgradeGuest(guest.userId, params.password_hash, request);
       userId = guest.userId;
     } else {
-      if (params.username !== undefined && params.username !== givenLocalpart) await accounts.checkUsernameAvailable(params.username);
+      if (params.username !== undefined) await accounts.checkUsernameAvailable(params.username);
       userId = await accounts.createUser(
         { localpart: params.username ?? (await accounts.generateLocalpart()), passwordHash: params.password_hash },
         request,
