@@ -719,8 +719,9 @@ export class Sync {
     // back (as Synapse answers), unless the timeline reaches back to the room's creation.
     const limited = fetched.limited || (newlyJoined && !pass.initial && events[0]?.type !== "m.room.create");
     // Events from before the user's join are subject to the room's history visibility.
-    if (events.length && events[0]!.streamOrdering! < m.streamOrdering) {
-      const before = events.filter((e) => e.streamOrdering! < m.streamOrdering);
+    const visibleOf = async (batch: StoredEvent[]) => {
+      const before = batch.filter((e) => e.streamOrdering! < m.streamOrdering);
+      if (before.length === 0) return batch;
       // State events still in the room's current state show whatever the visibility: the client
       // sees the room as it is (who is in it), as Synapse does (matrix-ios-sdk#341).
       const [visible, current] = await Promise.all([
@@ -728,7 +729,20 @@ export class Sync {
         this.d.reads.inCurrentState(roomId, before.filter((e) => e.stateKey !== undefined).map((e) => e.eventId)),
       ]);
       const shown = new Set(visible.map((e) => e.eventId));
-      events = events.filter((e) => e.streamOrdering! >= m.streamOrdering || shown.has(e.eventId) || current.has(e.eventId));
+      return batch.filter((e) => e.streamOrdering! >= m.streamOrdering || shown.has(e.eventId) || current.has(e.eventId));
+    };
+    if (events.length && events[0]!.streamOrdering! < m.streamOrdering) {
+      events = await visibleOf(events);
+      // A window of events hidden from the user leaves the timeline short: look further back (a
+      // few windows, as Synapse does) for what they may see, the room's current state among it.
+      let oldest = fetched.events[0]!.streamOrdering!;
+      for (let round = 0; fetched.limited && events.length < limit && round < 4 && oldest > start + 1; round++) {
+        const more = await this.timeline(roomId, start, oldest - 1, limit, timelineFilter);
+        if (more.events.length === 0) break;
+        oldest = more.events[0]!.streamOrdering!;
+        events = [...(await visibleOf(more.events)), ...events].slice(-limit);
+        if (!more.limited) break;
+      }
     }
     if (timelineFilter?.contains_url !== undefined) {
       events = events.filter((e) => passesFilter({ contains_url: timelineFilter.contains_url }, { type: e.type, content: e.pdu.content }));
