@@ -31,6 +31,17 @@ describe("room aliases", () => {
     expect(gone.json.errcode).toBe("M_NOT_FOUND");
   });
 
+  it("takes a deleted alias out of the room's canonical alias event", async () => {
+    const roomId = await alice.createRoom();
+    for (const a of ["#main:test.local", "#alt:test.local"]) expect((await alice.call("PUT", aliasPath(a), { room_id: roomId })).status).toBe(200);
+    const set = await alice.setState(roomId, "m.room.canonical_alias", { alias: "#main:test.local", alt_aliases: ["#alt:test.local"] });
+    expect(set.status).toBe(200);
+    expect((await alice.call("DELETE", aliasPath("#main:test.local"))).status).toBe(200);
+    expect((await alice.state(roomId, "m.room.canonical_alias")).json).toEqual({ alt_aliases: ["#alt:test.local"] });
+    expect((await alice.call("DELETE", aliasPath("#alt:test.local"))).status).toBe(200);
+    expect((await alice.state(roomId, "m.room.canonical_alias")).json).toEqual({ alt_aliases: [] });
+  });
+
   it("refuses aliases of other servers, malformed ones, unknown rooms and rooms one is not in", async () => {
     const roomId = await alice.createRoom();
     expect((await alice.call("PUT", aliasPath("#x:other.example"), { room_id: roomId })).status).toBe(400);

@@ -94,6 +94,17 @@ export class Directory {
       throw forbidden("You may not delete this alias");
     }
     await this.aliases.delete(alias);
+    // "Servers may choose to update the alt_aliases for the m.room.canonical_alias state event in
+    // the room when an alias is removed": an alias that no longer exists should not be the room's
+    // name for itself. Done as the deleting user when they may; the deletion stands either way.
+    const canonical = await this.rooms.currentStateContent(row.roomId, "m.room.canonical_alias");
+    const alt = Array.isArray(canonical?.alt_aliases) ? (canonical.alt_aliases as unknown[]) : undefined;
+    if (canonical && (canonical.alias === alias || alt?.includes(alias))) {
+      const content: Record<string, unknown> = { ...canonical };
+      if (content.alias === alias) delete content.alias;
+      if (alt) content.alt_aliases = alt.filter((a) => a !== alias);
+      await this.rooms.setState(requester, row.roomId, "m.room.canonical_alias", "", content).catch(() => undefined);
+    }
   }
 
   /** GET /rooms/{roomId}/aliases: for members, and anyone when the room is world_readable. */
