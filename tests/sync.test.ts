@@ -284,7 +284,7 @@ describe("what a room new to the sync carries", () => {
     await leaveRoom(hs.url, bob, roomId);
     await joinRoom(hs.url, carol, roomId);
     // More hidden messages than a timeline holds: the window has to look past them.
-    for (let i = 0; i < 15; i++) await send(hs.url, alice, roomId, { msgtype: "m.text", body: "hidden from bob" });
+    for (let i = 0; i < 50; i++) await send(hs.url, alice, roomId, { msgtype: "m.text", body: "hidden from bob" });
     await joinRoom(hs.url, bob, roomId);
     const res = await sync(hs.url, bob, { since: next_batch });
     const timeline = res.rooms.join[roomId].timeline.events;

@@ -733,11 +733,12 @@ export class Sync {
     };
     if (events.length && events[0]!.streamOrdering! < m.streamOrdering) {
       events = await visibleOf(events);
-      // A window of events hidden from the user leaves the timeline short: look further back (a
-      // few windows, as Synapse does) for what they may see, the room's current state among it.
+      // A window of events hidden from the user leaves the timeline short: look further back (up
+      // to five windows of three timelines, as Synapse does) for what they may see, the room's
+      // current state among it.
       let oldest = fetched.events[0]!.streamOrdering!;
-      for (let round = 0; fetched.limited && events.length < limit && round < 4 && oldest > start + 1; round++) {
-        const more = await this.timeline(roomId, start, oldest - 1, limit, timelineFilter);
+      for (let round = 0; fetched.limited && events.length < limit && round < 5 && oldest > start + 1; round++) {
+        const more = await this.timeline(roomId, start, oldest - 1, Math.max(limit * 3, 10), timelineFilter);
         if (more.events.length === 0) break;
         oldest = more.events[0]!.streamOrdering!;
         events = [...(await visibleOf(more.events)), ...events].slice(-limit);
