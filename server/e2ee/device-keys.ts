@@ -7,15 +7,7 @@ import { dictionaryOf } from "../../federation/protocol/dictionary.ts";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import { MatrixError } from "../http/errors.ts";
 import type { DeviceLists, Queryable } from "./device-lists.ts";
-import {
-  canonicalOrBadJson,
-  ed25519PublicKey,
-  hasValidSignature,
-  invalidSignature,
-  isJsonObject,
-  type JsonObject,
-  signedContent,
-} from "./signed-json.ts";
+import { canonicalOrBadJson, isJsonObject, type JsonObject, signedContent } from "./signed-json.ts";
 
 export interface UploadKeys {
   device_keys?: JsonObject;
