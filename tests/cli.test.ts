@@ -1,23 +1,15 @@
 // The `parley` command as an operator runs it: a real process, zero configuration.
 import { spawn, spawnSync } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { decodeBase64 } from "../federation/protocol/base64.ts";
 import { verifyJsonSignature } from "../federation/protocol/signing.ts";
+import { freePort } from "./free-port.ts";
 
 const bin = path.join(import.meta.dirname, "..", "bin", "parley.js");
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 describe("parley serve", () => {
   it("starts with no configuration, serves a verifiable key, and exits cleanly on SIGTERM", async () => {

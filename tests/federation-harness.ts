@@ -1,22 +1,12 @@
 // Several Parley servers on loopback that federate with each other: each with its own database,
 // named hs1.test, hs2.test, … and pinned to its port, reached over plain HTTP (federation_insecure).
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
+import { freePort } from "./free-port.ts";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type TestServer, type TestServerOptions, createTestDatabase, startTestServer } from "./harness.ts";
 
-/** A free TCP port on loopback (closed again before it is used; a race that loses only a retry). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 export interface Network {
   servers: TestServer[];

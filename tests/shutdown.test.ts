@@ -4,7 +4,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import http from "node:http";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { sql } from "drizzle-orm";
@@ -16,18 +15,11 @@ import { route } from "../server/http/route.ts";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { createTestDatabase, startTestServer, type TestDatabase } from "./harness.ts";
 import { createRoom, enc, joinRoom, send as sendMessage, sync } from "./sync-helpers.ts";
+import { freePort } from "./free-port.ts";
 
 const bin = path.join(import.meta.dirname, "..", "bin", "parley.js");
 const GRACE_MS = 1_500;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface LogLine {
   level: number;

@@ -421,10 +421,18 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
       expect(uploaded.status, uploaded.text).toBe(200);
       await untilChanged(pat, sam.userId);
       const t = schema.remoteCrossSigningKeys;
-      await waitFor("Parley holds sam's new master key (m.signing_key_update)", async () => {
-        const [row] = await parley.services.db.select().from(t).where(and(eq(t.userId, sam.userId), eq(t.usage, "master")));
-        return row !== undefined && JSON.parse(row.keyJson).keys[`ed25519:${replacement.master.publicKeyBase64}`] !== undefined;
-      });
+      // Synapse 1.67 may send the master and the self-signing key in separate m.signing_key_update
+      // EDUs (one per device-list poke), each announced to Parley's clients as it lands.
+      const holds = async (usage: string, publicKeyBase64: string) => {
+        const [row] = await parley.services.db.select().from(t).where(and(eq(t.userId, sam.userId), eq(t.usage, usage)));
+        return row !== undefined && JSON.parse(row.keyJson).keys[`ed25519:${publicKeyBase64}`] !== undefined;
+      };
+      await waitFor("Parley holds sam's new master and self-signing keys (m.signing_key_update)", async () =>
+        (await holds("master", replacement.master.publicKeyBase64)) && (await holds("self_signing", replacement.selfSigning.publicKeyBase64)),
+      );
+      // The second EDU's announcement is consumed here, so the next test's wait sees only its own.
+      const drained = await sync(pat.base, pat, { since: pat.since!, timeout: 0 });
+      pat.since = drained.next_batch;
       const answer = (await call(pat, "POST", "/keys/query", { device_keys: { [sam.userId]: [] } })).json;
       expect(answer.master_keys[sam.userId]).toMatchObject({ keys: replacement.body.master_key.keys });
       expect(answer.self_signing_keys[sam.userId]).toMatchObject({ keys: replacement.body.self_signing_key.keys });
@@ -437,7 +445,12 @@ describe.skipIf(missing !== undefined)("end-to-end encryption with Synapse", () 
       expect(await deviceIdsOf(pat, sam.userId)).toContain(sam4.deviceId);
       const d = schema.remoteDevices;
       const held = async () => (await parley.services.db.select().from(d).where(eq(d.userId, sam.userId))).map((r) => r.deviceId);
-      await waitFor("Parley holds sam's new device", async () => (await held()).includes(sam4.deviceId));
+      // The login and the key upload are two updates, each announced as it lands: wait for the
+      // device's keys, then consume what is announced so far, so the wait below sees the deletion.
+      const keyed = async () => (await parley.services.db.select().from(d).where(and(eq(d.userId, sam.userId), eq(d.deviceId, sam4.deviceId))))[0]?.keysJson;
+      await waitFor("Parley holds sam's new device and its keys", keyed);
+      const drained = await sync(pat.base, pat, { since: pat.since!, timeout: 0 });
+      pat.since = drained.next_batch;
 
       const deleted = await withPassword(sam, "DELETE", `/devices/${encodeURIComponent(sam4.deviceId)}`, {});
       expect(deleted.status, deleted.text).toBe(200);

@@ -21,7 +21,7 @@
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { freePort } from "./free-port.ts";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -205,16 +205,7 @@ export function parleyFederationConfig(instances: SynapseInstance[]) {
   };
 }
 
-/** A free TCP port on 127.0.0.1 (to name a server `localhost:PORT` before it listens there). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
+export { freePort };
 
 export interface ParleyForSynapse extends TestServer {
   /** `localhost:<tlsPort>`: what Synapse resolves to Parley's TLS listener. */
