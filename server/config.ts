@@ -183,6 +183,15 @@ export const configKeys = {
     default: false,
     doc: "Allow guest accounts (/register?kind=guest).",
   }),
+  app_service_config_files: key({
+    env: "PARLEY_APP_SERVICE_CONFIG_FILES",
+    schema: z
+      .union([z.array(z.string().min(1)), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
+    default: [],
+    example: '["/etc/parley/whatsapp-registration.yaml"]',
+    doc: "Application-service registration files (YAML, as bridges generate them; in the environment: comma-separated). Read and checked at start: a bad file, a repeated `id` or token, or an invalid regex stops the server with a message naming the file.",
+  }),
   user_directory_search_all_users: key({
     env: "PARLEY_USER_DIRECTORY_SEARCH_ALL_USERS",
     schema: bool,

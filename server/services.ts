@@ -11,6 +11,7 @@ import { PasswordHasher } from "./accounts/passwords.ts";
 import { Sessions } from "./accounts/sessions.ts";
 import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
 import { UserInteractiveAuth } from "./accounts/uia.ts";
+import { AppServiceRegistry, loadAppServices } from "./appservices/registration.ts";
 import type { Config } from "./config.ts";
 import type { Requester, RequestInfo, ServerAuthenticator } from "./http/route.ts";
 import type { Federation } from "../federation/transport/federation.ts";
@@ -64,6 +65,8 @@ export interface AccountServices {
   openId: OpenIdTokens;
   /** End-to-end encryption: built with the accounts so device deletion (even from the CLI) removes device keys. */
   e2ee: E2ee;
+  /** The application services registered in the configuration (`app_service_config_files`). */
+  appServices: AppServiceRegistry;
 }
 
 export function createAccountServices(
@@ -87,6 +90,7 @@ export function createAccountServices(
   );
   const uia = new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens);
   return {
+    appServices: new AppServiceRegistry(loadAppServices(config.app_service_config_files, config.server_name)),
     accounts,
     sessions,
     audit,
