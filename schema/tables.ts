@@ -10,3 +10,4 @@ export * from "./tables/sync.ts";
 export * from "./tables/federation.ts";
 export * from "./tables/user-directory.ts";
 export * from "./tables/spaces.ts";
+export * from "./tables/appservices.ts";
