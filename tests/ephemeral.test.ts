@@ -41,6 +41,11 @@ describe("typing", () => {
     expect((await putTyping(alice, roomId, { typing: false })).status).toBe(200);
     const stopped = await sync(hs.url, bob, { since: typing.next_batch, timeout: 10_000 });
     expect(ephemeralOf(stopped, roomId, "m.typing").content.user_ids).toEqual([]);
+    // A sync from before the start (as a client that missed both) shows no one typing.
+    const both = await sync(hs.url, bob, { since: start.next_batch, timeout: 0 });
+    expect(ephemeralOf(both, roomId, "m.typing").content.user_ids).toEqual([]);
+    const own = await sync(hs.url, alice, { since: start.next_batch, timeout: 0 });
+    expect(ephemeralOf(own, roomId, "m.typing").content.user_ids).toEqual([]);
   });
 
   it("expires after the timeout", async () => {

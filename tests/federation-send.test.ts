@@ -40,7 +40,7 @@ const typingEdu = (userId: string, typing: boolean, room = roomId) => ({ edu_typ
 
 function typersOnHs2(room = roomId): string[] {
   const typing = hs2.services.typing;
-  return typing.typingIn([room], 0, typing.position()).get(room) ?? [];
+  return typing.typingIn([room], null, typing.position()).get(room) ?? [];
 }
 
 beforeAll(async () => {
@@ -242,7 +242,7 @@ describe("room EDUs to other servers", () => {
     });
     expect(res.status).toBe(200);
     const typing = hs1.services.typing;
-    await vi.waitFor(() => expect(typing.typingIn([roomId], 0, typing.position()).get(roomId)).toEqual([bob.userId]), { timeout: 5_000 });
+    await vi.waitFor(() => expect(typing.typingIn([roomId], null, typing.position()).get(roomId)).toEqual([bob.userId]), { timeout: 5_000 });
   });
 
   it("queues a local user's public read receipt durably for the room's other servers, not a private one", async () => {

@@ -44,7 +44,7 @@ const typingEdu = (room: string, typing: boolean) => ({ edu_type: "m.typing", co
 
 function typers(room: string): string[] {
   const typing = hs2.services.typing;
-  return typing.typingIn([room], 0, typing.position()).get(room) ?? [];
+  return typing.typingIn([room], null, typing.position()).get(room) ?? [];
 }
 
 beforeAll(async () => {

@@ -109,16 +109,18 @@ export class Typing {
 
   /**
    * The typers of each room in `roomIds` whose typers changed after `since` and at or before
-   * `upTo` (every room that has typers when `since` is 0).
+   * `upTo`; with `since` null (a room new to the sync), every room that has typers. A `since` of 0
+   * is a real position (a token from before any typing on this server), not "new": a stop after
+   * it must still be reported, as an empty list.
    */
-  typingIn(roomIds: Iterable<string>, since: number, upTo: number): Map<string, string[]> {
+  typingIn(roomIds: Iterable<string>, since: number | null, upTo: number): Map<string, string[]> {
     const now = this.now();
     const out = new Map<string, string[]>();
     for (const roomId of roomIds) {
       const room = this.rooms.get(roomId);
       if (!room || room.changedAt > upTo) continue;
       const typers = [...room.typers].filter(([, until]) => until > now).map(([u]) => u);
-      if (since === 0 ? typers.length > 0 : room.changedAt > since) out.set(roomId, typers);
+      if (since === null ? typers.length > 0 : room.changedAt > since) out.set(roomId, typers);
     }
     return out;
   }

@@ -532,7 +532,7 @@ export class Sync {
     const receipts = new Map<string, ReceiptContent>();
     if (wantsEphemeral("m.typing")) {
       if (moved("typing")) for (const [r, t] of this.d.typing.typingIn(known, from.typing, upper.typing)) typing.set(r, t);
-      for (const [r, t] of this.d.typing.typingIn(fresh, 0, upper.typing)) typing.set(r, t);
+      for (const [r, t] of this.d.typing.typingIn(fresh, null, upper.typing)) typing.set(r, t);
     }
     if (wantsEphemeral("m.receipt")) {
       const [changed, all] = await Promise.all([
