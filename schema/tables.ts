@@ -11,3 +11,4 @@ export * from "./tables/federation.ts";
 export * from "./tables/user-directory.ts";
 export * from "./tables/spaces.ts";
 export * from "./tables/appservices.ts";
+export * from "./tables/appservice-room-lists.ts";
