@@ -178,6 +178,18 @@ describe("device_lists in /sync", () => {
     expect(carolSees.device_lists.changed).toEqual([alice.userId, bob.userId].sort());
   });
 
+  it("puts a user invited to one's room in `changed` (clients encrypt for invitees)", async () => {
+    const alice = await newUser("alice");
+    const bob = await newUser("bob");
+    const dave = await newUser("dave");
+    const roomId = await sharedRoom(alice, bob);
+    const a0 = await sync(hs.url, alice);
+    const invited = await request(hs.url, "POST", `/_matrix/client/v3/rooms/${enc(roomId)}/invite`, { token: alice.accessToken, body: { user_id: dave.userId } });
+    expect(invited.status).toBe(200);
+    const a1 = await sync(hs.url, alice, { since: a0.next_batch });
+    expect(a1.device_lists?.changed).toEqual([dave.userId]);
+  });
+
   it("counts a join even when the timeline filter hides member events", async () => {
     const alice = await newUser("alice");
     const bob = await newUser("bob");

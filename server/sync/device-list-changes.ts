@@ -6,8 +6,8 @@
 // Between two points of the streams, `changed` holds
 // - the users who share a room with the user now and whose devices or keys changed in the
 //   device-list range (the user themself too: the change concerns their other devices);
-// - the users who began to share a room with the user in the room-event range: they joined one of
-//   the user's rooms, or the user joined one of theirs. The client may not track them yet, or its
+// - the users who began to share a room with the user in the room-event range: they joined (or
+//   were invited to) one of the user's rooms, or the user joined one of theirs. The client may not track them yet, or its
 //   list of their devices went stale while no room was shared (the spec's note in "Tracking the
 //   device list for a user").
 // and `left` the users who shared a room with the user in the range and share none now, so the
@@ -77,7 +77,9 @@ export class DeviceListChanges {
       const stayed = joined.filter((m) => m.streamOrdering <= since && !quietRooms?.has(m.roomId)).map((m) => m.roomId);
       for (const c of await this.reads.memberChanges(stayed, since, to.events)) {
         if (c.userId === userId) continue;
-        if (c.membership === "join") changed.add(c.userId);
+        // An invitee too (as Synapse does): clients encrypt for invited members when the room's
+        // history visibility lets them read, so they need the invitee's devices now.
+        if (c.membership === "join" || c.membership === "invite") changed.add(c.userId);
         else if (c.membership === "leave" || c.membership === "ban") gone.add(c.userId);
       }
       // Rooms the user joined or left: all their members (as of `to`).
