@@ -27,6 +27,9 @@ import { connectRoomEdus } from "../federation/transport/room-edus.ts";
 import { connectRoomFederation } from "../federation/transport/room-federation.ts";
 import { UserDirectory } from "./userdirectory/user-directory.ts";
 import { RemoteHierarchies } from "../federation/transport/remote-hierarchy.ts";
+import { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
+import { IdentityServerClient } from "../federation/transport/identity-servers.ts";
+import { connectThirdPartyInvites } from "../federation/transport/third-party-invites.ts";
 
 export interface Homeserver {
   services: Services;
@@ -78,6 +81,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   const servers: Listener[] = [];
   const requests = new InFlightRequests();
   let federation: Federation | undefined;
+  let identityServers: IdentityServerClient | undefined;
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -132,7 +136,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       onEventsPersisted: (listener) => roomServices.persister.onEventsPersisted(listener),
       logger,
     });
-    connectRoomFederation(federation, {
+    const roomFederation = connectRoomFederation(federation, {
       serverName: config.server_name,
       signingKey,
       persister: roomServices.persister,
@@ -158,6 +162,15 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       logger,
       now,
     });
+    const thirdPartyInvites = new ThirdPartyInvites({
+      rooms: roomServices.rooms,
+      persister: roomServices.persister,
+      accounts: accountServices.accounts,
+      serverName: config.server_name,
+      logger,
+    });
+    identityServers = new IdentityServerClient({ insecure: config.identity_servers_insecure });
+    connectThirdPartyInvites({ thirdPartyInvites, http: federation.http, rooms: roomFederation, identityServers, logger });
     await federation.start();
     const userDirectory = new UserDirectory({
       db: database.db,
@@ -189,6 +202,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       federation,
       serverAuth: federation.serverAuth,
       userDirectory,
+      thirdPartyInvites,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
     const handle = requests.wrap(app.fetch);
@@ -198,6 +212,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   } catch (err) {
     await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
     await federation?.stop().catch(() => {});
+    await identityServers?.close();
     await database.close().catch(() => {});
     throw err;
   }
@@ -212,7 +227,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
 
   let closing: Promise<void> | undefined;
   const close = () =>
-    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }));
+    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => identityServers?.close()));
   return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), close };
 }
 

@@ -20,6 +20,7 @@ import { E2ee } from "./e2ee/e2ee.ts";
 import { RateLimiter } from "./ratelimit.ts";
 import type { RoomServices } from "./rooms/room-services.ts";
 import type { SyncServices } from "./sync/sync-services.ts";
+import type { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
 import { UserData } from "./userdata/userdata.ts";
 import type { UserDirectory } from "./userdirectory/user-directory.ts";
 
@@ -43,6 +44,8 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   serverAuth: ServerAuthenticator;
   /** `/user_directory/search`. */
   userDirectory: UserDirectory;
+  /** Invites by third-party identifier (identity servers, onbind, exchange). */
+  thirdPartyInvites: ThirdPartyInvites;
 }
 
 /** Until accounts exist, no token is valid. */

@@ -9,6 +9,7 @@ import { openIdUserInfo } from "./federation/openid.ts";
 import { openIdRoutes } from "./client/openid.ts";
 import { federationSendRoutes } from "./federation/send.ts";
 import { federationMembershipRoutes } from "./federation/membership.ts";
+import { federationThirdPartyInviteRoutes } from "./federation/third-party-invites.ts";
 import { federationUserKeyRoutes } from "./federation/user-keys.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
@@ -63,6 +64,7 @@ export const routes: AnyRoute[] = [
   ...openIdRoutes,
   ...federationSendRoutes,
   ...federationMembershipRoutes,
+  ...federationThirdPartyInviteRoutes,
   ...federationUserKeyRoutes,
   ...federationEventRoutes,
   ...registerRoutes,

@@ -1,8 +1,8 @@
 // https://spec.matrix.org/latest/client-server-api/#creation (create_room.yaml)
 import { z } from "zod";
-import { MatrixError } from "../../../http/errors.ts";
 import { route } from "../../../http/route.ts";
 import { jsonObject } from "../../../http/safe-json.ts";
+import { invite3pidBody } from "./membership.ts";
 
 export const createRoom = route({
   method: "POST",
@@ -15,7 +15,7 @@ export const createRoom = route({
     name: z.string().optional(),
     topic: z.string().optional(),
     invite: z.array(z.string()).optional(),
-    invite_3pid: z.array(z.unknown()).optional(),
+    invite_3pid: z.array(invite3pidBody).max(100).optional(),
     room_version: z.string().optional(),
     creation_content: jsonObject.optional(),
     initial_state: z.array(z.object({ type: z.string(), state_key: z.string().optional(), content: jsonObject })).optional(),
@@ -24,10 +24,13 @@ export const createRoom = route({
     power_level_content_override: jsonObject.optional(),
   }),
   async handler({ requester, body }, services) {
-    if (body.invite_3pid && body.invite_3pid.length > 0) {
-      throw new MatrixError(400, "M_INVALID_PARAM", "Inviting by third-party identifier (invite_3pid) is not supported");
-    }
     const roomId = await services.rooms.createRoom(requester, body);
+    // As POST /invite with each 3pid, once the room exists (as Synapse does): a failure fails the
+    // request, the room stays.
+    for (const invite of body.invite_3pid ?? []) {
+      const { id_server, id_access_token, medium, address } = invite;
+      await services.thirdPartyInvites.invite(requester, roomId, { id_server, id_access_token, medium, address });
+    }
     return { room_id: roomId };
   },
 });

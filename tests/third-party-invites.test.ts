@@ -1,0 +1,388 @@
+// Third-party invites end to end: inviting by e-mail address through an identity server (a small
+// mock here, HTTPS on loopback with a self-signed certificate, signing with Ed25519 as Sydent does),
+// the m.room.third_party_invite event, /3pid/onbind, /join with third_party_signed, and the
+// exchange between two servers when the invitee's server is not in the room.
+// https://spec.matrix.org/latest/client-server-api/#third-party-invites
+// https://spec.matrix.org/latest/server-server-api/#third-party-invites
+import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { type Server, createServer } from "node:https";
+import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { encodeUnpaddedBase64Url } from "../federation/protocol/base64.ts";
+import { signJson } from "../federation/protocol/signing.ts";
+import { ed25519Key } from "./e2ee-helpers.ts";
+import { type Network, startNetwork } from "./federation-harness.ts";
+import { type TestServer, request } from "./harness.ts";
+import { type RoomUser, registerRoomUser, roomPath } from "./rooms-helpers.ts";
+import { opensslMissing, selfSignedCertificate } from "./self-signed.ts";
+
+type Json = Record<string, any>;
+const ACCESS_TOKEN = "id-token-swordfish";
+const PEPPER = "matrixrocks";
+
+/** An identity server as the spec describes it (v2 lookup with sha256, store-invite, isvalid). */
+class MockIdentityServer {
+  name = "";
+  key = ed25519Key("0");
+  ephemeral = ed25519Key("ephemeral");
+  /** Keys answered as valid by isvalid. */
+  valid = new Set<string>();
+  bindings = new Map<string, string>(); // sha256 hash → mxid
+  invites: Json[] = [];
+  requests: Array<{ method: string; path: string; auth?: string; body?: Json }> = [];
+  private next = 0;
+  constructor(private readonly server: Server) {
+    this.revalidate();
+  }
+
+  revalidate() {
+    this.valid = new Set([this.key.publicKeyBase64, this.ephemeral.publicKeyBase64]);
+  }
+
+  rotateKeys() {
+    this.key = ed25519Key("0");
+    this.ephemeral = ed25519Key("ephemeral");
+    this.revalidate();
+  }
+
+  static async start(dir: string): Promise<MockIdentityServer> {
+    const cert = await selfSignedCertificate(dir);
+    const { readFile } = await import("node:fs/promises");
+    const server = createServer({ cert: await readFile(cert.certFile), key: await readFile(cert.keyFile) });
+    const mock = new MockIdentityServer(server);
+    server.on("request", (req, res) => {
+      let data = "";
+      req.on("data", (c) => (data += c));
+      req.on("end", () => {
+        const url = new URL(req.url!, "https://x");
+        const body = data ? JSON.parse(data) : undefined;
+        mock.requests.push({ method: req.method!, path: url.pathname, auth: req.headers.authorization, body });
+        const [status, answer] = mock.handle(req.method!, url, req.headers.authorization, body);
+        res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(answer));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    mock.name = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    return mock;
+  }
+
+  close() {
+    this.server.closeAllConnections();
+    return new Promise((resolve) => this.server.close(resolve));
+  }
+
+  private handle(method: string, url: URL, auth: string | undefined, body: Json | undefined): [number, Json] {
+    const authorised = auth === `Bearer ${ACCESS_TOKEN}`;
+    switch (`${method} ${url.pathname}`) {
+      case "GET /_matrix/identity/v2/hash_details":
+        if (!authorised) return [401, { errcode: "M_UNAUTHORIZED", error: "no token" }];
+        return [200, { algorithms: ["none", "sha256"], lookup_pepper: PEPPER }];
+      case "POST /_matrix/identity/v2/lookup": {
+        if (!authorised) return [401, { errcode: "M_UNAUTHORIZED", error: "no token" }];
+        if (body?.algorithm !== "sha256" || body.pepper !== PEPPER) return [400, { errcode: "M_INVALID_PEPPER", error: "wrong" }];
+        const mappings: Json = {};
+        for (const hash of body.addresses) if (this.bindings.has(hash)) mappings[hash] = this.bindings.get(hash);
+        return [200, { mappings }];
+      }
+      case "POST /_matrix/identity/v2/store-invite": {
+        if (!authorised) return [401, { errcode: "M_UNAUTHORIZED", error: "no token" }];
+        const token = `tok${this.next++}`;
+        this.invites.push({ ...body, token });
+        const key_validity_url = `https://${this.name}/_matrix/identity/v2/pubkey/isvalid`;
+        return [
+          200,
+          {
+            token,
+            display_name: "B***@example.org",
+            public_keys: [
+              { public_key: this.key.publicKeyBase64, key_validity_url },
+              { public_key: this.ephemeral.publicKeyBase64, key_validity_url },
+            ],
+          },
+        ];
+      }
+      case "GET /_matrix/identity/v2/pubkey/isvalid":
+        return [200, { valid: this.valid.has(url.searchParams.get("public_key") ?? "") }];
+      default:
+        return [404, { errcode: "M_UNRECOGNIZED", error: "unknown" }];
+    }
+  }
+
+  /** Binds an address to a user; `onbind` of their homeserver hears of the invites pending for it. */
+  async bind(address: string, mxid: string, homeserver?: string, beforeNotify?: () => void) {
+    const hash = encodeUnpaddedBase64Url(createHash("sha256").update(`${address} email ${PEPPER}`).digest());
+    this.bindings.set(hash, mxid);
+    if (!homeserver) return undefined;
+    const invites = this.invites
+      .filter((i) => i.address === address)
+      .map((i) => ({
+        medium: "email",
+        address,
+        mxid,
+        room_id: i.room_id,
+        sender: i.sender,
+        signed: signJson({ mxid, token: i.token }, this.name, this.key),
+      }));
+    beforeNotify?.();
+    return request(homeserver, "POST", "/_matrix/federation/v1/3pid/onbind", { body: { medium: "email", address, mxid, invites } });
+  }
+}
+
+const missing = await opensslMissing();
+let net: Network;
+let hs1: TestServer;
+let hs2: TestServer;
+let ids: MockIdentityServer;
+let dir: string;
+let n = 0;
+
+const inviteBody = (address: string, extra: Json = {}) => ({ id_server: ids.name, id_access_token: ACCESS_TOKEN, medium: "email", address, ...extra });
+const freshAddress = () => `person${n++}@example.org`;
+
+async function eventually<T>(check: () => Promise<T>, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+}
+
+async function membership(user: RoomUser, roomId: string, target: string): Promise<Json | undefined> {
+  const res = await user.state(roomId, "m.room.member", target);
+  return res.status === 200 ? res.json : undefined;
+}
+
+/** A private room of `owner` with a pending third-party invite for `address`; returns the room and token. */
+async function roomWithPendingInvite(owner: RoomUser, address: string): Promise<{ roomId: string; token: string }> {
+  const roomId = await owner.createRoom({ preset: "private_chat" });
+  const res = await owner.call("POST", roomPath(roomId, "/invite"), inviteBody(address));
+  expect(res.status, JSON.stringify(res.json)).toBe(200);
+  const state = await owner.call("GET", roomPath(roomId, "/state"));
+  const invite = state.json.find((e: Json) => e.type === "m.room.third_party_invite");
+  return { roomId, token: invite.state_key };
+}
+
+describe.skipIf(missing !== undefined)("third-party invites", () => {
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), "parley-3pid-"));
+    ids = await MockIdentityServer.start(dir);
+    // hs1 and hs2 may reach the mock on loopback; hs3 follows the default rules.
+    net = await startNetwork(3, { config: (i) => (i < 2 ? { identity_servers_insecure: ids.name } : {}) });
+    [hs1, hs2] = net.servers as [TestServer, TestServer];
+  }, 120_000);
+
+  afterAll(async () => {
+    await net?.destroy();
+    await ids?.close();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("invites the user a bound 3pid belongs to", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a1"), registerRoomUser(hs1.url, "b1")]);
+    const address = freshAddress();
+    await ids.bind(address, bob.userId);
+    const roomId = await alice.createRoom({ preset: "private_chat" });
+    const res = await alice.call("POST", roomPath(roomId, "/invite"), inviteBody(address));
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+    expect((await membership(alice, roomId, bob.userId))?.membership).toBe("invite");
+    // The lookup went through hash_details and a hashed lookup, with the client's token.
+    const lookups = ids.requests.filter((r) => r.path === "/_matrix/identity/v2/lookup");
+    expect(lookups.at(-1)?.auth).toBe(`Bearer ${ACCESS_TOKEN}`);
+    expect(lookups.at(-1)?.body?.addresses[0]).not.toContain("@");
+    expect((await bob.join(roomId)).status).toBe(200);
+  });
+
+  it("invites bound 3pids given in invite_3pid of createRoom", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a2"), registerRoomUser(hs1.url, "b2")]);
+    const address = freshAddress();
+    await ids.bind(address, bob.userId);
+    const roomId = await alice.createRoom({ invite_3pid: [inviteBody(address)] });
+    expect((await membership(alice, roomId, bob.userId))?.membership).toBe("invite");
+  });
+
+  it("stores the invite of an unbound 3pid and turns it into an invite once it is bound", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a3"), registerRoomUser(hs1.url, "b3")]);
+    const address = freshAddress();
+    const { roomId, token } = await roomWithPendingInvite(alice, address);
+    const stored = ids.invites.find((i) => i.token === token)!;
+    expect(stored).toMatchObject({ medium: "email", address, room_id: roomId, sender: alice.userId, room_join_rules: "invite" });
+    const event = await alice.state(roomId, "m.room.third_party_invite", token);
+    expect(event.json).toEqual({
+      display_name: "B***@example.org",
+      public_key: ids.key.publicKeyBase64,
+      key_validity_url: `https://${ids.name}/_matrix/identity/v2/pubkey/isvalid`,
+      public_keys: [
+        { public_key: ids.key.publicKeyBase64, key_validity_url: `https://${ids.name}/_matrix/identity/v2/pubkey/isvalid` },
+        { public_key: ids.ephemeral.publicKeyBase64, key_validity_url: `https://${ids.name}/_matrix/identity/v2/pubkey/isvalid` },
+      ],
+    });
+    expect((await bob.join(roomId)).status).toBe(403);
+
+    const bound = await ids.bind(address, bob.userId, hs1.url);
+    expect(bound?.status, JSON.stringify(bound?.json)).toBe(200);
+    const member = await membership(alice, roomId, bob.userId);
+    expect(member).toMatchObject({ membership: "invite", third_party_invite: { display_name: "B***@example.org", signed: { mxid: bob.userId, token } } });
+    expect((await bob.join(roomId)).status).toBe(200);
+    expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join");
+  });
+
+  it("turns the invite into an invite after the inviter left the room", async () => {
+    const [alice, carol, bob] = await Promise.all([registerRoomUser(hs1.url, "a4"), registerRoomUser(hs1.url, "c4"), registerRoomUser(hs1.url, "b4")]);
+    const address = freshAddress();
+    const { roomId } = await roomWithPendingInvite(alice, address);
+    expect((await alice.call("POST", roomPath(roomId, "/invite"), { user_id: carol.userId })).status).toBe(200);
+    expect((await carol.join(roomId)).status).toBe(200);
+    expect((await alice.call("POST", roomPath(roomId, "/leave"), {})).status).toBe(200);
+    expect((await ids.bind(address, bob.userId, hs1.url))?.status).toBe(200);
+    expect((await bob.join(roomId)).status).toBe(200);
+    expect((await membership(carol, roomId, bob.userId))?.membership).toBe("join");
+  });
+
+  it("joins with third_party_signed, signed by any key of the invite", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a5"), registerRoomUser(hs1.url, "b5")]);
+    const { roomId, token } = await roomWithPendingInvite(alice, freshAddress());
+    // Signed with the ephemeral key under the key ID "ed25519:0", as sytest's identity server does.
+    const signed = signJson({ mxid: bob.userId, sender: alice.userId, token }, ids.name, { ...ids.ephemeral, keyId: "ed25519:0" });
+    const res = await bob.call("POST", roomPath(roomId, "/join"), { third_party_signed: signed });
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+    expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join");
+  });
+
+  it("refuses third_party_signed signed for someone else, or not by the invite's keys", async () => {
+    const [alice, bob, eve] = await Promise.all([registerRoomUser(hs1.url, "a6"), registerRoomUser(hs1.url, "b6"), registerRoomUser(hs1.url, "e6")]);
+    const { roomId, token } = await roomWithPendingInvite(alice, freshAddress());
+    const forBob = signJson({ mxid: bob.userId, sender: alice.userId, token }, ids.name, ids.key);
+    expect((await eve.call("POST", roomPath(roomId, "/join"), { third_party_signed: forBob })).status).toBe(403);
+    const stranger = ed25519Key("0");
+    const forged = signJson({ mxid: eve.userId, sender: alice.userId, token }, ids.name, stranger);
+    const res = await eve.call("POST", roomPath(roomId, "/join"), { third_party_signed: forged });
+    expect(res.status).toBe(403);
+    expect(res.json.errcode).toBe("M_FORBIDDEN");
+    expect(await membership(alice, roomId, eve.userId)).toBeUndefined();
+    // Malformed: 400, never a 500.
+    const bad = await eve.call("POST", roomPath(roomId, "/join"), { third_party_signed: { mxid: eve.userId } });
+    expect(bad.status).toBe(400);
+  });
+
+  it("refuses a bound invite signed with keys the room's invite does not have", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a7"), registerRoomUser(hs1.url, "b7")]);
+    const address = freshAddress();
+    const { roomId } = await roomWithPendingInvite(alice, address);
+    const oldKey = ids.key;
+    ids.rotateKeys();
+    try {
+      const res = await ids.bind(address, bob.userId, hs1.url);
+      expect(res?.status).toBe(403);
+    } finally {
+      ids.key = oldKey;
+      ids.revalidate();
+    }
+    expect(await membership(alice, roomId, bob.userId)).toBeUndefined();
+    expect((await bob.join(roomId)).status).toBe(403);
+  });
+
+  it("refuses an invite signed by a key the identity server has revoked", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a8"), registerRoomUser(hs1.url, "b8")]);
+    const address = freshAddress();
+    const { roomId } = await roomWithPendingInvite(alice, address);
+    const res = await ids.bind(address, bob.userId, hs1.url, () => ids.valid.clear());
+    ids.revalidate();
+    expect(res?.status).toBe(403);
+    expect(ids.requests.some((r) => r.path === "/_matrix/identity/v2/pubkey/isvalid")).toBe(true);
+    expect(await membership(alice, roomId, bob.userId)).toBeUndefined();
+  });
+
+  it("refuses an invite whose key validity cannot be checked", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a9"), registerRoomUser(hs1.url, "b9")]);
+    const address = freshAddress();
+    const roomId = await alice.createRoom({ preset: "private_chat" });
+    // An invite whose key_validity_url points at a port nothing listens on.
+    const key = ed25519Key("0");
+    const token = "unreachable-token";
+    const put = await alice.setState(roomId, "m.room.third_party_invite", {
+      display_name: "x",
+      public_key: key.publicKeyBase64,
+      key_validity_url: "https://127.0.0.1:1/_matrix/identity/v2/pubkey/isvalid",
+    }, token);
+    expect(put.status).toBe(200);
+    const signed = signJson({ mxid: bob.userId, token }, ids.name, key);
+    const res = await request(hs1.url, "POST", "/_matrix/federation/v1/3pid/onbind", {
+      body: { medium: "email", address, mxid: bob.userId, invites: [{ medium: "email", address, mxid: bob.userId, room_id: roomId, sender: alice.userId, signed }] },
+    });
+    expect(res.status).toBe(502);
+    expect(await membership(alice, roomId, bob.userId)).toBeUndefined();
+  });
+
+  it("checks the inviter's power level before storing an invite", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a10"), registerRoomUser(hs1.url, "b10")]);
+    const roomId = await alice.createRoom({ preset: "private_chat", power_level_content_override: { invite: 50 } });
+    expect((await alice.call("POST", roomPath(roomId, "/invite"), { user_id: bob.userId })).status).toBe(200);
+    expect((await bob.join(roomId)).status).toBe(200);
+    const before = ids.invites.length;
+    const res = await bob.call("POST", roomPath(roomId, "/invite"), inviteBody(freshAddress()));
+    expect(res.status).toBe(403);
+    expect(ids.invites.length).toBe(before);
+    // Not in the room at all: 403 too.
+    const outsider = await registerRoomUser(hs1.url, "o10");
+    expect((await outsider.call("POST", roomPath(roomId, "/invite"), inviteBody(freshAddress()))).status).toBe(403);
+  });
+
+  it("answers bad requests with 400", async () => {
+    const alice = await registerRoomUser(hs1.url, "a11");
+    const roomId = await alice.createRoom({});
+    const noToken = await alice.call("POST", roomPath(roomId, "/invite"), { id_server: ids.name, medium: "email", address: "x@example.org" });
+    expect(noToken.status).toBe(400);
+    const badServer = await alice.call("POST", roomPath(roomId, "/invite"), inviteBody("x@example.org", { id_server: "evil.example/x?y" }));
+    expect(badServer.status).toBe(400);
+    const badCreate = await alice.call("POST", "/_matrix/client/v3/createRoom", { invite_3pid: [{ medium: "email" }] });
+    expect(badCreate.status).toBe(400);
+    const badBind = await request(hs1.url, "POST", "/_matrix/federation/v1/3pid/onbind", { body: { invites: [{ nope: 1 }] } });
+    expect(badBind.status).toBe(400);
+    // Invites for users of other servers are not ours to act on.
+    const other = await request(hs1.url, "PUT", "/_matrix/federation/v1/3pid/onbind", {
+      body: { medium: "email", address: "x", mxid: "@x:hs2.test", invites: [{ mxid: "@x:hs2.test", room_id: roomId, sender: alice.userId, signed: { mxid: "@x:hs2.test", token: "t", signatures: {} } }] },
+    });
+    expect(other.status).toBe(403);
+  });
+
+  it("refuses identity servers on loopback unless configured", async () => {
+    const alice = await registerRoomUser(net.servers[2]!.url, "a12");
+    const roomId = await alice.createRoom({});
+    const before = ids.requests.length;
+    const res = await alice.call("POST", roomPath(roomId, "/invite"), inviteBody(freshAddress()));
+    expect(res.status).toBe(502);
+    expect(ids.requests.length).toBe(before);
+  });
+
+  it("exchanges the invite with the room's server when the invitee's server is not in the room", async () => {
+    const [alice, bob] = await Promise.all([registerRoomUser(hs1.url, "a13"), registerRoomUser(hs2.url, "b13")]);
+    const address = freshAddress();
+    const { roomId, token } = await roomWithPendingInvite(alice, address);
+    const bound = await ids.bind(address, bob.userId, hs2.url);
+    expect(bound?.status, JSON.stringify(bound?.json)).toBe(200);
+    expect(await membership(alice, roomId, bob.userId)).toMatchObject({ membership: "invite", third_party_invite: { display_name: "B***@example.org", signed: { token } } });
+    await eventually(async () => expect((await bob.join(roomId)).status).toBe(200));
+    await eventually(async () => expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join"));
+  });
+
+  it("exchanges the invite with the inviter's server when the invitee's server is in the room too", async () => {
+    const [alice, carol, bob] = await Promise.all([registerRoomUser(hs1.url, "a14"), registerRoomUser(hs2.url, "c14"), registerRoomUser(hs2.url, "b14")]);
+    const address = freshAddress();
+    const { roomId } = await roomWithPendingInvite(alice, address);
+    expect((await alice.call("POST", roomPath(roomId, "/invite"), { user_id: carol.userId })).status).toBe(200);
+    await eventually(async () => expect((await carol.join(roomId)).status).toBe(200));
+    await eventually(async () => expect((await carol.state(roomId, "m.room.third_party_invite", ids.invites.at(-1)!.token)).status).toBe(200));
+    const bound = await ids.bind(address, bob.userId, hs2.url);
+    expect(bound?.status, JSON.stringify(bound?.json)).toBe(200);
+    await eventually(async () => expect((await membership(carol, roomId, bob.userId))?.membership).toBe("invite"));
+    await eventually(async () => expect((await bob.join(roomId)).status).toBe(200));
+    await eventually(async () => expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join"));
+  });
+});
