@@ -212,6 +212,11 @@ describe("membership", () => {
     expect((await alice.call("POST", roomPath(roomId, "/ban"), { user_id: carol.userId, reason: "spam" })).status).toBe(200);
     expect((await carol.join(roomId)).status).toBe(403);
     expect((await alice.state(roomId, "m.room.member", carol.userId)).json).toEqual({ membership: "ban", reason: "spam" });
+    // The ban ends carol's reading of the room (a user who left reads it up to the leave).
+    expect((await carol.state(roomId, "m.room.member", carol.userId)).status).toBe(403);
+    expect((await carol.messages(roomId, { dir: "b" })).status).toBe(403);
+    await bob.call("POST", roomPath(roomId, "/leave"), {});
+    expect((await bob.state(roomId, "m.room.member", bob.userId)).json).toMatchObject({ membership: "leave" });
   });
 
   it("lets guests join only rooms whose guest access is can_join", async () => {

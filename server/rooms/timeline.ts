@@ -86,7 +86,9 @@ export class Timeline {
     if (version === undefined) throw notMember();
     const membership = await this.rooms.membership(roomId, userId);
     if (membership?.membership === "join") return { roomId, kind: "member", viewer: { userId, joinedUntil: Number.POSITIVE_INFINITY } };
-    if (membership && (membership.membership === "leave" || membership.membership === "ban") && !membership.forgotten) {
+    // A former member reads the room up to their leave. A banned user does not (as Synapse: the
+    // ban ends their access; only a world-readable room stays open to them, as to anyone).
+    if (membership && membership.membership === "leave" && !membership.forgotten) {
       const leave = await this.store.getEvent(membership.eventId);
       if (leave) {
         // Were they joined just before leaving? Then every earlier event was "sent before they joined ... at any point after".
