@@ -8,6 +8,8 @@ import { parseArgs } from "node:util";
 import pino from "pino";
 import { type OpenedDatabase, openDatabase } from "../schema/db.ts";
 import { listDestinations } from "../federation/transport/sender.ts";
+import { committedStreamPosition, listQueues } from "./appservices/delivery.ts";
+import { EventStore } from "./rooms/event-store.ts";
 import { OwnOldKeys } from "../federation/transport/own-old-keys.ts";
 import { readSigningKey, writeNewSigningKey } from "./signing-key.ts";
 import { DatabaseInUseError } from "../schema/embedded-lock.ts";
@@ -30,6 +32,8 @@ Commands:
                                  Show the security audit log, newest first
   federation                     List federation destinations: queued items, failures, last
                                  success, backoff and last error
+  appservices                    List application services: URL, bot, namespaces, events waiting
+                                 to be delivered, failures, last error and next retry
   rotate-signing-key             Sign with a new server key from now on; the old one stays
                                  published as an old verify key (restart the server after)
 
@@ -62,6 +66,7 @@ const subcommands: Record<string, Subcommand> = {
   "list-users": listUsers,
   audit,
   federation,
+  appservices,
   "rotate-signing-key": rotateSigningKey,
 };
 
@@ -218,6 +223,39 @@ async function federation(args: string[], _services: AccountServices, io: AdminI
     io.out([d.destination, d.queued, d.failures ?? 0, isoOrDash(d.last_success_ts), backoff, error].join("\t") + "\n");
   }
   io.out(`${destinations.length} destination(s)\n`);
+  return 0;
+}
+
+async function appservices(args: string[], services: AccountServices, io: AdminIo, { config, database, now }: AdminContext): Promise<number> {
+  parseArgs({ args, options: {} });
+  const queues = await listQueues({
+    database,
+    registry: services.appServices,
+    serverName: config.server_name,
+    eventStore: new EventStore(database.db, now),
+    currentStreamPosition: () => committedStreamPosition(database),
+  });
+  io.out(["id", "url", "sender", "namespaces", "queued", "txn in flight", "failures", "last success", "last error at", "next retry", "last error"].join("\t") + "\n");
+  for (const q of queues) {
+    const error = q.lastError === null ? "-" : q.lastError.replace(/\s+/g, " ").slice(0, 300);
+    io.out(
+      [
+        q.id,
+        q.url ?? "(none: no traffic)",
+        q.sender,
+        q.namespaces,
+        `${q.queued}${q.more ? "+" : ""}`,
+        q.pendingTxnId ?? "-",
+        q.failures,
+        isoOrDash(q.lastSuccessTs),
+        isoOrDash(q.lastErrorTs),
+        // The time of the next attempt, also when it has passed (the server stopped meanwhile).
+        isoOrDash(q.retryAtTs),
+        error,
+      ].join("\t") + "\n",
+    );
+  }
+  io.out(`${queues.length} application service(s)\n`);
   return 0;
 }
 

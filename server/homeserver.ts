@@ -27,6 +27,8 @@ import { connectRoomEdus } from "../federation/transport/room-edus.ts";
 import { connectRoomFederation } from "../federation/transport/room-federation.ts";
 import { UserDirectory } from "./userdirectory/user-directory.ts";
 import { RemoteHierarchies } from "../federation/transport/remote-hierarchy.ts";
+import { AppServiceDelivery } from "./appservices/delivery.ts";
+import { connectAppServiceEphemeral } from "./appservices/ephemeral.ts";
 import { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
 import { IdentityServerClient } from "../federation/transport/identity-servers.ts";
 import { connectThirdPartyInvites } from "../federation/transport/third-party-invites.ts";
@@ -188,6 +190,19 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     roomServices.directory.readRemoteDirectoriesWith((server, query) => queries.publicRooms(server, query));
     const hierarchies = new RemoteHierarchies(federation.http, now, logger);
     roomServices.spaceHierarchy.readRemoteHierarchiesWith((servers, roomId, suggestedOnly) => hierarchies.hierarchy(servers, roomId, suggestedOnly));
+    const appServiceDelivery = new AppServiceDelivery({
+      database,
+      registry: accountServices.appServices,
+      serverName: config.server_name,
+      eventStore: roomServices.eventStore,
+      currentStreamPosition: () => roomServices.persister.currentStreamPosition(),
+      now,
+      logger,
+    });
+    // The persist path only wakes the queues (events committed here or, through NOTIFY, elsewhere).
+    syncServices.notifier.onChange("events", () => appServiceDelivery.wakeAll());
+    connectAppServiceEphemeral({ delivery: appServiceDelivery, registry: accountServices.appServices, sources: syncServices, db: database.db, serverName: config.server_name, logger });
+    await appServiceDelivery.start();
     services = {
       config,
       database,
@@ -202,6 +217,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       federation,
       serverAuth: federation.serverAuth,
       userDirectory,
+      appServiceDelivery,
       thirdPartyInvites,
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
@@ -297,6 +313,7 @@ async function shutDown(d: {
   for (const s of servers) s.closeAllConnections();
   await step("closing connections", serverClosed, deadline);
   await step("stopping federation", services.federation.stop(), deadline);
+  await step("stopping application-service delivery", services.appServiceDelivery.stop(), deadline);
   await step("stopping sessions", services.sessions.stop(), deadline);
   await step("closing the database", database.close(), deadline);
   if (pending.length) logger.warn({ pending, inFlight: requests.size }, "shutdown did not finish in time; exiting anyway");

@@ -11,6 +11,7 @@ import { PasswordHasher } from "./accounts/passwords.ts";
 import { Sessions } from "./accounts/sessions.ts";
 import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
 import { UserInteractiveAuth } from "./accounts/uia.ts";
+import type { AppServiceDelivery } from "./appservices/delivery.ts";
 import { AppServiceRegistry, loadAppServices } from "./appservices/registration.ts";
 import type { Config } from "./config.ts";
 import type { Requester, RequestInfo, ServerAuthenticator } from "./http/route.ts";
@@ -44,6 +45,8 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   serverAuth: ServerAuthenticator;
   /** `/user_directory/search`. */
   userDirectory: UserDirectory;
+  /** Pushes room events (and ephemeral data) to the application services' URLs. */
+  appServiceDelivery: AppServiceDelivery;
   /** Invites by third-party identifier (identity servers, onbind, exchange). */
   thirdPartyInvites: ThirdPartyInvites;
 }
