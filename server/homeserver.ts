@@ -20,6 +20,9 @@ import { createRoomServices } from "./rooms/room-services.ts";
 import type { PersistFaults } from "./rooms/persister.ts";
 import { createSyncServices, startSyncServices, stopSyncServices } from "./sync/sync-services.ts";
 import { loadOrCreateSigningKey } from "./signing-key.ts";
+import { ensureAppServiceBots } from "./appservices/auth.ts";
+import { AppServiceQueries } from "./appservices/queries.ts";
+import { ThirdPartyLookups } from "./appservices/thirdparty.ts";
 import { type Federation, createFederation } from "../federation/transport/federation.ts";
 import { wireE2eeFederation } from "../federation/transport/e2ee.ts";
 import { SyncReads } from "./rooms/sync-reads.ts";
@@ -92,6 +95,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const now = options.now ?? Date.now;
     const accountServices = createAccountServices(database, config, logger, now, options.tokenCacheMs);
     await accountServices.sessions.start();
+    await ensureAppServiceBots(accountServices.appServices, accountServices.accounts, logger);
+    const appServiceQueries = new AppServiceQueries({ registry: accountServices.appServices, logger });
     const roomServices = createRoomServices({
       database,
       serverName: config.server_name,
@@ -188,6 +193,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const queries = federation.queries;
     roomServices.directory.resolveRemoteAliasesWith((alias) => queries.roomAlias(alias));
     roomServices.directory.readRemoteDirectoriesWith((server, query) => queries.publicRooms(server, query));
+    roomServices.directory.askAppServicesAboutAliasesWith((alias) => appServiceQueries.queryAlias(alias));
+    roomServices.rooms.askAppServicesWith({ userExists: (u) => appServiceQueries.queryUser(u), aliasExists: (a) => appServiceQueries.queryAlias(a) });
     const hierarchies = new RemoteHierarchies(federation.http, now, logger);
     roomServices.spaceHierarchy.readRemoteHierarchiesWith((servers, roomId, suggestedOnly) => hierarchies.hierarchy(servers, roomId, suggestedOnly));
     const appServiceDelivery = new AppServiceDelivery({
@@ -213,6 +220,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       ...accountServices,
       ...roomServices,
       ...syncServices,
+      appServiceQueries,
+      thirdParty: new ThirdPartyLookups(accountServices.appServices, appServiceQueries, logger, now),
       auth: accountServices.sessions,
       federation,
       serverAuth: federation.serverAuth,

@@ -13,6 +13,8 @@ import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
 import { UserInteractiveAuth } from "./accounts/uia.ts";
 import type { AppServiceDelivery } from "./appservices/delivery.ts";
 import { AppServiceRegistry, loadAppServices } from "./appservices/registration.ts";
+import type { AppServiceQueries } from "./appservices/queries.ts";
+import type { ThirdPartyLookups } from "./appservices/thirdparty.ts";
 import type { Config } from "./config.ts";
 import type { Requester, RequestInfo, ServerAuthenticator } from "./http/route.ts";
 import type { Federation } from "../federation/transport/federation.ts";
@@ -47,6 +49,10 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   userDirectory: UserDirectory;
   /** Pushes room events (and ephemeral data) to the application services' URLs. */
   appServiceDelivery: AppServiceDelivery;
+  /** What the homeserver asks of application services (users, aliases, ping). */
+  appServiceQueries: AppServiceQueries;
+  /** `/thirdparty/*`: lookups proxied to the application services that bridge each protocol. */
+  thirdParty: ThirdPartyLookups;
   /** Invites by third-party identifier (identity servers, onbind, exchange). */
   thirdPartyInvites: ThirdPartyInvites;
 }

@@ -13,6 +13,8 @@ import { federationThirdPartyInviteRoutes } from "./federation/third-party-invit
 import { federationUserKeyRoutes } from "./federation/user-keys.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
+import { appServiceRoutes } from "./client/appservice.ts";
+import { thirdPartyRoutes } from "./client/thirdparty.ts";
 import { accountDataRoutes } from "./client/account-data.ts";
 import { capabilities } from "./client/capabilities.ts";
 import { deviceRoutes } from "./client/devices.ts";
@@ -70,6 +72,8 @@ export const routes: AnyRoute[] = [
   ...registerRoutes,
   ...loginRoutes,
   ...accountRoutes,
+  ...appServiceRoutes,
+  ...thirdPartyRoutes,
   ...deviceRoutes,
   ...profileRoutes,
   ...userDirectoryRoutes,

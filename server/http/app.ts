@@ -7,6 +7,7 @@ import { type Context, Hono } from "hono";
 import type { z } from "zod";
 import { isDatabaseClosed } from "../../schema/db.ts";
 import type { Services } from "../services.ts";
+import { appServiceOfToken, appServiceRequester, isRateLimited } from "../appservices/auth.ts";
 import { Admission, admissionMiddleware, admissionSlot } from "./admission.ts";
 import { MatrixError, unrecognized } from "./errors.ts";
 import { parseJsonFromOthers } from "./safe-json.ts";
@@ -63,13 +64,15 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
     if (admit) app.on(r.method, r.path, admit);
     app.on(r.method, r.path, async (c) => {
       const info = c.get("requestInfo");
-      if (r.rateLimit) services.rateLimiter.take(r.rateLimit, info.ip);
+      // An application service's own calls (its as_token) are not limited per address: it
+      // registers and acts for many users from one.
+      if (r.rateLimit && !appServiceOfToken(accessToken(c), services.appServices)) services.rateLimiter.take(r.rateLimit, info.ip);
       const requester = await authenticate(r, c, info, services);
       if (requester) {
         if (requester.isGuest && !r.allowGuests) {
           throw new MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts cannot use this endpoint");
         }
-        services.rateLimiter.take("requests", requester.userId);
+        if (isRateLimited(requester, services.appServices)) services.rateLimiter.take("requests", requester.userId);
         admissionSlot(c)?.forUser(requester.userId);
       }
       let body: unknown;
@@ -185,12 +188,15 @@ async function authenticate(
     if (r.auth === "optional") return undefined;
     throw new MatrixError(401, "M_MISSING_TOKEN", "Missing access token");
   }
+  // https://spec.matrix.org/latest/application-service-api/#identity-assertion
+  const appService = appServiceOfToken(token, services.appServices);
+  if (appService) return appServiceRequester(appService, c.req.query(), services.accounts);
   return services.auth.authenticate(token, info);
 }
 
 // https://spec.matrix.org/latest/client-server-api/#using-access-tokens — the query-string form is
 // deprecated (and gone in v1.20) but still accepted for older clients.
-function accessToken(c: Context): string | undefined {
+export function accessToken(c: Context): string | undefined {
   const header = c.req.header("authorization");
   if (header) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header);

@@ -14,6 +14,11 @@ export interface Requester {
   isGuest: boolean;
   /** The session (access token row) the request came with. */
   sessionId: string;
+  /**
+   * Set when an application service made the request with its `as_token` (acting as its bot, or as
+   * a user of its namespaces): the service's `id`.
+   */
+  appServiceId?: string;
 }
 
 /**

@@ -5,7 +5,7 @@
 // Aliases on other servers, and other servers' published room directories (`?server=`), are asked
 // of their server over federation, through the lookups the homeserver wiring gives
 // (`resolveRemoteAliasesWith`, `readRemoteDirectoriesWith`: this service never imports federation).
-import { eq, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { MatrixError, forbidden, notFound } from "../http/errors.ts";
@@ -52,6 +52,16 @@ export class Directory {
     this.remoteDirectories = reader;
   }
 
+  private appServiceAliases?: (alias: string) => Promise<boolean>;
+
+  /**
+   * How application services are asked about an unknown alias of their namespaces
+   * (`GET /_matrix/app/v1/rooms/{alias}`): true when one created it.
+   */
+  askAppServicesAboutAliasesWith(ask: (alias: string) => Promise<boolean>): void {
+    this.appServiceAliases = ask;
+  }
+
   /** How aliases of other servers are resolved (federation's `/query/directory`). */
   resolveRemoteAliasesWith(lookup: (alias: string) => Promise<{ room_id: string; servers: string[] }>): void {
     this.remoteAliases = lookup;
@@ -68,16 +78,23 @@ export class Directory {
   /** An alias of ours; 404 M_NOT_FOUND for any other (what `/federation/v1/query/directory` answers). */
   async resolveLocalAlias(alias: string): Promise<{ room_id: string; servers: string[] }> {
     // Rooms are on this server alone until rooms federate; then: the servers of the joined members.
-    const row = await this.aliases.resolve(alias);
+    let row = await this.aliases.resolve(alias);
+    // https://spec.matrix.org/latest/application-service-api/#query-room-alias: a service may
+    // create an alias of its namespace when asked about it; then it is looked up again.
+    if (!row && this.appServiceAliases && (await this.appServiceAliases(alias))) row = await this.aliases.resolve(alias);
     if (!row) throw notFound(`Room alias ${alias.slice(0, 100)} not found`);
     return { room_id: row.roomId, servers: [this.serverName] };
   }
 
-  async createAlias(requester: Requester, alias: string, roomId: string): Promise<void> {
+  /**
+   * `byAppService`: an application service creating an alias of its namespace (checked by the
+   * caller), which needs no membership of the room (it has "full control over its namespace").
+   */
+  async createAlias(requester: Requester, alias: string, roomId: string, options: { byAppService?: boolean } = {}): Promise<void> {
     this.aliases.checkLocal(alias);
     if ((await this.rooms.roomVersion(roomId)) === undefined) throw notFound("Room not found");
     const membership = await this.rooms.membership(roomId, requester.userId);
-    if (membership?.membership !== "join" && !(await this.isAdmin(requester.userId))) {
+    if (!options.byAppService && membership?.membership !== "join" && !(await this.isAdmin(requester.userId))) {
       throw forbidden("You must be in the room to give it an alias");
     }
     if (!(await this.aliases.create(alias, roomId, requester.userId))) {
@@ -85,12 +102,15 @@ export class Directory {
     }
   }
 
-  /** The alias's creator, a server admin, or anyone who may set the room's canonical alias may delete it. */
-  async deleteAlias(requester: Requester, alias: string): Promise<void> {
+  /**
+   * The alias's creator, a server admin, anyone who may set the room's canonical alias, or the
+   * application service whose namespace holds it (`byAppService`, checked by the caller) may delete it.
+   */
+  async deleteAlias(requester: Requester, alias: string, options: { byAppService?: boolean } = {}): Promise<void> {
     this.aliases.checkLocal(alias);
     const row = await this.aliases.resolve(alias);
     if (!row) throw notFound("Room alias not found");
-    if (row.creator !== requester.userId && !(await this.isAdmin(requester.userId)) && !(await this.canSetCanonicalAlias(row.roomId, requester.userId))) {
+    if (!options.byAppService && row.creator !== requester.userId && !(await this.isAdmin(requester.userId)) && !(await this.canSetCanonicalAlias(row.roomId, requester.userId))) {
       throw forbidden("You may not delete this alias");
     }
     await this.aliases.delete(alias);
@@ -137,6 +157,21 @@ export class Directory {
   }
 
   /**
+   * Publishes a room in (or takes it out of) an application service's directory for one of its
+   * third-party networks. Who may is the caller's check (the service itself).
+   * https://spec.matrix.org/latest/application-service-api/#put_matrixclientv3directorylistappservicenetworkidroomid
+   */
+  async setAppServiceVisibility(appserviceId: string, networkId: string, roomId: string, visibility: "public" | "private"): Promise<void> {
+    if ((await this.rooms.roomVersion(roomId)) === undefined) throw notFound("Room not found");
+    const t = schema.appserviceRoomLists;
+    if (visibility === "public") {
+      await this.db.insert(t).values({ appserviceId, networkId, roomId }).onConflictDoNothing();
+    } else {
+      await this.db.delete(t).where(and(eq(t.appserviceId, appserviceId), eq(t.networkId, networkId), eq(t.roomId, roomId)));
+    }
+  }
+
+  /**
    * A server's published rooms: ours (`server` absent or our name), or another server's, asked of
    * it over federation and passed on as it answered (its own pagination tokens included).
    */
@@ -155,10 +190,17 @@ export class Directory {
    * leaves out the rooms that do not federate (`m.federate: false`), as Synapse does.
    */
   async localPublicRooms(query: Omit<PublicRoomsQuery, "server">, options: { forOtherServers?: boolean } = {}): Promise<JsonObject> {
-    // No room is published to a third-party network (no application service lists any): a
-    // request for one network's rooms has none. All networks are the main list alone.
-    if (query.thirdPartyInstanceId !== undefined && query.includeAllNetworks !== true) {
-      return { chunk: [], total_room_count_estimate: 0 };
+    // Which list: the main one, one application service's list for one third-party network
+    // (`third_party_instance_id`, {service id}|{network id}), or all of them together.
+    let listed = sql`r.is_public`;
+    if (query.includeAllNetworks === true) {
+      listed = sql`(r.is_public or r.room_id in (select room_id from appservice_room_lists))`;
+    } else if (query.thirdPartyInstanceId !== undefined) {
+      const bar = query.thirdPartyInstanceId.indexOf("|");
+      if (bar < 0) return { chunk: [], total_room_count_estimate: 0 };
+      const appserviceId = query.thirdPartyInstanceId.slice(0, bar);
+      const networkId = query.thirdPartyInstanceId.slice(bar + 1);
+      listed = sql`r.room_id in (select room_id from appservice_room_lists where appservice_id = ${appserviceId} and network_id = ${networkId})`;
     }
     const limit = query.limit === undefined || query.limit <= 0 ? undefined : Math.min(query.limit, MAX_PUBLIC_ROOMS_LIMIT);
     let offset = 0;
@@ -171,10 +213,10 @@ export class Directory {
     const [counts, states] = await Promise.all([
       this.db.execute(sql`select r.room_id, count(c.state_key) as joined from rooms r
         left join current_state c on c.room_id = r.room_id and c.type = 'm.room.member' and c.membership = 'join'
-        where r.is_public group by r.room_id`),
+        where ${listed} group by r.room_id`),
       this.db.execute(sql`select c.room_id, c.type, e.json from current_state c
         join rooms r on r.room_id = c.room_id join events e on e.event_id = c.event_id
-        where r.is_public and c.state_key = '' and c.type in ('m.room.name', 'm.room.topic', 'm.room.canonical_alias',
+        where ${listed} and c.state_key = '' and c.type in ('m.room.name', 'm.room.topic', 'm.room.canonical_alias',
           'm.room.avatar', 'm.room.join_rules', 'm.room.history_visibility', 'm.room.guest_access', 'm.room.create')`),
     ]);
     const content = new Map<string, Map<string, JsonObject>>();

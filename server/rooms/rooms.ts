@@ -72,6 +72,12 @@ const RESERVED_MEMBER_KEYS: ReadonlySet<string> = new Set([
   "reason",
 ]);
 
+/** What the rooms ask of application services (server/appservices/queries.ts), through the wiring. */
+export interface AppServiceAsk {
+  userExists(userId: string): Promise<boolean>;
+  aliasExists(alias: string): Promise<boolean>;
+}
+
 export class Rooms {
   /** Client transactions in flight in this process: a retry waits for the original. */
   private readonly inflightTxns = new Map<string, Promise<string>>();
@@ -80,6 +86,16 @@ export class Rooms {
   /** Plugs in federation: joins through other servers, remote invites and aliases. */
   federateWith(remote: RemoteRoomOps): void {
     this.remote = remote;
+  }
+
+  private appServices: AppServiceAsk | undefined;
+
+  /**
+   * Plugs in the application services: asked about an unknown local user (invites) or alias
+   * (joins) of their namespaces, which they may create before answering.
+   */
+  askAppServicesWith(ask: AppServiceAsk): void {
+    this.appServices = ask;
   }
 
   constructor(
@@ -347,7 +363,8 @@ export class Rooms {
     if (serverNameOf(userId) !== this.serverName) {
       throw forbidden("Inviting users on other servers needs federation, which is not supported yet");
     }
-    const profile = await this.accounts.getProfile(userId);
+    let profile = await this.accounts.getProfile(userId);
+    if (!profile && (await this.appServices?.userExists(userId))) profile = await this.accounts.getProfile(userId);
     if (!profile) throw notFound(`Unknown user ${userId}`);
     return profile;
   }
@@ -373,7 +390,10 @@ export class Rooms {
   private async roomToEnter(roomIdOrAlias: string, servers: string[]): Promise<string> {
     if (roomIdOrAlias.startsWith("!")) return roomIdOrAlias;
     if (!roomIdOrAlias.startsWith("#")) throw new MatrixError(400, "M_INVALID_PARAM", "Expected a room ID or a room alias");
-    const local = await this.aliases.resolve(roomIdOrAlias);
+    let local = await this.aliases.resolve(roomIdOrAlias);
+    if (!local && serverNameOf(roomIdOrAlias) === this.serverName && (await this.appServices?.aliasExists(roomIdOrAlias))) {
+      local = await this.aliases.resolve(roomIdOrAlias);
+    }
     if (local) return local.roomId;
     if (!this.remote || !parseAlias(roomIdOrAlias) || serverNameOf(roomIdOrAlias) === this.serverName) throw notFound("Room alias not found");
     const found = await this.remote.resolveAlias(roomIdOrAlias);
@@ -579,14 +599,17 @@ export class Rooms {
     }
   }
 
-  /** PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and transaction ID. */
-  async sendMessage(requester: Requester, roomId: string, type: string, content: JsonObject, txnId: string): Promise<string> {
+  /**
+   * PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and transaction ID.
+   * `ts`: the event's origin_server_ts (an application service's timestamp massaging).
+   */
+  async sendMessage(requester: Requester, roomId: string, type: string, content: JsonObject, txnId: string, ts?: number): Promise<string> {
     this.checkEventFields(type);
     this.checkContent(content);
     checkTombstone(roomId, type, content);
     const txn: TxnRef = { userId: requester.userId, deviceId: requester.deviceId, endpoint: `/rooms/${roomId}/send/${type}`, txnId };
     return this.withTransaction(txn, async () => {
-      const template: EventTemplate = { type, sender: requester.userId, content, txn };
+      const template: EventTemplate = { type, sender: requester.userId, content, txn, ...(ts === undefined ? {} : { originServerTs: ts }) };
       if (type === "m.room.redaction") {
         const redacts = content.redacts;
         if (typeof redacts !== "string") throw new MatrixError(400, "M_BAD_JSON", "m.room.redaction needs content.redacts");
@@ -624,8 +647,8 @@ export class Rooms {
     return event!.eventId;
   }
 
-  /** PUT /rooms/{roomId}/state/{eventType}/{stateKey}. */
-  async setState(requester: Requester, roomId: string, type: string, stateKey: string, content: JsonObject): Promise<string> {
+  /** PUT /rooms/{roomId}/state/{eventType}/{stateKey}; `ts` as for sendMessage. */
+  async setState(requester: Requester, roomId: string, type: string, stateKey: string, content: JsonObject, ts?: number): Promise<string> {
     this.checkEventFields(type, stateKey);
     this.checkContent(content);
     checkTombstone(roomId, type, content);
@@ -635,7 +658,7 @@ export class Rooms {
       // Setting the same content again sends nothing (as Synapse does): the current event stands.
       const current = await view.stateEvent(type, stateKey);
       if (current && current.sender === requester.userId && sameJson(current.content, content)) return [];
-      return [{ type, state_key: stateKey, sender: requester.userId, content }];
+      return [{ type, state_key: stateKey, sender: requester.userId, content, ...(ts === undefined ? {} : { originServerTs: ts }) }];
     });
     if (events.length > 0) return events[0]!.eventId;
     return (await this.currentStateEventId(roomId, type, stateKey))!;

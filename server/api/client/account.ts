@@ -33,11 +33,15 @@ export const deactivate = route({
   auth: "user",
   body: z.object({ auth, erase: z.boolean().optional(), id_server: z.string().optional() }),
   async handler({ body, requester, request }, services) {
-    await services.uia.require(
-      { operation: "deactivate", userId: requester.userId, flows: [["m.login.password"]] },
-      body.auth,
-      request,
-    );
+    // An application service deactivates the users it acts as without UIA (they have no password;
+    // Synapse does the same).
+    if (requester.appServiceId === undefined) {
+      await services.uia.require(
+        { operation: "deactivate", userId: requester.userId, flows: [["m.login.password"]] },
+        body.auth,
+        request,
+      );
+    }
     await services.accounts.deactivate(requester.userId, request);
     // No third-party identifiers are ever bound, so there is nothing to unbind.
     return { id_server_unbind_result: "no-support" };

@@ -4,14 +4,17 @@
 // https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3accountwhoami
 import { z } from "zod";
 import { MatrixError } from "../../http/errors.ts";
-import { route } from "../../http/route.ts";
+import { type RequestInfo, route } from "../../http/route.ts";
+import type { Services } from "../../services.ts";
 import { passwordUser } from "../../accounts/uia.ts";
+import { accessToken } from "../../http/app.ts";
+import { appServiceOfToken, checkUserNamespace } from "../../appservices/auth.ts";
 
 export const loginFlows = route({
   method: "GET",
   path: "/_matrix/client/v3/login",
   auth: "none",
-  handler: () => ({ flows: [{ type: "m.login.password" }] }),
+  handler: () => ({ flows: [{ type: "m.login.password" }, { type: "m.login.application_service" }] }),
 });
 
 const loginBody = z.object({
@@ -31,8 +34,9 @@ export const login = route({
   auth: "none",
   rateLimit: "login",
   body: loginBody,
-  async handler({ body, request }, services) {
+  async handler({ body, request, c }, services) {
     const { accounts, config } = services;
+    if (body.type === "m.login.application_service") return appServiceLogin(services, body, accessToken(c), request);
     if (body.type !== "m.login.password") {
       throw new MatrixError(400, "M_UNKNOWN", `Unsupported login type ${body.type}`);
     }
@@ -61,6 +65,42 @@ export const login = route({
     };
   },
 });
+
+/**
+ * An application service logging in as a user of its namespace with its `as_token`, no password
+ * (https://spec.matrix.org/latest/application-service-api/#server-admin-style-permissions): a user
+ * outside it 400 M_EXCLUSIVE, a user not registered 403 M_FORBIDDEN, no or another token 401.
+ */
+async function appServiceLogin(services: Services, body: z.infer<typeof loginBody>, token: string | undefined, request: RequestInfo) {
+  const { accounts, config } = services;
+  if (token === undefined) throw new MatrixError(401, "M_MISSING_TOKEN", "Logging in with m.login.application_service needs the application service's as_token");
+  const service = appServiceOfToken(token, services.appServices);
+  if (!service) throw new MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown application service token");
+  if (body.identifier !== undefined && body.identifier.type !== "m.id.user") {
+    throw new MatrixError(400, "M_UNKNOWN", "Only m.id.user identifiers are supported");
+  }
+  const named = passwordUser(body);
+  if (named === undefined) throw new MatrixError(400, "M_MISSING_PARAM", "No user given");
+  const userId = accounts.loginUserId(named);
+  if (userId === undefined) throw new MatrixError(400, "M_EXCLUSIVE", "This user is not in the application service's namespace");
+  checkUserNamespace(services.appServices, userId, service);
+  const user = await accounts.getUser(userId);
+  if (!user) throw new MatrixError(403, "M_FORBIDDEN", "No such user");
+  if (user.deactivatedTs !== null) throw new MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated");
+  const result = await accounts.login(
+    userId,
+    { deviceId: body.device_id, displayName: body.initial_device_display_name, refresh: body.refresh_token },
+    request,
+  );
+  return {
+    user_id: result.userId,
+    access_token: result.accessToken,
+    device_id: result.deviceId,
+    home_server: config.server_name,
+    well_known: { "m.homeserver": { base_url: config.public_baseurl.replace(/\/+$/, "") } },
+    ...(result.refreshToken ? { refresh_token: result.refreshToken, expires_in_ms: result.expiresInMs } : {}),
+  };
+}
 
 export const refresh = route({
   method: "POST",

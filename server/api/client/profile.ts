@@ -11,7 +11,10 @@ import { requireOwnUser } from "./ownership.ts";
 async function profileOf(services: Services, userId: string) {
   const server = isValidUserId(userId) ? serverNameOf(userId) : undefined;
   if (server !== undefined && server !== services.config.server_name) return services.federation.queries.profile(userId);
-  const profile = await services.accounts.getProfile(userId);
+  let profile = await services.accounts.getProfile(userId);
+  // https://spec.matrix.org/latest/application-service-api/#query-user: an application service
+  // may create a user of its namespace when asked about it; then it is looked up again.
+  if (!profile && (await services.appServiceQueries.queryUser(userId))) profile = await services.accounts.getProfile(userId);
   if (!profile) throw notFound("No such user");
   return profile;
 }

@@ -8,8 +8,14 @@ import { type RequestInfo, route } from "../../http/route.ts";
 import { userIdOf } from "../../accounts/user-id.ts";
 import type { Services } from "../../services.ts";
 import type { UiaStage } from "../../accounts/uia.ts";
+import { accessToken } from "../../http/app.ts";
+import { appServiceOfToken, checkUserNamespace } from "../../appservices/auth.ts";
+
+const APPSERVICE_LOGIN_TYPE = "m.login.application_service";
 
 const registerBody = z.object({
+  /** `m.login.application_service`: an application service registering a user of its namespace. */
+  type: z.string().optional(),
   auth: z.record(z.string(), z.unknown()).optional(),
   username: z.string().optional(),
   password: z.string().optional(),
@@ -39,8 +45,11 @@ export const register = route({
   rateLimit: "registration",
   body: registerBody,
   query: z.object({ kind: z.enum(["user", "guest"]).optional() }),
-  async handler({ body, query, request }, services) {
+  async handler({ body, query, request, c }, services) {
     const { accounts, config } = services;
+    if (body.type === APPSERVICE_LOGIN_TYPE || body.auth?.type === APPSERVICE_LOGIN_TYPE) {
+      return registerForAppService(services, body, accessToken(c), request);
+    }
     if (query.kind === "guest") {
       if (!config.allow_guest_access) {
         throw new MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled on this server");
@@ -63,7 +72,10 @@ export const register = route({
     // (a step within a session is checked once its auth is through: the session may already have
     // registered that very name, and its retry answers with it).
     const inSession = typeof body.auth?.session === "string";
-    if (givenLocalpart !== undefined && !guest && !inSession) await accounts.checkUsernameAvailable(givenLocalpart);
+    if (givenLocalpart !== undefined && !guest && !inSession) {
+      await accounts.checkUsernameAvailable(givenLocalpart);
+      checkUserNamespace(services.appServices, userIdOf(givenLocalpart, config.server_name), undefined);
+    }
     const outcome = await services.uia.require(
       { operation: "register", flows: registrationFlows(services), remember: given as Record<string, unknown> | undefined, retryable: !guest },
       body.auth,
@@ -91,7 +103,10 @@ export const register = route({
       await accounts.upgradeGuest(guest.userId, params.password_hash, request);
       userId = guest.userId;
     } else {
-      if (params.username !== undefined) await accounts.checkUsernameAvailable(params.username);
+      if (params.username !== undefined) {
+        await accounts.checkUsernameAvailable(params.username);
+        checkUserNamespace(services.appServices, userIdOf(params.username, config.server_name), undefined);
+      }
       userId = await accounts.createUser(
         { localpart: params.username ?? (await accounts.generateLocalpart()), passwordHash: params.password_hash },
         request,
@@ -103,6 +118,28 @@ export const register = route({
     return { user_id: userId, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
   },
 });
+
+/**
+ * An application service registering a user of its namespace: no UIA and no password, allowed
+ * even when registration is closed; outside its namespace 400 M_EXCLUSIVE; without its `as_token`
+ * 401 M_MISSING_TOKEN / M_UNKNOWN_TOKEN.
+ * https://spec.matrix.org/latest/application-service-api/#server-admin-style-permissions
+ */
+async function registerForAppService(services: Services, body: z.infer<typeof registerBody>, token: string | undefined, request: RequestInfo) {
+  const { accounts, config } = services;
+  if (token === undefined) throw new MatrixError(401, "M_MISSING_TOKEN", "Registering with m.login.application_service needs the application service's as_token");
+  const service = appServiceOfToken(token, services.appServices);
+  if (!service) throw new MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown application service token");
+  if (body.username === undefined) throw new MatrixError(400, "M_MISSING_PARAM", "username is required");
+  const localpart = body.username.toLowerCase();
+  const userId = userIdOf(localpart, config.server_name);
+  checkUserNamespace(services.appServices, userId, service);
+  await accounts.checkUsernameAvailable(localpart);
+  await accounts.createUser({ localpart }, request);
+  if (body.inhibit_login) return { user_id: userId, home_server: config.server_name };
+  const login = await accounts.login(userId, { deviceId: body.device_id, displayName: body.initial_device_display_name }, request);
+  return { user_id: userId, access_token: login.accessToken, device_id: login.deviceId, home_server: config.server_name };
+}
 
 /** What a registration step gave, as kept in its UIA session. */
 interface RememberedParams {
@@ -144,7 +181,9 @@ export const registerAvailable = route({
   query: z.object({ username: z.string() }),
   async handler({ query }, services) {
     refuseWhenClosed(services);
-    await services.accounts.checkUsernameAvailable(query.username.toLowerCase());
+    const localpart = query.username.toLowerCase();
+    await services.accounts.checkUsernameAvailable(localpart);
+    checkUserNamespace(services.appServices, userIdOf(localpart, services.config.server_name), undefined);
     return { available: true };
   },
 });

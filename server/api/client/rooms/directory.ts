@@ -2,7 +2,27 @@
 // https://spec.matrix.org/latest/client-server-api/#published-room-directory (list_public_rooms.yaml)
 // `?server=` another server's name reads that server's directory over federation.
 import { z } from "zod";
-import { route } from "../../../http/route.ts";
+import { type Requester, route } from "../../../http/route.ts";
+import { checkAliasNamespace } from "../../../appservices/auth.ts";
+import { isInterestedInAlias } from "../../../appservices/registration.ts";
+import type { Services } from "../../../services.ts";
+
+/**
+ * Exclusive alias namespaces (https://spec.matrix.org/latest/application-service-api/#server-admin-style-permissions):
+ * an application service manages aliases of its namespaces (without being in the room), no one
+ * else those a service claims exclusively (400 M_EXCLUSIVE). True when the requester is a service.
+ */
+function checkAliasOwnership(requester: Requester, alias: string, services: Services, operation: "create" | "delete"): boolean {
+  const service = requester.appServiceId === undefined ? undefined : services.appServices.byId(requester.appServiceId);
+  if (operation === "delete" && service && !isInterestedInAlias(service, alias)) {
+    // Outside its namespaces a service deletes as any user would (its own aliases, say), but
+    // never one another service claims.
+    checkAliasNamespace(services.appServices, alias, undefined);
+    return false;
+  }
+  checkAliasNamespace(services.appServices, alias, service);
+  return service !== undefined;
+}
 
 export const getAlias = route({
   method: "GET",
@@ -19,7 +39,8 @@ export const putAlias = route({
   auth: "user",
   body: z.looseObject({ room_id: z.string() }),
   async handler({ requester, params, body }, services) {
-    await services.directory.createAlias(requester, params.roomAlias!, body.room_id);
+    const byAppService = checkAliasOwnership(requester, params.roomAlias!, services, "create");
+    await services.directory.createAlias(requester, params.roomAlias!, body.room_id, { byAppService });
     return {};
   },
 });
@@ -29,7 +50,8 @@ export const deleteAlias = route({
   path: "/_matrix/client/v3/directory/room/:roomAlias",
   auth: "user",
   async handler({ requester, params }, services) {
-    await services.directory.deleteAlias(requester, params.roomAlias!);
+    const byAppService = checkAliasOwnership(requester, params.roomAlias!, services, "delete");
+    await services.directory.deleteAlias(requester, params.roomAlias!, { byAppService });
     return {};
   },
 });
@@ -82,7 +104,8 @@ export const queryPublicRooms = route({
         room_types: z.array(z.string().nullable()).optional(),
       })
       .optional(),
-    include_all_networks: z.boolean().optional(),
+    // Synapse also takes the strings "true" and "false" here (older clients and sytest send them).
+    include_all_networks: z.union([z.boolean(), z.enum(["true", "false"]).transform((v) => v === "true")]).optional(),
     third_party_instance_id: z.string().optional(),
   }),
   handler({ query, body }, services) {

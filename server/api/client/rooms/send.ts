@@ -2,8 +2,22 @@
 // https://spec.matrix.org/latest/client-server-api/#redactions (redaction.yaml)
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
-import { route } from "../../../http/route.ts";
+import { type Requester, route } from "../../../http/route.ts";
+import { MatrixError } from "../../../http/errors.ts";
 import { jsonObject } from "../../../http/safe-json.ts";
+
+/**
+ * Timestamp massaging (https://spec.matrix.org/latest/application-service-api/#timestamp-massaging):
+ * `?ts=` sets the event's origin_server_ts, for application services only (ignored for others); a
+ * value origin_server_ts cannot take is a bad request.
+ */
+function massagedTs(requester: Requester, query: Record<string, string>): number | undefined {
+  if (requester.appServiceId === undefined || query.ts === undefined) return undefined;
+  if (!/^\d{1,16}$/.test(query.ts) || !Number.isSafeInteger(Number(query.ts))) {
+    throw new MatrixError(400, "M_INVALID_PARAM", "ts must be a timestamp in milliseconds (a non-negative integer)");
+  }
+  return Number(query.ts);
+}
 
 // Taken as parsed: content with a `__proto__` key is stored, hashed and served exactly as sent.
 const content = jsonObject;
@@ -15,8 +29,8 @@ export const sendMessage = route({
   allowGuests: true,
   strictJson: true,
   body: content,
-  async handler({ requester, params, body }, services) {
-    const eventId = await services.rooms.sendMessage(requester, params.roomId!, params.eventType!, body, params.txnId!);
+  async handler({ requester, params, body, query }, services) {
+    const eventId = await services.rooms.sendMessage(requester, params.roomId!, params.eventType!, body, params.txnId!, massagedTs(requester, query));
     return { event_id: eventId };
   },
 });
@@ -43,8 +57,8 @@ function setStateRoute(path: string, stateKeyOf: (params: Record<string, string>
     auth: "user",
     strictJson: true,
     body: content,
-    async handler({ requester, params, body }, services) {
-      const eventId = await services.rooms.setState(requester, params.roomId!, params.eventType!, stateKeyOf(params), body);
+    async handler({ requester, params, body, query }, services) {
+      const eventId = await services.rooms.setState(requester, params.roomId!, params.eventType!, stateKeyOf(params), body, massagedTs(requester, query));
       return { event_id: eventId };
     },
   });
