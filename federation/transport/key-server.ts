@@ -52,17 +52,23 @@ export const serverKeysById = route({ method: "GET", path: "/_matrix/key/v2/serv
 
 const MAX_NOTARY_SERVERS = 100;
 
+/** What is asked of one server: a minimum validity for its keys, and particular key IDs (each with its own minimum). */
+interface NotaryCriteria {
+  minimumValidUntilTs: number;
+  keys: Map<string, number>;
+}
+
 async function notaryAnswer(
   services: KeyServices & { federation: { keys: ServerKeyStore } },
-  criteria: Map<string, number>,
+  criteria: Map<string, NotaryCriteria>,
 ): Promise<{ server_keys: unknown[] }> {
   const { server_name: us } = services.config;
   const answers = await Promise.all(
-    [...criteria].map(async ([server, minimumValidUntilTs]) => {
+    [...criteria].map(async ([server, { minimumValidUntilTs, keys }]) => {
       if (server === us) return [await ownResponse(services)];
       if (!parseServerName(server)) return [];
       try {
-        return await services.federation.keys.storedResponses(server, minimumValidUntilTs);
+        return await services.federation.keys.storedResponses(server, minimumValidUntilTs, keys);
       } catch {
         return [];
       }
@@ -81,12 +87,21 @@ export const notaryQueryOne = route({
   auth: "none",
   query: z.object({ minimum_valid_until_ts: minimumValidUntil }),
   async handler({ params, query }, services) {
-    return notaryAnswer(services, new Map([[params.serverName as string, query.minimum_valid_until_ts ?? services.now()]]));
+    const min = query.minimum_valid_until_ts ?? services.now();
+    return notaryAnswer(services, new Map([[params.serverName as string, { minimumValidUntilTs: min, keys: new Map<string, number>() }]]));
   },
 });
 
-/** With a key ID (deprecated, still requested by older servers and sytest): the ID is ignored, as in the key-ID form of /server. */
-export const notaryQueryOneById = route({ ...notaryQueryOne, path: "/_matrix/key/v2/query/:serverName/:keyId" });
+/** With a key ID (deprecated, still requested by older servers and sytest): that key's responses. */
+export const notaryQueryOneById = route({
+  ...notaryQueryOne,
+  path: "/_matrix/key/v2/query/:serverName/:keyId",
+  async handler({ params, query }, services) {
+    const min = query.minimum_valid_until_ts ?? services.now();
+    const keys = new Map([[params.keyId as string, min]]);
+    return notaryAnswer(services, new Map([[params.serverName as string, { minimumValidUntilTs: min, keys }]]));
+  },
+});
 
 export const notaryQuery = route({
   method: "POST",
@@ -100,11 +115,12 @@ export const notaryQuery = route({
     if (servers.length > MAX_NOTARY_SERVERS) {
       throw new MatrixError(400, "M_LIMIT_EXCEEDED", `At most ${MAX_NOTARY_SERVERS} servers per query`);
     }
-    const criteria = new Map<string, number>();
+    const criteria = new Map<string, NotaryCriteria>();
     for (const [server, keys] of servers) {
-      // With several key IDs, the most demanding criterion; with none, valid now.
-      const wanted = Object.values(keys).map((k) => k.minimum_valid_until_ts ?? services.now());
-      criteria.set(server, wanted.length ? Math.max(...wanted) : services.now());
+      // Each key ID asked for with its own minimum (valid now when it names none); no key IDs:
+      // every key, a current one valid now.
+      const wanted = new Map(Object.entries(keys).map(([keyId, k]) => [keyId, k.minimum_valid_until_ts ?? services.now()] as const));
+      criteria.set(server, { minimumValidUntilTs: services.now(), keys: wanted });
     }
     return notaryAnswer(services, criteria);
   },

@@ -123,16 +123,28 @@ export class ServerKeyStore {
     return usable(known) ? known?.key : undefined;
   }
 
-  /** Everything we hold for a server (its stored key responses), for notary answers. */
-  async storedResponses(serverName: string, minimumValidUntilTs: number): Promise<unknown[]> {
+  /**
+   * The key responses we hold for a server, for notary answers. With key IDs asked for, the
+   * responses that hold those keys (each key valid until at least its minimum, fetching the server
+   * again when we hold a key too old or not at all); with none, every response, fetching again
+   * when no current key is valid until `minimumValidUntilTs`. A key the server forgot since stays
+   * answered from the response that held it (so a later response cannot make us forget it).
+   */
+  async storedResponses(serverName: string, minimumValidUntilTs: number, wantedKeys: ReadonlyMap<string, number> = new Map()): Promise<unknown[]> {
     const t = schema.remoteServerKeys;
-    let rows = await this.opts.db.select().from(t).where(eq(t.serverName, serverName));
-    if (!rows.some((r) => r.expiredTs === null && r.validUntilTs >= minimumValidUntilTs)) {
+    const read = () => this.opts.db.select().from(t).where(eq(t.serverName, serverName));
+    let rows = await read();
+    const satisfied = (held: typeof rows) =>
+      wantedKeys.size === 0
+        ? held.some((r) => r.expiredTs === null && r.validUntilTs >= minimumValidUntilTs)
+        : [...wantedKeys].every(([keyId, min]) => held.some((r) => r.keyId === keyId && r.validUntilTs >= min));
+    if (!satisfied(rows)) {
       // Asked for fresher keys than we hold: fetch now (concurrent asks share one fetch). What we
       // held before is still answered when the server cannot be reached.
       await this.refresh(serverName, true).catch(() => {});
-      rows = await this.opts.db.select().from(t).where(eq(t.serverName, serverName));
+      rows = await read();
     }
+    if (wantedKeys.size > 0) rows = rows.filter((r) => wantedKeys.has(r.keyId));
     return [...new Set(rows.map((r) => r.responseJson))].map((text) => JSON.parse(text) as unknown);
   }
 
