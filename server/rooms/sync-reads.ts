@@ -190,9 +190,14 @@ export class SyncReads {
       });
       return [...stripped, { type: invite.type, state_key: invite.state_key, sender: invite.sender, content: invite.content ?? {} }];
     }
+    // And the inviter's own membership, as invites from other servers carry it (room-federation's
+    // strippedState) and Synapse sends it ("the server might include events not described here").
     const rows = rowsOf<{ json: string }>(
       await this.db.execute(sql`select e.json from current_state c join events e on e.event_id = c.event_id
         where c.room_id = ${roomId} and c.state_key = '' and c.type in (${sqlList(INVITE_STATE_TYPES)})
+        union all select e.json from current_state c join events e on e.event_id = c.event_id
+          join events i on i.event_id = ${inviteEventId}
+          where c.room_id = ${roomId} and c.type = 'm.room.member' and c.state_key = i.sender and i.sender <> i.state_key
         union all select e.json from events e where e.event_id = ${inviteEventId}`),
     );
     return rows.map((r) => {
