@@ -15,7 +15,15 @@ export const users = pgTable("users", {
   avatarUrl: text("avatar_url"),
   createdTs: bigint("created_ts", { mode: "number" }).notNull(),
   deactivatedTs: bigint("deactivated_ts", { mode: "number" }),
-});
+  /**
+   * When the user was erased (deactivated with `erase: true`): from then on their messages are
+   * shown redacted to users who were not joined when they were sent, and to other servers.
+   */
+  erasedTs: bigint("erased_ts", { mode: "number" }),
+}, (t) => [
+  // The erased users, read whole (a short list) by the history-visibility filter.
+  index("users_erased_idx").on(t.userId).where(sql`erased_ts is not null`),
+]);
 
 export const devices = pgTable(
   "devices",
