@@ -295,16 +295,26 @@ describe("registration and login by a service", () => {
     expect(uia.status).toBe(401);
   });
 
-  it("works while registration is closed", async () => {
+  it("works while registration is closed, and is not rate-limited for the bot (the users it acts as are, per rate_limited)", async () => {
     const closedDir = await mkdtemp(path.join(tmpdir(), "parley-as-closed-"));
     const file = path.join(closedDir, "as.yaml");
     await writeFile(file, registration({ id: "c", url: null, asToken: "tok-c", hsToken: "hs-c", sender: "cbot", users: [["@_c_.*", true]] }));
-    const closed = await startTestServer({ config: { registration: "closed", app_service_config_files: [file] } });
+    const closed = await startTestServer({
+      config: { registration: "closed", app_service_config_files: [file], rate_limits: true, rate_limit_requests: "5/1m", rate_limit_registration: "2/1m" },
+    });
     try {
-      const byService = await request(closed.url, "POST", "/_matrix/client/v3/register", { token: "tok-c", body: { type: "m.login.application_service", username: "_c_one" } });
-      expect(byService.status, JSON.stringify(byService.json)).toBe(200);
+      // More registrations than one address may make: the service's are not counted per address.
+      for (const name of ["_c_one", "_c_two", "_c_three"]) {
+        const byService = await request(closed.url, "POST", "/_matrix/client/v3/register", { token: "tok-c", body: { type: "m.login.application_service", username: name } });
+        expect(byService.status, JSON.stringify(byService.json)).toBe(200);
+      }
       const byOthers = await request(closed.url, "POST", "/_matrix/client/v3/register", { body: { username: "someone", password: "a-long-password" } });
       expect(byOthers.status).toBe(403);
+      const whoami = (query = "") => request(closed.url, "GET", `/_matrix/client/v3/account/whoami${query}`, { token: "tok-c" });
+      for (let i = 0; i < 8; i++) expect((await whoami()).status).toBe(200);
+      const asGhost = [];
+      for (let i = 0; i < 8; i++) asGhost.push((await whoami(`?user_id=${enc("@_c_one:test.local")}`)).status);
+      expect(asGhost).toContain(429);
     } finally {
       await closed.destroy();
       await rm(closedDir, { recursive: true, force: true });
