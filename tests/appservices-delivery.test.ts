@@ -289,7 +289,16 @@ describe("application services: delivery across a restart", () => {
         .join("\n"),
     );
     let out = "";
-    const code = await adminMain(["--config", configFile, "appservices"], { out: (t) => (out += t), err: (t) => (out += t) });
+    // The environment's DATABASE_URL (the PostgreSQL server) would win over the file: point it at this test's database.
+    const savedDatabaseUrl = process.env.DATABASE_URL;
+    if (database.url) process.env.DATABASE_URL = database.url;
+    let code: number;
+    try {
+      code = await adminMain(["--config", configFile, "appservices"], { out: (t) => (out += t), err: (t) => (out += t) });
+    } finally {
+      if (savedDatabaseUrl === undefined) delete process.env.DATABASE_URL;
+      else process.env.DATABASE_URL = savedDatabaseUrl;
+    }
     expect(code).toBe(0);
     const line = out.split("\n").find((l) => l.startsWith("test-bridge\t"))!;
     const cols = line.split("\t");
