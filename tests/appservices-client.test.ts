@@ -322,6 +322,31 @@ describe("registration and login by a service", () => {
   }, 30_000);
 });
 
+describe("device management by a service", () => {
+  it("creates devices for its users (201, then 200) and deletes them without UIA", async () => {
+    await asRegister(BRIDGE_TOKEN, "_bridge_devices", { inhibit_login: true });
+    const ghost = `@_bridge_devices:${SERVER}`;
+    const create = await asCall(BRIDGE_TOKEN, "PUT", withUser("/_matrix/client/v3/devices/BRIDGEDEV1", ghost), { display_name: "Bridge device" });
+    expect(create.status).toBe(201);
+    const update = await asCall(BRIDGE_TOKEN, "PUT", withUser("/_matrix/client/v3/devices/BRIDGEDEV1", ghost), { display_name: "Renamed" });
+    expect(update.status).toBe(200);
+    const onDevice = await asCall(BRIDGE_TOKEN, "GET", withUser("/_matrix/client/v3/account/whoami?device_id=BRIDGEDEV1", ghost));
+    expect(onDevice.json.device_id).toBe("BRIDGEDEV1");
+    const listed = await asCall(BRIDGE_TOKEN, "GET", withUser("/_matrix/client/v3/devices", ghost));
+    expect(listed.json.devices).toEqual([expect.objectContaining({ device_id: "BRIDGEDEV1", display_name: "Renamed" })]);
+    await asCall(BRIDGE_TOKEN, "PUT", withUser("/_matrix/client/v3/devices/BRIDGEDEV2", ghost), {});
+    const del = await asCall(BRIDGE_TOKEN, "DELETE", withUser("/_matrix/client/v3/devices/BRIDGEDEV1", ghost), {});
+    expect(del.status, JSON.stringify(del.json)).toBe(200);
+    const delMany = await asCall(BRIDGE_TOKEN, "POST", withUser("/_matrix/client/v3/delete_devices", ghost), { devices: ["BRIDGEDEV2"] });
+    expect(delMany.status).toBe(200);
+    expect((await asCall(BRIDGE_TOKEN, "GET", withUser("/_matrix/client/v3/devices", ghost))).json.devices).toEqual([]);
+    // A regular user still cannot create a device this way.
+    const user = await registerUser(base, "nodevicecreation");
+    const byUser = await request(base, "PUT", "/_matrix/client/v3/devices/NEWDEV", { token: user.accessToken, body: {} });
+    expect(byUser.status).toBe(404);
+  });
+});
+
 describe("exclusive alias namespaces", () => {
   it("lets a service manage aliases of its namespace without being in the room, and no one else", async () => {
     const owner = await registerRoomUser(base, "aliasowner");

@@ -367,6 +367,29 @@ export class Accounts {
     return { userId, deviceId, ...tokens };
   }
 
+  /**
+   * Creates a device with no access token: an application service managing its users' devices
+   * (`PUT /devices/{deviceId}`, spec v1.17). False when the device already existed.
+   */
+  async createDevice(userId: string, deviceId: string, displayName: string | null): Promise<boolean> {
+    if (deviceId === "" || deviceId.length > MAX_DEVICE_ID_LENGTH) throw new MatrixError(400, "M_INVALID_PARAM", "Invalid device_id");
+    const d = schema.devices;
+    const created = await this.db
+      .insert(d)
+      .values({ userId, deviceId, displayName, createdTs: this.now() })
+      .onConflictDoNothing()
+      .returning({ deviceId: d.deviceId });
+    if (created.length === 0) return false;
+    for (const listener of this.deviceCreatedListeners) {
+      try {
+        await listener(userId, deviceId);
+      } catch (err) {
+        this.logger.error({ err, userId }, "a device-created hook failed");
+      }
+    }
+    return true;
+  }
+
   async listDevices(userId: string): Promise<Device[]> {
     const d = schema.devices;
     const rows = await this.db.select().from(d).where(eq(d.userId, userId)).orderBy(asc(d.deviceId));

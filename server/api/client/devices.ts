@@ -29,7 +29,11 @@ export const updateDevice = route({
   auth: "user",
   allowGuests: true,
   body: z.object({ display_name: z.string().max(256).nullable().optional() }),
-  async handler({ requester, params, body }, services) {
+  async handler({ requester, params, body, c }, services) {
+    // Application services create devices for their users here (spec v1.17): 201 when created.
+    if (requester.appServiceId !== undefined && (await services.accounts.createDevice(requester.userId, params.deviceId!, body.display_name ?? null))) {
+      return c.json({}, 201);
+    }
     // Without display_name there is nothing to change, but the device must still exist (else 404).
     if (body.display_name === undefined) await services.accounts.getDevice(requester.userId, params.deviceId!);
     else await services.accounts.renameDevice(requester.userId, params.deviceId!, body.display_name);
@@ -46,11 +50,14 @@ export const deleteDevice = route({
     const deviceId = params.deviceId!;
     // The spec answers 404 for an unknown device; check before asking for a password.
     await services.accounts.getDevice(requester.userId, deviceId);
-    await services.uia.require(
-      { operation: `delete_device:${deviceId}`, userId: requester.userId, flows: [["m.login.password"]] },
-      body.auth,
-      request,
-    );
+    // Application services delete their users' devices without UIA (spec v1.17, "Deleting devices").
+    if (requester.appServiceId === undefined) {
+      await services.uia.require(
+        { operation: `delete_device:${deviceId}`, userId: requester.userId, flows: [["m.login.password"]] },
+        body.auth,
+        request,
+      );
+    }
     await services.accounts.deleteDevices(requester.userId, [deviceId], request);
     return {};
   },
@@ -62,16 +69,18 @@ export const deleteDevices = route({
   auth: "user",
   body: z.object({ devices: z.array(z.string()).max(1000), auth }),
   async handler({ requester, body, request }, services) {
-    await services.uia.require(
-      {
-        // The session authorises deleting exactly this set of devices.
-        operation: `delete_devices:${createHash("sha256").update([...body.devices].sort().join("\n")).digest("hex")}`,
-        userId: requester.userId,
-        flows: [["m.login.password"]],
-      },
-      body.auth,
-      request,
-    );
+    if (requester.appServiceId === undefined) {
+      await services.uia.require(
+        {
+          // The session authorises deleting exactly this set of devices.
+          operation: `delete_devices:${createHash("sha256").update([...body.devices].sort().join("\n")).digest("hex")}`,
+          userId: requester.userId,
+          flows: [["m.login.password"]],
+        },
+        body.auth,
+        request,
+      );
+    }
     await services.accounts.deleteDevices(requester.userId, body.devices, request);
     return {};
   },
