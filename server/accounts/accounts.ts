@@ -2,6 +2,7 @@
 // https://spec.matrix.org/latest/client-server-api/#client-authentication
 // https://spec.matrix.org/latest/client-server-api/#device-management
 // https://spec.matrix.org/latest/client-server-api/#profiles
+import { ErasedUsers } from "./erased-users.ts";
 import { randomInt } from "node:crypto";
 import { and, asc, eq, inArray, isNull } from "drizzle-orm";
 import type { Logger } from "pino";
@@ -298,14 +299,20 @@ export class Accounts {
    * profile is cleared. The row stays, so the localpart can never be registered again (user IDs are
    * in signed events for ever).
    */
-  async deactivate(userId: string, source: AuditSource): Promise<void> {
+  /**
+   * Deactivates an account: no password, no profile, no devices. With `erase`, the user is also
+   * erased (ErasedUsers): their messages are no longer shown to later joiners or other servers.
+   */
+  async deactivate(userId: string, source: AuditSource, options: { erase?: boolean } = {}): Promise<void> {
     const u = schema.users;
+    const now = this.now();
     const updated = await this.db
       .update(u)
-      .set({ deactivatedTs: this.now(), passwordHash: null, displayName: null, avatarUrl: null })
+      .set({ deactivatedTs: now, passwordHash: null, displayName: null, avatarUrl: null, ...(options.erase ? { erasedTs: now } : {}) })
       .where(and(eq(u.userId, userId), isNull(u.deactivatedTs)))
       .returning({ userId: u.userId });
     if (updated.length === 0) throw notFound("No such active user");
+    if (options.erase) ErasedUsers.of(this.db).invalidate();
     await this.deleteDevices(userId, await this.deviceIds(userId), source, "deactivated");
     await this.audit.record("deactivated", userId, source);
     await this.profileChanged(userId, {});

@@ -11,6 +11,9 @@ import { type SQL, sql } from "drizzle-orm";
 import { type Database, rowsOf } from "../../schema/db.ts";
 import { redactEvent } from "../../federation/protocol/redaction.ts";
 import { roomVersionRules } from "../../federation/protocol/room-versions.ts";
+import { stateMapKey } from "../../federation/protocol/room-state.ts";
+import { ErasedUsers } from "../accounts/erased-users.ts";
+import { lookupStateKeys } from "./state-groups.ts";
 
 type JsonObject = Record<string, unknown>;
 
@@ -153,16 +156,18 @@ export class EventStore {
       if (e.replacesState) related.add(e.replacesState);
     }
     const ownIds = reader?.deviceId ? events.filter((e) => e.sender === reader.userId).map((e) => e.eventId) : [];
-    const [relatedEvents, txnIds, bundles] = await Promise.all([
+    const [relatedEvents, txnIds, bundles, erased] = await Promise.all([
       this.getEvents([...related]),
       this.transactionIds(ownIds, reader),
       options.aggregations !== false && this.bundle && reader
         ? this.bundle(events.filter((e) => !e.redactedBy), reader)
         : Promise.resolve(new Map<string, JsonObject>()),
+      reader ? this.erasedFor(events, reader.userId) : Promise.resolve(new Set<string>()),
     ]);
     // Only accepted redactions redact.
     const now = this.now();
-    return events.map((e) => {
+    return events.map((stored) => {
+      const e = erased.has(stored.eventId) ? { ...stored, pdu: redactEvent(roomVersionRules(stored.roomVersion), stored.pdu) } : stored;
       const redaction = e.redactedBy ? relatedEvents.get(e.redactedBy) : undefined;
       const prev = e.replacesState ? relatedEvents.get(e.replacesState) : undefined;
       const client = clientEvent(e, now, {
@@ -174,6 +179,34 @@ export class EventStore {
       if (bundle) (client.unsigned ??= {})["m.relations"] = bundle;
       return client;
     });
+  }
+
+  /**
+   * The events of erased users (ErasedUsers) that `userId` gets redacted: those sent while they
+   * were not joined to the room (the spec: an erased user's messages are not shared with users who
+   * join later). Their own events are theirs to see.
+   */
+  private async erasedFor(events: StoredEvent[], userId: string): Promise<Set<string>> {
+    const out = new Set<string>();
+    const erased = await ErasedUsers.of(this.db).all();
+    if (erased.size === 0) return out;
+    const candidates = events.filter((e) => erased.has(e.sender) && e.sender !== userId);
+    if (candidates.length === 0) return out;
+    const groups = [...new Set(candidates.map((e) => e.stateBeforeGroup).filter((g): g is number => g !== null))];
+    const states = await lookupStateKeys(this.db, groups, [["m.room.member", userId]]);
+    const key = stateMapKey("m.room.member", userId);
+    const memberIds = new Set<string>();
+    for (const state of states.values()) {
+      const id = state.get(key);
+      if (id) memberIds.add(id);
+    }
+    const members = await this.getEvents([...memberIds]);
+    for (const e of candidates) {
+      const memberId = e.stateBeforeGroup === null ? undefined : states.get(e.stateBeforeGroup)?.get(key);
+      const membership = memberId ? (members.get(memberId)?.pdu.content as JsonObject | undefined)?.membership : undefined;
+      if (membership !== "join") out.add(e.eventId);
+    }
+    return out;
   }
 
   private async transactionIds(eventIds: string[], reader: Reader | undefined): Promise<Map<string, string>> {

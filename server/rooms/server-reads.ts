@@ -24,6 +24,7 @@ import { type Database, rowsOf } from "../../schema/db.ts";
 import { createEventIdOfRoom } from "../../federation/protocol/event-hashes.ts";
 import { redactEvent } from "../../federation/protocol/redaction.ts";
 import { roomVersionRules } from "../../federation/protocol/room-versions.ts";
+import { ErasedUsers } from "../accounts/erased-users.ts";
 import { forbidden, invalidParam, notFound } from "../http/errors.ts";
 import { EVENT_COLUMNS, type EventStore, type StoredEvent, sqlList } from "./event-store.ts";
 import { chainCte } from "./state-groups.ts";
@@ -372,10 +373,11 @@ export class ServerReads {
    * and left out when it is not.
    */
   private async serve(standing: ServerStanding, events: StoredEvent[]): Promise<JsonObject[]> {
-    const visible = await this.visibility.visibleToServer(standing.viewer, events);
+    const [visible, erased] = await Promise.all([this.visibility.visibleToServer(standing.viewer, events), ErasedUsers.of(this.db).all()]);
     const out: JsonObject[] = [];
     for (const e of events) {
-      if (visible.has(e.eventId)) out.push(asServed(e));
+      // An erased user's events go to other servers redacted (as Synapse serves them).
+      if (visible.has(e.eventId)) out.push(erased.has(e.sender) ? redactEvent(roomVersionRules(e.roomVersion), e.pdu) : asServed(e));
       else if (standing.inRoom) out.push(redactEvent(roomVersionRules(e.roomVersion), e.pdu));
     }
     return out;

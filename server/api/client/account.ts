@@ -42,7 +42,7 @@ export const deactivate = route({
         request,
       );
     }
-    await services.accounts.deactivate(requester.userId, request);
+    await services.accounts.deactivate(requester.userId, request, { erase: body.erase === true });
     // No third-party identifiers are ever bound, so there is nothing to unbind.
     return { id_server_unbind_result: "no-support" };
   },
