@@ -54,8 +54,9 @@ export class IdentityServerClient implements IdentityServers {
     this.trusted = new Agent({ ...common, connect: { rejectUnauthorized: false } });
   }
 
+  /** At shutdown: requests still in flight are aborted (they must not hold shutdown up). */
   async close(): Promise<void> {
-    await Promise.all([this.checked.close(), this.trusted.close()]).catch(() => {});
+    await Promise.all([this.checked.destroy(), this.trusted.destroy()]).catch(() => {});
   }
 
   // https://spec.matrix.org/latest/identity-service-api/#post_matrixidentityv2lookup
