@@ -205,6 +205,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       currentStreamPosition: () => roomServices.persister.currentStreamPosition(),
       now,
       logger,
+      insecure: config.federation_insecure,
     });
     // The persist path only wakes the queues (events committed here or, through NOTIFY, elsewhere).
     syncServices.notifier.onChange("events", () => appServiceDelivery.wakeAll());

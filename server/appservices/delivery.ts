@@ -17,7 +17,9 @@
 // - Paths: `PUT {url}/_matrix/app/v1/transactions/{txnId}` first; if the service answers a status
 //   that is not a success, the legacy `{url}/transactions/{txnId}` (the spec's "Legacy routes"), with
 //   the token also as the `access_token` query parameter as those versions expected. Whichever
-//   answered 2xx is used from then on (remembered per service, in memory).
+//   answered 2xx is used from then on (remembered per service, in memory). While that is unknown, a
+//   versioned path left unanswered for PROBE_TIMEOUT_MS is also tried in its legacy form (older
+//   services, sytest's among them, leave paths they do not know hanging), as queries.ts does.
 // - Ephemeral data (typing, receipts, presence) for services with `receive_ephemeral`, and to-device
 //   messages for `receive_to_device`, are best-effort: held in memory until the next transaction
 //   is built (then recorded with it, so its retries carry them too); lost if the process stops first.
@@ -27,6 +29,7 @@
 import { randomUUID } from "node:crypto";
 import { and, eq, isNull, lt, or, sql } from "drizzle-orm";
 import type { Logger } from "pino";
+import { Agent, fetch } from "undici";
 import { type OpenedDatabase, rowsOf, schema } from "../../schema/db.ts";
 import { EVENT_COLUMNS, type EventStore } from "../rooms/event-store.ts";
 import { filterInteresting } from "./interest.ts";
@@ -42,6 +45,8 @@ const SCAN_LIMIT = 1_000;
 const MAX_EPHEMERAL = 500;
 const MAX_EPHEMERAL_PER_TXN = 100;
 const LEASE_MS = 60_000;
+/** How long the versioned path may go unanswered, while the service's kind is unknown, before the legacy path is tried. */
+const PROBE_TIMEOUT_MS = 2_500;
 
 export interface AppServiceDeliveryOptions {
   database: OpenedDatabase;
@@ -56,6 +61,12 @@ export interface AppServiceDeliveryOptions {
   backoffInitialMs?: number;
   backoffMaxMs?: number;
   requestTimeoutMs?: number;
+  /**
+   * `federation_insecure`: a service whose URL's host is named there (or every service, with `*`) is
+   * reached without certificate checks, as federation reaches those names (sytest's mock services
+   * use a self-signed certificate). Only for closed test networks.
+   */
+  insecure?: readonly string[];
   /** How often every queue is woken anyway (another process died holding a lease, a lost notification). */
   sweepIntervalMs?: number;
 }
@@ -108,6 +119,7 @@ export class AppServiceDelivery {
       backoffMaxMs: 5 * 60_000,
       requestTimeoutMs: 30_000,
       sweepIntervalMs: 5_000,
+      insecure: [],
       ...options,
     };
     for (const service of options.registry.services) {
@@ -245,12 +257,19 @@ class ServiceQueue {
   private path: "v1" | "legacy" | undefined;
   /** Aborts the request in flight when the server stops. */
   private readonly stopping = new AbortController();
+  /** Keeps connections to the service open between transactions; never follows redirects. */
+  private readonly dispatcher: Agent;
   private readonly held: { ephemeral: JsonObject[]; to_device: JsonObject[] } = { ephemeral: [], to_device: [] };
 
   constructor(
     readonly service: AppService,
     private readonly delivery: AppServiceDelivery,
-  ) {}
+  ) {
+    const { insecure } = delivery.options;
+    const host = service.url === null ? "" : new URL(service.url).hostname;
+    const verify = !(insecure.includes("*") || insecure.includes(host));
+    this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connect: verify ? {} : { rejectUnauthorized: false } });
+  }
 
   resetBackoff(): void {
     if (this.retryAt === 0 && this.failures === 0) return;
@@ -283,6 +302,7 @@ class ServiceQueue {
     this.wakeUp?.();
     await this.running?.catch(() => {});
     await this.releaseLease().catch(() => {});
+    await this.dispatcher.close().catch(() => {});
   }
 
   private sleep(ms: number): Promise<void> {
@@ -446,23 +466,30 @@ class ServiceQueue {
     const paths = this.path === undefined ? (["v1", "legacy"] as const) : [this.path];
     let last = "";
     for (const path of paths) {
+      const probing = this.path === undefined && path === "v1";
       const target =
         path === "v1"
           ? `${url}/_matrix/app/v1/transactions/${txnId}`
           : `${url}/transactions/${txnId}?access_token=${encodeURIComponent(token)}`;
-      let res: Response;
+      const timeout = AbortSignal.timeout(probing ? Math.min(PROBE_TIMEOUT_MS, this.o.requestTimeoutMs) : this.o.requestTimeoutMs);
+      let res: Awaited<ReturnType<typeof fetch>>;
       try {
         res = await fetch(target, {
+          dispatcher: this.dispatcher,
           method: "PUT",
           headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
           body: payload,
           // The operator chose the URL; still, a redirect is not followed (it is a failure).
           redirect: "manual",
-          signal: AbortSignal.any([AbortSignal.timeout(this.o.requestTimeoutMs), this.stopping.signal]),
+          signal: AbortSignal.any([timeout, this.stopping.signal]),
         });
       } catch (err) {
         const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-        throw new DeliveryError(`${path === "v1" ? "" : "legacy path: "}cannot reach ${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
+        last = `${path === "v1" ? "" : "legacy path: "}cannot reach ${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`;
+        // Older services leave paths they do not know unanswered: while we do not know which this
+        // one speaks, a versioned path that got no answer in the probe time is tried in its legacy form.
+        if (probing && timeout.aborted && !this.stopping.signal.aborted) continue;
+        throw new DeliveryError(last);
       }
       await res.body?.cancel().catch(() => {});
       if (res.status >= 200 && res.status < 300) {
