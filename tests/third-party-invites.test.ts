@@ -274,4 +274,38 @@ describe.skipIf(missing !== undefined)("third-party invites", () => {
     await eventually(async () => expect((await bob.join(roomId)).status).toBe(200));
     await eventually(async () => expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join"));
   });
+
+  it("checks what another server asks with /exchange_third_party_invite", async () => {
+    const [alice, local] = await Promise.all([registerRoomUser(hs1.url, "a16"), registerRoomUser(hs1.url, "l16")]);
+    const bob = await registerRoomUser(hs2.url, "b16");
+    const { roomId, token } = await roomWithPendingInvite(alice, freshAddress());
+    const ask = (body: Json, room = roomId) =>
+      hs2.services.federation.http.request("hs1.test", {
+        method: "PUT",
+        path: `/_matrix/federation/v1/exchange_third_party_invite/${encodeURIComponent(room)}`,
+        body,
+      });
+    const event = (target: string, signed: Json, extra: Json = {}) => ({
+      type: "m.room.member",
+      room_id: roomId,
+      sender: alice.userId,
+      state_key: target,
+      content: { membership: "invite", third_party_invite: { display_name: "x", signed } },
+      ...extra,
+    });
+    const good = signJson({ mxid: bob.userId, token }, ids.name, ids.key);
+    expect((await ask({ ...event(bob.userId, good), content: { membership: "join", third_party_invite: { signed: good } } })).status).toBe(400);
+    expect((await ask(event(bob.userId, good), "!other:hs1.test")).status).toBe(400);
+    // For a user of another server than the one asking, or an inviter who is not ours: refused.
+    const forLocal = signJson({ mxid: local.userId, token }, ids.name, ids.key);
+    expect((await ask(event(local.userId, forLocal))).status).toBe(403);
+    expect((await ask(event(bob.userId, good, { sender: bob.userId }))).status).toBe(403);
+    // Signed by a key the room's invite does not have.
+    const forged = signJson({ mxid: bob.userId, token }, ids.name, ed25519Key("0"));
+    expect((await ask(event(bob.userId, forged))).status).toBe(403);
+    expect(await membership(alice, roomId, bob.userId)).toBeUndefined();
+    const res = await ask(event(bob.userId, good));
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect((await membership(alice, roomId, bob.userId))?.membership).toBe("invite");
+  });
 });
