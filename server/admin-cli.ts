@@ -26,7 +26,8 @@ Commands:
                                  Create an account; without --password one is generated and printed
   reset-password NAME [--password PW]
                                  Set a new password and log out all of the user's devices
-  deactivate NAME                Deactivate an account (its name stays taken)
+  deactivate NAME [--erase]      Deactivate an account (its name stays taken); --erase also hides
+                                 its messages from later joiners and other servers
   list-users                     List accounts
   audit [--user NAME] [--limit N]
                                  Show the security audit log, newest first
@@ -175,10 +176,10 @@ async function resetPassword(args: string[], services: AccountServices, io: Admi
 }
 
 async function deactivate(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
-  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const { positionals, values } = parseArgs({ args, allowPositionals: true, options: { erase: { type: "boolean" } } });
   const userId = userIdOrFail(services, positionals[0]);
-  await services.accounts.deactivate(userId, "cli");
-  io.out(`deactivated ${userId}\n`);
+  await services.accounts.deactivate(userId, "cli", { erase: values.erase === true });
+  io.out(`deactivated ${userId}${values.erase ? " and erased its messages" : ""}\n`);
   return 0;
 }
 

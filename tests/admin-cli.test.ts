@@ -4,6 +4,8 @@ import { writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { eq } from "drizzle-orm";
+import { schema } from "../schema/db.ts";
 import { type AdminIo, adminMain } from "../server/admin-cli.ts";
 import { loginUser, registerUser } from "./accounts-helpers.ts";
 import { createTestDatabase, request, startTestServer, type TestDatabase, type TestServer } from "./harness.ts";
@@ -117,8 +119,11 @@ describe("parley admin", () => {
     expect((await loginUser(hs!.url, "deckhand", "first password")).status).toBe(403);
     expect((await loginUser(hs!.url, "deckhand", "second password")).status).toBe(200);
 
-    const gone = await withServerStoppedIfEmbedded(() => admin("deactivate", "@deckhand:test.local"));
+    const gone = await withServerStoppedIfEmbedded(() => admin("deactivate", "@deckhand:test.local", "--erase"));
     expect(gone.code).toBe(0);
+    expect(gone.stdout).toContain("erased");
+    const [row] = await hs!.services.db.select().from(schema.users).where(eq(schema.users.userId, "@deckhand:test.local"));
+    expect(row?.erasedTs).toBeGreaterThan(0);
     expect((await loginUser(hs!.url, "deckhand", "second password")).json.errcode).toBe("M_USER_DEACTIVATED");
 
     const log = await withServerStoppedIfEmbedded(() => admin("audit", "--user", "deckhand", "--limit", "20"));
