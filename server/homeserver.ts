@@ -96,7 +96,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     const accountServices = createAccountServices(database, config, logger, now, options.tokenCacheMs);
     await accountServices.sessions.start();
     await ensureAppServiceBots(accountServices.appServices, accountServices.accounts, logger);
-    const appServiceQueries = new AppServiceQueries({ registry: accountServices.appServices, logger });
+    const appServiceQueries = new AppServiceQueries({ registry: accountServices.appServices, logger, insecure: config.federation_insecure });
     const roomServices = createRoomServices({
       database,
       serverName: config.server_name,
@@ -324,6 +324,7 @@ async function shutDown(d: {
   await step("closing connections", serverClosed, deadline);
   await step("stopping federation", services.federation.stop(), deadline);
   await step("stopping application-service delivery", services.appServiceDelivery.stop(), deadline);
+  await step("closing connections to application services", services.appServiceQueries.close(), deadline);
   await step("stopping sessions", services.sessions.stop(), deadline);
   await step("closing the database", database.close(), deadline);
   if (pending.length) logger.warn({ pending, inFlight: requests.size }, "shutdown did not finish in time; exiting anyway");

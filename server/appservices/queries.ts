@@ -10,8 +10,11 @@
 // after a short probe time; once known, a request waits the full timeout.
 //
 // The URL is the operator's choice in the registration, so loopback and private addresses are
-// allowed (unlike federation); redirects are never followed.
+// allowed (unlike federation); redirects are never followed. Certificates are checked, except for
+// hosts named in `federation_insecure` (or all, with `*`), as the delivery of transactions does
+// (sytest's mock services have a self-signed certificate).
 import type { Logger } from "pino";
+import { Agent, fetch, type Response } from "undici";
 import { MatrixError } from "../http/errors.ts";
 import type { AppService, AppServiceRegistry } from "./registration.ts";
 
@@ -43,6 +46,8 @@ export class AppServiceUnreachable extends Error {
 export interface AppServiceQueriesOptions {
   registry: AppServiceRegistry;
   logger: Logger;
+  /** `federation_insecure`: hosts (or `*`) whose certificates are not checked. */
+  insecure?: readonly string[];
   /** Tests shorten these. */
   timeoutMs?: number;
   probeTimeoutMs?: number;
@@ -54,10 +59,13 @@ export class AppServiceQueries {
   private readonly timeoutMs: number;
   private readonly probeTimeoutMs: number;
   private readonly styles = new Map<string, PathStyle>();
+  private readonly insecure: readonly string[];
+  private readonly agents = new Set<Agent>();
 
   constructor(options: AppServiceQueriesOptions) {
     this.registry = options.registry;
     this.logger = options.logger;
+    this.insecure = options.insecure ?? [];
     this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS;
     this.probeTimeoutMs = Math.min(options.probeTimeoutMs ?? PROBE_TIMEOUT_MS, this.timeoutMs);
   }
@@ -148,6 +156,18 @@ export class AppServiceQueries {
     return Math.round(performance.now() - started);
   }
 
+  /**
+   * A connection pool of its own for each request, closed with it: queries are rare, and a request
+   * given up on (the versioned path a service leaves unanswered) must leave nothing behind that
+   * the next one could queue on or race with (undici otherwise opens a spare connection that it
+   * drops mid-handshake, which sytest's mock services count as an error).
+   */
+  private agentFor(service: AppService): Agent {
+    const host = service.url === null ? "" : new URL(service.url).hostname;
+    const verify = !(this.insecure.includes("*") || this.insecure.includes(host));
+    return new Agent({ pipelining: 0, connect: verify ? {} : { rejectUnauthorized: false } });
+  }
+
   /** One HTTP request to the service: `hs_token` in the header and the query, a timeout, no redirects. */
   private async request(
     service: AppService,
@@ -163,12 +183,15 @@ export class AppServiceQueries {
     url.searchParams.set("access_token", service.hsToken);
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), timeoutMs);
+    const agent = this.agentFor(service);
+    this.agents.add(agent);
     try {
       let res: Response;
       try {
         res = await fetch(url, {
           method,
           redirect: "manual",
+          dispatcher: agent,
           signal: controller.signal,
           headers: {
             Authorization: `Bearer ${service.hsToken}`,
@@ -194,7 +217,16 @@ export class AppServiceQueries {
       return { status: res.status, json, text };
     } finally {
       clearTimeout(timer);
+      this.agents.delete(agent);
+      void agent.destroy().catch(() => {});
     }
+  }
+
+  /** Ends the requests in flight (shutdown). */
+  async close(): Promise<void> {
+    const agents = [...this.agents];
+    this.agents.clear();
+    await Promise.all(agents.map((a) => a.destroy().catch(() => {})));
   }
 }
 
