@@ -208,7 +208,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       insecure: config.federation_insecure,
     });
     // The persist path only wakes the queues (events committed here or, through NOTIFY, elsewhere).
-    syncServices.notifier.onChange("events", () => appServiceDelivery.wakeAll());
+    syncServices.notifier.onChange("events", (change) => appServiceDelivery.wakeAll(change.position));
     connectAppServiceEphemeral({ delivery: appServiceDelivery, registry: accountServices.appServices, sources: syncServices, db: database.db, serverName: config.server_name, logger });
     await appServiceDelivery.start();
     services = {

@@ -31,7 +31,7 @@ import { and, eq, isNull, lt, or, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { Agent, fetch } from "undici";
 import { type OpenedDatabase, rowsOf, schema } from "../../schema/db.ts";
-import { EVENT_COLUMNS, type EventStore } from "../rooms/event-store.ts";
+import { EVENT_COLUMNS, type EventStore, type StoredEvent } from "../rooms/event-store.ts";
 import { filterInteresting } from "./interest.ts";
 import type { AppService, AppServiceRegistry } from "./registration.ts";
 
@@ -111,6 +111,8 @@ export class AppServiceDelivery {
   private sweepTimer?: NodeJS.Timeout;
   private stopped = false;
   readonly processId = randomUUID();
+  /** The highest committed room-event stream position heard of (the notifier's, or read). */
+  private known = 0;
 
   constructor(options: AppServiceDeliveryOptions) {
     this.opts = {
@@ -135,13 +137,19 @@ export class AppServiceDelivery {
   async start(): Promise<void> {
     if (this.queues.size === 0) return;
     const position = await this.opts.currentStreamPosition();
+    this.known = Math.max(this.known, position);
     const t = schema.appserviceDelivery;
     await this.opts.database.db
       .insert(t)
       .values([...this.queues.keys()].map((asId) => ({ asId, deliveredPosition: position })))
       .onConflictDoNothing();
     this.wakeAll();
-    this.sweepTimer = setInterval(() => this.wakeAll(), this.opts.sweepIntervalMs);
+    this.sweepTimer = setInterval(() => {
+      this.opts
+        .currentStreamPosition()
+        .then((p) => this.wakeAll(p))
+        .catch((err) => this.opts.logger.warn({ err }, "application-service sweep failed"));
+    }, this.opts.sweepIntervalMs);
     this.sweepTimer.unref();
   }
 
@@ -151,10 +159,19 @@ export class AppServiceDelivery {
     await Promise.all([...this.queues.values()].map((q) => q.stop()));
   }
 
-  /** New room events were committed (here or in another process): every queue looks. */
-  wakeAll(): void {
+  /**
+   * New room events were committed (here or in another process) up to `position` (a committed
+   * position: positions commit in order, so everything at or below it is visible): every queue looks.
+   */
+  wakeAll(position?: number): void {
     if (this.stopped) return;
+    if (position !== undefined && position > this.known) this.known = position;
     for (const q of this.queues.values()) q.wake();
+  }
+
+  /** The committed stream position as far as this process heard (no query). */
+  get knownPosition(): number {
+    return this.known;
   }
 
   /** The service reached us: it is up, so its backoff ends and what waits is sent at once. */
@@ -251,7 +268,13 @@ class ServiceQueue {
   private stopped = false;
   private retryAt = 0;
   private failures = 0;
-  private loaded = false;
+  /**
+   * The service's row as this queue last read or wrote it; every write is conditional on it, so a
+   * write that finds the row changed (another process) drops it and it is read again.
+   */
+  private state: DeliveryRow | undefined;
+  /** The events of the transaction recorded last, as read when it was built (saves reading them again). */
+  private built: { txnId: number; events: StoredEvent[] } | undefined;
   private leaseUntil = 0;
   /** Which path answered 2xx last: the spec's, or the legacy one; unknown until one did. */
   private path: "v1" | "legacy" | undefined;
@@ -333,14 +356,15 @@ class ServiceQueue {
           continue;
         }
         if (!(await this.lease())) return; // another process sends to this service
-        const row = await this.readRow();
-        if (!row) return;
-        if (!this.loaded) {
+        if (!this.state) {
+          const row = await this.readRow();
+          if (!row) return;
+          this.state = row;
           this.failures = row.failures;
           this.retryAt = row.retryAtTs ?? 0;
-          this.loaded = true;
           continue;
         }
+        const row = this.state;
         if (row.pendingTxnId !== null) {
           await this.attempt(row, log);
           continue;
@@ -375,19 +399,19 @@ class ServiceQueue {
    */
   private async buildTransaction(row: DeliveryRow): Promise<boolean> {
     const { database, eventStore, serverName, maxEvents } = this.o;
-    const current = await this.o.currentStreamPosition();
+    const current = this.delivery.knownPosition;
     const hasHeld = this.held.ephemeral.length > 0 || this.held.to_device.length > 0;
     if (row.deliveredPosition >= current && !hasHeld) return false;
     let upTo = row.deliveredPosition;
-    let picked: string[] = [];
+    let picked: StoredEvent[] = [];
     if (row.deliveredPosition < current) {
       const scanned = await readEvents(eventStore, row.deliveredPosition, current, SCAN_LIMIT);
       const interesting = await filterInteresting(database.db, serverName, this.service, scanned);
       if (interesting.length > maxEvents) {
-        picked = interesting.slice(0, maxEvents).map((e) => e.eventId);
+        picked = interesting.slice(0, maxEvents);
         upTo = interesting[maxEvents - 1]!.streamOrdering!;
       } else {
-        picked = interesting.map((e) => e.eventId);
+        picked = interesting;
         upTo = scanned.length < SCAN_LIMIT ? current : scanned[scanned.length - 1]!.streamOrdering!;
       }
     }
@@ -397,20 +421,27 @@ class ServiceQueue {
     const unchanged = and(eq(t.asId, this.service.id), isNull(t.pendingTxnId), eq(t.deliveredPosition, row.deliveredPosition));
     if (picked.length === 0 && ephemeral.length === 0 && toDevice.length === 0) {
       // Nothing for this service up to here: only the position moves.
-      await database.db.update(t).set({ deliveredPosition: upTo }).where(unchanged);
+      const moved = await database.db.update(t).set({ deliveredPosition: upTo }).where(unchanged).returning({ asId: t.asId });
+      this.state = moved.length > 0 ? { ...row, deliveredPosition: upTo } : undefined;
       return true;
     }
-    const content: PendingContent = { events: picked, ephemeral, to_device: toDevice };
+    const content: PendingContent = { events: picked.map((e) => e.eventId), ephemeral, to_device: toDevice };
+    const pendingJson = JSON.stringify(content);
     const built = await database.db
       .update(t)
-      .set({ lastTxnId: sql`${t.lastTxnId} + 1`, pendingTxnId: sql`${t.lastTxnId} + 1`, pendingUpTo: upTo, pendingJson: JSON.stringify(content) })
+      .set({ lastTxnId: sql`${t.lastTxnId} + 1`, pendingTxnId: sql`${t.lastTxnId} + 1`, pendingUpTo: upTo, pendingJson })
       .where(unchanged)
       .returning({ txnId: t.pendingTxnId });
-    if (built.length === 0) {
+    const txnId = built[0]?.txnId;
+    if (txnId === undefined || txnId === null) {
       // Another process moved first: give the ephemeral data back and read the row again.
       this.held.ephemeral.unshift(...ephemeral);
       this.held.to_device.unshift(...toDevice);
+      this.state = undefined;
+      return true;
     }
+    this.state = { ...row, lastTxnId: txnId, pendingTxnId: txnId, pendingUpTo: upTo, pendingJson };
+    this.built = { txnId, events: picked };
     return true;
   }
 
@@ -420,13 +451,15 @@ class ServiceQueue {
     const txnId = row.pendingTxnId!;
     const content = JSON.parse(row.pendingJson ?? "{}") as Partial<PendingContent>;
     const ids = content.events ?? [];
-    const stored = await eventStore.getEvents(ids);
-    // In the recorded order; an event gone since (purged) is left out rather than blocking the queue.
-    const events = await eventStore.format(
-      ids.map((id) => stored.get(id)).filter((e) => e !== undefined),
-      undefined,
-      { aggregations: false },
-    );
+    let chosen: StoredEvent[];
+    if (this.built?.txnId === txnId) {
+      chosen = this.built.events;
+    } else {
+      const stored = await eventStore.getEvents(ids);
+      // In the recorded order; an event gone since (purged) is left out rather than blocking the queue.
+      chosen = ids.map((id) => stored.get(id)).filter((e) => e !== undefined);
+    }
+    const events = await eventStore.format(chosen, undefined, { aggregations: false });
     const body: JsonObject = { events };
     if (this.service.receiveEphemeral) {
       body.ephemeral = content.ephemeral ?? [];
@@ -444,7 +477,8 @@ class ServiceQueue {
     const ts = now();
     this.failures = 0;
     this.retryAt = 0;
-    await database.db
+    this.built = undefined;
+    const acknowledged = await database.db
       .update(t)
       .set({
         deliveredPosition: sql`greatest(${t.deliveredPosition}, ${row.pendingUpTo ?? row.deliveredPosition})`,
@@ -456,7 +490,11 @@ class ServiceQueue {
         failures: 0,
         retryAtTs: null,
       })
-      .where(and(eq(t.asId, this.service.id), eq(t.pendingTxnId, txnId)));
+      .where(and(eq(t.asId, this.service.id), eq(t.pendingTxnId, txnId)))
+      .returning({ deliveredPosition: t.deliveredPosition });
+    const delivered = acknowledged[0]?.deliveredPosition;
+    this.state =
+      delivered === undefined ? undefined : { ...row, deliveredPosition: delivered, pendingTxnId: null, pendingUpTo: null, pendingJson: null, failures: 0, retryAtTs: null };
   }
 
   private async send(txnId: number, body: JsonObject): Promise<void> {
@@ -533,10 +571,10 @@ class ServiceQueue {
       .returning({ asId: t.asId });
     if (rows.length === 0) {
       this.leaseUntil = 0;
-      this.loaded = false;
+      this.state = undefined;
       return false;
     }
-    if (this.leaseUntil === 0) this.loaded = false; // newly taken: read the backoff again
+    if (this.leaseUntil === 0) this.state = undefined; // newly taken: read the row (and its backoff) again
     this.leaseUntil = ts + LEASE_MS;
     return true;
   }
