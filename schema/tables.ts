@@ -12,3 +12,4 @@ export * from "./tables/user-directory.ts";
 export * from "./tables/spaces.ts";
 export * from "./tables/appservices.ts";
 export * from "./tables/appservice-room-lists.ts";
+export * from "./tables/media.ts";
