@@ -82,6 +82,13 @@ const userColumns = {
   deactivatedTs: schema.users.deactivatedTs,
 };
 
+/** One connection of `/admin/whois`. */
+export interface JsonConnection {
+  ip: string;
+  last_seen: number;
+  user_agent: string;
+}
+
 export class Accounts {
   private readonly devicesDeletedListeners: DevicesDeletedListener[] = [];
   private readonly profileChangedListeners: ProfileChangedListener[] = [];
@@ -395,6 +402,22 @@ export class Accounts {
       }
     }
     return true;
+  }
+
+  /**
+   * `GET /admin/whois/{userId}`: each device of the user, with its one session and the connection
+   * last seen on it (address, time, user agent), if any.
+   */
+  async whois(userId: string): Promise<{ user_id: string; devices: Record<string, { sessions: Array<{ connections: JsonConnection[] }> }> }> {
+    const d = schema.devices;
+    const rows = await this.db.select().from(d).where(eq(d.userId, userId)).orderBy(asc(d.deviceId));
+    const devices: Record<string, { sessions: Array<{ connections: JsonConnection[] }> }> = Object.create(null);
+    for (const row of rows) {
+      const connections: JsonConnection[] =
+        row.lastSeenTs !== null ? [{ ip: row.lastSeenIp ?? "", last_seen: row.lastSeenTs, user_agent: row.lastSeenUserAgent ?? "" }] : [];
+      devices[row.deviceId] = { sessions: [{ connections }] };
+    }
+    return { user_id: userId, devices };
   }
 
   async listDevices(userId: string): Promise<Device[]> {

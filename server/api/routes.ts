@@ -6,6 +6,7 @@ import { federationPublicRoomsRoutes } from "./federation/public-rooms.ts";
 import { federationHierarchyRoutes } from "./federation/hierarchy.ts";
 import { federationEventRoutes } from "./federation/events.ts";
 import { openIdUserInfo } from "./federation/openid.ts";
+import { adminRoutes } from "./client/admin.ts";
 import { openIdRoutes } from "./client/openid.ts";
 import { federationSendRoutes } from "./federation/send.ts";
 import { federationMembershipRoutes } from "./federation/membership.ts";
@@ -64,6 +65,7 @@ export const routes: AnyRoute[] = [
   ...federationHierarchyRoutes,
   openIdUserInfo,
   ...openIdRoutes,
+  ...adminRoutes,
   ...federationSendRoutes,
   ...federationMembershipRoutes,
   ...federationThirdPartyInviteRoutes,
