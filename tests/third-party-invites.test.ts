@@ -261,7 +261,7 @@ describe.skipIf(missing !== undefined)("third-party invites", () => {
     await eventually(async () => expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join"));
   });
 
-  it("exchanges the invite with the inviter's server when the invitee's server is in the room too", async () => {
+  it("issues the invite itself, for the other server's inviter, when the invitee's server is in the room", async () => {
     const [alice, carol, bob] = await Promise.all([registerRoomUser(hs1.url, "a14"), registerRoomUser(hs2.url, "c14"), registerRoomUser(hs2.url, "b14")]);
     const address = freshAddress();
     const { roomId } = await roomWithPendingInvite(alice, address);
@@ -271,6 +271,10 @@ describe.skipIf(missing !== undefined)("third-party invites", () => {
     const bound = await ids.bind(address, bob.userId, hs2.url);
     expect(bound?.status, JSON.stringify(bound?.json)).toBe(200);
     await eventually(async () => expect((await membership(carol, roomId, bob.userId))?.membership).toBe("invite"));
+    // hs2 built and signed it (no /exchange_third_party_invite), and hs1 accepted it.
+    await eventually(async () =>
+      expect(await membership(alice, roomId, bob.userId)).toMatchObject({ membership: "invite", third_party_invite: { signed: { mxid: bob.userId } } }),
+    );
     await eventually(async () => expect((await bob.join(roomId)).status).toBe(200));
     await eventually(async () => expect((await membership(alice, roomId, bob.userId))?.membership).toBe("join"));
   });

@@ -104,7 +104,7 @@ export class RoomFederation {
     const now = this.d.now();
     for (const e of events) {
       const relayedFrom = this.relays.get(e.event_id);
-      if (serverNameOf(e.sender) !== serverName && relayedFrom === undefined) continue;
+      if (serverNameOf(e.sender) !== serverName && relayedFrom === undefined && !isOurThirdPartyInvite(e, serverName)) continue;
       if (this.noFanout.has(e.event_id)) continue;
       const destinations = new Set(joinedServers());
       // A kicked or banned user's server hears of it (it is no longer in the room after).
@@ -991,4 +991,17 @@ export function connectRoomFederation(
   deps.timeline.backfillWith((roomId, limit) => rooms.backfill(roomId, limit));
   federation.rooms = rooms;
   return rooms;
+}
+
+/**
+ * An invite made from a third-party invite that this server built for one of its users, on behalf
+ * of an inviter of another server (server/rooms/third-party-invites.ts): ours to send, though its
+ * sender is not our user. Only we signed it; one received from another server carries its
+ * signature too.
+ */
+function isOurThirdPartyInvite(e: RoomEvent, serverName: string): boolean {
+  if (e.type !== "m.room.member" || e.content.membership !== "invite" || !("third_party_invite" in e.content)) return false;
+  if (typeof e.state_key !== "string" || serverNameOf(e.state_key) !== serverName) return false;
+  const signers = Object.keys((e as { signatures?: Record<string, unknown> }).signatures ?? {});
+  return signers.length === 1 && signers[0] === serverName;
 }

@@ -179,11 +179,14 @@ export class ThirdPartyInvites {
 
   /**
    * Turns the room's m.room.third_party_invite into an invite of `target` (onbind, and `/join`
-   * with `third_party_signed`): here when the inviter is ours and this server is in the room, else
-   * by the inviter's server (or the room's) through `/exchange_third_party_invite`.
+   * with `third_party_signed`): here when this server is in the room, else by the inviter's server
+   * (or the room's) through `/exchange_third_party_invite`.
    */
   async exchange(sender: string, target: string, roomId: string, signed: SignedThirdPartyInvite): Promise<void> {
-    if (serverNameOf(sender) === this.d.serverName && (await this.d.rooms.isInRoom(roomId))) {
+    // A server in the room issues the invite itself, for an inviter of another server too ("If the
+    // invited homeserver is in the room the invite came from, it can auth the event and send it";
+    // the others accept it signed by us alone: serversThatMustSign).
+    if (await this.d.rooms.isInRoom(roomId)) {
       await this.issue(roomId, sender, target, signed);
       return;
     }
