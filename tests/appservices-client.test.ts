@@ -177,6 +177,11 @@ describe("identity assertion", () => {
     const who = await asCall(BRIDGE_TOKEN, "GET", "/_matrix/client/v3/account/whoami");
     expect(who.status).toBe(200);
     expect(who.json.user_id).toBe(`@bridgebot:${SERVER}`);
+    // Without device_id the service acts on no device: none to name, none to upload keys for.
+    expect(who.json.device_id).toBeUndefined();
+    const keys = await asCall(BRIDGE_TOKEN, "POST", "/_matrix/client/v3/keys/upload", { one_time_keys: {} });
+    expect(keys.status).toBe(400);
+    expect(keys.json.errcode).toBe("M_UNKNOWN_DEVICE");
     const profile = await request(base, "GET", `/_matrix/client/v3/profile/${enc(`@bridgebot:${SERVER}`)}`);
     expect(profile.status).toBe(200);
   });

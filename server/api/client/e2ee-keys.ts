@@ -5,7 +5,7 @@
 // https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3keysclaim
 // https://spec.matrix.org/latest/client-server-api/#get_matrixclientv3keyschanges
 import { z } from "zod";
-import { invalidParam, unrecognized } from "../../http/errors.ts";
+import { MatrixError, invalidParam, unrecognized } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
 import { jsonObject } from "../../http/safe-json.ts";
 import type { DeviceListPoint } from "../../sync/device-list-changes.ts";
@@ -39,6 +39,8 @@ export const uploadKeys = route({
     fallback_keys: keyMap.optional(),
   }),
   async handler({ requester, body }, services) {
+    // An application service acting without `device_id` acts on no device (identity assertion).
+    if (requester.deviceId === "") throw new MatrixError(400, "M_UNKNOWN_DEVICE", "Uploading keys needs a device: give device_id");
     const counts = await services.e2ee.deviceKeys.upload(requester.userId, requester.deviceId, body);
     return { one_time_key_counts: counts };
   },

@@ -150,7 +150,8 @@ export const whoami = route({
   allowGuests: true,
   handler: ({ requester }) => ({
     user_id: requester.userId,
-    device_id: requester.deviceId,
+    // An application service acting without `device_id` has none.
+    ...(requester.deviceId === "" ? {} : { device_id: requester.deviceId }),
     is_guest: requester.isGuest,
   }),
 });
