@@ -13,3 +13,4 @@ export * from "./tables/spaces.ts";
 export * from "./tables/appservices.ts";
 export * from "./tables/appservice-room-lists.ts";
 export * from "./tables/media.ts";
+export * from "./tables/push.ts";

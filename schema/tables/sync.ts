@@ -2,7 +2,7 @@
 // notification counts are computed from). Owned by server/sync/ and server/ephemeral/. The stream
 // positions themselves live in `stream_positions` (schema/tables/rooms.ts); every stream but
 // `events` takes its positions through server/sync/streams.ts.
-import { bigint, boolean, index, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, boolean, index, jsonb, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 
 /**
  * Read receipts, the latest per (room, type, user, thread). `thread_id` is '' for an unthreaded
@@ -59,6 +59,9 @@ export const eventPushActions = pgTable(
     /** `main`, or the root event ID of the thread the event is in. */
     threadId: text("thread_id").notNull().default("main"),
     highlight: boolean("highlight").notNull().default(false),
+    /** The matching rule's actions, for the push gateway's tweaks and `GET /notifications` (server/push/). */
+    actions: jsonb("actions"),
   },
-  (t) => [primaryKey({ columns: [t.userId, t.roomId, t.streamOrdering] })],
+  // By position: push (server/push/) copies each committed event's rows after commit.
+  (t) => [primaryKey({ columns: [t.userId, t.roomId, t.streamOrdering] }), index("event_push_actions_stream_idx").on(t.streamOrdering)],
 );

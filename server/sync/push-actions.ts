@@ -52,6 +52,8 @@ export interface PushActionFor {
   userId: string;
   threadId: string;
   highlight: boolean;
+  /** The matching rule's actions (kept for the push gateway and `GET /notifications`). */
+  actions: unknown[];
 }
 
 /** `main`, or the root of the thread the event is in (`m.relates_to` with `rel_type` `m.thread`). */
@@ -133,10 +135,10 @@ export class PushActions {
       }
       this.pending.set(event.event_id, of);
       if (actions.length === 0) continue;
-      const rows = JSON.stringify(actions.map((a) => ({ u: a.userId, t: a.threadId, h: a.highlight })));
-      statements.push(sql`insert into event_push_actions (user_id, room_id, stream_ordering, event_id, thread_id, highlight)
-        select x.u, ${view.roomId}, ${position(k)}, ${event.event_id}, x.t, x.h
-        from jsonb_to_recordset(${rows}::jsonb) as x(u text, t text, h boolean) on conflict do nothing`);
+      const rows = JSON.stringify(actions.map((a) => ({ u: a.userId, t: a.threadId, h: a.highlight, a: a.actions })));
+      statements.push(sql`insert into event_push_actions (user_id, room_id, stream_ordering, event_id, thread_id, highlight, actions)
+        select x.u, ${view.roomId}, ${position(k)}, ${event.event_id}, x.t, x.h, x.a
+        from jsonb_to_recordset(${rows}::jsonb) as x(u text, t text, h boolean, a jsonb) on conflict do nothing`);
     }
     for (const { userId, threadId, k } of readUpTo.values()) {
       statements.push(sql`delete from event_push_actions where user_id = ${userId} and room_id = ${view.roomId}
@@ -189,7 +191,7 @@ export class PushActions {
       } else {
         outcome = await evaluate(userId, rules);
       }
-      if (outcome.notify) out.push({ userId, threadId, highlight: outcome.highlight });
+      if (outcome.notify) out.push({ userId, threadId, highlight: outcome.highlight, actions: outcome.actions });
     }
     return out;
   }
