@@ -14,6 +14,7 @@ import { createRoom, enc } from "./sync-helpers.ts";
 interface Received {
   txnId: string;
   path: string;
+  accessToken: string | null;
   authorization: string | undefined;
   events: any[];
   ephemeral: any[] | undefined;
@@ -23,6 +24,8 @@ interface Received {
 class MockAppService {
   received: Received[] = [];
   mode: "ok" | "fail" = "ok";
+  /** Speaks only the legacy paths of older drafts (`/transactions/{txnId}?access_token=`), as sytest's mock does. */
+  legacyOnly = false;
   failed = 0;
   private server?: Server;
   port = 0;
@@ -54,14 +57,15 @@ class MockAppService {
   private async handle(req: IncomingMessage): Promise<[number, unknown]> {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
-    const m = /^\/_matrix\/app\/v1\/transactions\/([^/?]+)$/.exec(req.url ?? "");
+    const url = new URL(req.url ?? "/", "http://as.invalid");
+    const m = (this.legacyOnly ? /^\/transactions\/([^/]+)$/ : /^\/_matrix\/app\/v1\/transactions\/([^/]+)$/).exec(url.pathname);
     if (req.method !== "PUT" || !m) return [404, { errcode: "M_UNRECOGNIZED" }];
     if (this.mode === "fail") {
       this.failed++;
       return [500, { errcode: "M_UNKNOWN" }];
     }
     const body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-    this.received.push({ txnId: decodeURIComponent(m[1]!), path: req.url!, authorization: req.headers.authorization, events: body.events, ephemeral: body.ephemeral });
+    this.received.push({ txnId: decodeURIComponent(m[1]!), path: url.pathname, accessToken: url.searchParams.get("access_token"), authorization: req.headers.authorization, events: body.events, ephemeral: body.ephemeral });
     for (const w of this.waiters.splice(0)) w();
     return [200, {}];
   }
@@ -224,6 +228,39 @@ describe("application services: pushing events", () => {
     }
     expect(after[0]!.queued).toBe(0);
     expect(after[0]!.failures).toBe(0);
+  });
+});
+
+describe("application services: a service of the older drafts", () => {
+  let dir: string;
+  const as = new MockAppService();
+  let hs: TestServer;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), "parley-as-"));
+    as.legacyOnly = true;
+    await as.start();
+    hs = await startTestServer({ config: { app_service_config_files: [await writeRegistration(dir, as.url)] } });
+  });
+  afterAll(async () => {
+    await hs?.destroy();
+    await as.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("gets its transactions on the legacy path, with the hs_token also as access_token, when the versioned one is refused", async () => {
+    const alice = await registerRoomUser(hs.url, "alice");
+    const bridged = await registerRoomUser(hs.url, "bridged_dan");
+    const portal = await createRoom(hs.url, alice, { preset: "public_chat" });
+    expect((await bridged.join(portal)).status).toBe(200);
+    for (let i = 1; i <= 3; i++) await say(alice, portal, `legacy ${i}`);
+    await as.waitFor(() => bodiesOf(as.events(), portal).length === 3);
+    expect(bodiesOf(as.events(), portal)).toEqual(["legacy 1", "legacy 2", "legacy 3"]);
+    for (const t of as.received) {
+      expect(t.path).toMatch(/^\/transactions\/\d+$/);
+      expect(t.accessToken).toBe(HS_TOKEN);
+      expect(t.authorization).toBe(`Bearer ${HS_TOKEN}`);
+    }
   });
 });
 

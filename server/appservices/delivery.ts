@@ -259,6 +259,13 @@ function readEvents(eventStore: EventStore, from: number, to: number, limit: num
 /** A failed attempt: what the admin sees as the last error. */
 class DeliveryError extends Error {
   override name = "DeliveryError";
+  constructor(
+    message: string,
+    /** The service answered, or left the request unanswered: its other path may be tried. */
+    readonly fallBack = false,
+  ) {
+    super(message);
+  }
 }
 
 class ServiceQueue {
@@ -280,8 +287,9 @@ class ServiceQueue {
   private path: "v1" | "legacy" | undefined;
   /** Aborts the request in flight when the server stops. */
   private readonly stopping = new AbortController();
-  /** Keeps connections to the service open between transactions; never follows redirects. */
+  /** Keeps connections to the service open between transactions, once its path is known. */
   private readonly dispatcher: Agent;
+  private readonly connectOptions: { rejectUnauthorized?: boolean };
   private readonly held: { ephemeral: JsonObject[]; to_device: JsonObject[] } = { ephemeral: [], to_device: [] };
 
   constructor(
@@ -291,7 +299,8 @@ class ServiceQueue {
     const { insecure } = delivery.options;
     const host = service.url === null ? "" : new URL(service.url).hostname;
     const verify = !(insecure.includes("*") || insecure.includes(host));
-    this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connect: verify ? {} : { rejectUnauthorized: false } });
+    this.connectOptions = verify ? {} : { rejectUnauthorized: false };
+    this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connect: this.connectOptions });
   }
 
   resetBackoff(): void {
@@ -498,45 +507,61 @@ class ServiceQueue {
   }
 
   private async send(txnId: number, body: JsonObject): Promise<void> {
-    const url = this.service.url!;
-    const token = this.service.hsToken;
     const payload = JSON.stringify(body);
     const paths = this.path === undefined ? (["v1", "legacy"] as const) : [this.path];
+    // While the path is unknown, each request gets a connection of its own, closed with it: a
+    // request given up on (an unanswered versioned path) must leave nothing that the next could
+    // queue behind or race with (undici would open a spare connection and drop it mid-handshake,
+    // which sytest's mock services count as an error); as queries.ts does.
+    const probing = this.path === undefined;
     let last = "";
     for (const path of paths) {
-      const probing = this.path === undefined && path === "v1";
-      const target =
-        path === "v1"
-          ? `${url}/_matrix/app/v1/transactions/${txnId}`
-          : `${url}/transactions/${txnId}?access_token=${encodeURIComponent(token)}`;
-      const timeout = AbortSignal.timeout(probing ? Math.min(PROBE_TIMEOUT_MS, this.o.requestTimeoutMs) : this.o.requestTimeoutMs);
-      let res: Awaited<ReturnType<typeof fetch>>;
+      const agent = probing ? new Agent({ pipelining: 0, connect: this.connectOptions }) : this.dispatcher;
       try {
-        res = await fetch(target, {
-          dispatcher: this.dispatcher,
-          method: "PUT",
-          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-          body: payload,
-          // The operator chose the URL; still, a redirect is not followed (it is a failure).
-          redirect: "manual",
-          signal: AbortSignal.any([timeout, this.stopping.signal]),
-        });
-      } catch (err) {
-        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-        last = `${path === "v1" ? "" : "legacy path: "}cannot reach ${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`;
-        // Older services leave paths they do not know unanswered: while we do not know which this
-        // one speaks, a versioned path that got no answer in the probe time is tried in its legacy form.
-        if (probing && timeout.aborted && !this.stopping.signal.aborted) continue;
-        throw new DeliveryError(last);
-      }
-      await res.body?.cancel().catch(() => {});
-      if (res.status >= 200 && res.status < 300) {
+        await this.sendOnce(path, agent, txnId, payload);
         this.path = path;
         return;
+      } catch (err) {
+        if (!(err instanceof DeliveryError)) throw err;
+        last = err.message;
+        // Older services leave paths they do not know unanswered or answer them with an error:
+        // while we do not know which this one speaks, the legacy form is tried next.
+        if (!(probing && path === "v1" && err.fallBack)) throw err;
+      } finally {
+        if (agent !== this.dispatcher) agent.destroy().catch(() => {});
       }
-      last = `${path === "v1" ? "/_matrix/app/v1/transactions" : "legacy /transactions"} answered ${res.status}`;
     }
     throw new DeliveryError(last);
+  }
+
+  /** One PUT of the transaction; throws DeliveryError (with whether the legacy path may be tried). */
+  private async sendOnce(path: "v1" | "legacy", agent: Agent, txnId: number, payload: string): Promise<void> {
+    const url = this.service.url!;
+    const token = this.service.hsToken;
+    const probing = this.path === undefined && path === "v1";
+    const target =
+      path === "v1" ? `${url}/_matrix/app/v1/transactions/${txnId}` : `${url}/transactions/${txnId}?access_token=${encodeURIComponent(token)}`;
+    const timeout = AbortSignal.timeout(probing ? Math.min(PROBE_TIMEOUT_MS, this.o.requestTimeoutMs) : this.o.requestTimeoutMs);
+    let res: Awaited<ReturnType<typeof fetch>>;
+    try {
+      res = await fetch(target, {
+        dispatcher: agent,
+        method: "PUT",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: payload,
+        // The operator chose the URL; still, a redirect is not followed (it is a failure).
+        redirect: "manual",
+        signal: AbortSignal.any([timeout, this.stopping.signal]),
+      });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      const message = `${path === "v1" ? "" : "legacy path: "}cannot reach ${url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`;
+      throw new DeliveryError(message, timeout.aborted && !this.stopping.signal.aborted);
+    }
+    await res.body?.cancel().catch(() => {});
+    if (res.status < 200 || res.status >= 300) {
+      throw new DeliveryError(`${path === "v1" ? "/_matrix/app/v1/transactions" : "legacy /transactions"} answered ${res.status}`, true);
+    }
   }
 
   private async recordFailure(txnId: number, err: unknown, log: Logger): Promise<void> {
