@@ -106,6 +106,15 @@ export const configKeys = {
     example: '["127.0.0.1:8090"]',
     doc: "Identity servers (`host[:port]`, as clients name them in `id_server`, and the hosts of `key_validity_url`s) reached for third-party invites without certificate checks, and allowed on loopback and private addresses (in the environment: comma-separated). `*` means every identity server: only for a closed test network. Others are reached over HTTPS with certificate checks, never on private addresses.",
   }),
+  push_gateways_insecure: key({
+    env: "PARLEY_PUSH_GATEWAYS_INSECURE",
+    schema: z
+      .union([z.array(z.string().min(1)), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
+    default: [],
+    example: '["127.0.0.1:5000"]',
+    doc: "Push gateways (`host[:port]` of a pusher's `data.url`) reached without certificate checks, and allowed on loopback and private addresses (in the environment: comma-separated). `*` means every gateway: only for a closed test network. Others are reached with certificate checks, never on private addresses.",
+  }),
   trusted_key_servers: key({
     env: "PARLEY_TRUSTED_KEY_SERVERS",
     schema: z

@@ -35,6 +35,10 @@ import { connectAppServiceEphemeral } from "./appservices/ephemeral.ts";
 import { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
 import { IdentityServerClient } from "../federation/transport/identity-servers.ts";
 import { connectThirdPartyInvites } from "../federation/transport/third-party-invites.ts";
+import { isAllowedFederationAddress } from "../federation/transport/address-policy.ts";
+import { PushGatewayClient } from "./push/gateway-client.ts";
+import { PushSender } from "./push/push-sender.ts";
+import { NotificationsList } from "./push/notifications.ts";
 
 export interface Homeserver {
   services: Services;
@@ -87,6 +91,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   const requests = new InFlightRequests();
   let federation: Federation | undefined;
   let identityServers: IdentityServerClient | undefined;
+  let pushGateways: PushGatewayClient | undefined;
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -211,6 +216,20 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     syncServices.notifier.onChange("events", (change) => appServiceDelivery.wakeAll(change.position));
     connectAppServiceEphemeral({ delivery: appServiceDelivery, registry: accountServices.appServices, sources: syncServices, db: database.db, serverName: config.server_name, logger });
     await appServiceDelivery.start();
+    // Push: notifications are copied and pushed after commit, never on the send path (server/push/).
+    const pushSender = new PushSender({
+      db: database.db,
+      pushers: accountServices.pushers,
+      gateway: (pushGateways = new PushGatewayClient({ insecure: config.push_gateways_insecure, allowAddress: isAllowedFederationAddress })),
+      events: { getEvent: (id) => roomServices.eventStore.getEvent(id), currentStateContent: (r, t, k) => roomServices.rooms.currentStateContent(r, t, k) },
+      now,
+      logger,
+    });
+    syncServices.notifier.onChange("events", () => pushSender.eventsCommitted());
+    syncServices.receipts.onReceipt((r) => {
+      if (r.userId.endsWith(`:${config.server_name}`)) void pushSender.countsChanged(r.userId).catch((err: unknown) => logger.warn({ err }, "push: queueing a count update failed"));
+    });
+    await pushSender.start();
     services = {
       config,
       database,
@@ -229,6 +248,8 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       userDirectory,
       appServiceDelivery,
       thirdPartyInvites,
+      pushSender,
+      pushNotifications: new NotificationsList(database.db, roomServices.eventStore),
     };
     const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
     const handle = requests.wrap(app.fetch);
@@ -239,6 +260,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
     await federation?.stop().catch(() => {});
     await identityServers?.close();
+    await pushGateways?.close();
     await database.close().catch(() => {});
     throw err;
   }
@@ -253,7 +275,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
 
   let closing: Promise<void> | undefined;
   const close = () =>
-    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => identityServers?.close()));
+    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => Promise.all([identityServers?.close(), pushGateways?.close()])));
   return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), close };
 }
 
@@ -324,6 +346,7 @@ async function shutDown(d: {
   await step("closing connections", serverClosed, deadline);
   await step("stopping federation", services.federation.stop(), deadline);
   await step("stopping application-service delivery", services.appServiceDelivery.stop(), deadline);
+  await step("stopping push", services.pushSender.stop(), deadline);
   await step("closing connections to application services", services.appServiceQueries.close(), deadline);
   await step("stopping sessions", services.sessions.stop(), deadline);
   await step("closing the database", database.close(), deadline);

@@ -20,6 +20,9 @@ import type { Requester, RequestInfo, ServerAuthenticator } from "./http/route.t
 import type { Federation } from "../federation/transport/federation.ts";
 import { MatrixError } from "./http/errors.ts";
 import { E2ee } from "./e2ee/e2ee.ts";
+import type { NotificationsList } from "./push/notifications.ts";
+import type { PushSender } from "./push/push-sender.ts";
+import { Pushers } from "./push/pushers.ts";
 import { RateLimiter } from "./ratelimit.ts";
 import type { RoomServices } from "./rooms/room-services.ts";
 import type { SyncServices } from "./sync/sync-services.ts";
@@ -55,6 +58,10 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   thirdParty: ThirdPartyLookups;
   /** Invites by third-party identifier (identity servers, onbind, exchange). */
   thirdPartyInvites: ThirdPartyInvites;
+  /** Pushes notifications to the users' push gateways (server/push/). */
+  pushSender: PushSender;
+  /** `GET /notifications`. */
+  pushNotifications: NotificationsList;
 }
 
 /** Until accounts exist, no token is valid. */
@@ -79,6 +86,8 @@ export interface AccountServices {
   e2ee: E2ee;
   /** The application services registered in the configuration (`app_service_config_files`). */
   appServices: AppServiceRegistry;
+  /** Push gateways' pushers: built with the accounts so device deletion (even from the CLI) removes them. */
+  pushers: Pushers;
 }
 
 export function createAccountServices(
@@ -101,7 +110,10 @@ export function createAccountServices(
     now,
   );
   const uia = new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens);
+  const pushers = new Pushers(db, now);
+  accounts.onDevicesDeleted((userId, deviceIds) => pushers.devicesDeleted(userId, deviceIds));
   return {
+    pushers,
     appServices: new AppServiceRegistry(loadAppServices(config.app_service_config_files, config.server_name)),
     accounts,
     sessions,

@@ -26,6 +26,7 @@ import { toDeviceRoutes } from "./client/e2ee-to-device.ts";
 import { filterRoutes } from "./client/filter.ts";
 import { loginRoutes } from "./client/login.ts";
 import { profileRoutes } from "./client/profile.ts";
+import { pushRoutes } from "./client/push.ts";
 import { userDirectoryRoutes } from "./client/user-directory.ts";
 import { voipRoutes } from "./client/voip.ts";
 import { pushRuleRoutes } from "./client/pushrules.ts";
@@ -78,6 +79,7 @@ export const routes: AnyRoute[] = [
   ...thirdPartyRoutes,
   ...deviceRoutes,
   ...profileRoutes,
+  ...pushRoutes,
   ...userDirectoryRoutes,
   ...voipRoutes,
   ...accountDataRoutes,

@@ -58,7 +58,7 @@ describe("push actions", () => {
             senderPowerLevel: 100,
             powerLevels: room.powerLevels,
           });
-          return o.notify ? [{ userId: u, threadId: "main", highlight: o.highlight }] : [];
+          return o.notify ? [{ userId: u, threadId: "main", highlight: o.highlight, actions: o.actions }] : [];
         });
       expect(got).toEqual(expected);
     }

@@ -1,0 +1,295 @@
+// Pushing notifications to the users' push gateways, durably.
+// https://spec.matrix.org/latest/client-server-api/#push-notifications
+// https://spec.matrix.org/latest/push-gateway-api/#homeserver-behaviour
+//
+// Push rules are evaluated once, when an event is persisted (server/sync/push-actions.ts): every
+// local member it notifies gets an `event_push_actions` row, with the rule's actions, in the
+// transaction that stores the event. Nothing here runs on that path. After commit, `ingest` copies
+// the new rows (up to the committed stream position, with a cursor in `push_progress`) into
+// `push_notifications` (what `GET /notifications` lists) and, for users with http pushers, into
+// `push_queue`; the sender then POSTs them to the gateways, one pusher's pushes in order, and deletes
+// each once its gateway answered. A gateway that is down gets its pusher's pushes again with
+// exponential backoff; a push older than `maxAgeMs` is dropped. Both survive a restart: the cursor
+// and the queue are in the database.
+import type { Logger } from "pino";
+import { sql } from "drizzle-orm";
+import { type Database, rowsOf } from "../../schema/db.ts";
+import type { NotifyOutcome } from "./gateway-client.ts";
+import type { Pusher, Pushers } from "./pushers.ts";
+
+/** The room and event lookups a push needs (the rooms component's). */
+export interface PushEventSource {
+  getEvent(eventId: string): Promise<{ eventId: string; roomId: string; type: string; stateKey: string | undefined; sender: string; pdu: Record<string, unknown> } | undefined>;
+  currentStateContent(roomId: string, type: string, stateKey?: string): Promise<Record<string, unknown> | undefined>;
+}
+
+export interface PushSenderOptions {
+  db: Database;
+  pushers: Pushers;
+  gateway: { notify(url: string, notification: Record<string, unknown>): Promise<NotifyOutcome> };
+  events: PushEventSource;
+  now: () => number;
+  logger: Logger;
+  /** A push still undelivered this long after it was queued is dropped (default 24 h). */
+  maxAgeMs?: number;
+  /** The first retry's delay; each failure doubles it, up to `maxBackoffMs`. */
+  backoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+interface QueuedPush {
+  id: number;
+  pusher_id: string | number;
+  user_id: string;
+  room_id: string | null;
+  event_id: string | null;
+  stream_ordering: string | number | null;
+  actions: unknown;
+  created_ts: string | number;
+  attempts: number;
+}
+
+/** Stream positions copied per ingest transaction (a position is one event: up to one row per local member). */
+const INGEST_POSITIONS = 200;
+const BATCH = 200;
+/** Pushers served at once. */
+const CONCURRENCY = 16;
+
+export class PushSender {
+  private readonly db: Database;
+  private readonly maxAgeMs: number;
+  private readonly backoffMs: number;
+  private readonly maxBackoffMs: number;
+  private running = false;
+  private ingesting: Promise<void> | undefined;
+  private ingestAgain = false;
+  private draining: Promise<void> | undefined;
+  private drainAgain = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: PushSenderOptions) {
+    this.db = o.db;
+    this.maxAgeMs = o.maxAgeMs ?? 24 * 3600_000;
+    this.backoffMs = o.backoffMs ?? 500;
+    this.maxBackoffMs = o.maxBackoffMs ?? 5 * 60_000;
+  }
+
+  async start(): Promise<void> {
+    this.running = true;
+    this.eventsCommitted();
+    this.wake();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    await Promise.all([this.ingesting, this.draining]);
+  }
+
+  /** Room events were committed (here or in another process): copy their notifications. */
+  eventsCommitted(): void {
+    if (!this.running) return;
+    if (this.ingesting) {
+      this.ingestAgain = true;
+      return;
+    }
+    this.ingesting = (async () => {
+      try {
+        do {
+          this.ingestAgain = false;
+          while (this.running && (await this.ingest())) this.wake();
+        } while (this.ingestAgain && this.running);
+      } catch (err) {
+        this.o.logger.warn({ err }, "push: copying notifications failed; retrying at the next event");
+      } finally {
+        this.ingesting = undefined;
+      }
+    })();
+  }
+
+  /**
+   * Copies the notifications of the next committed stream positions; true when it copied any
+   * positions (there may be more). One transaction, the cursor row locked: one process at a time.
+   */
+  async ingest(): Promise<boolean> {
+    const now = this.o.now();
+    return this.db.transaction(async (tx) => {
+      await tx.execute(sql`insert into push_progress (id, stream_ordering) values (1, 0) on conflict do nothing`);
+      const [cursor] = rowsOf<{ stream_ordering: string | number }>(
+        await tx.execute(sql`select stream_ordering from push_progress where id = 1 for update`),
+      );
+      const from = Number(cursor!.stream_ordering);
+      const [committed] = rowsOf<{ position: string | number }>(await tx.execute(sql`select position from stream_positions where stream = 'events'`));
+      const upTo = Math.min(Number(committed?.position ?? 0), from + INGEST_POSITIONS);
+      if (upTo <= from) return false;
+      await tx.execute(sql`insert into push_notifications (user_id, stream_ordering, room_id, event_id, highlight, actions, ts)
+        select user_id, stream_ordering, room_id, event_id, highlight, coalesce(actions, '["notify"]'::jsonb), ${now}
+        from event_push_actions where stream_ordering > ${from} and stream_ordering <= ${upTo}
+        on conflict do nothing`);
+      await tx.execute(sql`insert into push_queue (pusher_id, user_id, room_id, event_id, stream_ordering, actions, created_ts, next_attempt_ts)
+        select p.id, a.user_id, a.room_id, a.event_id, a.stream_ordering, coalesce(a.actions, '["notify"]'::jsonb), ${now}, ${now}
+        from event_push_actions a join pushers p on p.user_id = a.user_id and p.kind = 'http'
+        where a.stream_ordering > ${from} and a.stream_ordering <= ${upTo}
+        order by a.stream_ordering`);
+      await tx.execute(sql`update push_progress set stream_ordering = ${upTo} where id = 1`);
+      return true;
+    });
+  }
+
+  /**
+   * A read receipt of a local user moved: their gateways get the new unread count (no event), so a
+   * badge clears when the user read everything elsewhere.
+   */
+  async countsChanged(userId: string): Promise<void> {
+    if (!this.running || !(await this.o.pushers.hasPushers(userId))) return;
+    const now = this.o.now();
+    await this.db.execute(sql`insert into push_queue (pusher_id, user_id, actions, created_ts, next_attempt_ts)
+      select id, user_id, '[]'::jsonb, ${now}, ${now} from pushers where user_id = ${userId} and kind = 'http'`);
+    this.wake();
+  }
+
+  /** Sends what is due. */
+  wake(): void {
+    if (!this.running) return;
+    if (this.draining) {
+      this.drainAgain = true;
+      return;
+    }
+    this.draining = (async () => {
+      try {
+        do {
+          this.drainAgain = false;
+          while (this.running && (await this.sendDue())) {
+            // more due
+          }
+        } while (this.drainAgain && this.running);
+        await this.scheduleNext();
+      } catch (err) {
+        this.o.logger.warn({ err }, "push: sending failed; retrying shortly");
+        this.schedule(this.backoffMs);
+      } finally {
+        this.draining = undefined;
+      }
+    })();
+  }
+
+  private schedule(ms: number): void {
+    clearTimeout(this.timer);
+    if (!this.running) return;
+    this.timer = setTimeout(() => this.wake(), Math.max(0, ms));
+    this.timer.unref();
+  }
+
+  private async scheduleNext(): Promise<void> {
+    const [next] = rowsOf<{ ts: string | number | null }>(await this.db.execute(sql`select min(next_attempt_ts) as ts from push_queue`));
+    if (next?.ts != null) this.schedule(Number(next.ts) - this.o.now());
+  }
+
+  /** One batch of due pushes; true when the batch was full (there may be more due). */
+  private async sendDue(): Promise<boolean> {
+    const now = this.o.now();
+    const dropped = rowsOf(await this.db.execute(sql`delete from push_queue where created_ts < ${now - this.maxAgeMs} returning id`));
+    if (dropped.length) this.o.logger.warn({ dropped: dropped.length }, "push: dropped pushes their gateway did not take in time");
+    const rows = rowsOf<QueuedPush>(
+      await this.db.execute(sql`select id, pusher_id, user_id, room_id, event_id, stream_ordering, actions, created_ts, attempts
+        from push_queue where next_attempt_ts <= ${now} order by id limit ${BATCH}`),
+    );
+    if (rows.length === 0) return false;
+    const byPusher = new Map<number, QueuedPush[]>();
+    for (const r of rows) {
+      const id = Number(r.pusher_id);
+      let list = byPusher.get(id);
+      if (!list) byPusher.set(id, (list = []));
+      list.push(r);
+    }
+    const pushers = await this.o.pushers.byIds([...byPusher.keys()]);
+    const work = [...byPusher.entries()];
+    const next = async (): Promise<void> => {
+      for (let item = work.shift(); item; item = work.shift()) {
+        const [pusherId, pushes] = item;
+        const pusher = pushers.get(pusherId);
+        if (!pusher) {
+          // The pusher went (deleted, rejected): its pushes go with it.
+          await this.db.execute(sql`delete from push_queue where pusher_id = ${pusherId}`);
+          continue;
+        }
+        await this.sendFor(pusher, pushes);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, work.length) }, next));
+    return rows.length === BATCH;
+  }
+
+  /** A pusher's due pushes, in order; stops at the first the gateway could not take (it backs off). */
+  private async sendFor(pusher: Pusher, pushes: QueuedPush[]): Promise<void> {
+    const url = pusher.data.url as string;
+    for (const push of pushes) {
+      const notification = await this.notificationFor(pusher, push);
+      const outcome: NotifyOutcome = notification ? await this.o.gateway.notify(url, notification) : { kind: "sent", rejected: [] };
+      if (outcome.kind === "retry") {
+        const delay = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** Math.min(push.attempts, 30));
+        this.o.logger.info({ pusher: pusher.id, why: outcome.why, retryInMs: delay }, "push: the gateway could not take a push; retrying");
+        await this.db.execute(sql`update push_queue set attempts = attempts + 1, next_attempt_ts = ${this.o.now() + delay} where pusher_id = ${pusher.id}`);
+        return;
+      }
+      if (outcome.kind === "refused") this.o.logger.warn({ pusher: pusher.id, why: outcome.why }, "push: the gateway refused a push; dropped");
+      await this.db.execute(sql`delete from push_queue where id = ${push.id}`);
+      if (outcome.kind === "sent" && outcome.rejected.includes(pusher.pushkey)) {
+        this.o.logger.info({ pusher: pusher.id, user: pusher.userId }, "push: the gateway rejected the pushkey; pusher removed");
+        await this.o.pushers.rejected([pusher.id]);
+        await this.db.execute(sql`delete from push_queue where pusher_id = ${pusher.id}`);
+        return;
+      }
+    }
+  }
+
+  /**
+   * The `notification` of a push (push-gateway-api), or undefined when there is nothing to send any
+   * more: the user read the event in the meantime, or it is gone.
+   */
+  private async notificationFor(pusher: Pusher, push: QueuedPush): Promise<Record<string, unknown> | undefined> {
+    const [count] = rowsOf<{ n: string | number }>(await this.db.execute(sql`select count(*) as n from event_push_actions where user_id = ${push.user_id}`));
+    const counts = { unread: Number(count?.n ?? 0) };
+    const { url: _url, ...data } = pusher.data;
+    const actions = Array.isArray(push.actions) ? push.actions : [];
+    const tweaks: Record<string, unknown> = {};
+    for (const a of actions) {
+      if (typeof a === "object" && a !== null && typeof (a as { set_tweak?: unknown }).set_tweak === "string") {
+        const t = a as { set_tweak: string; value?: unknown };
+        tweaks[t.set_tweak] = t.value === undefined ? true : t.value;
+      }
+    }
+    const device = { app_id: pusher.appId, pushkey: pusher.pushkey, pushkey_ts: Math.floor(pusher.pushkeyTs / 1000), data, tweaks };
+    if (push.event_id === null) {
+      // A count-only update (a read receipt): no event, the counts, the device.
+      return { counts, devices: [device], prio: "high" };
+    }
+    const stillUnread = rowsOf(
+      await this.db.execute(sql`select 1 from event_push_actions where user_id = ${push.user_id} and room_id = ${push.room_id}
+        and stream_ordering = ${Number(push.stream_ordering)} limit 1`),
+    );
+    if (stillUnread.length === 0) return undefined;
+    const event = await this.o.events.getEvent(push.event_id);
+    if (!event) return undefined;
+    // Synapse's rule: a highlight, a sound, or an encrypted event (the client decides) is worth waking the device.
+    const prio = event.type === "m.room.encrypted" || tweaks.highlight === true || tweaks.sound !== undefined ? "high" : "low";
+    // `id` is the event ID's name before spec r0.4 (push gateways such as sytest's still read it).
+    const base = { event_id: event.eventId, id: event.eventId, room_id: event.roomId, counts, devices: [device], prio };
+    if (data.format === "event_id_only") return base;
+    const [member, name, alias] = await Promise.all([
+      this.o.events.currentStateContent(event.roomId, "m.room.member", event.sender),
+      this.o.events.currentStateContent(event.roomId, "m.room.name", ""),
+      this.o.events.currentStateContent(event.roomId, "m.room.canonical_alias", ""),
+    ]);
+    return {
+      ...base,
+      type: event.type,
+      sender: event.sender,
+      ...(typeof member?.displayname === "string" ? { sender_display_name: member.displayname } : {}),
+      ...(typeof name?.name === "string" && name.name !== "" ? { room_name: name.name } : {}),
+      ...(typeof alias?.alias === "string" ? { room_alias: alias.alias } : {}),
+      ...(event.type === "m.room.member" ? { user_is_target: event.stateKey === push.user_id } : {}),
+      content: (event.pdu.content as Record<string, unknown> | undefined) ?? {},
+    };
+  }
+}
