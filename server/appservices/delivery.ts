@@ -303,6 +303,7 @@ class ServiceQueue {
     this.dispatcher = new Agent({ keepAliveTimeout: 30_000, connect: this.connectOptions });
   }
 
+  /** In memory only: the row's backoff is cleared by the next success. */
   resetBackoff(): void {
     if (this.retryAt === 0 && this.failures === 0) return;
     this.retryAt = 0;
@@ -381,6 +382,9 @@ class ServiceQueue {
         if (!(await this.buildTransaction(row))) break;
       }
     } catch (err) {
+      // What is in memory may no longer be what the row says: read it again on the restart.
+      this.state = undefined;
+      this.built = undefined;
       if (!this.stopped) log.warn({ err }, "application-service queue stopped on an error; the sweep restarts it");
     }
   }
