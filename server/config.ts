@@ -373,6 +373,24 @@ export const configKeys = {
     default: 8 * 1024 * 1024,
     doc: "The largest request body accepted for JSON endpoints, in bytes; larger ones get 413 M_TOO_LARGE.",
   }),
+  max_upload_size: key({
+    env: "PARLEY_MAX_UPLOAD_SIZE",
+    schema: int(1024, 2 ** 40),
+    default: 50 * 1024 * 1024,
+    doc: "The largest media upload accepted, in bytes (`m.upload.size`); larger ones get 413 M_TOO_LARGE and nothing is stored. Remote media larger than this is not fetched.",
+  }),
+  max_image_pixels: key({
+    env: "PARLEY_MAX_IMAGE_PIXELS",
+    schema: int(1, 2 ** 40),
+    default: 32 * 1000 * 1000,
+    doc: "Images with more pixels than this (all frames counted, for an animated thumbnail) are not thumbnailed: a bound on what a decompression bomb can cost.",
+  }),
+  enable_authenticated_media: key({
+    env: "PARLEY_ENABLE_AUTHENTICATED_MEDIA",
+    schema: bool,
+    default: true,
+    doc: "The spec's media \"freeze\": media uploaded (or remote media cached) while this is on is served only through the authenticated `/_matrix/client/v1/media/*` endpoints, not the deprecated `/_matrix/media/v3/download|thumbnail`. Media stored while it was off stays reachable through both.",
+  }),
   request_timeout_ms: key({
     env: "PARLEY_REQUEST_TIMEOUT_MS",
     schema: int(1000, 3_600_000),

@@ -35,6 +35,10 @@ import { connectAppServiceEphemeral } from "./appservices/ephemeral.ts";
 import { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
 import { IdentityServerClient } from "../federation/transport/identity-servers.ts";
 import { connectThirdPartyInvites } from "../federation/transport/third-party-invites.ts";
+import { remoteMediaFetcher } from "../federation/transport/remote-media.ts";
+import { MediaRepository } from "./media/media.ts";
+import { FileMediaStore } from "./media/store.ts";
+import path from "node:path";
 import { isAllowedFederationAddress } from "../federation/transport/address-policy.ts";
 import { PushGatewayClient } from "./push/gateway-client.ts";
 import { PushSender } from "./push/push-sender.ts";
@@ -230,6 +234,17 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       if (r.userId.endsWith(`:${config.server_name}`)) void pushSender.countsChanged(r.userId).catch((err: unknown) => logger.warn({ err }, "push: queueing a count update failed"));
     });
     await pushSender.start();
+    const media = new MediaRepository({
+      db: database.db,
+      store: new FileMediaStore(path.join(config.data_dir, "media")),
+      serverName: config.server_name,
+      now,
+      logger,
+      maxUploadBytes: config.max_upload_size,
+      maxImagePixels: config.max_image_pixels,
+      authenticatedMedia: config.enable_authenticated_media,
+    });
+    media.fetchRemoteWith(remoteMediaFetcher(federation.http, logger));
     services = {
       config,
       database,
@@ -248,6 +263,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       userDirectory,
       appServiceDelivery,
       thirdPartyInvites,
+      media,
       pushSender,
       pushNotifications: new NotificationsList(database.db, roomServices.eventStore),
     };

@@ -20,6 +20,7 @@ import type { Requester, RequestInfo, ServerAuthenticator } from "./http/route.t
 import type { Federation } from "../federation/transport/federation.ts";
 import { MatrixError } from "./http/errors.ts";
 import { E2ee } from "./e2ee/e2ee.ts";
+import type { MediaRepository } from "./media/media.ts";
 import type { NotificationsList } from "./push/notifications.ts";
 import type { PushSender } from "./push/push-sender.ts";
 import { Pushers } from "./push/pushers.ts";
@@ -58,6 +59,8 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   thirdParty: ThirdPartyLookups;
   /** Invites by third-party identifier (identity servers, onbind, exchange). */
   thirdPartyInvites: ThirdPartyInvites;
+  /** The content repository: uploads, downloads, thumbnails, remote media. */
+  media: MediaRepository;
   /** Pushes notifications to the users' push gateways (server/push/). */
   pushSender: PushSender;
   /** `GET /notifications`. */

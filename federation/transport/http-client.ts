@@ -9,7 +9,7 @@
 
 import { lookup as dnsLookup } from "node:dns";
 import { isIP, type LookupFunction } from "node:net";
-import { Pool, errors as undiciErrors } from "undici";
+import { type Dispatcher, Pool, errors as undiciErrors } from "undici";
 import { MAX_JSON_DEPTH, nestingExceeds } from "../protocol/json-nesting.ts";
 import type { SigningKey } from "../protocol/signing.ts";
 import { isAllowedFederationAddress } from "./address-policy.ts";
@@ -70,6 +70,13 @@ export interface FederationResponse {
   body: unknown;
 }
 
+export interface FederationStreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  /** The body, unread: read it or destroy it. */
+  body: Dispatcher.ResponseData["body"];
+}
+
 export interface FederationRequest {
   method: "GET" | "PUT" | "POST" | "DELETE";
   /** From `/_matrix/…`, query string included, already percent-encoded: exactly what is signed. */
@@ -111,6 +118,25 @@ export class FederationHttpClient {
 
   /** A request to a peer server, signed unless `signed: false`. */
   async request(destination: string, req: FederationRequest): Promise<FederationResponse> {
+    return this.attempt(destination, req, (route, headers, payload) => this.send(destination, route, req, headers, payload));
+  }
+
+  /**
+   * A request whose answer's body is handed back unread, as a stream (media): the caller reads it
+   * or destroys it. The same signing, routing and limits as `request`.
+   */
+  async requestStream(destination: string, req: FederationRequest): Promise<FederationStreamResponse> {
+    return this.attempt(destination, req, async (route, headers, payload) => {
+      const response = await this.dispatch(destination, route, req, headers, payload);
+      return { status: response.statusCode, headers: response.headers, body: response.body };
+    });
+  }
+
+  private async attempt<T>(
+    destination: string,
+    req: FederationRequest,
+    send: (route: Route, headers: Record<string, string>, payload: string | undefined) => Promise<T>,
+  ): Promise<T> {
     if (this.closed) throw new FederationRequestError("unreachable", destination, "the federation client is closed");
     const routes = await this.routes(destination);
     const payload = req.body === undefined ? undefined : JSON.stringify(req.body);
@@ -126,7 +152,7 @@ export class FederationHttpClient {
     // SRV may give several targets: try the next only when one could not be connected to.
     for (const route of routes) {
       try {
-        return await this.send(destination, route, req, headers, payload);
+        return await send(route, headers, payload);
       } catch (err) {
         if (!(err instanceof FederationRequestError) || (err.failure !== "unreachable" && err.failure !== "blocked-address")) throw err;
         lastError = err;
@@ -290,13 +316,13 @@ export class FederationHttpClient {
     }) as unknown as LookupFunction;
   }
 
-  private async send(
+  private async dispatch(
     destination: string,
     route: Route,
     req: FederationRequest,
     headers: Record<string, string>,
     payload: string | undefined,
-  ): Promise<FederationResponse> {
+  ): Promise<Dispatcher.ResponseData> {
     const signal = req.signal
       ? AbortSignal.any([req.signal, AbortSignal.timeout(this.opts.requestTimeoutMs)])
       : AbortSignal.timeout(this.opts.requestTimeoutMs);
@@ -329,6 +355,17 @@ export class FederationHttpClient {
         throw classify(destination, err);
       }
     }
+    return response;
+  }
+
+  private async send(
+    destination: string,
+    route: Route,
+    req: FederationRequest,
+    headers: Record<string, string>,
+    payload: string | undefined,
+  ): Promise<FederationResponse> {
+    const response = await this.dispatch(destination, route, req, headers, payload);
     let text: string;
     try {
       text = await response.body.text();

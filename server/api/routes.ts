@@ -29,6 +29,8 @@ import { profileRoutes } from "./client/profile.ts";
 import { pushRoutes } from "./client/push.ts";
 import { userDirectoryRoutes } from "./client/user-directory.ts";
 import { voipRoutes } from "./client/voip.ts";
+import { mediaRoutes } from "./client/media.ts";
+import { federationMediaRoutes } from "./federation/media.ts";
 import { pushRuleRoutes } from "./client/pushrules.ts";
 import { registerRoutes } from "./client/register.ts";
 import { searchRoutes } from "./client/search.ts";
@@ -82,6 +84,8 @@ export const routes: AnyRoute[] = [
   ...pushRoutes,
   ...userDirectoryRoutes,
   ...voipRoutes,
+  ...mediaRoutes,
+  ...federationMediaRoutes,
   ...accountDataRoutes,
   ...filterRoutes,
   ...pushRuleRoutes,

@@ -3,6 +3,7 @@
 // every error rendered as a Matrix error with a JSON content type.
 import { randomUUID } from "node:crypto";
 import { IncomingMessage } from "node:http";
+import { Readable } from "node:stream";
 import { type Context, Hono } from "hono";
 import type { z } from "zod";
 import { isDatabaseClosed } from "../../schema/db.ts";
@@ -77,7 +78,12 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
       }
       let body: unknown;
       let origin: string | undefined;
-      if (r.auth === "server") {
+      let rawBody: Readable | undefined;
+      if (r.rawBody) {
+        const limit = services.config.max_upload_size;
+        if (Number(c.req.header("content-length") ?? "0") > limit) throw tooLarge(limit);
+        rawBody = requestStream(c);
+      } else if (r.auth === "server") {
         // The X-Matrix signature covers the body as parsed, so it is read before the check.
         const text = c.req.method === "GET" || c.req.method === "DELETE" ? "" : await readBodyText(c, maxBytes);
         const content = text.trim() === "" ? undefined : parseJsonFromOthers(text, { strict: r.strictJson === true });
@@ -98,7 +104,7 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
         if (value.includes("\u0000")) throw new MatrixError(400, "M_INVALID_PARAM", `${name} must not contain NUL`);
       }
       const result = await r.handler(
-        { params, query, body, requester, origin, request: info, c },
+        { params, query, body, rawBody, requester, origin, request: info, c },
         services,
       );
       if (result instanceof Response) return result;
@@ -256,6 +262,14 @@ export async function readBodyText(c: Context, maxBytes: number): Promise<string
     chunks.push(value);
   }
   return utf8Text(Buffer.concat(chunks));
+}
+
+/** The request body as a byte stream: Node's request itself when it is there, unread. */
+function requestStream(c: Context): Readable {
+  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  if (incoming instanceof IncomingMessage && !incoming.readableDidRead) return incoming;
+  const body = c.req.raw.body;
+  return body ? Readable.fromWeb(body as import("node:stream/web").ReadableStream<Uint8Array>) : Readable.from([]);
 }
 
 /** JSON bodies are UTF-8 (RFC 8259 §8.1): bytes that are not are no JSON, not text to repair. */

@@ -1,5 +1,6 @@
 // One endpoint, one declaration (after ruma): method, path, authentication, and the schemas of the
 // request's body and query. Validation, types and the 405 table all come from this one place.
+import type { Readable } from "node:stream";
 import type { Context } from "hono";
 import type { z } from "zod";
 import type { RateLimitName } from "../ratelimit.ts";
@@ -56,6 +57,8 @@ export interface HandlerInput<A extends AuthMode, B, Q> {
   /** The authenticated origin server of a `server` route. */
   origin: A extends "server" ? string : undefined;
   request: RequestInfo;
+  /** The request body as a stream of bytes, for `rawBody` routes (uploads); undefined otherwise. */
+  rawBody: Readable | undefined;
   /** The raw Hono context, for the rare endpoint that needs headers or repeated query values. */
   c: Context;
 }
@@ -65,6 +68,12 @@ export interface RouteDef<A extends AuthMode = AuthMode, B = unknown, Q = unknow
   path: string;
   auth: A;
   body?: z.ZodType<B>;
+  /**
+   * The body is not JSON but a file (media uploads): the handler gets it as a stream, unread, in
+   * `rawBody`. A Content-Length above `max_upload_size` is answered 413 M_TOO_LARGE before it is
+   * read; the handler enforces the same limit on the bytes as they stream.
+   */
+  rawBody?: boolean;
   query?: z.ZodType<Q>;
   /**
    * Rate limit applied per client IP address before the handler runs (see server/ratelimit.ts).

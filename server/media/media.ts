@@ -1,0 +1,369 @@
+// The media repository: uploads (direct and asynchronous), downloads, thumbnails, and remote media
+// fetched from its origin and cached for local clients. The bytes are in a MediaStore; this service
+// owns the `media` and `media_thumbnails` tables.
+// https://spec.matrix.org/latest/client-server-api/#content-repository
+import { randomBytes } from "node:crypto";
+import type { Readable } from "node:stream";
+import { and, count, eq, gt, isNull } from "drizzle-orm";
+import type { Logger } from "pino";
+import { isValidServerName } from "../../federation/protocol/identifiers.ts";
+import type { Database } from "../../schema/db.ts";
+import { media, mediaThumbnails } from "../../schema/tables.ts";
+import { MatrixError } from "../http/errors.ts";
+import { ContentTooLargeError, type MediaStore } from "./store.ts";
+import { canThumbnail, isPixelLimitError, makeThumbnail, type ThumbnailRequest } from "./thumbnails.ts";
+
+/** What is known of one piece of media. */
+export interface MediaInfo {
+  serverName: string;
+  mediaId: string;
+  contentType: string | null;
+  uploadName: string | null;
+  size: number;
+  sha256: string;
+}
+
+/** Media opened for reading: its description and a stream of its bytes. */
+export interface OpenedMedia {
+  contentType: string;
+  uploadName: string | null;
+  size: number;
+  stream: Readable;
+}
+
+/** Remote media as its origin served it (the body not read yet). */
+export interface RemoteMedia {
+  contentType?: string;
+  uploadName?: string;
+  body: Readable | AsyncIterable<Uint8Array>;
+}
+
+/**
+ * Asks the origin server for a piece of media (federation/transport/remote-media.ts). Throws a
+ * MatrixError 404 when the origin does not have it, 502 when it cannot be reached.
+ */
+export type RemoteMediaFetcher = (serverName: string, mediaId: string) => Promise<RemoteMedia>;
+
+export interface ReadOptions {
+  /** How long to wait for media created but not uploaded yet (`timeout_ms`). */
+  timeoutMs: number;
+  /** Fetch from the origin when it is another server's media not cached yet. */
+  allowRemote: boolean;
+  /** Through the deprecated unauthenticated endpoints: media uploaded under the freeze is refused. */
+  legacy: boolean;
+}
+
+export interface MediaRepositoryOptions {
+  db: Database;
+  store: MediaStore;
+  serverName: string;
+  now(): number;
+  logger: Logger;
+  maxUploadBytes: number;
+  maxImagePixels: number;
+  /**
+   * The spec's "freeze" (Synapse's `enable_authenticated_media`): media uploaded or cached while it
+   * is on is served only through the authenticated endpoints.
+   */
+  authenticatedMedia: boolean;
+  /** Media IDs created but not uploaded yet, per user (`POST /create` answers 429 beyond). */
+  maxPendingPerUser?: number;
+  /** How long a created media ID waits for its upload. */
+  unusedExpiryMs?: number;
+}
+
+const MEDIA_ID = /^[A-Za-z0-9_-]+$/;
+const MAX_TIMEOUT_MS = 60_000;
+const THUMBNAIL_TIMEOUT_S = 20;
+
+export class MediaRepository {
+  private readonly opts: Required<MediaRepositoryOptions>;
+  private fetchRemote: RemoteMediaFetcher | undefined;
+  /** Remote fetches and thumbnails in progress, so concurrent requests share one. */
+  private readonly inProgress = new Map<string, Promise<unknown>>();
+  /** Requests waiting for an asynchronous upload, by `server/mediaId`. */
+  private readonly waiting = new Map<string, Set<() => void>>();
+
+  constructor(options: MediaRepositoryOptions) {
+    this.opts = { maxPendingPerUser: 50, unusedExpiryMs: 24 * 60 * 60 * 1000, ...options };
+  }
+
+  /** Wired in server/homeserver.ts: how remote media is fetched (services never import federation). */
+  fetchRemoteWith(fetcher: RemoteMediaFetcher): void {
+    this.fetchRemote = fetcher;
+  }
+
+  get maxUploadBytes(): number {
+    return this.opts.maxUploadBytes;
+  }
+
+  /** `POST /_matrix/media/v3/upload`. */
+  async upload(
+    userId: string,
+    body: Readable | AsyncIterable<Uint8Array>,
+    meta: { contentType?: string; uploadName?: string },
+  ): Promise<{ content_uri: string }> {
+    const stored = await this.storeUpload(body);
+    const mediaId = newMediaId();
+    await this.opts.db.insert(media).values({
+      serverName: this.opts.serverName,
+      mediaId,
+      userId,
+      contentType: meta.contentType ?? null,
+      uploadName: meta.uploadName ?? null,
+      size: stored.size,
+      sha256: stored.sha256,
+      createdTs: this.opts.now(),
+      authenticated: this.opts.authenticatedMedia,
+    });
+    return { content_uri: `mxc://${this.opts.serverName}/${mediaId}` };
+  }
+
+  /** `POST /_matrix/media/v1/create`: an mxc URI to upload to later. */
+  async create(userId: string): Promise<{ content_uri: string; unused_expires_at: number }> {
+    const now = this.opts.now();
+    const [pending] = await this.opts.db
+      .select({ n: count() })
+      .from(media)
+      .where(and(eq(media.userId, userId), isNull(media.sha256), gt(media.unusedExpiresTs, now)));
+    if ((pending?.n ?? 0) >= this.opts.maxPendingPerUser) {
+      throw new MatrixError(429, "M_LIMIT_EXCEEDED", "Too many media IDs waiting for their upload", { retry_after_ms: 60_000 }, { "Retry-After": "60" });
+    }
+    const mediaId = newMediaId();
+    const expires = now + this.opts.unusedExpiryMs;
+    await this.opts.db.insert(media).values({
+      serverName: this.opts.serverName,
+      mediaId,
+      userId,
+      createdTs: now,
+      unusedExpiresTs: expires,
+      authenticated: this.opts.authenticatedMedia,
+    });
+    return { content_uri: `mxc://${this.opts.serverName}/${mediaId}`, unused_expires_at: expires };
+  }
+
+  /** `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: the content of a created media ID. */
+  async uploadTo(
+    userId: string,
+    serverName: string,
+    mediaId: string,
+    body: Readable | AsyncIterable<Uint8Array>,
+    meta: { contentType?: string; uploadName?: string },
+  ): Promise<void> {
+    // Checked before and after the bytes arrive: before so a refused upload stores nothing, after
+    // because another request may have filled it meanwhile.
+    await this.checkUploadable(userId, serverName, mediaId);
+    const stored = await this.storeUpload(body);
+    const updated = await this.opts.db
+      .update(media)
+      .set({ sha256: stored.sha256, size: stored.size, contentType: meta.contentType ?? null, uploadName: meta.uploadName ?? null, unusedExpiresTs: null })
+      .where(and(eq(media.serverName, serverName), eq(media.mediaId, mediaId), eq(media.userId, userId), isNull(media.sha256)))
+      .returning({ mediaId: media.mediaId });
+    if (updated.length === 0) {
+      await this.checkUploadable(userId, serverName, mediaId);
+      throw cannotOverwrite();
+    }
+    const key = `${serverName}/${mediaId}`;
+    for (const wake of this.waiting.get(key) ?? []) wake();
+    this.waiting.delete(key);
+  }
+
+  /** `GET …/download/{serverName}/{mediaId}`. */
+  async download(serverName: string, mediaId: string, options: ReadOptions): Promise<OpenedMedia> {
+    const info = await this.resolve(serverName, mediaId, options);
+    const content = await this.opts.store.get(info.sha256);
+    if (!content) throw notFound();
+    return { contentType: info.contentType ?? "application/octet-stream", uploadName: info.uploadName, size: content.size, stream: content.stream };
+  }
+
+  /** `GET …/thumbnail/{serverName}/{mediaId}`: made once per size and method, then served from the store. */
+  async thumbnail(serverName: string, mediaId: string, request: ThumbnailRequest, options: ReadOptions): Promise<OpenedMedia> {
+    const info = await this.resolve(serverName, mediaId, options);
+    if (!canThumbnail(info.contentType)) {
+      throw new MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content");
+    }
+    const method = request.animated ? `${request.method}-animated` : request.method;
+    const key = { serverName, mediaId, width: request.width, height: request.height, method };
+    let row: { contentType: string; sha256: string } | "original" | undefined = await this.thumbnailRow(key);
+    if (!row) {
+      const flight = `thumbnail:${serverName}/${mediaId}/${request.width}x${request.height}/${method}`;
+      row = await this.once(flight, () => this.generateThumbnail(info, key, request));
+    }
+    if (row === "original") return this.download(serverName, mediaId, { ...options, allowRemote: false });
+    const content = await this.opts.store.get(row.sha256);
+    if (!content) throw notFound();
+    return { contentType: row.contentType, uploadName: null, size: content.size, stream: content.stream };
+  }
+
+  mediaConfig(): { "m.upload.size": number } {
+    return { "m.upload.size": this.opts.maxUploadBytes };
+  }
+
+  private async checkUploadable(userId: string, serverName: string, mediaId: string): Promise<void> {
+    if (serverName !== this.opts.serverName || !MEDIA_ID.test(mediaId)) throw notFound();
+    const [row] = await this.opts.db
+      .select({ userId: media.userId, sha256: media.sha256, expires: media.unusedExpiresTs })
+      .from(media)
+      .where(and(eq(media.serverName, serverName), eq(media.mediaId, mediaId)));
+    if (!row) throw notFound();
+    if (row.userId !== userId) throw new MatrixError(403, "M_FORBIDDEN", "This media ID was created by another user");
+    if (row.sha256 !== null) throw cannotOverwrite();
+    if (row.expires !== null && row.expires <= this.opts.now()) throw notFound();
+  }
+
+  private async storeUpload(body: Readable | AsyncIterable<Uint8Array>) {
+    try {
+      return await this.opts.store.put(body, this.opts.maxUploadBytes);
+    } catch (err) {
+      if (err instanceof ContentTooLargeError) throw tooLarge(413, this.opts.maxUploadBytes);
+      throw err;
+    }
+  }
+
+  /** The media's row once it has content: waiting for an asynchronous upload, fetching remote media. */
+  private async resolve(serverName: string, mediaId: string, options: ReadOptions): Promise<MediaInfo> {
+    if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw notFound();
+    const deadline = this.opts.now() + Math.min(Math.max(options.timeoutMs, 0), MAX_TIMEOUT_MS);
+    for (;;) {
+      const row = await this.row(serverName, mediaId);
+      if (row && options.legacy && row.authenticated) throw notFound();
+      if (row?.sha256 && row.size !== null) {
+        return { serverName, mediaId, contentType: row.contentType, uploadName: row.uploadName, size: row.size, sha256: row.sha256 };
+      }
+      if (serverName !== this.opts.serverName) {
+        if (!options.allowRemote) throw notFound();
+        return this.once(`remote:${serverName}/${mediaId}`, () => this.fetchAndCache(serverName, mediaId));
+      }
+      if (!row || (row.unusedExpiresTs !== null && row.unusedExpiresTs <= this.opts.now())) throw notFound();
+      const left = deadline - this.opts.now();
+      if (left <= 0) throw new MatrixError(504, "M_NOT_YET_UPLOADED", "The media has not been uploaded yet");
+      await this.waitForUpload(`${serverName}/${mediaId}`, left);
+    }
+  }
+
+  /** Wakes on an upload in this process, and looks again at least every second (other processes). */
+  private waitForUpload(key: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      let set = this.waiting.get(key);
+      if (!set) this.waiting.set(key, (set = new Set()));
+      const wake = () => {
+        clearTimeout(timer);
+        set.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, Math.min(ms, 1000));
+      set.add(wake);
+    });
+  }
+
+  private async fetchAndCache(serverName: string, mediaId: string): Promise<MediaInfo> {
+    if (!this.fetchRemote) throw notFound();
+    const remote = await this.fetchRemote(serverName, mediaId);
+    let stored;
+    try {
+      stored = await this.opts.store.put(remote.body, this.opts.maxUploadBytes);
+    } catch (err) {
+      if (err instanceof ContentTooLargeError) throw tooLarge(502, this.opts.maxUploadBytes);
+      throw new MatrixError(502, "M_UNKNOWN", `Could not fetch the media from ${serverName}`);
+    }
+    const now = this.opts.now();
+    const row = {
+      serverName,
+      mediaId,
+      userId: null,
+      contentType: remote.contentType ?? null,
+      uploadName: remote.uploadName ?? null,
+      size: stored.size,
+      sha256: stored.sha256,
+      createdTs: now,
+      fetchedTs: now,
+      // The spec: remote media is "new" as of the day its cache was populated.
+      authenticated: this.opts.authenticatedMedia,
+    };
+    await this.opts.db.insert(media).values(row).onConflictDoNothing();
+    this.opts.logger.debug({ serverName, mediaId, size: stored.size }, "cached remote media");
+    return { serverName, mediaId, contentType: row.contentType, uploadName: row.uploadName, size: stored.size, sha256: stored.sha256 };
+  }
+
+  private async generateThumbnail(
+    info: MediaInfo,
+    key: { serverName: string; mediaId: string; width: number; height: number; method: string },
+    request: ThumbnailRequest,
+  ): Promise<{ contentType: string; sha256: string } | "original"> {
+    const { store } = this.opts;
+    const open = async () => {
+      const content = await store.get(info.sha256);
+      if (!content) throw notFound();
+      return content.stream;
+    };
+    const remote = info.serverName !== this.opts.serverName;
+    let stored;
+    let contentType: string;
+    try {
+      const outcome = await makeThumbnail(open, info.contentType ?? "", request, {
+        maxInputPixels: this.opts.maxImagePixels,
+        timeoutSeconds: THUMBNAIL_TIMEOUT_S,
+      });
+      if (outcome.kind === "original") return "original";
+      contentType = outcome.contentType;
+      stored = await store.put(outcome.output, this.opts.maxUploadBytes);
+    } catch (err) {
+      if (err instanceof MatrixError && err.errcode === "M_TOO_LARGE" && remote) throw tooLarge(502, this.opts.maxImagePixels, "pixels");
+      if (err instanceof MatrixError) throw err;
+      if (isPixelLimitError(err)) throw remote ? tooLarge(502, this.opts.maxImagePixels, "pixels") : tooLarge(413, this.opts.maxImagePixels, "pixels");
+      this.opts.logger.info({ err, mediaId: info.mediaId }, "thumbnail failed");
+      throw new MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content");
+    }
+    await this.opts.db
+      .insert(mediaThumbnails)
+      .values({ ...key, contentType, size: stored.size, sha256: stored.sha256, createdTs: this.opts.now() })
+      .onConflictDoNothing();
+    return { contentType, sha256: stored.sha256 };
+  }
+
+  private async thumbnailRow(key: { serverName: string; mediaId: string; width: number; height: number; method: string }) {
+    const [row] = await this.opts.db
+      .select({ contentType: mediaThumbnails.contentType, sha256: mediaThumbnails.sha256 })
+      .from(mediaThumbnails)
+      .where(
+        and(
+          eq(mediaThumbnails.serverName, key.serverName),
+          eq(mediaThumbnails.mediaId, key.mediaId),
+          eq(mediaThumbnails.width, key.width),
+          eq(mediaThumbnails.height, key.height),
+          eq(mediaThumbnails.method, key.method),
+        ),
+      );
+    return row;
+  }
+
+  private async row(serverName: string, mediaId: string) {
+    const [row] = await this.opts.db
+      .select()
+      .from(media)
+      .where(and(eq(media.serverName, serverName), eq(media.mediaId, mediaId)));
+    return row;
+  }
+
+  private once<T>(key: string, work: () => Promise<T>): Promise<T> {
+    const running = this.inProgress.get(key) as Promise<T> | undefined;
+    if (running) return running;
+    const started = work().finally(() => this.inProgress.delete(key));
+    this.inProgress.set(key, started);
+    return started;
+  }
+}
+
+/** 24 random characters of the media ID alphabet (Synapse's length): about 143 bits. */
+function newMediaId(): string {
+  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = randomBytes(24);
+  let id = "";
+  for (const b of bytes) id += alphabet[b % alphabet.length];
+  return id;
+}
+
+const notFound = () => new MatrixError(404, "M_NOT_FOUND", "Media not found");
+const cannotOverwrite = () => new MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "This media ID already has content");
+const tooLarge = (status: 413 | 502, limit: number, unit = "bytes") =>
+  new MatrixError(status, "M_TOO_LARGE", `The content is larger than ${limit} ${unit}`, {}, status === 413 ? { Connection: "close" } : {});

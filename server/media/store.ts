@@ -1,0 +1,98 @@
+// Where media bytes live: a small interface (put a stream, get a stream, delete) that an
+// S3-compatible store can implement later, and its implementation on the local disk.
+//
+// Content-addressed: a file is named by the SHA-256 of its bytes, so identical uploads are stored
+// once. Bytes are streamed both ways: `put` hashes while it writes to a temporary file and renames
+// it into place at the end; nothing holds a whole file in memory.
+import { createHash, randomUUID } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
+import path from "node:path";
+import { Transform, type Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+
+export interface StoredContent {
+  /** Lower-case hex SHA-256 of the bytes: the content's address in the store. */
+  sha256: string;
+  size: number;
+}
+
+/** Thrown by `put` when the stream is longer than its limit; nothing is kept. */
+export class ContentTooLargeError extends Error {
+  constructor(readonly maxBytes: number) {
+    super(`the content is larger than ${maxBytes} bytes`);
+  }
+}
+
+export interface MediaStore {
+  /** Stores the stream's bytes (at most `maxBytes`, else ContentTooLargeError and nothing is kept). */
+  put(source: Readable | AsyncIterable<Uint8Array>, maxBytes: number): Promise<StoredContent>;
+  /** The bytes stored under `sha256`, or undefined when there are none. */
+  get(sha256: string): Promise<{ stream: Readable; size: number } | undefined>;
+  delete(sha256: string): Promise<void>;
+}
+
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/** The store under `<data_dir>/media/`: `content/ab/cd/<sha256>`, temporary files in `tmp/`. */
+export class FileMediaStore implements MediaStore {
+  private readonly contentDir: string;
+  private readonly tmpDir: string;
+  private ready: Promise<void> | undefined;
+
+  constructor(root: string) {
+    this.contentDir = path.join(root, "content");
+    this.tmpDir = path.join(root, "tmp");
+  }
+
+  async put(source: Readable | AsyncIterable<Uint8Array>, maxBytes: number): Promise<StoredContent> {
+    await (this.ready ??= Promise.all([mkdir(this.contentDir, { recursive: true }), mkdir(this.tmpDir, { recursive: true })]).then(() => {}));
+    const tmp = path.join(this.tmpDir, randomUUID());
+    const hash = createHash("sha256");
+    let size = 0;
+    const meter = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        size += chunk.byteLength;
+        if (size > maxBytes) {
+          callback(new ContentTooLargeError(maxBytes));
+          return;
+        }
+        hash.update(chunk);
+        callback(null, chunk);
+      },
+    });
+    try {
+      await pipeline(source, meter, createWriteStream(tmp, { flags: "wx" }));
+      const sha256 = hash.digest("hex");
+      const final = this.pathOf(sha256);
+      await mkdir(path.dirname(final), { recursive: true });
+      // Identical bytes land on the same name: renaming over an existing copy changes nothing.
+      await rename(tmp, final);
+      return { sha256, size };
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  async get(sha256: string): Promise<{ stream: Readable; size: number } | undefined> {
+    if (!SHA256_HEX.test(sha256)) return undefined;
+    const file = this.pathOf(sha256);
+    try {
+      const { size } = await stat(file);
+      return { stream: createReadStream(file), size };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+  }
+
+  async delete(sha256: string): Promise<void> {
+    if (!SHA256_HEX.test(sha256)) return;
+    await rm(this.pathOf(sha256), { force: true });
+  }
+
+  private pathOf(sha256: string): string {
+    return path.join(this.contentDir, sha256.slice(0, 2), sha256.slice(2, 4), sha256);
+  }
+}
