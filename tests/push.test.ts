@@ -224,6 +224,16 @@ describe("pushes to the gateway", () => {
     expect(gateway.for("bob-dm").filter((p) => p.event_id === reply)).toEqual([]);
   });
 
+  it("an invite is pushed to the user invited", async () => {
+    const [alice, bob] = [await newUser("alice"), await newUser("bob")];
+    await addPusher(bob, "bob-invite");
+    const roomId = await alice.createRoom({ preset: "private_chat" });
+    expect((await alice.call("POST", roomPath(roomId, "/invite"), { user_id: bob.userId })).status).toBe(200);
+    const push = await waitFor("the invite's push", () => gateway.for("bob-invite").find((p) => p.type === "m.room.member"));
+    expect(push).toMatchObject({ room_id: roomId, sender: alice.userId, user_is_target: true, content: { membership: "invite" } });
+    expect(push.devices[0].tweaks).toMatchObject({ sound: "default" });
+  });
+
   it("a mention highlights; a room message with the default rules notifies quietly", async () => {
     const [alice, bob, carol] = [await newUser("alice"), await newUser("bob"), await newUser("carol")];
     await addPusher(bob, "bob-room");

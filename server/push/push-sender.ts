@@ -286,9 +286,17 @@ export class PushSender {
       type: event.type,
       sender: event.sender,
       ...(typeof member?.displayname === "string" ? { sender_display_name: member.displayname } : {}),
-      ...(typeof name?.name === "string" && name.name !== "" ? { room_name: name.name } : {}),
+      // The room's name as clients would show it: its name, else its canonical alias (Synapse's choice too).
+      ...(typeof name?.name === "string" && name.name !== ""
+        ? { room_name: name.name }
+        : typeof alias?.alias === "string"
+          ? { room_name: alias.alias }
+          : {}),
       ...(typeof alias?.alias === "string" ? { room_alias: alias.alias } : {}),
-      ...(event.type === "m.room.member" ? { user_is_target: event.stateKey === push.user_id } : {}),
+      // `membership` is not in the spec's notification; Synapse sends it and gateways (sytest's) read it.
+      ...(event.type === "m.room.member"
+        ? { user_is_target: event.stateKey === push.user_id, membership: (event.pdu.content as { membership?: unknown } | undefined)?.membership }
+        : {}),
       content: (event.pdu.content as Record<string, unknown> | undefined) ?? {},
     };
   }

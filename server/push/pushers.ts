@@ -88,9 +88,9 @@ export class Pushers {
     if (request.kind === "http") {
       if (typeof data.url !== "string") throw new MatrixError(400, "M_MISSING_PARAM", "data.url is required for an http pusher");
       checkGatewayUrl(data.url);
-      if (data.format !== undefined && data.format !== "event_id_only") {
-        throw new MatrixError(400, "M_INVALID_PARAM", "data.format must be event_id_only when given");
-      }
+      // Only `event_id_only` changes what is sent; another format is kept and forwarded (the gateway
+      // gets `data` whole), and the notification is sent in full, as Synapse does.
+      if (data.format !== undefined && typeof data.format !== "string") throw new MatrixError(400, "M_INVALID_PARAM", "data.format must be a string");
     } else if (request.kind === "email") {
       // The spec defines email pushers but lets a server not support them; this one sends no email.
       throw new MatrixError(400, "M_INVALID_PARAM", "email pushers are not supported by this server");

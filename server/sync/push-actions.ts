@@ -166,7 +166,13 @@ export class PushActions {
    * the event cannot contain. (A big room's message is evaluated once instead of once per member.)
    */
   async actionsFor(room: PushRoomContext, event: PushEvent, q?: Queryable): Promise<PushActionFor[]> {
-    const candidates = room.localJoinedMembers.filter((u) => u !== event.sender);
+    // A local user invited is not joined yet, but is the one `.m.rule.invite_for_me` is for.
+    const invitee =
+      event.type === "m.room.member" && event.content.membership === "invite" && typeof event.state_key === "string" && serverNameOf(event.state_key) === this.serverName
+        ? event.state_key
+        : undefined;
+    const members = invitee !== undefined && !room.localJoinedMembers.includes(invitee) ? [...room.localJoinedMembers, invitee] : room.localJoinedMembers;
+    const candidates = members.filter((u) => u !== event.sender);
     if (candidates.length === 0) return [];
     const rulesets = await this.rulesetsOf(candidates, q);
     const senderPowerLevel = room.powerLevelOf(event.sender);
