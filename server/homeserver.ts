@@ -31,7 +31,7 @@ import { connectRoomFederation } from "../federation/transport/room-federation.t
 import { UserDirectory } from "./userdirectory/user-directory.ts";
 import { RemoteHierarchies } from "../federation/transport/remote-hierarchy.ts";
 import { AppServiceDelivery } from "./appservices/delivery.ts";
-import { connectAppServiceEphemeral } from "./appservices/ephemeral.ts";
+import { connectAppServiceEphemeral, connectAppServiceToDevice } from "./appservices/ephemeral.ts";
 import { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
 import { IdentityServerClient } from "../federation/transport/identity-servers.ts";
 import { connectThirdPartyInvites } from "../federation/transport/third-party-invites.ts";
@@ -219,6 +219,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     // The persist path only wakes the queues (events committed here or, through NOTIFY, elsewhere).
     syncServices.notifier.onChange("events", (change) => appServiceDelivery.wakeAll(change.position));
     connectAppServiceEphemeral({ delivery: appServiceDelivery, registry: accountServices.appServices, sources: syncServices, db: database.db, serverName: config.server_name, logger });
+    connectAppServiceToDevice({ delivery: appServiceDelivery, registry: accountServices.appServices, toDevice: accountServices.e2ee.toDevice, serverName: config.server_name, logger });
     await appServiceDelivery.start();
     // Push: notifications are copied and pushed after commit, never on the send path (server/push/).
     const pushSender = new PushSender({

@@ -18,6 +18,7 @@ interface Received {
   authorization: string | undefined;
   events: any[];
   ephemeral: any[] | undefined;
+  toDevice: any[] | undefined;
 }
 
 /** A mock application service on loopback: records transactions; can answer 500 or be closed. */
@@ -65,7 +66,7 @@ class MockAppService {
       return [500, { errcode: "M_UNKNOWN" }];
     }
     const body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-    this.received.push({ txnId: decodeURIComponent(m[1]!), path: url.pathname, accessToken: url.searchParams.get("access_token"), authorization: req.headers.authorization, events: body.events, ephemeral: body.ephemeral });
+    this.received.push({ txnId: decodeURIComponent(m[1]!), path: url.pathname, accessToken: url.searchParams.get("access_token"), authorization: req.headers.authorization, events: body.events, ephemeral: body.ephemeral, toDevice: body["org.matrix.msc2409.to_device"] });
     for (const w of this.waiters.splice(0)) w();
     return [200, {}];
   }
@@ -142,7 +143,7 @@ describe("application services: pushing events", () => {
   beforeAll(async () => {
     dir = await mkdtemp(path.join(tmpdir(), "parley-as-"));
     await as.start();
-    const registration = await writeRegistration(dir, as.url, "receive_ephemeral: true");
+    const registration = await writeRegistration(dir, as.url, "receive_ephemeral: true\norg.matrix.msc4203.receive_to_device: true");
     hs = await startTestServer({ config: { app_service_config_files: [registration] } });
     alice = await registerRoomUser(hs.url, "alice");
     bridged = await registerRoomUser(hs.url, "bridged_bob");
@@ -199,6 +200,29 @@ describe("application services: pushing events", () => {
     expect(typing.status).toBe(200);
     const found = () => as.received.flatMap((t) => t.ephemeral ?? []).find((e) => e.type === "m.typing" && e.room_id === portal);
     await as.waitFor(() => found()?.content.user_ids.includes(alice.userId) === true);
+  });
+
+  it("sends to-device messages for its users (receive_to_device), not for others", async () => {
+    const send = (to: RoomUser, body: string) =>
+      request(hs.url, "PUT", `/_matrix/client/v3/sendToDevice/m.test/${enc(`td-${body}-${Date.now()}`)}`, {
+        token: alice.accessToken,
+        body: { messages: { [to.userId]: { "*": { body } } } },
+      });
+    expect((await send(bridged, "for the ghost")).status).toBe(200);
+    expect((await send(alice, "for alice")).status).toBe(200);
+    const all = () => as.received.flatMap((t) => t.toDevice ?? []);
+    await as.waitFor(() => all().some((m) => m.content.body === "for the ghost"));
+    expect(all().find((m) => m.content.body === "for the ghost")).toEqual({
+      type: "m.test",
+      sender: alice.userId,
+      to_user_id: bridged.userId,
+      to_device_id: bridged.deviceId,
+      content: { body: "for the ghost" },
+    });
+    // Another of alice's messages goes through after, so the first would have been in time.
+    expect((await send(bridged, "second")).status).toBe(200);
+    await as.waitFor(() => all().some((m) => m.content.body === "second"));
+    expect(all().some((m) => m.content.body === "for alice")).toBe(false);
   });
 
   it("loses nothing while the service answers 500: every event arrives once, in order, after it recovers", async () => {

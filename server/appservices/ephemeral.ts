@@ -14,6 +14,8 @@ import type { Database } from "../../schema/db.ts";
 import type { PresenceContent, PresenceListener } from "../ephemeral/presence.ts";
 import type { ReceiptListener } from "../ephemeral/receipts.ts";
 import type { TypingListener } from "../ephemeral/typing.ts";
+import type { ToDeviceContentListener } from "../e2ee/to-device.ts";
+import { isLocalUser } from "../accounts/user-id.ts";
 import type { AppServiceDelivery } from "./delivery.ts";
 import { interestedInEvent, interestedInRoom, readRoomFacts } from "./interest.ts";
 import { type AppService, type AppServiceRegistry, isInterestedInUser } from "./registration.ts";
@@ -22,6 +24,36 @@ export interface EphemeralSources {
   typing: { onTyping(listener: TypingListener): void; typingIn(roomIds: Iterable<string>, since: number | null, upTo: number): Map<string, string[]> };
   receipts: { onReceipt(listener: ReceiptListener): void };
   presence: { onPresence(listener: PresenceListener): void };
+}
+
+/**
+ * To-device messages for the users of a service that asks for them (MSC2409/MSC4203
+ * `receive_to_device`): each message sent to one of its users (local, in its user namespaces, or
+ * its bot) goes in its next transaction's `org.matrix.msc2409.to_device`, with `to_user_id` and
+ * `to_device_id`. Best-effort like the ephemeral data: held in memory until then.
+ */
+export function connectAppServiceToDevice(d: {
+  delivery: AppServiceDelivery;
+  registry: AppServiceRegistry;
+  toDevice: { onMessageContents(listener: ToDeviceContentListener): void };
+  serverName: string;
+  logger: Logger;
+}): void {
+  const services = d.registry.services.filter((s) => s.url !== null && s.receiveToDevice);
+  if (services.length === 0) return;
+  d.toDevice.onMessageContents((messages) => {
+    for (const m of messages) {
+      if (!isLocalUser(m.userId, d.serverName)) continue;
+      for (const s of services) {
+        if (!isInterestedInUser(s, m.userId)) continue;
+        try {
+          d.delivery.pushToDevice(s.id, { type: m.type, sender: m.sender, to_user_id: m.userId, to_device_id: m.deviceId, content: JSON.parse(m.content) });
+        } catch (err) {
+          d.logger.warn({ err }, "could not pass a to-device message to an application service");
+        }
+      }
+    }
+  });
 }
 
 export function connectAppServiceEphemeral(d: {

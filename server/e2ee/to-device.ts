@@ -39,6 +39,10 @@ export interface ToDeviceBatch {
  * (a safe upper bound): the wake-up of `/sync`.
  */
 export type ToDeviceListener = (targets: { userId: string; deviceId: string }[], position: number) => void;
+/** The messages themselves, once stored (application services with `receive_to_device` get them). */
+export type ToDeviceContentListener = (
+  messages: Array<{ sender: string; type: string; userId: string; deviceId: string; content: string }>,
+) => void;
 
 /**
  * Hands messages for users of other servers to federation (wired at startup: e2ee does not import
@@ -106,6 +110,7 @@ const CHUNK = 1000;
 
 export class ToDevice {
   private readonly listeners: ToDeviceListener[] = [];
+  private readonly contentListeners: ToDeviceContentListener[] = [];
   /** Until the rooms component is wired in, nobody shares a room: every other user is a stranger. */
   private roomSharing: RoomSharing = async () => new Set();
   /** Until federation is wired in, messages for other servers are refused. */
@@ -121,6 +126,11 @@ export class ToDevice {
 
   onMessages(listener: ToDeviceListener): void {
     this.listeners.push(listener);
+  }
+
+  /** Hears each stored send with its messages' content (canonical JSON); a listener must not throw. */
+  onMessageContents(listener: ToDeviceContentListener): void {
+    this.contentListeners.push(listener);
   }
 
   /** How to send to users of other servers (federation's, wired at startup). */
@@ -237,6 +247,10 @@ export class ToDevice {
     if (stored) {
       const targets = rows.map((r) => ({ userId: r.userId, deviceId: r.deviceId }));
       for (const listener of this.listeners) listener(targets, stored);
+      if (this.contentListeners.length) {
+        const messages = rows.map((r) => ({ sender, type: eventType, userId: r.userId, deviceId: r.deviceId, content: r.content }));
+        for (const listener of this.contentListeners) listener(messages);
+      }
     }
   }
 

@@ -196,7 +196,11 @@ async function authenticate(
   }
   // https://spec.matrix.org/latest/application-service-api/#identity-assertion
   const appService = appServiceOfToken(token, services.appServices);
-  if (appService) return appServiceRequester(appService, c.req.query(), services.accounts);
+  if (appService) {
+    // The service is up (it is calling us): what waits for it need not wait out its backoff.
+    services.appServiceDelivery?.markReachable(appService.id);
+    return appServiceRequester(appService, c.req.query(), services.accounts);
+  }
   return services.auth.authenticate(token, info);
 }
 
