@@ -19,5 +19,7 @@ export const versions = route({
   path: "/_matrix/client/versions",
   auth: "none",
   admission: "exempt",
-  handler: () => ({ versions: SUPPORTED_SPEC_VERSIONS, unstable_features: {} }),
+  // MSC3916's flag: authenticated media (/_matrix/client/v1/media/*) without claiming all of v1.11;
+  // matrix-js-sdk uses those endpoints when it sees it.
+  handler: () => ({ versions: SUPPORTED_SPEC_VERSIONS, unstable_features: { "org.matrix.msc3916.stable": true } }),
 });
