@@ -2,6 +2,7 @@
 // headers that keep uploaded pages from running, limits, and media fetched from another server.
 // https://spec.matrix.org/latest/client-server-api/#content-repository
 import { readdir } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
 import path from "node:path";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -123,6 +124,28 @@ describe("one server", () => {
     expect(streamed.status).toBe(413);
     expect(((await streamed.json()) as { errcode: string }).errcode).toBe("M_TOO_LARGE");
     expect(await filesUnder(mediaDir)).toEqual(before);
+  });
+
+  it("keeps nothing of an upload whose client goes away mid-body", async () => {
+    const mediaDir = path.join(hs.dataDir, "media");
+    const before = await filesUnder(mediaDir);
+    const { port } = new URL(hs.url);
+    await new Promise<void>((resolve) => {
+      const req = httpRequest({
+        host: "127.0.0.1",
+        port: Number(port),
+        method: "POST",
+        path: UPLOAD,
+        headers: { Authorization: `Bearer ${alice.accessToken}`, "Content-Length": String(MAX_UPLOAD - 1) },
+      });
+      req.on("error", () => resolve());
+      req.on("close", () => resolve());
+      req.write(new Uint8Array(20_000), () => setTimeout(() => req.destroy(), 200));
+    });
+    for (let i = 0; i < 40 && (await filesUnder(mediaDir)).length !== before.length; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await filesUnder(mediaDir)).toEqual(before);
+    // The server carries on.
+    await upload(hs.url, alice.accessToken, "after the abort", "text/plain");
   });
 
   it("stores identical uploads once", async () => {

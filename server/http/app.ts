@@ -103,10 +103,15 @@ export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
         // PostgreSQL text cannot hold NUL; no Matrix identifier contains one.
         if (value.includes("\u0000")) throw new MatrixError(400, "M_INVALID_PARAM", `${name} must not contain NUL`);
       }
-      const result = await r.handler(
-        { params, query, body, rawBody, requester, origin, request: info, c },
-        services,
-      );
+      let result: unknown;
+      try {
+        result = await r.handler({ params, query, body, rawBody, requester, origin, request: info, c }, services);
+      } catch (err) {
+        // An upload whose client went away mid-body fails wherever it was being read: that is the
+        // client's doing, not a bug of ours.
+        if (rawBody && !rawBody.readableEnded && !(err instanceof MatrixError)) throw new ClientAbortedError((err as Error).message);
+        throw err;
+      }
       if (result instanceof Response) return result;
       return c.json(result ?? {});
     });
