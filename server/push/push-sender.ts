@@ -37,6 +37,15 @@ export interface PushSenderOptions {
   maxBackoffMs?: number;
 }
 
+type StateContent = Record<string, unknown> | undefined;
+/** A pushed event with what its notification says of the room. */
+interface EventDetails {
+  event: NonNullable<Awaited<ReturnType<PushEventSource["getEvent"]>>>;
+  member: StateContent;
+  name: StateContent;
+  alias: StateContent;
+}
+
 interface QueuedPush {
   id: number;
   pusher_id: string | number;
@@ -204,6 +213,8 @@ export class PushSender {
     }
     const pushers = await this.o.pushers.byIds([...byPusher.keys()]);
     const work = [...byPusher.entries()];
+    // A room's event goes to many pushers: read it (and the room's names) once per batch.
+    const events = new Map<string, Promise<EventDetails | undefined>>();
     const next = async (): Promise<void> => {
       for (let item = work.shift(); item; item = work.shift()) {
         const [pusherId, pushes] = item;
@@ -213,7 +224,7 @@ export class PushSender {
           await this.db.execute(sql`delete from push_queue where pusher_id = ${pusherId}`);
           continue;
         }
-        await this.sendFor(pusher, pushes);
+        await this.sendFor(pusher, pushes, events);
       }
     };
     await Promise.all(Array.from({ length: Math.min(CONCURRENCY, work.length) }, next));
@@ -221,10 +232,10 @@ export class PushSender {
   }
 
   /** A pusher's due pushes, in order; stops at the first the gateway could not take (it backs off). */
-  private async sendFor(pusher: Pusher, pushes: QueuedPush[]): Promise<void> {
+  private async sendFor(pusher: Pusher, pushes: QueuedPush[], events: Map<string, Promise<EventDetails | undefined>>): Promise<void> {
     const url = pusher.data.url as string;
     for (const push of pushes) {
-      const notification = await this.notificationFor(pusher, push);
+      const notification = await this.notificationFor(pusher, push, events);
       const outcome: NotifyOutcome = notification ? await this.o.gateway.notify(url, notification) : { kind: "sent", rejected: [] };
       if (outcome.kind === "retry") {
         const delay = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** Math.min(push.attempts, 30));
@@ -247,8 +258,26 @@ export class PushSender {
    * The `notification` of a push (push-gateway-api), or undefined when there is nothing to send any
    * more: the user read the event in the meantime, or it is gone.
    */
-  private async notificationFor(pusher: Pusher, push: QueuedPush): Promise<Record<string, unknown> | undefined> {
-    const [count] = rowsOf<{ n: string | number }>(await this.db.execute(sql`select count(*) as n from event_push_actions where user_id = ${push.user_id}`));
+  private eventDetails(eventId: string): Promise<EventDetails | undefined> {
+    return (async () => {
+      const event = await this.o.events.getEvent(eventId);
+      if (!event) return undefined;
+      const [member, name, alias] = await Promise.all([
+        this.o.events.currentStateContent(event.roomId, "m.room.member", event.sender),
+        this.o.events.currentStateContent(event.roomId, "m.room.name", ""),
+        this.o.events.currentStateContent(event.roomId, "m.room.canonical_alias", ""),
+      ]);
+      return { event, member, name, alias };
+    })();
+  }
+
+  private async notificationFor(pusher: Pusher, push: QueuedPush, events: Map<string, Promise<EventDetails | undefined>>): Promise<Record<string, unknown> | undefined> {
+    // The user's unread count, and whether this notification is still unread, in one read.
+    const [count] = rowsOf<{ n: string | number; unread: boolean | null }>(
+      await this.db.execute(sql`select count(*) as n,
+          bool_or(room_id = ${push.room_id ?? ""} and stream_ordering = ${Number(push.stream_ordering ?? -1)}) as unread
+        from event_push_actions where user_id = ${push.user_id}`),
+    );
     const counts = { unread: Number(count?.n ?? 0) };
     const { url: _url, ...data } = pusher.data;
     const actions = Array.isArray(push.actions) ? push.actions : [];
@@ -264,23 +293,17 @@ export class PushSender {
       // A count-only update (a read receipt): no event, the counts, the device.
       return { counts, devices: [device], prio: "high" };
     }
-    const stillUnread = rowsOf(
-      await this.db.execute(sql`select 1 from event_push_actions where user_id = ${push.user_id} and room_id = ${push.room_id}
-        and stream_ordering = ${Number(push.stream_ordering)} limit 1`),
-    );
-    if (stillUnread.length === 0) return undefined;
-    const event = await this.o.events.getEvent(push.event_id);
-    if (!event) return undefined;
+    if (count?.unread !== true) return undefined;
+    let details = events.get(push.event_id);
+    if (!details) events.set(push.event_id, (details = this.eventDetails(push.event_id)));
+    const found = await details;
+    if (!found) return undefined;
+    const { event, member, name, alias } = found;
     // Synapse's rule: a highlight, a sound, or an encrypted event (the client decides) is worth waking the device.
     const prio = event.type === "m.room.encrypted" || tweaks.highlight === true || tweaks.sound !== undefined ? "high" : "low";
     // `id` is the event ID's name before spec r0.4 (push gateways such as sytest's still read it).
     const base = { event_id: event.eventId, id: event.eventId, room_id: event.roomId, counts, devices: [device], prio };
     if (data.format === "event_id_only") return base;
-    const [member, name, alias] = await Promise.all([
-      this.o.events.currentStateContent(event.roomId, "m.room.member", event.sender),
-      this.o.events.currentStateContent(event.roomId, "m.room.name", ""),
-      this.o.events.currentStateContent(event.roomId, "m.room.canonical_alias", ""),
-    ]);
     return {
       ...base,
       type: event.type,
