@@ -379,6 +379,12 @@ export const configKeys = {
     default: 50 * 1024 * 1024,
     doc: "The largest media upload accepted, in bytes (`m.upload.size`); larger ones get 413 M_TOO_LARGE and nothing is stored. Remote media larger than this is not fetched.",
   }),
+  media_quota_bytes: key({
+    env: "PARLEY_MEDIA_QUOTA_BYTES",
+    schema: int(0, 2 ** 50),
+    default: 0,
+    doc: "The total size of the media each local user may upload, in bytes; an upload past it gets 403 M_FORBIDDEN and is not kept. 0: no quota.",
+  }),
   max_image_pixels: key({
     env: "PARLEY_MAX_IMAGE_PIXELS",
     schema: int(1, 2 ** 40),

@@ -242,6 +242,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       now,
       logger,
       maxUploadBytes: config.max_upload_size,
+      quotaBytes: config.media_quota_bytes,
       maxImagePixels: config.max_image_pixels,
       authenticatedMedia: config.enable_authenticated_media,
     });

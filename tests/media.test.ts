@@ -206,6 +206,28 @@ describe("one server", () => {
     }
   });
 
+  it("refuses an upload past the user's quota and keeps nothing of it", async () => {
+    const other = await startTestServer({ config: { media_quota_bytes: 1000 } });
+    try {
+      const carol = await registerUser(other.url, "carol");
+      const contentDir = path.join(other.dataDir, "media", "content");
+      await upload(other.url, carol.accessToken, new Uint8Array(600).fill(1), "application/octet-stream");
+      const before = await filesUnder(contentDir);
+      const over = await request(other.url, "POST", UPLOAD, { raw: new Uint8Array(600).fill(2), token: carol.accessToken });
+      expect(over.status).toBe(403);
+      expect(over.json.errcode).toBe("M_FORBIDDEN");
+      expect(await filesUnder(contentDir)).toEqual(before);
+      await upload(other.url, carol.accessToken, new Uint8Array(400).fill(3), "application/octet-stream");
+      const full = await request(other.url, "POST", UPLOAD, { raw: "x", token: carol.accessToken });
+      expect(full.status).toBe(403);
+      // Another user's quota is their own.
+      const dave = await registerUser(other.url, "dave");
+      await upload(other.url, dave.accessToken, new Uint8Array(600).fill(2), "application/octet-stream");
+    } finally {
+      await other.destroy();
+    }
+  });
+
   it("creates a media ID, waits for its upload, and never overwrites it", async () => {
     const created = await request(hs.url, "POST", "/_matrix/media/v1/create", { token: alice.accessToken, body: {} });
     expect(created.status).toBe(200);

@@ -4,7 +4,7 @@
 // https://spec.matrix.org/latest/client-server-api/#content-repository
 import { randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
-import { and, count, eq, gt, isNull } from "drizzle-orm";
+import { and, count, eq, gt, isNull, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import type { Database } from "../../schema/db.ts";
@@ -60,6 +60,8 @@ export interface MediaRepositoryOptions {
   now(): number;
   logger: Logger;
   maxUploadBytes: number;
+  /** The total a user may upload, in bytes; 0 for no quota. */
+  quotaBytes?: number;
   maxImagePixels: number;
   /**
    * The spec's "freeze" (Synapse's `enable_authenticated_media`): media uploaded or cached while it
@@ -85,7 +87,7 @@ export class MediaRepository {
   private readonly waiting = new Map<string, Set<() => void>>();
 
   constructor(options: MediaRepositoryOptions) {
-    this.opts = { maxPendingPerUser: 50, unusedExpiryMs: 24 * 60 * 60 * 1000, ...options };
+    this.opts = { maxPendingPerUser: 50, unusedExpiryMs: 24 * 60 * 60 * 1000, quotaBytes: 0, ...options };
   }
 
   /** Wired in server/homeserver.ts: how remote media is fetched (services never import federation). */
@@ -103,7 +105,9 @@ export class MediaRepository {
     body: Readable | AsyncIterable<Uint8Array>,
     meta: { contentType?: string; uploadName?: string },
   ): Promise<{ content_uri: string }> {
+    await this.checkQuota(userId, 0);
     const stored = await this.storeUpload(body);
+    await this.checkQuota(userId, stored.size, stored.sha256);
     const mediaId = newMediaId();
     await this.opts.db.insert(media).values({
       serverName: this.opts.serverName,
@@ -153,7 +157,9 @@ export class MediaRepository {
     // Checked before and after the bytes arrive: before so a refused upload stores nothing, after
     // because another request may have filled it meanwhile.
     await this.checkUploadable(userId, serverName, mediaId);
+    await this.checkQuota(userId, 0);
     const stored = await this.storeUpload(body);
+    await this.checkQuota(userId, stored.size, stored.sha256);
     const updated = await this.opts.db
       .update(media)
       .set({ sha256: stored.sha256, size: stored.size, contentType: meta.contentType ?? null, uploadName: meta.uploadName ?? null, unusedExpiresTs: null })
@@ -209,6 +215,29 @@ export class MediaRepository {
     if (row.userId !== userId) throw new MatrixError(403, "M_FORBIDDEN", "This media ID was created by another user");
     if (row.sha256 !== null) throw cannotOverwrite();
     if (row.expires !== null && row.expires <= this.opts.now()) throw notFound();
+  }
+
+  /**
+   * Refuses an upload that would take the user past the quota: before the bytes arrive (already
+   * full), and once their size is known, when the bytes just stored are dropped unless other
+   * media shares them.
+   * https://spec.matrix.org/latest/client-server-api/#content-repo-security-considerations
+   */
+  private async checkQuota(userId: string, adding: number, storedSha256?: string): Promise<void> {
+    const quota = this.opts.quotaBytes;
+    if (quota <= 0) return;
+    const [used] = await this.opts.db
+      .select({ bytes: sql<string | number | null>`coalesce(sum(${media.size}), 0)` })
+      .from(media)
+      .where(and(eq(media.serverName, this.opts.serverName), eq(media.userId, userId)));
+    const total = Number(used?.bytes ?? 0) + adding;
+    if (adding === 0 ? total < quota : total <= quota) return;
+    if (storedSha256) {
+      const [shared] = await this.opts.db.select({ n: count() }).from(media).where(eq(media.sha256, storedSha256));
+      const [thumbs] = await this.opts.db.select({ n: count() }).from(mediaThumbnails).where(eq(mediaThumbnails.sha256, storedSha256));
+      if ((shared?.n ?? 0) === 0 && (thumbs?.n ?? 0) === 0) await this.opts.store.delete(storedSha256);
+    }
+    throw new MatrixError(403, "M_FORBIDDEN", `This upload would take you past your media quota of ${quota} bytes`);
   }
 
   private async storeUpload(body: Readable | AsyncIterable<Uint8Array>) {
