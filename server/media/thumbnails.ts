@@ -2,7 +2,7 @@
 // pixels (no decompression bombs) and in time.
 // https://spec.matrix.org/latest/client-server-api/#thumbnails
 import type { Readable } from "node:stream";
-import sharp, { type Metadata } from "sharp";
+import sharp, { type Metadata, type Sharp } from "sharp";
 import { MatrixError } from "../http/errors.ts";
 
 export type ThumbnailMethod = "crop" | "scale";
@@ -51,7 +51,7 @@ export async function makeThumbnail(
   let meta: Metadata;
   try {
     const probe = sharp({ limitInputPixels: false, failOn: "none" });
-    (await open()).pipe(probe);
+    feed(await open(), probe);
     meta = await probe.metadata();
   } catch {
     throw new MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content");
@@ -92,8 +92,16 @@ export async function makeThumbnail(
     image.png();
     outType = "image/png";
   }
-  (await open()).pipe(image);
+  feed(await open(), image);
   return { kind: "thumbnail", contentType: outType, output: image };
+}
+
+/** Pipes the original into sharp; a read error fails the image instead of going unheard. */
+function feed(source: Readable, image: Sharp): void {
+  source.on("error", (err) => image.destroy(err));
+  image.on("error", () => source.destroy());
+  image.on("close", () => source.destroy());
+  source.pipe(image);
 }
 
 /** True when sharp refused the input for its pixel count. */
