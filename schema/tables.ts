@@ -14,3 +14,4 @@ export * from "./tables/appservices.ts";
 export * from "./tables/appservice-room-lists.ts";
 export * from "./tables/media.ts";
 export * from "./tables/push.ts";
+export * from "./tables/threepid-bindings.ts";
