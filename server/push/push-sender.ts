@@ -61,6 +61,10 @@ interface QueuedPush {
 /** Stream positions copied per ingest transaction (a position is one event: up to one row per local member). */
 const INGEST_POSITIONS = 200;
 const BATCH = 200;
+/** How long a claimed batch is this process's alone (longer than sending it takes: 16 at once, 10 s timeouts). */
+const LEASE_MS = 120_000;
+/** The advisory lock that serialises claims of due pushes across processes ("push" in ASCII). */
+const PUSH_CLAIM_LOCK = 0x70757368;
 /** Pushers served at once. */
 const CONCURRENCY = 16;
 
@@ -199,10 +203,20 @@ export class PushSender {
     const now = this.o.now();
     const dropped = rowsOf(await this.db.execute(sql`delete from push_queue where created_ts < ${now - this.maxAgeMs} returning id`));
     if (dropped.length) this.o.logger.warn({ dropped: dropped.length }, "push: dropped pushes their gateway did not take in time");
-    const rows = rowsOf<QueuedPush>(
-      await this.db.execute(sql`select id, pusher_id, user_id, room_id, event_id, stream_ordering, actions, created_ts, attempts
-        from push_queue where next_attempt_ts <= ${now} order by id limit ${BATCH}`),
-    );
+    // Claimed for LEASE_MS (their next attempt moved past it), so another process sharing the
+    // database does not send them too. Only pushers none of whose pushes is claimed or backing off
+    // are taken, whole, so one pusher's pushes stay in order. Claims are serialised across
+    // processes by a transaction-scoped advisory lock: each claim sees the previous one's leases.
+    // A process that dies holding a lease leaves its pushes due again when it runs out.
+    const rows = await this.db.transaction(async (tx) => {
+      await tx.execute(sql`select pg_advisory_xact_lock(${PUSH_CLAIM_LOCK})`);
+      return rowsOf<QueuedPush>(
+        await tx.execute(sql`update push_queue set next_attempt_ts = ${now + LEASE_MS}
+          where next_attempt_ts <= ${now} and pusher_id in (
+            select pusher_id from push_queue group by pusher_id having max(next_attempt_ts) <= ${now} order by min(id) limit ${BATCH})
+          returning id, pusher_id, user_id, room_id, event_id, stream_ordering, actions, created_ts, attempts`),
+      ).sort((a, b) => Number(a.id) - Number(b.id));
+    });
     if (rows.length === 0) return false;
     const byPusher = new Map<number, QueuedPush[]>();
     for (const r of rows) {
@@ -228,7 +242,7 @@ export class PushSender {
       }
     };
     await Promise.all(Array.from({ length: Math.min(CONCURRENCY, work.length) }, next));
-    return rows.length === BATCH;
+    return byPusher.size === BATCH;
   }
 
   /** A pusher's due pushes, in order; stops at the first the gateway could not take (it backs off). */
