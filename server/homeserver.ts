@@ -33,6 +33,7 @@ import { RemoteHierarchies } from "../federation/transport/remote-hierarchy.ts";
 import { AppServiceDelivery } from "./appservices/delivery.ts";
 import { connectAppServiceEphemeral, connectAppServiceToDevice } from "./appservices/ephemeral.ts";
 import { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
+import { ThreepidBindings } from "./accounts/threepid-bindings.ts";
 import { IdentityServerClient } from "../federation/transport/identity-servers.ts";
 import { connectThirdPartyInvites } from "../federation/transport/third-party-invites.ts";
 import { remoteMediaFetcher } from "../federation/transport/remote-media.ts";
@@ -185,7 +186,9 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       serverName: config.server_name,
       logger,
     });
-    identityServers = new IdentityServerClient({ insecure: config.identity_servers_insecure });
+    identityServers = new IdentityServerClient({ insecure: config.identity_servers_insecure, signer: { serverName: config.server_name, signingKey } });
+    const threepidBindings = new ThreepidBindings(database.db, now, logger);
+    threepidBindings.useIdentityServers(identityServers);
     connectThirdPartyInvites({ thirdPartyInvites, http: federation.http, rooms: roomFederation, identityServers, logger });
     await federation.start();
     const userDirectory = new UserDirectory({
@@ -265,6 +268,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       userDirectory,
       appServiceDelivery,
       thirdPartyInvites,
+      threepidBindings,
       media,
       pushSender,
       pushNotifications: new NotificationsList(database.db, roomServices.eventStore),

@@ -28,6 +28,7 @@ import { RateLimiter } from "./ratelimit.ts";
 import type { RoomServices } from "./rooms/room-services.ts";
 import type { SyncServices } from "./sync/sync-services.ts";
 import type { ThirdPartyInvites } from "./rooms/third-party-invites.ts";
+import type { ThreepidBindings } from "./accounts/threepid-bindings.ts";
 import { UserData } from "./userdata/userdata.ts";
 import type { UserDirectory } from "./userdirectory/user-directory.ts";
 
@@ -59,6 +60,8 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   thirdParty: ThirdPartyLookups;
   /** Invites by third-party identifier (identity servers, onbind, exchange). */
   thirdPartyInvites: ThirdPartyInvites;
+  /** 3pids bound on identity servers through us (`/account/3pid/bind`, unbind, delete, deactivation). */
+  threepidBindings: ThreepidBindings;
   /** The content repository: uploads, downloads, thumbnails, remote media. */
   media: MediaRepository;
   /** Pushes notifications to the users' push gateways (server/push/). */

@@ -25,6 +25,10 @@ export class MockIdentityServer {
   valid = new Set<string>();
   bindings = new Map<string, string>(); // sha256 hash → mxid
   invites: Json[] = [];
+  /** Validated 3pid sessions (`requestToken` + `submitToken` done), by sid. */
+  sessions = new Map<string, { medium: string; address: string; clientSecret: string }>();
+  /** What `/3pid/unbind` should answer instead of unbinding (a status), if set. */
+  unbindStatus: number | undefined;
   requests: Array<{ method: string; path: string; auth?: string; body?: Json }> = [];
   private next = 0;
   constructor(private readonly server: Server) {
@@ -96,11 +100,46 @@ export class MockIdentityServer {
           },
         ];
       }
+      // https://spec.matrix.org/latest/identity-service-api/#post_matrixidentityv23pidbind
+      case "POST /_matrix/identity/v2/3pid/bind": {
+        if (!authorised) return [401, { errcode: "M_UNAUTHORIZED", error: "no token" }];
+        const session = this.sessions.get(body?.sid);
+        if (!session || session.clientSecret !== body?.client_secret) return [404, { errcode: "M_NO_VALID_SESSION", error: "no such session" }];
+        this.bindings.set(this.hash(session.address, session.medium), body.mxid);
+        const answer = { medium: session.medium, address: session.address, mxid: body.mxid, not_before: 0, not_after: 4582425849161, ts: 0 };
+        return [200, signJson(answer, this.name, this.key)];
+      }
+      // https://spec.matrix.org/latest/identity-service-api/#post_matrixidentityv23pidunbind
+      // (a homeserver signs with X-Matrix; the test checks the signature from `requests`).
+      case "POST /_matrix/identity/v2/3pid/unbind": {
+        if (!auth?.startsWith("X-Matrix ")) return [401, { errcode: "M_UNAUTHORIZED", error: "not signed" }];
+        if (this.unbindStatus !== undefined) return [this.unbindStatus, { errcode: "M_UNKNOWN", error: "refused" }];
+        const hash = this.hash(body?.threepid?.address, body?.threepid?.medium);
+        if (this.bindings.get(hash) !== body?.mxid) return [404, { errcode: "M_NOT_FOUND", error: "not bound" }];
+        this.bindings.delete(hash);
+        return [200, {}];
+      }
       case "GET /_matrix/identity/v2/pubkey/isvalid":
         return [200, { valid: this.valid.has(url.searchParams.get("public_key") ?? "") }];
       default:
         return [404, { errcode: "M_UNRECOGNIZED", error: "unknown" }];
     }
+  }
+
+  private hash(address: string, medium: string): string {
+    return encodeUnpaddedBase64Url(createHash("sha256").update(`${address} ${medium} ${PEPPER}`).digest());
+  }
+
+  /** A validated session for `address` (as if the user had clicked the e-mail's link); its sid. */
+  validate(medium: string, address: string, clientSecret: string): string {
+    const sid = `sid${this.next++}`;
+    this.sessions.set(sid, { medium, address, clientSecret });
+    return sid;
+  }
+
+  /** The user `address` is bound to, if any (what a hashed lookup would answer). */
+  boundTo(address: string, medium = "email"): string | undefined {
+    return this.bindings.get(this.hash(address, medium));
   }
 
   /** Binds an address to a user; `onbind` of their homeserver hears of the invites pending for it. */

@@ -13,7 +13,10 @@ import { isValidServerName } from "../protocol/identifiers.ts";
 import { MAX_JSON_DEPTH, nestingExceeds } from "../protocol/json-nesting.ts";
 import { MatrixError } from "../../server/http/errors.ts";
 import type { IdentityServers, StoredInvite } from "../../server/rooms/third-party-invites.ts";
+import type { SigningKey } from "../protocol/signing.ts";
+import type { BoundThreepid, IdentityServerBindings } from "../../server/accounts/threepid-bindings.ts";
 import { isAllowedFederationAddress } from "./address-policy.ts";
+import { xMatrixAuthorization } from "./request-auth.ts";
 
 type JsonObject = Record<string, unknown>;
 
@@ -25,13 +28,15 @@ export interface IdentityServerClientOptions {
   maxResponseBytes?: number;
   /** Which resolved addresses may be connected to; defaults to the federation address policy. */
   allowAddress?(address: string): boolean;
+  /** Our server name and key: `/3pid/unbind` is signed with X-Matrix as a homeserver. */
+  signer?: { serverName: string; signingKey: SigningKey };
 }
 
 const isObject = (v: unknown): v is JsonObject => typeof v === "object" && v !== null && !Array.isArray(v);
 
 const unreachable = (what: string, why: string) => new MatrixError(502, "M_UNKNOWN", `The identity server could not be reached for ${what}: ${why}`);
 
-export class IdentityServerClient implements IdentityServers {
+export class IdentityServerClient implements IdentityServers, IdentityServerBindings {
   private readonly checked: Agent;
   private readonly trusted: Agent;
   private readonly allowAddress: (address: string) => boolean;
@@ -112,6 +117,49 @@ export class IdentityServerClient implements IdentityServers {
       throw new MatrixError(502, "M_UNKNOWN", "The identity server's answer to store-invite lacks a token, display name or public key");
     }
     return { token, display_name, public_keys: keys };
+  }
+
+  // https://spec.matrix.org/latest/identity-service-api/#post_matrixidentityv23pidbind
+  async bind(idServer: string, accessToken: string, sid: string, clientSecret: string, mxid: string): Promise<BoundThreepid> {
+    const answer = await this.call(
+      "POST",
+      new URL("/_matrix/identity/v2/3pid/bind", this.baseUrl(idServer)),
+      { authorization: `Bearer ${accessToken}` },
+      { sid, client_secret: clientSecret, mxid },
+      "binding the identifier",
+    );
+    // "Homeservers should simply proxy any errors received by the identity server to the caller."
+    if (answer.status !== 200 || !isObject(answer.body)) {
+      const body = isObject(answer.body) ? answer.body : {};
+      const status = answer.status;
+      if ((status === 400 || status === 403 || status === 404) && typeof body.errcode === "string") {
+        throw new MatrixError(status, body.errcode.slice(0, 100), typeof body.error === "string" ? body.error.slice(0, 300) : "The identity server refused the bind");
+      }
+      throw this.refused("the bind", answer);
+    }
+    const { medium, address } = answer.body;
+    if (typeof medium !== "string" || typeof address !== "string" || answer.body.mxid !== mxid) {
+      throw new MatrixError(502, "M_UNKNOWN", "The identity server's answer to the bind lacks the medium, address or our user");
+    }
+    return { medium, address };
+  }
+
+  /**
+   * `/v2/3pid/unbind`, signed by this homeserver (X-Matrix, destination the identity server).
+   * True when the identity server unbound it; false when it refused (it does not support the
+   * request, or knows no such binding).
+   * https://spec.matrix.org/latest/identity-service-api/#post_matrixidentityv23pidunbind
+   */
+  async unbind(idServer: string, mxid: string, medium: string, address: string): Promise<boolean> {
+    if (!this.opts.signer) throw new MatrixError(500, "M_UNKNOWN", "This server has no key to sign an unbind with");
+    const url = new URL("/_matrix/identity/v2/3pid/unbind", this.baseUrl(idServer));
+    const content = { mxid, threepid: { medium, address } };
+    const { serverName, signingKey } = this.opts.signer;
+    const authorization = xMatrixAuthorization({ method: "POST", uri: url.pathname, origin: serverName, destination: idServer, content }, signingKey);
+    const answer = await this.call("POST", url, { authorization }, content, "unbinding the identifier");
+    if (answer.status === 200) return true;
+    if (answer.status >= 500 && answer.status !== 501) throw this.refused("the unbind", answer);
+    return false;
   }
 
   // https://spec.matrix.org/latest/identity-service-api/#get_matrixidentityv2pubkeyisvalid

@@ -14,6 +14,7 @@ import { federationThirdPartyInviteRoutes } from "./federation/third-party-invit
 import { federationUserKeyRoutes } from "./federation/user-keys.ts";
 import type { AnyRoute } from "../http/route.ts";
 import { accountRoutes } from "./client/account.ts";
+import { threepidRoutes } from "./client/threepid.ts";
 import { appServiceRoutes } from "./client/appservice.ts";
 import { thirdPartyRoutes } from "./client/thirdparty.ts";
 import { accountDataRoutes } from "./client/account-data.ts";
@@ -77,6 +78,7 @@ export const routes: AnyRoute[] = [
   ...registerRoutes,
   ...loginRoutes,
   ...accountRoutes,
+  ...threepidRoutes,
   ...appServiceRoutes,
   ...thirdPartyRoutes,
   ...deviceRoutes,

@@ -43,8 +43,8 @@ export const deactivate = route({
       );
     }
     await services.accounts.deactivate(requester.userId, request, { erase: body.erase === true });
-    // No third-party identifiers are ever bound, so there is nothing to unbind.
-    return { id_server_unbind_result: "no-support" };
+    // The 3pids bound through us are unbound (from `id_server` if given, else where each was bound).
+    return { id_server_unbind_result: await services.threepidBindings.unbindAll(requester.userId, body.id_server) };
   },
 });
 
