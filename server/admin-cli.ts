@@ -17,6 +17,10 @@ import { type Config, ConfigError, loadConfig } from "./config.ts";
 import { bindServerName } from "./homeserver.ts";
 import { parseUserId } from "./accounts/user-id.ts";
 import { MatrixError } from "./http/errors.ts";
+import { MediaRepository, type PurgeResult } from "./media/media.ts";
+import { localMediaIdsInRoom } from "./media/room-media.ts";
+import { FileMediaStore } from "./media/store.ts";
+import path from "node:path";
 import { type AccountServices, createAccountServices } from "./services.ts";
 
 const USAGE = `Usage: parley admin [--config FILE] <command> [options]
@@ -37,6 +41,13 @@ Commands:
                                  to be delivered, failures, last error and next retry
   rotate-signing-key             Sign with a new server key from now on; the old one stays
                                  published as an old verify key (restart the server after)
+  media usage [--top N]          Storage used by media: local uploads, cached remote media,
+                                 thumbnails, and the local users using the most
+  media purge-user NAME          Delete a local user's uploads and their thumbnails
+  media purge-room ROOM_ID       Delete the local media the room's messages, stickers and avatar
+                                 refer to (mxc URIs of this server only)
+  media purge-remote --older-than DAYS
+                                 Delete cached remote media fetched more than DAYS days ago
 
 NAME is a localpart (alice) or a full user ID (@alice:example.org).
 `;
@@ -69,6 +80,7 @@ const subcommands: Record<string, Subcommand> = {
   federation,
   appservices,
   "rotate-signing-key": rotateSigningKey,
+  media: mediaCommand,
 };
 
 export async function adminMain(argv: string[], io: AdminIo = processIo): Promise<number> {
@@ -279,5 +291,60 @@ async function rotateSigningKey(args: string[], _services: AccountServices, io: 
   const current = await writeNewSigningKey(config.data_dir);
   io.out(`new signing key ${current.keyId}; ${previous.keyId} is now an old verify key\n`);
   io.out("restart the server to sign with the new key (a running server keeps the key it loaded at start)\n");
+  return 0;
+}
+
+const mediaSubcommands = ["usage", "purge-user", "purge-room", "purge-remote"] as const;
+
+/** `parley admin media …`: storage used, and purges of a user's, a room's or old remote media. */
+async function mediaCommand(args: string[], services: AccountServices, io: AdminIo, { config, database, now }: AdminContext): Promise<number> {
+  const [sub, ...rest] = args;
+  if (!sub || !(mediaSubcommands as readonly string[]).includes(sub)) {
+    io.err(`parley admin: media needs one of ${mediaSubcommands.join(", ")}\n${USAGE}`);
+    return 2;
+  }
+  const repo = new MediaRepository({
+    db: database.db,
+    store: new FileMediaStore(path.join(config.data_dir, "media")),
+    serverName: config.server_name,
+    now,
+    logger: pino({ level: "silent" }),
+    maxUploadBytes: config.max_upload_size,
+    maxImagePixels: config.max_image_pixels,
+    authenticatedMedia: config.enable_authenticated_media,
+  });
+  const purged = (what: string, r: PurgeResult) =>
+    io.out(`deleted ${r.media} media (${r.bytes} bytes) and ${r.thumbnails} thumbnail(s) ${what}; ${r.files} file(s) removed from disk\n`);
+  if (sub === "usage") {
+    const { values } = parseArgs({ args: rest, options: { top: { type: "string" } } });
+    const top = values.top === undefined ? 10 : Number(values.top);
+    if (!Number.isInteger(top) || top < 0 || top > 10_000) throw new MatrixError(400, "M_INVALID_PARAM", "--top must be an integer from 0 to 10000");
+    const u = await repo.usage(top);
+    io.out(`local\t${u.local.count} media\t${u.local.bytes} bytes\n`);
+    io.out(`remote\t${u.remote.count} media\t${u.remote.bytes} bytes\n`);
+    io.out(`thumbnails\t${u.thumbnails.count}\t${u.thumbnails.bytes} bytes\n`);
+    for (const user of u.topUsers) io.out(`${user.userId}\t${user.count} media\t${user.bytes} bytes\n`);
+    return 0;
+  }
+  if (sub === "purge-user") {
+    const { positionals } = parseArgs({ args: rest, allowPositionals: true, options: {} });
+    const userId = userIdOrFail(services, positionals[0]);
+    purged(`uploaded by ${userId}`, await repo.purgeUser(userId));
+    return 0;
+  }
+  if (sub === "purge-room") {
+    const { positionals } = parseArgs({ args: rest, allowPositionals: true, options: {} });
+    const roomId = positionals[0];
+    if (!roomId || !/^![^:]+:.+$/.test(roomId)) throw new MatrixError(400, "M_INVALID_PARAM", "a ROOM_ID (!room:server) is required");
+    const ids = await localMediaIdsInRoom(new EventStore(database.db, now), roomId, config.server_name);
+    purged(`referred to in ${roomId} (${ids.length} local mxc URI(s) found)`, await repo.purgeLocal(ids));
+    return 0;
+  }
+  const { values } = parseArgs({ args: rest, options: { "older-than": { type: "string" } } });
+  const days = Number(values["older-than"]);
+  if (values["older-than"] === undefined || !Number.isFinite(days) || days < 0) {
+    throw new MatrixError(400, "M_INVALID_PARAM", "--older-than DAYS (a number, 0 or more) is required");
+  }
+  purged(`cached from other servers more than ${days} day(s) ago`, await repo.purgeRemote(now() - days * 24 * 60 * 60 * 1000));
   return 0;
 }

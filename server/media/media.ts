@@ -4,7 +4,7 @@
 // https://spec.matrix.org/latest/client-server-api/#content-repository
 import { randomBytes } from "node:crypto";
 import type { Readable } from "node:stream";
-import { and, count, eq, gt, isNull, sql } from "drizzle-orm";
+import { and, count, desc, eq, gt, inArray, isNotNull, isNull, lt, ne, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import type { Database } from "../../schema/db.ts";
@@ -72,7 +72,34 @@ export interface MediaRepositoryOptions {
   maxPendingPerUser?: number;
   /** How long a created media ID waits for its upload. */
   unusedExpiryMs?: number;
+  /** Cached remote media fetched longer ago than this is deleted by the sweep; 0 keeps it forever. */
+  remoteCacheMaxAgeMs?: number;
 }
+
+/** What a purge deleted: media rows, thumbnail rows, and content files no longer referenced. */
+export interface PurgeResult {
+  media: number;
+  thumbnails: number;
+  bytes: number;
+  files: number;
+}
+
+/** `parley admin media usage`. */
+export interface MediaUsage {
+  local: { count: number; bytes: number };
+  remote: { count: number; bytes: number };
+  thumbnails: { count: number; bytes: number };
+  topUsers: { userId: string; count: number; bytes: number }[];
+}
+
+/**
+ * A content file younger than this is never deleted: an identical upload may have just renamed its
+ * bytes onto it and not inserted its row yet (the store is content-addressed, so the file is shared).
+ */
+const CONTENT_GRACE_MS = 60_000;
+/** The sweep's period, and how many media rows one purge transaction deletes at most. */
+const SWEEP_INTERVAL_MS = 60 * 60 * 1000;
+const PURGE_BATCH = 500;
 
 const MEDIA_ID = /^[A-Za-z0-9_-]+$/;
 const MAX_TIMEOUT_MS = 60_000;
@@ -87,7 +114,135 @@ export class MediaRepository {
   private readonly waiting = new Map<string, Set<() => void>>();
 
   constructor(options: MediaRepositoryOptions) {
-    this.opts = { maxPendingPerUser: 50, unusedExpiryMs: 24 * 60 * 60 * 1000, quotaBytes: 0, ...options };
+    this.opts = { maxPendingPerUser: 50, unusedExpiryMs: 24 * 60 * 60 * 1000, quotaBytes: 0, remoteCacheMaxAgeMs: 0, ...options };
+  }
+
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<unknown> | undefined;
+
+  /** Starts the periodic remote-cache sweep (nothing when `remoteCacheMaxAgeMs` is 0). */
+  startSweeping(intervalMs = SWEEP_INTERVAL_MS): void {
+    if (this.opts.remoteCacheMaxAgeMs <= 0 || this.sweepTimer) return;
+    const sweep = () => {
+      if (this.sweeping) return;
+      this.sweeping = this.sweepRemoteCache()
+        .then((r) => {
+          if (r.media > 0) this.opts.logger.info(r, "media: expired remote media deleted");
+        })
+        .catch((err: unknown) => this.opts.logger.warn({ err }, "media: remote cache sweep failed"))
+        .finally(() => (this.sweeping = undefined));
+    };
+    this.sweepTimer = setInterval(sweep, intervalMs);
+    this.sweepTimer.unref();
+    sweep();
+  }
+
+  /** Stops the sweep and waits for a sweep in progress. */
+  async stop(): Promise<void> {
+    clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    await this.sweeping;
+  }
+
+  /** Deletes the cached remote media older than `remoteCacheMaxAgeMs` (nothing when it is 0). */
+  sweepRemoteCache(): Promise<PurgeResult> {
+    if (this.opts.remoteCacheMaxAgeMs <= 0) return Promise.resolve(emptyPurge());
+    return this.purgeRemote(this.opts.now() - this.opts.remoteCacheMaxAgeMs);
+  }
+
+  /** Deletes cached remote media fetched before `beforeTs`, with its thumbnails. */
+  purgeRemote(beforeTs: number): Promise<PurgeResult> {
+    return this.purgeWhere(and(ne(media.serverName, this.opts.serverName), isNotNull(media.fetchedTs), lt(media.fetchedTs, beforeTs))!);
+  }
+
+  /** Deletes a local user's uploads (created media IDs included) with their thumbnails. */
+  purgeUser(userId: string): Promise<PurgeResult> {
+    return this.purgeWhere(and(eq(media.serverName, this.opts.serverName), eq(media.userId, userId))!);
+  }
+
+  /** Deletes these local media IDs with their thumbnails (other servers' media is left alone). */
+  async purgeLocal(mediaIds: readonly string[]): Promise<PurgeResult> {
+    const total = emptyPurge();
+    const ids = [...new Set(mediaIds)].filter((id) => MEDIA_ID.test(id));
+    for (let i = 0; i < ids.length; i += PURGE_BATCH) {
+      const part = await this.purgeWhere(and(eq(media.serverName, this.opts.serverName), inArray(media.mediaId, ids.slice(i, i + PURGE_BATCH)))!);
+      addPurge(total, part);
+    }
+    return total;
+  }
+
+  /** Storage used: local and remote media, thumbnails, and the local users using the most. */
+  async usage(top = 10): Promise<MediaUsage> {
+    const { db, serverName } = this.opts;
+    const bytes = sql<string | number>`coalesce(sum(${media.size}), 0)`;
+    const [local] = await db.select({ n: count(), bytes }).from(media).where(and(eq(media.serverName, serverName), isNotNull(media.sha256)));
+    const [remote] = await db.select({ n: count(), bytes }).from(media).where(and(ne(media.serverName, serverName), isNotNull(media.sha256)));
+    const [thumbs] = await db.select({ n: count(), bytes: sql<string | number>`coalesce(sum(${mediaThumbnails.size}), 0)` }).from(mediaThumbnails);
+    const users = await db
+      .select({ userId: media.userId, n: count(), bytes })
+      .from(media)
+      .where(and(eq(media.serverName, serverName), isNotNull(media.userId), isNotNull(media.sha256)))
+      .groupBy(media.userId)
+      .orderBy(desc(bytes), media.userId)
+      .limit(top);
+    return {
+      local: { count: local?.n ?? 0, bytes: Number(local?.bytes ?? 0) },
+      remote: { count: remote?.n ?? 0, bytes: Number(remote?.bytes ?? 0) },
+      thumbnails: { count: thumbs?.n ?? 0, bytes: Number(thumbs?.bytes ?? 0) },
+      topUsers: users.map((u) => ({ userId: u.userId ?? "", count: u.n, bytes: Number(u.bytes) })),
+    };
+  }
+
+  /**
+   * Deletes the matching media rows and their thumbnail rows, in batches, each batch in one
+   * transaction; then each content file they used that no row references any more, unless it is
+   * younger than CONTENT_GRACE_MS (an identical upload may be about to reference it).
+   */
+  private async purgeWhere(where: ReturnType<typeof and> & {}): Promise<PurgeResult> {
+    const total = emptyPurge();
+    for (;;) {
+      const batch = await this.opts.db.transaction(async (tx) => {
+        const rows = await tx.select({ serverName: media.serverName, mediaId: media.mediaId }).from(media).where(where).limit(PURGE_BATCH);
+        if (rows.length === 0) return undefined;
+        const hashes = new Set<string>();
+        let bytes = 0;
+        let thumbnails = 0;
+        for (const server of new Set(rows.map((r) => r.serverName))) {
+          const ids = rows.filter((r) => r.serverName === server).map((r) => r.mediaId);
+          const gone = await tx
+            .delete(media)
+            .where(and(eq(media.serverName, server), inArray(media.mediaId, ids)))
+            .returning({ sha256: media.sha256, size: media.size });
+          const thumbs = await tx
+            .delete(mediaThumbnails)
+            .where(and(eq(mediaThumbnails.serverName, server), inArray(mediaThumbnails.mediaId, ids)))
+            .returning({ sha256: mediaThumbnails.sha256, size: mediaThumbnails.size });
+          for (const g of gone) {
+            if (g.sha256) hashes.add(g.sha256);
+            bytes += g.size ?? 0;
+          }
+          for (const t of thumbs) hashes.add(t.sha256);
+          thumbnails += thumbs.length;
+        }
+        return { media: rows.length, thumbnails, bytes, hashes };
+      });
+      if (!batch) break;
+      total.media += batch.media;
+      total.thumbnails += batch.thumbnails;
+      total.bytes += batch.bytes;
+      for (const sha256 of batch.hashes) if (await this.releaseContent(sha256)) total.files++;
+      if (batch.media < PURGE_BATCH) break;
+    }
+    return total;
+  }
+
+  /** Deletes a content file that no media or thumbnail row references (re-checked after the rows' commit). */
+  private async releaseContent(sha256: string): Promise<boolean> {
+    const { db, store } = this.opts;
+    const [rows] = await db.select({ n: count() }).from(media).where(eq(media.sha256, sha256));
+    const [thumbs] = await db.select({ n: count() }).from(mediaThumbnails).where(eq(mediaThumbnails.sha256, sha256));
+    if ((rows?.n ?? 0) > 0 || (thumbs?.n ?? 0) > 0) return false;
+    return store.delete(sha256, { minAgeMs: CONTENT_GRACE_MS });
   }
 
   /** Wired in server/homeserver.ts: how remote media is fetched (services never import federation). */
@@ -121,6 +276,37 @@ export class MediaRepository {
       authenticated: this.opts.authenticatedMedia,
     });
     return { content_uri: `mxc://${this.opts.serverName}/${mediaId}` };
+  }
+
+  /**
+   * Stores bytes the server fetched for a user (a URL preview's image) as that user's media, at
+   * most `maxBytes` (the quota is not applied: the user did not choose to upload them).
+   */
+  async saveFetched(
+    userId: string,
+    body: Readable | AsyncIterable<Uint8Array>,
+    meta: { contentType: string; maxBytes: number },
+  ): Promise<{ contentUri: string; serverName: string; mediaId: string; size: number }> {
+    let stored;
+    try {
+      stored = await this.opts.store.put(body, Math.min(meta.maxBytes, this.opts.maxUploadBytes));
+    } catch (err) {
+      if (err instanceof ContentTooLargeError) throw tooLarge(502, err.maxBytes);
+      throw new MatrixError(502, "M_UNKNOWN", "Could not fetch the content");
+    }
+    const mediaId = newMediaId();
+    await this.opts.db.insert(media).values({
+      serverName: this.opts.serverName,
+      mediaId,
+      userId,
+      contentType: meta.contentType,
+      uploadName: null,
+      size: stored.size,
+      sha256: stored.sha256,
+      createdTs: this.opts.now(),
+      authenticated: this.opts.authenticatedMedia,
+    });
+    return { contentUri: `mxc://${this.opts.serverName}/${mediaId}`, serverName: this.opts.serverName, mediaId, size: stored.size };
   }
 
   /** `POST /_matrix/media/v1/create`: an mxc URI to upload to later. */
@@ -390,6 +576,14 @@ function newMediaId(): string {
   let id = "";
   for (const b of bytes) id += alphabet[b % alphabet.length];
   return id;
+}
+
+const emptyPurge = (): PurgeResult => ({ media: 0, thumbnails: 0, bytes: 0, files: 0 });
+function addPurge(total: PurgeResult, part: PurgeResult): void {
+  total.media += part.media;
+  total.thumbnails += part.thumbnails;
+  total.bytes += part.bytes;
+  total.files += part.files;
 }
 
 const notFound = () => new MatrixError(404, "M_NOT_FOUND", "Media not found");

@@ -29,7 +29,11 @@ export interface MediaStore {
   put(source: Readable | AsyncIterable<Uint8Array>, maxBytes: number): Promise<StoredContent>;
   /** The bytes stored under `sha256`, or undefined when there are none. */
   get(sha256: string): Promise<{ stream: Readable; size: number } | undefined>;
-  delete(sha256: string): Promise<void>;
+  /**
+   * Deletes the bytes stored under `sha256`; with `minAgeMs`, only when they were written longer
+   * ago than that. Whether a file was deleted.
+   */
+  delete(sha256: string, options?: { minAgeMs?: number }): Promise<boolean>;
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -87,9 +91,20 @@ export class FileMediaStore implements MediaStore {
     }
   }
 
-  async delete(sha256: string): Promise<void> {
-    if (!SHA256_HEX.test(sha256)) return;
-    await rm(this.pathOf(sha256), { force: true });
+  async delete(sha256: string, options: { minAgeMs?: number } = {}): Promise<boolean> {
+    if (!SHA256_HEX.test(sha256)) return false;
+    const file = this.pathOf(sha256);
+    try {
+      // A put renames its freshly written file over this name, so a young mtime means bytes that an
+      // upload in progress may be about to reference.
+      const { mtimeMs } = await stat(file);
+      if (options.minAgeMs && Date.now() - mtimeMs < options.minAgeMs) return false;
+      await rm(file);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw err;
+    }
   }
 
   private pathOf(sha256: string): string {
