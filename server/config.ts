@@ -391,6 +391,27 @@ export const configKeys = {
     default: 32 * 1000 * 1000,
     doc: "Images with more pixels than this (all frames counted, for an animated thumbnail) are not thumbnailed: a bound on what a decompression bomb can cost.",
   }),
+  remote_media_cache_max_age_ms: key({
+    env: "PARLEY_REMOTE_MEDIA_CACHE_MAX_AGE_MS",
+    schema: int(0, 2 ** 50),
+    default: 0,
+    doc: "Remote media cached here and fetched longer ago than this (in ms) is deleted by an hourly sweep, with its thumbnails; a later request fetches it again from its origin. 0 (the default, as in Synapse): kept forever, since an origin that has gone or deleted the media cannot give it back. `parley admin media purge-remote --older-than DAYS` does the same once.",
+  }),
+  url_preview_enabled: key({
+    env: "PARLEY_URL_PREVIEW_ENABLED",
+    schema: bool,
+    default: false,
+    doc: "Answer `/_matrix/client/v1/media/preview_url`: the server fetches the page (http/https, at most 3 redirects, 1 MiB, 10 s; never loopback or private addresses unless `url_preview_insecure` names the host) and answers its Open Graph tags. Off: 403 M_FORBIDDEN.",
+  }),
+  url_preview_insecure: key({
+    env: "PARLEY_URL_PREVIEW_INSECURE",
+    schema: z
+      .union([z.array(z.string().min(1)), z.string()])
+      .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
+    default: [],
+    example: '["127.0.0.1"]',
+    doc: "Hosts (as written in the URL) that URL previews may fetch even when they resolve to loopback or private addresses (in the environment: comma-separated); `*`: every host. For tests and private networks.",
+  }),
   enable_authenticated_media: key({
     env: "PARLEY_ENABLE_AUTHENTICATED_MEDIA",
     schema: bool,

@@ -39,6 +39,7 @@ import { connectThirdPartyInvites } from "../federation/transport/third-party-in
 import { remoteMediaFetcher } from "../federation/transport/remote-media.ts";
 import { MediaRepository } from "./media/media.ts";
 import { FileMediaStore } from "./media/store.ts";
+import { UrlPreviewer } from "./media/url-preview.ts";
 import path from "node:path";
 import { isAllowedFederationAddress } from "../federation/transport/address-policy.ts";
 import { PushGatewayClient } from "./push/gateway-client.ts";
@@ -97,6 +98,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   let federation: Federation | undefined;
   let identityServers: IdentityServerClient | undefined;
   let pushGateways: PushGatewayClient | undefined;
+  let urlPreviews: UrlPreviewer | undefined;
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -248,8 +250,12 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       quotaBytes: config.media_quota_bytes,
       maxImagePixels: config.max_image_pixels,
       authenticatedMedia: config.enable_authenticated_media,
+      remoteCacheMaxAgeMs: config.remote_media_cache_max_age_ms,
     });
     media.fetchRemoteWith(remoteMediaFetcher(federation.http, logger));
+    if (config.url_preview_enabled) {
+      urlPreviews = new UrlPreviewer({ media, allowAddress: isAllowedFederationAddress, insecure: config.url_preview_insecure, logger, now });
+    }
     services = {
       config,
       database,
@@ -270,6 +276,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       thirdPartyInvites,
       threepidBindings,
       media,
+      urlPreviews,
       pushSender,
       pushNotifications: new NotificationsList(database.db, roomServices.eventStore),
     };
@@ -278,11 +285,13 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     // The same app on both: federation and the client APIs alike, with or without TLS.
     servers.push(await listen(handle, config, config.port, logger));
     if (tls) servers.push(await listen(handle, config, tls.port, logger, tls));
+    services.media.startSweeping();
   } catch (err) {
     await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
     await federation?.stop().catch(() => {});
     await identityServers?.close();
     await pushGateways?.close();
+    await urlPreviews?.close();
     await database.close().catch(() => {});
     throw err;
   }
@@ -297,7 +306,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
 
   let closing: Promise<void> | undefined;
   const close = () =>
-    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => Promise.all([identityServers?.close(), pushGateways?.close()])));
+    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => Promise.all([identityServers?.close(), pushGateways?.close(), urlPreviews?.close()])));
   return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), close };
 }
 
@@ -369,6 +378,7 @@ async function shutDown(d: {
   await step("stopping federation", services.federation.stop(), deadline);
   await step("stopping application-service delivery", services.appServiceDelivery.stop(), deadline);
   await step("stopping push", services.pushSender.stop(), deadline);
+  await step("stopping the media cache sweep", services.media.stop(), deadline);
   await step("closing connections to application services", services.appServiceQueries.close(), deadline);
   await step("stopping sessions", services.sessions.stop(), deadline);
   await step("closing the database", database.close(), deadline);

@@ -21,6 +21,7 @@ import type { Federation } from "../federation/transport/federation.ts";
 import { MatrixError } from "./http/errors.ts";
 import { E2ee } from "./e2ee/e2ee.ts";
 import type { MediaRepository } from "./media/media.ts";
+import type { UrlPreviewer } from "./media/url-preview.ts";
 import type { NotificationsList } from "./push/notifications.ts";
 import type { PushSender } from "./push/push-sender.ts";
 import { Pushers } from "./push/pushers.ts";
@@ -64,6 +65,8 @@ export interface Services extends AccountServices, RoomServices, SyncServices {
   threepidBindings: ThreepidBindings;
   /** The content repository: uploads, downloads, thumbnails, remote media. */
   media: MediaRepository;
+  /** `GET …/preview_url`; undefined when `url_preview_enabled` is off. */
+  urlPreviews?: UrlPreviewer;
   /** Pushes notifications to the users' push gateways (server/push/). */
   pushSender: PushSender;
   /** `GET /notifications`. */

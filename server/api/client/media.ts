@@ -29,6 +29,8 @@ const thumbnailQuery = z.object({
 });
 
 const DEFAULT_TIMEOUT_MS = 20_000;
+// `ts` asks for the preview as of a time; previews are cached for an hour, so it is accepted and unused.
+const previewQuery = z.object({ url: z.string().min(1).max(4096), ts: z.coerce.number().int().optional() });
 
 function uploadMeta(c: HandlerInput<"user", undefined, { filename?: string }>["c"], filename: string | undefined) {
   const contentType = c.req.header("content-type")?.trim() || undefined;
@@ -114,9 +116,12 @@ function downloadRoutes(prefix: string, auth: "user" | "none"): AnyRoute[] {
       path: `${prefix}/preview_url`,
       auth: legacy ? "optional" : "user",
       allowGuests: true,
-      handler() {
-        // Fetching arbitrary URLs for clients is an SSRF risk that needs its own care; not offered yet.
-        throw new MatrixError(403, "M_FORBIDDEN", "URL previews are disabled on this server");
+      query: previewQuery,
+      async handler({ requester, query }, services) {
+        // Fetching URLs for clients is an SSRF risk: off unless `url_preview_enabled`.
+        if (!services.urlPreviews) throw new MatrixError(403, "M_FORBIDDEN", "URL previews are disabled on this server");
+        if (!requester) throw new MatrixError(401, "M_MISSING_TOKEN", "URL previews need an access token");
+        return services.urlPreviews.preview(query.url, requester.userId);
       },
     }),
   ];
