@@ -136,9 +136,9 @@ describe("registration", () => {
     expect(wrong.json.completed).toEqual([]);
   });
 
-  it("offers GET /login with the password flow", async () => {
+  it("offers GET /login with the password flow (and the application-service login, as Synapse lists it)", async () => {
     const res = await request(hs.url, "GET", "/_matrix/client/v3/login");
-    expect(res.json.flows).toEqual([{ type: "m.login.password" }]);
+    expect(res.json.flows).toEqual([{ type: "m.login.password" }, { type: "m.login.application_service" }]);
   });
 });
 
