@@ -335,7 +335,7 @@ async function mediaCommand(args: string[], services: AccountServices, io: Admin
   if (sub === "purge-room") {
     const { positionals } = parseArgs({ args: rest, allowPositionals: true, options: {} });
     const roomId = positionals[0];
-    if (!roomId || !/^![^:]+:.+$/.test(roomId)) throw new MatrixError(400, "M_INVALID_PARAM", "a ROOM_ID (!room:server) is required");
+    if (!roomId || !/^!\S+$/.test(roomId)) throw new MatrixError(400, "M_INVALID_PARAM", "a ROOM_ID (!room:server, or !room in room version 12) is required");
     const ids = await localMediaIdsInRoom(new EventStore(database.db, now), roomId, config.server_name);
     purged(`referred to in ${roomId} (${ids.length} local mxc URI(s) found)`, await repo.purgeLocal(ids));
     return 0;

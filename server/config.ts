@@ -410,7 +410,7 @@ export const configKeys = {
       .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
     default: [],
     example: '["127.0.0.1"]',
-    doc: "Hosts (as written in the URL) that URL previews may fetch even when they resolve to loopback or private addresses (in the environment: comma-separated); `*`: every host. For tests and private networks.",
+    doc: "Hosts (as written in the URL) that URL previews may fetch even when they resolve to loopback or private addresses, and without checking their TLS certificates (in the environment: comma-separated); `*`: every host. For tests and private networks.",
   }),
   enable_authenticated_media: key({
     env: "PARLEY_ENABLE_AUTHENTICATED_MEDIA",

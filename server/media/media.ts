@@ -100,6 +100,7 @@ const CONTENT_GRACE_MS = 60_000;
 /** The sweep's period, and how many media rows one purge transaction deletes at most. */
 const SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const PURGE_BATCH = 500;
+const MAX_DEFERRED_FILES = 100_000;
 
 const MEDIA_ID = /^[A-Za-z0-9_-]+$/;
 const MAX_TIMEOUT_MS = 60_000;
@@ -118,11 +119,13 @@ export class MediaRepository {
   }
 
   private sweepTimer: NodeJS.Timeout | undefined;
+  /** Content files a purge found unreferenced but too young to delete. */
+  private readonly deferredFiles = new Set<string>();
   private sweeping: Promise<unknown> | undefined;
 
-  /** Starts the periodic remote-cache sweep (nothing when `remoteCacheMaxAgeMs` is 0). */
+  /** Starts the periodic sweep: expired remote media, and files earlier purges left for later. */
   startSweeping(intervalMs = SWEEP_INTERVAL_MS): void {
-    if (this.opts.remoteCacheMaxAgeMs <= 0 || this.sweepTimer) return;
+    if (this.sweepTimer) return;
     const sweep = () => {
       if (this.sweeping) return;
       this.sweeping = this.sweepRemoteCache()
@@ -144,10 +147,19 @@ export class MediaRepository {
     await this.sweeping;
   }
 
-  /** Deletes the cached remote media older than `remoteCacheMaxAgeMs` (nothing when it is 0). */
-  sweepRemoteCache(): Promise<PurgeResult> {
-    if (this.opts.remoteCacheMaxAgeMs <= 0) return Promise.resolve(emptyPurge());
-    return this.purgeRemote(this.opts.now() - this.opts.remoteCacheMaxAgeMs);
+  /**
+   * Deletes the cached remote media older than `remoteCacheMaxAgeMs` (nothing when it is 0), and
+   * the files earlier purges left because they were too young, if still unreferenced.
+   */
+  async sweepRemoteCache(): Promise<PurgeResult> {
+    const result = emptyPurge();
+    for (const sha256 of [...this.deferredFiles]) {
+      const outcome = await this.releaseContent(sha256);
+      if (outcome !== "young") this.deferredFiles.delete(sha256);
+      if (outcome === "deleted") result.files++;
+    }
+    if (this.opts.remoteCacheMaxAgeMs > 0) addPurge(result, await this.purgeRemote(this.opts.now() - this.opts.remoteCacheMaxAgeMs));
+    return result;
   }
 
   /** Deletes cached remote media fetched before `beforeTs`, with its thumbnails. */
@@ -230,19 +242,24 @@ export class MediaRepository {
       total.media += batch.media;
       total.thumbnails += batch.thumbnails;
       total.bytes += batch.bytes;
-      for (const sha256 of batch.hashes) if (await this.releaseContent(sha256)) total.files++;
+      for (const sha256 of batch.hashes) {
+        const outcome = await this.releaseContent(sha256);
+        if (outcome === "deleted") total.files++;
+        // Looked at again by the next sweep (kept in memory only: a restart forgets it).
+        if (outcome === "young" && this.deferredFiles.size < MAX_DEFERRED_FILES) this.deferredFiles.add(sha256);
+      }
       if (batch.media < PURGE_BATCH) break;
     }
     return total;
   }
 
   /** Deletes a content file that no media or thumbnail row references (re-checked after the rows' commit). */
-  private async releaseContent(sha256: string): Promise<boolean> {
+  private async releaseContent(sha256: string): Promise<"deleted" | "referenced" | "young"> {
     const { db, store } = this.opts;
     const [rows] = await db.select({ n: count() }).from(media).where(eq(media.sha256, sha256));
     const [thumbs] = await db.select({ n: count() }).from(mediaThumbnails).where(eq(mediaThumbnails.sha256, sha256));
-    if ((rows?.n ?? 0) > 0 || (thumbs?.n ?? 0) > 0) return false;
-    return store.delete(sha256, { minAgeMs: CONTENT_GRACE_MS });
+    if ((rows?.n ?? 0) > 0 || (thumbs?.n ?? 0) > 0) return "referenced";
+    return (await store.delete(sha256, { minAgeMs: CONTENT_GRACE_MS })) === "kept-young" ? "young" : "deleted";
   }
 
   /** Wired in server/homeserver.ts: how remote media is fetched (services never import federation). */

@@ -31,9 +31,9 @@ export interface MediaStore {
   get(sha256: string): Promise<{ stream: Readable; size: number } | undefined>;
   /**
    * Deletes the bytes stored under `sha256`; with `minAgeMs`, only when they were written longer
-   * ago than that. Whether a file was deleted.
+   * ago than that ("kept-young" otherwise).
    */
-  delete(sha256: string, options?: { minAgeMs?: number }): Promise<boolean>;
+  delete(sha256: string, options?: { minAgeMs?: number }): Promise<"deleted" | "absent" | "kept-young">;
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -91,18 +91,18 @@ export class FileMediaStore implements MediaStore {
     }
   }
 
-  async delete(sha256: string, options: { minAgeMs?: number } = {}): Promise<boolean> {
-    if (!SHA256_HEX.test(sha256)) return false;
+  async delete(sha256: string, options: { minAgeMs?: number } = {}): Promise<"deleted" | "absent" | "kept-young"> {
+    if (!SHA256_HEX.test(sha256)) return "absent";
     const file = this.pathOf(sha256);
     try {
       // A put renames its freshly written file over this name, so a young mtime means bytes that an
       // upload in progress may be about to reference.
       const { mtimeMs } = await stat(file);
-      if (options.minAgeMs && Date.now() - mtimeMs < options.minAgeMs) return false;
+      if (options.minAgeMs && Date.now() - mtimeMs < options.minAgeMs) return "kept-young";
       await rm(file);
-      return true;
+      return "deleted";
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return "absent";
       throw err;
     }
   }

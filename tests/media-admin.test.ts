@@ -1,0 +1,207 @@
+// Media retention: the remote-media cache sweep by age (bytes still referenced are kept), and
+// `parley admin media usage|purge-user|purge-room|purge-remote`, run in-process against a test
+// server's database. Deleted media answers 404.
+import { readdir, utimes, writeFile } from "node:fs/promises";
+import path from "node:path";
+import sharp from "sharp";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { type AdminIo, adminMain } from "../server/admin-cli.ts";
+import { registerUser, type TestUser } from "./accounts-helpers.ts";
+import { type Network, startNetwork } from "./federation-harness.ts";
+import { createTestDatabase, request, startTestServer, type TestDatabase, type TestServer } from "./harness.ts";
+
+const onPostgres = Boolean(process.env.DATABASE_URL);
+const UPLOAD = "/_matrix/media/v3/upload";
+const V1 = "/_matrix/client/v1/media";
+
+async function upload(base: string, token: string, bytes: Uint8Array | string, contentType = "application/octet-stream") {
+  const res = await request(base, "POST", UPLOAD, { raw: bytes, token, headers: { "Content-Type": contentType } });
+  expect(res.status, res.text).toBe(200);
+  return res.json.content_uri as string;
+}
+
+async function download(base: string, token: string, mxc: string) {
+  const res = await fetch(`${base}${V1}/download/${mxc.slice("mxc://".length)}`, { headers: { Authorization: `Bearer ${token}` } });
+  return { status: res.status, bytes: Buffer.from(await res.arrayBuffer()) };
+}
+
+async function contentFiles(dataDir: string): Promise<string[]> {
+  try {
+    const entries = await readdir(path.join(dataDir, "media", "content"), { recursive: true, withFileTypes: true });
+    return entries.filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+  } catch {
+    return [];
+  }
+}
+
+/** Content files younger than a minute are never deleted (an identical upload may be landing): age them. */
+async function ageContentFiles(dataDir: string): Promise<void> {
+  const past = new Date(Date.now() - 5 * 60_000);
+  for (const file of await contentFiles(dataDir)) await utimes(file, past, past);
+}
+
+describe("remote media cache sweep", () => {
+  let net: Network;
+  let alice: TestUser;
+  let bob: TestUser;
+  beforeAll(async () => {
+    net = await startNetwork(2, { config: (i) => (i === 1 ? { remote_media_cache_max_age_ms: 1500 } : {}) });
+    const [hs1, hs2] = net.servers as [TestServer, TestServer];
+    [alice, bob] = await Promise.all([registerUser(hs1.url, "alice"), registerUser(hs2.url, "bob")]);
+  });
+  afterAll(() => net.destroy());
+
+  it("deletes cached remote media and its thumbnails once older than the max age, keeping bytes still referenced", async () => {
+    const [hs1, hs2] = net.servers as [TestServer, TestServer];
+    const image = await sharp({ create: { width: 200, height: 100, channels: 3, background: { r: 1, g: 2, b: 3 } } }).png().toBuffer();
+    const shared = "the same bytes on both servers";
+    const remoteShared = await upload(hs1.url, alice.accessToken, shared, "text/plain");
+    const remoteImage = await upload(hs1.url, alice.accessToken, image, "image/png");
+    const localShared = await upload(hs2.url, bob.accessToken, shared, "text/plain");
+    expect((await download(hs2.url, bob.accessToken, remoteShared)).status).toBe(200);
+    expect((await download(hs2.url, bob.accessToken, remoteImage)).status).toBe(200);
+    const thumb = await fetch(`${hs2.url}${V1}/thumbnail/${remoteImage.slice(6)}?width=20&height=20&method=crop`, {
+      headers: { Authorization: `Bearer ${bob.accessToken}` },
+    });
+    expect(thumb.status).toBe(200);
+    await thumb.arrayBuffer();
+    // shared text, image, thumbnail
+    expect(await contentFiles(hs2.dataDir)).toHaveLength(3);
+
+    expect(await hs2.services.media.sweepRemoteCache()).toMatchObject({ media: 0 });
+    await new Promise((resolve) => setTimeout(resolve, 1600));
+    // Files younger than a minute are kept even when unreferenced.
+    const young = await hs2.services.media.sweepRemoteCache();
+    expect(young).toMatchObject({ media: 2, thumbnails: 1, files: 0 });
+    expect(await contentFiles(hs2.dataDir)).toHaveLength(3);
+
+    // Cached again, aged past the grace period, swept again: now the unreferenced files go.
+    expect((await download(hs2.url, bob.accessToken, remoteImage)).status).toBe(200);
+    expect((await download(hs2.url, bob.accessToken, remoteShared)).status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, 1600));
+    await ageContentFiles(hs2.dataDir);
+    const swept = await hs2.services.media.sweepRemoteCache();
+    expect(swept).toMatchObject({ media: 2, thumbnails: 0, files: 2 });
+    // The image's bytes and the thumbnail's (left young by the first sweep, looked at again) go;
+    // the shared bytes stay for bob's upload.
+    expect(await contentFiles(hs2.dataDir)).toHaveLength(1);
+    const local = await download(hs2.url, bob.accessToken, localShared);
+    expect(local.status).toBe(200);
+    expect(local.bytes.toString()).toBe(shared);
+    // The origin still has it: a client asking again gets it fetched and cached anew.
+    const again = await download(hs2.url, bob.accessToken, remoteImage);
+    expect(again.status).toBe(200);
+    expect(again.bytes.equals(image)).toBe(true);
+  });
+});
+
+function capture(): AdminIo & { stdout: string; stderr: string } {
+  const io = {
+    stdout: "",
+    stderr: "",
+    out(text: string) {
+      io.stdout += text;
+    },
+    err(text: string) {
+      io.stderr += text;
+    },
+  };
+  return io;
+}
+
+describe("parley admin media", () => {
+  let database: TestDatabase;
+  let hs: TestServer | undefined;
+  let configFile: string;
+  const savedDatabaseUrl = process.env.DATABASE_URL;
+
+  beforeEach(async () => {
+    database = await createTestDatabase();
+    hs = await startTestServer({ database, embedded: "disk" });
+    configFile = path.join(hs.dataDir, "parley.yaml");
+    await writeFile(configFile, `server_name: test.local\ndata_dir: ${JSON.stringify(hs.dataDir)}\n`);
+    if (database.url) process.env.DATABASE_URL = database.url;
+  });
+  afterEach(async () => {
+    if (savedDatabaseUrl === undefined) delete process.env.DATABASE_URL;
+    else process.env.DATABASE_URL = savedDatabaseUrl;
+    await hs?.destroy();
+  });
+
+  /** On PGlite the server must be stopped while the CLI runs; on PostgreSQL it keeps running. */
+  async function admin(...argv: string[]) {
+    const run = async () => {
+      const io = capture();
+      const code = await adminMain(["--config", configFile, "media", ...argv], io);
+      return { code, ...io };
+    };
+    if (onPostgres) return run();
+    const dataDir = hs!.dataDir;
+    await hs!.stop();
+    hs = undefined;
+    try {
+      return await run();
+    } finally {
+      hs = await startTestServer({ database, dataDir });
+    }
+  }
+
+  it("reports usage, purges a room's local media and a user's uploads, which then answer 404", async () => {
+    const alice = await registerUser(hs!.url, "alice");
+    const bob = await registerUser(hs!.url, "bob");
+    const image = await upload(hs!.url, alice.accessToken, "image bytes", "image/png");
+    const thumbnail = await upload(hs!.url, alice.accessToken, "thumbnail bytes", "image/png");
+    const encrypted = await upload(hs!.url, alice.accessToken, "ciphertext", "application/octet-stream");
+    const avatar = await upload(hs!.url, bob.accessToken, "avatar bytes", "image/png");
+    const elsewhere = await upload(hs!.url, alice.accessToken, "not in the room, a bit longer", "text/plain");
+    const bobsOwn = await upload(hs!.url, bob.accessToken, "bob keeps this", "text/plain");
+
+    const room = await request(hs!.url, "POST", "/_matrix/client/v3/createRoom", { token: alice.accessToken, body: {} });
+    expect(room.status).toBe(200);
+    const roomId = room.json.room_id as string;
+    const send = (type: string, content: unknown, txn: string) =>
+      request(hs!.url, "PUT", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${type}/${txn}`, { token: alice.accessToken, body: content });
+    expect((await send("m.room.message", { msgtype: "m.image", body: "a.png", url: image, info: { thumbnail_url: thumbnail } }, "t1")).status).toBe(200);
+    const file = { url: encrypted, v: "v2", key: { kty: "oct", alg: "A256CTR", ext: true, k: "x", key_ops: ["encrypt", "decrypt"] }, iv: "x", hashes: { sha256: "x" } };
+    expect((await send("m.room.message", { msgtype: "m.file", body: "secret", file }, "t2")).status).toBe(200);
+    expect((await send("m.room.message", { msgtype: "m.image", body: "remote", url: "mxc://other.example/abc" }, "t3")).status).toBe(200);
+    const state = await request(hs!.url, "PUT", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/m.room.avatar/`, {
+      token: alice.accessToken,
+      body: { url: avatar },
+    });
+    expect(state.status, state.text).toBe(200);
+
+    const usage = await admin("usage");
+    expect(usage.code, usage.stderr).toBe(0);
+    expect(usage.stdout).toContain("local\t6 media\t");
+    expect(usage.stdout).toContain("remote\t0 media\t0 bytes");
+    expect(usage.stdout).toMatch(/^@alice:test\.local\t4 media\t\d+ bytes$/m);
+    expect(usage.stdout.indexOf("@alice:test.local")).toBeLessThan(usage.stdout.indexOf("@bob:test.local"));
+
+    const purgedRoom = await admin("purge-room", roomId);
+    expect(purgedRoom.code, purgedRoom.stderr).toBe(0);
+    expect(purgedRoom.stdout).toContain("deleted 4 media");
+    for (const gone of [image, thumbnail, encrypted, avatar]) expect((await download(hs!.url, alice.accessToken, gone)).status).toBe(404);
+    expect((await download(hs!.url, alice.accessToken, elsewhere)).status).toBe(200);
+
+    const purgedUser = await admin("purge-user", "@alice:test.local");
+    expect(purgedUser.code, purgedUser.stderr).toBe(0);
+    expect(purgedUser.stdout).toContain("deleted 1 media");
+    expect((await download(hs!.url, alice.accessToken, elsewhere)).status).toBe(404);
+    const kept = await download(hs!.url, alice.accessToken, bobsOwn);
+    expect(kept.status).toBe(200);
+    expect(kept.bytes.toString()).toBe("bob keeps this");
+  });
+
+  it("purges remote media by age (none on a lone server), and refuses bad arguments", async () => {
+    const remote = await admin("purge-remote", "--older-than", "30");
+    expect(remote.code, remote.stderr).toBe(0);
+    expect(remote.stdout).toContain("deleted 0 media");
+    const missing = await admin("purge-remote");
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("--older-than");
+    const room = await admin("purge-room", "not-a-room");
+    expect(room.code).toBe(1);
+    expect(room.stderr).toContain("ROOM_ID");
+  });
+});
