@@ -205,3 +205,28 @@ describe("parley admin media", () => {
     expect(room.stderr).toContain("ROOM_ID");
   });
 });
+
+describe("identical uploads at the same moment", () => {
+  let hs: TestServer;
+  afterAll(() => hs.destroy());
+
+  it("never lose the stored file when one of them is refused by the quota", async () => {
+    hs = await startTestServer({ config: { media_quota_bytes: 1000 } });
+    const [carol, dave] = await Promise.all([registerUser(hs.url, "carol"), registerUser(hs.url, "dave")]);
+    await upload(hs.url, carol.accessToken, new Uint8Array(900).fill(1));
+    for (let round = 0; round < 10; round++) {
+      const bytes = new Uint8Array(500).fill(10 + round);
+      const [refused, kept] = await Promise.all([
+        request(hs.url, "POST", UPLOAD, { raw: bytes, token: carol.accessToken }),
+        request(hs.url, "POST", UPLOAD, { raw: bytes, token: dave.accessToken }),
+      ]);
+      expect(refused.status).toBe(403);
+      expect(kept.status).toBe(200);
+      const got = await download(hs.url, dave.accessToken, kept.json.content_uri as string);
+      expect(got.status, `round ${round}`).toBe(200);
+      expect(got.bytes.equals(Buffer.from(bytes))).toBe(true);
+      // Dave's quota is his own: make room for the next round.
+      expect((await hs.services.media.purgeUser(dave.userId)).media).toBe(1);
+    }
+  });
+});

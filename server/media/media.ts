@@ -121,6 +121,8 @@ export class MediaRepository {
   private sweepTimer: NodeJS.Timeout | undefined;
   /** Content files a purge found unreferenced but too young to delete. */
   private readonly deferredFiles = new Set<string>();
+  /** Uploads between storing their bytes and writing their row, by SHA-256 (see storeUpload). */
+  private readonly pins = new Map<string, number>();
   private sweeping: Promise<unknown> | undefined;
 
   /** Starts the periodic sweep: expired remote media, and files earlier purges left for later. */
@@ -253,13 +255,27 @@ export class MediaRepository {
     return total;
   }
 
+  private unpin(sha256: string): void {
+    const n = (this.pins.get(sha256) ?? 0) - 1;
+    if (n > 0) this.pins.set(sha256, n);
+    else this.pins.delete(sha256);
+  }
+
   /** Deletes a content file that no media or thumbnail row references (re-checked after the rows' commit). */
   private async releaseContent(sha256: string): Promise<"deleted" | "referenced" | "young"> {
-    const { db, store } = this.opts;
+    if (await this.isWanted(sha256, 0)) return "referenced";
+    const outcome = await this.opts.store.delete(sha256, { minAgeMs: CONTENT_GRACE_MS, stillWanted: () => this.isWanted(sha256, 0) });
+    if (outcome === "kept") return "referenced";
+    return outcome === "kept-young" ? "young" : "deleted";
+  }
+
+  /** Whether a row references these bytes, or an upload in this process beyond `ownPins` holds them. */
+  private async isWanted(sha256: string, ownPins: number): Promise<boolean> {
+    if ((this.pins.get(sha256) ?? 0) > ownPins) return true;
+    const { db } = this.opts;
     const [rows] = await db.select({ n: count() }).from(media).where(eq(media.sha256, sha256));
     const [thumbs] = await db.select({ n: count() }).from(mediaThumbnails).where(eq(mediaThumbnails.sha256, sha256));
-    if ((rows?.n ?? 0) > 0 || (thumbs?.n ?? 0) > 0) return "referenced";
-    return (await store.delete(sha256, { minAgeMs: CONTENT_GRACE_MS })) === "kept-young" ? "young" : "deleted";
+    return (rows?.n ?? 0) > 0 || (thumbs?.n ?? 0) > 0 || (this.pins.get(sha256) ?? 0) > ownPins;
   }
 
   /** Wired in server/homeserver.ts: how remote media is fetched (services never import federation). */
@@ -279,20 +295,24 @@ export class MediaRepository {
   ): Promise<{ content_uri: string }> {
     await this.checkQuota(userId, 0);
     const stored = await this.storeUpload(body);
-    await this.checkQuota(userId, stored.size, stored.sha256);
-    const mediaId = newMediaId();
-    await this.opts.db.insert(media).values({
-      serverName: this.opts.serverName,
-      mediaId,
-      userId,
-      contentType: meta.contentType ?? null,
-      uploadName: meta.uploadName ?? null,
-      size: stored.size,
-      sha256: stored.sha256,
-      createdTs: this.opts.now(),
-      authenticated: this.opts.authenticatedMedia,
-    });
-    return { content_uri: `mxc://${this.opts.serverName}/${mediaId}` };
+    try {
+      await this.checkQuota(userId, stored.size, stored.sha256);
+      const mediaId = newMediaId();
+      await this.opts.db.insert(media).values({
+        serverName: this.opts.serverName,
+        mediaId,
+        userId,
+        contentType: meta.contentType ?? null,
+        uploadName: meta.uploadName ?? null,
+        size: stored.size,
+        sha256: stored.sha256,
+        createdTs: this.opts.now(),
+        authenticated: this.opts.authenticatedMedia,
+      });
+      return { content_uri: `mxc://${this.opts.serverName}/${mediaId}` };
+    } finally {
+      this.unpin(stored.sha256);
+    }
   }
 
   /**
@@ -362,12 +382,17 @@ export class MediaRepository {
     await this.checkUploadable(userId, serverName, mediaId);
     await this.checkQuota(userId, 0);
     const stored = await this.storeUpload(body);
-    await this.checkQuota(userId, stored.size, stored.sha256);
-    const updated = await this.opts.db
-      .update(media)
-      .set({ sha256: stored.sha256, size: stored.size, contentType: meta.contentType ?? null, uploadName: meta.uploadName ?? null, unusedExpiresTs: null })
-      .where(and(eq(media.serverName, serverName), eq(media.mediaId, mediaId), eq(media.userId, userId), isNull(media.sha256)))
-      .returning({ mediaId: media.mediaId });
+    let updated;
+    try {
+      await this.checkQuota(userId, stored.size, stored.sha256);
+      updated = await this.opts.db
+        .update(media)
+        .set({ sha256: stored.sha256, size: stored.size, contentType: meta.contentType ?? null, uploadName: meta.uploadName ?? null, unusedExpiresTs: null })
+        .where(and(eq(media.serverName, serverName), eq(media.mediaId, mediaId), eq(media.userId, userId), isNull(media.sha256)))
+        .returning({ mediaId: media.mediaId });
+    } finally {
+      this.unpin(stored.sha256);
+    }
     if (updated.length === 0) {
       await this.checkUploadable(userId, serverName, mediaId);
       throw cannotOverwrite();
@@ -438,14 +463,25 @@ export class MediaRepository {
     if (storedSha256) {
       const [shared] = await this.opts.db.select({ n: count() }).from(media).where(eq(media.sha256, storedSha256));
       const [thumbs] = await this.opts.db.select({ n: count() }).from(mediaThumbnails).where(eq(mediaThumbnails.sha256, storedSha256));
-      if ((shared?.n ?? 0) === 0 && (thumbs?.n ?? 0) === 0) await this.opts.store.delete(storedSha256);
+      // Not while another upload of the same bytes (pinned) is between its put and its row.
+      if ((shared?.n ?? 0) === 0 && (thumbs?.n ?? 0) === 0) {
+        await this.opts.store.delete(storedSha256, { stillWanted: () => this.isWanted(storedSha256, 1) });
+      }
     }
     throw new MatrixError(403, "M_FORBIDDEN", `This upload would take you past your media quota of ${quota} bytes`);
   }
 
+  /**
+   * Stores an upload's bytes and pins them (the caller unpins once its row is written or the upload
+   * refused): a purge or a refused identical upload in this process leaves pinned bytes alone. The
+   * pin is taken in the same microtask run as the store's rename completes, so no deletion in this
+   * process comes between them; other processes are covered by the one-minute grace of purges.
+   */
   private async storeUpload(body: Readable | AsyncIterable<Uint8Array>) {
     try {
-      return await this.opts.store.put(body, this.opts.maxUploadBytes);
+      const stored = await this.opts.store.put(body, this.opts.maxUploadBytes);
+      this.pins.set(stored.sha256, (this.pins.get(stored.sha256) ?? 0) + 1);
+      return stored;
     } catch (err) {
       if (err instanceof ContentTooLargeError) throw tooLarge(413, this.opts.maxUploadBytes);
       throw err;

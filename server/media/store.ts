@@ -31,9 +31,16 @@ export interface MediaStore {
   get(sha256: string): Promise<{ stream: Readable; size: number } | undefined>;
   /**
    * Deletes the bytes stored under `sha256`; with `minAgeMs`, only when they were written longer
-   * ago than that ("kept-young" otherwise).
+   * ago than that ("kept-young" otherwise). With `stillWanted`, the bytes are first moved out of
+   * the way, then it is asked (an identical upload may have just landed on them): when it answers
+   * true they are put back ("kept").
    */
-  delete(sha256: string, options?: { minAgeMs?: number }): Promise<"deleted" | "absent" | "kept-young">;
+  delete(sha256: string, options?: DeleteOptions): Promise<"deleted" | "absent" | "kept-young" | "kept">;
+}
+
+export interface DeleteOptions {
+  minAgeMs?: number;
+  stillWanted?: () => Promise<boolean>;
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -91,7 +98,7 @@ export class FileMediaStore implements MediaStore {
     }
   }
 
-  async delete(sha256: string, options: { minAgeMs?: number } = {}): Promise<"deleted" | "absent" | "kept-young"> {
+  async delete(sha256: string, options: DeleteOptions = {}): Promise<"deleted" | "absent" | "kept-young" | "kept"> {
     if (!SHA256_HEX.test(sha256)) return "absent";
     const file = this.pathOf(sha256);
     try {
@@ -99,7 +106,19 @@ export class FileMediaStore implements MediaStore {
       // upload in progress may be about to reference.
       const { mtimeMs } = await stat(file);
       if (options.minAgeMs && Date.now() - mtimeMs < options.minAgeMs) return "kept-young";
-      await rm(file);
+      if (!options.stillWanted) {
+        await rm(file);
+        return "deleted";
+      }
+      // Moved aside atomically: an identical upload renaming onto the name now creates it anew.
+      const aside = path.join(this.tmpDir, `deleting-${randomUUID()}`);
+      await rename(file, aside);
+      if (await options.stillWanted()) {
+        // Identical bytes: putting them back over a copy that landed meanwhile changes nothing.
+        await rename(aside, file);
+        return "kept";
+      }
+      await rm(aside, { force: true });
       return "deleted";
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return "absent";
