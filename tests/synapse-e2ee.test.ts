@@ -157,7 +157,7 @@ async function untilChanged(user: KeyedUser, userId: string, ms = 20_000): Promi
 /**
  * As a client does: on each announcement of `userId` in `device_lists.changed`, query their
  * devices, until the answer is what `seen` waits for. Synapse may announce one change in several
- * updates (m.signing_key_update and its unstable twin, a login and then a key upload), so an
+ * updates (the master and self-signing keys separately, a login and then a key upload), so an
  * earlier update's announcement can come first.
  */
 async function announcedUntil(asker: KeyedUser, userId: string, seen: (deviceIds: string[]) => boolean, ms = 20_000): Promise<void> {
