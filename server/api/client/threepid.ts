@@ -7,9 +7,12 @@
 import { z } from "zod";
 import { type AnyRoute, route } from "../../http/route.ts";
 
-const medium = z.string().min(1).max(32);
-const address = z.string().min(1).max(512);
-const idServer = z.string().min(1).max(255);
+/** No lone surrogates: they cannot be stored (PostgreSQL refuses them) nor sent as UTF-8. */
+const wellFormed = (v: string) => !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(v);
+const text = (max: number) => z.string().min(1).max(max).refine(wellFormed, "must be well-formed Unicode");
+const medium = text(32);
+const address = text(512);
+const idServer = text(255);
 
 function routesAt(prefix: string): AnyRoute[] {
   return [
