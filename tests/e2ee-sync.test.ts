@@ -86,7 +86,10 @@ describe("device_lists in /sync", () => {
     const alice = await newUser("alice");
     const bob = await newUser("bob");
     await sharedRoom(alice, bob);
-    const [a0, b0] = await Promise.all([sync(hs.url, alice), sync(hs.url, bob)]);
+    // One after the other: alice's sync marks her online, and bob's token must already cover that
+    // presence change, or it (not the new device) is what wakes bob's long-poll.
+    const a0 = await sync(hs.url, alice);
+    const b0 = await sync(hs.url, bob);
     const woken = await wokenSync(bob, b0.next_batch, () => secondDevice(alice));
     expect(woken.device_lists.changed).toEqual([alice.userId]);
     const own = await sync(hs.url, alice, { since: a0.next_batch, timeout: 300 });
@@ -170,7 +173,9 @@ describe("device_lists in /sync", () => {
     const carol = await newUser("carol");
     const roomId = await sharedRoom(alice, bob);
     await request(hs.url, "POST", `/_matrix/client/v3/rooms/${enc(roomId)}/invite`, { token: alice.accessToken, body: { user_id: carol.userId } });
-    const [a0, c0] = await Promise.all([sync(hs.url, alice), sync(hs.url, carol)]);
+    // Carol's sync first: alice's token then covers carol's going online, so only the join wakes her.
+    const c0 = await sync(hs.url, carol);
+    const a0 = await sync(hs.url, alice);
 
     const aliceSees = await wokenSync(alice, a0.next_batch, () => joinRoom(hs.url, carol, roomId));
     expect(aliceSees.device_lists.changed).toEqual([carol.userId]);
