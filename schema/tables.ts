@@ -15,3 +15,4 @@ export * from "./tables/appservice-room-lists.ts";
 export * from "./tables/media.ts";
 export * from "./tables/push.ts";
 export * from "./tables/threepid-bindings.ts";
+export * from "./tables/room-moderation.ts";
