@@ -2,7 +2,7 @@
 // user-interactive-auth sessions, shared-secret registration nonces and the security audit log.
 // Owned by server/accounts/: no other component queries them.
 import { sql } from "drizzle-orm";
-import { bigint, bigserial, boolean, index, jsonb, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, bigserial, boolean, index, integer, jsonb, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
 
 export const users = pgTable("users", {
   /** The full user ID, `@localpart:server`. A deactivated user keeps its row, so the localpart stays taken. */
@@ -20,6 +20,12 @@ export const users = pgTable("users", {
    * shown redacted to users who were not joined when they were sent, and to other servers.
    */
   erasedTs: bigint("erased_ts", { mode: "number" }),
+  /**
+   * Locked by an admin: every request with the user's tokens fails with 401 M_USER_LOCKED and the
+   * user cannot log in, until unlocked (spec v1.8, "Account locking"). Unlike deactivation, nothing
+   * is deleted.
+   */
+  locked: boolean("locked").notNull().default(false),
 }, (t) => [
   // The erased users, read whole (a short list) by the history-visibility filter.
   index("users_erased_idx").on(t.userId).where(sql`erased_ts is not null`),
@@ -78,6 +84,25 @@ export const uiaSessions = pgTable("uia_sessions", {
   params: jsonb("params").$type<Record<string, unknown>>(),
   /** For a completed session kept for retries: what the operation produced (the registered user ID). */
   result: text("result"),
+  /**
+   * The registration token (from the registration_tokens table) whose `m.login.registration_token`
+   * stage this session completed: it holds one of the token's `pending` uses until registration.
+   */
+  registrationToken: text("registration_token"),
+});
+
+/**
+ * Registration tokens made through the admin API (Synapse's shape): a token may be used
+ * `uses_allowed` times (null: without limit) until `expiry_time` (ms; null: never). `pending`
+ * counts UIA sessions that passed the token stage and have not registered yet, `completed` the
+ * registrations made with it; a token is valid while pending + completed < uses_allowed.
+ */
+export const registrationTokens = pgTable("registration_tokens", {
+  token: text("token").primaryKey(),
+  usesAllowed: integer("uses_allowed"),
+  pending: integer("pending").notNull().default(0),
+  completed: integer("completed").notNull().default(0),
+  expiryTime: bigint("expiry_time", { mode: "number" }),
 });
 
 /** Single-use nonces of Synapse-compatible shared-secret registration. */
