@@ -14,7 +14,9 @@ export type AuditEvent =
   | "password_changed"
   | "device_deleted"
   | "deactivated"
-  | "uia_password_failed";
+  | "uia_password_failed"
+  /** An action through the admin API (/_synapse/admin/...); `detail.action` names it. */
+  | "admin_action";
 
 export interface AuditEntry {
   id: number;
