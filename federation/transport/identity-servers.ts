@@ -5,13 +5,13 @@
 // `identity_servers_insecure` names the exceptions (a test network's identity server on loopback).
 // https://spec.matrix.org/latest/identity-service-api/
 import { createHash } from "node:crypto";
-import { lookup as dnsLookup } from "node:dns";
-import { isIP, type LookupFunction } from "node:net";
-import { Agent, errors as undiciErrors } from "undici";
+import { isIP } from "node:net";
+import { Agent } from "undici";
 import { encodeUnpaddedBase64Url } from "../protocol/base64.ts";
 import { isValidServerName } from "../protocol/identifiers.ts";
 import { MAX_JSON_DEPTH, nestingExceeds } from "../protocol/json-nesting.ts";
 import { MatrixError } from "../../server/http/errors.ts";
+import { describeRequestFailure, policyLookup } from "../../server/http/outbound.ts";
 import type { IdentityServers, StoredInvite } from "../../server/rooms/third-party-invites.ts";
 import type { SigningKey } from "../protocol/signing.ts";
 import type { BoundThreepid, IdentityServerBindings } from "../../server/accounts/threepid-bindings.ts";
@@ -55,7 +55,7 @@ export class IdentityServerClient implements IdentityServers, IdentityServerBind
       keepAliveTimeout: 10_000,
       connections: 4,
     };
-    this.checked = new Agent({ ...common, connect: { lookup: this.policyLookup(), rejectUnauthorized: true } });
+    this.checked = new Agent({ ...common, connect: { lookup: policyLookup(this.allowAddress), rejectUnauthorized: true } });
     this.trusted = new Agent({ ...common, connect: { rejectUnauthorized: false } });
   }
 
@@ -217,13 +217,13 @@ export class IdentityServerClient implements IdentityServers, IdentityServerBind
         signal: AbortSignal.timeout(this.requestTimeoutMs),
       });
     } catch (err) {
-      throw unreachable(what, describe(err));
+      throw unreachable(what, describeRequestFailure(err));
     }
     let text: string;
     try {
       text = await response.body.text();
     } catch (err) {
-      throw unreachable(what, describe(err));
+      throw unreachable(what, describeRequestFailure(err));
     }
     if (text.trim() === "") return { status: response.statusCode, body: undefined };
     if (nestingExceeds(text, MAX_JSON_DEPTH)) throw new MatrixError(502, "M_UNKNOWN", "The identity server answered with JSON nested too deep");
@@ -233,27 +233,5 @@ export class IdentityServerClient implements IdentityServers, IdentityServerBind
       throw new MatrixError(502, "M_UNKNOWN", `The identity server answered ${response.statusCode} with a body that is not JSON`);
     }
   }
-
-  /** A DNS lookup for net.connect that refuses private, loopback and other blocked addresses. */
-  private policyLookup(): LookupFunction {
-    return ((hostname: string, options: { all?: boolean }, callback: (...args: unknown[]) => void) => {
-      dnsLookup(hostname, { all: true }, (err, addresses) => {
-        if (err) return callback(err, options.all ? [] : undefined, undefined);
-        const allowed = addresses.filter((a) => this.allowAddress(a.address));
-        if (allowed.length === 0) {
-          return callback(Object.assign(new Error(`${hostname} resolves only to addresses this server may not reach`), { code: "EPARLEYBLOCKED" }), options.all ? [] : undefined, undefined);
-        }
-        if (options.all) return callback(null, allowed);
-        const first = allowed[0]!;
-        callback(null, first.address, first.family);
-      });
-    }) as unknown as LookupFunction;
-  }
 }
 
-function describe(err: unknown): string {
-  if (err instanceof undiciErrors.ResponseExceededMaxSizeError) return "the answer is too large";
-  const e = err as { name?: string; message?: string; code?: string; cause?: { code?: string; message?: string } };
-  if (e.name === "TimeoutError" || err instanceof undiciErrors.ConnectTimeoutError || err instanceof undiciErrors.HeadersTimeoutError) return "timed out";
-  return e.cause?.code ?? e.code ?? e.message ?? String(err);
-}

@@ -6,13 +6,13 @@
 // Fetching URLs that clients name is an SSRF risk: only http and https, at most 3 redirects (each
 // hop checked again), every resolved address judged by the address policy (no loopback or private
 // networks unless `url_preview_insecure` names the host), a size cap and a timeout on each fetch.
-import { lookup as dnsLookup, type LookupAddress } from "node:dns";
-import { isIP, type LookupFunction } from "node:net";
+import { isIP } from "node:net";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import sharp from "sharp";
 import { Agent } from "undici";
 import { MatrixError } from "../http/errors.ts";
+import { policyLookup } from "../http/outbound.ts";
 import type { MediaRepository } from "./media.ts";
 import { baseType } from "./thumbnails.ts";
 
@@ -56,7 +56,7 @@ export class UrlPreviewer {
     this.maxImageBytes = Math.min(opts.maxImageBytes ?? 10 * 1024 * 1024, opts.media.maxUploadBytes);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     const common = { connectTimeout: this.timeoutMs, headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, connections: 8 };
-    this.checked = new Agent({ ...common, connect: { lookup: this.policyLookup() } });
+    this.checked = new Agent({ ...common, connect: { lookup: policyLookup(this.opts.allowAddress) } });
     // Hosts of a closed test network: any address, and their certificates not checked (sytest's
     // page server has a self-signed one).
     this.trusted = new Agent({ ...common, pipelining: 0, connect: { rejectUnauthorized: false } });
@@ -189,21 +189,6 @@ export class UrlPreviewer {
     return list.includes("*") || list.includes(url.host) || list.includes(url.hostname);
   }
 
-  /** A DNS lookup for net.connect that refuses private, loopback and other blocked addresses. */
-  private policyLookup(): LookupFunction {
-    return ((hostname: string, options: { all?: boolean }, callback: (...args: unknown[]) => void) => {
-      dnsLookup(hostname, { all: true }, (err, addresses: LookupAddress[]) => {
-        if (err) return callback(err, options.all ? [] : undefined, undefined);
-        const allowed = addresses.filter((a) => this.opts.allowAddress(a.address));
-        if (allowed.length === 0) {
-          return callback(Object.assign(new Error(`${hostname} resolves only to addresses this server may not reach`), { code: "EPARLEYBLOCKED" }), options.all ? [] : undefined, undefined);
-        }
-        if (options.all) return callback(null, allowed);
-        const first = allowed[0]!;
-        callback(null, first.address, first.family);
-      });
-    }) as unknown as LookupFunction;
-  }
 }
 
 function parseHttpUrl(raw: string): URL {

@@ -5,9 +5,9 @@
 // loopback, private or other blocked address (judged on the resolved address, so a name cannot
 // smuggle one in), unless the gateway's host is named in `push_gateways_insecure`. No redirects,
 // short timeouts, small answers.
-import { lookup as dnsLookup } from "node:dns";
-import { isIP, type LookupFunction } from "node:net";
-import { Agent, errors as undiciErrors } from "undici";
+import { isIP } from "node:net";
+import { Agent } from "undici";
+import { describeRequestFailure, policyLookup } from "../http/outbound.ts";
 
 export interface GatewayClientOptions {
   /** `push_gateways_insecure`: host[:port] names reached without certificate checks or address policy; "*" for all. */
@@ -42,7 +42,7 @@ export class PushGatewayClient {
       keepAliveTimeout: 10_000,
       connections: 8,
     };
-    this.checked = new Agent({ ...common, connect: { lookup: this.policyLookup(), rejectUnauthorized: true } });
+    this.checked = new Agent({ ...common, connect: { lookup: policyLookup(this.opts.allowAddress), rejectUnauthorized: true } });
     // Gateways of a closed test network get a connection per request: sytest's mock gateway reads a
     // kept-alive connection's next request into the previous one's body.
     this.trusted = new Agent({ ...common, pipelining: 0, connect: { rejectUnauthorized: false } });
@@ -79,7 +79,7 @@ export class PushGatewayClient {
     } catch (err) {
       const code = (err as { code?: string }).code ?? (err as { cause?: { code?: string } }).cause?.code;
       if (code === "EPARLEYBLOCKED") return { kind: "refused", why: "the gateway resolves only to addresses this server may not reach" };
-      return { kind: "retry", why: describe(err) };
+      return { kind: "retry", why: describeRequestFailure(err) };
     }
     if (status >= 500 || status === 429 || status === 408) return { kind: "retry", why: `HTTP ${status}` };
     if (status < 200 || status >= 300) return { kind: "refused", why: `HTTP ${status}` };
@@ -94,26 +94,5 @@ export class PushGatewayClient {
     return { kind: "sent", rejected };
   }
 
-  /** A DNS lookup for net.connect that refuses private, loopback and other blocked addresses. */
-  private policyLookup(): LookupFunction {
-    return ((hostname: string, options: { all?: boolean }, callback: (...args: unknown[]) => void) => {
-      dnsLookup(hostname, { all: true }, (err, addresses) => {
-        if (err) return callback(err, options.all ? [] : undefined, undefined);
-        const allowed = addresses.filter((a) => this.opts.allowAddress(a.address));
-        if (allowed.length === 0) {
-          return callback(Object.assign(new Error(`${hostname} resolves only to addresses this server may not reach`), { code: "EPARLEYBLOCKED" }), options.all ? [] : undefined, undefined);
-        }
-        if (options.all) return callback(null, allowed);
-        const first = allowed[0]!;
-        callback(null, first.address, first.family);
-      });
-    }) as unknown as LookupFunction;
-  }
 }
 
-function describe(err: unknown): string {
-  if (err instanceof undiciErrors.ResponseExceededMaxSizeError) return "the answer is too large";
-  const e = err as { name?: string; message?: string; code?: string; cause?: { code?: string } };
-  if (e.name === "TimeoutError" || err instanceof undiciErrors.ConnectTimeoutError || err instanceof undiciErrors.HeadersTimeoutError) return "timed out";
-  return e.cause?.code ?? e.code ?? e.message ?? String(err);
-}
