@@ -13,6 +13,8 @@ Commands:
                                   resolve-state, replay (JSON on stdin, JSON on stdout)
   admin [--config FILE] <command> Accounts: create-user, reset-password, deactivate, list-users,
                                   audit (\`parley admin --help\`)
+  conformance --server URL ...    Check a server's federation against the spec
+                                  (\`parley conformance --help\`)
 `;
 
 type Command = (argv: string[]) => Promise<number>;
@@ -22,6 +24,7 @@ const commands: Record<string, Command> = {
   "generate-config": generateConfig,
   debug,
   admin: async (argv) => (await import("./admin-cli.ts")).adminMain(argv),
+  conformance: async (argv) => (await import("../conformance/run.ts")).conformanceMain(argv),
 };
 
 export async function main(argv: string[]): Promise<number> {
