@@ -8,6 +8,7 @@ import { Accounts } from "./accounts/accounts.ts";
 import { AuditLog } from "./accounts/audit.ts";
 import { OpenIdTokens } from "./accounts/openid.ts";
 import { PasswordHasher } from "./accounts/passwords.ts";
+import { RegistrationTokens } from "./accounts/registration-tokens.ts";
 import { Sessions } from "./accounts/sessions.ts";
 import { SharedSecretRegistration } from "./accounts/shared-secret.ts";
 import { UserInteractiveAuth } from "./accounts/uia.ts";
@@ -85,6 +86,8 @@ export interface AccountServices {
   accounts: Accounts;
   sessions: Sessions;
   uia: UserInteractiveAuth;
+  /** Registration tokens made through the admin API (with use counts and expiry). */
+  registrationTokens: RegistrationTokens;
   audit: AuditLog;
   userData: UserData;
   rateLimiter: RateLimiter;
@@ -118,7 +121,8 @@ export function createAccountServices(
     },
     now,
   );
-  const uia = new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens);
+  const registrationTokens = new RegistrationTokens(db, now);
+  const uia = new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens, registrationTokens);
   const pushers = new Pushers(db, now);
   accounts.onDevicesDeleted((userId, deviceIds) => pushers.devicesDeleted(userId, deviceIds));
   return {
@@ -129,6 +133,7 @@ export function createAccountServices(
     audit,
     rateLimiter,
     uia,
+    registrationTokens,
     userData: new UserData(db, {
       quotaBytes: config.user_data_quota_bytes,
       itemMaxBytes: config.user_data_item_max_bytes,

@@ -4,13 +4,13 @@
 // https://spec.matrix.org/latest/client-server-api/#profiles
 import { ErasedUsers } from "./erased-users.ts";
 import { randomInt } from "node:crypto";
-import { and, asc, eq, inArray, isNull } from "drizzle-orm";
+import { and, asc, desc, eq, ilike, inArray, isNotNull, isNull, or, type SQL, sql } from "drizzle-orm";
 import type { Logger } from "pino";
 import { type Database, schema } from "../../schema/db.ts";
 import { forbidden, MatrixError, notFound } from "../http/errors.ts";
 import type { AuditLog, AuditSource } from "./audit.ts";
 import { MAX_PASSWORD_LENGTH, type PasswordHasher } from "./passwords.ts";
-import type { IssuedTokens, Sessions } from "./sessions.ts";
+import { type IssuedTokens, type Sessions, userLocked } from "./sessions.ts";
 import { checkNewLocalpart, parseUserId, userIdOf } from "./user-id.ts";
 
 export interface User {
@@ -21,6 +21,23 @@ export interface User {
   avatarUrl: string | null;
   createdTs: number;
   deactivatedTs: number | null;
+  /** Locked by an admin: every request fails with 401 M_USER_LOCKED until unlocked. */
+  locked: boolean;
+  erasedTs: number | null;
+}
+
+/** A page of the admin API's user list (`GET /_synapse/admin/v2/users`). */
+export interface UserListQuery {
+  from: number;
+  limit: number;
+  guests: boolean;
+  deactivated: boolean;
+  /** A substring of the localpart or the displayname. */
+  name?: string;
+  /** A substring of the user ID. */
+  userId?: string;
+  orderBy: "name" | "is_guest" | "admin" | "deactivated" | "displayname" | "avatar_url" | "creation_ts" | "locked";
+  dir: "f" | "b";
 }
 
 export interface Device {
@@ -80,6 +97,8 @@ const userColumns = {
   avatarUrl: schema.users.avatarUrl,
   createdTs: schema.users.createdTs,
   deactivatedTs: schema.users.deactivatedTs,
+  locked: schema.users.locked,
+  erasedTs: schema.users.erasedTs,
 };
 
 /** One connection of `/admin/whois`. */
@@ -142,6 +161,71 @@ export class Accounts {
       .select(userColumns)
       .from(u)
       .orderBy(asc(u.userId));
+  }
+
+  /** One page of users for the admin API, with the number of users matching the filters. */
+  async listUsersPage(q: UserListQuery): Promise<{ users: User[]; total: number }> {
+    const u = schema.users;
+    const conditions: SQL[] = [];
+    if (!q.guests) conditions.push(eq(u.isGuest, false));
+    if (!q.deactivated) conditions.push(isNull(u.deactivatedTs));
+    if (q.userId !== undefined) conditions.push(ilike(u.userId, `%${likeEscaped(q.userId)}%`));
+    if (q.name !== undefined) {
+      const pattern = `%${likeEscaped(q.name)}%`;
+      // The localpart is the part of the user ID between "@" and the first ":".
+      conditions.push(or(ilike(sql`split_part(substr(${u.userId}, 2), ':', 1)`, pattern), ilike(u.displayName, pattern))!);
+    }
+    const where = conditions.length ? and(...conditions) : undefined;
+    const column = {
+      name: u.userId,
+      is_guest: u.isGuest,
+      admin: u.isAdmin,
+      deactivated: sql`(${u.deactivatedTs} is not null)`,
+      displayname: u.displayName,
+      avatar_url: u.avatarUrl,
+      creation_ts: u.createdTs,
+      locked: u.locked,
+    }[q.orderBy];
+    const order = q.dir === "b" ? desc : asc;
+    const users = await this.db
+      .select(userColumns)
+      .from(u)
+      .where(where)
+      // The user ID breaks ties, so pages neither repeat nor skip users that sort alike.
+      .orderBy(order(column), order(u.userId))
+      .limit(q.limit)
+      .offset(q.from);
+    const [count] = await this.db.select({ n: sql<number>`count(*)::int` }).from(u).where(where);
+    return { users, total: Number(count?.n ?? 0) };
+  }
+
+  /**
+   * Locks or unlocks an account (spec v1.8, account locking). The tokens stay, but the cached
+   * lookups are dropped here and in other processes, so the next request of the user sees it.
+   */
+  async setLocked(userId: string, locked: boolean): Promise<void> {
+    const u = schema.users;
+    const updated = await this.db.update(u).set({ locked }).where(eq(u.userId, userId)).returning({ userId: u.userId });
+    if (updated.length === 0) throw notFound("No such user");
+    await this.sessions.dropCached(userId);
+  }
+
+  /**
+   * Reactivates a deactivated account (the admin API's `deactivated: false`), with a new password:
+   * deactivation removed the old one. Its profile, devices and (if erased) erasure stay gone.
+   */
+  async reactivate(userId: string, password: string, source: AuditSource): Promise<void> {
+    checkPassword(password);
+    const passwordHash = await this.hasher.hash(password);
+    const u = schema.users;
+    const updated = await this.db
+      .update(u)
+      .set({ deactivatedTs: null, passwordHash })
+      .where(and(eq(u.userId, userId), isNotNull(u.deactivatedTs)))
+      .returning({ userId: u.userId });
+    if (updated.length === 0) throw notFound("No such deactivated user");
+    await this.audit.record("registered", userId, source, { reactivated: true });
+    await this.accountCreated(userId);
   }
 
   /** Throws 400 M_INVALID_USERNAME or M_USER_IN_USE unless `localpart` could be registered. */
@@ -248,6 +332,11 @@ export class Accounts {
       await this.audit.record("login_failed", row.userId, source, { reason: "wrong_password" });
       throw invalidLogin();
     }
+    if (row.locked) {
+      // Only once the password is right, so the answer tells nothing to who does not know it.
+      await this.audit.record("login_failed", row.userId, source, { reason: "locked" });
+      throw userLocked();
+    }
     if (this.hasher.needsRehash(row.passwordHash)) {
       await this.db
         .update(schema.users)
@@ -269,7 +358,7 @@ export class Accounts {
   private async passwordRow(userId: string) {
     const u = schema.users;
     const [row] = await this.db
-      .select({ userId: u.userId, passwordHash: u.passwordHash, deactivatedTs: u.deactivatedTs })
+      .select({ userId: u.userId, passwordHash: u.passwordHash, deactivatedTs: u.deactivatedTs, locked: u.locked })
       .from(schema.users)
       .where(eq(schema.users.userId, userId));
     return row;
@@ -552,6 +641,11 @@ function checkPassword(password: string): void {
   if (password.length > MAX_PASSWORD_LENGTH) {
     throw new MatrixError(400, "M_INVALID_PARAM", `The password is longer than ${MAX_PASSWORD_LENGTH} characters`);
   }
+}
+
+/** `s` matched literally by LIKE/ILIKE: its wildcards and the escape character escaped. */
+function likeEscaped(s: string): string {
+  return s.replace(/[\\%_]/g, (c) => `\\${c}`);
 }
 
 const userInUse = () => new MatrixError(400, "M_USER_IN_USE", "This username is taken");

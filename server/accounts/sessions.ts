@@ -31,6 +31,16 @@ function newToken(prefix: string): string {
   return prefix + randomBytes(32).toString("base64url");
 }
 
+/**
+ * "Servers MUST return M_USER_LOCKED with soft_logout: true" for a locked account's requests (and
+ * its logins): the client keeps its data and may log in again once unlocked.
+ * https://spec.matrix.org/v1.8/client-server-api/#account-locking
+ */
+export const userLocked = () => new MatrixError(401, "M_USER_LOCKED", "This account has been locked", { soft_logout: true });
+
+/** The requests a locked account may still make: "except /logout and /logout/all" (spec v1.8). */
+const LOCKED_USER_ALLOWED = /^\/_matrix\/client\/(?:v3|r0)\/logout(?:\/all)?(?:[?#]|$)/;
+
 export interface IssuedTokens {
   accessToken: string;
   /** Present when the client asked for a refresh token; the access token then expires. */
@@ -40,6 +50,7 @@ export interface IssuedTokens {
 
 interface CachedToken {
   requester: Requester;
+  locked: boolean;
   expiresTs: number | null;
   cachedAt: number;
 }
@@ -151,6 +162,7 @@ export class Sessions implements Authenticator {
       }
     }
     if (!entry) throw new MatrixError(401, "M_UNKNOWN_TOKEN", "Unknown access token", { soft_logout: false });
+    if (entry.locked && !LOCKED_USER_ALLOWED.test(request.rawTarget)) throw userLocked();
     if (entry.expiresTs !== null && entry.expiresTs <= now) {
       // The device is still logged in: the client should refresh (or log in again) without losing data.
       throw new MatrixError(401, "M_UNKNOWN_TOKEN", "The access token has expired", { soft_logout: true });
@@ -163,13 +175,14 @@ export class Sessions implements Authenticator {
     const t = schema.accessTokens;
     const u = schema.users;
     const [row] = await this.db
-      .select({ id: t.id, userId: t.userId, deviceId: t.deviceId, expiresTs: t.expiresTs, isGuest: u.isGuest })
+      .select({ id: t.id, userId: t.userId, deviceId: t.deviceId, expiresTs: t.expiresTs, isGuest: u.isGuest, locked: u.locked })
       .from(t)
       .innerJoin(u, eq(u.userId, t.userId))
       .where(and(eq(t.tokenHash, tokenHash), isNull(u.deactivatedTs)));
     if (!row) return undefined;
     return {
       requester: { userId: row.userId, deviceId: row.deviceId, isGuest: row.isGuest, sessionId: String(row.id) },
+      locked: row.locked,
       expiresTs: row.expiresTs,
       cachedAt: now,
     };

@@ -12,6 +12,7 @@ import { forbidden, MatrixError } from "../http/errors.ts";
 import type { RateLimiter } from "../ratelimit.ts";
 import type { Accounts } from "./accounts.ts";
 import type { AuditLog, AuditSource } from "./audit.ts";
+import type { RegistrationTokens } from "./registration-tokens.ts";
 
 const UIA_SESSION_MS = 10 * 60 * 1000;
 
@@ -43,6 +44,11 @@ export interface UiaOutcome {
   params: Record<string, unknown>;
   /** Set when the session had already finished its operation: what it produced. */
   result?: string;
+  /**
+   * The database registration token whose stage the session passed, holding a pending use: the
+   * caller calls `RegistrationTokens.complete` with it once the account exists.
+   */
+  registrationToken?: string;
 }
 
 /** A 401 of user-interactive auth: the flows, the session and what is done, plus an error when a stage failed. */
@@ -72,6 +78,8 @@ export class UserInteractiveAuth {
     private readonly audit: AuditLog,
     private readonly rateLimiter: RateLimiter,
     registrationTokens: readonly string[],
+    /** The tokens made through the admin API, accepted besides the configured ones. */
+    private readonly tokenStore: RegistrationTokens,
   ) {
     this.tokenHashes = registrationTokens.map(sha256);
   }
@@ -92,6 +100,7 @@ export class UserInteractiveAuth {
     let sessionId = typeof a?.session === "string" ? a.session : undefined;
     let completed: string[] = [];
     let remembered: Record<string, unknown> = req.remember ?? {};
+    let registrationToken: string | undefined;
     if (sessionId === undefined) {
       sessionId = await this.createSession(req);
     } else {
@@ -103,10 +112,11 @@ export class UserInteractiveAuth {
         throw forbidden("This user-interactive auth session was started for another request");
       }
       completed = session.completed;
+      registrationToken = session.registrationToken ?? undefined;
       if (req.remember === undefined) remembered = session.params ?? {};
       else await this.db.update(t).set({ params: req.remember }).where(eq(t.sessionId, sessionId));
       const done = req.flows.some((flow) => flow.every((s) => completed.includes(s)));
-      if (done && session.result !== null) return { sessionId, params: remembered, result: session.result };
+      if (done && session.result !== null) return { sessionId, params: remembered, result: session.result, registrationToken };
     }
     const challenge = (errcode?: string, message?: string) =>
       new UiaChallenge(
@@ -120,14 +130,30 @@ export class UserInteractiveAuth {
     if (!req.flows.some((flow) => (flow as string[]).includes(stage))) {
       throw challenge("M_UNRECOGNIZED", `Authentication type ${stage} is not offered here`);
     }
-    const failure = await this.attempt(stage as UiaStage, a, req, source);
+    let failure: string | undefined;
+    if (stage === "m.login.registration_token" && !this.isConfiguredToken(a.token)) {
+      // A database token: one use is taken now (pending) and recorded in the session, once per
+      // session, so a retried stage does not take a second.
+      if (registrationToken === undefined) {
+        if (typeof a.token === "string" && (await this.tokenStore.reserve(a.token))) {
+          registrationToken = a.token;
+          await this.db.update(t).set({ registrationToken }).where(eq(t.sessionId, sessionId));
+        } else {
+          failure = "Invalid registration token";
+        }
+      } else if (a.token !== registrationToken) {
+        failure = "Invalid registration token";
+      }
+    } else {
+      failure = await this.attempt(stage as UiaStage, a, req, source);
+    }
     if (failure) throw challenge("M_FORBIDDEN", failure);
     if (!completed.includes(stage)) completed = [...completed, stage];
 
     if (req.flows.some((flow) => flow.every((s) => completed.includes(s)))) {
       if (req.retryable) await this.db.update(t).set({ completed }).where(eq(t.sessionId, sessionId));
       else await this.db.delete(t).where(eq(t.sessionId, sessionId));
-      return { sessionId, params: remembered };
+      return { sessionId, params: remembered, registrationToken };
     }
     await this.db.update(t).set({ completed }).where(eq(t.sessionId, sessionId));
     throw challenge();
@@ -144,11 +170,8 @@ export class UserInteractiveAuth {
     switch (stage) {
       case "m.login.dummy":
         return undefined;
-      case "m.login.registration_token": {
-        const token = typeof auth.token === "string" ? sha256(auth.token) : undefined;
-        if (token && this.tokenHashes.some((h) => timingSafeEqual(h, token))) return undefined;
-        return "Invalid registration token";
-      }
+      case "m.login.registration_token":
+        return this.isConfiguredToken(auth.token) ? undefined : "Invalid registration token";
       case "m.login.password": {
         if (!req.userId) return "Password authentication needs a logged-in user";
         const named = passwordUser(auth);
@@ -171,8 +194,15 @@ export class UserInteractiveAuth {
   private async createSession(req: UiaRequest): Promise<string> {
     const t = schema.uiaSessions;
     const now = this.now();
-    // Expired sessions are swept here rather than by a timer: creating one is rare enough.
-    await this.db.delete(t).where(lt(t.createdTs, now - UIA_SESSION_MS));
+    // Expired sessions are swept here rather than by a timer: creating one is rare enough. A swept
+    // session that passed a database token's stage without registering gives its use back.
+    const expired = await this.db
+      .delete(t)
+      .where(lt(t.createdTs, now - UIA_SESSION_MS))
+      .returning({ registrationToken: t.registrationToken, result: t.result });
+    for (const s of expired) {
+      if (s.registrationToken !== null && s.result === null) await this.tokenStore.release(s.registrationToken);
+    }
     const sessionId = randomBytes(18).toString("base64url");
     await this.db
       .insert(t)
@@ -180,8 +210,13 @@ export class UserInteractiveAuth {
     return sessionId;
   }
 
-  /** Whether `token` is a configured registration token (`GET /register/m.login.registration_token/validity`). */
-  isRegistrationToken(token: string): boolean {
+  /** Whether `token` is a usable registration token (`GET /register/m.login.registration_token/validity`). */
+  async isRegistrationToken(token: string): Promise<boolean> {
+    return this.isConfiguredToken(token) || (await this.tokenStore.isValid(token));
+  }
+
+  private isConfiguredToken(token: unknown): boolean {
+    if (typeof token !== "string") return false;
     const h = sha256(token);
     return this.tokenHashes.some((t) => timingSafeEqual(t, h));
   }

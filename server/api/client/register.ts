@@ -102,6 +102,7 @@ export const register = route({
     if (guest) {
       await accounts.upgradeGuest(guest.userId, params.password_hash, request);
       userId = guest.userId;
+      if (outcome.registrationToken !== undefined) await services.registrationTokens.complete(outcome.registrationToken);
     } else {
       if (params.username !== undefined) {
         await accounts.checkUsernameAvailable(params.username);
@@ -112,6 +113,8 @@ export const register = route({
         request,
       );
       await services.uia.finish(outcome.sessionId, userId);
+      // After `finish`, so an expiring session is never counted as both used and given back.
+      if (outcome.registrationToken !== undefined) await services.registrationTokens.complete(outcome.registrationToken);
     }
     if (params.inhibit_login) return { user_id: userId };
     const login = await accounts.login(userId, device, request);
@@ -195,9 +198,9 @@ export const registrationTokenValidity = route({
   auth: "none",
   rateLimit: "registration",
   query: z.object({ token: z.string() }),
-  handler({ query }, services) {
+  async handler({ query }, services) {
     if (services.config.registration !== "token") throw forbidden("Registration tokens are not in use on this server");
-    return { valid: services.uia.isRegistrationToken(query.token) };
+    return { valid: await services.uia.isRegistrationToken(query.token) };
   },
 });
 
