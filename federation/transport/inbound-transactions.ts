@@ -19,6 +19,7 @@ import { computeEventId } from "../protocol/event-hashes.ts";
 import { isSupportedRoomVersion } from "../protocol/room-versions.ts";
 import type { EduHandlers } from "./edu-handlers.ts";
 import type { CheckedPdu, PduChecker } from "./pdu-checks.ts";
+import { unsafeTestBreak } from "../../server/unsafe-test-break.ts";
 
 /** The spec's limits on one transaction. */
 export const MAX_PDUS_PER_TRANSACTION = 50;
@@ -82,6 +83,7 @@ export class InboundTransactions {
 
   /** Handles a transaction `origin` (already authenticated, and equal to the body's) sent us. */
   async receive(origin: string, txnId: string, body: TransactionBody): Promise<TransactionResponse> {
+    if (unsafeTestBreak("no-transaction-dedupe")) return this.process(origin, body);
     const key = `${origin}\u0000${txnId}`;
     const running = this.inFlight.get(key);
     if (running) return running;

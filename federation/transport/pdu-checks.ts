@@ -32,6 +32,7 @@ import { checkValidatedPdu, keyValidityTime, serversThatMustSign } from "../prot
 import { type Pdu, type RoomEvent, pduOf, validatePdu } from "../protocol/pdu.ts";
 import { redactEvent } from "../protocol/redaction.ts";
 import type { ServerKeyStore } from "./server-keys.ts";
+import { unsafeTestBreak } from "../../server/unsafe-test-break.ts";
 
 export type CheckedPdu =
   | {
@@ -94,7 +95,8 @@ export function checkFormats(roomVersion: string, values: readonly unknown[]): {
     }
     const givenId = (value as Record<string, unknown>).event_id;
     const rest = pduOf(roomVersion, value);
-    const format = validatePdu(roomVersion, rest);
+    let format = validatePdu(roomVersion, rest);
+    if (!format.ok && unsafeTestBreak("skip-pdu-size-check") && /bytes of canonical JSON/.test(format.reason)) format = { ok: true, value: rest as Pdu };
     if (!format.ok) {
       const eventId = typeof givenId === "string" ? givenId : safeEventId(roomVersion, rest);
       return { ok: false, eventId, reason: `invalid PDU: ${format.reason}` };
@@ -120,6 +122,8 @@ export function verifyValidatedPdus(roomVersion: string, pdus: readonly Pdu[], k
   };
   return pdus.map((pdu): VerifiedPdu => {
     const check = checkValidatedPdu(roomVersion, pdu, lookup);
+    if (check.ok && check.redacted && unsafeTestBreak("skip-content-hash-check")) return { ok: true, eventId: check.eventId, redacted: false };
+    if (!check.ok && unsafeTestBreak("skip-pdu-signature-check")) return { ok: true, eventId: safeEventId(roomVersion, pdu) ?? "", redacted: false };
     if (check.ok) return { ok: true, eventId: check.eventId, redacted: check.redacted };
     return { ok: false, eventId: safeEventId(roomVersion, pdu), reason: check.reason };
   });
