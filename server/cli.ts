@@ -9,6 +9,9 @@ const USAGE = `Usage: parley <command> [options]
 Commands:
   serve [--config FILE]           Run the homeserver (no file: localhost:8008, data in ./data)
   generate-config [--output FILE] Write a commented configuration file (default: standard output)
+  dev-network [--servers N] [--base-port P] [--dir D]
+                                  Run N federating homeservers on loopback (default 3, ports
+                                  8008…), one user each; prints their URLs and passwords
   debug <command> ...             Inspect events: canonical-json, event-id, redact, check-auth,
                                   resolve-state, replay (JSON on stdin, JSON on stdout)
   admin [--config FILE] <command> Accounts: create-user, reset-password, deactivate, list-users,
@@ -23,6 +26,7 @@ const commands: Record<string, Command> = {
   serve,
   "generate-config": generateConfig,
   debug,
+  "dev-network": async (argv) => (await import("./dev-network.ts")).devNetworkMain(argv),
   admin: async (argv) => (await import("./admin-cli.ts")).adminMain(argv),
   conformance: async (argv) => (await import("../conformance/run.ts")).conformanceMain(argv),
 };
