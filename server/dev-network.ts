@@ -291,10 +291,13 @@ export async function devNetworkMain(argv: string[]): Promise<number> {
   };
   const logLevel = configKeys.log_level.schema.safeParse(values["log-level"]);
   if (!logLevel.success) throw new ConfigError(`--log-level must be one of ${configKeys.log_level.schema.options.join(", ")}`);
+  const servers = number("servers", values.servers);
+  // A usage error (exit code 2), as the other options' are; startDevNetwork checks it again for callers.
+  if (servers < 1 || servers > MAX_DEV_SERVERS) throw new ConfigError(`--servers must be a whole number from 1 to ${MAX_DEV_SERVERS} (got ${servers})`);
   let network: DevNetwork;
   try {
     network = await startDevNetwork({
-      servers: number("servers", values.servers),
+      servers,
       basePort: number("base-port", values["base-port"]),
       dir: values.dir,
       logLevel: logLevel.data,
