@@ -28,6 +28,7 @@ import { serverNameOf } from "../protocol/identifiers.ts";
 import type { EduHandlers } from "./edu-handlers.ts";
 import type { FederationHttpClient } from "./http-client.ts";
 import type { Edu, FederationSender } from "./sender.ts";
+import { unsafeTestBreak } from "../../server/unsafe-test-break.ts";
 
 export interface E2eeFederationDeps {
   db: Database;
@@ -103,6 +104,7 @@ export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists 
   });
 
   edus.register("m.direct_to_device", async (origin, content) => {
+    if (unsafeTestBreak("drop-inbound-to-device")) return;
     const { sender: from, type, message_id: messageId, messages } = content;
     if (typeof from !== "string" || typeof type !== "string" || typeof messageId !== "string" || !isJsonObject(messages)) {
       throw new Error("m.direct_to_device needs sender, type, message_id and messages");
@@ -118,7 +120,9 @@ export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists 
     await e2ee.toDevice.receive(from, type, messageId, valid);
   });
 
-  edus.register("m.device_list_update", (origin, content) => remote.deviceListUpdate(origin, content));
+  edus.register("m.device_list_update", async (origin, content) => {
+    if (!unsafeTestBreak("drop-inbound-device-list-updates")) await remote.deviceListUpdate(origin, content);
+  });
   edus.register("m.signing_key_update", (origin, content) => remote.signingKeyUpdate(origin, content));
 
   // Outbound: a local user's device or cross-signing keys changed. One chain, so the updates of a
@@ -167,6 +171,7 @@ async function ask(http: FederationHttpClient, server: string, path: string, bod
 
 /** Queues `m.device_list_update` and `m.signing_key_update` EDUs for the servers sharing a room with each user. */
 async function announce(deps: E2eeFederationDeps, changes: readonly RecordedChange[]): Promise<void> {
+  if (unsafeTestBreak("drop-outbound-device-list-updates")) return;
   const byUser = new Map<string, RecordedChange[]>();
   for (const c of changes) byUser.set(c.userId, [...(byUser.get(c.userId) ?? []), c]);
   for (const [userId, own] of byUser) {

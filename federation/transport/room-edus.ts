@@ -20,6 +20,7 @@ import { PRESENCE_STATES } from "../../server/ephemeral/presence.ts";
 import type { Receipts } from "../../server/ephemeral/receipts.ts";
 import type { Typing } from "../../server/ephemeral/typing.ts";
 import type { Federation } from "./federation.ts";
+import { unsafeTestBreak } from "../../server/unsafe-test-break.ts";
 
 /** What the room EDUs need of the rooms service. */
 export interface RoomMembersView {
@@ -60,6 +61,7 @@ function registerInbound({ federation, rooms, typing, receipts, presence, logger
 
   // { room_id, user_id, typing }
   federation.edus.register("m.typing", async (origin, content) => {
+    if (unsafeTestBreak("drop-inbound-typing")) return;
     const { room_id: roomId, user_id: userId, typing: isTyping } = content;
     if (typeof roomId !== "string" || typeof userId !== "string" || typeof isTyping !== "boolean") return;
     if (serverNameOf(userId) !== origin) {
@@ -76,6 +78,7 @@ function registerInbound({ federation, rooms, typing, receipts, presence, logger
 
   // { room ID: { "m.read": { user ID: { event_ids: [...], data: { ts, thread_id? } } } } }
   federation.edus.register("m.receipt", async (origin, content) => {
+    if (unsafeTestBreak("drop-inbound-receipts")) return;
     for (const [roomId, byType] of Object.entries(content)) {
       if (!isObject(byType) || !isObject(byType["m.read"])) continue;
       if (!(await federation.acl.isServerAllowed(roomId, origin))) {
@@ -129,7 +132,7 @@ function publishOutbound({ serverName, federation, rooms, typing, receipts, pres
   const failed = (what: string) => (err: unknown) => logger.warn({ err }, `could not send ${what} to other servers`);
 
   typing.onTyping(({ roomId, userId, typing: isTyping }) => {
-    if (!ours(userId)) return;
+    if (!ours(userId) || unsafeTestBreak("drop-outbound-typing")) return;
     rooms
       .joinedServers(roomId)
       .then((servers) => {

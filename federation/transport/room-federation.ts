@@ -700,7 +700,7 @@ export class RoomFederation {
 
   /** `PUT /send_knock/{roomId}/{eventId}`: the knock placed and relayed; the room's stripped state answered. */
   async sendKnock(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
-    await this.receiveMembership(origin, roomId, eventId, body, "knock");
+    if (!unsafeTestBreak("send-knock-not-persisted")) await this.receiveMembership(origin, roomId, eventId, body, "knock");
     // knock_room_state as the spec says, and again as knock_state_events, the only name Synapse
     // 1.37–1.69 read (1.67 fails the knock without it: synapse#14088); 1.70–1.94 sent both too.
     const stripped = await this.strippedState(roomId, undefined);
@@ -758,7 +758,7 @@ export class RoomFederation {
 
   /** `PUT /v2/send_leave/{roomId}/{eventId}`: the leave placed and passed on to the room's other servers. */
   async sendLeave(origin: string, roomId: string, eventId: string, body: unknown): Promise<JsonObject> {
-    await this.receiveMembership(origin, roomId, eventId, body, "leave");
+    if (!unsafeTestBreak("send-leave-not-persisted")) await this.receiveMembership(origin, roomId, eventId, body, "leave");
     return {};
   }
 
@@ -784,7 +784,7 @@ export class RoomFederation {
     const v2 = await this.rawCall(server, "PUT", `/_matrix/federation/v2/invite/${enc(roomId)}/${enc(eventId)}`, {
       event: signed,
       room_version: version,
-      invite_room_state: inviteRoomState,
+      invite_room_state: unsafeTestBreak("omit-invite-room-state") ? [] : inviteRoomState,
     });
     let answered: unknown;
     const unrecognised = unrecognisedEndpoint(v2);
@@ -858,7 +858,7 @@ export class RoomFederation {
       await this.d.persister.storeOutliers(roomId, [], { version, creator: typeof create?.sender === "string" ? create.sender : e.sender });
       await this.d.persister.enqueueRemote(roomId, [{ eventId, pdu: stored, outOfBand: { userId: e.state_key, membership: "invite" } }]);
     }
-    return { event: signed };
+    return { event: unsafeTestBreak("unsigned-invite-answer") ? body.event : signed };
   }
 
   // ---- Requests --------------------------------------------------------------------------------------

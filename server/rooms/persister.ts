@@ -1539,6 +1539,7 @@ export class EventPersister {
         for (const r of rows) events.set(r.event_id, { event: { ...(JSON.parse(r.json) as Pdu), event_id: r.event_id }, rejected: r.rejected });
       }
     }
+    if (unsafeTestBreak("state-res-last-writer-wins")) return lastWriterWins(states, fetchEvent);
     return resolveState(snapshot.rules, states, fetchEvent, { isRejected });
   }
 
@@ -2231,4 +2232,16 @@ function countJoined(snapshot: RoomSnapshot, userId: string, delta: number): voi
   } else if (counts.delete(server)) {
     snapshot.servers = undefined;
   }
+}
+
+/** Test-only breakage ("state-res-last-writer-wins"): each key takes the latest of its events by origin_server_ts. */
+function lastWriterWins(states: ReadonlyArray<ReadonlyMap<StateMapKey, string>>, fetchEvent: (id: string) => RoomEvent | undefined): Map<StateMapKey, string> {
+  const out = new Map<StateMapKey, string>();
+  for (const state of states) {
+    for (const [k, id] of state) {
+      const held = out.get(k);
+      if (held === undefined || (fetchEvent(id)?.origin_server_ts ?? 0) > (fetchEvent(held)?.origin_server_ts ?? 0)) out.set(k, id);
+    }
+  }
+  return out;
 }

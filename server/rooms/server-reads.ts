@@ -29,6 +29,7 @@ import { forbidden, invalidParam, notFound } from "../http/errors.ts";
 import { EVENT_COLUMNS, type EventStore, type StoredEvent, sqlList } from "./event-store.ts";
 import { chainCte } from "./state-groups.ts";
 import type { HistoryVisibility, ServerViewer } from "./visibility.ts";
+import { unsafeTestBreak } from "../unsafe-test-break.ts";
 
 type JsonObject = Record<string, unknown>;
 
@@ -116,6 +117,10 @@ export class ServerReads {
   /** `GET /state_ids/{roomId}?event_id=`: the state before the event and its auth chain, as IDs. */
   async stateIds(asking: AskingServer | string, roomId: string, eventId: string): Promise<{ pdu_ids: string[]; auth_chain_ids: string[] }> {
     const { state, authChain } = await this.stateAt(asking, roomId, eventId, "ids");
+    if (unsafeTestBreak("state-ids-current-state")) {
+      const current = rowsOf<{ event_id: string }>(await this.db.execute(sql`select event_id from current_state where room_id = ${roomId}`));
+      return { pdu_ids: current.map((r) => r.event_id), auth_chain_ids: authChain };
+    }
     return { pdu_ids: state, auth_chain_ids: authChain };
   }
 
@@ -130,7 +135,11 @@ export class ServerReads {
     const standing = await this.admit(asking, roomId, "member");
     const event = await this.roomEvent(roomId, eventId);
     const start = sql`select auth_event_id from event_auth where event_id = ${event.eventId}`;
-    const chain = await this.authChain(standing, event.eventId !== createEventIdOfRoom(roomId), start, undefined, "events");
+    let chain = await this.authChain(standing, event.eventId !== createEventIdOfRoom(roomId), start, undefined, "events");
+    if (unsafeTestBreak("event-auth-shallow")) {
+      const own = new Set([...(event.pdu.auth_events as unknown[]).map((r) => (Array.isArray(r) ? r[0] : r)), createEventIdOfRoom(roomId)]);
+      chain = chain.filter((e) => own.has(e.eventId));
+    }
     return { auth_chain: chain.map(asServed) };
   }
 
@@ -225,7 +234,7 @@ export class ServerReads {
       // The deepest next (then the latest stored): a breadth-first walk back in depth order.
       queue.sort((a, b) => b.depth - a.depth || b.stream - a.stream || (a.eventId < b.eventId ? -1 : 1));
       const node = queue.shift()!;
-      if (!node.rejected) ids.push(node.eventId);
+      if (!node.rejected && !(unsafeTestBreak("backfill-skips-from") && from.includes(node.eventId))) ids.push(node.eventId);
       if (ids.length >= limit) break;
       const prevs = await graph.prevsOf(node, [...queue, node], limit - ids.length);
       for (const prev of prevs) {
@@ -234,7 +243,8 @@ export class ServerReads {
         queue.push(prev);
       }
     }
-    const pdus = await this.serve(standing, await this.eventsInOrder(ids));
+    const events = await this.eventsInOrder(ids);
+    const pdus = unsafeTestBreak("backfill-ignores-history-visibility") ? events.map(asServed) : await this.serve(standing, events);
     return this.transaction(pdus);
   }
 
@@ -248,7 +258,7 @@ export class ServerReads {
     const requested = request.limit ?? DEFAULT_MISSING_EVENTS_LIMIT;
     const limit = Math.max(0, Math.min(Math.floor(requested), MAX_MISSING_EVENTS_LIMIT));
     const minDepth = request.minDepth ?? 0;
-    const seen = new Set(request.earliestEvents);
+    const seen = new Set(unsafeTestBreak("missing-events-ignore-earliest") ? [] : request.earliestEvents);
     const graph = new EventGraph(this.db, roomId);
     let front = (await graph.load([...new Set(request.latestEvents)].filter((id) => !seen.has(id)), limit)).filter((n) => n.walkable);
     // The requester holds the latest events too: one reached from another is not sent back.
