@@ -13,9 +13,9 @@ const dockerfile = readFileSync(path.join(root, "docker/Dockerfile"), "utf8");
 const knownEnv = new Set(Object.values(configKeys).map((k) => k.env));
 
 describe("docker/", () => {
-  it("runs two homeservers, each with its own PostgreSQL, under valid configurations", () => {
+  it("runs three homeservers, each with its own PostgreSQL, under valid configurations", () => {
     const parleys = Object.entries<any>(compose.services).filter(([, s]) => s.build);
-    expect(parleys).toHaveLength(2);
+    expect(parleys).toHaveLength(3);
     const dbs = new Set<string>();
     for (const [name, service] of parleys) {
       const env = service.environment as Record<string, string>;
@@ -27,9 +27,25 @@ describe("docker/", () => {
       expect(service.depends_on).toHaveProperty(dbHost);
       dbs.add(dbHost);
     }
-    expect(dbs.size).toBe(2);
+    expect(dbs.size).toBe(3);
     const names = parleys.map(([, s]) => (s.environment as Record<string, string>).PARLEY_SERVER_NAME);
-    expect(new Set(names).size).toBe(2);
+    expect(new Set(names).size).toBe(3);
+  });
+
+  it("pins every server name to its service over plain HTTP, and publishes the ports on loopback only", () => {
+    const parleys = Object.entries<any>(compose.services).filter(([, s]) => s.build);
+    for (const [service, { environment, ports }] of parleys) {
+      const config = resolveConfig({}, environment);
+      // Without the pin, federation would look the name up and refuse the compose network's private address.
+      expect(config.federation_hosts, service).toContainEqual({ name: config.server_name, host: service, port: 8008 });
+      for (const [other, { environment: theirs }] of parleys) {
+        const name = (theirs as Record<string, string>).PARLEY_SERVER_NAME;
+        expect(config.federation_hosts.map((h) => h.name), `${service} pins ${other}`).toContain(name);
+        expect(config.federation_insecure, `${service} reaches ${other} over HTTP`).toContain(name);
+      }
+      expect(config.registration, service).not.toBe("open");
+      expect(ports, service).toEqual([expect.stringMatching(/^127\.0\.0\.1:\d+:8008$/)]);
+    }
   });
 
   it("builds an image whose variables are configuration keys and whose entry point and migrations exist", () => {
