@@ -47,6 +47,16 @@ export interface Device {
   last_seen_ts?: number;
 }
 
+/** A device in the Synapse admin API's shape (`GET /_synapse/admin/v2/users/{userId}/devices`). */
+export interface AdminDevice {
+  device_id: string;
+  display_name: string | null;
+  last_seen_ip: string | null;
+  last_seen_ts: number | null;
+  last_seen_user_agent: string | null;
+  user_id: string;
+}
+
 export interface Profile {
   displayname?: string;
   avatar_url?: string;
@@ -428,7 +438,7 @@ export class Accounts {
    */
   async login(
     userId: string,
-    options: { deviceId?: string; displayName?: string; refresh?: boolean },
+    options: { deviceId?: string; displayName?: string; refresh?: boolean; validUntilTs?: number; auditDetail?: Record<string, unknown> },
     source: AuditSource,
   ): Promise<LoginResult> {
     let deviceId = options.deviceId;
@@ -456,8 +466,8 @@ export class Accounts {
       isNew = created.length > 0;
       if (!isNew) await this.sessions.revokeDevices(userId, [deviceId]);
     }
-    const tokens = await this.sessions.issue(userId, deviceId, options.refresh ?? false);
-    await this.audit.record("login", userId, source, { device_id: deviceId });
+    const tokens = await this.sessions.issue(userId, deviceId, options.refresh ?? false, options.validUntilTs);
+    await this.audit.record("login", userId, source, { device_id: deviceId, ...options.auditDetail });
     if (isNew) {
       for (const listener of this.deviceCreatedListeners) {
         try {
@@ -507,6 +517,20 @@ export class Accounts {
       devices[row.deviceId] = { sessions: [{ connections }] };
     }
     return { user_id: userId, devices };
+  }
+
+  /** The devices of a user as the admin API shows them: every column, null when unknown. */
+  async adminDevices(userId: string): Promise<AdminDevice[]> {
+    const d = schema.devices;
+    const rows = await this.db.select().from(d).where(eq(d.userId, userId)).orderBy(asc(d.deviceId));
+    return rows.map((row) => ({
+      device_id: row.deviceId,
+      display_name: row.displayName,
+      last_seen_ip: row.lastSeenIp,
+      last_seen_ts: row.lastSeenTs,
+      last_seen_user_agent: row.lastSeenUserAgent,
+      user_id: row.userId,
+    }));
   }
 
   async listDevices(userId: string): Promise<Device[]> {

@@ -90,8 +90,11 @@ export class Sessions implements Authenticator {
     await this.unlisten?.().catch(() => {});
   }
 
-  /** A new access token (and refresh token when asked for) for an existing device. */
-  async issue(userId: string, deviceId: string, withRefresh: boolean): Promise<IssuedTokens> {
+  /**
+   * A new access token (and refresh token when asked for) for an existing device. `validUntilTs`
+   * (without refresh) makes a token that simply dies then: the admin API's login as a user.
+   */
+  async issue(userId: string, deviceId: string, withRefresh: boolean, validUntilTs?: number): Promise<IssuedTokens> {
     const accessToken = newToken("pat_");
     const refreshToken = withRefresh ? newToken("prt_") : undefined;
     const now = this.now();
@@ -101,7 +104,7 @@ export class Sessions implements Authenticator {
       userId,
       deviceId,
       createdTs: now,
-      expiresTs: refreshToken ? now + this.accessTokenLifetimeMs : null,
+      expiresTs: refreshToken ? now + this.accessTokenLifetimeMs : (validUntilTs ?? null),
     });
     return refreshToken
       ? { accessToken, refreshToken, expiresInMs: this.accessTokenLifetimeMs }
