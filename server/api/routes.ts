@@ -50,6 +50,10 @@ import { eventStreamRoutes } from "./client/events.ts";
 import { initialSyncRoutes } from "./client/initial-sync.ts";
 import { versions } from "./client/versions.ts";
 import { synapseAdminRoutes } from "./synapse/register.ts";
+import { serverVersionRoutes } from "./synapse/server-version.ts";
+import { userAdminRoutes } from "./synapse/users.ts";
+import { adminDeviceRoutes } from "./synapse/devices.ts";
+import { registrationTokenRoutes } from "./synapse/registration-tokens.ts";
 import { health } from "./health.ts";
 import { wellKnownClient, wellKnownServer } from "./wellknown.ts";
 
@@ -97,6 +101,10 @@ export const routes: AnyRoute[] = [
   ...toDeviceRoutes,
   ...keyBackupRoutes,
   ...synapseAdminRoutes,
+  ...serverVersionRoutes,
+  ...userAdminRoutes,
+  ...adminDeviceRoutes,
+  ...registrationTokenRoutes,
   ...createRoomRoutes,
   ...membershipRoutes,
   ...sendRoutes,
