@@ -54,6 +54,9 @@ import { serverVersionRoutes } from "./synapse/server-version.ts";
 import { userAdminRoutes } from "./synapse/users.ts";
 import { adminDeviceRoutes } from "./synapse/devices.ts";
 import { registrationTokenRoutes } from "./synapse/registration-tokens.ts";
+import { synapseRoomAdminRoutes } from "./synapse/rooms.ts";
+import { synapseFederationAdminRoutes } from "./synapse/federation.ts";
+import { reportRoutes } from "./client/rooms/report.ts";
 import { health } from "./health.ts";
 import { wellKnownClient, wellKnownServer } from "./wellknown.ts";
 
@@ -105,6 +108,9 @@ export const routes: AnyRoute[] = [
   ...userAdminRoutes,
   ...adminDeviceRoutes,
   ...registrationTokenRoutes,
+  ...synapseRoomAdminRoutes,
+  ...synapseFederationAdminRoutes,
+  ...reportRoutes,
   ...createRoomRoutes,
   ...membershipRoutes,
   ...sendRoutes,

@@ -7,6 +7,8 @@ import type { Accounts } from "../accounts/accounts.ts";
 import { RoomTags } from "../userdata/room-tags.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import { RoomAliases } from "./aliases.ts";
+import { EventReports } from "./event-reports.ts";
+import { RoomAdmin } from "./room-admin.ts";
 import { Directory } from "./directory.ts";
 import { EventStore } from "./event-store.ts";
 import { EventPersister, type PersistFaults } from "./persister.ts";
@@ -36,6 +38,10 @@ export interface RoomServices {
   roomUpgrades: RoomUpgrades;
   /** GET /rooms/{roomId}/hierarchy and federation's /hierarchy (spaces). */
   spaceHierarchy: SpaceHierarchy;
+  /** What server admins do to rooms (Synapse's admin API): list, inspect, block, shut down, purge. */
+  roomAdmin: RoomAdmin;
+  /** `POST /rooms/{roomId}/report/{eventId}` and the admins' list of reports. */
+  eventReports: EventReports;
 }
 
 export function createRoomServices(options: {
@@ -69,6 +75,8 @@ export function createRoomServices(options: {
   const roomTags = new RoomTags(userData);
   const roomUpgrades = new RoomUpgrades(db, persister, rooms, aliases, userData, roomTags, serverName, logger);
   persister.onEventsPersisted(roomUpgrades.onEventsPersisted);
+  const roomAdmin = new RoomAdmin(db, persister, rooms, serverName, now, logger);
+  rooms.refuseBlockedRooms((roomId) => roomAdmin.isBlocked(roomId));
   return {
     persister,
     rooms,
@@ -81,5 +89,7 @@ export function createRoomServices(options: {
     search,
     roomUpgrades,
     spaceHierarchy: new SpaceHierarchy(db, rooms, now),
+    roomAdmin,
+    eventReports: new EventReports(db, timeline, now),
   };
 }

@@ -88,6 +88,21 @@ export class Rooms {
     this.remote = remote;
   }
 
+  private isBlocked: (roomId: string) => Promise<boolean> = async () => false;
+
+  /**
+   * Plugs in the admins' blocklist (server/rooms/room-admin.ts): a blocked room can be neither
+   * joined nor invited to, here or through another server.
+   */
+  refuseBlockedRooms(isBlocked: (roomId: string) => Promise<boolean>): void {
+    this.isBlocked = isBlocked;
+  }
+
+  /** 403 M_FORBIDDEN when an admin blocked the room (Synapse's message). */
+  async requireNotBlocked(roomId: string): Promise<void> {
+    if (await this.isBlocked(roomId)) throw forbidden("This room has been blocked on this server");
+  }
+
   private appServices: AppServiceAsk | undefined;
 
   /**
@@ -412,6 +427,7 @@ export class Rooms {
     if (reason !== undefined) extra.reason = reason;
     const servers = [...via];
     const roomId = await this.roomToEnter(roomIdOrAlias, servers);
+    await this.requireNotBlocked(roomId);
     if (!(await this.isInRoom(roomId))) {
       const known = await this.roomVersion(roomId);
       if (!this.remote) {
@@ -470,6 +486,7 @@ export class Rooms {
     const userId = requester.userId;
     const servers = [...via];
     const roomId = await this.roomToEnter(roomIdOrAlias, servers);
+    await this.requireNotBlocked(roomId);
     const profile = await this.accounts.getProfile(userId);
     const content = memberContent("knock", profile, reason !== undefined ? { reason } : {});
     if (!(await this.isInRoom(roomId))) {
@@ -491,6 +508,7 @@ export class Rooms {
 
   async invite(requester: Requester, roomId: string, target: string, reason?: string): Promise<void> {
     await this.requireRoom(roomId);
+    await this.requireNotBlocked(roomId);
     if (isValidUserId(target) && serverNameOf(target) !== this.serverName && this.remote) {
       await this.remote.invite(requester.userId, roomId, target, reason !== undefined ? { reason } : {});
       return;

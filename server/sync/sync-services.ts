@@ -103,6 +103,12 @@ export function createSyncServices(options: {
       users: [...new Set(targets)],
     });
   });
+  rooms.roomAdmin.onRoomPurged((roomId, localUsers) => {
+    // A room purged by an admin (server/rooms/room-admin.ts) is gone from the tables; what sync keeps
+    // in memory of it (its recent events, its users' memberships and unread counts) must go too, in
+    // every process. `remote` is what makes the handlers drop a room's events and the unread counts.
+    notifier.publish({ stream: "events", position: notifier.positions().events, rooms: [roomId], users: localUsers, remote: true });
+  });
   userData.onAccountData((userId, _roomId, position) => {
     notifier.publish({ stream: "account_data", position, users: [userId] });
   });

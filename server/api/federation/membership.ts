@@ -22,6 +22,7 @@ export const makeJoin = route({
   async handler({ origin, params, c }, services) {
     // No `ver`: the joining server supports room version 1 only.
     const versions = c.req.queries("ver") ?? ["1"];
+    await services.rooms.requireNotBlocked(params.roomId!);
     return roomFederation(services).makeJoin(origin, params.roomId!, params.userId!, versions);
   },
 });
@@ -33,6 +34,7 @@ export const sendJoinV2 = route({
   auth: "server",
   body: jsonObject,
   async handler({ origin, params, body }, services) {
+    await services.rooms.requireNotBlocked(params.roomId!);
     return roomFederation(services).sendJoin(origin, params.roomId!, params.eventId!, body);
   },
 });
@@ -45,6 +47,7 @@ export const sendJoinV1 = route({
   auth: "server",
   body: jsonObject,
   async handler({ origin, params, body }, services) {
+    await services.rooms.requireNotBlocked(params.roomId!);
     return [200, await roomFederation(services).sendJoin(origin, params.roomId!, params.eventId!, body)];
   },
 });
@@ -56,6 +59,7 @@ export const inviteV2 = route({
   auth: "server",
   body: z.looseObject({ event: jsonObject, room_version: z.string(), invite_room_state: z.array(z.unknown()).optional() }),
   async handler({ origin, params, body }, services) {
+    await services.rooms.requireNotBlocked(params.roomId!);
     return roomFederation(services).receiveInvite(origin, params.roomId!, params.eventId!, body);
   },
 });
@@ -70,6 +74,7 @@ export const inviteV1 = route({
   auth: "server",
   body: jsonObject,
   async handler({ origin, params, body }, services) {
+    await services.rooms.requireNotBlocked(params.roomId!);
     const unsigned = typeof body.unsigned === "object" && body.unsigned !== null ? (body.unsigned as Record<string, unknown>) : {};
     const inviteRoomState = Array.isArray(unsigned.invite_room_state) ? unsigned.invite_room_state : [];
     const answer = await roomFederation(services).receiveInvite(origin, params.roomId!, params.eventId!, {
@@ -120,6 +125,7 @@ export const makeKnock = route({
   auth: "server",
   query: z.looseObject({ ver: z.union([z.string(), z.array(z.string())]).optional() }),
   async handler({ origin, params, c }, services) {
+    await services.rooms.requireNotBlocked(params.roomId!);
     return roomFederation(services).makeKnock(origin, params.roomId!, params.userId!, c.req.queries("ver") ?? []);
   },
 });
@@ -131,6 +137,7 @@ export const sendKnock = route({
   auth: "server",
   body: jsonObject,
   async handler({ origin, params, body }, services) {
+    await services.rooms.requireNotBlocked(params.roomId!);
     return roomFederation(services).sendKnock(origin, params.roomId!, params.eventId!, body);
   },
 });
