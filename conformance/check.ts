@@ -63,6 +63,13 @@ export interface CheckContext {
   /** A freshly registered user on `target` (default: ctx.target); `label` becomes part of the localpart. */
   user(label?: string, target?: Target): Promise<import("./client.ts").ClientUser>;
   signal: AbortSignal;
+  /** Sizes the operator chose (`parley conformance --robustness-requests N`). */
+  settings: Settings;
+}
+
+export interface Settings {
+  /** How many random bodies the robustness check sends (the issue's figure: 1,000). */
+  robustnessRequests: number;
 }
 
 export interface Check {

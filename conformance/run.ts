@@ -3,7 +3,7 @@
 // `parley conformance` (server/cli.ts) is its command line.
 import { writeFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { type Check, type CheckContext, type CheckResult, CheckSkipped, type Outcome, type Target } from "./check.ts";
+import { type Check, type CheckContext, type CheckResult, CheckSkipped, type Outcome, type Settings, type Target } from "./check.ts";
 import { allChecks } from "./checks/index.ts";
 import { httpCall, registerUser } from "./client.ts";
 import { Peer } from "./peer.ts";
@@ -21,6 +21,8 @@ export interface RunOptions {
   only?: readonly string[];
   /** The checks to choose from (default: conformance/checks/index.ts). */
   checks?: readonly Check[];
+  /** Default: `{ robustnessRequests: 1000 }`. */
+  settings?: Partial<Settings>;
   /** Where the progress line goes (default: none). */
   progress?: NodeJS.WritableStream & { isTTY?: boolean };
 }
@@ -100,6 +102,7 @@ export async function runConformance(options: RunOptions): Promise<Report> {
       targets,
       target: targets[0]!,
       peer,
+      settings: { robustnessRequests: 1000, ...options.settings },
       user: (label, target) => registerUser(target ?? targets[0]!, label),
     };
     for (const [i, check] of checks.entries()) {
@@ -162,6 +165,8 @@ Options:
   --peer-bind ADDR      The address the peer listens on (default 127.0.0.1)
   --only ID|GROUP       Run only these checks or groups (repeatable)
   --report FILE         Write the JSON report there
+  --robustness-requests N
+                        How many random bodies the robustness check sends (default 1000)
   --list                List the checks and exit
 
 Exit status: 0 when no check failed, 1 when one did, 2 on a usage error.
@@ -179,6 +184,7 @@ export async function conformanceMain(argv: string[], out: NodeJS.WriteStream = 
       "peer-bind": { type: "string" },
       only: { type: "string", multiple: true },
       report: { type: "string" },
+      "robustness-requests": { type: "string" },
       list: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -200,6 +206,11 @@ export async function conformanceMain(argv: string[], out: NodeJS.WriteStream = 
     err.write(`parley conformance: --peer-port must be a port number\n`);
     return 2;
   }
+  const robustnessRequests = Number(values["robustness-requests"] ?? 1000);
+  if (!Number.isInteger(robustnessRequests) || robustnessRequests < 1) {
+    err.write(`parley conformance: --robustness-requests must be a positive integer\n`);
+    return 2;
+  }
   let report: Report;
   try {
     report = await runConformance({
@@ -209,6 +220,7 @@ export async function conformanceMain(argv: string[], out: NodeJS.WriteStream = 
       peerPort,
       ...(values["peer-bind"] ? { peerBind: values["peer-bind"] } : {}),
       ...(values.only ? { only: values.only } : {}),
+      settings: { robustnessRequests },
       progress: err,
     });
   } catch (e) {

@@ -9,7 +9,7 @@
 //     requests) `rewrite` changes; the suite is pointed at the proxy's URL.
 import { type IncomingMessage, createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Check, CheckResult } from "../conformance/check.ts";
+import type { Check, CheckResult, Settings } from "../conformance/check.ts";
 import { type Report, runConformance } from "../conformance/run.ts";
 import { type Network, startNetwork } from "./federation-harness.ts";
 
@@ -22,8 +22,8 @@ export function startConformanceNetwork(count = 2, config: (i: number) => Record
 }
 
 /** Runs `checks` against these base URLs; answers the report. */
-export function runChecks(checks: readonly Check[], servers: readonly string[]): Promise<Report> {
-  return runConformance({ servers, checks, peerPort: 0 });
+export function runChecks(checks: readonly Check[], servers: readonly string[], settings: Partial<Settings> = {}): Promise<Report> {
+  return runConformance({ servers, checks, peerPort: 0, settings });
 }
 
 /** The result of one check in a report. */
