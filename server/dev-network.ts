@@ -294,6 +294,22 @@ export async function devNetworkMain(argv: string[]): Promise<number> {
   const servers = number("servers", values.servers);
   // A usage error (exit code 2), as the other options' are; startDevNetwork checks it again for callers.
   if (servers < 1 || servers > MAX_DEV_SERVERS) throw new ConfigError(`--servers must be a whole number from 1 to ${MAX_DEV_SERVERS} (got ${servers})`);
+  // Signals are taken from the start: a start creating databases takes a while, and Ctrl-C in the
+  // middle must not leave a temporary directory (or a half-written database) behind. The network
+  // is then stopped as soon as it is up.
+  let signalled!: () => void;
+  const signal = new Promise<void>((resolve) => (signalled = resolve));
+  const onSignal = () => {
+    // A second signal takes Node's default action: a stuck start or shutdown can always be killed.
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    // Requests cut short by the shutdown may leave rejections nobody waits for: they must not
+    // crash the process before the databases are closed.
+    process.on("unhandledRejection", () => {});
+    signalled();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   let network: DevNetwork;
   try {
     network = await startDevNetwork({
@@ -303,6 +319,8 @@ export async function devNetworkMain(argv: string[]): Promise<number> {
       logLevel: logLevel.data,
     });
   } catch (err) {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
     if (err instanceof DevNetworkError) {
       process.stderr.write(`parley dev-network: ${err.message}\n`);
       return 1;
@@ -310,31 +328,20 @@ export async function devNetworkMain(argv: string[]): Promise<number> {
     throw err;
   }
   process.stdout.write(formatDevNetwork(network));
-  const code = await new Promise<number>((resolve) => {
-    const stop = () => {
-      // A second signal takes Node's default action: a stuck shutdown can always be killed.
-      process.off("SIGINT", stop);
-      process.off("SIGTERM", stop);
-      // Requests cut short by the shutdown may leave rejections nobody waits for: they must not
-      // crash the process before the databases are closed.
-      process.on("unhandledRejection", () => {});
-      const config = network.servers[0]!.homeserver.services.config;
-      setTimeout(() => {
-        process.stderr.write("parley dev-network: shutdown not finished in time; exiting\n");
-        process.exit(1);
-      }, config.shutdown_grace_ms + SHUTDOWN_BOUND_MS + 2_000).unref();
-      process.stdout.write("stopping…\n");
-      network.stop().then(
-        () => resolve(0),
-        (err) => {
-          process.stderr.write(`parley dev-network: error during shutdown: ${(err as Error).message}\n`);
-          resolve(1);
-        },
-      );
-    };
-    process.on("SIGINT", stop);
-    process.on("SIGTERM", stop);
-  });
+  await signal;
+  const config = network.servers[0]!.homeserver.services.config;
+  setTimeout(() => {
+    process.stderr.write("parley dev-network: shutdown not finished in time; exiting\n");
+    process.exit(1);
+  }, config.shutdown_grace_ms + SHUTDOWN_BOUND_MS + 2_000).unref();
+  process.stdout.write("stopping…\n");
+  const code = await network.stop().then(
+    () => 0,
+    (err: unknown) => {
+      process.stderr.write(`parley dev-network: error during shutdown: ${(err as Error).message}\n`);
+      return 1;
+    },
+  );
   // As `parley serve`: whatever still holds the event loop must not keep a stopped network alive.
   setTimeout(() => process.exit(code), 1_000).unref();
   return code;

@@ -2,6 +2,8 @@
 // servers talking over federation, and a clean stop on Ctrl-C.
 import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { createServer, connect } from "node:net";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -10,6 +12,7 @@ import { request } from "./harness.ts";
 import { loginUser } from "./accounts-helpers.ts";
 import { bodies, createRoom, enc, invite, send } from "./sync-helpers.ts";
 import type { TestUser } from "./accounts-helpers.ts";
+import { startDevNetwork } from "../server/dev-network.ts";
 
 const bin = path.join(import.meta.dirname, "..", "bin", "parley.js");
 
@@ -147,4 +150,47 @@ describe("parley dev-network", () => {
     expect(await running.exited, running.output()).toBe(2);
     expect(running.output()).toContain("--servers must be a whole number from 1 to 10");
   }, 30_000);
+
+  it("keeps a --dir network's rooms and passwords for the next run, and registers only with its token", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "parley-dev-network-kept-"));
+    const ports = [await freePort()];
+    try {
+      const first = await startDevNetwork({ servers: 1, ports, dir, logLevel: "silent" });
+      const [{ url, userId, password }] = first.servers as [(typeof first.servers)[0]];
+      let roomId: string;
+      try {
+        const login = await loginUser(url, userId, password);
+        expect(login.status).toBe(200);
+        roomId = await createRoom(url, { userId, password, accessToken: login.json.access_token, deviceId: login.json.device_id });
+
+        const start = await request(url, "POST", "/_matrix/client/v3/register", { body: { username: "mallory", password: "a long password" } });
+        expect(start.json.flows).toEqual([{ stages: ["m.login.registration_token"] }]);
+        const wrong = await request(url, "POST", "/_matrix/client/v3/register", {
+          body: { username: "mallory", password: "a long password", auth: { type: "m.login.registration_token", token: "guess", session: start.json.session } },
+        });
+        expect(wrong.status).toBe(401);
+        const right = await request(url, "POST", "/_matrix/client/v3/register", {
+          body: { username: "dan", password: "a long password", auth: { type: "m.login.registration_token", token: first.registrationToken, session: start.json.session } },
+        });
+        expect(right.status, JSON.stringify(right.json)).toBe(200);
+      } finally {
+        await first.stop();
+      }
+      expect(existsSync(dir)).toBe(true);
+
+      const second = await startDevNetwork({ servers: 1, ports, dir, logLevel: "silent" });
+      try {
+        expect(second.servers[0]!.password).toBe(password);
+        expect(second.registrationToken).toBe(first.registrationToken);
+        const login = await loginUser(url, userId, password);
+        expect(login.status).toBe(200);
+        const rooms = await request(url, "GET", "/_matrix/client/v3/joined_rooms", { token: login.json.access_token });
+        expect(rooms.json.joined_rooms).toEqual([roomId]);
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 150_000);
 });
