@@ -33,6 +33,21 @@ export interface OpenDatabaseOptions {
    * survives an OS crash or a power loss (default true; see `embedded_fsync` in server/config.ts).
    */
   embeddedFsync?: boolean;
+  /**
+   * Told of every query and transaction asked of the pool (metrics): how long it took from the ask
+   * to its answer, waiting for a connection included. Unset: nothing is counted or timed.
+   */
+  onQuery?: QueryObserver;
+}
+
+/** `seconds` from the ask to the answer; `kind` "transaction" for a whole transaction. */
+export type QueryObserver = (kind: "query" | "transaction", seconds: number) => void;
+
+/** The connections in use and the work waiting for one (counted only with `onQuery`). */
+export interface PoolUse {
+  size: number;
+  inUse: number;
+  waiting: number;
 }
 
 export interface OpenedDatabase {
@@ -48,6 +63,8 @@ export interface OpenedDatabase {
    * own transaction and pipelines statements (its COMMIT sent with its last statement, say).
    */
   reserve?(): Promise<ReservedConnection>;
+  /** What the pool is doing now (zeros unless opened with `onQuery`). */
+  poolUse(): PoolUse;
 }
 
 /** A connection held by one caller (see OpenedDatabase.reserve). */
@@ -107,6 +124,7 @@ function refusingWhenClosed<T extends object>(
   entryPoints: readonly string[],
   isClosed: () => boolean,
   queue?: OneAtATime,
+  meter?: QueryMeter,
 ): T {
   return new Proxy(client, {
     get(target, property) {
@@ -122,11 +140,38 @@ function refusingWhenClosed<T extends object>(
           }
           return (value as (...a: unknown[]) => unknown).apply(target, args);
         };
-        return (...args: unknown[]) => (queue ? queue.run(() => call(args)) : call(args));
+        const run = (...args: unknown[]) => (queue ? queue.run(() => call(args)) : call(args));
+        if (!meter || !METERED.has(property)) return run;
+        return (...args: unknown[]) => meter.track(property, run(...args));
       }
       return (value as (...a: unknown[]) => unknown).bind(target);
     },
   });
+}
+
+/**
+ * Counts the queries and transactions in flight and times each from its ask to its answer, for the
+ * metrics. A listener is added to the driver's promise without starting it: postgres.js runs a query
+ * when `then` is first called on it, and drizzle configures it (`.values()`) after the call.
+ */
+const METERED = new Set(["query", "exec", "transaction", "unsafe", "begin"]);
+
+class QueryMeter {
+  inFlight = 0;
+  constructor(private readonly onQuery: QueryObserver) {}
+
+  track<R>(entryPoint: string, result: R): R {
+    if (!(result instanceof Promise)) return result;
+    const kind = entryPoint === "begin" || entryPoint === "transaction" ? "transaction" : "query";
+    this.inFlight++;
+    const started = performance.now();
+    const done = () => {
+      this.inFlight--;
+      this.onQuery(kind, (performance.now() - started) / 1000);
+    };
+    Promise.prototype.then.call(result, done, done);
+    return result;
+  }
 }
 
 /**
@@ -171,7 +216,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Opened
   // The data directory holds the signing key and, embedded, the whole database: Parley's user only.
   await makePrivateDirectory(options.dataDir);
   const opened = options.databaseUrl
-    ? await openPostgres(options.databaseUrl, options.poolSize ?? 10)
+    ? await openPostgres(options.databaseUrl, options.poolSize ?? 10, options.onQuery)
     : await openPglite(options);
   try {
     await migrate(opened.db);
@@ -234,12 +279,15 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
   }
   // Once closing, new queries are refused; PGlite's close waits for those already queued.
   let closing = false;
-  const guarded = refusingWhenClosed(client, ["query", "exec", "transaction"], () => closing, new OneAtATime(10));
+  const meter = options.onQuery && new QueryMeter(options.onQuery);
+  const guarded = refusingWhenClosed(client, ["query", "exec", "transaction"], () => closing, new OneAtATime(10), meter);
   const db = drizzle(guarded, { schema }) as unknown as Database;
   const listeners = new Map<string, Set<(payload: string) => void>>();
   return {
     db,
     kind: "pglite",
+    // One connection: the query running, and those queued behind it (OneAtATime).
+    poolUse: () => ({ size: 1, inUse: Math.min(1, meter?.inFlight ?? 0), waiting: Math.max(0, (meter?.inFlight ?? 0) - 1) }),
     async close() {
       closing = true;
       try {
@@ -414,7 +462,7 @@ function hardenNodeFs(nodefs: EmscriptenNodeFs, durable: boolean): void {
   }
 }
 
-async function openPostgres(url: string, poolSize: number): Promise<OpenedDatabase> {
+async function openPostgres(url: string, poolSize: number, onQuery?: QueryObserver): Promise<OpenedDatabase> {
   const { default: postgres } = await import("postgres");
   const { drizzle, PostgresJsSession } = await import("drizzle-orm/postgres-js");
   // Once closing: no new query, transaction, reservation or NOTIFY, and no new connection. postgres.js
@@ -431,11 +479,19 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
   const client = postgres(url, options);
   // Fail fast with a clear message when the server is unreachable.
   await client`select 1`;
-  const guarded = refusingWhenClosed(client, ["unsafe", "begin", "reserve", "notify", "listen"], () => closing);
+  const meter = onQuery && new QueryMeter(onQuery);
+  const guarded = refusingWhenClosed(client, ["unsafe", "begin", "reserve", "notify", "listen"], () => closing, undefined, meter);
+  let reserved = 0;
   const db = drizzle(guarded, { schema }) as unknown as Database;
   return {
     db,
     kind: "postgres",
+    // A query outside a transaction holds a connection while it runs, a transaction or a reservation
+    // for its whole length; what asks beyond the pool waits in postgres.js's queue.
+    poolUse() {
+      const wanted = (meter?.inFlight ?? 0) + reserved;
+      return { size: poolSize, inUse: Math.min(poolSize, wanted), waiting: Math.max(0, wanted - poolSize) };
+    },
     async close() {
       closing = true;
       // Queries already sent get up to 5 s to finish, then their connections are closed.
@@ -450,6 +506,8 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
     },
     async reserve() {
       const connection = await guarded.reserve();
+      reserved++;
+      let released = false;
       // As drizzle builds a transaction's handle: the pool's dialect and schema, this connection.
       const base = (db as unknown as { session: { dialect: PgDialect; schema: unknown; options: unknown } }).session;
       const session = new PostgresJsSession(connection, base.dialect, base.schema as never, base.options as never);
@@ -467,7 +525,11 @@ async function openPostgres(url: string, poolSize: number): Promise<OpenedDataba
           // One result: its rows. Several: a list of results (each a list of rows).
           return result.some((r) => Array.isArray(r)) ? (result as unknown[][]).flat() : result;
         },
-        release: () => connection.release(),
+        release() {
+          if (!released) reserved--;
+          released = true;
+          connection.release();
+        },
       };
     },
   };

@@ -145,6 +145,19 @@ export const configKeys = {
     example: "/etc/parley/privkey.pem",
     doc: "The PEM private key for `tls_port`.",
   }),
+  metrics_port: key({
+    env: "PARLEY_METRICS_PORT",
+    schema: int(0, 65535).optional(),
+    default: undefined,
+    example: "9092",
+    doc: "Serve Prometheus metrics at /metrics on this port, a listener of its own (nothing else is served there). Unset: no metrics are collected at all.",
+  }),
+  metrics_bind: key({
+    env: "PARLEY_METRICS_BIND",
+    schema: z.string().min(1),
+    default: "127.0.0.1",
+    doc: "The address the metrics listener binds. Loopback by default: the metrics name endpoints and destination servers, so expose them to the scraper only.",
+  }),
   data_dir: key({
     env: "PARLEY_DATA_DIR",
     schema: z.string().min(1),

@@ -45,6 +45,8 @@ import { isAllowedFederationAddress } from "../federation/transport/address-poli
 import { PushGatewayClient } from "./push/gateway-client.ts";
 import { PushSender } from "./push/push-sender.ts";
 import { NotificationsList } from "./push/notifications.ts";
+import { Metrics, UNMATCHED_ROUTE } from "./metrics/metrics.ts";
+import { listenForMetrics } from "./metrics/listener.ts";
 
 export interface Homeserver {
   services: Services;
@@ -55,6 +57,8 @@ export interface Homeserver {
   tlsPort?: number;
   /** https://… on `tlsPort`, when set. */
   tlsUrl?: string;
+  /** http://…/metrics on `metrics_port`, when metrics are on. */
+  metricsUrl?: string;
   /** Stops accepting, lets in-flight requests finish (within the grace period), closes the database. */
   close(): Promise<void>;
 }
@@ -85,12 +89,14 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   const logger = options.logger ?? createLogger(config);
   // Read before anything is opened, so a wrong path fails the start at once with a clear message.
   const tls = await readTlsFiles(config);
+  const metrics = config.metrics_port === undefined ? undefined : new Metrics(config.server_name);
   const database = await openDatabase({
     databaseUrl: config.database_url,
     dataDir: config.data_dir,
     embedded: options.embedded,
     poolSize: config.database_pool_size,
     embeddedFsync: config.embedded_fsync,
+    onQuery: metrics?.queryAnswered,
   });
   let services: Services;
   const servers: Listener[] = [];
@@ -99,6 +105,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   let identityServers: IdentityServerClient | undefined;
   let pushGateways: PushGatewayClient | undefined;
   let urlPreviews: UrlPreviewer | undefined;
+  let metricsServer: Server | undefined;
   try {
     await bindServerName(database, config.server_name, options.now?.() ?? Date.now());
     const signingKey = await loadOrCreateSigningKey(config.data_dir, (keyId) =>
@@ -130,6 +137,12 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       rooms: roomServices,
     });
     await startSyncServices(syncServices);
+    if (metrics) {
+      // Before anything can persist (federation, application services): every event is counted.
+      roomServices.persister.onBatchPersisted(metrics.eventsPersisted);
+      metrics.collectSyncWaiters(() => syncServices.notifier.waiting);
+      metrics.collectPoolUse(() => database.poolUse());
+    }
     federation = createFederation({
       config,
       database,
@@ -280,14 +293,22 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       pushSender,
       pushNotifications: new NotificationsList(database.db, roomServices.eventStore),
     };
-    const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])]);
+    if (metrics) {
+      const sender = federation.sender;
+      metrics.collectFederationQueues((limit) => sender.queueDepths(limit));
+    }
+    const observe = metrics && ((method: string, route: string | undefined, status: number, seconds: number) =>
+      metrics.requestAnswered(method, route ?? UNMATCHED_ROUTE, status, seconds));
+    const app = createApp(services, [...routes, ...(options.extraRoutes ?? [])], observe);
     const handle = requests.wrap(app.fetch);
     // The same app on both: federation and the client APIs alike, with or without TLS.
     servers.push(await listen(handle, config, config.port, logger));
     if (tls) servers.push(await listen(handle, config, tls.port, logger, tls));
+    if (metrics && config.metrics_port !== undefined) metricsServer = await listenForMetrics(metrics, config.metrics_bind, config.metrics_port, logger);
     services.media.startSweeping();
   } catch (err) {
     await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+    await closeMetricsServer(metricsServer);
     await federation?.stop().catch(() => {});
     await identityServers?.close();
     await pushGateways?.close();
@@ -304,10 +325,28 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   const tlsUrl = tlsPort === undefined ? undefined : `https://${host}:${tlsPort}`;
   logger.info({ config: redactedConfig(config), url, tlsUrl, database: database.kind }, "parley is listening");
 
+  const metricsUrl = metricsServer && `http://${listenerHost(config.metrics_bind)}:${(metricsServer.address() as AddressInfo).port}/metrics`;
+  if (metricsUrl) logger.info({ metricsUrl }, "metrics are served");
+
   let closing: Promise<void> | undefined;
   const close = () =>
-    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => Promise.all([identityServers?.close(), pushGateways?.close(), urlPreviews?.close()])));
-  return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), close };
+    (closing ??= shutDown({ servers, requests, services, database, logger, graceMs: config.shutdown_grace_ms }).finally(() => Promise.all([identityServers?.close(), pushGateways?.close(), urlPreviews?.close(), closeMetricsServer(metricsServer)])));
+  return { services, url, port, ...(tlsPort === undefined ? {} : { tlsPort, tlsUrl }), ...(metricsUrl ? { metricsUrl } : {}), close };
+}
+
+/** The metrics listener stops with the rest; a scraper's idle keep-alive connection does not hold it. */
+function closeMetricsServer(server: Server | undefined): Promise<void> {
+  if (!server) return Promise.resolve();
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}
+
+/** A bind address as a URL host: the wildcard addresses reached through loopback. */
+function listenerHost(bind: string): string {
+  const bound = bind.includes(":") ? `[${bind}]` : bind;
+  return bound === "0.0.0.0" || bound === "[::]" ? "127.0.0.1" : bound;
 }
 
 /** What shutdown may take beyond `shutdown_grace_ms`: closing connections and the database. */

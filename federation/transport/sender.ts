@@ -180,6 +180,24 @@ export class FederationSender {
     for (const { destination } of pending) if (!this.queues.has(destination)) this.wake(destination);
   }
 
+  /**
+   * What waits to be sent, per destination (metrics): the durable PDUs and EDUs of the outbox, which
+   * every process sharing the database sees, and the best-effort EDUs this process holds. The
+   * `limit` destinations with most waiting, so a long tail of peers cannot flood the scraper.
+   */
+  async queueDepths(limit: number): Promise<{ destination: string; kind: string; count: number }[]> {
+    const o = schema.federationOutbox;
+    const rows = await this.opts.database.db
+      .select({ destination: o.destination, kind: o.kind, count: sql<number>`count(*)::int` })
+      .from(o)
+      .groupBy(o.destination, o.kind);
+    for (const [destination, list] of this.ephemeral) rows.push({ destination, kind: "ephemeral", count: list.length });
+    const total = new Map<string, number>();
+    for (const r of rows) total.set(r.destination, (total.get(r.destination) ?? 0) + Number(r.count));
+    const kept = new Set([...total].sort((a, b) => b[1] - a[1]).slice(0, limit).map(([d]) => d));
+    return rows.filter((r) => kept.has(r.destination)).map((r) => ({ ...r, count: Number(r.count) }));
+  }
+
   // --- used by DestinationQueue ---
 
   get options(): Required<FederationSenderOptions> {

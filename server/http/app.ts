@@ -5,6 +5,7 @@ import { randomUUID } from "node:crypto";
 import { IncomingMessage } from "node:http";
 import { Readable } from "node:stream";
 import { type Context, Hono } from "hono";
+import { matchedRoutes } from "hono/route";
 import type { z } from "zod";
 import { isDatabaseClosed } from "../../schema/db.ts";
 import type { Services } from "../services.ts";
@@ -23,8 +24,24 @@ export const CORS_HEADERS: Record<string, string> = {
 
 type Env = { Variables: { requestId: string; requestInfo: RequestInfo } };
 
-export function createApp(services: Services, routes: AnyRoute[]): Hono<Env> {
+/**
+ * Told of every answered request (metrics): `route` is the declared path pattern of the route that
+ * answered, undefined when none did, so a label made of it has as many values as there are routes.
+ */
+export type RequestObserver = (method: string, route: string | undefined, status: number, seconds: number) => void;
+
+export function createApp(services: Services, routes: AnyRoute[], observe?: RequestObserver): Hono<Env> {
   const app = new Hono<Env>();
+  if (observe) {
+    const declared = new Set(routes.map((r) => r.path));
+    app.use(async (c, next) => {
+      const started = performance.now();
+      await next();
+      // After next(), routeIndex is the handler that answered (a route's, or this app-wide middleware's).
+      const path = matchedRoutes(c)[c.req.routeIndex]?.path;
+      observe(c.req.method, path !== undefined && declared.has(path) ? path : undefined, c.res.status, (performance.now() - started) / 1000);
+    });
+  }
   const { logger } = services;
   const maxBytes = services.config.max_request_bytes;
 
