@@ -33,6 +33,8 @@ Commands:
   deactivate NAME [--erase]      Deactivate an account (its name stays taken); --erase also hides
                                  its messages from later joiners and other servers
   list-users                     List accounts
+  set-admin NAME [--revoke]      Make a user a server admin (the admin API, /_synapse/admin/...);
+                                 --revoke takes it away (at once, also from a running server)
   audit [--user NAME] [--limit N]
                                  Show the security audit log, newest first
   federation                     List federation destinations: queued items, failures, last
@@ -76,6 +78,7 @@ const subcommands: Record<string, Subcommand> = {
   "reset-password": resetPassword,
   deactivate,
   "list-users": listUsers,
+  "set-admin": setAdmin,
   audit,
   federation,
   appservices,
@@ -192,6 +195,17 @@ async function deactivate(args: string[], services: AccountServices, io: AdminIo
   const userId = userIdOrFail(services, positionals[0]);
   await services.accounts.deactivate(userId, "cli", { erase: values.erase === true });
   io.out(`deactivated ${userId}${values.erase ? " and erased its messages" : ""}\n`);
+  return 0;
+}
+
+async function setAdmin(args: string[], services: AccountServices, io: AdminIo): Promise<number> {
+  const { positionals, values } = parseArgs({ args, allowPositionals: true, options: { revoke: { type: "boolean", default: false } } });
+  const userId = userIdOrFail(services, positionals[0]);
+  const admin = !values.revoke;
+  await services.accounts.setAdmin(userId, admin);
+  // Admin status is checked on every admin API request, so this needs no restart and no cache drop.
+  await services.audit.record("admin_action", userId, "cli", { action: admin ? "grant_admin" : "revoke_admin", user_id: userId });
+  io.out(admin ? `${userId} is now a server admin\n` : `${userId} is no longer a server admin\n`);
   return 0;
 }
 
