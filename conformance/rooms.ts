@@ -75,7 +75,10 @@ export async function targetKeys(target: Target): Promise<Map<string, Uint8Array
   return keys;
 }
 
-/** Fails unless `pdu` carries a valid signature of the target (and of every other server that must sign it, when `others` knows their keys). */
+/**
+ * Fails unless `pdu` carries a valid signature of the target, and every signature the spec requires
+ * of it (the sender's server, which may be the peer) verifies.
+ */
 export async function expectSignedByTarget(ctx: CheckContext, version: string, pdu: Json, what: string): Promise<void> {
   const keys = await targetKeys(ctx.target);
   expect(typeof pdu.signatures?.[ctx.target.serverName] === "object", `${what} carries no signature of ${ctx.target.serverName}: ${show(pdu.signatures)}`);
