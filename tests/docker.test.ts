@@ -44,7 +44,10 @@ describe("docker/", () => {
         expect(config.federation_insecure, `${service} reaches ${other} over HTTP`).toContain(name);
       }
       expect(config.registration, service).not.toBe("open");
-      expect(ports, service).toEqual([expect.stringMatching(/^127\.0\.0\.1:\d+:8008$/)]);
+      expect(ports, service).toContainEqual(expect.stringMatching(/^127\.0\.0\.1:\d+:8008$/));
+      // The metrics port too: what it tells (routes, peers, load) is for this machine's scraper only.
+      expect(ports, service).toEqual(ports.map(() => expect.stringMatching(/^127\.0\.0\.1:\d+:\d+$/)));
+      if (config.metrics_port !== undefined) expect(ports, service).toContainEqual(expect.stringMatching(new RegExp(`^127\\.0\\.0\\.1:\\d+:${config.metrics_port}$`)));
     }
   });
 

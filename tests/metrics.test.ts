@@ -1,5 +1,6 @@
 // Prometheus metrics (issue 18): /metrics on its own loopback listener, scraped here the way
 // Prometheus does, with each family the issue names checked against what the requests did.
+import { readFile } from "node:fs/promises";
 import { networkInterfaces } from "node:os";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -145,6 +146,18 @@ describe("metrics", () => {
     expect(value(samples, "nodejs_eventloop_lag_p99_seconds")).toBeGreaterThanOrEqual(0);
     expect(value(samples, "process_resident_memory_bytes")).toBeGreaterThan(10_000_000);
     expect(value(samples, "nodejs_heap_size_used_bytes")).toBeGreaterThan(1_000_000);
+  });
+
+  it("exposes every family the Grafana dashboard (docker/) queries", async () => {
+    const dashboard = await readFile(new URL("../docker/grafana-dashboard.json", import.meta.url), "utf8");
+    const used = new Set([...dashboard.matchAll(/\b(?:parley|nodejs|process)_[a-z0-9_]+/g)].map((m) => m[0]));
+    expect(used.size).toBeGreaterThan(10);
+    // A family is there once declared (# TYPE), even with no sample yet (no queue, say).
+    const text = await (await fetch(hs.metricsUrl!)).text();
+    const declared = new Set([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].flatMap(([, name, type]) =>
+      type === "histogram" ? [`${name}_bucket`, `${name}_count`, `${name}_sum`] : [name!],
+    ));
+    expect([...used].filter((name) => !declared.has(name))).toEqual([]);
   });
 
   it("reports the federation queue depth per destination", async () => {
