@@ -56,6 +56,7 @@ import { adminDeviceRoutes } from "./synapse/devices.ts";
 import { registrationTokenRoutes } from "./synapse/registration-tokens.ts";
 import { synapseRoomAdminRoutes } from "./synapse/rooms.ts";
 import { synapseFederationAdminRoutes } from "./synapse/federation.ts";
+import { synapseMediaAdminRoutes } from "./synapse/media.ts";
 import { reportRoutes } from "./client/rooms/report.ts";
 import { health } from "./health.ts";
 import { wellKnownClient, wellKnownServer } from "./wellknown.ts";
@@ -110,6 +111,7 @@ export const routes: AnyRoute[] = [
   ...registrationTokenRoutes,
   ...synapseRoomAdminRoutes,
   ...synapseFederationAdminRoutes,
+  ...synapseMediaAdminRoutes,
   ...reportRoutes,
   ...createRoomRoutes,
   ...membershipRoutes,

@@ -185,6 +185,33 @@ export class MediaRepository {
     return total;
   }
 
+  /**
+   * A local user's uploads for Synapse's admin API (`GET /_synapse/admin/v1/users/{userId}/media`),
+   * newest first (`dir` "f": oldest first), paged by offset.
+   */
+  async listUserMedia(userId: string, options: { from: number; limit: number; dir: "f" | "b" }) {
+    const where = and(eq(media.serverName, this.opts.serverName), eq(media.userId, userId));
+    const order = options.dir === "f" ? [media.createdTs, media.mediaId] : [desc(media.createdTs), desc(media.mediaId)];
+    const [rows, [total]] = await Promise.all([
+      this.opts.db.select().from(media).where(where).orderBy(...order).limit(options.limit).offset(options.from),
+      this.opts.db.select({ n: count() }).from(media).where(where),
+    ]);
+    return { rows, total: total?.n ?? 0 };
+  }
+
+  /**
+   * The IDs of local media matching Synapse's admin delete filters: uploaded before `beforeTs`,
+   * larger than `sizeGt` bytes, and (when given) by `userId`. For the caller to purge with `purgeLocal`.
+   */
+  async localMediaIds(filter: { beforeTs?: number; sizeGt?: number; userId?: string }): Promise<string[]> {
+    const conditions = [eq(media.serverName, this.opts.serverName)];
+    if (filter.beforeTs !== undefined) conditions.push(lt(media.createdTs, filter.beforeTs));
+    if (filter.sizeGt !== undefined) conditions.push(gt(media.size, filter.sizeGt));
+    if (filter.userId !== undefined) conditions.push(eq(media.userId, filter.userId));
+    const rows = await this.opts.db.select({ id: media.mediaId }).from(media).where(and(...conditions));
+    return rows.map((r) => r.id);
+  }
+
   /** Storage used: local and remote media, thumbnails, and the local users using the most. */
   async usage(top = 10): Promise<MediaUsage> {
     const { db, serverName } = this.opts;

@@ -278,6 +278,20 @@ export class RoomAdmin {
     return rows.map((r) => r.event_id);
   }
 
+  /**
+   * The avatars in use: users' profile avatars and rooms' current m.room.avatar, for the media admin
+   * API's `keep_profiles`. (It reads the users table too: one query where the two answers meet.)
+   */
+  async avatarUrls(): Promise<string[]> {
+    const rows = rowsOf<{ url: string | null }>(
+      await this.db.execute(sql`
+        select avatar_url as url from users where avatar_url is not null
+        union select (e.json::jsonb -> 'content' ->> 'url') from current_state c join events e on e.event_id = c.event_id
+          where c.type = 'm.room.avatar' and c.state_key = ''`),
+    );
+    return rows.map((r) => r.url).filter((u): u is string => typeof u === "string");
+  }
+
   // ---- Blocking -------------------------------------------------------------------------------------
 
   async isBlocked(roomId: string): Promise<boolean> {
