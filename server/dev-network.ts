@@ -310,6 +310,7 @@ export async function devNetworkMain(argv: string[]): Promise<number> {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  process.stdout.write(`starting ${servers} homeserver${servers > 1 ? "s" : ""} (creating a database takes a while the first time)…\n`);
   let network: DevNetwork;
   try {
     network = await startDevNetwork({
