@@ -44,6 +44,9 @@ export async function withUnsafeTestBreak<T>(flags: readonly string[], fn: () =>
   }
 }
 
+/** Headers of one connection (RFC 9110 §7.6.1), and those fetch sets itself. */
+const HOP_BY_HOP = new Set(["host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade", "expect", "te", "trailer", "proxy-connection"]);
+
 export interface ProxiedExchange {
   method: string;
   /** Path and query. */
@@ -66,7 +69,7 @@ export async function mutatingProxy(
     void (async () => {
       const body = await readAll(req);
       const headers: Record<string, string> = {};
-      for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string" && k !== "host" && k !== "content-length") headers[k] = v;
+      for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string" && !HOP_BY_HOP.has(k)) headers[k] = v;
       const upstream = await fetch(targetUrl + (req.url ?? "/"), {
         method: req.method,
         headers,
