@@ -29,6 +29,8 @@ export type UnsafeTestBreak =
   | "drop-inbound-to-device" // m.direct_to_device EDUs from other servers ignored
   | "drop-inbound-device-list-updates" // m.device_list_update EDUs from other servers ignored
   | "drop-outbound-typing" // local typing not sent to other servers
+  | "drop-outbound-receipts" // local read receipts not sent to other servers
+  | "drop-outbound-to-device" // local to-device messages for other servers' users not sent
   | "drop-outbound-device-list-updates"; // local device changes not sent to other servers
 
 export function unsafeTestBreak(flag: UnsafeTestBreak): boolean {

@@ -40,6 +40,8 @@ const waitingProofs: Array<[id: string, flag: UnsafeTestBreak, reason: RegExp]> 
   ["edus.to-device-inbound", "drop-inbound-to-device", /timed out .* to-device message/],
   ["edus.device-list-inbound", "drop-inbound-device-list-updates", /timed out .* device_lists\.changed/],
   ["edus.typing-outbound", "drop-outbound-typing", /timed out .* m\.typing/],
+  ["edus.receipts-outbound", "drop-outbound-receipts", /timed out .* m\.receipt/],
+  ["edus.to-device-outbound", "drop-outbound-to-device", /timed out .* m\.direct_to_device/],
   ["edus.device-list-outbound", "drop-outbound-device-list-updates", /timed out .* m\.device_list_update/],
 ];
 
@@ -78,6 +80,6 @@ describe("each rooms check fails against a Parley broken where it looks", () => 
         expect(result.outcome, `${id}: ${result.reason}`).toBe("fail");
         expect(result.reason, id).toMatch(reason);
       }
-    });
+    }, 70_000);
   }
 });

@@ -10,6 +10,12 @@ import { type Check, type CheckContext, expectStatus, fail, show } from "../chec
 import { joinedRoomPart, peerUser, roomWithPeerUsers, sendMessages, syncToken, syncUntil } from "../rooms.ts";
 
 const enc = encodeURIComponent;
+/**
+ * These checks set up a room (a federated join), then wait up to 10 s for what must arrive: more
+ * than the default 20 s in all, so that a slow set-up on a busy machine is not mistaken for a
+ * delivery that never came.
+ */
+const WAITING_CHECK_MS = 30_000;
 
 async function sendEdus(ctx: CheckContext, edus: unknown[], what: string): Promise<void> {
   const res = await ctx.peer.sendTransaction(ctx.target, [], edus);
@@ -19,6 +25,7 @@ async function sendEdus(ctx: CheckContext, edus: unknown[], what: string): Promi
 const typingInbound: Check = {
   id: "edus.typing-inbound",
   group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
   title: "An m.typing EDU for a joined user reaches the room's users; one for a user not in the room does not",
   async run(ctx) {
     const { alice, roomId, peerUsers } = await roomWithPeerUsers(ctx, ["typer"]);
@@ -44,6 +51,7 @@ const typingInbound: Check = {
 const receiptsInbound: Check = {
   id: "edus.receipts-inbound",
   group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
   title: "An m.receipt EDU of a joined user reaches the room's users as an m.read receipt on that event",
   async run(ctx) {
     const { alice, roomId, peerUsers } = await roomWithPeerUsers(ctx, ["reader"]);
@@ -66,6 +74,7 @@ const receiptsInbound: Check = {
 const toDeviceInbound: Check = {
   id: "edus.to-device-inbound",
   group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
   title: "An m.direct_to_device EDU reaches the addressed device of the addressed user, with its sender, type and content",
   async run(ctx) {
     const alice = await ctx.user("alice");
@@ -98,6 +107,7 @@ const toDeviceInbound: Check = {
 const deviceListInbound: Check = {
   id: "edus.device-list-inbound",
   group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
   title: "An m.device_list_update EDU of a peer user marks that user's devices changed for the target's users sharing a room with them",
   async run(ctx) {
     const { alice, peerUsers } = await roomWithPeerUsers(ctx, ["devices"]);
@@ -120,6 +130,7 @@ const deviceListInbound: Check = {
 const typingOutbound: Check = {
   id: "edus.typing-outbound",
   group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
   title: "A local user typing in a room the peer's users joined reaches the peer as an m.typing EDU",
   async run(ctx) {
     const { alice, roomId } = await roomWithPeerUsers(ctx, ["watcher"]);
@@ -135,6 +146,7 @@ const typingOutbound: Check = {
 const deviceListOutbound: Check = {
   id: "edus.device-list-outbound",
   group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
   title: "A local user's device change reaches the peer (sharing a room with them) as an m.device_list_update EDU",
   async run(ctx) {
     const { alice } = await roomWithPeerUsers(ctx, ["listener"]);
@@ -149,4 +161,53 @@ const deviceListOutbound: Check = {
   },
 };
 
-export const eduChecks: readonly Check[] = [typingInbound, receiptsInbound, toDeviceInbound, deviceListInbound, typingOutbound, deviceListOutbound];
+const receiptsOutbound: Check = {
+  id: "edus.receipts-outbound",
+  group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
+  title: "A local user's read receipt in a room the peer's users joined reaches the peer as an m.receipt EDU",
+  async run(ctx) {
+    const { alice, roomId } = await roomWithPeerUsers(ctx, ["receipts"]);
+    const [message] = await sendMessages(alice, roomId, 1, "read by alice");
+    await alice.ok("POST", `/_matrix/client/v3/rooms/${enc(roomId)}/receipt/m.read/${enc(message!)}`, {});
+    const edu = await ctx.peer.waitForEdu(
+      `m.receipt of ${alice.userId} on ${message}`,
+      (e) => e.edu_type === "m.receipt" && e.content?.[roomId]?.["m.read"]?.[alice.userId] !== undefined,
+    );
+    const receipt = edu.content[roomId]["m.read"][alice.userId];
+    if (!Array.isArray(receipt.event_ids) || !receipt.event_ids.includes(message)) fail(`the receipt's event_ids do not name ${message}: ${show(receipt)}`);
+    if (!Number.isSafeInteger(receipt.data?.ts)) fail(`the receipt's data.ts is not an integer: ${show(receipt)}`);
+  },
+};
+
+const toDeviceOutbound: Check = {
+  id: "edus.to-device-outbound",
+  group: "edus",
+  timeoutMs: WAITING_CHECK_MS,
+  title: "A local user's to-device message for a peer user's device reaches the peer as an m.direct_to_device EDU",
+  async run(ctx) {
+    const alice = await ctx.user("alice");
+    const recipient = peerUser(ctx, "recipient");
+    const marker = randomBytes(8).toString("hex");
+    await alice.ok("PUT", `/_matrix/client/v3/sendToDevice/org.matrix.conformance.ping/t${marker}`, { messages: { [recipient]: { PEERDEVICE: { marker } } } });
+    const edu = await ctx.peer.waitForEdu(
+      "the m.direct_to_device EDU",
+      (e) => e.edu_type === "m.direct_to_device" && e.content?.messages?.[recipient]?.PEERDEVICE?.marker === marker,
+    );
+    const c = edu.content;
+    if (c.sender !== alice.userId || c.type !== "org.matrix.conformance.ping" || typeof c.message_id !== "string") {
+      fail(`the EDU's sender, type or message_id is wrong: ${show({ sender: c.sender, type: c.type, message_id: c.message_id })}`);
+    }
+  },
+};
+
+export const eduChecks: readonly Check[] = [
+  typingInbound,
+  receiptsInbound,
+  toDeviceInbound,
+  deviceListInbound,
+  typingOutbound,
+  receiptsOutbound,
+  toDeviceOutbound,
+  deviceListOutbound,
+];

@@ -100,6 +100,8 @@ const inviteInbound: Check = {
 const leave: Check = {
   id: "leaves.make-send-leave",
   group: "leaves",
+  // Waits up to 10 s for the leave after a federated join: more than the default 20 s in all.
+  timeoutMs: 30_000,
   title: "make_leave answers a leave template for the user; send_leave of it is answered {} and the user has left in the target's view",
   async run(ctx) {
     const { alice, roomId, room, peerUsers } = await roomWithPeerUsers(ctx, ["leaver"]);
@@ -123,6 +125,7 @@ const leave: Check = {
 const knock: Check = {
   id: "knocks.make-send-knock",
   group: "knocks",
+  timeoutMs: 30_000,
   title: "make_knock/send_knock on a room with join rule knock: the answer's knock_room_state, and the knock in the target's view",
   async run(ctx) {
     const alice = await ctx.user("alice");

@@ -89,6 +89,7 @@ export function wireE2eeFederation(deps: E2eeFederationDeps): RemoteDeviceLists 
   // key (sender, device, transaction ID) and the destination, so a client's retry of the same
   // transaction gives the same ID and the receiver delivers it once.
   e2ee.toDevice.useRemoteDelivery(async (from, eventType, messageKey, byServer) => {
+    if (unsafeTestBreak("drop-outbound-to-device")) return;
     await Promise.all(
       [...byServer].map(([server, messages]) =>
         sender.enqueue([server], {

@@ -145,7 +145,7 @@ function publishOutbound({ serverName, federation, rooms, typing, receipts, pres
 
   receipts.onReceipt(({ roomId, userId, type, eventId, threadId, ts }) => {
     // Private receipts stay on this server.
-    if (!ours(userId) || type !== "m.read") return;
+    if (!ours(userId) || type !== "m.read" || unsafeTestBreak("drop-outbound-receipts")) return;
     rooms
       .joinedServers(roomId)
       .then(async (servers) => {
