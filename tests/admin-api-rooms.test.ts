@@ -17,7 +17,8 @@ beforeAll(async () => {
   hs = await startTestServer();
   [admin, alice, bob, carol] = (await Promise.all(["boss", "alice", "bob", "carol"].map((n) => registerUser(hs.url, n)))) as [TestUser, TestUser, TestUser, TestUser];
   await hs.services.accounts.setAdmin(admin.userId, true);
-});
+  // Four registrations (Argon2) on a loaded CI machine took 40-60 s here.
+}, 120_000);
 afterAll(() => hs.destroy());
 
 const A = "/_synapse/admin";
