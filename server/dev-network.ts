@@ -139,7 +139,9 @@ export async function startDevNetwork(options: DevNetworkOptions = {}): Promise<
       ),
     );
 
-    await createDatabases(configs);
+    await createDatabases(configs).catch((err: unknown) => {
+      throw new DevNetworkError(`cannot create the embedded databases in ${dir}: ${(err as Error).message}`);
+    });
     const started = await Promise.allSettled(
       configs.map((config) => startHomeserver(config, { logger: baseLogger.child({ server: config.server_name }) })),
     );
