@@ -8,10 +8,14 @@
 // instead of the command's 1,000, to stay within a test's time (1,000 took 33 s on the loaded
 // 2-core CI machine; the check is the same).
 import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { PassThrough } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Check } from "../conformance/check.ts";
 import { allChecks } from "../conformance/checks/index.ts";
-import { formatSummary } from "../conformance/run.ts";
+import { conformanceMain, formatSummary } from "../conformance/run.ts";
 import { signingKeyFromSeed } from "../federation/protocol/signing.ts";
 import { runChecks, startConformanceNetwork } from "./conformance-helpers.ts";
 import type { Network } from "./federation-harness.ts";
@@ -52,4 +56,42 @@ describe("the conformance suite against a Parley network", () => {
       expect(report.results.map((r) => r.id)).toEqual(checks.map((c) => c.id));
     }, 60_000);
   }
+});
+
+describe("parley conformance (the command)", () => {
+  it("prints the summary, writes the JSON report with every check's result and duration, and exits 0 when none failed", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "parley-conformance-"));
+    const report = path.join(dir, "report.json");
+    const out = new PassThrough();
+    let text = "";
+    out.on("data", (c: Buffer) => (text += c.toString()));
+    try {
+      const code = await conformanceMain(
+        ["--server", net.servers[0]!.url, "--peer-port", "0", "--only", "key-server.format", "--only", "request-auth.missing", "--report", report],
+        out as unknown as NodeJS.WriteStream,
+        new PassThrough() as unknown as NodeJS.WriteStream,
+      );
+      expect(code, text).toBe(0);
+      expect(text).toMatch(/PASS key-server\.format \(\d+ ms\)/);
+      expect(text).toMatch(/2 passed, 0 failed, 0 skipped/);
+      const json = JSON.parse(await readFile(report, "utf8"));
+      expect(json.targets).toEqual([{ url: net.servers[0]!.url, serverName: "hs1.test" }]);
+      expect(json.counts).toEqual({ pass: 2, fail: 0, skip: 0 });
+      expect(json.results.map((r: { id: string; outcome: string }) => [r.id, r.outcome])).toEqual([
+        ["key-server.format", "pass"],
+        ["request-auth.missing", "pass"],
+      ]);
+      for (const r of json.results) expect(r.durationMs).toBeGreaterThanOrEqual(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("exits 2 without a server to check", async () => {
+    const err = new PassThrough();
+    let text = "";
+    err.on("data", (c: Buffer) => (text += c.toString()));
+    expect(await conformanceMain([], new PassThrough() as unknown as NodeJS.WriteStream, err as unknown as NodeJS.WriteStream)).toBe(2);
+    expect(text).toMatch(/at least one --server/);
+  });
 });
