@@ -188,7 +188,8 @@ export class Peer {
     });
     const port = (server.address() as AddressInfo).port;
     const peer = new Peer(server, options.serverName ?? `127.0.0.1:${port}`, port);
-    server.on("request", (req, res) => void peer.serve(req, res));
+    // A target that hangs up mid-request must not take the suite down with an unhandled rejection.
+    server.on("request", (req, res) => peer.serve(req, res).catch(() => res.destroy()));
     return peer;
   }
 
