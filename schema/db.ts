@@ -34,6 +34,14 @@ export interface OpenDatabaseOptions {
    */
   embeddedFsync?: boolean;
   /**
+   * Refuse, with DatabaseNotInitializedError, a database Parley never set up (no embedded cluster in
+   * the data directory, or a PostgreSQL database without Parley's tables) instead of creating it:
+   * `parley admin` run from the wrong folder must not report success on a new empty database.
+   */
+  mustExist?: boolean;
+  /** Told of each migration applied, by its name (0003_media...), for the log. */
+  onMigrationApplied?: (name: string) => void;
+  /**
    * Told of every query and transaction asked of the pool (metrics): how long it took from the ask
    * to its answer, waiting for a connection included. Unset: nothing is counted or timed.
    */
@@ -85,6 +93,22 @@ export interface ReservedConnection {
    */
   script(statements: SQL[]): Promise<unknown[]>;
   release(): void;
+}
+
+/** A database that `mustExist` but was never set up (see OpenDatabaseOptions.mustExist). */
+export class DatabaseNotInitializedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DatabaseNotInitializedError";
+  }
+}
+
+/** The database was migrated by a newer Parley than this one: refuse rather than misread it. */
+export class SchemaNewerThanCodeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SchemaNewerThanCodeError";
+  }
 }
 
 export class MigrationError extends Error {
@@ -213,13 +237,20 @@ class OneAtATime {
 const migrationsFolder = fileURLToPath(new URL("../schema/migrations/", import.meta.url));
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<OpenedDatabase> {
+  if (options.mustExist && !options.databaseUrl && options.embedded !== "memory" && !existsSync(path.join(options.dataDir, "db", "PG_VERSION"))) {
+    throw new DatabaseNotInitializedError(`there is no embedded database in ${path.join(options.dataDir, "db")}`);
+  }
   // The data directory holds the signing key and, embedded, the whole database: Parley's user only.
   await makePrivateDirectory(options.dataDir);
   const opened = options.databaseUrl
     ? await openPostgres(options.databaseUrl, options.poolSize ?? 10, options.onQuery)
     : await openPglite(options);
   try {
-    await migrate(opened.db);
+    if (options.mustExist && options.databaseUrl) {
+      const [row] = rowsOf<{ t: string | null }>(await opened.db.execute(sql`select to_regclass('drizzle.__drizzle_migrations')::text as t`));
+      if (!row?.t) throw new DatabaseNotInitializedError("the PostgreSQL database has no Parley tables");
+    }
+    await migrate(opened.db, migrationsFolder, options.onMigrationApplied);
   } catch (err) {
     await opened.close().catch(() => {});
     throw err;
@@ -590,10 +621,16 @@ const MIGRATION_LOCK = 7_201_604_117;
  * advisory lock, so two processes starting at once do not race and a failing migration leaves
  * the database exactly as it was.
  */
-export async function migrate(db: Database, folder = migrationsFolder): Promise<{ applied: number }> {
+export async function migrate(
+  db: Database,
+  folder = migrationsFolder,
+  onApplied?: (name: string) => void,
+): Promise<{ applied: number }> {
   const migrations = readMigrationFiles({ migrationsFolder: folder });
+  const names = migrationNames(folder);
+  const newest = Math.max(0, ...migrations.map((m) => m.folderMillis));
   try {
-    return await db.transaction(async (tx) => {
+    const result = await db.transaction(async (tx) => {
       await tx.execute(sql`select pg_advisory_xact_lock(${MIGRATION_LOCK})`);
       await tx.execute(sql`create schema if not exists drizzle`);
       await tx.execute(sql`create table if not exists drizzle.__drizzle_migrations (
@@ -602,6 +639,14 @@ export async function migrate(db: Database, folder = migrationsFolder): Promise<
         sql`select created_at from drizzle.__drizzle_migrations order by created_at desc limit 1`,
       );
       const last = Number(rowsOf<{ created_at: string | number | null }>(rows)[0]?.created_at ?? 0);
+      // A downgrade: the tables are a newer Parley's, which this code would misread or damage.
+      if (last > newest) {
+        throw new SchemaNewerThanCodeError(
+          `the database schema is newer than this version of Parley (its last migration dates from ${new Date(last).toISOString()}, ` +
+            `this version knows migrations up to ${new Date(newest).toISOString()}): it was used by a newer Parley. ` +
+            "Run that version (or newer) again; downgrading is not supported",
+        );
+      }
       let applied = 0;
       for (const migration of migrations) {
         if (migration.folderMillis <= last) continue;
@@ -611,15 +656,32 @@ export async function migrate(db: Database, folder = migrationsFolder): Promise<
         await tx.execute(sql`insert into drizzle.__drizzle_migrations (hash, created_at)
           values (${migration.hash}, ${migration.folderMillis})`);
         applied++;
+        names.pending.push(names.byMillis.get(migration.folderMillis) ?? String(migration.folderMillis));
       }
       return { applied };
     });
+    // Told once committed: a migration rolled back was not applied.
+    for (const name of names.pending) onApplied?.(name);
+    return result;
   } catch (err) {
+    if (err instanceof SchemaNewerThanCodeError) throw err;
     throw new MigrationError(
       `database migration failed, nothing was changed: ${(err as Error).message}`,
       { cause: err },
     );
   }
+}
+
+/** drizzle-kit's journal: each migration's name (its file name) by its timestamp. */
+function migrationNames(folder: string): { byMillis: Map<number, string>; pending: string[] } {
+  const byMillis = new Map<number, string>();
+  try {
+    const journal = JSON.parse(fs.readFileSync(path.join(folder, "meta", "_journal.json"), "utf8")) as { entries?: { when: number; tag: string }[] };
+    for (const e of journal.entries ?? []) byMillis.set(e.when, e.tag);
+  } catch {
+    // readMigrationFiles has read the same journal already; names are only for the log.
+  }
+  return { byMillis, pending: [] };
 }
 
 /** postgres.js returns rows as an array; PGlite returns `{ rows }`. */

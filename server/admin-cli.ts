@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import pino from "pino";
-import { type OpenedDatabase, openDatabase } from "../schema/db.ts";
+import { DatabaseNotInitializedError, type OpenedDatabase, openDatabase } from "../schema/db.ts";
 import { listDestinations } from "../federation/transport/sender.ts";
 import { committedStreamPosition, listQueues } from "./appservices/delivery.ts";
 import { EventStore } from "./rooms/event-store.ts";
@@ -14,7 +14,7 @@ import { OwnOldKeys } from "../federation/transport/own-old-keys.ts";
 import { readSigningKey, writeNewSigningKey } from "./signing-key.ts";
 import { DatabaseInUseError } from "../schema/embedded-lock.ts";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
-import { bindServerName } from "./homeserver.ts";
+import { bindServerName, describeDatabase } from "./homeserver.ts";
 import { parseUserId } from "./accounts/user-id.ts";
 import { MatrixError } from "./http/errors.ts";
 import { MediaRepository, type PurgeResult } from "./media/media.ts";
@@ -23,7 +23,10 @@ import { FileMediaStore } from "./media/store.ts";
 import path from "node:path";
 import { type AccountServices, createAccountServices } from "./services.ts";
 
-const USAGE = `Usage: parley admin [--config FILE] <command> [options]
+const USAGE = `Usage: parley admin [--config FILE] [--init] <command> [options]
+
+The data directory and database come from the configuration (as for \`parley serve\`; without
+--config, ./data). A database that does not exist yet is created only with --init.
 
 Commands:
   create-user NAME [--admin] [--password PW] [--display-name NAME]
@@ -87,7 +90,7 @@ const subcommands: Record<string, Subcommand> = {
 };
 
 export async function adminMain(argv: string[], io: AdminIo = processIo): Promise<number> {
-  const { configFile, rest } = takeConfigOption(argv);
+  const { configFile, init, rest } = takeConfigOption(argv);
   if (rest[0] === "--help" || rest[0] === "-h" || rest[0] === "help") {
     io.out(USAGE);
     return 0;
@@ -102,11 +105,23 @@ export async function adminMain(argv: string[], io: AdminIo = processIo): Promis
   let database;
   try {
     const config = await loadConfig(configFile);
-    database = await openDatabase({
-      databaseUrl: config.database_url,
-      dataDir: config.data_dir,
-      poolSize: 2,
-    });
+    // On standard error, so that what a command prints stays parseable.
+    io.err(`parley admin: data directory ${config.data_dir}, ${databaseDescription(config)}\n`);
+    try {
+      database = await openDatabase({
+        databaseUrl: config.database_url,
+        dataDir: config.data_dir,
+        poolSize: 2,
+        mustExist: !init,
+      });
+    } catch (err) {
+      if (!(err instanceof DatabaseNotInitializedError)) throw err;
+      io.err(
+        `parley admin: ${err.message}. Is this the right folder or configuration (--config FILE)? ` +
+          "To create a new database there, run the command again with --init\n",
+      );
+      return 1;
+    }
     await bindServerName(database, config.server_name, Date.now());
     const logger = pino({ level: "silent" });
     const services = createAccountServices(database, config, logger, Date.now);
@@ -135,17 +150,24 @@ export async function adminMain(argv: string[], io: AdminIo = processIo): Promis
   }
 }
 
-/** `--config FILE` (or `-c FILE`, `--config=FILE`) may stand anywhere; the rest is the command and its arguments. */
-function takeConfigOption(argv: string[]): { configFile?: string; rest: string[] } {
+function databaseDescription(config: Config): string {
+  const d = describeDatabase(config);
+  return d.kind === "postgres" ? `PostgreSQL database ${d.name} on ${d.host}` : `embedded database ${d.path}`;
+}
+
+/** `--config FILE` (or `-c FILE`, `--config=FILE`) and `--init` may stand anywhere; the rest is the command and its arguments. */
+function takeConfigOption(argv: string[]): { configFile?: string; init: boolean; rest: string[] } {
   let configFile: string | undefined;
+  let init = false;
   const rest: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--config" || arg === "-c") configFile = argv[++i];
     else if (arg.startsWith("--config=")) configFile = arg.slice("--config=".length);
+    else if (arg === "--init") init = true;
     else rest.push(arg);
   }
-  return { configFile, rest };
+  return { configFile, init, rest };
 }
 
 function userIdOrFail(services: AccountServices, name: string | undefined): string {

@@ -24,7 +24,18 @@ describe("configuration", () => {
     expect(c.port).toBe(9100);
     expect(c.registration).toBe("closed");
     expect(c.database_url).toBe("postgres://u@h/db");
-    expect(c.public_baseurl).toBe("http://localhost:9100/");
+    expect(c.public_baseurl).toBe("https://env.example/");
+  });
+
+  it("derives public_baseurl from server_name when unset, localhost only for a loopback name", () => {
+    expect(resolveConfig({ server_name: "example.org" }, {}).public_baseurl).toBe("https://example.org/");
+    expect(resolveConfig({}, { PARLEY_SERVER_NAME: "example.org:8448" }).public_baseurl).toBe("https://example.org:8448/");
+    expect(resolveConfig({ server_name: "localhost:8008", port: 9000 }, {}).public_baseurl).toBe("http://localhost:9000/");
+    expect(resolveConfig({ server_name: "127.0.0.1:8448", port: 9001 }, {}).public_baseurl).toBe("http://localhost:9001/");
+    expect(resolveConfig({ server_name: "[::1]:8448", port: 9002 }, {}).public_baseurl).toBe("http://localhost:9002/");
+    expect(resolveConfig({ server_name: "example.org", public_baseurl: "https://matrix.example.org/" }, {}).public_baseurl).toBe(
+      "https://matrix.example.org/",
+    );
   });
 
   it("names the variable or key that is wrong", () => {

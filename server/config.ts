@@ -51,8 +51,8 @@ export const configKeys = {
   public_baseurl: key({
     env: "PARLEY_PUBLIC_BASEURL",
     schema: z.string().url(),
-    default: (c) => `http://localhost:${c.port ?? 8008}/`,
-    doc: "The URL clients use to reach this server; published in /.well-known/matrix/client.",
+    default: (c) => defaultPublicBaseurl(String(c.server_name ?? "localhost"), Number(c.port ?? 8008)),
+    doc: "The URL clients use to reach this server; published in /.well-known/matrix/client. Unset: `https://<server_name>/`, or `http://localhost:<port>/` when the server name is localhost or a loopback address.",
   }),
   federation_server: key({
     env: "PARLEY_FEDERATION_SERVER",
@@ -188,7 +188,19 @@ export const configKeys = {
     env: "PARLEY_REGISTRATION",
     schema: z.enum(["closed", "open", "token"]),
     default: "open",
-    doc: "Who may register: `open` (anyone who can reach the server; only loopback by default), `token` (with a registration token), `closed` (only admins, through the CLI or shared-secret registration).",
+    doc: "Who may register: `open` (anyone who can reach the server; only loopback by default), `token` (with a registration token), `closed` (only admins, through the CLI or shared-secret registration). `open` on an address other than loopback refuses to start without `allow_public_open_registration`.",
+  }),
+  allow_public_open_registration: key({
+    env: "PARLEY_ALLOW_PUBLIC_OPEN_REGISTRATION",
+    schema: bool,
+    default: false,
+    doc: "Lets `registration: open` start on an address other than loopback (`bind`), where anyone who reaches the port can create accounts without any check: spammers find such servers within days. Prefer `token` registration.",
+  }),
+  password_min_length: key({
+    env: "PARLEY_PASSWORD_MIN_LENGTH",
+    schema: int(0, 512),
+    default: 8,
+    doc: "The fewest characters a password chosen at registration or changed by its user may have; shorter ones get 400 M_WEAK_PASSWORD. Logins with older, shorter passwords still work.",
   }),
   registration_tokens: key({
     env: "PARLEY_REGISTRATION_TOKENS",
@@ -444,6 +456,30 @@ export const configKeys = {
     doc: "On SIGTERM/SIGINT, how long in-flight requests (those whose clients went away included) may take to finish before their connections are closed and the database refuses them. The process exits at most 5 seconds after that.",
   }),
 } as const;
+
+/** The host part of a server name or `bind` address: no port, no IPv6 brackets, lower case. */
+export function hostOf(nameOrAddress: string): string {
+  const bracketed = /^\[([^\]]+)\]/.exec(nameOrAddress);
+  if (bracketed) return bracketed[1]!.toLowerCase();
+  // A bare IPv6 address (a `bind` value such as ::1) has several colons and no port.
+  if ((nameOrAddress.match(/:/g) ?? []).length > 1) return nameOrAddress.toLowerCase();
+  return nameOrAddress.replace(/:\d+$/, "").toLowerCase();
+}
+
+/** localhost (and *.localhost, RFC 6761), 127.0.0.0/8 and ::1: reachable from this machine only. */
+export function isLoopbackHost(host: string): boolean {
+  const h = hostOf(host);
+  return h === "localhost" || h.endsWith(".localhost") || /^127\.\d+\.\d+\.\d+$/.test(h) || h === "::1" || h === "::ffff:127.0.0.1";
+}
+
+/**
+ * What clients should use when the operator said nothing: a server named example.org is reached at
+ * https://example.org/ (behind the TLS proxy every public deployment has); a loopback name is a
+ * development server reached directly on its port.
+ */
+function defaultPublicBaseurl(serverName: string, port: number): string {
+  return isLoopbackHost(serverName) ? `http://localhost:${port}/` : `https://${serverName}/`;
+}
 
 type Keys = typeof configKeys;
 export type Config = { [K in keyof Keys]: z.output<Keys[K]["schema"]> };

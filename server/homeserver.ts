@@ -7,9 +7,11 @@ import { type Server as TlsServer, createServer as createTlsServer } from "node:
 import { createSecureContext } from "node:tls";
 import { getRequestListener } from "@hono/node-server";
 import { eq } from "drizzle-orm";
-import pino, { type Logger } from "pino";
+import type { Logger } from "pino";
 import { type OpenedDatabase, openDatabase, schema } from "../schema/db.ts";
-import { type Config, ConfigError, redactedConfig } from "./config.ts";
+import { type Config, ConfigError, isLoopbackHost, redactedConfig } from "./config.ts";
+import { createParleyLogger } from "./logging.ts";
+import { SERVER_VERSION } from "./version.ts";
 import { createApp } from "./http/app.ts";
 import { InFlightRequests } from "./http/in-flight.ts";
 import { answerClientErrors, answerRequestError } from "./http/client-errors.ts";
@@ -77,16 +79,27 @@ export interface StartOptions {
 }
 
 export function createLogger(config: Pick<Config, "log_level">): Logger {
-  return pino({
-    level: config.log_level,
-    base: { name: "parley" },
-    timestamp: pino.stdTimeFunctions.isoTime,
-    redact: { paths: ["*.password", "*.access_token", "*.refresh_token", "*.authorization"], censor: "<redacted>" },
-  });
+  return createParleyLogger(config.log_level);
+}
+
+/**
+ * Open registration lets anyone who reaches the port create an account in one request: on loopback
+ * that is the developer alone, anywhere else it is the whole network. As Synapse
+ * (`enable_registration_without_verification`) and continuwuity do, starting so needs the operator
+ * to say it in as many words.
+ */
+export function checkRegistrationExposure(config: Pick<Config, "registration" | "bind" | "allow_public_open_registration">): void {
+  if (config.registration !== "open" || config.allow_public_open_registration || isLoopbackHost(config.bind)) return;
+  throw new ConfigError(
+    `registration is open and the server listens on ${config.bind}, not only on loopback: anyone who reaches it could create accounts. ` +
+      "Use registration: token (with registration_tokens) or closed (create accounts with `parley admin create-user`), " +
+      "or set allow_public_open_registration: true (PARLEY_ALLOW_PUBLIC_OPEN_REGISTRATION=true) if that is really what you want",
+  );
 }
 
 export async function startHomeserver(config: Config, options: StartOptions = {}): Promise<Homeserver> {
   const logger = options.logger ?? createLogger(config);
+  checkRegistrationExposure(config);
   // Read before anything is opened, so a wrong path fails the start at once with a clear message.
   const tls = await readTlsFiles(config);
   const metrics = config.metrics_port === undefined ? undefined : new Metrics(config.server_name);
@@ -97,6 +110,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     poolSize: config.database_pool_size,
     embeddedFsync: config.embedded_fsync,
     onQuery: metrics?.queryAnswered,
+    onMigrationApplied: (migration) => logger.info({ migration }, "database migration applied"),
   });
   let services: Services;
   const servers: Listener[] = [];
@@ -323,7 +337,31 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
   const host = bound === "0.0.0.0" || bound === "[::]" ? "127.0.0.1" : bound;
   const url = `http://${host}:${port}`;
   const tlsUrl = tlsPort === undefined ? undefined : `https://${host}:${tlsPort}`;
-  logger.info({ config: redactedConfig(config), url, tlsUrl, database: database.kind }, "parley is listening");
+  const listening = [`http://${bound}:${port}`, ...(tlsPort === undefined ? [] : [`https://${bound}:${tlsPort}`])];
+  logger.debug({ config: redactedConfig(config) }, "configuration");
+  const baseurlWarning = publicBaseurlWarning(config);
+  if (baseurlWarning) logger.warn({ public_baseurl: config.public_baseurl, server_name: config.server_name }, baseurlWarning);
+  // The embedded database admits one process at a time, so there the CLI runs while the server is stopped.
+  const firstAdmin = (await hasAdmin(database))
+    ? undefined
+    : database.kind === "postgres"
+      ? "no admin yet: create one with `parley admin create-user NAME --admin` (in Docker: `docker exec -it <container> node dist/parley.js admin create-user NAME --admin`)"
+      : "no admin yet: stop the server and run `parley admin create-user NAME --admin` (in Docker: `docker run --rm -v <data volume>:/data <image> admin create-user NAME --admin`), then start it again";
+  logger.info(
+    {
+      version: SERVER_VERSION,
+      listening,
+      url,
+      ...(tlsUrl ? { tlsUrl } : {}),
+      server_name: config.server_name,
+      public_baseurl: config.public_baseurl,
+      database: describeDatabase(config),
+      registration: config.registration,
+      ...(firstAdmin ? { firstAdmin } : {}),
+    },
+    // Tests and scripts wait for this exact message.
+    "parley is listening",
+  );
 
   const metricsUrl = metricsServer && `http://${listenerHost(config.metrics_bind)}:${(metricsServer.address() as AddressInfo).port}/metrics`;
   if (metricsUrl) logger.info({ metricsUrl }, "metrics are served");
@@ -504,6 +542,25 @@ function listen(
     server.once("error", reject);
     server.listen(port, config.bind);
   });
+}
+
+/** A warning for the start, when clients would be sent to localhost while the server is not local. */
+export function publicBaseurlWarning(config: Pick<Config, "public_baseurl" | "server_name">): string | undefined {
+  if (!isLoopbackHost(new URL(config.public_baseurl).hostname) || isLoopbackHost(config.server_name)) return undefined;
+  return "public_baseurl points at localhost but the server name does not: clients told to use it (/.well-known/matrix/client, login) will not reach this server; set public_baseurl";
+}
+
+/** Where the data is, for the start line and `parley admin`: never the password. */
+export function describeDatabase(config: Pick<Config, "database_url" | "data_dir">): Record<string, string> {
+  if (!config.database_url) return { kind: "embedded", path: path.join(config.data_dir, "db") };
+  const url = new URL(config.database_url);
+  return { kind: "postgres", host: url.port ? `${url.hostname}:${url.port}` : url.hostname, name: decodeURIComponent(url.pathname.replace(/^\//, "")) || "(user's default)" };
+}
+
+async function hasAdmin(database: OpenedDatabase): Promise<boolean> {
+  const u = schema.users;
+  const [row] = await database.db.select({ userId: u.userId }).from(u).where(eq(u.isAdmin, true)).limit(1);
+  return row !== undefined;
 }
 
 /**

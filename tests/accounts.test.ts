@@ -70,27 +70,27 @@ describe("registration", () => {
   it("honours inhibit_login and a chosen device_id", async () => {
     const first = await request(hs.url, "POST", "/_matrix/client/v3/register", { body: {} });
     const inhibited = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-      body: { username: "frank", password: "pw", inhibit_login: true, auth: { type: "m.login.dummy", session: first.json.session } },
+      body: { username: "frank", password: "pw-secret", inhibit_login: true, auth: { type: "m.login.dummy", session: first.json.session } },
     });
     expect(inhibited.json).toEqual({ user_id: "@frank:test.local" });
     const withDevice = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-      body: { username: "grace", password: "pw", device_id: "GRACEPHONE", auth: { type: "m.login.dummy" } },
+      body: { username: "grace", password: "pw-secret", device_id: "GRACEPHONE", auth: { type: "m.login.dummy" } },
     });
     expect(withDevice.json.device_id).toBe("GRACEPHONE");
   });
 
   it("refuses a UIA session reused for another operation, and an unknown session", async () => {
     const unknown = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-      body: { username: "henry", password: "pw", auth: { type: "m.login.dummy", session: "nope" } },
+      body: { username: "henry", password: "pw-secret", auth: { type: "m.login.dummy", session: "nope" } },
     });
     expect(unknown.status).toBe(400);
     const first = await request(hs.url, "POST", "/_matrix/client/v3/register", { body: {} });
     const used = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-      body: { username: "henry", password: "pw", auth: { type: "m.login.dummy", session: first.json.session } },
+      body: { username: "henry", password: "pw-secret", auth: { type: "m.login.dummy", session: first.json.session } },
     });
     expect(used.status).toBe(200);
     const again = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-      body: { username: "henry2", password: "pw", auth: { type: "m.login.dummy", session: first.json.session } },
+      body: { username: "henry2", password: "pw-secret", auth: { type: "m.login.dummy", session: first.json.session } },
     });
     expect(again.status).toBe(400);
   });
@@ -130,7 +130,7 @@ describe("registration", () => {
     const first = await request(hs.url, "POST", "/_matrix/client/v3/register", { body: {} });
     expect(first.json.completed).toBeUndefined();
     const wrong = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-      body: { username: "stagey", password: "pw", auth: { type: "m.login.recaptcha", session: first.json.session } },
+      body: { username: "stagey", password: "pw-secret", auth: { type: "m.login.recaptcha", session: first.json.session } },
     });
     expect(wrong.status).toBe(401);
     expect(wrong.json.completed).toEqual([]);
@@ -157,21 +157,21 @@ describe("registration modes", () => {
   it("asks for a registration token in token mode", async () => {
     const hs = await startTestServer({ config: { registration: "token", registration_tokens: ["let-me-in"] } });
     try {
-      const first = await request(hs.url, "POST", "/_matrix/client/v3/register", { body: { username: "tina", password: "pw" } });
+      const first = await request(hs.url, "POST", "/_matrix/client/v3/register", { body: { username: "tina", password: "pw-secret" } });
       expect(first.status).toBe(401);
       expect(first.json.flows).toEqual([{ stages: ["m.login.registration_token"] }]);
       const dummy = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-        body: { username: "tina", password: "pw", auth: { type: "m.login.dummy", session: first.json.session } },
+        body: { username: "tina", password: "pw-secret", auth: { type: "m.login.dummy", session: first.json.session } },
       });
       expect(dummy.status).toBe(401);
       const wrong = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-        body: { username: "tina", password: "pw", auth: { type: "m.login.registration_token", token: "guess", session: first.json.session } },
+        body: { username: "tina", password: "pw-secret", auth: { type: "m.login.registration_token", token: "guess", session: first.json.session } },
       });
       expect(wrong.status).toBe(401);
       expect(wrong.json.errcode).toBe("M_FORBIDDEN");
       expect(wrong.json.session).toBe(first.json.session);
       const ok = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-        body: { username: "tina", password: "pw", auth: { type: "m.login.registration_token", token: "let-me-in", session: first.json.session } },
+        body: { username: "tina", password: "pw-secret", auth: { type: "m.login.registration_token", token: "let-me-in", session: first.json.session } },
       });
       expect(ok.status).toBe(200);
       const validity = await request(hs.url, "GET", "/_matrix/client/v1/register/m.login.registration_token/validity?token=let-me-in");
@@ -379,11 +379,11 @@ describe("passwords and deactivation", () => {
   });
 
   it("keeps other devices with logout_devices: false", async () => {
-    const user = await registerUser(hs.url, "quinn", "pw one");
-    const other = await loginUser(hs.url, "quinn", "pw one");
+    const user = await registerUser(hs.url, "quinn", "pw number one");
+    const other = await loginUser(hs.url, "quinn", "pw number one");
     await request(hs.url, "POST", "/_matrix/client/v3/account/password", {
       token: user.accessToken,
-      body: { new_password: "pw two", logout_devices: false, auth: passwordAuth(user) },
+      body: { new_password: "pw number two", logout_devices: false, auth: passwordAuth(user) },
     });
     expect((await request(hs.url, "GET", "/_matrix/client/v3/account/whoami", { token: other.json.access_token })).status).toBe(200);
   });
@@ -455,7 +455,7 @@ describe("guests", () => {
       // Warm the token cache with the guest's requester.
       expect((await request(hs.url, "GET", "/_matrix/client/v3/account/whoami", { token })).json.is_guest).toBe(true);
       const wrongName = await request(hs.url, "POST", "/_matrix/client/v3/register", {
-        body: { username: "someoneelse", password: "pw", guest_access_token: token, auth: { type: "m.login.dummy" } },
+        body: { username: "someoneelse", password: "pw-secret", guest_access_token: token, auth: { type: "m.login.dummy" } },
       });
       expect(wrongName.status).toBe(400);
       const upgraded = await request(hs.url, "POST", "/_matrix/client/v3/register", {

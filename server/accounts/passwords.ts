@@ -4,6 +4,7 @@
 // their turn in a queue rather than competing for the CPU.
 import { availableParallelism } from "node:os";
 import argon2 from "argon2";
+import { MatrixError } from "../http/errors.ts";
 
 // OWASP's first recommended Argon2id configuration (m = 19 MiB, t = 2, p = 1): ~30 ms a hash here.
 const OPTIONS = { type: argon2.argon2id, memoryCost: 19_456, timeCost: 2, parallelism: 1 } as const;
@@ -55,5 +56,16 @@ export class PasswordHasher {
       if (next) next();
       else this.running--;
     }
+  }
+}
+
+/**
+ * The configured minimum length (`password_min_length`), for passwords a user chooses (registration,
+ * password change): counted in characters as users count them (code points, not UTF-16 units).
+ * Passwords set by an admin are theirs to choose.
+ */
+export function checkPasswordStrength(password: string, minLength: number): void {
+  if ([...password].length < minLength) {
+    throw new MatrixError(400, "M_WEAK_PASSWORD", `The password must be at least ${minLength} characters long`);
   }
 }

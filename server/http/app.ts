@@ -22,7 +22,14 @@ export const CORS_HEADERS: Record<string, string> = {
   "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
 };
 
-type Env = { Variables: { requestId: string; requestInfo: RequestInfo } };
+type Env = { Variables: { requestId: string; requestInfo: RequestInfo; userId?: string } };
+
+/**
+ * The longest path parameter (ID, type, transaction ID, state key...) accepted, in UTF-8 bytes. The
+ * spec bounds IDs and types at 255 bytes; nothing longer than this is meaningful, and a longer one
+ * would reach PostgreSQL's btree limit (about 2,700 bytes an index entry) as a 500.
+ */
+export const MAX_PATH_PARAM_BYTES = 1024;
 
 /**
  * Told of every answered request (metrics): `route` is the declared path pattern of the route that
@@ -58,11 +65,14 @@ export function createApp(services: Services, routes: AnyRoute[], observe?: Requ
     for (const [k, v] of Object.entries(CORS_HEADERS)) c.res.headers.set(k, v);
     c.res.headers.set("X-Request-Id", requestId);
     // The path only: a query string may carry secrets (legacy access_token, login tokens).
+    const info = c.get("requestInfo");
     logger.info(
       {
         requestId,
         method: c.req.method,
         path: c.req.path,
+        ip: info.ip,
+        ...(c.get("userId") ? { user: c.get("userId") } : {}),
         status: c.res.status,
         ms: Math.round((performance.now() - started) * 10) / 10,
       },
@@ -87,6 +97,8 @@ export function createApp(services: Services, routes: AnyRoute[], observe?: Requ
       if (r.rateLimit && !appServiceOfToken(accessToken(c), services.appServices)) services.rateLimiter.take(r.rateLimit, info.ip);
       const requester = await authenticate(r, c, info, services);
       if (requester) {
+        c.set("userId", requester.userId);
+        logger.debug({ requestId: info.requestId, user: requester.userId, device: requester.deviceId, guest: requester.isGuest || undefined }, "authenticated");
         if (requester.isGuest && !r.allowGuests) {
           throw new MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest accounts cannot use this endpoint");
         }
@@ -119,6 +131,9 @@ export function createApp(services: Services, routes: AnyRoute[], observe?: Requ
       for (const [name, value] of Object.entries(params)) {
         // PostgreSQL text cannot hold NUL; no Matrix identifier contains one.
         if (value.includes("\u0000")) throw new MatrixError(400, "M_INVALID_PARAM", `${name} must not contain NUL`);
+        if (value.length > MAX_PATH_PARAM_BYTES / 3 && Buffer.byteLength(value) > MAX_PATH_PARAM_BYTES) {
+          throw new MatrixError(400, "M_INVALID_PARAM", `${name} is longer than ${MAX_PATH_PARAM_BYTES} bytes`);
+        }
       }
       let result: unknown;
       try {
@@ -152,7 +167,12 @@ export function createApp(services: Services, routes: AnyRoute[], observe?: Requ
       logger.debug({ requestId: c.get("requestId"), reason: err.message }, "client aborted the request");
       return errorResponse(c, err);
     }
-    if (err instanceof MatrixError) return errorResponse(c, err);
+    if (err instanceof MatrixError) {
+      // Why a client was turned away (a token unknown, expired, a guest, a missing permission):
+      // the errcode says it without the token.
+      if (err.status === 401 || err.status === 403) logger.debug({ requestId: c.get("requestId"), errcode: err.errcode, reason: err.message }, "request refused");
+      return errorResponse(c, err);
+    }
     if (isDatabaseClosed(err)) {
       // A handler that outlived the shutdown grace period: the database refused its query.
       logger.warn({ requestId: c.get("requestId") }, "request cut short by shutdown");

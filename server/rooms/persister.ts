@@ -1013,6 +1013,10 @@ export class EventPersister {
   }
 
   private announceBatch(events: PersistedEvent[]): void {
+    if (this.logger.isLevelEnabled("debug")) {
+      // Ids and types only: what was stored where, never the content.
+      this.logger.debug({ events: events.map((e) => ({ eventId: e.eventId, roomId: e.roomId, type: e.type, position: e.streamOrdering })) }, "events persisted");
+    }
     for (const listener of this.batchListeners) {
       try {
         listener(events);

@@ -285,6 +285,8 @@ export class Sync {
       // A token is itself a safe bound (it was one when handed out): never go back behind it.
       let upper = since ? maxPositions(await this.safeUpperBound(), since) : await this.safeUpperBound();
       const pass: Pass = { userId, deviceId, filter, fullState: req.fullState, initial: !since, from: since ?? zeroPositions(), upper };
+      const started = performance.now();
+      let wakes = 0;
       let { response, empty, rooms } = await this.compute(pass);
       // "full_state ... the timeout parameter will be ignored and the query will return immediately"
       const timeout = Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
@@ -298,8 +300,14 @@ export class Sync {
         upper = maxPositions(pass.upper, this.d.notifier.positions());
         pass.from = pass.upper;
         pass.upper = upper;
+        wakes++;
         ({ response, empty, rooms } = await this.compute(pass));
       }
+      // Why a client sees what it sees (or waits): what it asked from, what it got, how long it waited.
+      this.d.logger.debug(
+        { user: userId, device: deviceId, initial: !since, since: req.since, next: response.next_batch, empty, rooms: rooms.length, wakes, ms: Math.round(performance.now() - started) },
+        "sync answered",
+      );
       return response;
     } finally {
       presenceDone();

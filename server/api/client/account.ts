@@ -1,6 +1,7 @@
 // https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountpassword
 // https://spec.matrix.org/latest/client-server-api/#post_matrixclientv3accountdeactivate
 import { z } from "zod";
+import { checkPasswordStrength } from "../../accounts/passwords.ts";
 import { route } from "../../http/route.ts";
 
 const auth = z.record(z.string(), z.unknown()).optional();
@@ -12,6 +13,8 @@ export const changePassword = route({
   rateLimit: "login",
   body: z.object({ new_password: z.string(), logout_devices: z.boolean().optional(), auth }),
   async handler({ body, requester, request }, services) {
+    // Before auth: the client should not ask for the old password only to be refused the new one.
+    checkPasswordStrength(body.new_password, services.config.password_min_length);
     await services.uia.require(
       { operation: "change_password", userId: requester.userId, flows: [["m.login.password"]] },
       body.auth,

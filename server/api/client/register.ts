@@ -6,6 +6,7 @@ import { z } from "zod";
 import { forbidden, MatrixError } from "../../http/errors.ts";
 import { type RequestInfo, route } from "../../http/route.ts";
 import { userIdOf } from "../../accounts/user-id.ts";
+import { checkPasswordStrength } from "../../accounts/passwords.ts";
 import type { Services } from "../../services.ts";
 import type { UiaStage } from "../../accounts/uia.ts";
 import { accessToken } from "../../http/app.ts";
@@ -76,6 +77,8 @@ export const register = route({
       await accounts.checkUsernameAvailable(givenLocalpart);
       checkUserNamespace(services.appServices, userIdOf(givenLocalpart, config.server_name), undefined);
     }
+    // After the username (a taken name is the first thing to hear), before any auth stage.
+    if (body.password !== undefined) checkPasswordStrength(body.password, config.password_min_length);
     const outcome = await services.uia.require(
       { operation: "register", flows: registrationFlows(services), remember: given as Record<string, unknown> | undefined, retryable: !guest },
       body.auth,
