@@ -59,6 +59,7 @@ describe("who may call it", () => {
       ["GET", `${A}/v1/rooms/${r}/block`],
       ["PUT", `${A}/v1/rooms/${r}/block`, { block: true }],
       ["DELETE", `${A}/v2/rooms/${r}`, {}],
+      ["DELETE", `${A}/v1/rooms/${r}`, { block: true }],
       ["GET", `${A}/v2/rooms/${r}/delete_status`],
       ["GET", `${A}/v2/rooms/delete_status/abc`],
       ["POST", `${A}/v1/purge_history/${r}`, { purge_up_to_ts: Date.now() }],
@@ -342,6 +343,21 @@ describe("DELETE /_synapse/admin/v2/rooms/{roomId}", () => {
     expect((await call("DELETE", `${A}/v2/rooms/${enc(roomId)}`, { new_room_user_id: "@x:elsewhere.test" })).status).toBe(400);
     expect((await get(`${A}/v2/rooms/delete_status/nope`)).status).toBe(404);
     expect((await get(`${A}/v2/rooms/${enc(roomId)}/delete_status`)).status).toBe(404);
+  });
+
+  it("v1 answers the shutdown's result when it is over, and blocks a room this server does not know", async () => {
+    const roomId = await createRoom(hs.url, alice, { preset: "public_chat" });
+    await joinRoom(hs.url, carol, roomId);
+    const res = await call("DELETE", `${A}/v1/rooms/${enc(roomId)}`, { purge: true });
+    expect(res.status, res.text).toBe(200);
+    expect(res.json).toEqual({ kicked_users: [alice.userId, carol.userId].sort(), failed_to_kick_users: [], local_aliases: [], new_room_id: null });
+    expect((await get(`${A}/v1/rooms/${enc(roomId)}`)).status).toBe(404);
+
+    const unknown = "!notyetseen:elsewhere.test";
+    const pre = await call("DELETE", `${A}/v1/rooms/${enc(unknown)}`, { block: true });
+    expect(pre.json).toEqual({ kicked_users: [], failed_to_kick_users: [], local_aliases: [], new_room_id: null });
+    expect((await get(`${A}/v1/rooms/${enc(unknown)}/block`)).json).toEqual({ block: true, user_id: admin.userId });
+    expect((await call("DELETE", `${A}/v1/rooms/${enc(unknown)}`, {})).status).toBe(404);
   });
 
   it("a blocked room refuses joins and invites; unblocking lets them in again", async () => {

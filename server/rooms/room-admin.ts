@@ -108,6 +108,8 @@ export type RoomPurgedListener = (roomId: string, localUsers: string[]) => void;
 
 export class RoomAdmin {
   private readonly deleteTasks = new Map<string, DeleteTask>();
+  /** The running shutdowns, for the synchronous v1 endpoint to wait on. */
+  private readonly deleteRuns = new Map<string, Promise<void>>();
   private readonly purgeTasks = new Map<string, PurgeHistoryTask>();
   private readonly purgedListeners: RoomPurgedListener[] = [];
 
@@ -340,13 +342,32 @@ export class RoomAdmin {
       shutdown_room: { kicked_users: [], failed_to_kick_users: [], local_aliases: [], new_room_id: null },
     };
     this.deleteTasks.set(deleteId, task);
-    void this.runDelete(admin, task, options).catch((err: unknown) => {
-      task.status = "failed";
-      task.error = err instanceof MatrixError ? err.message : "Internal error";
-      task.endedTs = this.now();
-      this.logger.warn({ err, roomId }, "room shutdown failed");
-    });
+    const run = this.runDelete(admin, task, options)
+      .catch((err: unknown) => {
+        task.status = "failed";
+        task.error = err instanceof MatrixError ? err.message : "Internal error";
+        task.endedTs = this.now();
+        this.logger.warn({ err, roomId }, "room shutdown failed");
+      })
+      .finally(() => this.deleteRuns.delete(deleteId));
+    this.deleteRuns.set(deleteId, run);
     return deleteId;
+  }
+
+  /**
+   * `DELETE /_synapse/admin/v1/rooms/{roomId}`: the same shutdown, answered when it is over. A room
+   * this server does not know can still be blocked ("pre-emptively block a room"), and nothing else.
+   */
+  async deleteNow(admin: Requester, roomId: string, options: DeleteOptions): Promise<ShutdownResult> {
+    if (options.block && (await this.rooms.roomVersion(roomId)) === undefined) {
+      await this.setBlocked(roomId, true, admin.userId);
+      return { kicked_users: [], failed_to_kick_users: [], local_aliases: [], new_room_id: null };
+    }
+    const deleteId = await this.startDelete(admin, roomId, options);
+    await this.deleteRuns.get(deleteId);
+    const task = this.deleteTasks.get(deleteId)!;
+    if (task.status === "failed") throw new MatrixError(400, "M_UNKNOWN", task.error ?? "The room could not be deleted");
+    return task.shutdown_room;
   }
 
   deleteStatus(deleteId: string): DeleteTask | undefined {

@@ -111,38 +111,60 @@ export const putRoomBlock = route({
 
 // https://element-hq.github.io/synapse/latest/admin_api/rooms.html#version-2-new-version
 // "The JSON body must not be empty. The body must be at least `{}`."
+const deleteRoomBody = z.looseObject({
+  block: z.boolean().optional(),
+  purge: z.boolean().optional(),
+  force_purge: z.boolean().optional(),
+  new_room_user_id: z.string().max(255).refine(isValidUserId, "must be a user ID").optional(),
+  room_name: z.string().max(255).optional(),
+  message: z.string().max(65_536).optional(),
+});
+type DeleteRoomBody = z.infer<typeof deleteRoomBody>;
+
+const deleteOptions = (body: DeleteRoomBody) => ({
+  block: body.block ?? false,
+  purge: body.purge ?? true,
+  forcePurge: body.force_purge ?? false,
+  newRoomUserId: body.new_room_user_id,
+  roomName: body.room_name,
+  message: body.message,
+});
+
+/** What the audit log keeps of a deletion: the switches and the new room's owner, not the texts. */
+const auditedOptions = (body: DeleteRoomBody) => ({
+  block: body.block ?? false,
+  purge: body.purge ?? true,
+  force_purge: body.force_purge ?? false,
+  ...(body.new_room_user_id !== undefined ? { new_room_user_id: body.new_room_user_id } : {}),
+});
+
 export const deleteRoomV2 = route({
   method: "DELETE",
   path: "/_synapse/admin/v2/rooms/:roomId",
   auth: "user",
-  body: z.looseObject({
-    block: z.boolean().optional(),
-    purge: z.boolean().optional(),
-    force_purge: z.boolean().optional(),
-    new_room_user_id: z.string().max(255).refine(isValidUserId, "must be a user ID").optional(),
-    room_name: z.string().max(255).optional(),
-    message: z.string().max(65_536).optional(),
-  }),
+  body: deleteRoomBody,
   async handler({ requester, params, body, request }, services) {
     await requireAdmin(requester, services);
     const roomId = roomIdParam(params.roomId!);
-    const deleteId = await services.roomAdmin.startDelete(requester, roomId, {
-      block: body.block ?? false,
-      purge: body.purge ?? true,
-      forcePurge: body.force_purge ?? false,
-      newRoomUserId: body.new_room_user_id,
-      roomName: body.room_name,
-      message: body.message,
-    });
-    await auditAdminAction(services, requester, request, "delete_room", {
-      room_id: roomId,
-      delete_id: deleteId,
-      block: body.block ?? false,
-      purge: body.purge ?? true,
-      force_purge: body.force_purge ?? false,
-      ...(body.new_room_user_id !== undefined ? { new_room_user_id: body.new_room_user_id } : {}),
-    });
+    const deleteId = await services.roomAdmin.startDelete(requester, roomId, deleteOptions(body));
+    await auditAdminAction(services, requester, request, "delete_room", { room_id: roomId, delete_id: deleteId, ...auditedOptions(body) });
     return { delete_id: deleteId };
+  },
+});
+
+// https://element-hq.github.io/synapse/latest/admin_api/rooms.html#version-1-old-version
+// The same, synchronous: answers the shutdown's result once it is over.
+export const deleteRoomV1 = route({
+  method: "DELETE",
+  path: "/_synapse/admin/v1/rooms/:roomId",
+  auth: "user",
+  body: deleteRoomBody,
+  async handler({ requester, params, body, request }, services) {
+    await requireAdmin(requester, services);
+    const roomId = roomIdParam(params.roomId!);
+    const options = deleteOptions(body);
+    await auditAdminAction(services, requester, request, "delete_room", { room_id: roomId, ...auditedOptions(body) });
+    return services.roomAdmin.deleteNow(requester, roomId, options);
   },
 });
 
@@ -283,6 +305,7 @@ export const synapseRoomAdminRoutes = [
   getRoomBlock,
   putRoomBlock,
   deleteRoomV2,
+  deleteRoomV1,
   deleteStatusByRoom,
   purgeHistory,
   purgeHistoryToEvent,
