@@ -35,14 +35,15 @@
 // ── Proof that no check passes vacuously (tests/conformance-broken.test.ts) ─────────────────────
 // Each check must be seen to FAIL against a deliberately broken Parley. Two mechanisms:
 //   1. `PARLEY_UNSAFE_TEST_BREAK=flag1,flag2` in the environment of a Parley process: honoured only
-//      when NODE_ENV (or VITEST) says it is a test run, never documented as configuration; grep for
-//      PARLEY_UNSAFE_TEST_BREAK to find every flag (server/unsafe-test-break.ts lists them). A
-//      broken server is started in-process with `startTestServer({ config, unsafeTestBreak: [...] })`
-//      through `withBrokenTarget` in tests/conformance-helpers.ts. Add a flag there when your check
-//      needs one, and make its branch in Parley as small as one `if`.
+//      when NODE_ENV=test (vitest sets it), never documented as configuration; grep for
+//      PARLEY_UNSAFE_TEST_BREAK to find every flag (server/unsafe-test-break.ts lists them). Flags
+//      are read at each use, so a test sets them around a run with `withUnsafeTestBreak(flags, fn)`
+//      (tests/conformance-helpers.ts) against servers of `startConformanceNetwork()`. Add a flag
+//      there when your check needs one, and make its branch in Parley as small as one `if`.
 //   2. A mutating proxy in front of a healthy Parley (tests/conformance-helpers.ts `mutatingProxy`):
 //      rewrites answers (e.g. the key endpoint's signature) for checks about what a server serves.
-// Then `runChecks([yourCheck], ...)` against that target must report "fail" for your check.
+// Then `runChecks([yourCheck], [url])` against that target must report "fail" for your check, with
+// the reason it exists (tests/conformance-broken.test.ts).
 
 export type Outcome = "pass" | "fail" | "skip";
 
