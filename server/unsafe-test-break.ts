@@ -23,6 +23,7 @@ export type UnsafeTestBreak =
   | "state-ids-current-state" // state_ids: the current state, not the state at the event
   | "event-auth-shallow" // event_auth: only the event's own auth events, not theirs
   | "backfill-ignores-history-visibility" // backfill: every event served whole, visibility ignored
+  | "missing-events-ignores-history-visibility" // get_missing_events: every event served whole, visibility ignored
   | "state-res-last-writer-wins" // state resolution: each conflicted key takes its latest event by origin_server_ts
   | "drop-inbound-typing" // m.typing EDUs from other servers ignored
   | "drop-inbound-receipts" // m.receipt EDUs from other servers ignored

@@ -142,26 +142,35 @@ const eventAuth: Check = {
   },
 };
 
+/**
+ * A room with history_visibility joined where the target's user sent two messages (holding a
+ * marker) before the peer's user joined, and one after: the marker, the messages' IDs, the last one's.
+ */
+async function joinedVisibilityRoom(ctx: CheckContext) {
+  const marker = `secret-${randomBytes(6).toString("hex")}`;
+  let secrets: string[] = [];
+  const { alice, roomId, room } = await roomWithPeerUsers(ctx, ["hv"], {
+    create: { initial_state: [{ type: "m.room.history_visibility", state_key: "", content: { history_visibility: "joined" } }] },
+    before: async (alice, roomId) => {
+      secrets = await sendMessages(alice, roomId, 2, marker);
+    },
+  });
+  const [visible] = await sendMessages(alice, roomId, 1, "visible-after-join");
+  return { marker, secrets, visible: visible!, roomId, room };
+}
+
 const historyVisibility: Check = {
   id: "history-visibility.backfill-joined",
   group: "history-visibility",
   title: "In a room with history_visibility joined, /backfill and /event never give a newly joined server the content of events from before its join",
   async run(ctx) {
-    const marker = `secret-${randomBytes(6).toString("hex")}`;
-    let secrets: string[] = [];
-    const { alice, roomId, room } = await roomWithPeerUsers(ctx, ["hv"], {
-      create: { initial_state: [{ type: "m.room.history_visibility", state_key: "", content: { history_visibility: "joined" } }] },
-      before: async (alice, roomId) => {
-        secrets = await sendMessages(alice, roomId, 2, marker);
-      },
-    });
-    const [visible] = await sendMessages(alice, roomId, 1, "visible-after-join");
-    const res = await ctx.peer.request(ctx.target, { method: "GET", path: `/_matrix/federation/v1/backfill/${enc(roomId)}?v=${enc(visible!)}&limit=50` });
+    const { marker, secrets, visible, roomId, room } = await joinedVisibilityRoom(ctx);
+    const res = await ctx.peer.request(ctx.target, { method: "GET", path: `/_matrix/federation/v1/backfill/${enc(roomId)}?v=${enc(visible)}&limit=50` });
     expectStatus(res, 200, "GET /backfill");
     const pdus = expectTransaction(ctx, res.json, "GET /backfill");
     const byId = new Map(pdus.map((p, i) => [idOfServedPdu(room.version, p, `backfill pdus[${i}]`), p as any]));
     // Without the event after the join the check would pass on a server that serves nothing.
-    const after = byId.get(visible!);
+    const after = byId.get(visible);
     if (after?.content?.body !== "visible-after-join 0") fail(`backfill lacks the message sent after the join, with its content: ${show(after)}`);
     if (JSON.stringify(res.json).includes(marker)) {
       fail("backfill served the content of messages sent before the peer's users joined a room whose history_visibility is joined");
@@ -173,4 +182,27 @@ const historyVisibility: Check = {
   },
 };
 
-export const historyChecks: readonly Check[] = [backfill, missingEvents, stateIds, eventAuth, historyVisibility];
+const historyVisibilityMissing: Check = {
+  id: "history-visibility.missing-events-joined",
+  group: "history-visibility",
+  title: "In a room with history_visibility joined, /get_missing_events never gives a newly joined server the content of events from before its join",
+  async run(ctx) {
+    const { marker, secrets, visible, roomId, room } = await joinedVisibilityRoom(ctx);
+    const res = await ctx.peer.request(ctx.target, {
+      method: "POST",
+      path: `/_matrix/federation/v1/get_missing_events/${enc(roomId)}`,
+      body: { earliest_events: [], latest_events: [visible], limit: 20, min_depth: 0 },
+    });
+    expectStatus(res, 200, "POST /get_missing_events");
+    expect(Array.isArray(res.json?.events), `get_missing_events: events is not an array: ${show(res.json)}`);
+    const ids = (res.json.events as unknown[]).map((p, i) => idOfServedPdu(room.version, p, `get_missing_events events[${i}]`));
+    // A server may leave them out or serve them redacted, but the walk must reach back past them
+    // (or the check would pass on a server that walks nowhere): the room's create event is older.
+    if (!ids.includes(room.stateId("m.room.create") ?? "")) fail(`get_missing_events from the last message did not reach the create event: ${show(ids)}`);
+    if (JSON.stringify(res.json).includes(marker)) {
+      fail(`get_missing_events served the content of messages sent before the peer's users joined (${show(secrets)}) a room whose history_visibility is joined`);
+    }
+  },
+};
+
+export const historyChecks: readonly Check[] = [backfill, missingEvents, stateIds, eventAuth, historyVisibility, historyVisibilityMissing];
