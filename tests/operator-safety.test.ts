@@ -150,16 +150,15 @@ describe("parley admin", () => {
       const created = capture();
       expect(await adminMain(["--config", configFile, "--init", "create-user", "alice", "--admin"], created)).toBe(0);
       expect(created.stdout).toContain("created @alice:test.local (admin)");
-      const again = capture();
-      expect(await adminMain(["--config", configFile, "list-users"], again)).toBe(0);
-      expect(again.stdout).toContain("@alice:test.local");
+      if (!onPostgres) expect((await stat(path.join(dataDir, "db", "PG_VERSION"))).isFile()).toBe(true);
     } finally {
       if (saved === undefined) delete process.env.DATABASE_URL;
       else process.env.DATABASE_URL = saved;
       await database.drop();
       await rm(dir, { recursive: true, force: true });
     }
-    // Creates an embedded database (initdb in a child process) and opens it twice.
+    // Creates an embedded database (initdb in a child process, then opened): seconds, but a minute
+    // was seen on a machine loaded by other test runs.
   }, 120_000);
 });
 
