@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
-import { createRoom, enc, invite, joinRoom, send, sync } from "./sync-helpers.ts";
+import { bodies, createRoom, enc, invite, joinRoom, send, sync } from "./sync-helpers.ts";
 
 let hs: TestServer;
 let admin: TestUser;
@@ -400,6 +400,8 @@ describe("purge history", () => {
     await send(hs.url, alice, roomId, { msgtype: "m.text", body: "six" });
     expect(await messageBodies(bob, roomId)).toEqual(["four", "five", "six"]);
     const s = await sync(hs.url, bob);
+    // Nor does /sync serve the purged messages (from what it keeps in memory).
+    expect(bodies(s, roomId)).toEqual(["four", "five", "six"]);
     expect(s.rooms.join[roomId].state.events.concat(s.rooms.join[roomId].timeline.events).some((e: any) => e.type === "m.room.name")).toBe(true);
     expect(await auditActions()).toContainEqual(expect.objectContaining({ action: "purge_history", room_id: roomId, purge_id: res.json.purge_id }));
   });

@@ -122,7 +122,10 @@ export class RoomAdmin {
     private readonly logger: Logger,
   ) {}
 
-  /** Sync drops what it cached of the room's local users (their memberships). */
+  /**
+   * Sync drops what it keeps in memory of the room (its latest events) and of the local users
+   * given (their memberships): after a room's purge, and after a purge of its history (no users).
+   */
   onRoomPurged(listener: RoomPurgedListener): void {
     this.purgedListeners.push(listener);
   }
@@ -454,6 +457,10 @@ export class RoomAdmin {
       await tx.execute(sql`delete from rooms where room_id = ${roomId}`);
     });
     this.persister.invalidate(roomId);
+    this.announcePurge(roomId, localUsers);
+  }
+
+  private announcePurge(roomId: string, localUsers: string[]): void {
     for (const listener of this.purgedListeners) {
       try {
         listener(roomId, localUsers);
@@ -501,6 +508,8 @@ export class RoomAdmin {
     this.purgeTasks.set(purgeId, task);
     this.purgeHistory(roomId, depth, deleteLocalEvents).then(
       () => {
+        // Sync keeps a room's latest events in memory: they must not outlive their rows.
+        this.announcePurge(roomId, []);
         task.status = "complete";
         task.endedTs = this.now();
       },
