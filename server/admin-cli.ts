@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { DatabaseNotInitializedError, type OpenedDatabase, openDatabase } from "../schema/db.ts";
+import { ExportFileError, exportDatabase, importDatabase } from "../schema/export.ts";
 import { listDestinations } from "../federation/transport/sender.ts";
 import { committedStreamPosition, listQueues } from "./appservices/delivery.ts";
 import { EventStore } from "./rooms/event-store.ts";
@@ -53,6 +54,9 @@ Commands:
                                  refer to (mxc URIs of this server only)
   media purge-remote --older-than DAYS
                                  Delete cached remote media fetched more than DAYS days ago
+  export FILE                    Write the whole database to FILE (gzipped; the server stopped)
+  import FILE                    Load an export into a new, empty database (with --init): how an
+                                 embedded database moves to PostgreSQL (set DATABASE_URL) or back
 
 NAME is a localpart (alice) or a full user ID (@alice:example.org).
 `;
@@ -87,6 +91,8 @@ const subcommands: Record<string, Subcommand> = {
   appservices,
   "rotate-signing-key": rotateSigningKey,
   media: mediaCommand,
+  export: exportCommand,
+  import: importCommand,
 };
 
 export async function adminMain(argv: string[], io: AdminIo = processIo): Promise<number> {
@@ -127,7 +133,7 @@ export async function adminMain(argv: string[], io: AdminIo = processIo): Promis
     const services = createAccountServices(database, config, logger, Date.now);
     return await command(args, services, io, { config, database, now: Date.now });
   } catch (err) {
-    if (err instanceof DatabaseInUseError || err instanceof ConfigError) {
+    if (err instanceof DatabaseInUseError || err instanceof ConfigError || err instanceof ExportFileError) {
       io.err(`parley admin: ${err.message}\n`);
       return 1;
     }
@@ -147,6 +153,41 @@ export async function adminMain(argv: string[], io: AdminIo = processIo): Promis
     throw err;
   } finally {
     await database?.close().catch(() => {});
+  }
+}
+
+async function exportCommand(args: string[], _services: AccountServices, io: AdminIo, context: AdminContext): Promise<number> {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const file = positionals[0];
+  if (!file) throw new MatrixError(400, "M_MISSING_PARAM", "export needs a FILE to write");
+  try {
+    const count = await exportDatabase(context.database.db, context.config.server_name, file);
+    io.out(`exported ${count.rows} row(s) of ${count.tables} table(s) to ${file}\n`);
+    io.out("Keep the data directory too: it holds the signing key and the media files.\n");
+    return 0;
+  } catch (err) {
+    if ((err as { code?: string }).code === "EEXIST") {
+      io.err(`parley admin: ${file} exists already; export never overwrites a file\n`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+async function importCommand(args: string[], _services: AccountServices, io: AdminIo, context: AdminContext): Promise<number> {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  const file = positionals[0];
+  if (!file) throw new MatrixError(400, "M_MISSING_PARAM", "import needs the FILE an export wrote");
+  try {
+    const count = await importDatabase(context.database.db, context.config.server_name, file);
+    io.out(`imported ${count.rows} row(s) of ${count.tables} table(s) from ${file}\n`);
+    return 0;
+  } catch (err) {
+    if ((err as { code?: string }).code === "ENOENT") {
+      io.err(`parley admin: there is no file ${file}\n`);
+      return 1;
+    }
+    throw err;
   }
 }
 
