@@ -48,3 +48,19 @@ export const mediaThumbnails = pgTable(
   },
   (t) => [primaryKey({ columns: [t.serverName, t.mediaId, t.width, t.height, t.method] }), index("media_thumbnails_sha256_idx").on(t.sha256)],
 );
+
+/**
+ * Media an admin quarantined (Synapse's media admin API): served to no one, local or remote, and
+ * remote media not fetched again. A table of its own, so remote media never cached here can be
+ * quarantined too (an abuse report names its URI before anyone downloads it).
+ */
+export const mediaQuarantine = pgTable(
+  "media_quarantine",
+  {
+    serverName: text("server_name").notNull(),
+    mediaId: text("media_id").notNull(),
+    quarantinedBy: text("quarantined_by").notNull(),
+    ts: bigint("ts", { mode: "number" }).notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.serverName, t.mediaId] })],
+);

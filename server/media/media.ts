@@ -8,7 +8,7 @@ import { and, count, desc, eq, gt, inArray, isNotNull, isNull, lt, ne, sql } fro
 import type { Logger } from "pino";
 import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import type { Database } from "../../schema/db.ts";
-import { media, mediaThumbnails } from "../../schema/tables.ts";
+import { media, mediaQuarantine, mediaThumbnails } from "../../schema/tables.ts";
 import { MatrixError } from "../http/errors.ts";
 import { ContentTooLargeError, type MediaStore } from "./store.ts";
 import { canThumbnail, isPixelLimitError, makeThumbnail, type ThumbnailRequest } from "./thumbnails.ts";
@@ -197,6 +197,41 @@ export class MediaRepository {
       this.opts.db.select({ n: count() }).from(media).where(where),
     ]);
     return { rows, total: total?.n ?? 0 };
+  }
+
+  /**
+   * Quarantines media (an admin's decision): from then on it is served to no one, neither local
+   * clients nor other servers, and remote media is not fetched again. Answers how many of the URIs
+   * were not quarantined before.
+   */
+  async quarantine(uris: readonly { serverName: string; mediaId: string }[], by: string): Promise<number> {
+    if (uris.length === 0) return 0;
+    const ts = this.opts.now();
+    const added = await this.opts.db
+      .insert(mediaQuarantine)
+      .values(uris.map((u) => ({ serverName: u.serverName, mediaId: u.mediaId, quarantinedBy: by, ts })))
+      .onConflictDoNothing()
+      .returning({ id: mediaQuarantine.mediaId });
+    return added.length;
+  }
+
+  /** Lifts a quarantine; answers whether there was one. */
+  async unquarantine(serverName: string, mediaId: string): Promise<boolean> {
+    const removed = await this.opts.db
+      .delete(mediaQuarantine)
+      .where(and(eq(mediaQuarantine.serverName, serverName), eq(mediaQuarantine.mediaId, mediaId)))
+      .returning({ id: mediaQuarantine.mediaId });
+    return removed.length > 0;
+  }
+
+  /** Who quarantined each of these media IDs of `serverName` (absent: not quarantined). */
+  async quarantinedBy(serverName: string, mediaIds: readonly string[]): Promise<Map<string, string>> {
+    if (mediaIds.length === 0) return new Map();
+    const rows = await this.opts.db
+      .select({ id: mediaQuarantine.mediaId, by: mediaQuarantine.quarantinedBy })
+      .from(mediaQuarantine)
+      .where(and(eq(mediaQuarantine.serverName, serverName), inArray(mediaQuarantine.mediaId, [...mediaIds])));
+    return new Map(rows.map((r) => [r.id, r.by]));
   }
 
   /**
@@ -518,6 +553,8 @@ export class MediaRepository {
   /** The media's row once it has content: waiting for an asynchronous upload, fetching remote media. */
   private async resolve(serverName: string, mediaId: string, options: ReadOptions): Promise<MediaInfo> {
     if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw notFound();
+    // Quarantined media is gone for everyone, as if it did not exist (Synapse answers 404 too).
+    if ((await this.quarantinedBy(serverName, [mediaId])).size > 0) throw notFound();
     const deadline = this.opts.now() + Math.min(Math.max(options.timeoutMs, 0), MAX_TIMEOUT_MS);
     for (;;) {
       const row = await this.row(serverName, mediaId);

@@ -4,6 +4,7 @@
 // version of it). Only URIs of this server are returned: other servers' media is theirs.
 // https://spec.matrix.org/latest/client-server-api/#mroommessage-msgtypes
 import { sql } from "drizzle-orm";
+import { isValidServerName } from "../../federation/protocol/identifiers.ts";
 import { EVENT_COLUMNS, type EventStore } from "../rooms/event-store.ts";
 
 const PAGE = 1000;
@@ -11,7 +12,16 @@ const TYPES = ["m.room.message", "m.sticker", "m.room.avatar"];
 
 /** The media IDs of `mxc://{serverName}/…` URIs found in the room's message, sticker and avatar events. */
 export async function localMediaIdsInRoom(eventStore: EventStore, roomId: string, serverName: string): Promise<string[]> {
-  const ids = new Set<string>();
+  const all = await mediaInRoom(eventStore, roomId);
+  return all.filter((m) => m.serverName === serverName).map((m) => m.mediaId);
+}
+
+/**
+ * Every well-formed mxc URI of the room's message, sticker and avatar events, this server's and
+ * others' (an admin quarantining a room's media means all of it).
+ */
+export async function mediaInRoom(eventStore: EventStore, roomId: string): Promise<{ serverName: string; mediaId: string }[]> {
+  const found = new Map<string, { serverName: string; mediaId: string }>();
   let after = "";
   for (;;) {
     const page = await eventStore.query(sql`select ${EVENT_COLUMNS} from events e join rooms r on r.room_id = e.room_id
@@ -19,14 +29,14 @@ export async function localMediaIdsInRoom(eventStore: EventStore, roomId: string
       order by e.event_id limit ${PAGE}`);
     for (const event of page) {
       for (const uri of mxcUris(event.pdu.content)) {
-        const id = localMediaId(uri, serverName);
-        if (id) ids.add(id);
+        const parsed = parseMxc(uri);
+        if (parsed) found.set(uri, parsed);
       }
     }
     if (page.length < PAGE) break;
     after = page[page.length - 1]!.eventId;
   }
-  return [...ids];
+  return [...found.values()];
 }
 
 function mxcUris(content: unknown): string[] {
@@ -41,11 +51,9 @@ function mxcUris(content: unknown): string[] {
   return candidates.filter((c): c is string => typeof c === "string");
 }
 
-function localMediaId(uri: string, serverName: string): string | undefined {
-  const prefix = `mxc://${serverName}/`;
-  if (!uri.startsWith(prefix)) return undefined;
-  const id = uri.slice(prefix.length);
-  return /^[A-Za-z0-9_-]+$/.test(id) ? id : undefined;
+function parseMxc(uri: string): { serverName: string; mediaId: string } | undefined {
+  const match = /^mxc:\/\/([^/]+)\/([A-Za-z0-9_-]+)$/.exec(uri);
+  return match && isValidServerName(match[1]!) ? { serverName: match[1]!, mediaId: match[2]! } : undefined;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);

@@ -3,10 +3,10 @@
 // https://element-hq.github.io/synapse/latest/admin_api/media_admin_api.html
 // https://element-hq.github.io/synapse/latest/admin_api/user_admin_api.html#list-media-uploaded-by-a-user
 import { z } from "zod";
-import { isValidUserId } from "../../../federation/protocol/identifiers.ts";
+import { isValidServerName, isValidUserId } from "../../../federation/protocol/identifiers.ts";
 import { invalidParam, notFound } from "../../http/errors.ts";
 import { route } from "../../http/route.ts";
-import { localMediaIdsInRoom } from "../../media/room-media.ts";
+import { localMediaIdsInRoom, mediaInRoom } from "../../media/room-media.ts";
 import type { Services } from "../../services.ts";
 import { auditAdminAction, requireAdmin } from "./admin-auth.ts";
 
@@ -98,6 +98,7 @@ export const userMedia = route({
     if (!(await services.accounts.getUser(userId))) throw notFound("Unknown user");
     const from = query.from ?? 0;
     const { rows, total } = await services.media.listUserMedia(userId, { from, limit: query.limit ?? 100, dir: query.dir ?? "b" });
+    const quarantined = await services.media.quarantinedBy(services.config.server_name, rows.map((m) => m.mediaId));
     const response: Record<string, unknown> = {
       media: rows.map((m) => ({
         media_id: m.mediaId,
@@ -105,9 +106,9 @@ export const userMedia = route({
         media_length: m.size,
         upload_name: m.uploadName,
         created_ts: m.createdTs,
-        // Not kept here: Synapse's last access time and quarantine flags.
+        // Not kept here: Synapse's last access time and its protection from quarantine.
         last_access_ts: null,
-        quarantined_by: null,
+        quarantined_by: quarantined.get(m.mediaId) ?? null,
         safe_from_quarantine: false,
       })),
       total,
@@ -134,4 +135,86 @@ export const deleteUserMedia = route({
   },
 });
 
-export const synapseMediaAdminRoutes = [roomMedia, deleteMediaBefore, deleteMedia, userMedia, deleteUserMedia];
+const MEDIA_ID = /^[A-Za-z0-9_-]{1,255}$/;
+
+// https://element-hq.github.io/synapse/latest/admin_api/media_admin_api.html#quarantining-media-by-id
+// Any server's media: a quarantined remote URI is not fetched again, and served to no one.
+export const quarantineMedia = route({
+  method: "POST",
+  path: "/_synapse/admin/v1/media/quarantine/:serverName/:mediaId",
+  auth: "user",
+  body: z.looseObject({}).optional(),
+  async handler({ requester, params, request }, services) {
+    await requireAdmin(requester, services);
+    const { serverName, mediaId } = params as { serverName: string; mediaId: string };
+    if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw invalidParam("not a media URI");
+    await services.media.quarantine([{ serverName, mediaId }], requester.userId);
+    await auditAdminAction(services, requester, request, "quarantine_media", { media: `mxc://${serverName}/${mediaId}` });
+    return {};
+  },
+});
+
+// https://element-hq.github.io/synapse/latest/admin_api/media_admin_api.html#remove-media-from-quarantine-by-id
+export const unquarantineMedia = route({
+  method: "POST",
+  path: "/_synapse/admin/v1/media/unquarantine/:serverName/:mediaId",
+  auth: "user",
+  body: z.looseObject({}).optional(),
+  async handler({ requester, params, request }, services) {
+    await requireAdmin(requester, services);
+    const { serverName, mediaId } = params as { serverName: string; mediaId: string };
+    if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw invalidParam("not a media URI");
+    await services.media.unquarantine(serverName, mediaId);
+    await auditAdminAction(services, requester, request, "unquarantine_media", { media: `mxc://${serverName}/${mediaId}` });
+    return {};
+  },
+});
+
+// https://element-hq.github.io/synapse/latest/admin_api/media_admin_api.html#quarantining-media-in-a-room
+// (Synapse's older path /_synapse/admin/v1/quarantine_media/{roomId} answers the same.)
+const quarantineRoomMediaHandler = {
+  auth: "user" as const,
+  body: z.looseObject({}).optional(),
+  async handler({ requester, params, request }: { requester: Parameters<typeof requireAdmin>[0]; params: Record<string, string | undefined>; request: Parameters<typeof auditAdminAction>[2] }, services: Services) {
+    await requireAdmin(requester, services);
+    const roomId = params.roomId!;
+    await services.rooms.requireRoom(roomId);
+    const uris = await mediaInRoom(services.eventStore, roomId);
+    const added = await services.media.quarantine(uris, requester.userId);
+    await auditAdminAction(services, requester, request, "quarantine_room_media", { room_id: roomId, total: added });
+    return { num_quarantined: added };
+  },
+};
+export const quarantineRoomMedia = route({ method: "POST", path: "/_synapse/admin/v1/room/:roomId/media/quarantine", ...quarantineRoomMediaHandler });
+export const quarantineRoomMediaOld = route({ method: "POST", path: "/_synapse/admin/v1/quarantine_media/:roomId", ...quarantineRoomMediaHandler });
+
+// https://element-hq.github.io/synapse/latest/admin_api/media_admin_api.html#quarantining-all-media-of-a-user
+export const quarantineUserMedia = route({
+  method: "POST",
+  path: "/_synapse/admin/v1/user/:userId/media/quarantine",
+  auth: "user",
+  body: z.looseObject({}).optional(),
+  async handler({ requester, params, request }, services) {
+    await requireAdmin(requester, services);
+    const userId = params.userId!;
+    requireLocalUser(userId, services);
+    const ids = await services.media.localMediaIds({ userId });
+    const server = services.config.server_name;
+    const added = await services.media.quarantine(ids.map((mediaId) => ({ serverName: server, mediaId })), requester.userId);
+    await auditAdminAction(services, requester, request, "quarantine_user_media", { user_id: userId, total: added });
+    return { num_quarantined: added };
+  },
+});
+
+export const synapseMediaAdminRoutes = [
+  roomMedia,
+  deleteMediaBefore,
+  deleteMedia,
+  userMedia,
+  deleteUserMedia,
+  quarantineMedia,
+  unquarantineMedia,
+  quarantineRoomMedia,
+  quarantineRoomMediaOld,
+  quarantineUserMedia,
+];
