@@ -69,6 +69,8 @@ export interface StartOptions {
   logger?: Logger;
   /** Embedded database in memory instead of on disk (tests). */
   embedded?: "disk" | "memory";
+  /** Tests only: an in-memory embedded database starts from this snapshot (see OpenDatabaseOptions). */
+  embeddedSnapshot?: Blob;
   now?: () => number;
   /** Extra routes (tests use them to observe request handling). */
   extraRoutes?: AnyRoute[];
@@ -107,6 +109,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
     databaseUrl: config.database_url,
     dataDir: config.data_dir,
     embedded: options.embedded,
+    embeddedSnapshot: options.embeddedSnapshot,
     poolSize: config.database_pool_size,
     embeddedFsync: config.embedded_fsync,
     onQuery: metrics?.queryAnswered,

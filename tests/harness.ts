@@ -1,12 +1,13 @@
 // Test servers: real homeservers on port 0, each with its own fresh database. With DATABASE_URL set
 // (CI's second run) every server gets a new PostgreSQL database on that server, dropped afterwards;
 // without it, an embedded PGlite database.
-import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readFile, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type Config, resolveConfig } from "../server/config.ts";
 import { type Homeserver, type StartOptions, startHomeserver } from "../server/homeserver.ts";
+import { migratedEmbeddedSnapshot } from "../schema/db.ts";
 
 export interface TestServer extends Homeserver {
   config: Config;
@@ -50,6 +51,35 @@ export interface TestServerOptions extends StartOptions {
   database?: TestDatabase;
 }
 
+let snapshot: Promise<Blob> | undefined;
+
+/**
+ * A migrated empty in-memory database to start test servers from (initdb and the migrations are most
+ * of a start on PGlite). Shared by every test process through a file named by the migrations, so a
+ * change of schema makes a new one.
+ */
+function embeddedSnapshot(): Promise<Blob> {
+  snapshot ??= (async () => {
+    const folder = new URL("../schema/migrations/", import.meta.url);
+    const hash = createHash("sha256");
+    for (const name of (await readdir(folder)).filter((n) => n.endsWith(".sql")).sort()) {
+      hash.update(name).update(await readFile(new URL(name, folder)));
+    }
+    const file = path.join(tmpdir(), `parley-test-snapshot-${hash.digest("hex").slice(0, 16)}.tar`);
+    try {
+      return new Blob([await readFile(file)]);
+    } catch {
+      const blob = await migratedEmbeddedSnapshot();
+      // Written aside and renamed: another test process never reads half a file.
+      const partial = `${file}.${process.pid}.${randomBytes(4).toString("hex")}`;
+      await writeFile(partial, new Uint8Array(await blob.arrayBuffer()));
+      await rename(partial, file);
+      return blob;
+    }
+  })();
+  return snapshot;
+}
+
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
   const dataDir = options.dataDir ?? (await mkdtemp(path.join(tmpdir(), "parley-test-")));
   const database = options.database ?? (await createTestDatabase());
@@ -66,7 +96,13 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     },
     {},
   );
-  const hs = await startHomeserver(config, { embedded: options.dataDir ? "disk" : "memory", ...options });
+  const embedded = options.embedded ?? (options.dataDir ? "disk" : "memory");
+  const memory = !database.url && embedded === "memory";
+  const hs = await startHomeserver(config, {
+    embedded,
+    ...(memory ? { embeddedSnapshot: await embeddedSnapshot() } : {}),
+    ...options,
+  });
   return {
     ...hs,
     config,
