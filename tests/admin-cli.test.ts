@@ -3,12 +3,17 @@ import { execFile } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+
 import { eq } from "drizzle-orm";
 import { schema } from "../schema/db.ts";
 import { type AdminIo, adminMain } from "../server/admin-cli.ts";
 import { loginUser, registerUser } from "./accounts-helpers.ts";
 import { createTestDatabase, request, startTestServer, type TestDatabase, type TestServer } from "./harness.ts";
+
+// Each test stops and restarts a server on an on-disk embedded database (the CLI needs it to
+// itself): 16–20 s in CI, so a bound of 60 s rather than the default 30 s.
+vi.setConfig({ testTimeout: 60_000 });
 
 const onPostgres = Boolean(process.env.DATABASE_URL);
 

@@ -4,11 +4,16 @@
 import { readdir, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import sharp from "sharp";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+
 import { type AdminIo, adminMain } from "../server/admin-cli.ts";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { type Network, startNetwork } from "./federation-harness.ts";
 import { createTestDatabase, request, startTestServer, type TestDatabase, type TestServer } from "./harness.ts";
+
+// Each test stops and restarts a server on an on-disk embedded database (the CLI needs it to
+// itself): 16–20 s in CI, so a bound of 60 s rather than the default 30 s.
+vi.setConfig({ testTimeout: 60_000 });
 
 const onPostgres = Boolean(process.env.DATABASE_URL);
 const UPLOAD = "/_matrix/media/v3/upload";
