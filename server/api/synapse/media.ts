@@ -137,6 +137,13 @@ export const deleteUserMedia = route({
 
 const MEDIA_ID = /^[A-Za-z0-9_-]{1,255}$/;
 
+/** The `:serverName/:mediaId` of a quarantine path, checked: any server's media may be named. */
+function mediaUri(params: Record<string, string | undefined>): { serverName: string; mediaId: string } {
+  const { serverName = "", mediaId = "" } = params;
+  if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw invalidParam("not a media URI");
+  return { serverName, mediaId };
+}
+
 // https://element-hq.github.io/synapse/latest/admin_api/media_admin_api.html#quarantining-media-by-id
 // Any server's media: a quarantined remote URI is not fetched again, and served to no one.
 export const quarantineMedia = route({
@@ -146,8 +153,7 @@ export const quarantineMedia = route({
   body: z.looseObject({}).optional(),
   async handler({ requester, params, request }, services) {
     await requireAdmin(requester, services);
-    const { serverName, mediaId } = params as { serverName: string; mediaId: string };
-    if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw invalidParam("not a media URI");
+    const { serverName, mediaId } = mediaUri(params);
     await services.media.quarantine([{ serverName, mediaId }], requester.userId);
     await auditAdminAction(services, requester, request, "quarantine_media", { media: `mxc://${serverName}/${mediaId}` });
     return {};
@@ -162,8 +168,7 @@ export const unquarantineMedia = route({
   body: z.looseObject({}).optional(),
   async handler({ requester, params, request }, services) {
     await requireAdmin(requester, services);
-    const { serverName, mediaId } = params as { serverName: string; mediaId: string };
-    if (!isValidServerName(serverName) || !MEDIA_ID.test(mediaId)) throw invalidParam("not a media URI");
+    const { serverName, mediaId } = mediaUri(params);
     await services.media.unquarantine(serverName, mediaId);
     await auditAdminAction(services, requester, request, "unquarantine_media", { media: `mxc://${serverName}/${mediaId}` });
     return {};
