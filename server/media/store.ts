@@ -5,8 +5,8 @@
 // once. Bytes are streamed both ways: `put` hashes while it writes to a temporary file and renames
 // it into place at the end; nothing holds a whole file in memory.
 import { createHash, randomUUID } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { mkdir, open, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -50,6 +50,12 @@ export class FileMediaStore implements MediaStore {
   private readonly contentDir: string;
   private readonly tmpDir: string;
   private ready: Promise<void> | undefined;
+  /**
+   * Deletions in this process whose bytes are moved aside while `stillWanted` is asked: a read that
+   * finds no file during that window waits for the answer (the bytes may come back) before it says
+   * they are absent.
+   */
+  private readonly asideNow = new Map<string, Promise<unknown>>();
 
   constructor(root: string) {
     this.contentDir = path.join(root, "content");
@@ -88,10 +94,26 @@ export class FileMediaStore implements MediaStore {
 
   async get(sha256: string): Promise<{ stream: Readable; size: number } | undefined> {
     if (!SHA256_HEX.test(sha256)) return undefined;
+    const found = await this.open(sha256);
+    if (found) return found;
+    const aside = this.asideNow.get(sha256);
+    if (!aside) return undefined;
+    await aside.catch(() => {});
+    return this.open(sha256);
+  }
+
+  private async open(sha256: string): Promise<{ stream: Readable; size: number } | undefined> {
     const file = this.pathOf(sha256);
     try {
-      const { size } = await stat(file);
-      return { stream: createReadStream(file), size };
+      // Opened before its size is read: the open file stays readable whatever happens to the name.
+      const handle = await open(file, "r");
+      try {
+        const { size } = await handle.stat();
+        return { stream: handle.createReadStream(), size };
+      } catch (err) {
+        await handle.close();
+        throw err;
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
       throw err;
@@ -110,20 +132,37 @@ export class FileMediaStore implements MediaStore {
         await rm(file);
         return "deleted";
       }
-      // Moved aside atomically: an identical upload renaming onto the name now creates it anew.
-      const aside = path.join(this.tmpDir, `deleting-${randomUUID()}`);
-      await rename(file, aside);
-      if (await options.stillWanted()) {
-        // Identical bytes: putting them back over a copy that landed meanwhile changes nothing.
-        await rename(aside, file);
-        return "kept";
+      const decided = this.deleteAside(sha256, file, options.stillWanted);
+      const previous = this.asideNow.get(sha256);
+      const window = previous ? Promise.allSettled([previous, decided]) : decided;
+      this.asideNow.set(sha256, window);
+      try {
+        return await decided;
+      } finally {
+        if (this.asideNow.get(sha256) === window) this.asideNow.delete(sha256);
       }
-      await rm(aside, { force: true });
-      return "deleted";
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return "absent";
       throw err;
     }
+  }
+
+  /** Moves the bytes aside atomically (an identical upload renaming onto the name creates it anew), then asks. */
+  private async deleteAside(sha256: string, file: string, stillWanted: () => Promise<boolean>): Promise<"deleted" | "absent" | "kept"> {
+    const aside = path.join(this.tmpDir, `deleting-${sha256}-${randomUUID()}`);
+    try {
+      await rename(file, aside);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return "absent";
+      throw err;
+    }
+    if (await stillWanted()) {
+      // Identical bytes: putting them back over a copy that landed meanwhile changes nothing.
+      await rename(aside, file);
+      return "kept";
+    }
+    await rm(aside, { force: true });
+    return "deleted";
   }
 
   private pathOf(sha256: string): string {
