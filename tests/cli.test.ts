@@ -11,7 +11,8 @@ import { freePort } from "./free-port.ts";
 const bin = path.join(import.meta.dirname, "..", "bin", "parley.js");
 
 
-describe("parley serve", () => {
+// Nothing here uses a database server (`serve` is the zero-config, embedded one): once, on the embedded run.
+describe.skipIf(Boolean(process.env.DATABASE_URL))("parley serve", () => {
   it("starts with no configuration, serves a verifiable key, and exits cleanly on SIGTERM", async () => {
     const cwd = await mkdtemp(path.join(tmpdir(), "parley-cli-"));
     const port = await freePort();
@@ -45,7 +46,7 @@ describe("parley serve", () => {
   }, 60_000);
 });
 
-describe("parley generate-config and debug", () => {
+describe.skipIf(Boolean(process.env.DATABASE_URL))("parley generate-config and debug", () => {
   it("writes a configuration file that starts from the defaults", () => {
     const out = spawnSync(process.execPath, [bin, "generate-config"], { encoding: "utf8" });
     expect(out.status).toBe(0);
