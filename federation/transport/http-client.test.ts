@@ -119,6 +119,14 @@ describe("federation HTTP client", () => {
     await small.close();
     expect((tooLarge as FederationRequestError).failure).toBe("too-large");
 
+    // A stream (media) is not bound by the JSON limit: its reader applies the media size limit.
+    const streaming = client({ maxResponseBytes: 1000 });
+    const stream = await streaming.requestStream("peer.test", { method: "GET", path: "/big" });
+    let streamed = 0;
+    for await (const chunk of stream.body) streamed += (chunk as Buffer).byteLength;
+    await streaming.close();
+    expect(streamed).toBeGreaterThan(5000);
+
     handler = () => {}; // never answers
     const impatient = client({ headersTimeoutMs: 200, requestTimeoutMs: 300 });
     const started = Date.now();

@@ -261,7 +261,8 @@ export class FederationHttpClient {
       headersTimeout: this.opts.headersTimeoutMs,
       bodyTimeout: this.opts.requestTimeoutMs,
       keepAliveTimeout: 30_000,
-      maxResponseSize: this.opts.maxResponseBytes,
+      // No pool-wide response limit: JSON answers are bounded in `send`, while a media stream is
+      // bounded by its reader (the media repository's max_upload_size, which may be larger).
       connect: {
         ...(route.trusted ? {} : { lookup: this.policyLookup() }),
         // Node checks the certificate against `servername` (else the host connected to), so this is
@@ -368,8 +369,10 @@ export class FederationHttpClient {
     const response = await this.dispatch(destination, route, req, headers, payload);
     let text: string;
     try {
-      text = await response.body.text();
+      text = await readLimited(response.body, this.opts.maxResponseBytes);
     } catch (err) {
+      response.body.destroy();
+      if (err instanceof ResponseTooLarge) throw new FederationRequestError("too-large", destination, "the response is larger than allowed");
       throw classify(destination, err);
     }
     let body: unknown;
@@ -388,12 +391,14 @@ export class FederationHttpClient {
   }
 }
 
+class ResponseTooLarge extends Error {}
+
 async function readLimited(body: AsyncIterable<Uint8Array>, maxBytes: number): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += chunk.byteLength;
-    if (size > maxBytes) throw new Error("too large");
+    if (size > maxBytes) throw new ResponseTooLarge("too large");
     chunks.push(Buffer.from(chunk));
   }
   return Buffer.concat(chunks).toString("utf8");
