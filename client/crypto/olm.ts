@@ -269,7 +269,7 @@ interface SessionState {
   receiverChains: ReceiverChain[];
 }
 
-/** The message key at `counter` of a chain at `chain`, and the chain and skipped keys after it (nothing is modified). */
+/** The message key at `counter` of a chain whose key is `chainKey` at `index`, the chain key after it and the skipped keys worth keeping. */
 function stepChainTo(chainKey: Uint8Array, index: number, counter: number): { messageKey: Uint8Array; nextChainKey: Uint8Array; skipped: SkippedKey[] } {
   const skipped: SkippedKey[] = [];
   let key = chainKey;
@@ -282,25 +282,27 @@ function stepChainTo(chainKey: Uint8Array, index: number, counter: number): { me
   return { messageKey: messageKeyOf(key), nextChainKey: advanceChainKey(key), skipped };
 }
 
-/** olm.md §"Olm Authenticated Encryption": verifies the MAC first, then decrypts; throws BAD_MESSAGE_MAC. */
-function verifyAndDecrypt(messageKey: Uint8Array, message: NormalMessage): Uint8Array {
+const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * olm.md §"Olm Authenticated Encryption": verifies the MAC first, then decrypts (BAD_MESSAGE_MAC).
+ * The plaintext is decoded here, before the caller commits anything, so that even an authentic
+ * message that is not UTF-8 leaves the session as it was.
+ */
+function verifyAndDecrypt(messageKey: Uint8Array, message: NormalMessage): string {
   const { aesKey, macKey, iv } = cipherKeysOf(messageKey);
   const mac = hmacSha256(macKey, message.authenticated).subarray(0, MAC_LENGTH);
   if (!bytesEqual(mac, message.mac)) throw new OlmError("BAD_MESSAGE_MAC", "message MAC does not verify");
+  let plaintext: Uint8Array;
   try {
-    return aesCbcDecrypt(aesKey, iv, message.ciphertext);
+    plaintext = aesCbcDecrypt(aesKey, iv, message.ciphertext);
   } catch {
     // Reachable only with a sender that MACs bad padding: report it as the same failure.
     throw new OlmError("BAD_MESSAGE_MAC", "message does not decrypt");
   }
-}
-
-const utf8 = new TextEncoder();
-const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
-
-function decodeUtf8(bytes: Uint8Array): string {
   try {
-    return utf8Decoder.decode(bytes);
+    return utf8Decoder.decode(plaintext);
   } catch {
     throw badFormat("plaintext is not UTF-8");
   }
@@ -403,11 +405,10 @@ class Session implements OlmSession {
     // A pre-key message to an existing session is decrypted by the message inside it (libolm does
     // the same: whether the pre-key message belongs to this session is `matchesInboundSession`).
     if (message.type === 0) bytes = decodePreKeyMessage(bytes).message;
-    const plaintext = this.decryptNormal(decodeNormalMessage(bytes));
-    return decodeUtf8(plaintext);
+    return this.decryptNormal(decodeNormalMessage(bytes));
   }
 
-  private decryptNormal(message: NormalMessage): Uint8Array {
+  private decryptNormal(message: NormalMessage): string {
     const s = this.state;
     const chain = s.receiverChains.find((c) => bytesEqual(c.ratchetKey, message.ratchetKey));
 
