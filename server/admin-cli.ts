@@ -53,7 +53,7 @@ Commands:
   media purge-room ROOM_ID       Delete the local media the room's messages, stickers and avatar
                                  refer to (mxc URIs of this server only)
   media purge-remote --older-than DAYS
-                                 Delete cached remote media fetched more than DAYS days ago
+                                 Delete cached remote media not downloaded for DAYS days
   export FILE                    Write the whole database to FILE (gzipped; the server stopped)
   import FILE                    Load an export into a new, empty database (with --init): how an
                                  embedded database moves to PostgreSQL (set DATABASE_URL) or back
@@ -422,6 +422,6 @@ async function mediaCommand(args: string[], services: AccountServices, io: Admin
   if (values["older-than"] === undefined || !Number.isFinite(days) || days < 0) {
     throw new MatrixError(400, "M_INVALID_PARAM", "--older-than DAYS (a number, 0 or more) is required");
   }
-  purged(`cached from other servers more than ${days} day(s) ago`, await repo.purgeRemote(now() - days * 24 * 60 * 60 * 1000));
+  purged(`cached from other servers and not downloaded for ${days} day(s)`, await repo.purgeRemote(now() - days * 24 * 60 * 60 * 1000));
   return 0;
 }

@@ -420,7 +420,7 @@ export const configKeys = {
     env: "PARLEY_REMOTE_MEDIA_CACHE_MAX_AGE_MS",
     schema: int(0, 2 ** 50),
     default: 0,
-    doc: "Remote media cached here and fetched longer ago than this (in ms) is deleted by an hourly sweep, with its thumbnails; a later request fetches it again from its origin. 0 (the default, as in Synapse): kept forever, since an origin that has gone or deleted the media cannot give it back. `parley admin media purge-remote --older-than DAYS` does the same once.",
+    doc: "Remote media cached here and not downloaded (nor thumbnailed) for longer than this (in ms; never downloaded: since it was fetched) is deleted by an hourly sweep, with its thumbnails; a later request fetches it again from its origin. 0 (the default, as in Synapse): kept forever, since an origin that has gone or deleted the media cannot give it back. `parley admin media purge-remote --older-than DAYS` does the same once.",
   }),
   url_preview_enabled: key({
     env: "PARLEY_URL_PREVIEW_ENABLED",

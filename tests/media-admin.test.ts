@@ -3,7 +3,9 @@
 // server's database. Deleted media answers 404.
 import { readdir, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { and, eq } from "drizzle-orm";
 import sharp from "sharp";
+import * as schema from "../schema/tables.ts";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 
 import { type AdminIo, adminMain } from "../server/admin-cli.ts";
@@ -97,6 +99,24 @@ describe("remote media cache sweep", () => {
     const again = await download(hs2.url, bob.accessToken, remoteImage);
     expect(again.status).toBe(200);
     expect(again.bytes.equals(image)).toBe(true);
+
+    // The sweep goes by last access: media fetched long ago but downloaded lately stays.
+    const [origin, id] = remoteImage.slice(6).split("/") as [string, string];
+    const row = () => hs2.services.db.select().from(schema.media).where(and(eq(schema.media.serverName, origin), eq(schema.media.mediaId, id)));
+    expect((await row())[0]?.lastAccessTs).toBeNull(); // fetched, not yet read from the cache
+    const started = Date.now();
+    expect((await download(hs2.url, bob.accessToken, remoteImage)).status).toBe(200);
+    let accessed: number | null | undefined;
+    for (let i = 0; i < 100 && !accessed; i++) {
+      accessed = (await row())[0]?.lastAccessTs;
+      if (!accessed) await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(accessed).toBeGreaterThanOrEqual(started);
+    const longAgo = Date.now() - 60_000;
+    await hs2.services.db.update(schema.media).set({ fetchedTs: longAgo, lastAccessTs: Date.now() }).where(eq(schema.media.mediaId, id));
+    expect(await hs2.services.media.sweepRemoteCache()).toMatchObject({ media: 0 });
+    await hs2.services.db.update(schema.media).set({ lastAccessTs: longAgo }).where(eq(schema.media.mediaId, id));
+    expect(await hs2.services.media.sweepRemoteCache()).toMatchObject({ media: 1 });
   });
 });
 

@@ -23,6 +23,8 @@ export const media = pgTable(
     createdTs: bigint("created_ts", { mode: "number" }).notNull(),
     unusedExpiresTs: bigint("unused_expires_ts", { mode: "number" }),
     fetchedTs: bigint("fetched_ts", { mode: "number" }),
+    /** When a client last downloaded it or a thumbnail of it (recorded at most every ten minutes). */
+    lastAccessTs: bigint("last_access_ts", { mode: "number" }),
     authenticated: boolean("authenticated").notNull().default(false),
   },
   (t) => [

@@ -101,6 +101,8 @@ const CONTENT_GRACE_MS = 60_000;
 const SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const PURGE_BATCH = 500;
 const MAX_DEFERRED_FILES = 100_000;
+const ACCESS_RECORD_INTERVAL_MS = 10 * 60 * 1000;
+const MAX_ACCESS_RECORDED = 100_000;
 
 const MEDIA_ID = /^[A-Za-z0-9_-]+$/;
 const MAX_TIMEOUT_MS = 60_000;
@@ -124,6 +126,9 @@ export class MediaRepository {
   /** Uploads between storing their bytes and writing their row, by SHA-256 (see storeUpload). */
   private readonly pins = new Map<string, number>();
   private sweeping: Promise<unknown> | undefined;
+  /** When this process last recorded an access to each media (`server/id`), to write it at most every ten minutes. */
+  private readonly accessRecorded = new Map<string, number>();
+  private readonly accessWrites = new Set<Promise<unknown>>();
 
   /** Starts the periodic sweep: expired remote media, and files earlier purges left for later. */
   startSweeping(intervalMs = SWEEP_INTERVAL_MS): void {
@@ -147,6 +152,7 @@ export class MediaRepository {
     clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
     await this.sweeping;
+    await Promise.all(this.accessWrites);
   }
 
   /**
@@ -164,9 +170,11 @@ export class MediaRepository {
     return result;
   }
 
-  /** Deletes cached remote media fetched before `beforeTs`, with its thumbnails. */
+  /** Deletes cached remote media not read since `beforeTs` (or never read and fetched before it), with its thumbnails. */
   purgeRemote(beforeTs: number): Promise<PurgeResult> {
-    return this.purgeWhere(and(ne(media.serverName, this.opts.serverName), isNotNull(media.fetchedTs), lt(media.fetchedTs, beforeTs))!);
+    return this.purgeWhere(
+      and(ne(media.serverName, this.opts.serverName), isNotNull(media.fetchedTs), lt(sql`coalesce(${media.lastAccessTs}, ${media.fetchedTs})`, beforeTs))!,
+    );
   }
 
   /** Deletes a local user's uploads (created media IDs included) with their thumbnails. */
@@ -560,6 +568,7 @@ export class MediaRepository {
       const row = await this.row(serverName, mediaId);
       if (row && options.legacy && row.authenticated) throw notFound();
       if (row?.sha256 && row.size !== null) {
+        this.recordAccess(serverName, mediaId);
         return { serverName, mediaId, contentType: row.contentType, uploadName: row.uploadName, size: row.size, sha256: row.sha256 };
       }
       if (serverName !== this.opts.serverName) {
@@ -571,6 +580,27 @@ export class MediaRepository {
       if (left <= 0) throw new MatrixError(504, "M_NOT_YET_UPLOADED", "The media has not been uploaded yet");
       await this.waitForUpload(`${serverName}/${mediaId}`, left);
     }
+  }
+
+  /**
+   * Records that the media was read now, without making the reader wait, at most every ten minutes
+   * (a tenth of the cache's max age when that is shorter) per media and process: the remote cache is swept by last access, not by fetch time.
+   */
+  private recordAccess(serverName: string, mediaId: string): void {
+    const key = `${serverName}/${mediaId}`;
+    const now = this.opts.now();
+    // Finer than the cache's max age, so the sweep never takes media read lately for media unread.
+    const interval = this.opts.remoteCacheMaxAgeMs > 0 ? Math.min(ACCESS_RECORD_INTERVAL_MS, this.opts.remoteCacheMaxAgeMs / 10) : ACCESS_RECORD_INTERVAL_MS;
+    if (now - (this.accessRecorded.get(key) ?? -Infinity) < interval) return;
+    if (this.accessRecorded.size >= MAX_ACCESS_RECORDED) this.accessRecorded.clear();
+    this.accessRecorded.set(key, now);
+    const write = this.opts.db
+      .update(media)
+      .set({ lastAccessTs: now })
+      .where(and(eq(media.serverName, serverName), eq(media.mediaId, mediaId)))
+      .catch((err: unknown) => this.opts.logger.warn({ err }, "media: the last access time could not be recorded"))
+      .finally(() => this.accessWrites.delete(write));
+    this.accessWrites.add(write);
   }
 
   /** Wakes on an upload in this process, and looks again at least every second (other processes). */

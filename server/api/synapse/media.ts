@@ -106,8 +106,8 @@ export const userMedia = route({
         media_length: m.size,
         upload_name: m.uploadName,
         created_ts: m.createdTs,
-        // Not kept here: Synapse's last access time and its protection from quarantine.
-        last_access_ts: null,
+        last_access_ts: m.lastAccessTs ?? null,
+        // Not kept here: Synapse's protection from quarantine.
         quarantined_by: quarantined.get(m.mediaId) ?? null,
         safe_from_quarantine: false,
       })),
