@@ -40,8 +40,8 @@ import {
   ed25519Sign,
   fromBase64,
   hkdfSha256,
-  hmacSha256,
   sha256,
+  sodium,
   toBase64,
   x25519,
 } from "./primitives.ts";
@@ -72,6 +72,15 @@ const EMPTY = new Uint8Array(0);
 function deriveInitialKeys(sharedSecret: Uint8Array): { rootKey: Uint8Array; chainKey: Uint8Array } {
   const derived = hkdfSha256(sharedSecret, EMPTY, ROOT_INFO, 64);
   return { rootKey: derived.slice(0, 32), chainKey: derived.slice(32, 64) };
+}
+
+/**
+ * HMAC-SHA-256 under a 32-byte key (every HMAC key in Olm is one: chain keys, MAC keys). libsodium's
+ * fixed-key-size HMAC is about 2.5 times as fast as node:crypto's createHmac for these tiny inputs,
+ * and the chain advances two HMACs per message.
+ */
+function hmacSha256(key32: Uint8Array, data: Uint8Array): Uint8Array {
+  return sodium().crypto_auth_hmacsha256(data, key32);
 }
 
 /** olm.md §"Advancing the root key": R_i || C_i,0 = HKDF(R_i-1, ECDH(T_i-1, T_i), "OLM_RATCHET", 64). */
