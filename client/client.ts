@@ -505,14 +505,16 @@ export class ParleyClient extends EventEmitter<ParleyClientEvents> {
   /**
    * Records a state event. Membership changes of an encrypted room go to crypto (a leave rotates the
    * outbound Megolm session). A member first seen in the `state` section is lazy loading, not a
-   * change; in the timeline it is one.
+   * change; in the timeline it is one; a profile change (join to join) is not.
    */
   private applyState(room: Room, event: StateEvent, inTimeline: boolean): void {
     const previous = room.setState(event);
     if (event.type !== "m.room.member" || !this.crypto?.onMembershipChange || !room.encrypted) return;
     const membership = event.content.membership;
     if (typeof membership !== "string") return;
-    const changed = previous ? previous.content.membership !== membership : inTimeline;
+    // The same event seen before came from `/members` (fetched to encrypt), which reports nothing
+    // to crypto: its first arrival through /sync is the change.
+    const changed = !previous || previous.event_id === event.event_id ? inTimeline : previous.content.membership !== membership;
     if (changed) this.crypto.onMembershipChange(room.roomId, event.state_key, membership);
   }
 }
