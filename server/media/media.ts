@@ -11,7 +11,7 @@ import type { Database } from "../../schema/db.ts";
 import { media, mediaQuarantine, mediaThumbnails } from "../../schema/tables.ts";
 import { MatrixError } from "../http/errors.ts";
 import { ContentTooLargeError, type MediaStore } from "./store.ts";
-import { canThumbnail, isPixelLimitError, makeThumbnail, type ThumbnailRequest } from "./thumbnails.ts";
+import { canThumbnail, isPixelLimitError, makeThumbnail, type Original, type ThumbnailRequest } from "./thumbnails.ts";
 
 /** What is known of one piece of media. */
 export interface MediaInfo {
@@ -653,7 +653,9 @@ export class MediaRepository {
     request: ThumbnailRequest,
   ): Promise<{ contentType: string; sha256: string } | "original"> {
     const { store } = this.opts;
-    const open = async () => {
+    const open = async (): Promise<Original> => {
+      const file = await store.localPath?.(info.sha256);
+      if (file) return file;
       const content = await store.get(info.sha256);
       if (!content) throw notFound();
       return content.stream;

@@ -36,6 +36,11 @@ export interface MediaStore {
    * true they are put back ("kept").
    */
   delete(sha256: string, options?: DeleteOptions): Promise<"deleted" | "absent" | "kept-young" | "kept">;
+  /**
+   * Where the bytes are on the local disk, when the store keeps them there (else undefined): image
+   * decoding reads only what it needs of a file instead of collecting a stream in memory.
+   */
+  localPath?(sha256: string): Promise<string | undefined>;
 }
 
 export interface DeleteOptions {
@@ -100,6 +105,17 @@ export class FileMediaStore implements MediaStore {
     if (!aside) return undefined;
     await aside.catch(() => {});
     return this.open(sha256);
+  }
+
+  async localPath(sha256: string): Promise<string | undefined> {
+    if (!SHA256_HEX.test(sha256)) return undefined;
+    const file = this.pathOf(sha256);
+    try {
+      await stat(file);
+      return file;
+    } catch {
+      return undefined;
+    }
   }
 
   private async open(sha256: string): Promise<{ stream: Readable; size: number } | undefined> {

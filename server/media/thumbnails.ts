@@ -2,7 +2,7 @@
 // pixels (no decompression bombs) and in time.
 // https://spec.matrix.org/latest/client-server-api/#thumbnails
 import type { Readable } from "node:stream";
-import sharp, { type Metadata, type Sharp } from "sharp";
+import sharp, { type Metadata, type Sharp, type SharpOptions } from "sharp";
 import { MatrixError } from "../http/errors.ts";
 
 export type ThumbnailMethod = "crop" | "scale";
@@ -37,11 +37,18 @@ export interface ThumbnailLimits {
 }
 
 /**
- * Plans and starts one thumbnail. `open` gives a fresh stream of the original each time it is
- * called (read once for its dimensions, once to resize).
+ * The original: a file path when the store keeps it on disk (libvips reads what it needs of the
+ * file: the header alone for the dimensions, nothing held in our memory), else a stream, which sharp
+ * collects whole before decoding.
+ */
+export type Original = string | Readable;
+
+/**
+ * Plans and starts one thumbnail. `open` gives the original afresh each time it is called (read
+ * once for its dimensions, once to resize).
  */
 export async function makeThumbnail(
-  open: () => Promise<Readable>,
+  open: () => Promise<Original>,
   contentType: string,
   request: ThumbnailRequest,
   limits: ThumbnailLimits,
@@ -50,9 +57,7 @@ export async function makeThumbnail(
   const animated = request.animated && ANIMATABLE.has(type);
   let meta: Metadata;
   try {
-    const probe = sharp({ limitInputPixels: false, failOn: "none" });
-    feed(await open(), probe);
-    meta = await probe.metadata();
+    meta = await input(await open(), { limitInputPixels: false, failOn: "none" }).metadata();
   } catch {
     throw new MatrixError(400, "M_UNKNOWN", "Cannot generate thumbnails for the requested content");
   }
@@ -67,7 +72,7 @@ export async function makeThumbnail(
   // animation was asked for).
   const multiPage = (meta.pages ?? 1) > 1;
   if (width <= request.width && height <= request.height && (!multiPage || animated)) return { kind: "original" };
-  const image = sharp({
+  const image = input(await open(), {
     limitInputPixels: limits.maxInputPixels * frames,
     animated,
     failOn: "none",
@@ -92,8 +97,14 @@ export async function makeThumbnail(
     image.png();
     outType = "image/png";
   }
-  feed(await open(), image);
   return { kind: "thumbnail", contentType: outType, output: image };
+}
+
+function input(original: Original, options: SharpOptions): Sharp {
+  if (typeof original === "string") return sharp(original, options);
+  const image = sharp(options);
+  feed(original, image);
+  return image;
 }
 
 /** Pipes the original into sharp; a read error fails the image instead of going unheard. */
