@@ -24,7 +24,7 @@
 // The passphrase gives a 32-byte master key through Argon2id; libsodium's KDF (BLAKE2b) splits it
 // into the encryption key and the key check, so the check reveals nothing about the encryption key.
 import { randomBytes as nodeRandomBytes } from "node:crypto";
-import { mkdir, open, readFile, rename, unlink } from "node:fs/promises";
+import { mkdir, open, readFile, readdir, rename, unlink } from "node:fs/promises";
 import path from "node:path";
 import { bytesEqual, concatBytes, cryptoReady, randomBytes, sha256, sodium } from "./primitives.ts";
 
@@ -285,6 +285,21 @@ async function writeAtomically(target: string, data: Uint8Array): Promise<void> 
   }
 }
 
+/**
+ * Temp files of writes that a crash interrupted (their rename never happened). Called with the lock
+ * held, so no live writer of this store is making one.
+ */
+async function removeLeftoverTempFiles(target: string): Promise<void> {
+  const base = path.basename(target);
+  const leftover = /^\d+\.[0-9a-f]{8}\.tmp$/;
+  const names = await readdir(path.dirname(target)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (name.startsWith(`${base}.`) && leftover.test(name.slice(base.length + 1))) {
+      await unlink(path.join(path.dirname(target), name)).catch(() => {});
+    }
+  }
+}
+
 // Open stores of this process, by resolved path: a second open of the same file in one process
 // would let two writers overwrite each other's changes.
 const openInProcess = new Set<string>();
@@ -352,6 +367,7 @@ export class FileCryptoStore extends MemoryCryptoStore {
     try {
       await acquireLock(lockPath, resolved);
       try {
+        await removeLeftoverTempFiles(resolved);
         return await FileCryptoStore.load(resolved, lockPath, passphrase, opts);
       } catch (err) {
         await unlink(lockPath).catch(() => {});

@@ -3,6 +3,7 @@
 // Argon2id with libsodium's "interactive" limits (about 0.5 s), so the tests share files where
 // they can.
 import { spawn } from "node:child_process";
+import { watch } from "node:fs";
 import { copyFile, mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -222,13 +223,20 @@ describe("FileCryptoStore", () => {
       child.stdout.on("data", (chunk: Buffer) => chunk.toString().includes("ready") && resolve());
       child.once("exit", (code) => reject(new Error(`store writer exited (${code}) before its first write`)));
     });
-    // Killed at some point among back-to-back writes of about 0.7 MB each.
-    await new Promise((resolve) => setTimeout(resolve, 150 + Math.random() * 150));
-    child.kill("SIGKILL");
+    // Killed the moment a write's temp file appears, that is in the middle of a write (of about
+    // 0.7 MB, fsynced), where writing the store in place would leave it cut short.
+    const watcher = watch(dir, (_event, name) => {
+      if (name?.startsWith("crash.store.") && name.endsWith(".tmp")) child.kill("SIGKILL");
+    });
+    const killedAnyway = setTimeout(() => child.kill("SIGKILL"), 5000);
     await exited;
+    watcher.close();
+    clearTimeout(killedAnyway);
 
-    // The dead writer's lock is taken over, and the file is one whole version.
+    // The dead writer's lock is taken over, the temp file of the write it was killed in (if any)
+    // removed, and the file is one whole version.
     const store = await open(file);
+    expect((await readdir(dir)).filter((name) => name.startsWith("crash.store.") && name.endsWith(".tmp"))).toEqual([]);
     const counter = await store.get("crash", "counter");
     expect(Number(counter)).toBeGreaterThanOrEqual(1);
     expect((await store.get("crash", "big"))?.startsWith(`${counter}:`)).toBe(true);
