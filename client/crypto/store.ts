@@ -65,7 +65,7 @@ export class CryptoStoreLockedError extends Error {
     readonly path: string,
     readonly pid: number,
   ) {
-    super(`the crypto store ${path} is open in process ${pid}`);
+    super(`the crypto store ${path} is open in process ${pid} (if no such process uses it, remove ${path}.lock)`);
   }
 }
 
@@ -399,17 +399,22 @@ export class FileCryptoStore extends MemoryCryptoStore {
     }
     const header = parseHeader(file, data);
     const keys = deriveKeys(passphrase, header.salt, header.opslimit, header.memlimitKiB);
-    if (!bytesEqual(keys.check, header.keyCheck)) throw new WrongPassphraseError(file);
-    const nonce = data.subarray(HEADER_BYTES, HEADER_BYTES + NONCE_BYTES);
-    const ciphertext = data.subarray(HEADER_BYTES + NONCE_BYTES);
-    let plaintext: Uint8Array;
     try {
-      plaintext = sodium().crypto_aead_xchacha20poly1305_ietf_decrypt(null, ciphertext, header.bytes, nonce, keys.encryption);
-    } catch {
-      // The passphrase is right (the key check matched), so the content or its header was changed.
-      throw new CryptoStoreCorruptError(file, "content does not authenticate");
+      if (!bytesEqual(keys.check, header.keyCheck)) throw new WrongPassphraseError(file);
+      const nonce = data.subarray(HEADER_BYTES, HEADER_BYTES + NONCE_BYTES);
+      const ciphertext = data.subarray(HEADER_BYTES + NONCE_BYTES);
+      let plaintext: Uint8Array;
+      try {
+        plaintext = sodium().crypto_aead_xchacha20poly1305_ietf_decrypt(null, ciphertext, header.bytes, nonce, keys.encryption);
+      } catch {
+        // The passphrase is right (the key check matched), so the content or its header was changed.
+        throw new CryptoStoreCorruptError(file, "content does not authenticate");
+      }
+      return new FileCryptoStore(file, lockPath, header, keys, deserialize(file, plaintext), writeDelayMs);
+    } catch (err) {
+      sodium().memzero(keys.encryption);
+      throw err;
     }
-    return new FileCryptoStore(file, lockPath, header, keys, deserialize(file, plaintext), writeDelayMs);
   }
 
   /** Re-encrypts the store under a new passphrase (new salt, the KDF strength given or the current one). */
