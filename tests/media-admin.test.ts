@@ -1,7 +1,7 @@
 // Media retention: the remote-media cache sweep by age (bytes still referenced are kept), and
 // `parley admin media usage|purge-user|purge-room|purge-remote`, run in-process against a test
 // server's database. Deleted media answers 404.
-import { readdir, utimes, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, utimes, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
 import sharp from "sharp";
@@ -253,5 +253,37 @@ describe("identical uploads at the same moment", () => {
       // Dave's quota is his own: make room for the next round.
       expect((await hs.services.media.purgeUser(dave.userId)).media).toBe(1);
     }
+  });
+});
+
+describe("the orphan sweep", () => {
+  let hs: TestServer;
+  afterAll(() => hs.destroy());
+
+  it("deletes the files a crash left behind: content no row references and stale temporary files", async () => {
+    hs = await startTestServer();
+    const carol = await registerUser(hs.url, "carol");
+    const kept = await upload(hs.url, carol.accessToken, "referenced bytes", "text/plain");
+    const { createHash } = await import("node:crypto");
+    const orphan = Buffer.from("stored, then the server crashed before the row");
+    const sha = createHash("sha256").update(orphan).digest("hex");
+    const orphanFile = path.join(hs.dataDir, "media", "content", sha.slice(0, 2), sha.slice(2, 4), sha);
+    await mkdir(path.dirname(orphanFile), { recursive: true });
+    await writeFile(orphanFile, orphan);
+    const staleTemp = path.join(hs.dataDir, "media", "tmp", "crashed-mid-write");
+    await writeFile(staleTemp, "half an upload");
+    const freshTemp = path.join(hs.dataDir, "media", "tmp", "being-written");
+    await writeFile(freshTemp, "an upload in progress");
+
+    // Everything young: nothing goes.
+    expect(await hs.services.media.sweepOrphans()).toEqual({ files: 0, temporary: 0 });
+    const past = new Date(Date.now() - 2 * 24 * 60 * 60 * 1000);
+    for (const file of [...(await contentFiles(hs.dataDir)), staleTemp]) await utimes(file, past, past);
+    expect(await hs.services.media.sweepOrphans()).toEqual({ files: 1, temporary: 1 });
+    expect(await contentFiles(hs.dataDir)).not.toContain(orphanFile);
+    await expect(readFile(freshTemp, "utf8")).resolves.toBe("an upload in progress");
+    const got = await download(hs.url, carol.accessToken, kept);
+    expect(got.status).toBe(200);
+    expect(got.bytes.toString()).toBe("referenced bytes");
   });
 });

@@ -101,6 +101,11 @@ const CONTENT_GRACE_MS = 60_000;
 const SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 const PURGE_BATCH = 500;
 const MAX_DEFERRED_FILES = 100_000;
+/** Orphaned content: looked for daily, deleted when written over an hour ago and unreferenced. */
+const ORPHAN_SWEEP_INTERVAL_MS = 24 * 60 * 60 * 1000;
+const ORPHAN_MIN_AGE_MS = 60 * 60 * 1000;
+/** A temporary file is an upload being written: one a day old is a crash's leftover. */
+const TEMPORARY_MIN_AGE_MS = 24 * 60 * 60 * 1000;
 const ACCESS_RECORD_INTERVAL_MS = 10 * 60 * 1000;
 const MAX_ACCESS_RECORDED = 100_000;
 
@@ -126,6 +131,7 @@ export class MediaRepository {
   /** Uploads between storing their bytes and writing their row, by SHA-256 (see storeUpload). */
   private readonly pins = new Map<string, number>();
   private sweeping: Promise<unknown> | undefined;
+  private lastOrphanSweep = -Infinity;
   /** When this process last recorded an access to each media (`server/id`), to write it at most every ten minutes. */
   private readonly accessRecorded = new Map<string, number>();
   private readonly accessWrites = new Set<Promise<unknown>>();
@@ -167,7 +173,44 @@ export class MediaRepository {
       if (outcome === "deleted") result.files++;
     }
     if (this.opts.remoteCacheMaxAgeMs > 0) addPurge(result, await this.purgeRemote(this.opts.now() - this.opts.remoteCacheMaxAgeMs));
+    if (Date.now() - this.lastOrphanSweep >= ORPHAN_SWEEP_INTERVAL_MS) {
+      this.lastOrphanSweep = Date.now();
+      const orphans = await this.sweepOrphans();
+      result.files += orphans.files;
+      if (orphans.files > 0 || orphans.temporary > 0) this.opts.logger.info(orphans, "media: files no media referenced were deleted");
+    }
     return result;
+  }
+
+  /**
+   * Deletes content files that no media or thumbnail row references and that were written more than
+   * an hour ago (a crash between storing an upload's bytes and writing its row leaves them), and
+   * temporary files a crash left mid-write. Runs with the first sweep after a start, then daily.
+   */
+  async sweepOrphans(minAgeMs = ORPHAN_MIN_AGE_MS): Promise<{ files: number; temporary: number }> {
+    const { store, db } = this.opts;
+    let files = 0;
+    const check = async (batch: string[]) => {
+      const referenced = new Set<string>();
+      for (const r of await db.selectDistinct({ sha256: media.sha256 }).from(media).where(inArray(media.sha256, batch))) if (r.sha256) referenced.add(r.sha256);
+      for (const r of await db.selectDistinct({ sha256: mediaThumbnails.sha256 }).from(mediaThumbnails).where(inArray(mediaThumbnails.sha256, batch))) referenced.add(r.sha256);
+      for (const sha256 of batch) {
+        // Released the usual way: checked again, moved aside, asked once more.
+        if (!referenced.has(sha256) && (await this.releaseContent(sha256)) === "deleted") files++;
+      }
+    };
+    let batch: string[] = [];
+    for await (const content of store.list()) {
+      if (Date.now() - content.writtenMs < minAgeMs) continue;
+      batch.push(content.sha256);
+      if (batch.length >= PURGE_BATCH) {
+        await check(batch);
+        batch = [];
+      }
+    }
+    if (batch.length > 0) await check(batch);
+    const temporary = await store.removeStaleTemporary(Math.max(minAgeMs, TEMPORARY_MIN_AGE_MS));
+    return { files, temporary };
   }
 
   /** Deletes cached remote media not read since `beforeTs` (or never read and fetched before it), with its thumbnails. */

@@ -6,7 +6,7 @@
 // it into place at the end; nothing holds a whole file in memory.
 import { createHash, randomUUID } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -41,6 +41,10 @@ export interface MediaStore {
    * decoding reads only what it needs of a file instead of collecting a stream in memory.
    */
   localPath?(sha256: string): Promise<string | undefined>;
+  /** Every stored content with when it was written: the orphan sweep's walk. */
+  list(): AsyncIterable<{ sha256: string; writtenMs: number }>;
+  /** Removes temporary files older than `olderThanMs` (left by a crash mid-write); how many. */
+  removeStaleTemporary(olderThanMs: number): Promise<number>;
 }
 
 export interface DeleteOptions {
@@ -118,6 +122,37 @@ export class FileMediaStore implements MediaStore {
     }
   }
 
+  async *list(): AsyncIterable<{ sha256: string; writtenMs: number }> {
+    for (const first of await entries(this.contentDir)) {
+      for (const second of await entries(path.join(this.contentDir, first))) {
+        const dir = path.join(this.contentDir, first, second);
+        for (const name of await entries(dir)) {
+          if (!SHA256_HEX.test(name)) continue;
+          try {
+            yield { sha256: name, writtenMs: (await stat(path.join(dir, name))).mtimeMs };
+          } catch {
+            // Deleted meanwhile.
+          }
+        }
+      }
+    }
+  }
+
+  async removeStaleTemporary(olderThanMs: number): Promise<number> {
+    let removed = 0;
+    for (const name of await entries(this.tmpDir)) {
+      const file = path.join(this.tmpDir, name);
+      try {
+        if (Date.now() - (await stat(file)).mtimeMs < olderThanMs) continue;
+        await rm(file, { force: true });
+        removed++;
+      } catch {
+        // Renamed into place or removed meanwhile.
+      }
+    }
+    return removed;
+  }
+
   private async open(sha256: string): Promise<{ stream: Readable; size: number } | undefined> {
     const file = this.pathOf(sha256);
     try {
@@ -183,5 +218,14 @@ export class FileMediaStore implements MediaStore {
 
   private pathOf(sha256: string): string {
     return path.join(this.contentDir, sha256.slice(0, 2), sha256.slice(2, 4), sha256);
+  }
+}
+
+async function entries(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT" || (err as NodeJS.ErrnoException).code === "ENOTDIR") return [];
+    throw err;
   }
 }
