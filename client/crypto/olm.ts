@@ -68,6 +68,19 @@ const EMPTY = new Uint8Array(0);
 // ---------------------------------------------------------------------------------------------
 // Key derivation (olm.md §"The Olm Algorithm")
 
+/**
+ * X25519 that refuses a low-order ("weak") public key, whose shared secret is all zeros whatever our
+ * private key: libsodium throws a plain Error for it, which becomes an OlmError here. libolm accepts
+ * such keys silently; vodozemac refuses them (non-contributory keys), as we do.
+ */
+function ecdh(ourPrivateKey: Uint8Array, theirPublicKey: Uint8Array, code: "BAD_MESSAGE_KEY_ID" | "BAD_MESSAGE_FORMAT"): Uint8Array {
+  try {
+    return x25519(ourPrivateKey, theirPublicKey);
+  } catch {
+    throw new OlmError(code, "a Curve25519 key of the other side is a low-order point");
+  }
+}
+
 /** olm.md §"Initial setup": R_0 || C_0,0 = HKDF(salt 0, S, "OLM_ROOT", 64). */
 function deriveInitialKeys(sharedSecret: Uint8Array): { rootKey: Uint8Array; chainKey: Uint8Array } {
   const derived = hkdfSha256(sharedSecret, EMPTY, ROOT_INFO, 64);
@@ -85,7 +98,7 @@ function hmacSha256(key32: Uint8Array, data: Uint8Array): Uint8Array {
 
 /** olm.md §"Advancing the root key": R_i || C_i,0 = HKDF(R_i-1, ECDH(T_i-1, T_i), "OLM_RATCHET", 64). */
 function advanceRootKey(rootKey: Uint8Array, ourRatchetPrivate: Uint8Array, theirRatchetKey: Uint8Array): { rootKey: Uint8Array; chainKey: Uint8Array } {
-  const derived = hkdfSha256(x25519(ourRatchetPrivate, theirRatchetKey), rootKey, RATCHET_INFO, 64);
+  const derived = hkdfSha256(ecdh(ourRatchetPrivate, theirRatchetKey, "BAD_MESSAGE_FORMAT"), rootKey, RATCHET_INFO, 64);
   return { rootKey: derived.slice(0, 32), chainKey: derived.slice(32, 64) };
 }
 
@@ -325,9 +338,9 @@ class Session implements OlmSession {
     const baseKey = curve25519Generate();
     const ratchetKey = curve25519Generate();
     const secret = concatBytes(
-      x25519(ourIdentity.privateKey, theirOneTimeKey),
-      x25519(baseKey.privateKey, theirIdentityKey),
-      x25519(baseKey.privateKey, theirOneTimeKey),
+      ecdh(ourIdentity.privateKey, theirOneTimeKey, "BAD_MESSAGE_KEY_ID"),
+      ecdh(baseKey.privateKey, theirIdentityKey, "BAD_MESSAGE_KEY_ID"),
+      ecdh(baseKey.privateKey, theirOneTimeKey, "BAD_MESSAGE_KEY_ID"),
     );
     const { rootKey, chainKey } = deriveInitialKeys(secret);
     return new Session({
@@ -344,10 +357,13 @@ class Session implements OlmSession {
   /** Bob's side, from Alice's pre-key message: the same three ECDHs with the roles swapped. */
   static inbound(ourIdentity: Curve25519KeyPair, ourOneTimeKey: Curve25519KeyPair, preKey: PreKeyMessage, theirRatchetKey: Uint8Array): Session {
     const secret = concatBytes(
-      x25519(ourOneTimeKey.privateKey, preKey.identityKey),
-      x25519(ourIdentity.privateKey, preKey.baseKey),
-      x25519(ourOneTimeKey.privateKey, preKey.baseKey),
+      ecdh(ourOneTimeKey.privateKey, preKey.identityKey, "BAD_MESSAGE_KEY_ID"),
+      ecdh(ourIdentity.privateKey, preKey.baseKey, "BAD_MESSAGE_KEY_ID"),
+      ecdh(ourOneTimeKey.privateKey, preKey.baseKey, "BAD_MESSAGE_KEY_ID"),
     );
+    // Their first ratchet key is only used in an exchange when we first reply: refuse a weak one
+    // now, while refusing is still a failed session setup rather than a session that cannot send.
+    ecdh(ourIdentity.privateKey, theirRatchetKey, "BAD_MESSAGE_FORMAT");
     const { rootKey, chainKey } = deriveInitialKeys(secret);
     return new Session({
       aliceIdentityKey: preKey.identityKey.slice(),

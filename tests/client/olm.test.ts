@@ -291,6 +291,35 @@ describe("Olm sessions with libolm", () => {
     expect(codeOf(() => ours.decrypt({ type: 1, body: toBase64(new Uint8Array([2, 1, 2, 3, 4, 5, 6, 7, 8, 9])) }))).toBe("BAD_MESSAGE_FORMAT");
   });
 
+  it("refuses low-order Curve25519 keys (all-zero shared secrets) with an OlmError, changing nothing", () => {
+    const zero = toBase64(new Uint8Array(32));
+    const account = newAccount();
+    expect(codeOf(() => account.createOutboundSession(zero, ourOneTimeKey(newAccount())))).toBe("BAD_MESSAGE_KEY_ID");
+
+    // A reply on a "new chain" whose ratchet key is the zero point.
+    const { ours, theirs } = oursToLibolm();
+    const reply = fromBase64(theirs.encrypt("reply").body);
+    reply.fill(0, 3, 35); // [version, tag, length, ratchet key...]
+    const before = ours.serialize();
+    expect(codeOf(() => ours.decrypt({ type: 1, body: toBase64(reply) }))).toBe("BAD_MESSAGE_FORMAT");
+    expect(ours.serialize()).toBe(before);
+
+    // A pre-key message whose first ratchet key is the zero point does not set up a session or burn the key.
+    const bob = newAccount();
+    const otk = ourOneTimeKey(bob);
+    const sender = libAccount();
+    const session = new olm.Session();
+    session.create_outbound(sender, bob.identityKeys().curve25519, otk);
+    const preKey = fromBase64(session.encrypt("hi").body);
+    let inner = 104; // after the three 34-byte key fields and the message tag: the message's length varint
+    while (preKey[inner]! & 0x80) inner++;
+    inner++;
+    const forged = preKey.slice();
+    forged.fill(0, inner + 3, inner + 35);
+    expect(codeOf(() => bob.createInboundSession(libIdentity(sender), toBase64(forged)))).toBe("BAD_MESSAGE_FORMAT");
+    expect(bob.createInboundSession(libIdentity(sender), toBase64(preKey)).plaintext).toBe("hi");
+  });
+
   it("serialized mid-conversation, both kinds of session carry on after loading", () => {
     const a = oursToLibolm();
     pingPong(a.ours, libEnd(a.theirs), 5);
