@@ -11,13 +11,15 @@
 //   key, Bob's one-time key: libolm session.cpp `session_id`; Bob's identity key is NOT hashed);
 // - one-time key IDs: unpadded base64 of a 32-bit big-endian counter starting at 1 ("AAAAAQ"),
 //   shared with fallback keys;
-// - at most 100 one-time keys (libolm's MAX_ONE_TIME_KEYS; vodozemac publishes at most 50 and
-//   keeps more): generating past it forgets the oldest;
+// - at most 100 one-time keys (libolm's MAX_ONE_TIME_KEYS): generating past it forgets the oldest,
+//   published or not. vodozemac answers 50 as its maximum but keeps up to 5,000 private keys, so a
+//   key claimed long ago still works when its pre-key message finally arrives; with libolm's bound
+//   the E2EE layer must not generate keys beyond what it publishes;
 // - one current and one previous fallback key, never removed by use;
 // - at most 5 receiver chains (newest first), a skip of at most 2000 messages in one chain
 //   (libolm's and vodozemac's MAX_MESSAGE_GAP), and at most 40 skipped message keys kept per
-//   receiver chain (vodozemac's bound: libolm keeps 40 over all chains together, which loses the
-//   keys of a chain delayed across one ratchet turn; per chain is at most 200 keys in all).
+//   receiver chain (vodozemac's bound; libolm keeps 40 over all chains together, so skips in a new
+//   chain push out the keys still awaited in an older one; per chain is at most 200 keys in all).
 //
 // Every decryption computes its result on copies and commits to the session only once the MAC
 // has verified, so a message that does not decrypt leaves the session exactly as it was.
