@@ -449,10 +449,17 @@ export class FileCryptoStore extends MemoryCryptoStore {
     await this.writePending();
   }
 
+  /** Writes what is pending and closes; if that write fails, the store stays open and this throws. */
   override async close(): Promise<void> {
     if (this.closed) return;
-    await this.writePending();
+    // Closed first: a put racing the last write would otherwise schedule a write after the key is wiped.
     this.closed = true;
+    try {
+      await this.writePending();
+    } catch (err) {
+      this.closed = false;
+      throw err;
+    }
     sodium().memzero(this.keys.encryption);
     await unlink(this.lockPath).catch(() => {});
     openInProcess.delete(this.path);

@@ -89,7 +89,10 @@ describe("FileCryptoStore", () => {
     }
     await Promise.all(flushes);
     await store.put("late", "written by close", "yes");
-    await store.close();
+    const closing = store.close();
+    // A change racing the close is refused, not written after the key is wiped.
+    await expectRejects(store.put("late", "racing the close", "no"), CryptoStoreClosedError);
+    await closing;
 
     expect((await stat(storeFile)).mode & 0o777).toBe(0o600);
     expect((await stat(path.dirname(storeFile))).mode & 0o777).toBe(0o700);
