@@ -224,7 +224,31 @@ export class ParleyClient extends EventEmitter<ParleyClientEvents> {
     };
     if (opts.encrypted) body.initial_state = [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }];
     const answer = await this.http.request<{ room_id: string }>("POST", "/_matrix/client/v3/createRoom", { body });
+    if (opts.isDirect && opts.invite?.length) await this.markDirect(answer.room_id, opts.invite);
     return answer.room_id;
+  }
+
+  /**
+   * Records a direct chat in the m.direct account data (user ID → room IDs), which is what makes
+   * other clients (Element) list it as a DM: `is_direct` only marks the invite.
+   * https://spec.matrix.org/v1.16/client-server-api/#direct-messaging
+   */
+  private async markDirect(roomId: string, userIds: string[]): Promise<void> {
+    const path = `/_matrix/client/v3/user/${encodePath(this.userId)}/account_data/m.direct`;
+    let direct: Record<string, unknown>;
+    try {
+      // Read from the server, not the synced copy: another device may have changed it since.
+      direct = await this.http.request<Record<string, unknown>>("GET", path);
+    } catch (err) {
+      if (!(err instanceof MatrixApiError && err.status === 404)) throw err;
+      direct = {};
+    }
+    for (const userId of userIds) {
+      const rooms = Array.isArray(direct[userId]) ? (direct[userId] as unknown[]).filter((r) => typeof r === "string") : [];
+      if (!rooms.includes(roomId)) direct[userId] = [...rooms, roomId];
+    }
+    await this.http.request("PUT", path, { body: direct });
+    this.accountData.set("m.direct", direct);
   }
 
   /** Joins by room ID or alias (`via`: servers to join through); the room ID. */

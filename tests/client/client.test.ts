@@ -178,6 +178,33 @@ describe("rooms and messages", () => {
     expect(bob.room(roomId)!.timeline.filter((e) => e.type === "m.room.message").map((e) => e.content.body)).toEqual(["one", "two", "three"]);
   });
 
+  it("sends once when the answer to a send is lost and the client retries it", async () => {
+    const { alice, roomId } = await pair();
+    let lost = 0;
+    const losing: typeof fetch = async (input, init) => {
+      const answer = await fetch(input, init);
+      // The server took the event; its answer never reaches the client.
+      if (String(input).includes("/send/m.room.message/") && lost++ === 0) throw new TypeError("fetch failed");
+      return answer;
+    };
+    const sender = new ParleyClient({ baseUrl: hs.url, accessToken: alice.http.accessToken!, userId: alice.userId, deviceId: alice.deviceId, fetch: losing });
+    const eventId = await sender.sendText(roomId, "only once");
+    expect(lost).toBe(2);
+    const page = await alice.messages(roomId, { limit: 10 });
+    const copies = page.events.filter((e) => e.content.body === "only once");
+    // The retry used the same transaction ID: the server answered with the first event, not a second one.
+    expect(copies.map((e) => e.event_id)).toEqual([eventId]);
+  });
+
+  it("records a direct chat in m.direct", async () => {
+    const { alice, bob } = await sharedClients();
+    const roomId = await alice.createRoom({ invite: [bob.userId], isDirect: true });
+    const direct = await alice.http.request("GET", `/_matrix/client/v3/user/${encodeURIComponent(alice.userId)}/account_data/m.direct`);
+    expect(direct[bob.userId]).toContain(roomId);
+    const invite = await until(bob, () => bob.room(roomId)?.getState("m.room.member", bob.userId), "the invite");
+    expect(invite.content.is_direct).toBe(true);
+  });
+
   it("ends the timeline iterator when the client stops", async () => {
     const client = sameDevice((await sharedClients()).alice);
     await client.start();
