@@ -34,7 +34,10 @@ async function loadE2EE(): Promise<E2EEModule | undefined> {
  * Opens the crypto store (asking for its passphrase; a new one is asked twice) and the E2EE machine.
  * Undefined when this build has no E2EE machine.
  */
-export async function openCrypto(dataDir: string, session: StoredSession, io: TerminalIO, http: MatrixHttp): Promise<ChatCrypto | undefined> {
+export async function openCrypto(dataDir: string, session: StoredSession, io: TerminalIO,
+  http: MatrixHttp,
+  kdf: "interactive" | "moderate" = "moderate",
+): Promise<ChatCrypto | undefined> {
   let e2ee: E2EEModule | undefined;
   try {
     e2ee = await loadE2EE();
@@ -61,7 +64,7 @@ export async function openCrypto(dataDir: string, session: StoredSession, io: Te
     }
     io.output.write("Opening the encryption store…\r\n");
     try {
-      store = await FileCryptoStore.open(file, passphrase);
+      store = await FileCryptoStore.open(file, passphrase, { kdf });
     } catch (err) {
       if (!(err instanceof WrongPassphraseError)) throw err;
       io.output.write("Wrong passphrase.\r\n");
