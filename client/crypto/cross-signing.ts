@@ -148,6 +148,29 @@ export function signMasterKeyWithDevice(masterKey: CrossSigningKeyObject, device
   return { [masterKey.user_id]: { [publicKey]: signedFresh(masterKey, masterKey.user_id, `ed25519:${deviceId}`, deviceSign) } };
 }
 
+/**
+ * What to sign after a verification (e.g. SAS) succeeded: the other user's master key with our
+ * user-signing key when it was among the verified keys, or our own other device with our
+ * self-signing key. Only keys still equal to those verified (and present in `query`) are signed;
+ * the result may be empty (nothing we hold can sign what was verified).
+ */
+export function signaturesAfterVerification(
+  identity: CrossSigningIdentity,
+  peer: { userId: string; deviceId: string; ed25519: string; masterKey?: string },
+  verifiedKeyIds: readonly string[],
+  query: KeysQueryResponse,
+): SignaturesUploadBody {
+  if (peer.userId === identity.userId) {
+    const device = own(query.device_keys, peer.userId, peer.deviceId);
+    const key = own(device, "keys", `ed25519:${peer.deviceId}`);
+    if (!identity.selfSigning || !verifiedKeyIds.includes(`ed25519:${peer.deviceId}`) || key !== peer.ed25519) return {};
+    return identity.signOwnDevice(device as Record<string, unknown>);
+  }
+  const master = crossSigningKey(query.master_keys, peer.userId, "master");
+  if (!identity.userSigning || !master || !peer.masterKey || master.publicKey !== peer.masterKey || !verifiedKeyIds.includes(`ed25519:${peer.masterKey}`)) return {};
+  return identity.signUser(master.object as CrossSigningKeyObject);
+}
+
 /** The object with only our new signature: the server keeps the others, and `unsigned` is not part of the key. */
 function signedFresh(obj: Record<string, unknown>, userId: string, keyId: string, sign: Signer): Record<string, unknown> {
   const { signatures: _s, unsigned: _u, ...rest } = obj;

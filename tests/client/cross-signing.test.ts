@@ -12,11 +12,13 @@ import {
   deviceTrust,
   masterKeyOf,
   signMasterKeyWithDevice,
+  signaturesAfterVerification,
   uploadCrossSigningKeys,
   uploadSignatures,
   userTrust,
 } from "../../client/crypto/cross-signing.ts";
 import { cryptoReady, ed25519Generate, ed25519Sign, randomBytes, toBase64 } from "../../client/crypto/primitives.ts";
+import { SasVerification } from "../../client/crypto/sas.ts";
 import { signJson, verifyJsonSignature } from "../../client/crypto/signed-json.ts";
 import { MatrixApiError, MatrixHttp } from "../../client/http.ts";
 import { registerUser } from "../accounts-helpers.ts";
@@ -183,8 +185,14 @@ describe("cross-signing with a Parley server", () => {
       via: "verified",
     });
 
-    // Bob signs Alice's master key with his user-signing key; his queries now carry the signature.
-    await uploadSignatures(bob.acc.http, bob.id.signUser(q.master_keys![alice.acc.userId] as never));
+    // Bob signs Alice's master key with his user-signing key after SAS verified it; his queries now carry the signature.
+    const aliceDevice = (alice.acc.deviceKeys.keys as Record<string, string>)[`ed25519:${alice.acc.deviceId}`]!;
+    const peer = { userId: alice.acc.userId, deviceId: alice.acc.deviceId, ed25519: aliceDevice, masterKey: aliceMaster };
+    const verified = [`ed25519:${alice.acc.deviceId}`, `ed25519:${aliceMaster}`];
+    // Nothing to sign when the master key was not among the verified keys, or is not the one in the query.
+    expect(signaturesAfterVerification(bob.id, peer, verified.slice(0, 1), q)).toEqual({});
+    expect(signaturesAfterVerification(bob.id, { ...peer, masterKey: CrossSigningKey.generate().publicKey }, verified, q)).toEqual({});
+    await uploadSignatures(bob.acc.http, signaturesAfterVerification(bob.id, peer, verified, q));
     q = await query(bob.acc, alice.acc.userId, bob.acc.userId);
     expect(deviceTrust(q, alice.acc.userId, alice.acc.deviceId, bobCtx)).toEqual({ trusted: true, masterKey: aliceMaster, via: "user_signing" });
     expect(userTrust(q, alice.acc.userId, bobCtx)).toMatchObject({ trusted: true, via: "user_signing" });
@@ -195,6 +203,61 @@ describe("cross-signing with a Parley server", () => {
     const carol = await crossSigned("carol");
     const cq = await query(carol.acc, alice.acc.userId);
     expect(Object.keys((cq.master_keys![alice.acc.userId] as { signatures?: object }).signatures ?? {})).not.toContain(bob.acc.userId);
+  });
+
+  it("SAS between two users with keys from /keys/query, then the user-signing signature: each trusts the other's device", async () => {
+    const alice = await crossSigned("alice");
+    const bob = await crossSigned("bob");
+    const users = [alice, bob];
+    const queries = await Promise.all(users.map(({ acc }) => query(acc, alice.acc.userId, bob.acc.userId)));
+    const peerOf = (q: KeysQueryResponse, acc: Account) => ({
+      userId: acc.userId,
+      deviceId: acc.deviceId,
+      ed25519: (q.device_keys![acc.userId]![acc.deviceId]!.keys as Record<string, string>)[`ed25519:${acc.deviceId}`]!,
+      masterKey: masterKeyOf(q, acc.userId)!,
+    });
+    const wire: Array<{ to: 0 | 1; type: string; content: Record<string, unknown> }> = [];
+    const sas: SasVerification[] = [];
+    for (const i of [0, 1] as const) {
+      const me = users[i]!;
+      const other = users[1 - i]!;
+      sas.push(
+        new SasVerification({
+          userId: me.acc.userId,
+          deviceId: me.acc.deviceId,
+          ed25519: (me.acc.deviceKeys.keys as Record<string, string>)[`ed25519:${me.acc.deviceId}`]!,
+          masterKey: me.id.master!.publicKey,
+          other: peerOf(queries[i]!, other.acc),
+          ...(i === 1 ? { transactionId: sas[0]!.transactionId } : {}),
+          send: (type, content) => void wire.push({ to: (1 - i) as 0 | 1, type, content }),
+        }),
+      );
+    }
+    const pump = async () => {
+      for (let m = wire.shift(); m; m = wire.shift()) await sas[m.to]!.handle(m.type, m.content);
+    };
+    await sas[0]!.request();
+    await pump();
+    await sas[1]!.ready();
+    await pump();
+    await sas[1]!.start();
+    await pump();
+    expect(sas[0]!.emojis()).toEqual(sas[1]!.emojis());
+    await Promise.all(sas.map((v) => v.confirm()));
+    await pump();
+    const verified = await Promise.all(sas.map((v) => v.done));
+
+    for (const i of [0, 1] as const) {
+      const me = users[i]!;
+      const other = users[1 - i]!;
+      expect(verified[i]).toContain(`ed25519:${other.id.master!.publicKey}`);
+      await uploadSignatures(me.acc.http, signaturesAfterVerification(me.id, peerOf(queries[i]!, other.acc), verified[i]!, queries[i]!));
+      const q = await query(me.acc, other.acc.userId, me.acc.userId);
+      expect(deviceTrust(q, other.acc.userId, other.acc.deviceId, { userId: me.acc.userId, ownMasterKey: me.id.master!.publicKey })).toMatchObject({
+        trusted: true,
+        via: "user_signing",
+      });
+    }
   });
 
   it("leaves a device untrusted when a signature on the way is forged, missing or misplaced", async () => {
@@ -263,7 +326,10 @@ describe("cross-signing with a Parley server", () => {
     await second.request("POST", "/_matrix/client/v3/keys/upload", { body: { device_keys: secondKeys } });
     const ctx = { userId: alice.acc.userId, ownMasterKey: alice.id.master!.publicKey };
     expect(deviceTrust(await query(alice.acc, alice.acc.userId), alice.acc.userId, login.device_id, ctx)).toEqual({ trusted: false, reason: "device_not_signed" });
-    await uploadSignatures(alice.acc.http, alice.id.signOwnDevice(secondKeys));
+    const secondPeer = { userId: alice.acc.userId, deviceId: login.device_id, ed25519: toBase64(key.publicKey) };
+    const q = await query(alice.acc, alice.acc.userId);
+    expect(signaturesAfterVerification(alice.id, { ...secondPeer, ed25519: toBase64(ed25519Generate().publicKey) }, [`ed25519:${login.device_id}`], q)).toEqual({});
+    await uploadSignatures(alice.acc.http, signaturesAfterVerification(alice.id, secondPeer, [`ed25519:${login.device_id}`], q));
     expect(deviceTrust(await query(alice.acc, alice.acc.userId), alice.acc.userId, login.device_id, ctx)).toMatchObject({ trusted: true, via: "own" });
   });
 });
