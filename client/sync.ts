@@ -35,7 +35,7 @@ export interface SyncLoopOptions {
   /** Events per room in the timeline sections (default 20, as Element). */
   timelineLimit?: number;
   backoff?: BackoffOptions;
-  /** Processes one response; the loop waits for it. A throw here ends the loop as fatal. */
+  /** Processes one response; the loop waits for it. A throw here is retried when isTransient, else ends the loop. */
   onResponse(response: any, initial: boolean): Promise<void>;
   onState(state: SyncState, data?: SyncStateData): void;
 }
@@ -123,14 +123,11 @@ export class SyncLoop {
           timeoutMs: timeout + 30_000,
         });
         if (signal.aborted) break;
-        try {
-          await onResponse(response, this.since === undefined);
-        } catch (err) {
-          // A bug in processing, not the network: retrying the same response would fail again.
-          ended = err instanceof Error ? err : new Error(String(err));
-          onState("ERROR", { error: ended, fatal: true });
-          break;
-        }
+        // A processing failure falls into the catch below like a failed request: a transient one
+        // (crypto's own requests hit a dropped connection) is retried with the same `since`, so
+        // nothing is lost (to-device messages stay on the server until a later since acknowledges
+        // them); any other is a bug that the same response would hit again, and ends the loop.
+        await onResponse(response, this.since === undefined);
         this.since = response.next_batch;
         failures = 0;
         onState(first ? "PREPARED" : "SYNCING");

@@ -5,7 +5,7 @@
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ParleyClient, type ClientCryptoHooks, type ParleyClientEvents } from "../../client/client.ts";
-import { MatrixApiError, MatrixHttp } from "../../client/http.ts";
+import { MatrixApiError, MatrixConnectionError, MatrixHttp } from "../../client/http.ts";
 import type { TimelineEvent } from "../../client/room.ts";
 import type { SyncState } from "../../client/sync.ts";
 import { freePort } from "../free-port.ts";
@@ -13,14 +13,15 @@ import { startTestServer, type TestServer } from "../harness.ts";
 
 let hs: TestServer;
 let tokenServer: TestServer;
-const cleanups: Array<() => void> = [];
+/** Run after each test: listeners off, per-test clients stopped (the shared ones go on). */
+const cleanups: Array<() => unknown> = [];
 const clients: ParleyClient[] = [];
 beforeAll(async () => {
   // The registration-token server starts alongside: each start is seconds on a loaded machine.
   [hs, tokenServer] = await Promise.all([startTestServer(), startTestServer({ config: { registration: "token", registration_tokens: ["let-me-in"] } })]);
 });
-afterEach(() => {
-  for (const off of cleanups.splice(0)) off();
+afterEach(async () => {
+  await Promise.all(cleanups.splice(0).map((cleanup) => cleanup()));
 });
 afterAll(async () => {
   await Promise.all(clients.map((c) => c.stop()));
@@ -79,6 +80,8 @@ function sameDevice(client: ParleyClient, extra: { crypto?: ClientCryptoHooks; p
     sync: { ...fastSync, ...(extra.pollTimeoutMs ? { pollTimeoutMs: extra.pollTimeoutMs } : {}) },
   });
   clients.push(copy);
+  // Stopped after the test: a copy syncing on would take the shared client's to-device messages.
+  cleanups.push(() => copy.stop());
   return copy;
 }
 
@@ -342,6 +345,33 @@ describe("crypto hooks", () => {
 
     const history = await bob.messages(roomId, { limit: 5 });
     expect(history.events.find((e) => e.event_id === eventId)).toMatchObject({ content: { body: "secret" }, encrypted: { decrypted: true } });
+  });
+
+  it("hands a sync to crypto again when crypto's own request failed on the connection", async () => {
+    const { alice, bob } = await pair();
+    const calls: string[] = [];
+    const crypto = fakeCrypto(calls);
+    let failOnce = true;
+    const flakyCrypto: ClientCryptoHooks = {
+      ...crypto,
+      async processSync(sync) {
+        if (failOnce && sync.to_device?.events?.length) {
+          failOnce = false;
+          throw new MatrixConnectionError("POST /_matrix/client/v3/keys/upload failed: fetch failed");
+        }
+        return crypto.processSync(sync);
+      },
+    };
+    // A device of its own: two clients of one device would take each other's to-device messages.
+    const login = await ParleyClient.login(hs.url, bob.userId, "correct horse battery");
+    const bobWithCrypto = new ParleyClient({ baseUrl: hs.url, accessToken: login.http.accessToken!, userId: bob.userId, deviceId: login.deviceId, crypto: flakyCrypto, sync: fastSync });
+    clients.push(bobWithCrypto);
+    cleanups.push(() => bobWithCrypto.stop());
+    await bobWithCrypto.start();
+    const got = new Promise<Record<string, unknown>>((resolve) => listen(bobWithCrypto, "toDevice", resolve));
+    await alice.sendToDevice("org.example.key", { [bob.userId]: { [login.deviceId]: { n: 1 } } });
+    expect(await got).toMatchObject({ type: "org.example.key", content: { n: 1 } });
+    expect(failOnce).toBe(false);
   });
 
   it("refuses to send in the clear into an encrypted room without crypto, even before the room is synced", async () => {
