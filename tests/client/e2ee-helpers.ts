@@ -1,0 +1,73 @@
+// Helpers of the E2EE machine's tests: Parley clients with end-to-end encryption on a test server,
+// each on its own crypto store (in memory unless given one), on our Olm/Megolm or on libolm.
+import { ParleyClient } from "../../client/client.ts";
+import { E2EE } from "../../client/crypto/e2ee.ts";
+import { type CryptoStore, MemoryCryptoStore } from "../../client/crypto/store.ts";
+import type { OlmImplementation } from "../../client/crypto/types.ts";
+import type { TimelineEvent } from "../../client/room.ts";
+
+export interface CryptoClient {
+  client: ParleyClient;
+  e2ee: E2EE;
+  store: CryptoStore;
+  password: string;
+}
+
+const fastSync = { backoff: { initialMs: 50, maxMs: 400 }, pollTimeoutMs: 5_000 };
+
+/** A client with E2EE on `olm` (ours when not given), synced once. */
+export async function cryptoClientFor(
+  baseUrl: string,
+  session: { userId: string; deviceId: string; accessToken: string; password: string },
+  olm?: OlmImplementation,
+  store: CryptoStore = new MemoryCryptoStore(),
+): Promise<CryptoClient> {
+  const client = new ParleyClient({ baseUrl, accessToken: session.accessToken, userId: session.userId, deviceId: session.deviceId, sync: fastSync });
+  const e2ee = await E2EE.create({ http: client.http, userId: session.userId, deviceId: session.deviceId, store, ...(olm ? { olm } : {}) });
+  client.setCrypto(e2ee);
+  await client.start();
+  return { client, e2ee, store, password: session.password };
+}
+
+let counter = 0;
+/** Registers a new user and starts an E2EE client for it. */
+export async function registerCryptoClient(baseUrl: string, name: string, olm?: OlmImplementation, store?: CryptoStore): Promise<CryptoClient> {
+  const password = `pw-${name}-secret`;
+  const registered = await ParleyClient.register(baseUrl, `${name}${++counter}${Date.now().toString(36)}`, password);
+  return cryptoClientFor(baseUrl, { userId: registered.userId, deviceId: registered.deviceId, accessToken: registered.http.accessToken!, password }, olm, store);
+}
+
+/** A new device of the user of `of` (password login), with E2EE. */
+export async function newDevice(baseUrl: string, of: CryptoClient, olm?: OlmImplementation): Promise<CryptoClient> {
+  const login = await ParleyClient.login(baseUrl, of.client.userId, of.password);
+  return cryptoClientFor(baseUrl, { userId: login.userId, deviceId: login.deviceId, accessToken: login.http.accessToken!, password: of.password }, olm);
+}
+
+/** Resolves once `check` gives something, checking now and after each sync of `client`. */
+export async function untilSynced<T>(client: ParleyClient, what: string, check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, 200);
+      function done() {
+        clearTimeout(timer);
+        client.off("sync", done);
+        resolve();
+      }
+      client.on("sync", done);
+    });
+  }
+}
+
+/** The timeline event of `roomId` with this ID once the client has it (decrypted or not). */
+export function timelineEvent(c: CryptoClient, roomId: string, eventId: string): Promise<TimelineEvent> {
+  return untilSynced(c.client, `${c.client.userId} receives ${eventId}`, () => c.client.room(roomId)?.timeline.find((e) => e.event_id === eventId));
+}
+
+/** Waits until `c` sees `userId` joined in `roomId`. */
+export function memberJoined(c: CryptoClient, roomId: string, userId: string): Promise<true> {
+  return untilSynced(c.client, `${c.client.userId} sees ${userId} joined`, () => c.client.room(roomId)?.members().get(userId)?.membership === "join" || undefined);
+}

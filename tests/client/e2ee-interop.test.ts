@@ -1,0 +1,197 @@
+// Parley's client (ParleyClient + the E2EE machine on our Olm/Megolm) and matrix-js-sdk with Rust
+// crypto (vodozemac) in one encrypted room on a Parley server: each decrypts the other's messages,
+// across Megolm rotations (rotation_period_msgs: 3) and when a new device of either side appears; and
+// what the SDK sent, tampered with, is reported by our client, never shown as valid.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { TimelineEvent } from "../../client/room.ts";
+import { loginUser, registerUser, type TestUser } from "../accounts-helpers.ts";
+import { startTestServer, type TestServer } from "../harness.ts";
+import { sdk } from "../matrix-sdk.ts";
+import { type CryptoClient, cryptoClientFor, memberJoined, newDevice, timelineEvent, untilSynced } from "./e2ee-helpers.ts";
+
+await import("@matrix-org/matrix-sdk-crypto-wasm");
+const { EventShieldReason } = await import("matrix-js-sdk/lib/crypto-api/index.js");
+
+const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getChild: () => quiet };
+type SdkClient = ReturnType<typeof sdk.createClient>;
+type MatrixEvent = InstanceType<typeof sdk.MatrixEvent>;
+const STEP_MS = 15_000;
+
+let hs: TestServer;
+const sdkClients: SdkClient[] = [];
+const ours: CryptoClient[] = [];
+beforeAll(async () => {
+  hs = await startTestServer();
+});
+afterAll(async () => {
+  for (const c of sdkClients) c.stopClient();
+  await Promise.all(ours.map((c) => c.client.stop()));
+  await hs.destroy();
+});
+
+async function eventually<T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms = STEP_MS): Promise<T> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (performance.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A matrix-js-sdk client as Element runs it (Rust crypto in memory, lazy-loaded members), synced once. */
+async function sdkClient(user: TestUser): Promise<SdkClient> {
+  const client = sdk.createClient({ baseUrl: hs.url, accessToken: user.accessToken, userId: user.userId, deviceId: user.deviceId, logger: quiet as never });
+  sdkClients.push(client);
+  await client.initRustCrypto({ useIndexedDB: false });
+  const ready = new Promise<void>((resolve, reject) => {
+    const onSync = (state: string) => {
+      if (state === "PREPARED" || state === "SYNCING") {
+        client.off(sdk.ClientEvent.Sync, onSync);
+        resolve();
+      } else if (state === "ERROR") reject(new Error(`${user.userId}: sync failed`));
+    };
+    client.on(sdk.ClientEvent.Sync, onSync);
+  });
+  await client.startClient({ initialSyncLimit: 20, lazyLoadMembers: true });
+  await ready;
+  await eventually(`${user.userId} uploads its device keys`, async () => ((await hs.services.e2ee.deviceKeys.deviceKeysOf(user.userId)).has(user.deviceId) ? true : undefined));
+  return client;
+}
+
+/** The SDK's decryption of the room message with this body (failing the step on a timeout). */
+async function sdkDecrypted(client: SdkClient, roomId: string, body: string): Promise<MatrixEvent> {
+  return eventually(`${client.getUserId()}/${client.getDeviceId()} decrypts "${body}"`, async () => {
+    for (const event of client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? []) {
+      if (event.getWireType() !== "m.room.encrypted") continue;
+      await client.decryptEventIfNeeded(event);
+      if (!event.isDecryptionFailure() && event.getClearContent()?.body === body) return event;
+    }
+    return undefined;
+  });
+}
+
+async function oursDecrypted(c: CryptoClient, roomId: string, eventId: string): Promise<TimelineEvent> {
+  const event = await timelineEvent(c, roomId, eventId);
+  expect(event.encrypted, `${c.client.userId}/${c.client.deviceId} decrypts ${eventId}: ${JSON.stringify(event.encrypted)}`).toMatchObject({ decrypted: true });
+  return event;
+}
+
+async function parleyUser(name: string): Promise<CryptoClient> {
+  const user = await registerUser(hs.url, name);
+  const c = await cryptoClientFor(hs.url, user);
+  ours.push(c);
+  return c;
+}
+
+/** A room created by our client with rotation every 3 messages, which the SDK user joined. */
+async function sharedRoom(alice: CryptoClient, bob: SdkClient, bobUser: TestUser): Promise<string> {
+  const { room_id: roomId } = await alice.client.http.request<{ room_id: string }>("POST", "/_matrix/client/v3/createRoom", {
+    body: {
+      preset: "private_chat",
+      invite: [bobUser.userId],
+      initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2", rotation_period_msgs: 3 } }],
+    },
+  });
+  await eventually("bob sees the invite", () => (bob.getRoom(roomId)?.getMyMembership() === "invite" ? true : undefined));
+  await bob.joinRoom(roomId);
+  await memberJoined(alice, roomId, bobUser.userId);
+  await eventually("bob's client sees the room as encrypted", async () => ((await bob.getCrypto()!.isEncryptionEnabledInRoom(roomId)) ? true : undefined));
+  await untilSynced(alice.client, "alice sees the room encrypted", () => alice.client.room(roomId)?.encrypted);
+  return roomId;
+}
+
+describe("Parley's client and matrix-js-sdk (Rust crypto) in one encrypted room", () => {
+  it("each decrypts the other's messages, across Megolm rotations", async () => {
+    const alice = await parleyUser("interalice");
+    const bobUser = await registerUser(hs.url, "interbob");
+    const bob = await sdkClient(bobUser);
+    const roomId = await sharedRoom(alice, bob, bobUser);
+
+    // Seven messages from alice: sessions of 3, 3 and 1 (rotation_period_msgs), each decrypted by the SDK.
+    const sessions = new Set<string>();
+    for (let i = 0; i < 7; i++) {
+      const eventId = await alice.client.sendText(roomId, `parley says ${i}`);
+      const event = await sdkDecrypted(bob, roomId, `parley says ${i}`);
+      expect(event.getId()).toBe(eventId);
+      expect(event.getSender()).toBe(alice.client.userId);
+      sessions.add(event.getWireContent().session_id as string);
+    }
+    expect(sessions.size).toBe(3);
+    // The SDK attributes them to alice's device (a device not cross-signed: UNSIGNED_DEVICE, not UNKNOWN_DEVICE).
+    const info = await bob.getCrypto()!.getEncryptionInfoForEvent(await sdkDecrypted(bob, roomId, "parley says 6"));
+    expect(info?.shieldReason).toBe(EventShieldReason.UNSIGNED_DEVICE);
+
+    // Seven from the SDK (which rotates by the same setting); our client decrypts each.
+    const sdkSessions = new Set<string>();
+    for (let i = 0; i < 7; i++) {
+      const { event_id: eventId } = await bob.sendTextMessage(roomId, `sdk says ${i}`);
+      const event = await oursDecrypted(alice, roomId, eventId);
+      expect(event.content).toMatchObject({ msgtype: "m.text", body: `sdk says ${i}` });
+      expect(event.sender).toBe(bobUser.userId);
+      expect(event.encrypted).toMatchObject({ decrypted: true, senderDevice: bobUser.deviceId, verified: "unverified" });
+      sdkSessions.add((await alice.client.http.request("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/event/${encodeURIComponent(eventId)}`)).content.session_id);
+    }
+    expect(sdkSessions.size).toBeGreaterThanOrEqual(3);
+  }, 60_000);
+
+  it("a new device on either side decrypts what is sent after it appeared", async () => {
+    const alice = await parleyUser("devalice");
+    const bobUser = await registerUser(hs.url, "devbob");
+    const bob = await sdkClient(bobUser);
+    const roomId = await sharedRoom(alice, bob, bobUser);
+    await alice.client.sendText(roomId, "before any new device");
+    await sdkDecrypted(bob, roomId, "before any new device");
+
+    // Bob logs in a second SDK device: alice's next message reaches it.
+    const login = await loginUser(hs.url, bobUser.userId, bobUser.password);
+    const bob2User = { ...bobUser, accessToken: login.json.access_token, deviceId: login.json.device_id };
+    const bob2 = await sdkClient(bob2User);
+    await eventually("bob's second device sees the room", () => (bob2.getRoom(roomId) ? true : undefined));
+    await untilSynced(alice.client, "alice learns bob's new device", async () => {
+      await alice.e2ee.devices.ensureUpToDate([bobUser.userId]);
+      return alice.e2ee.devices.device(bobUser.userId, bob2User.deviceId);
+    });
+    await alice.client.sendText(roomId, "for both of bob's devices");
+    await sdkDecrypted(bob2, roomId, "for both of bob's devices");
+    await sdkDecrypted(bob, roomId, "for both of bob's devices");
+
+    // Alice's second device (ours): the SDK's next message reaches it.
+    const alice2 = await newDevice(hs.url, alice);
+    ours.push(alice2);
+    await untilSynced(alice2.client, "alice's new device sees the room", () => alice2.client.room(roomId));
+    await eventually("bob's client learns alice's new device", async () => {
+      const devices = await bob.getCrypto()!.getUserDeviceInfo([alice.client.userId], true);
+      return devices.get(alice.client.userId)?.has(alice2.client.deviceId) ? true : undefined;
+    });
+    const { event_id: eventId } = await bob.sendTextMessage(roomId, "for both of alice's devices");
+    expect((await oursDecrypted(alice2, roomId, eventId)).content.body).toBe("for both of alice's devices");
+    expect((await oursDecrypted(alice, roomId, eventId)).content.body).toBe("for both of alice's devices");
+  }, 60_000);
+
+  it("reports the SDK's messages tampered with: a modified ciphertext, a replayed index, another sender", async () => {
+    const alice = await parleyUser("tampalice");
+    const bobUser = await registerUser(hs.url, "tampbob");
+    const bob = await sdkClient(bobUser);
+    const roomId = await sharedRoom(alice, bob, bobUser);
+    const { event_id: eventId } = await bob.sendTextMessage(roomId, "genuine");
+    const genuine = await oursDecrypted(alice, roomId, eventId);
+    expect(genuine.content.body).toBe("genuine");
+    const wire = await alice.client.http.request<TimelineEvent>("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/event/${encodeURIComponent(eventId)}`);
+
+    const ciphertext = wire.content.ciphertext as string;
+    const at = ciphertext.length - 20;
+    const flipped = ciphertext.slice(0, at) + (ciphertext[at] === "A" ? "B" : "A") + ciphertext.slice(at + 1);
+    const modified = await alice.e2ee.decryptRoomEvent(roomId, { ...wire, event_id: "$modified", content: { ...wire.content, ciphertext: flipped } });
+    expect(modified.encrypted).toEqual({ decrypted: false, error: "BAD_MAC" });
+
+    const replayed = await alice.e2ee.decryptRoomEvent(roomId, { ...wire, event_id: "$replayed", origin_server_ts: wire.origin_server_ts + 1 });
+    expect(replayed.encrypted).toEqual({ decrypted: false, error: "REPLAYED_INDEX" });
+
+    // The same event said to come from a user none of whose devices holds that session.
+    const carol = await registerUser(hs.url, "tampcarol");
+    const misattributed = await alice.e2ee.decryptRoomEvent(roomId, { ...wire, sender: carol.userId });
+    expect(misattributed.encrypted).toMatchObject({ decrypted: true, verified: "unknown_device" });
+    expect(misattributed.encrypted).not.toHaveProperty("senderDevice");
+  }, 60_000);
+});
