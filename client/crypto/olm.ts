@@ -48,7 +48,7 @@ import {
 } from "./primitives.ts";
 import { type IdentityKeys, type OlmAccount, OlmError, type OlmMessage, type OlmSession } from "./types.ts";
 
-/** olm.md §"Message format": the version byte of every message this protocol version writes. */
+/** olm.md §"Normal Messages": the version byte of every message this protocol version writes. */
 const PROTOCOL_VERSION = 3;
 /** olm.md §"Olm Authenticated Encryption": the MAC is HMAC-SHA-256 truncated to 8 bytes. */
 const MAC_LENGTH = 8;
@@ -136,7 +136,7 @@ function cipherKeysOf(messageKey: Uint8Array): { aesKey: Uint8Array; macKey: Uin
 }
 
 // ---------------------------------------------------------------------------------------------
-// Message encoding (olm.md §"Message format"): a version byte, then protobuf-style fields
+// Message encoding (olm.md §"The Olm Message Format"): a version byte, then protobuf-style fields
 // (key = field number << 3 | wire type; wire type 0 is a varint, 2 a length-prefixed byte string).
 // A normal message ends with the 8-byte MAC over everything before it; a pre-key message has no MAC
 // of its own (the normal message inside it has one).
@@ -275,7 +275,7 @@ function decodeKey(text: string, what: string): Uint8Array {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Session (olm.md §"The Olm Algorithm", §"Protocol")
+// Session (olm.md §"The Olm Algorithm", §"The Olm Protocol")
 
 interface SenderChain {
   ratchetKey: Curve25519KeyPair;
@@ -296,7 +296,7 @@ interface ReceiverChain {
 }
 
 interface SessionState {
-  /** The three public keys the session ID is made of (olm.md §"Initial setup"). */
+  /** The three public keys the session ID is made of (the session ID itself is libolm's, not in olm.md). */
   aliceIdentityKey: Uint8Array;
   aliceBaseKey: Uint8Array;
   bobOneTimeKey: Uint8Array;
@@ -405,7 +405,7 @@ class Session implements OlmSession {
   encrypt(plaintext: string): OlmMessage {
     const s = this.state;
     if (!s.senderChain) {
-      // olm.md §"Advancing the root key": the first message after receiving a new ratchet key
+      // olm.md §"Sending normal messages": the first message after receiving a new ratchet key
       // starts a new sender chain with a fresh ratchet key.
       const theirs = s.receiverChains[0];
       if (!theirs) throw new Error("Olm session has neither a sender nor a receiver chain");
@@ -429,8 +429,8 @@ class Session implements OlmSession {
     );
     const message = concatBytes(authenticated, hmacSha256(macKey, authenticated).subarray(0, MAC_LENGTH));
     if (s.receivedMessage) return { type: 1, body: toBase64(message) };
-    // olm.md §"Pre-key messages": until the other side answers, every message carries what it
-    // needs to set the session up.
+    // olm.md §"Sending the first pre-key messages": until the other side answers, every message
+    // carries what it needs to set the session up.
     const preKey = concatBytes(
       new Uint8Array([PROTOCOL_VERSION]),
       bytesField(TAG_ONE_TIME_KEY, s.bobOneTimeKey),
@@ -455,7 +455,7 @@ class Session implements OlmSession {
     const chain = s.receiverChains.find((c) => bytesEqual(c.ratchetKey, message.ratchetKey));
 
     if (!chain) {
-      // olm.md §"Advancing the root key": a ratchet key we have not seen starts their next chain.
+      // olm.md §"Receiving messages": a ratchet key we have not seen starts their next chain.
       // They only move to a new chain after receiving one of ours, so without a sender chain the
       // message cannot be genuine.
       if (!s.senderChain) throw new OlmError("BAD_MESSAGE_MAC", "message on an unknown chain");
@@ -709,7 +709,8 @@ class Account implements OlmAccount {
     if (!ourKey) throw new OlmError("BAD_MESSAGE_KEY_ID", "the pre-key message uses a one-time key this account does not hold");
 
     const session = Session.inbound(this.curve25519, ourKey.key, preKey, inner.ratchetKey);
-    // Decrypt before touching the account: a forged pre-key message must not burn a one-time key.
+    // olm.md §"Creating an inbound session from a pre-key message": the one-time key is discarded
+    // only once the message authenticates, so a forged pre-key message cannot burn it.
     const plaintext = session.decrypt({ type: 0, body: preKeyMessage });
     if (oneTimeKey) this.oneTimeKeyList.splice(this.oneTimeKeyList.indexOf(oneTimeKey), 1);
     return { session, plaintext };
