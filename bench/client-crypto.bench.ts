@@ -5,8 +5,8 @@
 // - Megolm decrypt, in order: the messages just encrypted, in the order sent (the live timeline).
 // - Megolm decrypt, history: random indices among the first 10,000 of a session (scrolling back), each
 //   a jump from the session's first known ratchet or the latest it reached (at most 4 × 256 HMACs).
-// - Olm (to-device): encrypt, decrypt in order on one chain, and a round trip where every message is a
-//   ratchet turn.
+// - Olm (to-device): encrypt, decrypt in order on one chain, a round trip where every message is a
+//   ratchet turn, and a session set up at both ends (outbound, first pre-key message, inbound).
 // Run: `npx tsx bench/client-crypto.bench.ts` (about 20 s). Ends with one BENCH_RESULT line.
 import Olm from "@towns-protocol/olm";
 import { inboundGroupSessionFromKey, newOutboundGroupSession } from "../client/crypto/megolm.ts";
@@ -114,6 +114,46 @@ process.stdout.write(`client crypto benchmarks, one core, ${SECONDS} s each, ${e
     record(`olm decrypt in order (${label})`, measureEach(sent, (m) => pair.bDecrypt(m)));
     record(`olm round trip, ratchet turn each message (${label})`, measure(() => pair.aDecrypt(pair.bEncrypt(pair.bDecrypt(pair.aEncrypt(payload))))));
   }
+
+  // Session setup, what sharing a room key with a device we never talked to costs: Alice's outbound
+  // session and first pre-key message, Bob's inbound session from it (one-time keys made beforehand).
+  const bobKeys = Array.from({ length: 50 }, () => {
+    // A fallback key: it stays after use, so the bench can set sessions up on it again (the same
+    // work as a one-time key's).
+    const b = newAccount();
+    b.generateFallbackKey();
+    return { account: b, identity: b.identityKeys().curve25519, otk: Object.values(b.unpublishedFallbackKey())[0]! };
+  });
+  const aliceIdentity = alice.identityKeys().curve25519;
+  record(
+    "olm session setup, both ends (ours)",
+    measure((i) => {
+      const bob = bobKeys[i % bobKeys.length]!;
+      const first = alice.createOutboundSession(bob.identity, bob.otk).encrypt(payload);
+      bob.account.createInboundSession(aliceIdentity, first.body);
+    }),
+  );
+  const libBobs = Array.from({ length: 50 }, () => {
+    const b = new olm.Account();
+    b.create();
+    b.generate_one_time_keys(1);
+    return { account: b, identity: (JSON.parse(b.identity_keys()) as { curve25519: string }).curve25519, otk: Object.values((JSON.parse(b.one_time_keys()) as { curve25519: Record<string, string> }).curve25519)[0]! };
+  });
+  const libAliceIdentity = (JSON.parse(libAlice.identity_keys()) as { curve25519: string }).curve25519;
+  record(
+    "olm session setup, both ends (libolm)",
+    measure((i) => {
+      const bob = libBobs[i % libBobs.length]!;
+      const out = new olm.Session();
+      out.create_outbound(libAlice, bob.identity, bob.otk);
+      const first = out.encrypt(payload);
+      const inbound = new olm.Session();
+      inbound.create_inbound_from(bob.account, libAliceIdentity, first.body);
+      inbound.decrypt(first.type, first.body);
+      out.free();
+      inbound.free();
+    }),
+  );
 }
 
 // ---- Megolm ----
