@@ -258,6 +258,14 @@ describe("Olm sessions with libolm", () => {
     expect(codeOf(() => ours.decrypt({ type: 1, body: toBase64(bytes) }))).toBe("BAD_MESSAGE_MAC");
     expect(ours.serialize()).toBe(before);
     expect(ours.decrypt(good)).toBe("good");
+
+    // The same for a message whose key was skipped: a forgery does not use the key up.
+    const skipped = theirs.encrypt("skipped") as OlmMessage;
+    expect(ours.decrypt(theirs.encrypt("after") as OlmMessage)).toBe("after");
+    const forged = fromBase64(skipped.body);
+    forged[forged.length - 12]! ^= 0x01;
+    expect(codeOf(() => ours.decrypt({ type: 1, body: toBase64(forged) }))).toBe("BAD_MESSAGE_MAC");
+    expect(ours.decrypt(skipped)).toBe("skipped");
   });
 
   it("a tampered message starting a new chain changes nothing (root key and chains are kept)", () => {
