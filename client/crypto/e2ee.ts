@@ -14,6 +14,7 @@ import type { MatrixHttp } from "../http.ts";
 import type { CryptoStore } from "./store.ts";
 import { DeviceList, type DeviceInfo, MEGOLM_ALGORITHM, OLM_ALGORITHM, verifySignedJson } from "./device-list.ts";
 import { cryptoReady, randomBytes, toBase64 } from "./primitives.ts";
+import { SasVerification } from "./sas.ts";
 import {
   type MegolmInboundSession,
   type MegolmOutboundSession,
@@ -144,6 +145,13 @@ export class E2EE implements ClientCryptoHooks {
   onToDevice?: (event: DecryptedToDevice) => void;
   /** A Megolm session arrived (m.room_key or m.forwarded_room_key): events of that session may now decrypt. */
   onRoomKeyReceived?: (roomId: string, sessionId: string) => void;
+  /**
+   * Another device asks to verify this one (`m.key.verification.request`, or a `start` without one):
+   * the application shows it and calls `ready()` (then compares the SAS and `confirm()`s) or `cancel()`.
+   */
+  onVerificationRequest?: (verification: SasVerification) => void;
+  /** SAS verifications in progress, by transaction ID. */
+  private readonly verifications = new Map<string, SasVerification>();
   /** Another of our devices asked for a room key; `forwarded`: whether it got it. */
   onRoomKeyRequest?: (deviceId: string, forwarded: boolean) => void;
 
@@ -313,6 +321,7 @@ export class E2EE implements ClientCryptoHooks {
         await this.handleRoomKeyRequest(event.sender, event.content);
         return undefined;
       }
+      if (event.type.startsWith("m.key.verification.") && (await this.handleVerification(event.sender, event.type, event.content))) return undefined;
       this.onToDevice?.(event);
       return event;
     }
@@ -337,6 +346,7 @@ export class E2EE implements ClientCryptoHooks {
       case "m.dummy":
         return undefined;
     }
+    if (decrypted.type.startsWith("m.key.verification.") && (await this.handleVerification(decrypted.sender, decrypted.type, decrypted.content))) return undefined;
     this.onToDevice?.(decrypted);
     return decrypted as unknown as Record<string, unknown>;
   }
@@ -803,6 +813,71 @@ export class E2EE implements ClientCryptoHooks {
       ciphertext,
       ...(isObject(relatesTo) ? { "m.relates_to": relatesTo } : {}),
     };
+  }
+
+  // ---------------------------------------------------------------- SAS verification
+
+  private newVerification(userId: string, device: DeviceInfo, transactionId?: string): SasVerification {
+    const verification = new SasVerification({
+      userId: this.userId,
+      deviceId: this.deviceId,
+      ed25519: this.account.identityKeys().ed25519,
+      other: { userId, deviceId: device.deviceId, ed25519: device.ed25519 },
+      ...(transactionId ? { transactionId } : {}),
+      // In the clear, as the spec's to-device verification does it (the MACs protect the keys).
+      send: async (type, content) => {
+        await this.http.request("PUT", `/_matrix/client/v3/sendToDevice/${encodeURIComponent(type)}/${encodeURIComponent(newTxnId())}`, {
+          body: { messages: { [userId]: { [device.deviceId]: content } } },
+        });
+      },
+    });
+    this.verifications.set(verification.transactionId, verification);
+    // The device's key as it was when the verification began is the one marked verified.
+    verification.done.then(
+      async (keyIds) => {
+        this.verifications.delete(verification.transactionId);
+        const known = this.devices.device(userId, device.deviceId);
+        if (keyIds.includes(`ed25519:${device.deviceId}`) && known?.ed25519 === device.ed25519) await this.devices.setVerified(userId, device.deviceId, true);
+      },
+      () => this.verifications.delete(verification.transactionId),
+    );
+    return verification;
+  }
+
+  /** Begins SAS verification of another device (ours or another user's): sends the request. */
+  async requestVerification(userId: string, deviceId: string): Promise<SasVerification> {
+    await this.devices.ensureUpToDate([userId]);
+    const device = this.devices.device(userId, deviceId);
+    if (!device) throw new Error(`unknown device ${userId}/${deviceId}`);
+    const verification = this.newVerification(userId, device);
+    await verification.request();
+    return verification;
+  }
+
+  /** Routes an `m.key.verification.*` to-device event; false when it is none of ours (left to the client). */
+  private async handleVerification(sender: string, type: string, content: Record<string, unknown>): Promise<boolean> {
+    const transactionId = content.transaction_id;
+    if (typeof transactionId !== "string") return false;
+    const existing = this.verifications.get(transactionId);
+    if (existing) {
+      await existing.handle(type, content).catch(() => {});
+      return true;
+    }
+    if (type !== "m.key.verification.request" && type !== "m.key.verification.start") return false;
+    if (type === "m.key.verification.request" && !SasVerification.isAcceptableRequest(content)) return true;
+    const fromDevice = content.from_device;
+    if (typeof fromDevice !== "string") return true;
+    await this.devices.ensureUpToDate([sender]).catch(() => {});
+    let device = this.devices.device(sender, fromDevice);
+    if (!device) {
+      await this.devices.refresh([sender]).catch(() => {});
+      device = this.devices.device(sender, fromDevice);
+    }
+    if (!device) return true; // a device we cannot see the keys of cannot be verified
+    const verification = this.newVerification(sender, device, transactionId);
+    await verification.handle(type, content).catch(() => {});
+    this.onVerificationRequest?.(verification);
+    return true;
   }
 
   // ---------------------------------------------------------------- verification state
