@@ -30,6 +30,7 @@ export interface StateEvent {
   content: Record<string, unknown>;
   event_id?: string;
   origin_server_ts?: number;
+  unsigned?: Record<string, unknown>;
 }
 
 export type Membership = "join" | "invite" | "leave" | "ban" | "knock";
@@ -152,7 +153,11 @@ export class Room {
    */
   memberName(userId: string): string {
     const members = this.members();
-    const name = members.get(userId)?.displayname;
+    // A leave carries no display name: the one the member had before (the event's prev_content)
+    // names them in "Empty Room (was …)".
+    const prevContent = this.getState("m.room.member", userId)?.unsigned?.prev_content as Record<string, unknown> | undefined;
+    const previousName = typeof prevContent?.displayname === "string" ? prevContent.displayname : undefined;
+    const name = members.get(userId)?.displayname ?? previousName;
     if (!name) return userId;
     for (const [otherId, other] of members) {
       if (otherId !== userId && other.displayname === name && (other.membership === "join" || other.membership === "invite")) {

@@ -288,7 +288,9 @@ describe("rooms and messages", () => {
     await bob.leaveRoom(roomId);
     await until(alice, () => alice.room(roomId)!.members().get(bob.userId)?.membership === "leave", "bob's leave at alice");
     await until(bob, () => bob.room(roomId)?.membership === "leave", "bob's own leave");
-    // A room left and alone: empty, with the hint of who was there.
+    // Alone in the room: empty, with the hint of who was there.
+    const bobName = (await alice.getProfile(bob.userId)).displayname;
+    await until(alice, () => alice.room(roomId)!.name === `Empty Room (was ${bobName})`, "the empty room's name");
     await alice.leaveRoom(roomId);
     await until(alice, () => alice.room(roomId)?.membership === "leave", "alice's leave");
   });
