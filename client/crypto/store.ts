@@ -23,6 +23,7 @@
 //
 // The passphrase gives a 32-byte master key through Argon2id; libsodium's KDF (BLAKE2b) splits it
 // into the encryption key and the key check, so the check reveals nothing about the encryption key.
+import argon2 from "argon2";
 import { randomBytes as nodeRandomBytes } from "node:crypto";
 import { mkdir, open, readFile, readdir, rename, unlink } from "node:fs/promises";
 import path from "node:path";
@@ -177,9 +178,25 @@ function kdfLimits(strength: KdfStrength): { opslimit: number; memlimitKiB: numb
     : { opslimit: s.crypto_pwhash_OPSLIMIT_MODERATE, memlimitKiB: s.crypto_pwhash_MEMLIMIT_MODERATE / 1024 };
 }
 
-function deriveKeys(passphrase: string, salt: Uint8Array, opslimit: number, memlimitKiB: number): Keys {
+/**
+ * Argon2id as libsodium's crypto_pwhash computes it (version 1.3, one lane; the same bytes), run
+ * by the argon2 package on libuv's thread pool: a 256 MiB derivation takes seconds, and the event
+ * loop (the sync loop, the terminal) goes on meanwhile.
+ */
+async function deriveKeys(passphrase: string, salt: Uint8Array, opslimit: number, memlimitKiB: number): Promise<Keys> {
   const s = sodium();
-  const master = s.crypto_pwhash(32, passphrase, salt, opslimit, memlimitKiB * 1024, s.crypto_pwhash_ALG_ARGON2ID13);
+  const master = new Uint8Array(
+    await argon2.hash(passphrase, {
+      type: argon2.argon2id,
+      version: 0x13,
+      raw: true,
+      salt: Buffer.from(salt),
+      timeCost: opslimit,
+      memoryCost: memlimitKiB,
+      parallelism: 1,
+      hashLength: 32,
+    }),
+  );
   try {
     return {
       encryption: s.crypto_kdf_derive_from_key(32, SUBKEY_ENCRYPTION, KDF_CONTEXT, master),
@@ -390,7 +407,7 @@ export class FileCryptoStore extends MemoryCryptoStore {
     if (!data) {
       const { opslimit, memlimitKiB } = kdfLimits(opts.kdf ?? "moderate");
       const salt = randomBytes(sodium().crypto_pwhash_SALTBYTES);
-      const keys = deriveKeys(passphrase, salt, opslimit, memlimitKiB);
+      const keys = await deriveKeys(passphrase, salt, opslimit, memlimitKiB);
       const store = new FileCryptoStore(file, lockPath, buildHeader(opslimit, memlimitKiB, salt, keys.check), keys, new Map(), writeDelayMs);
       // Written at once: the salt must be on disk before anything is encrypted under its key.
       store.dirty = true;
@@ -398,7 +415,7 @@ export class FileCryptoStore extends MemoryCryptoStore {
       return store;
     }
     const header = parseHeader(file, data);
-    const keys = deriveKeys(passphrase, header.salt, header.opslimit, header.memlimitKiB);
+    const keys = await deriveKeys(passphrase, header.salt, header.opslimit, header.memlimitKiB);
     try {
       if (!bytesEqual(keys.check, header.keyCheck)) throw new WrongPassphraseError(file);
       const nonce = data.subarray(HEADER_BYTES, HEADER_BYTES + NONCE_BYTES);
@@ -422,7 +439,7 @@ export class FileCryptoStore extends MemoryCryptoStore {
     this.assertOpen();
     const { opslimit, memlimitKiB } = kdf ? kdfLimits(kdf) : this.header;
     const salt = randomBytes(sodium().crypto_pwhash_SALTBYTES);
-    const keys = deriveKeys(passphrase, salt, opslimit, memlimitKiB);
+    const keys = await deriveKeys(passphrase, salt, opslimit, memlimitKiB);
     // Queued behind any write under the old key, so the file never mixes the two.
     const run = this.writing.then(async () => {
       const previous = { header: this.header, keys: this.keys };
