@@ -10,6 +10,7 @@ import { decodeKeys, edit, newLineEditor, type Key } from "./keys.ts";
 import { localpart, toChatMessage } from "./model.ts";
 import { clearSession, defaultDataDir, ensureDataDir, loadSession, saveSession, type StoredSession } from "./session.ts";
 import { FullScreen, PromptCancelled, promptLine, type TerminalIO } from "./terminal.ts";
+import { ChatVerifications, type VerificationApi } from "./verification.ts";
 import { render, roomListWidth, timelineRows, type ChatMessage, type ChatRoomEntry, type ChatViewState } from "./view.ts";
 
 export interface ChatOptions {
@@ -161,7 +162,7 @@ export async function main(
     }
     const client = new ParleyClient({ baseUrl: session.homeserver, accessToken: session.accessToken, userId: session.userId, deviceId: session.deviceId });
     const crypto = await openCrypto(opts.dataDir, session, io, client.http, opts.storeKdf);
-    if (crypto) client.setCrypto(crypto.hooks);
+    client.setCrypto(crypto.machine);
     const app = new ChatApp(client, io, { homeserver: new URL(session.homeserver).host, crypto });
     try {
       await app.run();
@@ -198,6 +199,7 @@ export class ChatApp {
   private typingSentAt = 0;
   private drawScheduled = false;
   private quit!: () => void;
+  private readonly verifications: ChatVerifications | undefined;
 
   constructor(
     private readonly client: ParleyClient,
@@ -205,6 +207,15 @@ export class ChatApp {
     private readonly opts: { homeserver: string; crypto: ChatCrypto | undefined },
   ) {
     this.screen = new FullScreen(io.output);
+    if (opts.crypto) {
+      this.verifications = new ChatVerifications(opts.crypto.machine as unknown as VerificationApi, {
+        panel: (title, lines) => {
+          this.panel = lines.length > 0 ? { title, lines } : undefined;
+          this.scheduleDraw();
+        },
+        status: (text, kind) => this.setStatus(text, kind),
+      });
+    }
   }
 
   async run(): Promise<void> {
@@ -578,23 +589,20 @@ export class ChatApp {
         this.panel = { title: `Devices of ${this.client.userId}`, lines };
         return;
       }
-      case "verify": {
-        const crypto = this.opts.crypto;
-        if (!crypto?.verify) {
-          this.setStatus("Device verification is not available in this build yet", "error");
+      case "verify":
+        if (!this.verifications) {
+          this.setStatus("Device verification needs encryption, which this parley-chat does not have", "error");
           return;
         }
-        this.panel = { title: `Verifying ${command.userId} ${command.deviceId}`, lines: ["Waiting for the other device to accept…"] };
-        this.scheduleDraw();
-        const ok = await crypto.verify(command.userId, command.deviceId, (emoji) => {
-          this.panel = { title: `Verifying ${command.userId} ${command.deviceId}`, lines: ["Compare these emoji with the other device:", "", emoji, "", "They match: type /yes. They differ: type /no."] };
-          this.scheduleDraw();
-          return this.confirmation();
-        });
-        this.panel = undefined;
-        this.setStatus(ok ? `${command.userId} ${command.deviceId} is verified` : "Verification cancelled: the device is NOT verified", ok ? "info" : "error");
+        await this.verifications.verify(command.userId, command.deviceId);
         return;
-      }
+      case "confirm":
+        if (!this.verifications) {
+          this.setStatus("No verification in progress", "error");
+          return;
+        }
+        await this.verifications.answer(command.match);
+        return;
       case "help":
         this.panel = { title: "Commands", lines: HELP };
         return;
@@ -602,10 +610,5 @@ export class ChatApp {
         this.quit();
         return;
     }
-  }
-
-  /** Not wired yet: SAS confirmation needs a /yes and /no flow (see crypto-setup.ts). */
-  private confirmation(): Promise<boolean> {
-    return Promise.resolve(false);
   }
 }

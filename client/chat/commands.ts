@@ -11,6 +11,7 @@ export type Command =
   | { kind: "open"; ref: string }
   | { kind: "verify"; userId: string; deviceId: string }
   | { kind: "devices" }
+  | { kind: "confirm"; match: boolean }
   | { kind: "help" }
   | { kind: "quit" }
   | { kind: "error"; message: string };
@@ -23,6 +24,7 @@ export const HELP: string[] = [
   "/rooms   your rooms, with their IDs",
   "/open NUMBER|NAME   open a room (also Alt+↑/↓ or Ctrl+P/N)",
   "/verify @user:server DEVICE   verify a device by comparing emoji",
+  "/yes, /no   answer whether a verification's emoji match",
   "/devices   your devices",
   "/me TEXT   an action",
   "/quit   leave parley-chat (also Ctrl+C)",
@@ -46,6 +48,7 @@ export function parseCommand(line: string): Command | undefined {
   switch (name) {
     case "join":
     case "j":
+      if (args.length === 0) return { kind: "join", target: "" }; // accepts the open room's invitation
       if (args.length !== 1 || !ROOM_REF.test(args[0]!)) return { kind: "error", message: "usage: /join #alias:server or /join !roomid:server" };
       return { kind: "join", target: args[0]! };
     case "create": {
@@ -71,6 +74,9 @@ export function parseCommand(line: string): Command | undefined {
       return { kind: "verify", userId: args[0]!, deviceId: args[1]! };
     case "devices":
       return { kind: "devices" };
+    case "yes":
+    case "no":
+      return { kind: "confirm", match: name === "yes" };
     case "me":
       if (argText === "") return { kind: "error", message: "usage: /me TEXT" };
       return { kind: "emote", text: argText };

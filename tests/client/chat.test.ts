@@ -13,6 +13,9 @@ import { displayWidth, wrap } from "../../client/chat/text.ts";
 import { LOCK, WARNING, formatTime, render, stripAnsi, type ChatMessage, type ChatViewState } from "../../client/chat/view.ts";
 import { registerUser } from "../accounts-helpers.ts";
 import { request, startTestServer, type TestServer } from "../harness.ts";
+import { ParleyClient } from "../../client/client.ts";
+import { E2EE } from "../../client/crypto/e2ee.ts";
+import { MemoryCryptoStore } from "../../client/crypto/store.ts";
 import { PtySession, ptyAvailable, VirtualScreen } from "./pty.ts";
 
 const T0 = new Date(2026, 11, 2, 14, 5).getTime();
@@ -267,8 +270,8 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
   });
 
   /** Starts parley-chat in an 80×24 pseudo-terminal; answers the crypto store's passphrase if asked. */
-  async function startChat(args: string[], passwords: string[]): Promise<PtySession> {
-    const chat = new PtySession([process.execPath, bin, "--homeserver", server.url, "--data-dir", dir, "--store-kdf", "interactive", ...args]);
+  async function startChat(args: string[], passwords: string[], dataDir = dir): Promise<PtySession> {
+    const chat = new PtySession([process.execPath, bin, "--homeserver", server.url, "--data-dir", dataDir, "--store-kdf", "interactive", ...args]);
     for (const pw of passwords) {
       await chat.waitFor((t) => /Password[^\n]*: *$/m.test(t.trimEnd()));
       const before = chat.screen.text();
@@ -352,4 +355,54 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
       again.kill();
     }
   }, 25_000);
+
+  it("chats in an encrypted room with an E2EE client: locks on screen, ciphertext on the server", async () => {
+    const registered = await ParleyClient.register(server.url, "dana", "dana-password-1");
+    const dana = new ParleyClient({ baseUrl: server.url, accessToken: registered.http.accessToken!, userId: registered.userId, deviceId: registered.deviceId, sync: { pollTimeoutMs: 5_000 } });
+    dana.setCrypto(await E2EE.create({ http: dana.http, userId: dana.userId, deviceId: dana.deviceId, store: new MemoryCryptoStore() }));
+    await dana.start();
+    const carolDir = await mkdtemp(path.join(tmpdir(), "parley-chat-"));
+    const chat = await startChat(["--register", "--user", "carol"], ["carol-password-1", "carol-password-1"], carolDir);
+    try {
+      chat.type("/create Vault --encrypted\r");
+      await chat.waitFor("turned on end-to-end encryption");
+      await chat.waitFor(`Vault · ${LOCK} encrypted`);
+      chat.type(`/invite ${dana.userId}\r`);
+      await chat.waitFor(`Invited ${dana.userId}`);
+      const invited = await until(() => dana.rooms().find((r) => r.membership === "invite"));
+      await dana.joinRoom(invited.roomId);
+      await chat.waitFor("dana joined");
+
+      chat.type("for your eyes only\r");
+      const received = await until(() => dana.room(invited.roomId)?.timeline.find((e) => e.content.body === "for your eyes only"));
+      expect(received.encrypted).toMatchObject({ decrypted: true });
+
+      await dana.sendText(invited.roomId, "sealed reply");
+      // Decrypted, with the lock, and the warning: dana's device is not verified.
+      await chat.waitFor(new RegExp(`${LOCK}${WARNING}dana: sealed reply`));
+      await chat.waitFor(`${WARNING} sent from an unverified device`);
+
+      // The server holds only ciphertext.
+      const page = await request(server.url, "GET", `/_matrix/client/v3/rooms/${encodeURIComponent(invited.roomId)}/messages?dir=b&limit=20`, { token: dana.http.accessToken! });
+      expect(page.text).not.toContain("for your eyes only");
+      expect(page.text).not.toContain("sealed reply");
+      expect(page.json.chunk.filter((e: any) => e.type === "m.room.encrypted").length).toBeGreaterThanOrEqual(2);
+      chat.type("/quit\r");
+      expect(await chat.exited).toBe(0);
+    } finally {
+      chat.kill();
+      await dana.stop();
+      await rm(carolDir, { recursive: true, force: true });
+    }
+  }, 25_000);
 });
+
+/** Polls until `check` gives something (5 s at most). */
+async function until<T>(check: () => T | undefined | false): Promise<T> {
+  for (let i = 0; i < 100; i++) {
+    const value = check();
+    if (value) return value;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("timed out");
+}
