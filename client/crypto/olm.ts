@@ -41,6 +41,8 @@ import {
   ed25519Generate,
   ed25519Sign,
   fromBase64,
+  hkdfSha256,
+  hmacSha256,
   sha256,
   sodium,
   toBase64,
@@ -83,39 +85,15 @@ function ecdh(ourPrivateKey: Uint8Array, theirPublicKey: Uint8Array, code: "BAD_
   }
 }
 
-/**
- * HMAC-SHA-256 under a 32-byte key (every HMAC key in Olm is one: chain keys, MAC keys, HKDF salts
- * and pseudorandom keys). libsodium's fixed-key-size HMAC is about 2.5 times as fast as
- * node:crypto's createHmac for these tiny inputs, and every message takes six or more of them.
- */
-function hmacSha256(key32: Uint8Array, data: Uint8Array): Uint8Array {
-  return sodium().crypto_auth_hmacsha256(data, key32);
-}
-
-/**
- * HKDF-SHA-256 (RFC 5869) on that HMAC: the salt is NO_SALT or a 32-byte root key. Twice as fast
- * as node:crypto's hkdfSync, which builds a KeyObject per call; it was the largest cost per message.
- */
-function hkdf(ikm: Uint8Array, salt32: Uint8Array, info: Uint8Array, length: number): Uint8Array {
-  const prk = hmacSha256(salt32, ikm);
-  const out = new Uint8Array(length);
-  let previous: Uint8Array = new Uint8Array(0);
-  for (let block = 1, offset = 0; offset < length; block++, offset += 32) {
-    previous = hmacSha256(prk, concatBytes(previous, info, new Uint8Array([block])));
-    out.set(previous.subarray(0, Math.min(32, length - offset)), offset);
-  }
-  return out;
-}
-
 /** olm.md §"Initial setup": R_0 || C_0,0 = HKDF(salt 0, S, "OLM_ROOT", 64). */
 function deriveInitialKeys(sharedSecret: Uint8Array): { rootKey: Uint8Array; chainKey: Uint8Array } {
-  const derived = hkdf(sharedSecret, NO_SALT, ROOT_INFO, 64);
+  const derived = hkdfSha256(sharedSecret, NO_SALT, ROOT_INFO, 64);
   return { rootKey: derived.slice(0, 32), chainKey: derived.slice(32, 64) };
 }
 
 /** olm.md §"Advancing the root key": R_i || C_i,0 = HKDF(R_i-1, ECDH(T_i-1, T_i), "OLM_RATCHET", 64). */
 function advanceRootKey(rootKey: Uint8Array, ourRatchetPrivate: Uint8Array, theirRatchetKey: Uint8Array): { rootKey: Uint8Array; chainKey: Uint8Array } {
-  const derived = hkdf(ecdh(ourRatchetPrivate, theirRatchetKey, "BAD_MESSAGE_FORMAT"), rootKey, RATCHET_INFO, 64);
+  const derived = hkdfSha256(ecdh(ourRatchetPrivate, theirRatchetKey, "BAD_MESSAGE_FORMAT"), rootKey, RATCHET_INFO, 64);
   return { rootKey: derived.slice(0, 32), chainKey: derived.slice(32, 64) };
 }
 
@@ -131,7 +109,7 @@ function messageKeyOf(chainKey: Uint8Array): Uint8Array {
 
 /** olm.md §"Olm Authenticated Encryption": AES_KEY || HMAC_KEY || AES_IV = HKDF(0, M, "OLM_KEYS", 80). */
 function cipherKeysOf(messageKey: Uint8Array): { aesKey: Uint8Array; macKey: Uint8Array; iv: Uint8Array } {
-  const derived = hkdf(messageKey, NO_SALT, KEYS_INFO, 80);
+  const derived = hkdfSha256(messageKey, NO_SALT, KEYS_INFO, 80);
   return { aesKey: derived.subarray(0, 32), macKey: derived.subarray(32, 64), iv: derived.subarray(64, 80) };
 }
 
