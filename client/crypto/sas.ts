@@ -12,6 +12,14 @@
 // The flow (either side may send `start`; both doing it at once is settled as the spec says):
 //   request → ready → start → accept (commitment) → key, key → both users compare the SAS →
 //   mac, mac → done, done.
+//
+// Wiring (the E2EE layer): to begin, `new SasVerification({ ..., other, send })` then `request()`;
+// on an incoming to-device `m.key.verification.request` that `isAcceptableRequest`, create one with
+// its `transaction_id` and `handle` the request, then `ready()` once the user agrees. Every later
+// `m.key.verification.*` to-device event of that sender and transaction goes to `handle`. Either
+// side then calls `start()`; on `keysExchanged` show `emojis()`; `confirm()` or
+// `cancel("m.mismatched_sas")`; `done` gives the verified key IDs, to mark the device verified and
+// sign it (cross-signing.ts `signaturesAfterVerification`). `send` delivers to the one other device.
 import { z } from "zod";
 import { CanonicalJsonError, canonicalJson, compareByCodePoint } from "../../federation/protocol/canonical-json.ts";
 import {
@@ -552,7 +560,7 @@ export class SasVerification {
 
   private async handleNow(type: string, raw: Record<string, unknown>): Promise<void> {
     if (this.ended) return;
-    if (!(type in schemas)) return; // another verification method's message: not ours to judge
+    if (!Object.hasOwn(schemas, type)) return; // another verification method's message: not ours to judge
     if (typeof raw !== "object" || raw === null || raw.transaction_id !== this.transactionId) return;
     const parsed = schemas[type as IncomingType].safeParse(raw);
     if (type === "m.key.verification.cancel") {

@@ -23,9 +23,10 @@ export function signedPayload(obj: Record<string, unknown>): string {
 export function signJson<T extends Record<string, unknown>>(obj: T, userId: string, keyId: string, sign: Signer): T & SignedJson {
   const signature = sign(signedPayload(obj));
   const existing = isStringMap(obj.signatures) ? (obj.signatures as Record<string, Record<string, string>>) : {};
-  // Built with entries, never `signatures[userId] = …`: a user ID of "__proto__" stays a key.
-  const entries = Object.entries(existing).filter(([user]) => user !== userId);
-  const signatures = Object.fromEntries([...entries, [userId, { ...Object.entries(existing).find(([u]) => u === userId)?.[1], [keyId]: signature }]]);
+  // Built from entries, never by `signatures[userId] = …`: a user ID of "__proto__" stays a key.
+  const mine = own(existing, userId) as Record<string, string> | undefined;
+  const others = Object.entries(existing).filter(([user]) => user !== userId);
+  const signatures = Object.fromEntries([...others, [userId, { ...mine, [keyId]: signature }]]);
   return { ...obj, signatures };
 }
 

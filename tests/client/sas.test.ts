@@ -329,6 +329,18 @@ describe("SasVerification between two of our devices", () => {
     expect(p.wire).toEqual([]);
   });
 
+  it("ignores messages of other transactions and of types it does not know (another method's, or a name like toString)", async () => {
+    const p = pair(device("@a:x", "DA"), device("@b:x", "DB"));
+    await toKeysExchanged(p);
+    const txn = p.a.transactionId;
+    await p.a.handle("m.key.verification.mac", { transaction_id: "another", mac: {}, keys: "x" });
+    await p.a.handle("toString", { transaction_id: txn });
+    await p.a.handle("__proto__", { transaction_id: txn });
+    await p.a.handle("m.reciprocate.v1", { transaction_id: txn });
+    expect(p.a.state).toBe("keys_exchanged");
+    expect(p.wire).toEqual([]);
+  });
+
   it("cancels with m.unexpected_message when done comes before the MACs", async () => {
     const p = pair(device("@a:x", "DA"), device("@b:x", "DB"));
     await toKeysExchanged(p);
