@@ -1,7 +1,7 @@
 // parley-chat: its screen as a pure function of the state (what a person would read), the pieces
 // it is made of (commands, keys, events to lines), and the real binary driven through a
 // pseudo-terminal against a Parley test server, as a person would use it.
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -395,6 +395,44 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
       await rm(carolDir, { recursive: true, force: true });
     }
   }, 25_000);
+  // E2EE offers verification from E's SAS wiring on; before it, /verify says it is unavailable.
+  it.skipIf(typeof (E2EE.prototype as unknown as Record<string, unknown>).requestVerification !== "function")(
+    "verifies another user's device by comparing emoji (/verify, /yes)",
+    async () => {
+      const registered = await ParleyClient.register(server.url, "finn", "finn-password-1");
+      const finn = new ParleyClient({ baseUrl: server.url, accessToken: registered.http.accessToken!, userId: registered.userId, deviceId: registered.deviceId, sync: { pollTimeoutMs: 5_000 } });
+      const finnCrypto = await E2EE.create({ http: finn.http, userId: finn.userId, deviceId: finn.deviceId, store: new MemoryCryptoStore() });
+      finn.setCrypto(finnCrypto);
+      type Sas = import("../../client/crypto/sas.ts").SasVerification;
+      const requests: Sas[] = [];
+      (finnCrypto as unknown as { onVerificationRequest?: (v: Sas) => void }).onVerificationRequest = (v) => requests.push(v);
+      await finn.start();
+      const gwenDir = await mkdtemp(path.join(tmpdir(), "parley-chat-"));
+      const chat = await startChat(["--register", "--user", "gwen"], ["gwen-password-1", "gwen-password-1"], gwenDir);
+      try {
+        chat.type(`/verify ${finn.userId} ${finn.deviceId}\r`);
+        await chat.waitFor("Waiting for the other device");
+        const v = await until(() => requests[0]);
+        await v.ready();
+        await v.keysExchanged;
+        const emojis = v.emojis()!;
+        // The person reads the same seven emoji on both devices.
+        await chat.waitFor(emojis.map((e) => e.emoji).join("   "));
+        await chat.waitFor("/yes if they match");
+        chat.type("/yes\r");
+        await v.confirm();
+        // Finn's side checked gwen's MAC over her device key: that device is the one verified.
+        const gwen = JSON.parse(await readFile(path.join(gwenDir, "session.json"), "utf8")) as { deviceId: string };
+        expect(await v.done).toContain(`ed25519:${gwen.deviceId}`);
+        await chat.waitFor(`${finn.userId} ${finn.deviceId} is verified`);
+      } finally {
+        chat.kill();
+        await finn.stop();
+        await rm(gwenDir, { recursive: true, force: true });
+      }
+    },
+    25_000,
+  );
 });
 
 /** Polls until `check` gives something (5 s at most). */
