@@ -222,8 +222,12 @@ export class ChatApp {
     const { input, output } = this.io;
     const finished = new Promise<void>((resolve) => (this.quit = resolve));
     this.screen.enter();
+    // The terminal is given back as it was, however the process ends.
     const restore = () => this.screen.leave();
+    const onSignal = () => this.quit();
     process.on("exit", restore);
+    process.on("SIGTERM", onSignal);
+    process.on("SIGHUP", onSignal);
     if (input.isTTY) input.setRawMode(true);
     input.setEncoding("utf8");
     const onData = (chunk: string) => {
@@ -240,6 +244,12 @@ export class ChatApp {
     this.client.on("timeline", (room: Room, event: TimelineEvent) => this.onTimeline(room, event));
     this.client.on("room", () => this.scheduleDraw());
     this.client.on("typing", () => this.scheduleDraw());
+    this.client.on("error", (err: Error) => {
+      // The sync loop ended for good: most often the token was revoked (logged out elsewhere).
+      const revoked = err instanceof MatrixApiError && err.errcode === "M_UNKNOWN_TOKEN";
+      this.connection = "offline";
+      this.setStatus(revoked ? "This device was logged out: /quit and start parley-chat again to log in" : `Sync stopped: ${errorText(err)}`, "error");
+    });
     this.client.on("sync", (state: string) => {
       this.connection = state === "ERROR" ? "offline" : state === "STOPPED" ? "offline" : "connected";
       this.scheduleDraw();
@@ -267,6 +277,8 @@ export class ChatApp {
       input.pause();
       this.screen.leave();
       process.off("exit", restore);
+      process.off("SIGTERM", onSignal);
+      process.off("SIGHUP", onSignal);
       await this.client.stop().catch(() => {});
     }
   }

@@ -15,7 +15,10 @@ export interface ChatCrypto {
 /**
  * Opens the crypto store (asking for its passphrase; a new one is asked twice) and the E2EE machine.
  */
-export async function openCrypto(dataDir: string, session: StoredSession, io: TerminalIO,
+export async function openCrypto(
+  dataDir: string,
+  session: StoredSession,
+  io: TerminalIO,
   http: MatrixHttp,
   kdf: "interactive" | "moderate" = "moderate",
 ): Promise<ChatCrypto> {
@@ -43,8 +46,14 @@ export async function openCrypto(dataDir: string, session: StoredSession, io: Te
       if (attempt >= 3) throw new PromptCancelled("wrong passphrase");
     }
   }
-  const machine = await E2EE.create({ http, userId: session.userId, deviceId: session.deviceId, store });
   const opened = store;
+  let machine: E2EE;
+  try {
+    machine = await E2EE.create({ http, userId: session.userId, deviceId: session.deviceId, store });
+  } catch (err) {
+    await opened.close().catch(() => {}); // releases the store's lock file
+    throw err;
+  }
   return {
     machine,
     async close() {
