@@ -9,67 +9,11 @@
 import { E2EE } from "../client/crypto/e2ee.ts";
 import { cryptoReady } from "../client/crypto/primitives.ts";
 import { MemoryCryptoStore } from "../client/crypto/store.ts";
+import { KeyServer } from "../tests/client/e2ee-helpers.ts";
 
 const USERS = 10;
 const DEVICES_PER_USER = 10;
 const ROUNDS = Number(process.env.BENCH_CLIENT_E2EE_ROUNDS ?? 3);
-
-type Body = Record<string, any>;
-
-/** The key endpoints of a homeserver, in memory. */
-class KeyServer {
-  readonly deviceKeys = new Map<string, Map<string, Body>>();
-  readonly oneTimeKeys = new Map<string, Body[]>();
-  readonly inbox = new Map<string, Body[]>();
-
-  httpFor(userId: string, deviceId: string) {
-    return {
-      request: async (_method: string, path: string, opts?: { body?: unknown }): Promise<any> => this.handle(userId, deviceId, path, (opts?.body ?? {}) as Body),
-    } as never;
-  }
-
-  private handle(userId: string, deviceId: string, path: string, body: Body): Body {
-    const me = `${userId}|${deviceId}`;
-    if (path === "/_matrix/client/v3/keys/upload") {
-      if (body.device_keys) {
-        let devices = this.deviceKeys.get(userId);
-        if (!devices) this.deviceKeys.set(userId, (devices = new Map()));
-        devices.set(deviceId, body.device_keys);
-      }
-      const list = this.oneTimeKeys.get(me) ?? [];
-      for (const [id, key] of Object.entries(body.one_time_keys ?? {})) list.push({ [id]: key });
-      this.oneTimeKeys.set(me, list);
-      return { one_time_key_counts: { signed_curve25519: list.length } };
-    }
-    if (path === "/_matrix/client/v3/keys/query") {
-      const answer: Body = {};
-      for (const user of Object.keys(body.device_keys)) answer[user] = Object.fromEntries(this.deviceKeys.get(user) ?? []);
-      return { device_keys: answer };
-    }
-    if (path === "/_matrix/client/v3/keys/claim") {
-      const answer: Body = {};
-      for (const [user, devices] of Object.entries<Body>(body.one_time_keys)) {
-        answer[user] = {};
-        for (const device of Object.keys(devices)) {
-          const key = this.oneTimeKeys.get(`${user}|${device}`)?.shift();
-          if (key) answer[user][device] = key;
-        }
-      }
-      return { one_time_keys: answer };
-    }
-    if (path.startsWith("/_matrix/client/v3/sendToDevice/")) {
-      const type = decodeURIComponent(path.split("/")[5]!);
-      for (const [user, devices] of Object.entries<Body>(body.messages)) {
-        for (const [device, content] of Object.entries<Body>(devices)) {
-          const key = `${user}|${device}`;
-          this.inbox.set(key, [...(this.inbox.get(key) ?? []), { type, sender: userId, content }]);
-        }
-      }
-      return {};
-    }
-    throw new Error(`the stand-in server has no ${path}`);
-  }
-}
 
 await cryptoReady();
 const firstMessage: number[] = [];

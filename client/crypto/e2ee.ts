@@ -141,6 +141,8 @@ export class E2EE implements ClientCryptoHooks {
   private readonly uploads = new Serial();
   private readonly roomQueues = new Map<string, Serial>();
   private readonly claims = new Map<string, Promise<void>>();
+  /** When each device (by Curve25519 key) last got a new session because its messages did not decrypt. */
+  private readonly unwedged = new Map<string, number>();
   /** Tells the application about to-device verification events and the like (set by the client). */
   onToDevice?: (event: DecryptedToDevice) => void;
   /** A Megolm session arrived (m.room_key or m.forwarded_room_key): events of that session may now decrypt. */
@@ -400,7 +402,10 @@ export class E2EE implements ClientCryptoHooks {
       }
     }
     if (plaintext === undefined) {
-      if (message.type !== 0) throw new OlmError("BAD_MESSAGE_MAC", "no Olm session with this device decrypts the message");
+      if (message.type !== 0) {
+        await this.unwedge(sender, senderKey).catch(() => {});
+        throw new OlmError("BAD_MESSAGE_MAC", "no Olm session with this device decrypts the message");
+      }
       const created = this.account.createInboundSession(senderKey, message.body);
       plaintext = created.plaintext;
       sessions.push({ session: created.session, lastUsed: this.now() });
@@ -433,13 +438,30 @@ export class E2EE implements ClientCryptoHooks {
     };
   }
 
-  /** Sessions for these devices: existing ones, or new ones from claimed one-time keys (signature checked). */
-  private async ensureOlmSessions(devices: DeviceInfo[]): Promise<void> {
+  /**
+   * A device sent us an Olm message no session of ours decrypts: its session with us is "wedged"
+   * (we lost ours, e.g. restored an old store). The spec's recovery: a new session from a fresh
+   * one-time key and an `m.dummy` over it, so the other side starts using the new session. At most
+   * once an hour per device, so a hostile device cannot make us drain one-time keys.
+   */
+  private async unwedge(userId: string, curveKey: string): Promise<void> {
+    const last = this.unwedged.get(curveKey);
+    if (last !== undefined && this.now() - last < 3600_000) return;
+    this.unwedged.set(curveKey, this.now());
+    await this.devices.ensureUpToDate([userId]);
+    const device = this.devices.deviceByCurveKey(userId, curveKey);
+    if (!device) return;
+    await this.ensureOlmSessions([device], true);
+    await this.sendOlm([device], "m.dummy", () => ({}));
+  }
+
+  /** Sessions for these devices: existing ones, or new ones from claimed one-time keys (signature checked); `fresh`: a new one regardless. */
+  private async ensureOlmSessions(devices: DeviceInfo[], fresh = false): Promise<void> {
     const missing: DeviceInfo[] = [];
     for (const device of devices) {
       const pending = this.claims.get(device.curve25519);
       if (pending) await pending;
-      if ((await this.olmSessionsOf(device.curve25519)).length === 0) missing.push(device);
+      if (fresh || (await this.olmSessionsOf(device.curve25519)).length === 0) missing.push(device);
     }
     if (missing.length === 0) return;
     const claim = (async () => {

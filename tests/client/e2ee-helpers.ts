@@ -71,3 +71,67 @@ export function timelineEvent(c: CryptoClient, roomId: string, eventId: string):
 export function memberJoined(c: CryptoClient, roomId: string, userId: string): Promise<true> {
   return untilSynced(c.client, `${c.client.userId} sees ${userId} joined`, () => c.client.room(roomId)?.members().get(userId)?.membership === "join" || undefined);
 }
+
+type Body = Record<string, any>;
+
+/** The key and to-device endpoints of a homeserver, in memory (tests and the benchmark that need no server). */
+export class KeyServer {
+  readonly deviceKeys = new Map<string, Map<string, Body>>();
+  readonly oneTimeKeys = new Map<string, Body[]>();
+  readonly inbox = new Map<string, Body[]>();
+
+  /** Takes the to-device events waiting for a device (as its next /sync would). */
+  take(userId: string, deviceId: string): Body[] {
+    const events = this.inbox.get(`${userId}|${deviceId}`) ?? [];
+    this.inbox.delete(`${userId}|${deviceId}`);
+    return events;
+  }
+
+  httpFor(userId: string, deviceId: string) {
+    return {
+      request: async (_method: string, path: string, opts?: { body?: unknown }): Promise<any> => this.handle(userId, deviceId, path, (opts?.body ?? {}) as Body),
+    } as never;
+  }
+
+  handle(userId: string, deviceId: string, path: string, body: Body): Body {
+    const me = `${userId}|${deviceId}`;
+    if (path === "/_matrix/client/v3/keys/upload") {
+      if (body.device_keys) {
+        let devices = this.deviceKeys.get(userId);
+        if (!devices) this.deviceKeys.set(userId, (devices = new Map()));
+        devices.set(deviceId, body.device_keys);
+      }
+      const list = this.oneTimeKeys.get(me) ?? [];
+      for (const [id, key] of Object.entries(body.one_time_keys ?? {})) list.push({ [id]: key });
+      this.oneTimeKeys.set(me, list);
+      return { one_time_key_counts: { signed_curve25519: list.length } };
+    }
+    if (path === "/_matrix/client/v3/keys/query") {
+      const answer: Body = {};
+      for (const user of Object.keys(body.device_keys)) answer[user] = Object.fromEntries(this.deviceKeys.get(user) ?? []);
+      return { device_keys: answer };
+    }
+    if (path === "/_matrix/client/v3/keys/claim") {
+      const answer: Body = {};
+      for (const [user, devices] of Object.entries<Body>(body.one_time_keys)) {
+        answer[user] = {};
+        for (const device of Object.keys(devices)) {
+          const key = this.oneTimeKeys.get(`${user}|${device}`)?.shift();
+          if (key) answer[user][device] = key;
+        }
+      }
+      return { one_time_keys: answer };
+    }
+    if (path.startsWith("/_matrix/client/v3/sendToDevice/")) {
+      const type = decodeURIComponent(path.split("/")[5]!);
+      for (const [user, devices] of Object.entries<Body>(body.messages)) {
+        for (const [device, content] of Object.entries<Body>(devices)) {
+          const key = `${user}|${device}`;
+          this.inbox.set(key, [...(this.inbox.get(key) ?? []), { type, sender: userId, content }]);
+        }
+      }
+      return {};
+    }
+    throw new Error(`the stand-in server has no ${path}`);
+  }
+}
