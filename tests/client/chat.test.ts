@@ -260,13 +260,15 @@ const bin = path.join(import.meta.dirname, "..", "..", "bin", "parley-chat.js");
 describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley server", () => {
   let server: TestServer;
   let dir: string;
+  /** What the first terminal test leaves for the second: bob and the room alice made. */
+  let lobby: { bob: Awaited<ReturnType<typeof registerUser>>; roomId: string } | undefined;
   beforeAll(async () => {
     server = await startTestServer();
     dir = await mkdtemp(path.join(tmpdir(), "parley-chat-"));
   });
   afterAll(async () => {
     await server?.destroy();
-    await rm(dir, { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true, maxRetries: 10 });
   });
 
   /** Starts parley-chat in an 80×24 pseudo-terminal; answers the crypto store's passphrase if asked. */
@@ -309,6 +311,7 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
       const roomId = Object.keys(sync.json.rooms?.invite ?? {})[0]!;
       expect(roomId).toBeDefined();
       expect((await request(server.url, "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, { token: bob.accessToken, body: {} })).status).toBe(200);
+      lobby = { bob, roomId };
       await chat.waitFor("bob joined");
 
       chat.type("hello from the terminal\r");
@@ -349,6 +352,28 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
     try {
       await again.waitFor(/bob: hi alice, from the API/);
       expect(again.screen.text()).not.toContain("Password");
+      expect(lobby).toBeDefined();
+      const { bob, roomId } = lobby!;
+
+      // An invitation is listed first, marked; opening it says how to accept; /join accepts.
+      const side = await request(server.url, "POST", "/_matrix/client/v3/createRoom", { token: bob.accessToken, body: { name: "Side", invite: ["@alice:test.local"] } });
+      expect(side.status).toBe(200);
+      await again.waitFor(/^ 1 Side .*invite │/m);
+      again.type("/open Side\r");
+      await again.waitFor("You are invited to Side: /join to accept");
+      again.type("/join\r");
+      await again.waitFor(/Side · not encrypted/);
+      await again.waitFor("alice joined");
+
+      // A message in the room not open counts as unread there, until it is opened.
+      await request(server.url, "PUT", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t2`, {
+        token: bob.accessToken,
+        body: { msgtype: "m.text", body: "are you there?" },
+      });
+      await again.waitFor(/^ 1 Lobby +1 │/m);
+      again.type("/open 1\r");
+      await again.waitFor(/bob: are you there\?/);
+      expect(again.screen.text()).toMatch(/^ 1 Lobby +│/m);
       again.type("\x03");
       expect(await again.exited).toBe(0);
     } finally {
@@ -392,7 +417,7 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
     } finally {
       chat.kill();
       await dana.stop();
-      await rm(carolDir, { recursive: true, force: true });
+      await rm(carolDir, { recursive: true, force: true, maxRetries: 10 });
     }
   }, 25_000);
   // E2EE offers verification from E's SAS wiring on; before it, /verify says it is unavailable.
@@ -425,10 +450,12 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
         const gwen = JSON.parse(await readFile(path.join(gwenDir, "session.json"), "utf8")) as { deviceId: string };
         expect(await v.done).toContain(`ed25519:${gwen.deviceId}`);
         await chat.waitFor(`${finn.userId} ${finn.deviceId} is verified`);
+        chat.type("/quit\r");
+        expect(await chat.exited).toBe(0);
       } finally {
         chat.kill();
         await finn.stop();
-        await rm(gwenDir, { recursive: true, force: true });
+        await rm(gwenDir, { recursive: true, force: true, maxRetries: 10 });
       }
     },
     25_000,
