@@ -379,6 +379,8 @@ export class SasVerification {
   private readonly opts: SasOptions;
   private readonly now: () => number;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private endedSignal: Promise<void>;
+  private signalEnded!: () => void;
   private resolveDone!: (keys: string[]) => void;
   private rejectDone!: (err: unknown) => void;
   private resolveKeys!: () => void;
@@ -404,6 +406,9 @@ export class SasVerification {
     this.opts = opts;
     this.now = opts.now ?? Date.now;
     this.transactionId = opts.transactionId ?? toBase64(randomBytes(18)).replace(/[+/]/g, "A");
+    this.endedSignal = new Promise<void>((resolve) => {
+      this.signalEnded = resolve;
+    });
     this.done = new Promise<string[]>((resolve, reject) => {
       this.resolveDone = resolve;
       this.rejectDone = reject;
@@ -415,7 +420,7 @@ export class SasVerification {
     // Whoever does not await them must not see an unhandled rejection.
     this.done.catch(() => {});
     this.keysExchanged.catch(() => {});
-    this.timer = setTimeout(() => void this.cancel("m.timeout").catch(() => {}), opts.timeoutMs ?? 10 * 60_000);
+    this.timer = setTimeout(() => void this.cancel("m.timeout"), opts.timeoutMs ?? 10 * 60_000);
     this.timer.unref?.();
   }
 
@@ -491,7 +496,8 @@ export class SasVerification {
 
   /** Ends the verification and tells the other device (`m.user` when the user gives up, `m.mismatched_sas` when the SAS differ). No-op once it has ended. */
   cancel(code: CancelCode = "m.user", reason?: string): Promise<void> {
-    return this.serial(() => this.cancelNow(code, reason));
+    // Not queued: a cancel (the user's, or the timeout) must not wait behind a send that hangs.
+    return this.cancelNow(code, reason);
   }
 
   /**
@@ -506,7 +512,8 @@ export class SasVerification {
   // ---- internals ----
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn);
+    // Once ended, nothing waits behind a step that hangs (a send the server never answers).
+    const run = Promise.race([this.queue, this.endedSignal]).then(fn);
     this.queue = run.catch(() => {});
     return run;
   }
@@ -516,6 +523,8 @@ export class SasVerification {
   }
 
   private setState(state: SasState): void {
+    // A step still running when the verification was cancelled must not bring it back to life.
+    if (this.ended) return;
     this.stateValue = state;
     this.opts.onStateChange?.(state);
   }
@@ -525,6 +534,7 @@ export class SasVerification {
   }
 
   private async sendMessage(type: string, content: Record<string, unknown>): Promise<void> {
+    if (this.ended) return;
     try {
       await this.opts.send(type, { ...content, transaction_id: this.transactionId });
     } catch (err) {
@@ -537,12 +547,14 @@ export class SasVerification {
   private finish(err?: unknown, keys?: string[]): void {
     clearTimeout(this.timer);
     this.ephemeral = undefined;
+    const state = err === undefined ? "done" : "cancelled";
+    this.stateValue = state;
+    this.signalEnded();
+    this.opts.onStateChange?.(state);
     if (err !== undefined) {
-      this.setState("cancelled");
       this.rejectKeys(err);
       this.rejectDone(err);
     } else {
-      this.setState("done");
       this.resolveDone(keys ?? []);
     }
   }

@@ -384,6 +384,30 @@ describe("SasVerification between two of our devices", () => {
     expect(await cancelCode(p.b.done)).toEqual({ code: "m.timeout", byUs: false });
   });
 
+  it("cancels at once while a send hangs (the user's cancel and the timeout), and sends nothing more after", async () => {
+    for (const how of ["user", "timeout"] as const) {
+      const sent: string[] = [];
+      const v = new SasVerification({
+        ...device("@a:x", "DA"),
+        other: device("@b:x", "DB"),
+        timeoutMs: how === "timeout" ? 30 : 60_000,
+        send: (type) => {
+          sent.push(type);
+          // The request never gets through (a server that does not answer).
+          return type === "m.key.verification.request" ? new Promise<void>(() => {}) : undefined;
+        },
+      });
+      void v.request();
+      await new Promise((r) => setTimeout(r, 5));
+      if (how === "user") await v.cancel();
+      expect(await cancelCode(v.done)).toEqual({ code: how === "user" ? "m.user" : "m.timeout", byUs: true });
+      expect(v.state).toBe("cancelled");
+      await v.handle("m.key.verification.ready", { transaction_id: v.transactionId, from_device: "DB", methods: ["m.sas.v1"] });
+      expect(v.state).toBe("cancelled");
+      expect(sent).toEqual(["m.key.verification.request", "m.key.verification.cancel"]);
+    }
+  });
+
   it("takes a request only within the spec's time window and with SAS among its methods", () => {
     const now = 1_700_000_000_000;
     const req = (timestamp: number, methods = ["m.sas.v1"]) => ({ from_device: "D", methods, timestamp, transaction_id: "t" });
