@@ -9,6 +9,7 @@
 // swaps keys could otherwise read what we send to "that" device), and the old entry is kept.
 import { canonicalJson } from "../../federation/protocol/canonical-json.ts";
 import { ed25519Verify, fromBase64 } from "./primitives.ts";
+import type { KeysQueryResponse } from "./cross-signing.ts";
 import type { E2EEHttp, CryptoStore } from "./e2ee.ts";
 
 export const OLM_ALGORITHM = "m.olm.v1.curve25519-aes-sha2";
@@ -31,6 +32,8 @@ interface UserEntry {
   /** "outdated": must be queried before we trust the list. */
   state: "outdated" | "up_to_date";
   devices: Record<string, DeviceInfo>;
+  /** The user's cross-signing keys as /keys/query gave them (signatures checked when trust is asked). */
+  crossSigning?: { master?: unknown; self_signing?: unknown; user_signing?: unknown };
 }
 
 const NS_USERS = "device_lists";
@@ -146,6 +149,18 @@ export class DeviceList {
     return this.devicesOf(userId).find((d) => d.curve25519 === curve25519);
   }
 
+  /** What /keys/query said of `userId` (devices and cross-signing keys, with our user-signing key), for cross-signing trust checks. */
+  keysQueryFor(userId: string): KeysQueryResponse {
+    const entry = this.users.get(userId);
+    const ownKeys = this.users.get(this.ownUserId)?.crossSigning;
+    return {
+      device_keys: { [userId]: Object.fromEntries(Object.values(entry?.devices ?? {}).map((d) => [d.deviceId, d.keys])) },
+      master_keys: entry?.crossSigning?.master ? { [userId]: entry.crossSigning.master } : {},
+      self_signing_keys: entry?.crossSigning?.self_signing ? { [userId]: entry.crossSigning.self_signing } : {},
+      user_signing_keys: ownKeys?.user_signing ? { [this.ownUserId]: ownKeys.user_signing } : {},
+    };
+  }
+
   async setVerified(userId: string, deviceId: string, verified: boolean): Promise<void> {
     const entry = this.users.get(userId);
     const device = entry?.devices[deviceId];
@@ -157,7 +172,12 @@ export class DeviceList {
   private async query(userIds: string[]): Promise<void> {
     const generations = new Map(userIds.map((u) => [u, this.generation.get(u) ?? 0]));
     const body = { device_keys: Object.fromEntries(userIds.map((u) => [u, [] as string[]])), timeout: 10_000 };
-    const res = await this.http.request<{ device_keys?: Record<string, Record<string, Record<string, unknown>>>; failures?: Record<string, unknown> }>(
+    const res = await this.http.request<{
+      device_keys?: Record<string, Record<string, Record<string, unknown>>>;
+      master_keys?: Record<string, unknown>;
+      self_signing_keys?: Record<string, unknown>;
+      user_signing_keys?: Record<string, unknown>;
+    }>(
       "POST",
       "/_matrix/client/v3/keys/query",
       { body },
@@ -178,6 +198,13 @@ export class DeviceList {
         else if (previous) devices[deviceId] = previous;
       }
       entry.devices = devices;
+      const own = (section: Record<string, unknown> | undefined) => (section && Object.hasOwn(section, userId) ? section[userId] : undefined);
+      entry.crossSigning = {
+        master: own(res.master_keys),
+        self_signing: own(res.self_signing_keys),
+        // Only our own user-signing key is ever given (and needed: it signs the users we verified).
+        ...(userId === this.ownUserId ? { user_signing: own(res.user_signing_keys) } : {}),
+      };
       if ((this.generation.get(userId) ?? 0) === generations.get(userId)) entry.state = "up_to_date";
       await this.save(userId, entry);
     }

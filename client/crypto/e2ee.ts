@@ -14,6 +14,7 @@ import type { MatrixHttp } from "../http.ts";
 import type { CryptoStore } from "./store.ts";
 import { DeviceList, type DeviceInfo, MEGOLM_ALGORITHM, OLM_ALGORITHM, verifySignedJson } from "./device-list.ts";
 import { cryptoReady, randomBytes, toBase64 } from "./primitives.ts";
+import { deviceTrust, masterKeyOf, type TrustContext } from "./cross-signing.ts";
 import { SasVerification } from "./sas.ts";
 import {
   type MegolmInboundSession,
@@ -152,6 +153,8 @@ export class E2EE implements ClientCryptoHooks {
    * the application shows it and calls `ready()` (then compares the SAS and `confirm()`s) or `cancel()`.
    */
   onVerificationRequest?: (verification: SasVerification) => void;
+  /** The master keys we trust: our own, and other users' we verified (cross-signing). */
+  private trust: { ownMasterKey?: string; verifiedMasterKeys: Record<string, string> } = { verifiedMasterKeys: {} };
   /** SAS verifications in progress, by transaction ID. */
   private readonly verifications = new Map<string, SasVerification>();
   /** Another of our devices asked for a room key; `forwarded`: whether it got it. */
@@ -188,6 +191,8 @@ export class E2EE implements ClientCryptoHooks {
     const devices = await DeviceList.load(opts.http, opts.store, opts.userId, opts.deviceId);
     devices.ownEd25519 = account.identityKeys().ed25519;
     const machine = new E2EE({ ...opts, olm }, account, devices);
+    const trust = await opts.store.get(NS_ACCOUNT, "cross_signing_trust");
+    if (trust) machine.trust = JSON.parse(trust) as E2EE["trust"];
     for (const [roomId, value] of await opts.store.list(NS_ROOMS)) machine.roomSettings.set(roomId, JSON.parse(value) as Record<string, unknown>);
     await machine.uploads.run(() => machine.uploadKeys(undefined, false));
     return machine;
@@ -582,7 +587,7 @@ export class E2EE implements ClientCryptoHooks {
       // Forwarded keys are taken only from our own verified devices, and only when we asked.
       if (event.sender !== this.userId) return;
       const device = olmInfo.senderDevice ? this.devices.device(this.userId, olmInfo.senderDevice) : undefined;
-      if (!device?.verified) return;
+      if (!device || !this.isVerified(device)) return;
       const request = await this.store.get(NS_KEY_REQUESTS, `${c.room_id}|${c.session_id}`);
       if (!request) return;
       if (typeof c.sender_key !== "string" || typeof c.sender_claimed_ed25519_key !== "string") return;
@@ -649,7 +654,7 @@ export class E2EE implements ClientCryptoHooks {
     await this.devices.ensureUpToDate([this.userId]).catch(() => {});
     const device = this.devices.device(this.userId, requester);
     const found = await this.getInbound(body.room_id, typeof body.sender_key === "string" ? body.sender_key : undefined, body.session_id);
-    if (!device?.verified || !found) {
+    if (!device || !this.isVerified(device) || !found) {
       this.onRoomKeyRequest?.(requester, false);
       return;
     }
@@ -734,7 +739,8 @@ export class E2EE implements ClientCryptoHooks {
    * not that device's, is reported as from an unknown device: its content cannot be attributed.
    */
   private async senderTrust(sender: string, record: InboundRecord): Promise<{ senderDevice?: string; verified: "verified" | "unverified" | "unknown_device" }> {
-    await this.devices.ensureUpToDate([sender]).catch(() => {});
+    // Our own user's keys too: our user-signing key is what makes another user's master key trusted.
+    await this.devices.ensureUpToDate([sender, this.userId]).catch(() => {});
     let device = this.devices.deviceByCurveKey(sender, record.senderKey);
     if (!device) {
       await this.devices.refresh([sender]).catch(() => {});
@@ -742,7 +748,7 @@ export class E2EE implements ClientCryptoHooks {
     }
     if (!device || device.ed25519 !== record.signingKey) return { verified: "unknown_device" };
     // A forwarded key vouches for the session only as far as the forwarding device: at best unverified.
-    return { senderDevice: device.deviceId, verified: device.verified && !record.forwarded ? "verified" : "unverified" };
+    return { senderDevice: device.deviceId, verified: this.isVerified(device) && !record.forwarded ? "verified" : "unverified" };
   }
 
   async encryptRoomEvent(roomId: string, type: string, content: Record<string, unknown>, members: string[]): Promise<Record<string, unknown>> {
@@ -840,11 +846,13 @@ export class E2EE implements ClientCryptoHooks {
   // ---------------------------------------------------------------- SAS verification
 
   private newVerification(userId: string, device: DeviceInfo, transactionId?: string): SasVerification {
+    const theirMasterKey = masterKeyOf(this.devices.keysQueryFor(userId), userId);
     const verification = new SasVerification({
       userId: this.userId,
       deviceId: this.deviceId,
       ed25519: this.account.identityKeys().ed25519,
-      other: { userId, deviceId: device.deviceId, ed25519: device.ed25519 },
+      ...(this.trust.ownMasterKey ? { masterKey: this.trust.ownMasterKey } : {}),
+      other: { userId, deviceId: device.deviceId, ed25519: device.ed25519, ...(theirMasterKey ? { masterKey: theirMasterKey } : {}) },
       ...(transactionId ? { transactionId } : {}),
       // In the clear, as the spec's to-device verification does it (the MACs protect the keys).
       send: async (type, content) => {
@@ -860,6 +868,8 @@ export class E2EE implements ClientCryptoHooks {
         this.verifications.delete(verification.transactionId);
         const known = this.devices.device(userId, device.deviceId);
         if (keyIds.includes(`ed25519:${device.deviceId}`) && known?.ed25519 === device.ed25519) await this.devices.setVerified(userId, device.deviceId, true);
+        // Their MAC covered their master key: the user's cross-signed devices are trusted from now on.
+        if (theirMasterKey && keyIds.includes(`ed25519:${theirMasterKey}`)) await this.trustMasterKey(userId, theirMasterKey);
       },
       () => this.verifications.delete(verification.transactionId),
     );
@@ -903,6 +913,28 @@ export class E2EE implements ClientCryptoHooks {
   }
 
   // ---------------------------------------------------------------- verification state
+
+  /**
+   * Whether we trust a device: verified by us (SAS, our say-so, our own device), or cross-signed by
+   * its user's self-signing key under a master key we trust (client/crypto/cross-signing.ts checks
+   * every signature of the chain from what /keys/query gave).
+   */
+  isVerified(device: DeviceInfo): boolean {
+    if (device.verified) return true;
+    const ctx: TrustContext = { userId: this.userId, verifiedMasterKeys: this.trust.verifiedMasterKeys, ...(this.trust.ownMasterKey ? { ownMasterKey: this.trust.ownMasterKey } : {}) };
+    return deviceTrust(this.devices.keysQueryFor(device.userId), device.userId, device.deviceId, ctx).trusted;
+  }
+
+  /**
+   * Trusts a user's master cross-signing key (after SAS covering it, or our own once we hold or
+   * verified it): their devices signed by their self-signing key count as verified. A changed master
+   * key is not trusted until verified again.
+   */
+  async trustMasterKey(userId: string, masterKey: string): Promise<void> {
+    if (userId === this.userId) this.trust.ownMasterKey = masterKey;
+    else this.trust.verifiedMasterKeys = { ...this.trust.verifiedMasterKeys, [userId]: masterKey };
+    await this.store.put(NS_ACCOUNT, "cross_signing_trust", JSON.stringify(this.trust));
+  }
 
   /** Marks a device verified (after SAS, or by the user's say-so) or not. */
   async setDeviceVerified(userId: string, deviceId: string, verified = true): Promise<void> {

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { CrossSigningIdentity, uploadCrossSigningKeys, uploadSignatures } from "../../client/crypto/cross-signing.ts";
 import { E2EE } from "../../client/crypto/e2ee.ts";
 import { FileCryptoStore, MemoryCryptoStore } from "../../client/crypto/store.ts";
 import type { OlmImplementation } from "../../client/crypto/types.ts";
@@ -165,6 +166,36 @@ describe("E2EE machine", () => {
     // The earlier message stays unreadable to the new device (its key starts at the later index).
     const old = await bob2.e2ee.decryptRoomEvent(roomId, await wireEvent(bob2, roomId, before));
     expect(old.encrypted).toMatchObject({ decrypted: false });
+  });
+
+  it("trusts another user's devices that user cross-signed, once their master key is verified", async () => {
+    const alice = await user("csalice");
+    const bob = await user("csbob");
+    const roomId = await encryptedRoom(alice, [bob]);
+    const identity = CrossSigningIdentity.generate(bob.client.userId);
+    await uploadCrossSigningKeys(bob.client.http, identity.deviceSigningUploadBody(), { userId: bob.client.userId, password: bob.password });
+    await uploadSignatures(bob.client.http, identity.signOwnDevice(bob.e2ee.deviceKeys()));
+
+    // Cross-signed, but alice has not verified bob's master key: unverified.
+    const first = await bob.client.sendText(roomId, "signed, not yet trusted");
+    expect((await decryptedBody(alice, roomId, first)).encrypted).toMatchObject({ verified: "unverified" });
+    // Alice verifies bob's master key (as SAS covering it would): his signed device is verified.
+    await alice.e2ee.trustMasterKey(bob.client.userId, identity.master!.publicKey);
+    const second = await bob.client.sendText(roomId, "signed and trusted");
+    expect((await decryptedBody(alice, roomId, second)).encrypted).toMatchObject({ verified: "verified", senderDevice: bob.client.deviceId });
+
+    // A new device of bob's is unverified until bob signs it with his self-signing key.
+    const bob2 = await device(bob);
+    await untilSynced(bob2.client, "bob's new device sees the room", () => bob2.client.room(roomId));
+    const unsigned = await bob2.client.sendText(roomId, "from an unsigned device");
+    expect((await decryptedBody(alice, roomId, unsigned)).encrypted).toMatchObject({ verified: "unverified", senderDevice: bob2.client.deviceId });
+    await uploadSignatures(bob.client.http, identity.signOwnDevice(bob2.e2ee.deviceKeys()));
+    await untilSynced(alice.client, "alice learns bob's new signature", async () => {
+      await alice.e2ee.devices.ensureUpToDate([bob.client.userId]);
+      return alice.e2ee.isVerified(alice.e2ee.devices.device(bob.client.userId, bob2.client.deviceId)!);
+    });
+    const signed = await bob2.client.sendText(roomId, "from a signed device");
+    expect((await decryptedBody(alice, roomId, signed)).encrypted).toMatchObject({ verified: "verified", senderDevice: bob2.client.deviceId });
   });
 
   it("a client restarted on its encrypted file store decrypts old messages and never reuses a message index", async () => {
