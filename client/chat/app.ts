@@ -171,7 +171,11 @@ export async function main(
     }
     return 0;
   } catch (err) {
-    if (err instanceof PromptCancelled) return 1;
+    // Ctrl+C at a prompt, or a failure already explained on screen: nothing more to say.
+    if (err instanceof PromptCancelled) {
+      if (err.message === "input closed") io.error.write("parley-chat: the input ended before the prompt was answered\n");
+      return 1;
+    }
     io.error.write(`parley-chat: ${errorText(err)}\n`);
     return 1;
   }
