@@ -603,12 +603,12 @@ export class E2EE implements ClientCryptoHooks {
     }
     if (session.sessionId() !== c.session_id) return;
     const existing = await this.getInbound(c.room_id, senderKey, c.session_id);
-    // Keep what we have unless the new copy decrypts earlier messages (and is no less authenticated).
+    // Keep what we have unless the new copy decrypts earlier messages, or comes from the sender itself
+    // where ours was forwarded. A copy that claims another signing key is never taken.
     if (existing) {
-      if (existing.record.forwarded === false && forwarded) {
-        if (session.firstKnownIndex() >= existing.session.firstKnownIndex()) return;
-      } else if (session.firstKnownIndex() >= existing.session.firstKnownIndex()) return;
-      if (existing.record.signingKey !== signingKey) return;
+      const earlier = session.firstKnownIndex() < existing.session.firstKnownIndex();
+      const authenticated = existing.record.forwarded && !forwarded && session.firstKnownIndex() <= existing.session.firstKnownIndex();
+      if ((!earlier && !authenticated) || existing.record.signingKey !== signingKey) return;
     }
     await this.saveInbound(session, { roomId: c.room_id, senderKey, signingKey, serialized: "", forwarded: existing ? existing.record.forwarded && forwarded : forwarded, forwardingChain: chain });
     await this.cancelKeyRequest(c.room_id, c.session_id);
