@@ -3,12 +3,23 @@
 // startClient) and one of ours (signed device keys published, to-device messages read from /sync
 // and sent with /sendToDevice). The SDK requests, we accept, the SDK starts SAS; both show the
 // same emoji, both confirm, both finish. The SDK then signs our device with its self-signing key,
-// and our cross-signing code trusts that signature through the master key the SAS verified.
+// and our cross-signing code trusts that signature through the master key the SAS verified. Then
+// the same between two users (to-device), where each side's MAC covers its master key and each
+// signs the other's master key with its user-signing key.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { deviceTrust, type KeysQueryResponse } from "../../client/crypto/cross-signing.ts";
+import {
+  CrossSigningIdentity,
+  deviceTrust,
+  type KeysQueryResponse,
+  signaturesAfterVerification,
+  uploadCrossSigningKeys,
+  uploadSignatures,
+  userTrust,
+} from "../../client/crypto/cross-signing.ts";
 import { cryptoReady, ed25519Generate, ed25519Sign, randomBytes, toBase64 } from "../../client/crypto/primitives.ts";
 import { SasVerification } from "../../client/crypto/sas.ts";
 import { signJson } from "../../client/crypto/signed-json.ts";
+import { MatrixHttp } from "../../client/http.ts";
 import { loginUser, passwordAuth, registerUser } from "../accounts-helpers.ts";
 import { request, startTestServer, type TestServer } from "../harness.ts";
 import { sdk } from "../matrix-sdk.ts";
@@ -54,28 +65,43 @@ async function eventually<T>(what: string, check: () => Promise<T | undefined>, 
  * One user with two devices: the SDK's (cross-signing set up, syncing with startClient) and ours
  * (signed device keys, a /sync loop feeding `onToDevice`, `send` through /sendToDevice).
  */
-async function twoDevices(name: string) {
+async function twoDevices(name: string, opts: { otherUser?: boolean } = {}) {
   const user = await registerUser(hs.url, name);
-  const login = await loginUser(hs.url, user.userId, user.password);
-  const ours = { token: login.json.access_token as string, deviceId: login.json.device_id as string };
+  // Our device: a second device of the SDK's user, or the device of another user.
+  let ours: { userId: string; token: string; deviceId: string };
+  if (opts.otherUser) {
+    const other = await registerUser(hs.url, `${name}peer`);
+    ours = { userId: other.userId, token: other.accessToken, deviceId: other.deviceId };
+  } else {
+    const login = await loginUser(hs.url, user.userId, user.password);
+    ours = { userId: user.userId, token: login.json.access_token as string, deviceId: login.json.device_id as string };
+  }
 
   // Our device: signed device keys (the Curve25519 key is never used here).
   const key = ed25519Generate();
   const ourEd25519 = toBase64(key.publicKey);
   const deviceKeys = signJson(
     {
-      user_id: user.userId,
+      user_id: ours.userId,
       device_id: ours.deviceId,
       algorithms: ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
       keys: { [`curve25519:${ours.deviceId}`]: toBase64(randomBytes(32)), [`ed25519:${ours.deviceId}`]: ourEd25519 },
     },
-    user.userId,
+    ours.userId,
     `ed25519:${ours.deviceId}`,
     (m) => toBase64(ed25519Sign(key.privateKey, m)),
   );
   const api = (method: string, path: string, body?: unknown) => request(hs.url, method, `/_matrix/client/v3${path}`, { token: ours.token, body });
   expect((await api("POST", "/keys/upload", { device_keys: deviceKeys })).status).toBe(200);
   let since = (await api("GET", "/sync?timeout=0")).json.next_batch as string;
+  // Another user publishes cross-signing keys of ours (so our MAC covers our master key too).
+  let identity: CrossSigningIdentity | undefined;
+  if (opts.otherUser) {
+    identity = CrossSigningIdentity.generate(ours.userId);
+    const http = new MatrixHttp({ baseUrl: hs.url, accessToken: ours.token });
+    await uploadCrossSigningKeys(http, identity.deviceSigningUploadBody());
+    await uploadSignatures(http, identity.signOwnDevice(deviceKeys));
+  }
 
   // The SDK's device, with cross-signing set up (so its MAC covers the master key too).
   const client = sdk.createClient({ baseUrl: hs.url, accessToken: user.accessToken, userId: user.userId, deviceId: user.deviceId, logger: quiet as never });
@@ -93,9 +119,16 @@ async function twoDevices(name: string) {
     crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(passwordAuth(user) as never)) }),
     "SDK bootstraps cross-signing",
   );
-  await eventually("the SDK knows our device", async () => ((await crypto.getUserDeviceInfo([user.userId], true)).get(user.userId)?.has(ours.deviceId) ? true : undefined));
+  if (opts.otherUser) {
+    // Another user's devices are tracked once a room is shared; the SDK is told directly here.
+    const { UserId } = await import("@matrix-org/matrix-sdk-crypto-wasm");
+    const internals = crypto as unknown as { olmMachine: { updateTrackedUsers(users: unknown[]): Promise<void> } };
+    await internals.olmMachine.updateTrackedUsers([new UserId(ours.userId)]);
+  }
+  await eventually("the SDK knows our device", async () => ((await crypto.getUserDeviceInfo([ours.userId], true)).get(ours.userId)?.has(ours.deviceId) ? true : undefined));
 
-  const query = async (): Promise<KeysQueryResponse> => (await api("POST", "/keys/query", { device_keys: { [user.userId]: [] } })).json;
+  const query = async (): Promise<KeysQueryResponse> =>
+    (await api("POST", "/keys/query", { device_keys: { [user.userId]: [], [ours.userId]: [] } })).json;
   const q = await query();
   const sdkEd25519 = (q.device_keys![user.userId]![user.deviceId]!.keys as Record<string, string>)[`ed25519:${user.deviceId}`]!;
   const masterKey = Object.values((q.master_keys![user.userId] as { keys: Record<string, string> }).keys)[0]!;
@@ -107,9 +140,10 @@ async function twoDevices(name: string) {
   };
   const verificationWith = (transactionId?: string) =>
     new SasVerification({
-      userId: user.userId,
+      userId: ours.userId,
       deviceId: ours.deviceId,
       ed25519: ourEd25519,
+      ...(identity ? { masterKey: identity.master!.publicKey } : {}),
       other: { userId: user.userId, deviceId: user.deviceId, ed25519: sdkEd25519, masterKey },
       ...(transactionId ? { transactionId } : {}),
       send,
@@ -132,6 +166,8 @@ async function twoDevices(name: string) {
   return {
     user,
     ours,
+    identity,
+    sdkEd25519,
     client,
     crypto,
     query,
@@ -163,7 +199,7 @@ describe("SAS with matrix-js-sdk's Rust crypto", () => {
     const t = await twoDevices("sasalice");
     const { user, ours, crypto, masterKey } = t;
     try {
-      const sdkRequest = await within(crypto.requestDeviceVerification(user.userId, ours.deviceId), "SDK sends a request");
+      const sdkRequest = await within(crypto.requestDeviceVerification(ours.userId, ours.deviceId), "SDK sends a request");
       let verification: SasVerification | undefined;
       t.setHandler(async (type, content) => {
         if (type === "m.key.verification.request") {
@@ -224,6 +260,54 @@ describe("SAS with matrix-js-sdk's Rust crypto", () => {
       await within(sdkDone, "the SDK finishes");
       expect((await within(v.done, "we finish")).sort()).toEqual([`ed25519:${masterKey}`, `ed25519:${user.deviceId}`].sort());
       expect(t.seen).toEqual(["ready", "accept", "key", "mac", "done"]);
+    } finally {
+      await t.stop();
+    }
+  });
+
+  it("two users over to-device: the SDK verifies our device and master key and cross-signs us; we sign the SDK user's master key and trust its device", async () => {
+    const t = await twoDevices("sascarol", { otherUser: true });
+    const { user, ours, crypto, masterKey, identity } = t;
+    try {
+      const sdkRequest = await within(crypto.requestDeviceVerification(ours.userId, ours.deviceId), "SDK sends a request");
+      let verification: SasVerification | undefined;
+      t.setHandler(async (type, content) => {
+        if (type === "m.key.verification.request") {
+          verification = t.verificationWith(content.transaction_id as string);
+          await verification.handle(type, content);
+          await verification.ready();
+        } else await verification?.handle(type, content);
+      });
+      await eventually("the SDK sees our ready", async () => (sdkRequest.phase === VerificationPhase.Ready ? true : undefined));
+      const verifier = await sdkRequest.startVerification("m.sas.v1");
+      const shown = sdkConfirms(verifier);
+      const sdkDone = verifier.verify();
+      const sdkEmoji = await within(shown, "the SDK shows the SAS");
+      const v = verification!;
+      await within(v.keysExchanged, "our keys exchanged");
+      expect(v.emojis()!.map((e) => `${e.emoji} ${e.description}`)).toEqual(sdkEmoji);
+      await v.confirm();
+      await within(sdkDone, "the SDK finishes");
+      const verified = await within(v.done, "we finish");
+      expect(verified.sort()).toEqual([`ed25519:${masterKey}`, `ed25519:${user.deviceId}`].sort());
+
+      // The SDK took our MAC of our master key: it signed our master key with its user-signing key,
+      // which its user's /keys/query shows and our trust code accepts from its point of view.
+      const sdkView = async (): Promise<KeysQueryResponse> =>
+        (await request(hs.url, "POST", "/_matrix/client/v3/keys/query", { token: user.accessToken, body: { device_keys: { [ours.userId]: [], [user.userId]: [] } } })).json;
+      const sdkTrust = await eventually("the SDK's user-signing signature of our master key", async () => {
+        const r = userTrust(await sdkView(), ours.userId, { userId: user.userId, ownMasterKey: masterKey });
+        return r.trusted ? r : undefined;
+      });
+      expect(sdkTrust).toEqual({ trusted: true, masterKey: identity!.master!.publicKey, via: "user_signing" });
+      expect((await crypto.getDeviceVerificationStatus(ours.userId, ours.deviceId))?.isVerified()).toBe(true);
+
+      // We sign the SDK user's master key with our user-signing key and trust its device through it.
+      const q = await t.query();
+      const peer = { userId: user.userId, deviceId: user.deviceId, ed25519: t.sdkEd25519, masterKey };
+      await uploadSignatures(new MatrixHttp({ baseUrl: hs.url, accessToken: ours.token }), signaturesAfterVerification(identity!, peer, verified, q));
+      const ctx = { userId: ours.userId, ownMasterKey: identity!.master!.publicKey };
+      expect(deviceTrust(await t.query(), user.userId, user.deviceId, ctx)).toEqual({ trusted: true, masterKey, via: "user_signing" });
     } finally {
       await t.stop();
     }
