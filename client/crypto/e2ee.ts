@@ -142,6 +142,8 @@ export class E2EE implements ClientCryptoHooks {
   private readonly uploads = new Serial();
   private readonly roomQueues = new Map<string, Serial>();
   private readonly claims = new Map<string, Promise<void>>();
+  /** Devices (by Curve25519 key) whose server had no one-time key for us: not asked again before this time. */
+  private readonly noKeyUntil = new Map<string, number>();
   /** When each device (by Curve25519 key) last got a new session because its messages did not decrypt. */
   private readonly unwedged = new Map<string, number>();
   /** Tells the application about to-device verification events and the like (set by the client). */
@@ -466,6 +468,8 @@ export class E2EE implements ClientCryptoHooks {
     for (const device of devices) {
       const pending = this.claims.get(device.curve25519);
       if (pending) await pending;
+      // A device without keys on its server is asked again after a minute, not on every message.
+      if ((this.noKeyUntil.get(device.curve25519) ?? 0) > this.now()) continue;
       if (fresh || (await this.olmSessionsOf(device.curve25519)).length === 0) missing.push(device);
     }
     if (missing.length === 0) return;
@@ -477,7 +481,10 @@ export class E2EE implements ClientCryptoHooks {
       });
       for (const device of missing) {
         const claimed = res.one_time_keys?.[device.userId]?.[device.deviceId];
-        if (!isObject(claimed)) continue;
+        if (!isObject(claimed)) {
+          this.noKeyUntil.set(device.curve25519, this.now() + 60_000);
+          continue;
+        }
         for (const [keyId, value] of Object.entries(claimed)) {
           if (!keyId.startsWith("signed_curve25519:") || !isObject(value) || typeof value.key !== "string") continue;
           if (!verifySignedJson(value, device.userId, device.deviceId, device.ed25519)) continue;
