@@ -198,7 +198,7 @@ export class ChatApp {
   /** Our messages sent and not yet back from the server, per room. */
   private readonly pending = new Map<string, ChatMessage[]>();
   /** Older events loaded with /messages (PageUp at the top), per room, oldest first. */
-  private readonly older = new Map<string, { events: TimelineEvent[]; end?: string; done: boolean; loading: boolean }>();
+  private readonly older = new Map<string, { events: TimelineEvent[]; end?: string; done: boolean; loading: boolean; anchor?: string }>();
   private synced = false;
   private typingSentAt = 0;
   private drawScheduled = false;
@@ -362,6 +362,11 @@ export class ChatApp {
   }
 
   private onTimeline(room: Room, event: TimelineEvent): void {
+    // The loaded pages continue the timeline from its first event; when that is gone (a limited
+    // sync cleared the timeline, or it was trimmed), they no longer join it: drop them rather than
+    // show history with a hole in it.
+    const older = this.older.get(room.roomId);
+    if (older && !older.loading && older.anchor !== room.timeline[0]?.event_id) this.older.delete(room.roomId);
     const mine = event.sender === this.client.userId;
     const isMessage = event.type === "m.room.message" || event.type === "m.room.encrypted" || event.type === "m.sticker";
     if (this.synced && isMessage && !mine && room.roomId !== this.openRoomId) {
@@ -455,7 +460,7 @@ export class ChatApp {
     const roomId = this.openRoomId;
     const room = roomId ? this.client.room(roomId) : undefined;
     if (!roomId || !room) return;
-    const older = this.older.get(roomId) ?? { events: [], done: false, loading: false };
+    const older = this.older.get(roomId) ?? { events: [], done: false, loading: false, ...(room.timeline[0] ? { anchor: room.timeline[0].event_id } : {}) };
     this.older.set(roomId, older);
     if (older.done || older.loading) return;
     older.loading = true;

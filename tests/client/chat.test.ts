@@ -348,12 +348,28 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
 
   // After the test above: its session is in the data directory.
   it("starts again on the saved session: no password, the room and its history on screen", async () => {
+    expect(lobby).toBeDefined();
+    const { bob, roomId } = lobby!;
+    // More messages than the first sync gives (20 events): the older ones come with PageUp.
+    for (let i = 0; i < 30; i++) {
+      await request(server.url, "PUT", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/burst${i}`, {
+        token: bob.accessToken,
+        body: { msgtype: "m.text", body: `burst ${i}` },
+      });
+    }
     const again = await startChat([], []);
     try {
-      await again.waitFor(/bob: hi alice, from the API/);
+      await again.waitFor("bob: burst 29");
       expect(again.screen.text()).not.toContain("Password");
-      expect(lobby).toBeDefined();
-      const { bob, roomId } = lobby!;
+      expect(again.screen.text()).not.toContain("hi alice, from the API");
+      for (let i = 0; i < 20 && !again.screen.text().includes("hi alice, from the API"); i++) {
+        again.type("\x1b[5~");
+        await new Promise((r) => setTimeout(r, 150));
+      }
+      expect(again.screen.text()).toContain("bob: hi alice, from the API");
+      expect(again.screen.text()).toContain("PageDown to return");
+      again.type("\x1b[6~".repeat(20));
+      await again.waitFor("bob: burst 29");
 
       // An invitation is listed first, marked; opening it says how to accept; /join accepts.
       const side = await request(server.url, "POST", "/_matrix/client/v3/createRoom", { token: bob.accessToken, body: { name: "Side", invite: ["@alice:test.local"] } });
