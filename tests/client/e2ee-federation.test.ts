@@ -1,9 +1,10 @@
 // Two Parley clients (the E2EE machine on our Olm/Megolm) on two federating Parley servers chat in an
 // encrypted room: device keys are queried and one-time keys claimed across servers, the room keys go
-// over federation as to-device messages, and each client decrypts the other's messages.
+// over federation as to-device messages, and each client decrypts the other's messages (a room event
+// may arrive before its key does: it is decrypted again once the key is there).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Network, startNetwork } from "../federation-harness.ts";
-import { type CryptoClient, memberJoined, registerCryptoClient, timelineEvent, untilSynced } from "./e2ee-helpers.ts";
+import { type CryptoClient, decryptedEventually, memberJoined, registerCryptoClient, untilSynced } from "./e2ee-helpers.ts";
 
 let net: Network;
 const started: CryptoClient[] = [];
@@ -30,12 +31,12 @@ describe("E2EE across two Parley servers", () => {
     await untilSynced(bob.client, "bob sees the room encrypted", () => bob.client.room(roomId)?.encrypted);
 
     const fromAlice = await alice.client.sendText(roomId, "across servers, secretly");
-    const got = await timelineEvent(bob, roomId, fromAlice);
+    const got = await decryptedEventually(bob, roomId, fromAlice);
     expect(got.encrypted).toMatchObject({ decrypted: true, senderDevice: alice.client.deviceId, verified: "unverified" });
     expect(got.content.body).toBe("across servers, secretly");
 
     const fromBob = await bob.client.sendText(roomId, "and back");
-    const back = await timelineEvent(alice, roomId, fromBob);
+    const back = await decryptedEventually(alice, roomId, fromBob);
     expect(back.encrypted).toMatchObject({ decrypted: true, senderDevice: bob.client.deviceId });
     expect(back.content.body).toBe("and back");
   }, 60_000);

@@ -67,6 +67,20 @@ export function timelineEvent(c: CryptoClient, roomId: string, eventId: string):
   return untilSynced(c.client, `${c.client.userId} receives ${eventId}`, () => c.client.room(roomId)?.timeline.find((e) => e.event_id === eventId));
 }
 
+/**
+ * The event of `roomId` decrypted, once `c` has its key. Over federation the room event can arrive
+ * before the to-device message carrying its key (separate transactions): the event is decrypted again
+ * after each sync, as a client does when a room key arrives (E2EE.onRoomKeyReceived).
+ */
+export async function decryptedEventually(c: CryptoClient, roomId: string, eventId: string): Promise<TimelineEvent> {
+  const event = await timelineEvent(c, roomId, eventId);
+  if (event.encrypted?.decrypted) return event;
+  return untilSynced(c.client, `${c.client.userId} decrypts ${eventId}`, async () => {
+    const again = await c.e2ee.decryptRoomEvent(roomId, event);
+    return again.encrypted?.decrypted ? again : undefined;
+  });
+}
+
 /** Waits until `c` sees `userId` joined in `roomId`. */
 export function memberJoined(c: CryptoClient, roomId: string, userId: string): Promise<true> {
   return untilSynced(c.client, `${c.client.userId} sees ${userId} joined`, () => c.client.room(roomId)?.members().get(userId)?.membership === "join" || undefined);
