@@ -438,7 +438,7 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
   }, 25_000);
   // E2EE offers verification from E's SAS wiring on; before it, /verify says it is unavailable.
   it.skipIf(typeof (E2EE.prototype as unknown as Record<string, unknown>).requestVerification !== "function")(
-    "verifies another user's device by comparing emoji (/verify, /yes)",
+    "verifies another user's device by comparing emoji (/verify, /yes); its messages then show no warning",
     async () => {
       const registered = await ParleyClient.register(server.url, "finn", "finn-password-1");
       const finn = new ParleyClient({ baseUrl: server.url, accessToken: registered.http.accessToken!, userId: registered.userId, deviceId: registered.deviceId, sync: { pollTimeoutMs: 5_000 } });
@@ -466,6 +466,18 @@ describe.skipIf(!ptyAvailable())("parley-chat in a terminal, against a Parley se
         const gwen = JSON.parse(await readFile(path.join(gwenDir, "session.json"), "utf8")) as { deviceId: string };
         expect(await v.done).toContain(`ed25519:${gwen.deviceId}`);
         await chat.waitFor(`${finn.userId} ${finn.deviceId} is verified`);
+
+        // Finn's messages now show the lock without the warning.
+        chat.type("/create Trusted --encrypted\r");
+        await chat.waitFor("turned on end-to-end encryption");
+        chat.type(`/invite ${finn.userId}\r`);
+        await chat.waitFor(`Invited ${finn.userId}`);
+        const invited = await until(() => finn.rooms().find((r) => r.membership === "invite"));
+        await finn.joinRoom(invited.roomId);
+        await chat.waitFor("finn joined");
+        await finn.sendText(invited.roomId, "now you know it is me");
+        await chat.waitFor(new RegExp(`${LOCK} finn: now you know it is me`));
+        expect(chat.screen.text()).not.toContain(`${WARNING} sent from`);
         chat.type("/quit\r");
         expect(await chat.exited).toBe(0);
       } finally {
