@@ -7,8 +7,7 @@
 // user and device IDs inside match the ones they are filed under. Once a device is known, its Ed25519
 // key never changes silently: a different key for the same device ID is refused (a homeserver that
 // swaps keys could otherwise read what we send to "that" device), and the old entry is kept.
-import { canonicalJson } from "../../federation/protocol/canonical-json.ts";
-import { ed25519Verify, fromBase64 } from "./primitives.ts";
+import { verifyJsonSignature } from "./signed-json.ts";
 import type { KeysQueryResponse } from "./cross-signing.ts";
 import type { E2EEHttp, CryptoStore } from "./e2ee.ts";
 
@@ -37,19 +36,6 @@ interface UserEntry {
 }
 
 const NS_USERS = "device_lists";
-
-/** Verifies the `signatures[userId]["ed25519:"+keyId]` signature of a signed JSON object with `publicKey`. */
-export function verifySignedJson(object: Record<string, unknown>, userId: string, keyId: string, publicKey: string): boolean {
-  const signatures = object.signatures as Record<string, Record<string, unknown>> | undefined;
-  const signature = signatures?.[userId]?.[`ed25519:${keyId}`];
-  if (typeof signature !== "string") return false;
-  const { signatures: _s, unsigned: _u, ...signed } = object;
-  try {
-    return ed25519Verify(fromBase64(publicKey), canonicalJson(signed), fromBase64(signature));
-  } catch {
-    return false;
-  }
-}
 
 export class DeviceList {
   private readonly users = new Map<string, UserEntry>();
@@ -216,7 +202,7 @@ export class DeviceList {
     const ed25519 = keyMap?.[`ed25519:${deviceId}`];
     const curve25519 = keyMap?.[`curve25519:${deviceId}`];
     if (typeof ed25519 !== "string" || typeof curve25519 !== "string") return undefined;
-    if (!verifySignedJson(keys, userId, deviceId, ed25519)) return undefined;
+    if (!verifyJsonSignature(keys, userId, `ed25519:${deviceId}`, ed25519)) return undefined;
     if (previous && previous.ed25519 !== ed25519) {
       this.onKeyChangeRefused?.(userId, deviceId);
       return undefined;

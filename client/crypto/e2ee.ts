@@ -12,7 +12,8 @@ import { canonicalJson } from "../../federation/protocol/canonical-json.ts";
 import type { ClientCryptoHooks, TimelineEvent } from "../client.ts";
 import type { MatrixHttp } from "../http.ts";
 import type { CryptoStore } from "./store.ts";
-import { DeviceList, type DeviceInfo, MEGOLM_ALGORITHM, OLM_ALGORITHM, verifySignedJson } from "./device-list.ts";
+import { DeviceList, type DeviceInfo, MEGOLM_ALGORITHM, OLM_ALGORITHM } from "./device-list.ts";
+import { verifyJsonSignature } from "./signed-json.ts";
 import { cryptoReady, randomBytes, toBase64 } from "./primitives.ts";
 import { deviceTrust, masterKeyOf, type TrustContext } from "./cross-signing.ts";
 import { SasVerification } from "./sas.ts";
@@ -487,7 +488,7 @@ export class E2EE implements ClientCryptoHooks {
         }
         for (const [keyId, value] of Object.entries(claimed)) {
           if (!keyId.startsWith("signed_curve25519:") || !isObject(value) || typeof value.key !== "string") continue;
-          if (!verifySignedJson(value, device.userId, device.deviceId, device.ed25519)) continue;
+          if (!verifyJsonSignature(value, device.userId, `ed25519:${device.deviceId}`, device.ed25519)) continue;
           const session = this.account.createOutboundSession(device.curve25519, value.key);
           (await this.olmSessionsOf(device.curve25519)).push({ session, lastUsed: this.now() });
           await this.saveOlmSessions(device.curve25519);

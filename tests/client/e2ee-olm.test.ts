@@ -1,7 +1,8 @@
 // The E2EE machine's Olm layer without a homeserver (the key and to-device endpoints in memory):
 // the checks on a decrypted to-device payload (sender, recipient, recipient_keys, keys.ed25519) keep
 // a room key whose payload lies out, and a session that no longer decrypts ("wedged") is replaced
-// by a new one announced with m.dummy.
+// by a new one announced with m.dummy; device keys are taken only self-signed and filed under their
+// own IDs, and a known device's Ed25519 key never changes.
 import Olm from "@towns-protocol/olm";
 import { beforeAll, describe, expect, it } from "vitest";
 import { canonicalJson } from "../../federation/protocol/canonical-json.ts";
@@ -122,5 +123,32 @@ describe("E2EE machine: Olm payloads and sessions", () => {
     const before = server.oneTimeKeys.get("@alice:x|ALICE")!.length;
     await bobAgain.processSync({ to_device: { events: [wedged] } });
     expect(server.oneTimeKeys.get("@alice:x|ALICE")!.length).toBe(before);
+  });
+
+  it("takes a device's keys only when self-signed, and never lets a known device's Ed25519 key change", async () => {
+    const server = new KeyServer();
+    const bob = await machine(server, "@bob:x", "BOB");
+    const honest = handDevice(server, "@carol:x", "HONEST");
+    // A device whose keys are signed by another key than its own.
+    handDevice(server, "@carol:x", "FORGED");
+    const forged = server.deviceKeys.get("@carol:x")!.get("FORGED")!;
+    forged.signatures = { "@carol:x": { "ed25519:FORGED": honest.account.sign("something else") } };
+    // A device filed under another device ID than the one its keys name.
+    server.deviceKeys.get("@carol:x")!.set("MISFILED", server.deviceKeys.get("@carol:x")!.get("HONEST")!);
+    await bob.devices.ensureUpToDate(["@carol:x"]);
+    expect(bob.devices.devicesOf("@carol:x").map((d) => d.deviceId)).toEqual(["HONEST"]);
+
+    // The server swaps HONEST's keys for another (validly self-signed) set: refused, the old keys stay.
+    const refused: string[] = [];
+    bob.devices.onKeyChangeRefused = (_user, deviceId) => refused.push(deviceId);
+    const swapped = handDevice(server, "@mallory:x", "HONEST");
+    const swappedKeys = server.deviceKeys.get("@mallory:x")!.get("HONEST")!;
+    const resigned = { ...swappedKeys, user_id: "@carol:x", signatures: {} as Record<string, unknown> };
+    const { signatures: _s, ...unsigned } = resigned;
+    resigned.signatures = { "@carol:x": { "ed25519:HONEST": swapped.account.sign(canonicalJson(unsigned)) } };
+    server.deviceKeys.get("@carol:x")!.set("HONEST", resigned);
+    await bob.devices.refresh(["@carol:x"]);
+    expect(refused).toEqual(["HONEST"]);
+    expect(bob.devices.device("@carol:x", "HONEST")?.ed25519).toBe(honest.keys.ed25519);
   });
 });
