@@ -40,9 +40,9 @@ export interface OpenDatabaseOptions {
    */
   mustExist?: boolean;
   /**
-   * `embedded: "memory"` only: start from this data directory (a `migratedEmbeddedSnapshot()`)
-   * instead of running initdb and the migrations: test suites start hundreds of servers, and
-   * initdb is most of each start.
+   * A new embedded database (in memory, or on disk when its directory has none yet) starts from
+   * this data directory (a `migratedEmbeddedSnapshot()`) instead of initdb and the migrations: test
+   * suites start hundreds of servers, and initdb is most of each start.
    */
   embeddedSnapshot?: Blob;
   /** Told of each migration applied, by its name (0003_media...), for the log. */
@@ -306,15 +306,18 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
     dataDir = path.join(options.dataDir, "db");
   }
   let client;
+  let fromSnapshot = false;
   try {
     if (dataDir) {
       await makePrivateDirectory(dataDir);
       const created = !existsSync(path.join(dataDir, "PG_VERSION"));
-      if (created) await initPgliteInChildProcess(dataDir);
+      // A new cluster from the snapshot (tests) is unpacked by PGlite itself as it opens, below.
+      fromSnapshot = created && options.embeddedSnapshot !== undefined;
+      if (created && !fromSnapshot) await initPgliteInChildProcess(dataDir);
       // Files created by the child, and by versions of Parley before private modes: made private
       // here, while no one else can reach them (db/ is already 0700). A new cluster also goes to disk
       // now: crash recovery later starts from its files.
-      await makeTreePrivate(dataDir, { sync: created && options.embeddedFsync !== false });
+      if (!fromSnapshot) await makeTreePrivate(dataDir, { sync: created && options.embeddedFsync !== false });
     }
     const durable = dataDir !== undefined && options.embeddedFsync !== false;
     client = dataDir
@@ -323,9 +326,11 @@ async function openPglite(options: OpenDatabaseOptions): Promise<OpenedDatabase>
           postgresqlconf: PGLITE_CONF,
           // PGlite starts PostgreSQL with -F (fsync off) by default.
           startParams: durable ? PGlite.defaultStartParams.filter((p) => p !== "-F") : PGlite.defaultStartParams,
+          ...(fromSnapshot ? { loadDataDir: options.embeddedSnapshot } : {}),
         })
       : new PGlite({ postgresqlconf: PGLITE_CONF, ...(options.embeddedSnapshot ? { loadDataDir: options.embeddedSnapshot } : {}) });
     await client.waitReady;
+    if (dataDir && fromSnapshot) await makeTreePrivate(dataDir, { sync: options.embeddedFsync !== false });
   } catch (err) {
     await unlock();
     throw err;

@@ -97,10 +97,10 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     {},
   );
   const embedded = options.embedded ?? (options.dataDir ? "disk" : "memory");
-  const memory = !database.url && embedded === "memory";
   const hs = await startHomeserver(config, {
     embedded,
-    ...(memory ? { embeddedSnapshot: await embeddedSnapshot() } : {}),
+    // Used only for a new embedded database (a restart on a kept data directory opens its own).
+    ...(!database.url ? { embeddedSnapshot: await embeddedSnapshot() } : {}),
     ...options,
   });
   return {
