@@ -28,6 +28,8 @@ export interface ClientCryptoHooks {
   encryptRoomEvent(roomId: string, type: string, content: Record<string, unknown>, members: string[]): Promise<Record<string, unknown>>;
   /** Membership changes in an encrypted room (rotate the outbound session when someone leaves). */
   onMembershipChange?(roomId: string, userId: string, membership: string): void;
+  /** Tells the client when a room key arrives, so events that could not be decrypted yet are tried again. */
+  addRoomKeyListener?(listener: (roomId: string, sessionId: string) => void): void;
 }
 
 export interface LoginOptions {
@@ -58,6 +60,8 @@ export interface Presence {
 export type ParleyClientEvents = {
   /** A timeline event of a room (decrypted), in the order of the room's timeline. */
   timeline: [room: Room, event: TimelineEvent];
+  /** An event of the room's recent timeline that had no key yet now decrypts (it is replaced in `room.timeline`). */
+  decrypted: [room: Room, event: TimelineEvent];
   /** A room appeared or changed (state, membership, summary, unread counts). */
   room: [room: Room];
   typing: [room: Room];
@@ -173,6 +177,26 @@ export class ParleyClient extends EventEmitter<ParleyClientEvents> {
   /** Plugs in end-to-end encryption (before start(), so the first sync's to-device events reach it). */
   setCrypto(crypto: ClientCryptoHooks): void {
     this.crypto = crypto;
+    // Over federation an event can arrive before its key: it is decrypted once the key comes.
+    crypto.addRoomKeyListener?.((roomId, sessionId) => void this.retryDecryption(roomId, sessionId));
+  }
+
+  /**
+   * Decrypts again the room's recent events of this Megolm session that had no key, replacing them
+   * in the room's timeline and emitting "decrypted" (room, event) for each that now decrypts.
+   */
+  private async retryDecryption(roomId: string, sessionId: string): Promise<void> {
+    const room = this.roomsById.get(roomId);
+    if (!room) return;
+    const waiting = room.timeline.filter((e) => e.type === "m.room.encrypted" && e.encrypted?.decrypted === false && e.content.session_id === sessionId);
+    for (const event of waiting) {
+      const { encrypted: _failed, ...original } = event;
+      const again = await this.decrypt(roomId, original);
+      if (again.encrypted?.decrypted !== true) continue;
+      const at = room.timeline.indexOf(event);
+      if (at >= 0) room.timeline[at] = again;
+      this.safeEmit("decrypted", room, again);
+    }
   }
 
   /** The `since` token of the sync loop (the next_batch of the last processed sync). */

@@ -247,6 +247,7 @@ export class ChatApp {
     output.on("resize", onResize);
     this.client.on("timeline", (room: Room, event: TimelineEvent) => this.onTimeline(room, event));
     this.client.on("room", () => this.scheduleDraw());
+    this.client.on("decrypted", () => this.scheduleDraw());
     this.client.on("typing", () => this.scheduleDraw());
     this.client.on("error", (err: Error) => {
       // The sync loop ended for good: most often the token was revoked (logged out elsewhere).

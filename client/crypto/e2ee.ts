@@ -151,6 +151,7 @@ export class E2EE implements ClientCryptoHooks {
   onToDevice?: (event: DecryptedToDevice) => void;
   /** A Megolm session arrived (m.room_key or m.forwarded_room_key): events of that session may now decrypt. */
   onRoomKeyReceived?: (roomId: string, sessionId: string) => void;
+  private readonly roomKeyListeners = new Set<(roomId: string, sessionId: string) => void>();
   /**
    * Another device asks to verify this one (`m.key.verification.request`, or a `start` without one):
    * the application shows it and calls `ready()` (then compares the SAS and `confirm()`s) or `cancel()`.
@@ -621,6 +622,13 @@ export class E2EE implements ClientCryptoHooks {
     await this.saveInbound(session, { roomId: c.room_id, senderKey, signingKey, serialized: "", forwarded: existing ? existing.record.forwarded && forwarded : forwarded, forwardingChain: chain });
     await this.cancelKeyRequest(c.room_id, c.session_id);
     this.onRoomKeyReceived?.(c.room_id, c.session_id);
+    for (const listener of this.roomKeyListeners) listener(c.room_id, c.session_id);
+  }
+
+  /** Also told when a Megolm session arrives (the client re-decrypts the events that waited for it). */
+  addRoomKeyListener(listener: (roomId: string, sessionId: string) => void): () => void {
+    this.roomKeyListeners.add(listener);
+    return () => this.roomKeyListeners.delete(listener);
   }
 
   // ---------------------------------------------------------------- Megolm: key requests
