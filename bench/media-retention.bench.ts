@@ -29,6 +29,7 @@ const pages = createServer((req, res) => {
 await new Promise<void>((resolve) => pages.listen(0, "127.0.0.1", resolve));
 const origin = `http://127.0.0.1:${(pages.address() as AddressInfo).port}`;
 const hs = await startTestServer({ config: { url_preview_enabled: true, url_preview_insecure: ["127.0.0.1"] } });
+const results: Array<{ name: string; value: number; unit: string }> = [];
 try {
   const user = await registerUser(hs.url, "bench");
   const auth = { Authorization: `Bearer ${user.accessToken}` };
@@ -52,6 +53,7 @@ try {
   const purged = await hs.services.media.purgeUser(user.userId);
   let seconds = (performance.now() - started) / 1000;
   console.log(`purge-user: ${purged.media} media, ${purged.files} files in ${seconds.toFixed(2)} s: ${(purged.media / seconds).toFixed(0)} media/s`);
+  results.push({ name: "purge-user", value: Math.round(purged.media / seconds), unit: "media/s" });
 
   const previewOnce = async (i: number) => {
     const res = await fetch(`${hs.url}/_matrix/client/v1/media/preview_url?url=${encodeURIComponent(`${origin}/p${i}`)}`, { headers: auth });
@@ -62,10 +64,14 @@ try {
   await pool(PREVIEWS, CONCURRENCY, previewOnce);
   seconds = (performance.now() - started) / 1000;
   console.log(`URL previews fetched: ${PREVIEWS} in ${seconds.toFixed(2)} s: ${(PREVIEWS / seconds).toFixed(0)}/s (${CONCURRENCY} at a time)`);
+  results.push({ name: `URL previews fetched, ${CONCURRENCY} at a time`, value: Math.round(PREVIEWS / seconds), unit: "previews/s" });
   started = performance.now();
   await pool(PREVIEWS, CONCURRENCY, previewOnce);
   seconds = (performance.now() - started) / 1000;
   console.log(`URL previews cached: ${PREVIEWS} in ${seconds.toFixed(2)} s: ${(PREVIEWS / seconds).toFixed(0)}/s`);
+  results.push({ name: "URL previews cached", value: Math.round(PREVIEWS / seconds), unit: "previews/s" });
+  // The line bench/run.ts collects.
+  console.log(`BENCH_RESULT ${JSON.stringify({ bench: "media-retention", results })}`);
 } finally {
   await hs.destroy();
   pages.close();

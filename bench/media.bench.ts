@@ -20,6 +20,7 @@ const CONCURRENCY = Number(process.env.BENCH_MEDIA_CONCURRENCY ?? 4);
 const CHUNK = 64 * 1024;
 
 const hs = await startTestServer({ config: { max_upload_size: (SIZE_MB + 1) * 1024 * 1024 } });
+const results: Array<{ name: string; value: number; unit: string }> = [];
 try {
   const user = await registerUser(hs.url, "bench");
   const auth = { Authorization: `Bearer ${user.accessToken}` };
@@ -61,6 +62,7 @@ try {
     return ((await res.json()) as { content_uri: string }).content_uri.slice("mxc://".length);
   });
   console.log(`upload ${SIZE_MB} MB: ${(SIZE_MB / up.seconds).toFixed(0)} MB/s, RSS rise ${(up.rise / 1048576).toFixed(1)} MB`);
+  results.push({ name: `upload ${SIZE_MB} MB`, value: Math.round(SIZE_MB / up.seconds), unit: "MB/s" }, { name: "upload RSS rise", value: Number((up.rise / 1048576).toFixed(1)), unit: "MB" });
 
   const down = await peakWhile(async () => {
     const res = await fetch(`${hs.url}/_matrix/client/v1/media/download/${up.result}`, { headers: auth });
@@ -69,6 +71,7 @@ try {
     if (bytes !== total) throw new Error(`downloaded ${bytes} bytes of ${total}`);
   });
   console.log(`download ${SIZE_MB} MB: ${(SIZE_MB / down.seconds).toFixed(0)} MB/s, RSS rise ${(down.rise / 1048576).toFixed(1)} MB`);
+  results.push({ name: `download ${SIZE_MB} MB`, value: Math.round(SIZE_MB / down.seconds), unit: "MB/s" }, { name: "download RSS rise", value: Number((down.rise / 1048576).toFixed(1)), unit: "MB" });
 
   const jpeg = await sharp({ create: { width: 1600, height: 1200, channels: 3, background: { r: 0, g: 0, b: 0 }, noise: { type: "gaussian", mean: 128, sigma: 40 } } })
     .jpeg()
@@ -90,10 +93,13 @@ try {
     );
     const seconds = (performance.now() - started) / 1000;
     console.log(`${label}: ${(count / seconds).toFixed(1)} thumbnails/s (${count} in ${seconds.toFixed(2)} s)`);
+    results.push({ name: label, value: Number((count / seconds).toFixed(1)), unit: "thumbnails/s" });
   };
   await timed("thumbnails generated, one at a time", 0, THUMBS, 1);
   await timed(`thumbnails generated, ${CONCURRENCY} at a time`, THUMBS, THUMBS, CONCURRENCY);
   await timed(`thumbnails from the cache, ${CONCURRENCY} at a time`, 0, THUMBS * 2, CONCURRENCY);
+  // The line bench/run.ts collects.
+  console.log(`BENCH_RESULT ${JSON.stringify({ bench: "media", results })}`);
 } finally {
   await hs.destroy();
 }
