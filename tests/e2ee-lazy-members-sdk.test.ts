@@ -5,14 +5,14 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { startTestServer, type TestServer } from "./harness.ts";
-import { sdk } from "./matrix-sdk.ts";
+import { elementClient, eventually as eventuallyWithin, sdk, type SdkClient } from "./matrix-sdk.ts";
 
 await import("@matrix-org/matrix-sdk-crypto-wasm");
 
-const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getChild: () => quiet };
-type Client = ReturnType<typeof sdk.createClient>;
+type Client = SdkClient;
 const MEGOLM = "m.megolm.v1.aes-sha2";
 const STEP_MS = 20_000;
+const eventually = <T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms = STEP_MS) => eventuallyWithin(what, check, ms);
 
 let hs: TestServer;
 const clients: Client[] = [];
@@ -24,34 +24,8 @@ afterAll(async () => {
   await hs.destroy();
 });
 
-async function eventually<T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms = STEP_MS): Promise<T> {
-  const deadline = performance.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 /** A client as Element starts it: Rust crypto, lazy-loaded members. Answers once it has synced. */
-async function elementClient(user: TestUser): Promise<Client> {
-  const client = sdk.createClient({ baseUrl: hs.url, accessToken: user.accessToken, userId: user.userId, deviceId: user.deviceId, logger: quiet as never });
-  clients.push(client);
-  await client.initRustCrypto({ useIndexedDB: false });
-  const ready = new Promise<void>((resolve, reject) => {
-    const onSync = (state: string) => {
-      if (state === "PREPARED" || state === "SYNCING") {
-        client.off(sdk.ClientEvent.Sync, onSync);
-        resolve();
-      } else if (state === "ERROR") reject(new Error(`${user.userId}: sync failed`));
-    };
-    client.on(sdk.ClientEvent.Sync, onSync);
-  });
-  await client.startClient({ initialSyncLimit: 20, lazyLoadMembers: true });
-  await ready;
-  return client;
-}
+const startElement = (user: TestUser) => elementClient(hs.url, user, clients);
 
 /** The bodies this client has decrypted in the room's live timeline (decrypting what it can). */
 async function decryptedBodies(client: Client, roomId: string): Promise<string[]> {
@@ -67,7 +41,7 @@ async function decryptedBodies(client: Client, roomId: string): Promise<string[]
 describe("matrix-js-sdk with lazy-loaded members (Element's default) and Rust crypto", () => {
   it("three members send and decrypt each other's messages; a late joiner decrypts what follows and pages back", async () => {
     const users = await Promise.all(["llalice", "llbob", "llcarol", "lldave"].map((n) => registerUser(hs.url, n)));
-    const [alice, bob, carol] = await Promise.all(users.slice(0, 3).map(elementClient));
+    const [alice, bob, carol] = await Promise.all(users.slice(0, 3).map(startElement));
     const daveUser = users[3]!;
     for (const u of users.slice(0, 3)) {
       await eventually(`${u.userId} uploads device keys`, async () => ((await hs.services.e2ee.deviceKeys.deviceKeysOf(u.userId)).has(u.deviceId) ? true : undefined));
@@ -103,7 +77,7 @@ describe("matrix-js-sdk with lazy-loaded members (Element's default) and Rust cr
     }
 
     // Dave joins later: he decrypts what is sent after he joined, and pages back through history.
-    const dave = await elementClient(daveUser);
+    const dave = await startElement(daveUser);
     await dave.joinRoom(roomId);
     await eventually("bob sees dave", () => (bob!.getRoom(roomId)?.getMember(daveUser.userId)?.membership === "join" ? true : undefined));
     await bob!.sendTextMessage(roomId, "welcome dave, secretly");

@@ -25,3 +25,41 @@ const root = logger as unknown as { setLevel(level: string): void; methodFactory
 root.setLevel("silent");
 root.methodFactory = () => () => {};
 root.rebuild();
+
+export type SdkClient = ReturnType<typeof sdk.createClient>;
+
+/** A logger for createClient that says nothing. */
+export const quietLogger = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getChild: () => quietLogger };
+
+/** Polls `check` every 50 ms until it gives a value (not undefined), or fails after `ms`. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms: number): Promise<T> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (performance.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * A client as Element starts it (Rust crypto in memory, lazy-loaded members), added to `started`
+ * (for the test's cleanup); answers once it has synced.
+ */
+export async function elementClient(baseUrl: string, user: { userId: string; deviceId: string; accessToken: string }, started: SdkClient[]): Promise<SdkClient> {
+  const client = sdk.createClient({ baseUrl, accessToken: user.accessToken, userId: user.userId, deviceId: user.deviceId, logger: quietLogger as never });
+  started.push(client);
+  await client.initRustCrypto({ useIndexedDB: false });
+  const ready = new Promise<void>((resolve, reject) => {
+    const onSync = (state: string) => {
+      if (state === "PREPARED" || state === "SYNCING") {
+        client.off(sdk.ClientEvent.Sync, onSync);
+        resolve();
+      } else if (state === "ERROR") reject(new Error(`${user.userId}: sync failed`));
+    };
+    client.on(sdk.ClientEvent.Sync, onSync);
+  });
+  await client.startClient({ initialSyncLimit: 20, lazyLoadMembers: true });
+  await ready;
+  return client;
+}

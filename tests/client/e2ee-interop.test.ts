@@ -7,16 +7,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TimelineEvent } from "../../client/room.ts";
 import { loginUser, registerUser, type TestUser } from "../accounts-helpers.ts";
 import { startTestServer, type TestServer } from "../harness.ts";
-import { sdk } from "../matrix-sdk.ts";
+import { elementClient, eventually as eventuallyWithin, sdk, type SdkClient } from "../matrix-sdk.ts";
 import { type CryptoClient, cryptoClientFor, memberJoined, newDevice, timelineEvent, untilSynced } from "./e2ee-helpers.ts";
 
 await import("@matrix-org/matrix-sdk-crypto-wasm");
 const { EventShieldReason, VerificationPhase, VerifierEvent } = await import("matrix-js-sdk/lib/crypto-api/index.js");
 
-const quiet = { trace() {}, debug() {}, info() {}, warn() {}, error() {}, getChild: () => quiet };
-type SdkClient = ReturnType<typeof sdk.createClient>;
 type MatrixEvent = InstanceType<typeof sdk.MatrixEvent>;
 const STEP_MS = 15_000;
+const eventually = <T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms = STEP_MS) => eventuallyWithin(what, check, ms);
 
 let hs: TestServer;
 const sdkClients: SdkClient[] = [];
@@ -30,32 +29,9 @@ afterAll(async () => {
   await hs.destroy();
 });
 
-async function eventually<T>(what: string, check: () => Promise<T | undefined> | T | undefined, ms = STEP_MS): Promise<T> {
-  const deadline = performance.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 /** A matrix-js-sdk client as Element runs it (Rust crypto in memory, lazy-loaded members), synced once. */
 async function sdkClient(user: TestUser): Promise<SdkClient> {
-  const client = sdk.createClient({ baseUrl: hs.url, accessToken: user.accessToken, userId: user.userId, deviceId: user.deviceId, logger: quiet as never });
-  sdkClients.push(client);
-  await client.initRustCrypto({ useIndexedDB: false });
-  const ready = new Promise<void>((resolve, reject) => {
-    const onSync = (state: string) => {
-      if (state === "PREPARED" || state === "SYNCING") {
-        client.off(sdk.ClientEvent.Sync, onSync);
-        resolve();
-      } else if (state === "ERROR") reject(new Error(`${user.userId}: sync failed`));
-    };
-    client.on(sdk.ClientEvent.Sync, onSync);
-  });
-  await client.startClient({ initialSyncLimit: 20, lazyLoadMembers: true });
-  await ready;
+  const client = await elementClient(hs.url, user, sdkClients);
   await eventually(`${user.userId} uploads its device keys`, async () => ((await hs.services.e2ee.deviceKeys.deviceKeysOf(user.userId)).has(user.deviceId) ? true : undefined));
   return client;
 }
