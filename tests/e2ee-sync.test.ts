@@ -74,6 +74,22 @@ describe("device_lists in /sync", () => {
     expect(strangerSees.device_lists).toBeUndefined();
   });
 
+  it("shows a key upload to a room-mate who syncs right after it, even when a sync just before read the positions", async () => {
+    // Syncs arriving close together share one read of the streams' positions: a read made just
+    // before the upload committed must not hide the upload from a sync that began after it.
+    for (let round = 0; round < 5; round++) {
+      const alice = await newUser("alice");
+      const bob = await newUser("bob");
+      const other = await newUser("other");
+      await sharedRoom(alice, bob);
+      const [a0, o0] = await Promise.all([sync(hs.url, alice), sync(hs.url, other)]);
+      await sync(hs.url, other, { since: o0.next_batch, timeout: 0 });
+      await uploadKeys(bob);
+      const a1 = await sync(hs.url, alice, { since: a0.next_batch, timeout: 0 });
+      expect(a1.device_lists, `round ${round}`).toEqual({ changed: [bob.userId], left: [] });
+    }
+  });
+
   it("shows a user their own change (for their other devices), and wakes their other device", async () => {
     const alice = await newUser("alice");
     const alice2 = await secondDevice(alice);

@@ -181,6 +181,15 @@ export class Notifier {
   }
 
   /**
+   * Raises this process's known position of `stream` to one just committed, before the change is
+   * published (when the publication waits on a lookup): a request answered meanwhile covers it, as
+   * its writer expects, and reads what it covers from the database.
+   */
+  raise(stream: StreamName, position: number): void {
+    if (stream !== "events" && position > this.current[stream]) this.current[stream] = position;
+  }
+
+  /**
    * Raises the known positions with ones just read from the database. A gap in the room-event
    * notifications that lasts (a notification lost with a dropped connection) is given up on: the
    * coverage jumps to what the database says and every handler hears "everyone" (caches start over).

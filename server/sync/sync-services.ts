@@ -121,6 +121,8 @@ export function createSyncServices(options: {
     // Whoever shares a room with a user sees their device list change.
     // A remote user (their server announced the change) has no local memberships: their rooms
     // are those whose current state has them joined.
+    // The writer syncing right after its upload must see it: the position is known before the lookup.
+    notifier.raise("device_lists", position);
     void Promise.all(userIds.map((u) => (serverNameOf(u) === serverName ? rooms.rooms.joinedRooms(u) : reads.roomsJoinedBy(u))))
       .then((lists) => notifier.publish({ stream: "device_lists", position, users: userIds, rooms: [...new Set(lists.flat())] }))
       .catch((err) => logger.warn({ err }, "could not announce a device-list change"));
