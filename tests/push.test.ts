@@ -224,6 +224,33 @@ describe("pushes to the gateway", () => {
     expect(gateway.for("bob-dm").filter((p) => p.event_id === reply)).toEqual([]);
   });
 
+  it("pushes every notification after a long run of events that notify no one, and across copy batches", async () => {
+    const [alice, bob] = [await newUser("alice"), await newUser("bob")];
+    await addPusher(bob, "bob-runs");
+    const alone = await alice.createRoom({ preset: "private_chat" });
+    const shared = await roomOf([alice, bob]);
+    const sendMany = async (roomId: string, count: number, prefix: string) => {
+      const ids: string[] = [];
+      for (let i = 0; i < count; i += 10) {
+        ids.push(...(await Promise.all(Array.from({ length: Math.min(10, count - i) }, (_, j) => alice.send(roomId, text(`${prefix} ${i + j}`))))));
+      }
+      return ids;
+    };
+    // More events than one copy batch (200 positions) that notify no one, then one that notifies bob.
+    await sendMany(alone, 210, "to myself");
+    const first = await alice.send(shared, text("bob, are you there?"));
+    await waitFor("the push after the quiet run", pushOf("bob-runs", first));
+    // More notifying events than one copy batch, all committed while the sender is stopped (as
+    // after a restart): one wake copies and pushes each of them, once.
+    await hs.services.pushSender.stop();
+    await sendMany(alone, 210, "again to myself");
+    const many = await sendMany(shared, 205, "for bob");
+    await hs.services.pushSender.start();
+    await waitFor("every push of the long run", () => many.every((id) => pushOf("bob-runs", id)()), 30_000);
+    const pushed = gateway.for("bob-runs").map((p) => p.event_id);
+    expect(pushed.length).toBe(new Set(pushed).size);
+  }, 60_000);
+
   it("an invite is pushed to the user invited", async () => {
     const [alice, bob] = [await newUser("alice"), await newUser("bob")];
     await addPusher(bob, "bob-invite");

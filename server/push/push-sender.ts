@@ -58,7 +58,7 @@ interface QueuedPush {
   attempts: number;
 }
 
-/** Stream positions copied per ingest transaction (a position is one event: up to one row per local member). */
+/** Stream positions with notifications copied per ingest transaction (a position is one event: up to one row per local member). */
 const INGEST_POSITIONS = 200;
 const BATCH = 200;
 /** How long a claimed batch is this process's alone (longer than sending it takes: 16 at once, 10 s timeouts). */
@@ -110,7 +110,13 @@ export class PushSender {
       try {
         do {
           this.ingestAgain = false;
-          while (this.running && (await this.ingest())) this.wake();
+          for (;;) {
+            if (!this.running) break;
+            const { queued, more } = await this.ingest();
+            // Only pushes to send wake the sender: most events notify no user with a pusher.
+            if (queued) this.wake();
+            if (!more) break;
+          }
         } while (this.ingestAgain && this.running);
       } catch (err) {
         this.o.logger.warn({ err }, "push: copying notifications failed; retrying at the next event");
@@ -121,11 +127,19 @@ export class PushSender {
   }
 
   /**
-   * Copies the notifications of the next committed stream positions; true when it copied any
-   * positions (there may be more). One transaction, the cursor row locked: one process at a time.
+   * Copies the notifications of the next committed stream positions: `queued` when pushes were
+   * queued for pushers, `more` when committed positions remain past those copied. One transaction,
+   * the cursor row locked: one process at a time.
    */
-  async ingest(): Promise<boolean> {
+  async ingest(): Promise<{ queued: boolean; more: boolean }> {
     const now = this.o.now();
+    // Most events notify no one: then one read, no transaction. The cursor stays behind until the
+    // next notification (the positions between have nothing to copy).
+    const [pending] = rowsOf<{ pending: boolean }>(
+      await this.db.execute(sql`select exists (select 1 from event_push_actions
+        where stream_ordering > coalesce((select stream_ordering from push_progress where id = 1), 0)) as pending`),
+    );
+    if (!pending?.pending) return { queued: false, more: false };
     return this.db.transaction(async (tx) => {
       await tx.execute(sql`insert into push_progress (id, stream_ordering) values (1, 0) on conflict do nothing`);
       const [cursor] = rowsOf<{ stream_ordering: string | number }>(
@@ -133,19 +147,28 @@ export class PushSender {
       );
       const from = Number(cursor!.stream_ordering);
       const [committed] = rowsOf<{ position: string | number }>(await tx.execute(sql`select position from stream_positions where stream = 'events'`));
-      const upTo = Math.min(Number(committed?.position ?? 0), from + INGEST_POSITIONS);
-      if (upTo <= from) return false;
+      const last = Number(committed?.position ?? 0);
+      if (last <= from) return { queued: false, more: false };
+      // Up to INGEST_POSITIONS positions that have notifications, however far apart.
+      const [bound] = rowsOf<{ stream_ordering: string | number }>(
+        await tx.execute(sql`select stream_ordering from event_push_actions where stream_ordering > ${from} and stream_ordering <= ${last}
+          group by stream_ordering order by stream_ordering offset ${INGEST_POSITIONS - 1} limit 1`),
+      );
+      const upTo = bound ? Number(bound.stream_ordering) : last;
       await tx.execute(sql`insert into push_notifications (user_id, stream_ordering, room_id, event_id, highlight, actions, ts)
         select user_id, stream_ordering, room_id, event_id, highlight, coalesce(actions, '["notify"]'::jsonb), ${now}
         from event_push_actions where stream_ordering > ${from} and stream_ordering <= ${upTo}
         on conflict do nothing`);
-      await tx.execute(sql`insert into push_queue (pusher_id, user_id, room_id, event_id, stream_ordering, actions, created_ts, next_attempt_ts)
-        select p.id, a.user_id, a.room_id, a.event_id, a.stream_ordering, coalesce(a.actions, '["notify"]'::jsonb), ${now}, ${now}
-        from event_push_actions a join pushers p on p.user_id = a.user_id and p.kind = 'http'
-        where a.stream_ordering > ${from} and a.stream_ordering <= ${upTo}
-        order by a.stream_ordering`);
+      const queued = rowsOf(
+        await tx.execute(sql`insert into push_queue (pusher_id, user_id, room_id, event_id, stream_ordering, actions, created_ts, next_attempt_ts)
+          select p.id, a.user_id, a.room_id, a.event_id, a.stream_ordering, coalesce(a.actions, '["notify"]'::jsonb), ${now}, ${now}
+          from event_push_actions a join pushers p on p.user_id = a.user_id and p.kind = 'http'
+          where a.stream_ordering > ${from} and a.stream_ordering <= ${upTo}
+          order by a.stream_ordering
+          returning 1`),
+      );
       await tx.execute(sql`update push_progress set stream_ordering = ${upTo} where id = 1`);
-      return true;
+      return { queued: queued.length > 0, more: upTo < last };
     });
   }
 
