@@ -44,6 +44,8 @@ const NOTIFY_CHANNEL = "parley_federation_outbox";
 /** Best-effort EDUs older than this are dropped rather than sent late. */
 const EPHEMERAL_MAX_AGE_MS = 30_000;
 const EPHEMERAL_PER_DESTINATION = 200;
+/** How long a destination's queue stays (lock and state kept) after it sent everything. */
+const IDLE_LINGER_MS = 30_000;
 
 interface QueuedEphemeral {
   edu: Edu;
@@ -176,8 +178,13 @@ export class FederationSender {
     if (this.stopped) return;
     const o = schema.federationOutbox;
     const pending = await this.opts.database.db.selectDistinct({ destination: o.destination }).from(o);
-    // A queue in backoff waits it out itself (its state is read from federation_destinations).
-    for (const { destination } of pending) if (!this.queues.has(destination)) this.wake(destination);
+    // A queue in backoff waits it out itself (its state is read from federation_destinations); an
+    // idle one is woken too, in case the wake of what waits was lost (a NOTIFY on a dropped connection).
+    for (const { destination } of pending) {
+      const queue = this.queues.get(destination);
+      if (!queue) this.wake(destination);
+      else if (queue.isIdle()) queue.wake();
+    }
   }
 
   /**
@@ -270,11 +277,20 @@ class DestinationQueue {
   private retryAt = 0;
   private failures = 0;
   private loaded = false;
+  /** Everything in the outbox was sent and nothing was queued since (the queue may go idle). */
+  private drained = false;
+  /** Known while the lock is held: no batch of this destination is claimed and unacknowledged. */
+  private noClaimedBatch = false;
 
   constructor(
     readonly destination: string,
     private readonly sender: FederationSender,
   ) {}
+
+  /** Lingering after it sent everything, holding its lock. */
+  isIdle(): boolean {
+    return this.drained && !this.woken && this.running !== undefined;
+  }
 
   isBackingOff(): boolean {
     return this.retryAt > this.sender.options.now();
@@ -318,29 +334,46 @@ class DestinationQueue {
     const { options: o } = this.sender;
     const log = o.logger.child({ destination: this.destination });
     this.woken = false;
+    this.drained = false;
     try {
       if (!(await this.sender.lock(this.destination))) return; // another process sends it
+      // Taken anew: another process may have claimed a batch and died before acknowledging it.
+      this.noClaimedBatch = false;
       if (!this.loaded) await this.loadState();
       while (!this.stopped) {
-        this.woken = false;
         const wait = this.retryAt - o.now();
         if (wait > 0) {
           await this.sleep(Math.min(wait, 60_000));
           continue;
         }
+        if (this.drained && !this.woken) {
+          // Sent everything and nothing came since: linger a while, lock and state kept, so the
+          // next message goes at once without taking the lock and reading the state again.
+          await this.sleep(IDLE_LINGER_MS);
+          if (!this.woken) break;
+        }
+        this.woken = false;
         const batch = await this.claimBatch();
         const edus = [...batch.edus];
         const ephemeral = this.sender.takeEphemeral(this.destination, o.maxEdus - edus.length);
         edus.push(...ephemeral);
-        if (batch.pdus.length === 0 && edus.length === 0) break;
+        if (batch.pdus.length === 0 && edus.length === 0) {
+          this.drained = true;
+          continue;
+        }
         const txnId = batch.txnId ?? `e${randomBytes(9).toString("base64url")}`;
         try {
           await this.sendTransaction(txnId, batch.pdus, edus);
         } catch (err) {
+          this.drained = false;
           await this.recordFailure(err, log);
           continue;
         }
         if (batch.txnId) await this.acknowledge(batch.txnId);
+        this.noClaimedBatch = true;
+        // Whatever was committed after the claim's read woke the queue (enqueue in this process,
+        // NOTIFY from another): unless it did, a batch that took every row left nothing behind.
+        this.drained = !batch.more && !this.sender.hasEphemeral(this.destination);
         await this.recordSuccess();
       }
     } catch (err) {
@@ -360,21 +393,29 @@ class DestinationQueue {
     this.loaded = true;
   }
 
-  /** The transaction to send: one claimed earlier and not acknowledged, else new rows, claimed now. */
-  private async claimBatch(): Promise<{ txnId?: string; pdus: unknown[]; edus: Edu[] }> {
+  /**
+   * The transaction to send: one claimed earlier and not acknowledged, else new rows, claimed now.
+   * `more` when rows may remain after it.
+   */
+  private async claimBatch(): Promise<{ txnId?: string; pdus: unknown[]; edus: Edu[]; more: boolean }> {
     const { database, maxPdus, maxEdus } = this.sender.options;
     const o = schema.federationOutbox;
     const columns = { id: o.id, kind: o.kind, payload: o.payload, txnId: o.txnId };
-    let rows: OutboxRow[] = await database.db
-      .select(columns)
-      .from(o)
-      .where(and(eq(o.destination, this.destination), isNotNull(o.txnId)))
-      .orderBy(asc(o.id))
-      .limit(maxPdus + maxEdus);
+    // While the lock is held and every batch claimed was acknowledged, none waits: no read for it.
+    let rows: OutboxRow[] = this.noClaimedBatch
+      ? []
+      : await database.db
+          .select(columns)
+          .from(o)
+          .where(and(eq(o.destination, this.destination), isNotNull(o.txnId)))
+          .orderBy(asc(o.id))
+          .limit(maxPdus + maxEdus);
     let txnId = rows[0]?.txnId ?? undefined;
+    let more = true;
     if (txnId) {
       rows = rows.filter((r) => r.txnId === txnId);
     } else {
+      this.noClaimedBatch = true;
       const candidates: OutboxRow[] = await database.db
         .select(columns)
         .from(o)
@@ -391,15 +432,19 @@ class DestinationQueue {
         else edus++;
         rows.push(r);
       }
-      if (rows.length === 0) return { pdus: [], edus: [] };
+      more = candidates.length === maxPdus + maxEdus || rows.length < candidates.length;
+      if (rows.length === 0) return { pdus: [], edus: [], more: false };
       txnId = `${this.sender.options.now()}.${randomBytes(6).toString("base64url")}`;
       await database.db
         .update(o)
         .set({ txnId })
         .where(and(inArray(o.id, rows.map((r) => r.id)), isNull(o.txnId)));
     }
+    // Claimed: it waits for its acknowledgement.
+    this.noClaimedBatch = false;
     return {
       txnId,
+      more,
       pdus: rows.filter((r) => r.kind === "pdu").map((r) => JSON.parse(r.payload) as unknown),
       edus: rows.filter((r) => r.kind === "edu").map((r) => JSON.parse(r.payload) as Edu),
     };

@@ -58,6 +58,8 @@ interface QueuedPush {
   attempts: number;
 }
 
+/** How long after a commit its notifications are copied (see eventsCommitted). */
+const INGEST_DELAY_MS = 20;
 /** Stream positions with notifications copied per ingest transaction (a position is one event: up to one row per local member). */
 const INGEST_POSITIONS = 200;
 const BATCH = 200;
@@ -79,6 +81,11 @@ export class PushSender {
   private draining: Promise<void> | undefined;
   private drainAgain = false;
   private timer: NodeJS.Timeout | undefined;
+  /**
+   * The copy cursor as this process last read or wrote it: at or behind the real one (only copies
+   * move it, forward), so "nothing past it" is a safe answer without reading the cursor.
+   */
+  private cursorSeen = 0;
 
   constructor(private readonly o: PushSenderOptions) {
     this.db = o.db;
@@ -108,6 +115,9 @@ export class PushSender {
     }
     this.ingesting = (async () => {
       try {
+        // A moment's wait: the reads of the clients woken by the events go first (a push can wait
+        // milliseconds, a /sync should not), and a burst of events is copied in one transaction.
+        await new Promise((r) => setTimeout(r, INGEST_DELAY_MS));
         do {
           this.ingestAgain = false;
           for (;;) {
@@ -136,16 +146,17 @@ export class PushSender {
     // Most events notify no one: then one read, no transaction. The cursor stays behind until the
     // next notification (the positions between have nothing to copy).
     const [pending] = rowsOf<{ pending: boolean }>(
-      await this.db.execute(sql`select exists (select 1 from event_push_actions
-        where stream_ordering > coalesce((select stream_ordering from push_progress where id = 1), 0)) as pending`),
+      await this.db.execute(sql`select exists (select 1 from event_push_actions where stream_ordering > ${this.cursorSeen}) as pending`),
     );
     if (!pending?.pending) return { queued: false, more: false };
-    return this.db.transaction(async (tx) => {
+    let copiedUpTo: number | undefined;
+    const result = await this.db.transaction(async (tx) => {
       await tx.execute(sql`insert into push_progress (id, stream_ordering) values (1, 0) on conflict do nothing`);
       const [cursor] = rowsOf<{ stream_ordering: string | number }>(
         await tx.execute(sql`select stream_ordering from push_progress where id = 1 for update`),
       );
       const from = Number(cursor!.stream_ordering);
+      this.cursorSeen = from;
       const [committed] = rowsOf<{ position: string | number }>(await tx.execute(sql`select position from stream_positions where stream = 'events'`));
       const last = Number(committed?.position ?? 0);
       if (last <= from) return { queued: false, more: false };
@@ -168,8 +179,11 @@ export class PushSender {
           returning 1`),
       );
       await tx.execute(sql`update push_progress set stream_ordering = ${upTo} where id = 1`);
+      copiedUpTo = upTo;
       return { queued: queued.length > 0, more: upTo < last };
     });
+    if (copiedUpTo !== undefined) this.cursorSeen = copiedUpTo; // committed
+    return result;
   }
 
   /**

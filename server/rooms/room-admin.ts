@@ -457,6 +457,7 @@ export class RoomAdmin {
       await tx.execute(sql`delete from rooms where room_id = ${roomId}`);
     });
     this.persister.invalidate(roomId);
+    this.rooms.forgetRoom(roomId);
     this.announcePurge(roomId, localUsers);
   }
 

@@ -24,6 +24,8 @@ type JsonObject = Record<string, unknown>;
 
 /** "The size of ... type, state_key, ... MUST NOT exceed 255 bytes." */
 const MAX_ID_BYTES = 255;
+/** Room versions kept in memory (a version is a few bytes). */
+const MAX_KNOWN_VERSIONS = 100_000;
 
 /** A local user's current membership of a room. */
 export interface Membership {
@@ -126,11 +128,28 @@ export class Rooms {
 
   // ---- Queries ---------------------------------------------------------------------------------------
 
+  /**
+   * The room's version, if the room is known. A room's version never changes, so known rooms'
+   * versions are kept in memory (a purge forgets its room: `forgetRoom`).
+   */
   async roomVersion(roomId: string): Promise<string | undefined> {
+    const known = this.versions.get(roomId);
+    if (known !== undefined) return known;
     const t = schema.rooms;
     const [row] = await this.db.select({ v: t.roomVersion }).from(t).where(eq(t.roomId, roomId));
+    if (row) {
+      if (this.versions.size >= MAX_KNOWN_VERSIONS) this.versions.clear();
+      this.versions.set(roomId, row.v);
+    }
     return row?.v;
   }
+
+  /** The room was purged from the database. */
+  forgetRoom(roomId: string): void {
+    this.versions.delete(roomId);
+  }
+
+  private readonly versions = new Map<string, string>();
 
   async requireRoom(roomId: string): Promise<string> {
     const version = await this.roomVersion(roomId);
