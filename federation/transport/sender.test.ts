@@ -216,6 +216,17 @@ describe("the federation sender", () => {
     expect(Date.now() - started).toBeLessThan(1000);
   });
 
+  it("a queue idle after sending still delivers a row whose wake was lost (the sweep wakes it)", async () => {
+    const s = await sender();
+    const a = peers["a.test"] as FakePeer;
+    await s.enqueue(["a.test"], { pdus: [{ n: 1 }] });
+    await waitFor(() => a.pduNumbers().length === 1);
+    // Written behind the sender's back, as by a process whose NOTIFY was lost.
+    await database.db.insert(schema.federationOutbox).values({ destination: "a.test", kind: "pdu", payload: JSON.stringify({ n: 2 }), createdTs: Date.now() });
+    await waitFor(() => a.pduNumbers().length === 2, 3000);
+    expect(a.pduNumbers()).toEqual([1, 2]);
+  });
+
   it("sends best-effort EDUs with the next transaction without storing them", async () => {
     const s = await sender();
     s.sendEphemeral(["a.test", "us.test"], { edu_type: "m.typing", content: { room_id: "!r:us.test", user_id: "@u:us.test", typing: true } });
