@@ -235,6 +235,25 @@ describe("membership", () => {
     expect(refused.status).toBe(403);
   });
 
+  it("makes guests leave when guest access stops letting them in, before answering the change", async () => {
+    const reg = await fetch(`${hs.url}/_matrix/client/v3/register?kind=guest`, { method: "POST", body: "{}" });
+    const guest = (await reg.json()) as { access_token: string; user_id: string };
+    const bob = await registerRoomUser(hs.url, "bob-guest-room");
+    const roomId = await alice.createRoom({ preset: "public_chat", initial_state: [{ type: "m.room.guest_access", content: { guest_access: "can_join" } }] });
+    await bob.join(roomId);
+    const joined = await fetch(`${hs.url}/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${guest.access_token}` },
+      body: "{}",
+    });
+    expect(joined.status).toBe(200);
+    const changed = await alice.call("PUT", roomPath(roomId, "/state/m.room.guest_access/"), { guest_access: "forbidden" });
+    expect(changed.status).toBe(200);
+    expect((await alice.state(roomId, "m.room.member", guest.user_id)).json).toMatchObject({ membership: "leave" });
+    // Only guests: the registered member stays.
+    expect((await alice.state(roomId, "m.room.member", bob.userId)).json).toMatchObject({ membership: "join" });
+  });
+
   it("updates the member event in every joined room when the profile changes", async () => {
     const dave = await registerRoomUser(hs.url, "dave");
     const rooms = [await alice.createRoom({ preset: "public_chat" }), await alice.createRoom({ preset: "public_chat" })];

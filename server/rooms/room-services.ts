@@ -2,6 +2,7 @@
 // the write side (Rooms), the read side (Timeline, Relations), aliases and the room directory.
 import type { Logger } from "pino";
 import type { OpenedDatabase } from "../../schema/db.ts";
+import { serverNameOf } from "../../federation/protocol/identifiers.ts";
 import type { SigningKey } from "../../federation/protocol/signing.ts";
 import type { Accounts } from "../accounts/accounts.ts";
 import { RoomTags } from "../userdata/room-tags.ts";
@@ -75,6 +76,12 @@ export function createRoomServices(options: {
   const roomTags = new RoomTags(userData);
   const roomUpgrades = new RoomUpgrades(db, persister, rooms, aliases, userData, roomTags, serverName, logger);
   persister.onEventsPersisted(roomUpgrades.onEventsPersisted);
+  // Another server's change of guest access: local guests leave if it no longer lets them stay
+  // (a local change does this before answering its client: Rooms.setState).
+  persister.onEventsPersisted((roomId, events) => {
+    if (!events.some((e) => e.type === "m.room.guest_access" && e.stateKey === "" && serverNameOf(e.sender) !== serverName)) return;
+    rooms.removeGuests(roomId).catch((err: unknown) => logger.warn({ err, roomId }, "could not remove the guests of a room that stopped guest access"));
+  });
   const roomAdmin = new RoomAdmin(db, persister, rooms, serverName, now, logger);
   rooms.refuseBlockedRooms((roomId) => roomAdmin.isBlocked(roomId));
   return {

@@ -462,6 +462,9 @@ export class Rooms {
         const idServer = serverNameOf(roomId);
         if (idServer) servers.push(idServer);
         if (servers.some((s) => s !== this.serverName)) {
+          // A guest may join only a room whose guest access this server can see lets them (as in
+          // Synapse): not one it is not in.
+          if (requester.isGuest) throw new MatrixError(403, "M_FORBIDDEN", "Guests cannot join rooms this server is not in");
           const profile = await this.accounts.getProfile(userId);
           await this.remote.join(userId, roomId, servers, { ...extra, ...memberContent("join", profile) });
           return roomId;
@@ -697,8 +700,29 @@ export class Rooms {
       if (current && current.sender === requester.userId && sameJson(current.content, content)) return [];
       return [{ type, state_key: stateKey, sender: requester.userId, content, ...(ts === undefined ? {} : { originServerTs: ts }) }];
     });
-    if (events.length > 0) return events[0]!.eventId;
+    if (events.length > 0) {
+      if (type === "m.room.guest_access" && stateKey === "" && content.guest_access !== "can_join") await this.removeGuests(roomId);
+      return events[0]!.eventId;
+    }
     return (await this.currentStateEventId(roomId, type, stateKey))!;
+  }
+
+  /**
+   * "If the m.room.guest_access event is changed to stop [guests joining], the server MUST set
+   * those users' m.room.member state to leave" (spec, Guest access): the room's local guests leave,
+   * unless its guest access (as the room's serial section sees it) lets them in again. Called after
+   * a local change (before the client's answer) and after one from another server.
+   */
+  async removeGuests(roomId: string): Promise<void> {
+    const guests = rowsOf<{ user_id: string }>(
+      await this.db.execute(sql`select m.user_id from room_memberships m join users u on u.user_id = m.user_id
+        where m.room_id = ${roomId} and m.membership = 'join' and u.is_guest`),
+    ).map((r) => r.user_id);
+    if (guests.length === 0) return;
+    await this.persister.enqueue(roomId, async (view) => {
+      if ((await view.stateEvent("m.room.guest_access", ""))?.content.guest_access === "can_join") return [];
+      return guests.filter((g) => view.membership(g) === "join").map((g) => this.membershipTemplate(g, g, "leave"));
+    });
   }
 
   /** m.room.canonical_alias may only name local aliases that point to the room (M_BAD_ALIAS). */
