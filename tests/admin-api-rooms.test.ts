@@ -3,6 +3,8 @@
 // purging history, event reports, federation destinations. Admins only; every change audited.
 // https://element-hq.github.io/synapse/latest/admin_api/rooms.html
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sql } from "drizzle-orm";
+import { rowsOf } from "../schema/db.ts";
 import { registerUser, type TestUser } from "./accounts-helpers.ts";
 import { request, startTestServer, type TestServer } from "./harness.ts";
 import { bodies, createRoom, enc, invite, joinRoom, send, sync } from "./sync-helpers.ts";
@@ -383,16 +385,22 @@ describe("purge history", () => {
     const cut = await send(hs.url, bob, roomId, { msgtype: "m.text", body: "four" });
     await send(hs.url, bob, roomId, { msgtype: "m.text", body: "five" });
 
-    // Local events are this server's only copy: kept without delete_local_events.
+    // Local events are this server's only copy: without delete_local_events they are kept, out of
+    // the timeline (as Synapse does it).
+    const stored = async () =>
+      Number(rowsOf<{ n: string | number }>(await hs.services.db.execute(sql`select count(*) as n from events where room_id = ${roomId} and type = 'm.room.message'`))[0]!.n);
     const keep = await call("POST", `${A}/v1/purge_history/${enc(roomId)}/${enc(cut)}`, {});
     expect(keep.status, keep.text).toBe(200);
     await expect.poll(async () => (await get(`${A}/v1/purge_history_status/${enc(keep.json.purge_id)}`)).json.status).toBe("complete");
-    expect(await messageBodies(bob, roomId)).toEqual(["one", "two", "three", "four", "five"]);
+    expect(await messageBodies(bob, roomId)).toEqual(["four", "five"]);
+    expect(bodies(await sync(hs.url, bob), roomId)).toEqual(["four", "five"]);
+    expect(await stored()).toBe(5);
 
     const res = await call("POST", `${A}/v1/purge_history/${enc(roomId)}`, { purge_up_to_event_id: cut, delete_local_events: true });
     expect(res.status, res.text).toBe(200);
     await expect.poll(async () => (await get(`${A}/v1/purge_history_status/${enc(res.json.purge_id)}`)).json).toEqual({ status: "complete" });
     expect(await messageBodies(bob, roomId)).toEqual(["four", "five"]);
+    expect(await stored()).toBe(2);
 
     // The state is whole, and the room goes on.
     const details = (await get(`${A}/v1/rooms/${enc(roomId)}`)).json;

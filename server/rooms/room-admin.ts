@@ -478,7 +478,8 @@ export class RoomAdmin {
    * after `purgeUpToTs`. Only events without state: state events stay, since the state groups,
    * the auth rules of later events and the room's current state need them; the forward extremities
    * stay too (the next event's prev_events). Remote users' events only, unless `deleteLocalEvents`
-   * (Synapse's rule: this server is the only copy of its users' events).
+   * (Synapse's rule: this server is the only copy of its users' events). What stays before the
+   * point leaves the timeline (outliers), as in Synapse.
    */
   async startPurgeHistory(roomId: string, upTo: { eventId?: string; ts?: number }, deleteLocalEvents: boolean): Promise<string> {
     await this.rooms.requireRoom(roomId);
@@ -549,6 +550,12 @@ export class RoomAdmin {
         await tx.execute(sql`delete from ${sql.identifier(table)} where room_id = ${roomId} and event_id in (select event_id from purged_events)`);
       }
       const deleted = await tx.execute(sql`delete from events where event_id in (select event_id from purged_events) returning 1`);
+      // What stays below the point (state events, and local users' events unless deleted) leaves
+      // the timeline as Synapse's purge does it: outliers, kept for the state and as the only copy,
+      // served to no client's /messages or /sync.
+      await tx.execute(sql`update events set outlier = true
+        where room_id = ${roomId} and topological_ordering < ${depth} and not outlier
+          and event_id not in (select unnest(r.forward_extremities) from rooms r where r.room_id = ${roomId})`);
       return rowsOf(deleted).length;
     });
   }
