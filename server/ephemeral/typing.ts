@@ -109,9 +109,11 @@ export class Typing {
 
   /**
    * The typers of each room in `roomIds` whose typers changed after `since` and at or before
-   * `upTo`; with `since` null (a room new to the sync), every room that has typers. A `since` of 0
-   * is a real position (a token from before any typing on this server), not "new": a stop after
-   * it must still be reported, as an empty list.
+   * `upTo`; with `since` null (a room new to the sync, an initial sync), every room where anyone
+   * typed since this server started, even if no one types now (as Synapse does: a client that
+   * missed a stop learns the list is empty). A `since` of 0 is a real position (a token from
+   * before any typing on this server), not "new": a stop after it must still be reported, as an
+   * empty list.
    */
   typingIn(roomIds: Iterable<string>, since: number | null, upTo: number): Map<string, string[]> {
     const now = this.now();
@@ -120,7 +122,7 @@ export class Typing {
       const room = this.rooms.get(roomId);
       if (!room || room.changedAt > upTo) continue;
       const typers = [...room.typers].filter(([, until]) => until > now).map(([u]) => u);
-      if (since === null ? typers.length > 0 : room.changedAt > since) out.set(roomId, typers);
+      if (since === null || room.changedAt > since) out.set(roomId, typers);
     }
     return out;
   }
