@@ -63,4 +63,28 @@ describe("push actions", () => {
       expect(got).toEqual(expected);
     }
   });
+
+  it("keeps the rules it already had when its cache is emptied while it reads the others'", async () => {
+    let clearDuringRead = false;
+    const notifier = new Notifier({ kind: "pglite" } as unknown as OpenedDatabase, pino({ level: "silent" }));
+    const userData = {
+      async pushRulesOf(userIds: readonly string[]) {
+        // Every user's account data changed (another process) while this read ran: the cache goes.
+        if (clearDuringRead) notifier.publish({ stream: "account_data", position: 1, everyone: true });
+        return new Map(userIds.map((u) => [u, { ruleset: withServerDefaults(undefined, u), custom: false }]));
+      },
+    } as unknown as UserData;
+    const push = new PushActions(userData, notifier, "x");
+    const room = (members: string[]): PushRoomContext => ({
+      joinedMemberCount: members.length,
+      localJoinedMembers: members,
+      powerLevels: {},
+      powerLevelOf: () => 0,
+      displayNameOf: async () => null,
+    });
+    const message: PushEvent = { type: "m.room.message", sender: "@s:y", room_id: "!r:x", content: { msgtype: "m.text", body: "hi" } };
+    expect((await push.actionsFor(room(["@a:x", "@b:x"]), message)).map((a) => a.userId)).toEqual(["@a:x", "@b:x"]);
+    clearDuringRead = true;
+    expect((await push.actionsFor(room(["@a:x", "@b:x", "@c:x"]), message)).map((a) => a.userId)).toEqual(["@a:x", "@b:x", "@c:x"]);
+  });
 });

@@ -17,11 +17,16 @@ import type { UserData } from "../userdata/userdata.ts";
 import type { Notifier } from "./notifier.ts";
 import type { Queryable } from "./streams.ts";
 
-const MAX_CACHED_RULESETS = 20_000;
+/** Users whose rules are kept in memory (those who never changed theirs share one entry). */
+const MAX_CACHED_RULESETS = 200_000;
 
-/** A user's effective rules, whether they changed any (`custom`), and whether a rule looks at display names. */
+/**
+ * A user's effective rules, whether they changed any (`custom`), and whether a rule looks at display
+ * names. Users with the server's rules share one entry without `ruleset` (theirs differs from
+ * another's only by their user ID: built when needed).
+ */
 interface UserRules {
-  ruleset: Ruleset;
+  ruleset?: Ruleset;
   custom: boolean;
   displayName: boolean;
 }
@@ -33,7 +38,9 @@ interface UserRules {
  * same outcome as this one (push-actions.test.ts checks the rules still read that way).
  */
 export const NOBODY = "@\u0000:\u0000";
-const DEFAULT_RULES: UserRules = { ruleset: withServerDefaults(undefined, NOBODY), custom: false, displayName: false };
+const DEFAULT_RULES = { ruleset: withServerDefaults(undefined, NOBODY), custom: false, displayName: false } satisfies UserRules;
+/** The entry of every user with the server's rules. */
+const SERVER_RULES: UserRules = { custom: false, displayName: usesDisplayName(DEFAULT_RULES.ruleset) };
 
 /** The room as of the event, as far as push rules look at it. */
 export interface PushRoomContext {
@@ -178,7 +185,7 @@ export class PushActions {
     const senderPowerLevel = room.powerLevelOf(event.sender);
     const threadId = threadOf(event.content);
     const evaluate = async (userId: string, rules: UserRules) =>
-      evaluatePushRules(rules.ruleset, event, {
+      evaluatePushRules(rules.ruleset ?? withServerDefaults(undefined, userId), event, {
         userId,
         displayName: rules.displayName ? await room.displayNameOf(userId) : null,
         roomMemberCount: room.joinedMemberCount,
@@ -203,20 +210,27 @@ export class PushActions {
   }
 
   private async rulesetsOf(userIds: readonly string[], q?: Queryable): Promise<Map<string, UserRules>> {
-    const missing = userIds.filter((u) => !this.rulesets.has(u));
-    if (missing.length) {
-      const generation = this.generation;
-      const loaded = new Map<string, UserRules>();
-      for (const [u, r] of await this.userData.pushRulesOf(missing, q)) loaded.set(u, { ...r, displayName: usesDisplayName(r.ruleset) });
-      if (generation === this.generation) {
-        if (this.rulesets.size + loaded.size > MAX_CACHED_RULESETS) this.rulesets.clear();
-        for (const [u, r] of loaded) this.rulesets.set(u, r);
-      }
-      const out = new Map<string, UserRules>();
-      for (const u of userIds) out.set(u, this.rulesets.get(u) ?? loaded.get(u)!);
-      return out;
+    // What the cache holds is taken now: it may be cleared while the rest is read.
+    const out = new Map<string, UserRules>();
+    const missing: string[] = [];
+    for (const u of userIds) {
+      const known = this.rulesets.get(u);
+      if (known) out.set(u, known);
+      else missing.push(u);
     }
-    return new Map(userIds.map((u) => [u, this.rulesets.get(u)!]));
+    if (missing.length === 0) return out;
+    const generation = this.generation;
+    const loaded = await this.userData.pushRulesOf(missing, q);
+    // Kept only if no change of push rules came while they were read.
+    const keep = generation === this.generation;
+    if (keep && this.rulesets.size + missing.length > MAX_CACHED_RULESETS) this.rulesets.clear();
+    for (const u of missing) {
+      const r = loaded.get(u)!;
+      const entry: UserRules = r.custom ? { ruleset: r.ruleset, custom: true, displayName: usesDisplayName(r.ruleset) } : SERVER_RULES;
+      out.set(u, entry);
+      if (keep) this.rulesets.set(u, entry);
+    }
+    return out;
   }
 }
 
