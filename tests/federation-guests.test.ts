@@ -64,11 +64,26 @@ describe("guests and other servers", () => {
     expect((await alice.state(roomId, "m.room.member", bob.userId)).json).toMatchObject({ membership: "join" });
   });
 
-  it("a guest cannot join a room its server is not in (its guest access is unknown there)", async () => {
-    const roomId = await bob.createRoom({ preset: "public_chat", initial_state: [{ type: "m.room.guest_access", content: { guest_access: "forbidden" } }] });
+  it("a guest accepts an invite to another server's room whose invite says guests can join, and no other", async () => {
     const guest = await registerGuest(hs1.url);
-    const refused = await request(hs1.url, "POST", `/_matrix/client/v3/join/${enc(roomId)}?server_name=hs2.test`, { token: guest.token, body: {} });
+    const invitedTo = async (guestAccess: string) => {
+      const roomId = await bob.createRoom({ preset: "private_chat", initial_state: [{ type: "m.room.guest_access", content: { guest_access: guestAccess } }] });
+      const invited = await bob.call("POST", roomPath(roomId, "/invite"), { user_id: guest.userId });
+      expect(invited.status, JSON.stringify(invited.json)).toBe(200);
+      return roomId;
+    };
+    const open = await invitedTo("can_join");
+    const accepted = await request(hs1.url, "POST", `/_matrix/client/v3/join/${enc(open)}`, { token: guest.token, body: {} });
+    expect(accepted.status, JSON.stringify(accepted.json)).toBe(200);
+    await eventually(async () => expect((await bob.state(open, "m.room.member", guest.userId)).json).toMatchObject({ membership: "join" }));
+
+    const closed = await invitedTo("forbidden");
+    const refused = await request(hs1.url, "POST", `/_matrix/client/v3/join/${enc(closed)}`, { token: guest.token, body: {} });
     expect(refused.status).toBe(403);
     expect(refused.json.errcode).toBe("M_FORBIDDEN");
+    // Nor one it was not invited to: its guest access is unknown here.
+    const publicRoom = await bob.createRoom({ preset: "public_chat", initial_state: [{ type: "m.room.guest_access", content: { guest_access: "can_join" } }] });
+    const uninvited = await request(hs1.url, "POST", `/_matrix/client/v3/join/${enc(publicRoom)}?server_name=hs2.test`, { token: guest.token, body: {} });
+    expect(uninvited.status).toBe(403);
   });
 });

@@ -54,7 +54,9 @@ const MISSING_EVENTS_LIMIT = 10;
 /** Remembered relays and suppressed fan-outs (entries live only from a persist to its commit). */
 const MAX_PENDING_MARKS = 10_000;
 /** The state types an invite shows the invitee (Synapse's default room_prejoin_state). */
-const INVITE_STATE_TYPES = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"];
+// The spec's stripped state, and m.room.guest_access ("servers MAY include other state events"):
+// the invitee's server lets a guest accept only when it says `can_join`.
+const INVITE_STATE_TYPES = ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic", "m.room.guest_access"];
 
 export interface RoomFederationDeps {
   serverName: string;

@@ -454,17 +454,20 @@ export class Rooms {
       } else {
         // Through the servers named, the inviter's, and the room ID's own server (before v12).
         const invite = await this.membership(roomId, userId);
+        // A guest may join only a room whose guest access this server can see lets them in: here
+        // that is the room's state an invite carried (servers may send m.room.guest_access with
+        // it; Parley does). Without an invite saying so, no guest joins a room this server is not in.
+        let guestLetIn = false;
         if (invite?.membership === "invite") {
-          const [row] = rowsOf<{ sender: string }>(await this.db.execute(sql`select sender from events where event_id = ${invite.eventId}`));
+          const [row] = rowsOf<{ sender: string; json: string }>(await this.db.execute(sql`select sender, json from events where event_id = ${invite.eventId}`));
           const inviter = row && serverNameOf(row.sender);
           if (inviter) servers.push(inviter);
+          guestLetIn = row !== undefined && invitedStateLetsGuestsIn(row.json);
         }
         const idServer = serverNameOf(roomId);
         if (idServer) servers.push(idServer);
         if (servers.some((s) => s !== this.serverName)) {
-          // A guest may join only a room whose guest access this server can see lets them (as in
-          // Synapse): not one it is not in.
-          if (requester.isGuest) throw new MatrixError(403, "M_FORBIDDEN", "Guests cannot join rooms this server is not in");
+          if (requester.isGuest && !guestLetIn) throw new MatrixError(403, "M_FORBIDDEN", "Guest access is not allowed in this room");
           const profile = await this.accounts.getProfile(userId);
           await this.remote.join(userId, roomId, servers, { ...extra, ...memberContent("join", profile) });
           return roomId;
@@ -780,3 +783,16 @@ function sameJson(a: unknown, b: unknown): boolean {
 }
 
 export type { PersistedEvent, RoomView };
+
+/** Whether an invite's `unsigned.invite_room_state` has `m.room.guest_access` saying `can_join`. */
+function invitedStateLetsGuestsIn(inviteJson: string): boolean {
+  const stripped = (JSON.parse(inviteJson) as { unsigned?: { invite_room_state?: unknown } }).unsigned?.invite_room_state;
+  if (!Array.isArray(stripped)) return false;
+  return stripped.some(
+    (e: unknown) =>
+      typeof e === "object" && e !== null &&
+      (e as { type?: unknown }).type === "m.room.guest_access" &&
+      (e as { state_key?: unknown }).state_key === "" &&
+      ((e as { content?: { guest_access?: unknown } }).content?.guest_access === "can_join"),
+  );
+}
