@@ -44,7 +44,7 @@ describe("application-service registrations", () => {
   });
 
   it("refuses two services with the same id or token, or one whose bot another claims", () => {
-    const other = irc.replace('"IRC Bridge"', "other").replace("as-irc", "as-2").replace("hs-irc", "hs-2").replace("_irc_bot", "other_bot");
+    const other = irc.replace('"IRC Bridge"', "other").replace("as-irc", "as-2").replace("hs-irc", "hs-2").replace("_irc_bot", "other_bot").replace('"@_irc_bridge_.*"', '"@_other_.*"');
     const files: Record<string, string> = { irc, other, sameId: other.replace("id: other", 'id: "IRC Bridge"'), sameToken: other.replace("as-2", "as-irc") };
     const read = (f: string) => files[f]!;
     expect(loadAppServices(["irc", "other"], "hs", read)).toHaveLength(2);
@@ -53,6 +53,32 @@ describe("application-service registrations", () => {
     files.claimed = other.replace("other_bot", "_irc_bridge_x");
     expect(() => loadAppServices(["irc", "claimed"], "hs", read)).toThrow(/claimed: its sender .* lies in an exclusive user namespace of irc/);
     expect(() => loadAppServices(["/nonexistent/reg.yaml"], "hs")).toThrow(/cannot read .*ENOENT/);
+  });
+
+  it("refuses two services whose exclusive namespaces overlap, naming a user both claim; shared ones may overlap", () => {
+    const other = irc.replace('"IRC Bridge"', "other").replace("as-irc", "as-2").replace("hs-irc", "hs-2").replace("_irc_bot", "other_bot");
+    const files: Record<string, string> = {
+      irc,
+      // The same exclusive regex.
+      same: other,
+      // A narrower exclusive regex inside irc's.
+      narrower: other.replace('"@_irc_bridge_.*"', '"@_irc_bridge_(alice|bob):hs"'),
+      // Overlapping only in a name neither regex spells out.
+      crossing: other.replace('"@_irc_bridge_.*"', '"@[_a-z]+bridge_[0-9]+"'),
+      // Disjoint from irc's: a different prefix.
+      disjoint: other.replace('"@_irc_bridge_.*"', '"@_irc_bridgf_.*"'),
+      // The same regex, but shared by this one: allowed.
+      shared: other.replace("exclusive: true", "exclusive: false"),
+      // Exclusive aliases overlapping irc's shared aliases: allowed.
+      aliases: other.replace('"@_irc_bridge_.*"', '"@_x_.*"').replace("exclusive: false", "exclusive: true"),
+    };
+    const read = (f: string) => files[f]!;
+    expect(() => loadAppServices(["irc", "same"], "hs", read)).toThrow(/same: its exclusive users namespace "@_irc_bridge_\.\*" overlaps "@_irc_bridge_\.\*" of irc \(both claim "@_irc_bridge_"\)/);
+    expect(() => loadAppServices(["irc", "narrower"], "hs", read)).toThrow(/narrower: .* \(both claim "@_irc_bridge_bob:hs"\)/);
+    expect(() => loadAppServices(["crossing", "irc"], "hs", read)).toThrow(/irc: .* overlaps .* of crossing \(both claim "@_irc_bridge_0"\)/);
+    expect(loadAppServices(["irc", "disjoint"], "hs", read)).toHaveLength(2);
+    expect(loadAppServices(["irc", "shared"], "hs", read)).toHaveLength(2);
+    expect(loadAppServices(["irc", "aliases"], "hs", read)).toHaveLength(2);
   });
 
   it("finds a service by token and the owner of an exclusive namespace", () => {

@@ -10,6 +10,7 @@
 import { readFileSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { overlapWitness } from "./regex-overlap.ts";
 
 /** One namespace entry: a regex and whether the service claims it for itself alone. */
 export interface Namespace {
@@ -161,6 +162,23 @@ export function loadAppServices(files: readonly string[], serverName: string, re
       if (other === s) continue;
       if (matches(other.namespaces.users, s.senderUserId, true)) {
         throw new AppServiceConfigError(`${s.file}: its sender ${s.senderUserId} lies in an exclusive user namespace of ${other.file}`);
+      }
+    }
+  }
+  // Two services may not claim the same names exclusively: each would be refused the other's users.
+  // Shared (non-exclusive) namespaces may overlap anything.
+  for (const [i, s] of services.entries()) {
+    for (const other of services.slice(i + 1)) {
+      for (const kind of ["users", "aliases", "rooms"] as const) {
+        for (const a of s.namespaces[kind].filter((n) => n.exclusive)) {
+          for (const b of other.namespaces[kind].filter((n) => n.exclusive)) {
+            const witness = overlapWitness(a.source, b.source);
+            if (witness === null || witness === "unknown") continue;
+            throw new AppServiceConfigError(
+              `${other.file}: its exclusive ${kind} namespace ${JSON.stringify(b.source)} overlaps ${JSON.stringify(a.source)} of ${s.file} (both claim ${JSON.stringify(witness)}); exclusive namespaces of two services must not overlap`,
+            );
+          }
+        }
       }
     }
   }
