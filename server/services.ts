@@ -125,6 +125,8 @@ export function createAccountServices(
   const uia = new UserInteractiveAuth(db, now, accounts, audit, rateLimiter, config.registration_tokens, registrationTokens);
   const pushers = new Pushers(db, now);
   accounts.onDevicesDeleted((userId, deviceIds) => pushers.devicesDeleted(userId, deviceIds));
+  // Pushers without a device (set by an application service acting as the user) go too.
+  accounts.onDeactivated((userId) => pushers.userDeactivated(userId));
   return {
     pushers,
     appServices: new AppServiceRegistry(loadAppServices(config.app_service_config_files, config.server_name)),

@@ -183,6 +183,17 @@ describe("pushers", () => {
     expect((await alice.call("GET", "/_matrix/client/v3/pushers")).json.pushers.map((p: any) => p.pushkey)).toEqual(["laptop-key"]);
   });
 
+  it("go when their user is deactivated, a pusher set without a device (by an application service) too", async () => {
+    const alice = await newUser("alice");
+    await addPusher(alice, "own-key");
+    // An application service acting as alice without a device_id sets a pusher tied to no device.
+    await hs.services.pushers.set(alice.userId, null, { kind: "http", app_id: "bridge.app", pushkey: "bridge-key", app_display_name: "Bridge", device_display_name: "-", lang: "en", data: { url: gateway.url() } });
+    expect((await alice.call("GET", "/_matrix/client/v3/pushers")).json.pushers.map((p: any) => p.pushkey).sort()).toEqual(["bridge-key", "own-key"]);
+    const res = await alice.call("POST", "/_matrix/client/v3/account/deactivate", { auth: passwordAuth(alice) });
+    expect(res.status, JSON.stringify(res.json)).toBe(200);
+    expect(await hs.services.pushers.list(alice.userId)).toEqual([]);
+  });
+
   it("set with other access tokens go on a password change, the changer's own stays", async () => {
     const alice = await newUser("alice");
     const login = await loginUser(hs.url, alice.userId, alice.password);

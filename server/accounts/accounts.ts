@@ -85,6 +85,8 @@ export interface NewUser {
  * mailboxes here.
  */
 export type DevicesDeletedListener = (userId: string, deviceIds: string[]) => Promise<void> | void;
+/** Called after an account is deactivated (its devices already deleted); the push component drops its pushers. */
+export type AccountDeactivatedListener = (userId: string) => Promise<void> | void;
 /** Called after a device's display name changes; the E2EE component records a device-list change. */
 export type DeviceRenamedListener = (userId: string, deviceId: string) => Promise<void> | void;
 /** Called after a login created a new device; E2EE records a device-list change (the device is in the user's list now). */
@@ -124,6 +126,7 @@ export class Accounts {
   private readonly deviceRenamedListeners: DeviceRenamedListener[] = [];
   private readonly deviceCreatedListeners: DeviceCreatedListener[] = [];
   private readonly accountCreatedListeners: AccountCreatedListener[] = [];
+  private readonly deactivatedListeners: AccountDeactivatedListener[] = [];
 
   constructor(
     private readonly db: Database,
@@ -137,6 +140,10 @@ export class Accounts {
 
   onDevicesDeleted(listener: DevicesDeletedListener): void {
     this.devicesDeletedListeners.push(listener);
+  }
+
+  onDeactivated(listener: AccountDeactivatedListener): void {
+    this.deactivatedListeners.push(listener);
   }
 
   onProfileChanged(listener: ProfileChangedListener): void {
@@ -421,6 +428,13 @@ export class Accounts {
     if (options.erase) ErasedUsers.of(this.db).invalidate();
     await this.deleteDevices(userId, await this.deviceIds(userId), source, "deactivated");
     await this.audit.record("deactivated", userId, source);
+    for (const listener of this.deactivatedListeners) {
+      try {
+        await listener(userId);
+      } catch (err) {
+        this.logger.error({ err, userId }, "a deactivation hook failed");
+      }
+    }
     await this.profileChanged(userId, {});
   }
 
