@@ -332,6 +332,30 @@ describe("pushes to the gateway", () => {
     expect(gateway.for("bob-down").map((p) => p.event_id)).toEqual(sent);
   });
 
+  it("after a gateway outage, what the user read meanwhile is not pushed, and the rest carries the count at sending", async () => {
+    const [alice, bob] = [await newUser("alice"), await newUser("bob")];
+    await addPusher(bob, "bob-caught-up");
+    const roomId = await roomOf([alice, bob]);
+    gateway.down = true;
+    const sent: string[] = [];
+    try {
+      for (let i = 0; i < 3; i++) sent.push(await alice.send(roomId, text(`while down ${i}`)));
+      // Bob reads the first two on another device while his phone's gateway is down.
+      const res = await bob.call("POST", roomPath(roomId, `/receipt/m.read/${encodeURIComponent(sent[1]!)}`), {});
+      expect(res.status).toBe(200);
+      await new Promise((r) => setTimeout(r, 1000));
+    } finally {
+      gateway.down = false;
+    }
+    const last = await waitFor("the unread message's push", pushOf("bob-caught-up", sent[2]!), 15_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    const pushes = gateway.for("bob-caught-up");
+    expect(pushes.filter((p) => p.event_id !== undefined).map((p) => p.event_id)).toEqual([sent[2]]);
+    expect(last.counts).toEqual({ unread: 1 });
+    // The receipt's count update went too.
+    expect(pushes.some((p) => p.event_id === undefined)).toBe(true);
+  });
+
   it("a rejected pushkey removes its pusher", async () => {
     const [alice, bob] = [await newUser("alice"), await newUser("bob")];
     await addPusher(bob, "bob-rejected");
@@ -404,5 +428,32 @@ describe("GET /notifications", () => {
     expect(highlights.json.notifications.map((p: any) => p.event.event_id)).toEqual([ids[3]]);
     expect((await get("?from=nonsense")).status).toBe(400);
     expect((await alice.call("GET", "/_matrix/client/v3/notifications")).json.notifications).toEqual([]);
+  });
+
+  it("keeps notifications read before the push sender copied them (a receipt, or the user's own message, right after the event)", async () => {
+    const [alice, bob] = [await newUser("alice"), await newUser("bob")];
+    const roomId = await roomOf([alice, bob]);
+    // The sender copies notifications a little after each commit; stopped, it copies nothing until
+    // it starts again, so both reads below land before the copy.
+    await hs.services.pushSender.stop();
+    let ids: string[];
+    try {
+      ids = [await alice.send(roomId, text("one")), await alice.send(roomId, text("two"))];
+      expect((await bob.call("POST", roomPath(roomId, `/receipt/m.read/${encodeURIComponent(ids[0]!)}`), {})).status).toBe(200);
+      // Bob's own message reads "two" (the spec counts sending as reading up to it).
+      await bob.send(roomId, text("my answer"));
+      ids.push(await alice.send(roomId, text("three")));
+    } finally {
+      await hs.services.pushSender.start();
+    }
+    const listed = await eventually("the notifications", async () => {
+      const r = await bob.call("GET", "/_matrix/client/v3/notifications");
+      return r.json.notifications?.length === 3 ? r.json.notifications : undefined;
+    });
+    expect(listed.map((n: any) => [n.event.event_id, n.read])).toEqual([
+      [ids[2], false],
+      [ids[1], true],
+      [ids[0], true],
+    ]);
   });
 });

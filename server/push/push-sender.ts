@@ -63,6 +63,11 @@ const INGEST_DELAY_MS = 20;
 /** Stream positions with notifications copied per ingest transaction (a position is one event: up to one row per local member). */
 const INGEST_POSITIONS = 200;
 const BATCH = 200;
+/** A claimed batch's unread counts and which of its notifications are still unread. */
+interface Unread {
+  count(userId: string): number;
+  isUnread(push: QueuedPush): boolean;
+}
 /** How long a claimed batch is this process's alone (longer than sending it takes: 16 at once, 10 s timeouts). */
 const LEASE_MS = 120_000;
 /** The advisory lock that serialises claims of due pushes across processes ("push" in ASCII). */
@@ -266,6 +271,8 @@ export class PushSender {
     const work = [...byPusher.entries()];
     // A room's event goes to many pushers: read it (and the room's names) once per batch.
     const events = new Map<string, Promise<EventDetails | undefined>>();
+    const unread = await this.unreadOf(rows);
+    const finished: number[] = [];
     const next = async (): Promise<void> => {
       for (let item = work.shift(); item; item = work.shift()) {
         const [pusherId, pushes] = item;
@@ -275,18 +282,27 @@ export class PushSender {
           await this.db.execute(sql`delete from push_queue where pusher_id = ${pusherId}`);
           continue;
         }
-        await this.sendFor(pusher, pushes, events);
+        await this.sendFor(pusher, pushes, events, unread, finished);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, work.length) }, next));
+    try {
+      await Promise.all(Array.from({ length: Math.min(CONCURRENCY, work.length) }, next));
+    } finally {
+      // The pushes the gateways took (or refused for good) leave the queue together: one statement
+      // per batch instead of one per push. Until then they stay claimed by this process's lease; a
+      // crash in between sends them again when it runs out (pushes are at least once).
+      if (finished.length > 0) {
+        await this.db.execute(sql`delete from push_queue where id in (select (jsonb_array_elements_text(${JSON.stringify(finished)}::jsonb))::bigint)`);
+      }
+    }
     return byPusher.size === BATCH;
   }
 
   /** A pusher's due pushes, in order; stops at the first the gateway could not take (it backs off). */
-  private async sendFor(pusher: Pusher, pushes: QueuedPush[], events: Map<string, Promise<EventDetails | undefined>>): Promise<void> {
+  private async sendFor(pusher: Pusher, pushes: QueuedPush[], events: Map<string, Promise<EventDetails | undefined>>, unread: Unread, finished: number[]): Promise<void> {
     const url = pusher.data.url as string;
     for (const push of pushes) {
-      const notification = await this.notificationFor(pusher, push, events);
+      const notification = await this.notificationFor(pusher, push, events, unread);
       const outcome: NotifyOutcome = notification ? await this.o.gateway.notify(url, notification) : { kind: "sent", rejected: [] };
       if (outcome.kind === "retry") {
         const delay = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** Math.min(push.attempts, 30));
@@ -295,7 +311,7 @@ export class PushSender {
         return;
       }
       if (outcome.kind === "refused") this.o.logger.warn({ pusher: pusher.id, why: outcome.why }, "push: the gateway refused a push; dropped");
-      await this.db.execute(sql`delete from push_queue where id = ${push.id}`);
+      finished.push(Number(push.id));
       if (outcome.kind === "sent" && outcome.rejected.includes(pusher.pushkey)) {
         this.o.logger.info({ pusher: pusher.id, user: pusher.userId }, "push: the gateway rejected the pushkey; pusher removed");
         await this.o.pushers.rejected([pusher.id]);
@@ -322,14 +338,43 @@ export class PushSender {
     })();
   }
 
-  private async notificationFor(pusher: Pusher, push: QueuedPush, events: Map<string, Promise<EventDetails | undefined>>): Promise<Record<string, unknown> | undefined> {
-    // The user's unread count, and whether this notification is still unread, in one read.
-    const [count] = rowsOf<{ n: string | number; unread: boolean | null }>(
-      await this.db.execute(sql`select count(*) as n,
-          bool_or(room_id = ${push.room_id ?? ""} and stream_ordering = ${Number(push.stream_ordering ?? -1)}) as unread
-        from event_push_actions where user_id = ${push.user_id}`),
-    );
-    const counts = { unread: Number(count?.n ?? 0) };
+  /**
+   * For a claimed batch, in two reads: each user's unread notification count (all rooms; what the
+   * badge shows when the batch is sent), and which of the batch's notifications are still unread
+   * (a read receipt or the user's own message since removed their `event_push_actions` row).
+   */
+  private async unreadOf(rows: readonly QueuedPush[]): Promise<Unread> {
+    const users = [...new Set(rows.map((r) => r.user_id))];
+    const withEvent = rows.filter((r) => r.event_id !== null && r.room_id !== null && r.stream_ordering !== null);
+    const key = (userId: string, roomId: string, stream: number) => `${userId}\u0000${roomId}\u0000${stream}`;
+    // Each list is one JSON parameter, whatever the batch's size (thousands of bind parameters
+    // overflow PGlite's protocol buffer, and PostgreSQL takes at most 65,535).
+    const counts = await this.db.execute(sql`select user_id, count(*) as n from event_push_actions
+      where user_id in (select jsonb_array_elements_text(${JSON.stringify(users)}::jsonb)) group by user_id`);
+    const still =
+      withEvent.length === 0
+        ? []
+        : rowsOf<{ user_id: string; room_id: string; stream_ordering: string | number }>(
+            await this.db.execute(sql`select e.user_id, e.room_id, e.stream_ordering from event_push_actions e
+              join jsonb_to_recordset(${JSON.stringify(withEvent.map((r) => ({ user_id: r.user_id, room_id: r.room_id, stream_ordering: Number(r.stream_ordering) })))}::jsonb)
+                as x(user_id text, room_id text, stream_ordering bigint)
+              on e.user_id = x.user_id and e.room_id = x.room_id and e.stream_ordering = x.stream_ordering`),
+          );
+    const countOf = new Map(rowsOf<{ user_id: string; n: string | number }>(counts).map((r) => [r.user_id, Number(r.n)]));
+    const unread = new Set(still.map((r) => key(r.user_id, r.room_id, Number(r.stream_ordering))));
+    return {
+      count: (userId) => countOf.get(userId) ?? 0,
+      isUnread: (p) => p.room_id !== null && p.stream_ordering !== null && unread.has(key(p.user_id, p.room_id, Number(p.stream_ordering))),
+    };
+  }
+
+  private async notificationFor(
+    pusher: Pusher,
+    push: QueuedPush,
+    events: Map<string, Promise<EventDetails | undefined>>,
+    unread: Unread,
+  ): Promise<Record<string, unknown> | undefined> {
+    const counts = { unread: unread.count(push.user_id) };
     const { url: _url, ...data } = pusher.data;
     const actions = Array.isArray(push.actions) ? push.actions : [];
     const tweaks: Record<string, unknown> = {};
@@ -344,7 +389,7 @@ export class PushSender {
       // A count-only update (a read receipt): no event, the counts, the device.
       return { counts, devices: [device], prio: "high" };
     }
-    if (count?.unread !== true) return undefined;
+    if (!unread.isUnread(push)) return undefined;
     let details = events.get(push.event_id);
     if (!details) events.set(push.event_id, (details = this.eventDetails(push.event_id)));
     const found = await details;

@@ -5,7 +5,7 @@
 // stores the event): every local member the event notifies gets a row in `event_push_actions`. A read receipt — or the user sending an event, which the spec counts as
 // reading up to it — deletes the user's rows up to that event. So the counts a sync sends are a
 // `count(*)` over the rows left, one grouped query for all the rooms of a response.
-import { and, eq, inArray, lte, sql } from "drizzle-orm";
+import { and, eq, inArray, lte, type SQL, sql } from "drizzle-orm";
 import { type Database, rowsOf, schema } from "../../schema/db.ts";
 import type { Queryable } from "./streams.ts";
 
@@ -21,6 +21,27 @@ export interface RoomUnreadCounts {
   threads: Map<string, NotificationCounts>;
 }
 
+/**
+ * Marks notifications read: the statements that delete the `event_push_actions` rows matching
+ * `where`, preceded by one that keeps in `push_notifications` (the history `GET /notifications`
+ * lists, server/push) the rows the push sender has not copied there yet. It copies a little after
+ * each commit, so without it a receipt (or the user's own message) right after an event lost that
+ * notification from the history. Both copies skip a notification already there; it shows as read
+ * (its row is gone). Run in this order, in one transaction or as parts of one statement (the
+ * persist path's: there both see the same snapshot).
+ */
+export function readNotificationsStatements(where: SQL): [SQL, SQL] {
+  return [
+    sql`insert into push_notifications (user_id, stream_ordering, room_id, event_id, highlight, actions, ts)
+      select user_id, stream_ordering, room_id, event_id, highlight, coalesce(actions, '["notify"]'::jsonb),
+        (extract(epoch from clock_timestamp()) * 1000)::bigint
+      from event_push_actions where ${where}
+        and stream_ordering > coalesce((select stream_ordering from push_progress where id = 1), 0)
+      on conflict do nothing`,
+    sql`delete from event_push_actions where ${where}`,
+  ];
+}
+
 export class UnreadCounts {
   constructor(private readonly db: Database) {}
 
@@ -29,17 +50,8 @@ export class UnreadCounts {
    * thread (`main` or a thread root), or in every thread when `threadId` is null (an unthreaded receipt).
    */
   async markRead(q: Queryable, userId: string, roomId: string, threadId: string | null, streamOrdering: number): Promise<void> {
-    const t = schema.eventPushActions;
-    await q
-      .delete(t)
-      .where(
-        and(
-          eq(t.userId, userId),
-          eq(t.roomId, roomId),
-          lte(t.streamOrdering, streamOrdering),
-          ...(threadId === null ? [] : [eq(t.threadId, threadId)]),
-        ),
-      );
+    const where = sql`user_id = ${userId} and room_id = ${roomId} and stream_ordering <= ${streamOrdering}${threadId === null ? sql`` : sql` and thread_id = ${threadId}`}`;
+    for (const statement of readNotificationsStatements(where)) await q.execute(statement);
   }
 
   /**
