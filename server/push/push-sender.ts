@@ -100,6 +100,8 @@ export class PushSender {
   }
 
   async start(): Promise<void> {
+    // The cursor row exists before any read receipt takes its share lock (UnreadCounts.markRead).
+    await this.db.execute(sql`insert into push_progress (id, stream_ordering) values (1, 0) on conflict do nothing`);
     this.running = true;
     this.eventsCommitted();
     this.wake();

@@ -16,7 +16,6 @@ import type { EventsWriteExtension } from "../rooms/persister.ts";
 import type { UserData } from "../userdata/userdata.ts";
 import type { Notifier } from "./notifier.ts";
 import type { Queryable } from "./streams.ts";
-import { readNotificationsStatements } from "./unread.ts";
 
 /** Users whose rules are kept in memory (those who never changed theirs share one entry). */
 const MAX_CACHED_RULESETS = 200_000;
@@ -149,8 +148,10 @@ export class PushActions {
         from jsonb_to_recordset(${rows}::jsonb) as x(u text, t text, h boolean, a jsonb) on conflict do nothing`);
     }
     for (const { userId, threadId, k } of readUpTo.values()) {
-      statements.push(...readNotificationsStatements(sql`user_id = ${userId} and room_id = ${view.roomId}
-        and thread_id = ${threadId} and stream_ordering < ${position(k)}`));
+      // (Not kept in `push_notifications` first as a receipt's read is: here that would race the push
+      // sender's copy inside the persist statement. See UnreadCounts.markRead.)
+      statements.push(sql`delete from event_push_actions where user_id = ${userId} and room_id = ${view.roomId}
+        and thread_id = ${threadId} and stream_ordering < ${position(k)}`);
     }
     return statements;
   };

@@ -5,8 +5,8 @@
 // stores the event): every local member the event notifies gets a row in `event_push_actions`. A read receipt — or the user sending an event, which the spec counts as
 // reading up to it — deletes the user's rows up to that event. So the counts a sync sends are a
 // `count(*)` over the rows left, one grouped query for all the rooms of a response.
-import { and, eq, inArray, lte, type SQL, sql } from "drizzle-orm";
-import { type Database, rowsOf, schema } from "../../schema/db.ts";
+import { sql } from "drizzle-orm";
+import { type Database, rowsOf } from "../../schema/db.ts";
 import type { Queryable } from "./streams.ts";
 
 export interface NotificationCounts {
@@ -21,37 +21,29 @@ export interface RoomUnreadCounts {
   threads: Map<string, NotificationCounts>;
 }
 
-/**
- * Marks notifications read: the statements that delete the `event_push_actions` rows matching
- * `where`, preceded by one that keeps in `push_notifications` (the history `GET /notifications`
- * lists, server/push) the rows the push sender has not copied there yet. It copies a little after
- * each commit, so without it a receipt (or the user's own message) right after an event lost that
- * notification from the history. Both copies skip a notification already there; it shows as read
- * (its row is gone). Run in this order, in one transaction or as parts of one statement (the
- * persist path's: there both see the same snapshot).
- */
-export function readNotificationsStatements(where: SQL): [SQL, SQL] {
-  return [
-    sql`insert into push_notifications (user_id, stream_ordering, room_id, event_id, highlight, actions, ts)
-      select user_id, stream_ordering, room_id, event_id, highlight, coalesce(actions, '["notify"]'::jsonb),
-        (extract(epoch from clock_timestamp()) * 1000)::bigint
-      from event_push_actions where ${where}
-        and stream_ordering > coalesce((select stream_ordering from push_progress where id = 1), 0)
-      on conflict do nothing`,
-    sql`delete from event_push_actions where ${where}`,
-  ];
-}
-
 export class UnreadCounts {
   constructor(private readonly db: Database) {}
 
   /**
    * Marks the user's notifications in the room as read up to and including `streamOrdering`: in one
    * thread (`main` or a thread root), or in every thread when `threadId` is null (an unthreaded receipt).
+   *
+   * The rows go from `event_push_actions`, but those the push sender has not copied yet into
+   * `push_notifications` (the history `GET /notifications` lists, server/push) are kept there first:
+   * it copies a little after each commit, after the woken /syncs, and a client that sends a receipt
+   * as soon as a message shows would otherwise lose it from the history. Under a share lock on the
+   * sender's cursor row, so a copy in progress finishes first (no two transactions insert the same
+   * rows at once); either copy skips a notification already there. It shows as read (its row is gone).
    */
   async markRead(q: Queryable, userId: string, roomId: string, threadId: string | null, streamOrdering: number): Promise<void> {
     const where = sql`user_id = ${userId} and room_id = ${roomId} and stream_ordering <= ${streamOrdering}${threadId === null ? sql`` : sql` and thread_id = ${threadId}`}`;
-    for (const statement of readNotificationsStatements(where)) await q.execute(statement);
+    const [cursor] = rowsOf<{ stream_ordering: string | number }>(await q.execute(sql`select stream_ordering from push_progress where id = 1 for share`));
+    await q.execute(sql`insert into push_notifications (user_id, stream_ordering, room_id, event_id, highlight, actions, ts)
+      select user_id, stream_ordering, room_id, event_id, highlight, coalesce(actions, '["notify"]'::jsonb), ${Date.now()}
+      from event_push_actions where ${where} and stream_ordering > ${Number(cursor?.stream_ordering ?? 0)}
+      order by stream_ordering
+      on conflict do nothing`);
+    await q.execute(sql`delete from event_push_actions where ${where}`);
   }
 
   /**
