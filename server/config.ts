@@ -233,7 +233,7 @@ export const configKeys = {
       .transform((v) => (Array.isArray(v) ? v : v.split(",").map((s) => s.trim()).filter(Boolean))),
     default: [],
     example: '["/etc/parley/whatsapp-registration.yaml"]',
-    doc: "Application-service registration files (YAML, as bridges generate them; in the environment: comma-separated). Read and checked at start: a bad file, a repeated `id` or token, or an invalid regex stops the server with a message naming the file.",
+    doc: "Application-service registration files (YAML, as bridges generate them; in the environment: comma-separated). Read and checked at start: a bad file, a repeated `id` or token, an invalid regex, or exclusive namespaces of two services that overlap (the message names a user or alias both claim) stops the server with a message naming the file.",
   }),
   user_directory_search_all_users: key({
     env: "PARLEY_USER_DIRECTORY_SEARCH_ALL_USERS",
