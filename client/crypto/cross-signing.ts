@@ -183,7 +183,7 @@ function signedFresh(obj: Record<string, unknown>, userId: string, keyId: string
  * POST /keys/device_signing/upload, answering user-interactive auth with the password when the
  * server asks for it (it does when keys already exist and are being replaced).
  */
-export async function uploadCrossSigningKeys(http: MatrixHttp, body: DeviceSigningUploadBody, auth?: { userId: string; password: string }): Promise<void> {
+export async function uploadCrossSigningKeys(http: Pick<MatrixHttp, "request">, body: DeviceSigningUploadBody, auth?: { userId: string; password: string }): Promise<void> {
   const path = "/_matrix/client/v3/keys/device_signing/upload";
   try {
     await http.request("POST", path, { body });
@@ -208,7 +208,7 @@ export async function uploadCrossSigningKeys(http: MatrixHttp, body: DeviceSigni
 }
 
 /** POST /keys/signatures/upload; throws when the server refused any of the signatures (its `failures`). */
-export async function uploadSignatures(http: MatrixHttp, body: SignaturesUploadBody): Promise<void> {
+export async function uploadSignatures(http: Pick<MatrixHttp, "request">, body: SignaturesUploadBody): Promise<void> {
   const res = await http.request<{ failures?: Record<string, Record<string, { errcode?: string; error?: string }>> }>(
     "POST",
     "/_matrix/client/v3/keys/signatures/upload",

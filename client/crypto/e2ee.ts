@@ -15,7 +15,17 @@ import type { CryptoStore } from "./store.ts";
 import { DeviceList, type DeviceInfo, MEGOLM_ALGORITHM, OLM_ALGORITHM } from "./device-list.ts";
 import { verifyJsonSignature } from "./signed-json.ts";
 import { cryptoReady, randomBytes, toBase64 } from "./primitives.ts";
-import { deviceTrust, masterKeyOf, type TrustContext } from "./cross-signing.ts";
+import {
+  CrossSigningIdentity,
+  type CrossSigningSeeds,
+  deviceTrust,
+  masterKeyOf,
+  signaturesAfterVerification,
+  signMasterKeyWithDevice,
+  type TrustContext,
+  uploadCrossSigningKeys,
+  uploadSignatures,
+} from "./cross-signing.ts";
 import { SasVerification } from "./sas.ts";
 import {
   type MegolmInboundSession,
@@ -159,6 +169,13 @@ export class E2EE implements ClientCryptoHooks {
   onVerificationRequest?: (verification: SasVerification) => void;
   /** The master keys we trust: our own, and other users' we verified (cross-signing). */
   private trust: { ownMasterKey?: string; verifiedMasterKeys: Record<string, string> } = { verifiedMasterKeys: {} };
+  /** Our cross-signing private keys, when this device holds them (`bootstrapCrossSigning`, or restored from the store). */
+  private crossSigning: CrossSigningIdentity | undefined;
+  /**
+   * A signature made after a verification could not be published (the server refused it, or the
+   * network failed): the verification itself stands, the trust stays local to this device.
+   */
+  onCrossSigningError?: (err: unknown) => void;
   /** SAS verifications in progress, by transaction ID. */
   private readonly verifications = new Map<string, SasVerification>();
   /** Another of our devices asked for a room key; `forwarded`: whether it got it. */
@@ -197,6 +214,8 @@ export class E2EE implements ClientCryptoHooks {
     const machine = new E2EE({ ...opts, olm }, account, devices);
     const trust = await opts.store.get(NS_ACCOUNT, "cross_signing_trust");
     if (trust) machine.trust = JSON.parse(trust) as E2EE["trust"];
+    const seeds = await opts.store.get(NS_ACCOUNT, "cross_signing_seeds");
+    if (seeds) machine.crossSigning = CrossSigningIdentity.fromSeeds(opts.userId, JSON.parse(seeds) as CrossSigningSeeds);
     for (const [roomId, value] of await opts.store.list(NS_ROOMS)) machine.roomSettings.set(roomId, JSON.parse(value) as Record<string, unknown>);
     await machine.uploads.run(() => machine.uploadKeys(undefined, false));
     return machine;
@@ -886,6 +905,10 @@ export class E2EE implements ClientCryptoHooks {
         if (keyIds.includes(`ed25519:${device.deviceId}`) && known?.ed25519 === device.ed25519) await this.devices.setVerified(userId, device.deviceId, true);
         // Their MAC covered their master key: the user's cross-signed devices are trusted from now on.
         if (theirMasterKey && keyIds.includes(`ed25519:${theirMasterKey}`)) await this.trustMasterKey(userId, theirMasterKey);
+        // With our cross-signing keys, the trust is published: their master key signed by our
+        // user-signing key, or our own other device by our self-signing key, so that our other
+        // devices and other users see it (as Element does after SAS).
+        await this.signVerified(userId, device, theirMasterKey, keyIds).catch((err: unknown) => this.onCrossSigningError?.(err));
       },
       () => this.verifications.delete(verification.transactionId),
     );
@@ -926,6 +949,47 @@ export class E2EE implements ClientCryptoHooks {
     await verification.handle(type, content).catch(() => {});
     this.onVerificationRequest?.(verification);
     return true;
+  }
+
+  /** Publishes what a finished verification lets our cross-signing keys sign (nothing without them). */
+  private async signVerified(userId: string, device: DeviceInfo, theirMasterKey: string | undefined, keyIds: readonly string[]): Promise<void> {
+    if (!this.crossSigning) return;
+    // Signed only if the keys are still those verified: the list is read again from the server.
+    await this.devices.refresh([userId]);
+    const peer = { userId, deviceId: device.deviceId, ed25519: device.ed25519, ...(theirMasterKey ? { masterKey: theirMasterKey } : {}) };
+    const body = signaturesAfterVerification(this.crossSigning, peer, keyIds, this.devices.keysQueryFor(userId));
+    if (Object.keys(body).length > 0) await uploadSignatures(this.http, body);
+  }
+
+  // ---------------------------------------------------------------- cross-signing
+
+  /** Whether this device holds our cross-signing private keys (all three, as after `bootstrapCrossSigning`). */
+  hasCrossSigningKeys(): boolean {
+    return this.crossSigning?.master !== undefined && this.crossSigning.selfSigning !== undefined && this.crossSigning.userSigning !== undefined;
+  }
+
+  /**
+   * Sets up cross-signing for our user, as Element's "set up secure messaging" does: new master,
+   * self-signing and user-signing keys, published (POST /keys/device_signing/upload, answering the
+   * server's password step with `auth` when it asks: it does when keys exist already), then this
+   * device signed by the self-signing key and the master key signed by this device. The private keys
+   * stay in this device's store (encrypted when it is a file store), and our own master key is
+   * trusted from now on: SAS then covers it, and verifications are signed and published.
+   * Replaces the user's existing cross-signing keys: other users' trust in the old ones is lost.
+   */
+  async bootstrapCrossSigning(auth?: { password: string }): Promise<void> {
+    const identity = this.crossSigning?.master ? this.crossSigning : CrossSigningIdentity.generate(this.userId);
+    // Kept before they are published: a crash after the upload must not lose keys the server has.
+    await this.store.put(NS_ACCOUNT, "cross_signing_seeds", JSON.stringify(identity.seeds()));
+    await this.store.flush();
+    this.crossSigning = identity;
+    const upload = identity.deviceSigningUploadBody();
+    await uploadCrossSigningKeys(this.http, upload, auth ? { userId: this.userId, password: auth.password } : undefined);
+    const deviceSignature = signMasterKeyWithDevice(upload.master_key!, this.deviceId, (message) => this.account.sign(message));
+    const ownDevice = identity.signOwnDevice(this.deviceKeys());
+    await uploadSignatures(this.http, { [this.userId]: { ...ownDevice[this.userId], ...deviceSignature[this.userId] } });
+    await this.trustMasterKey(this.userId, identity.master!.publicKey);
+    await this.devices.refresh([this.userId]);
   }
 
   // ---------------------------------------------------------------- verification state

@@ -2,10 +2,12 @@
 // crypto (vodozemac) in one encrypted room on a Parley server: each decrypts the other's messages,
 // across Megolm rotations (rotation_period_msgs: 2) and when a new device of either side appears; and
 // what the SDK sent, tampered with, is reported by our client, never shown as valid; and the two
-// verify each other's devices with SAS (emoji).
+// verify each other's devices with SAS (emoji), and with cross-signing set up on both sides the SAS
+// is published as signatures each side's other devices (and the other user) trust.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TimelineEvent } from "../../client/room.ts";
-import { loginUser, registerUser, type TestUser } from "../accounts-helpers.ts";
+import { deviceTrust, type KeysQueryResponse, masterKeyOf, userTrust } from "../../client/crypto/cross-signing.ts";
+import { loginUser, passwordAuth, registerUser, type TestUser } from "../accounts-helpers.ts";
 import { startTestServer, type TestServer } from "../harness.ts";
 import { elementClient, eventually as eventuallyWithin, sdk, type SdkClient } from "../matrix-sdk.ts";
 import { type CryptoClient, cryptoClientFor, memberJoined, newDevice, timelineEvent, untilSynced } from "./e2ee-helpers.ts";
@@ -206,4 +208,71 @@ describe("Parley's client and matrix-js-sdk (Rust crypto) in one encrypted room"
     expect(alice.e2ee.devices.device(bobUser.userId, bobUser.deviceId)?.verified).toBe(true);
     expect((await bob.getCrypto()!.getDeviceVerificationStatus(alice.client.userId, alice.client.deviceId))?.localVerified).toBe(true);
   }, 60_000);
+
+  it("with cross-signing on both sides, SAS publishes the trust: we sign the SDK user's master key, the SDK signs ours", async () => {
+    const aliceUser = await registerUser(hs.url, "xsalice");
+    const alice = await cryptoClientFor(hs.url, aliceUser);
+    ours.push(alice);
+    const bobUser = await registerUser(hs.url, "xsbob");
+    const bob = await sdkClient(bobUser);
+    await sharedRoom(alice, bob, bobUser);
+    // Our client sets up cross-signing through its E2EE machine (the server asks for the password);
+    // the SDK as Element does.
+    expect(alice.e2ee.hasCrossSigningKeys()).toBe(false);
+    await alice.e2ee.bootstrapCrossSigning({ password: aliceUser.password });
+    expect(alice.e2ee.hasCrossSigningKeys()).toBe(true);
+    await bob.getCrypto()!.bootstrapCrossSigning({ authUploadDeviceSigningKeys: async (makeRequest) => void (await makeRequest(passwordAuth(bobUser) as never)) });
+    const aliceQuery = async (): Promise<KeysQueryResponse> =>
+      alice.client.http.request("POST", "/_matrix/client/v3/keys/query", { body: { device_keys: { [alice.client.userId]: [], [bobUser.userId]: [] } } });
+    const aliceMaster = masterKeyOf(await aliceQuery(), alice.client.userId)!;
+    const bobMaster = await eventually("bob's master key is published", async () => masterKeyOf(await aliceQuery(), bobUser.userId));
+    // Alice's own device is cross-signed by her new keys (what bob's SDK will check).
+    expect(deviceTrust(await aliceQuery(), alice.client.userId, alice.client.deviceId, { userId: alice.client.userId, ownMasterKey: aliceMaster })).toMatchObject({ trusted: true });
+    // Before the verification, neither trusts the other's user.
+    expect(userTrust(await aliceQuery(), bobUser.userId, { userId: alice.client.userId, ownMasterKey: aliceMaster }).trusted).toBe(false);
+    await alice.e2ee.devices.refresh([bobUser.userId]);
+    const errors: unknown[] = [];
+    alice.e2ee.onCrossSigningError = (err) => errors.push(err);
+
+    const incoming = new Promise<import("../../client/crypto/sas.ts").SasVerification>((resolve) => {
+      alice.e2ee.onVerificationRequest = resolve;
+    });
+    const request = await bob.getCrypto()!.requestDeviceVerification(alice.client.userId, alice.client.deviceId);
+    const v = await incoming;
+    await v.ready();
+    await eventually("the SDK sees the request accepted", () => (request.phase === VerificationPhase.Ready ? true : undefined));
+    const verifier = await request.startVerification("m.sas.v1");
+    const shown = new Promise<{ confirm(): Promise<void> }>((resolve) => {
+      verifier.on(VerifierEvent.ShowSas, (sas) => resolve({ confirm: () => sas.confirm() }));
+    });
+    const sdkDone = verifier.verify();
+    await v.keysExchanged;
+    const sdkSas = await shown;
+    await Promise.all([v.confirm(), sdkSas.confirm()]);
+    // Each side's MAC covered its master key.
+    expect((await v.done).sort()).toEqual([`ed25519:${bobMaster}`, `ed25519:${bobUser.deviceId}`].sort());
+    await sdkDone;
+
+    // Our machine published bob's master key signed by alice's user-signing key: the server's
+    // /keys/query shows it to everyone, and alice's trust follows from her own master key alone.
+    const published = await eventually("alice's signature of bob's master key", async () => {
+      const trust = userTrust(await aliceQuery(), bobUser.userId, { userId: alice.client.userId, ownMasterKey: aliceMaster });
+      return trust.trusted ? trust : undefined;
+    });
+    expect(published).toEqual({ trusted: true, masterKey: bobMaster, via: "user_signing" });
+    expect(errors).toEqual([]);
+    // A second device of alice's that trusts only her master key trusts bob's device through it.
+    const alice2 = await newDevice(hs.url, alice);
+    ours.push(alice2);
+    await alice2.e2ee.trustMasterKey(alice.client.userId, aliceMaster);
+    await alice2.e2ee.devices.ensureUpToDate([alice.client.userId, bobUser.userId]);
+    expect(alice2.e2ee.isVerified(alice2.e2ee.devices.device(bobUser.userId, bobUser.deviceId)!)).toBe(true);
+    // And the SDK, which signed alice's master key after the SAS, sees her user and her device as cross-signing verified.
+    const status = await eventually("the SDK trusts alice through cross-signing", async () => {
+      const s = await bob.getCrypto()!.getUserVerificationStatus(alice.client.userId);
+      return s.isCrossSigningVerified() ? s : undefined;
+    });
+    expect(status.isCrossSigningVerified()).toBe(true);
+    expect((await bob.getCrypto()!.getDeviceVerificationStatus(alice.client.userId, alice.client.deviceId))?.crossSigningVerified).toBe(true);
+  }, 90_000);
 });

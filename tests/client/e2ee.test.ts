@@ -7,7 +7,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { CrossSigningIdentity, uploadCrossSigningKeys, uploadSignatures } from "../../client/crypto/cross-signing.ts";
+import {
+  CrossSigningIdentity,
+  deviceTrust,
+  type KeysQueryResponse,
+  masterKeyOf,
+  uploadCrossSigningKeys,
+  uploadSignatures,
+} from "../../client/crypto/cross-signing.ts";
+import type { SasVerification } from "../../client/crypto/sas.ts";
 import { E2EE } from "../../client/crypto/e2ee.ts";
 import { FileCryptoStore, MemoryCryptoStore } from "../../client/crypto/store.ts";
 import type { OlmImplementation } from "../../client/crypto/types.ts";
@@ -297,6 +305,46 @@ describe("E2EE machine", () => {
     expect(now.content.body).toBe("before alice's second device");
     // A forwarded key authenticates the session only as far as our own device: never "verified".
     expect(now.encrypted).toMatchObject({ decrypted: true, senderDevice: bob.client.deviceId, verified: "unverified" });
+  });
+
+  it("with cross-signing keys, SAS with our own new device signs it with the self-signing key; the keys survive a restart", async () => {
+    const alice = await user("xsownalice");
+    const bob = await user("xsownbob");
+    const roomId = await encryptedRoom(alice, [bob]);
+    await alice.e2ee.bootstrapCrossSigning({ password: alice.password });
+    const query = async (): Promise<KeysQueryResponse> =>
+      bob.client.http.request("POST", "/_matrix/client/v3/keys/query", { body: { device_keys: { [alice.client.userId]: [] } } });
+    const master = masterKeyOf(await query(), alice.client.userId)!;
+    expect(master).toBeDefined();
+    // Bob verified alice's master key: her bootstrapping device is cross-signed, a new one is not.
+    await bob.e2ee.trustMasterKey(alice.client.userId, master);
+    const alice2 = await device(alice);
+    const bobView = { userId: bob.client.userId, verifiedMasterKeys: { [alice.client.userId]: master } };
+    expect(deviceTrust(await query(), alice.client.userId, alice.client.deviceId, bobView)).toEqual({ trusted: true, masterKey: master, via: "verified" });
+    expect(deviceTrust(await query(), alice.client.userId, alice2.client.deviceId, bobView).trusted).toBe(false);
+
+    // The new device asks, the first one (holding the keys) answers; both compare and confirm.
+    const incoming = new Promise<SasVerification>((resolve) => (alice.e2ee.onVerificationRequest = resolve));
+    const asking = await alice2.e2ee.requestVerification(alice.client.userId, alice.client.deviceId);
+    const answering = await incoming;
+    await answering.ready();
+    await untilSynced(alice2.client, "the new device sees ready", () => asking.state === "ready" || undefined);
+    await asking.start();
+    await Promise.all([asking.keysExchanged, answering.keysExchanged]);
+    expect(asking.emojis()).toEqual(answering.emojis());
+    await Promise.all([asking.confirm(), answering.confirm()]);
+    expect(await answering.done).toContain(`ed25519:${alice2.client.deviceId}`);
+    await asking.done;
+    await untilSynced(bob.client, "alice's new device is cross-signed", async () => deviceTrust(await query(), alice.client.userId, alice2.client.deviceId, bobView).trusted || undefined);
+    // Bob's machine, trusting only alice's master key, sees her new device's messages as verified.
+    const sent = await alice2.client.sendText(roomId, "from the cross-signed new device");
+    await bob.e2ee.devices.refresh([alice.client.userId]);
+    expect((await decryptedBody(bob, roomId, sent)).encrypted).toMatchObject({ verified: "verified", senderDevice: alice2.client.deviceId });
+
+    // The private keys are in the store: a machine started again on it still holds them.
+    const again = await E2EE.create({ http: alice.client.http, userId: alice.client.userId, deviceId: alice.client.deviceId, store: alice.store });
+    expect(again.hasCrossSigningKeys()).toBe(true);
+    expect(alice2.e2ee.hasCrossSigningKeys()).toBe(false);
   });
 });
 
