@@ -19,7 +19,12 @@ export interface TimelineEvent {
   /** For events that arrived as m.room.encrypted: */
   encrypted?:
     | { decrypted: true; senderCurve25519: string; senderDevice?: string; verified: "verified" | "unverified" | "unknown_device" }
-    | { decrypted: false; error: string /* e.g. "UNKNOWN_SESSION", "REPLAYED_INDEX", "BAD_MAC", "UNKNOWN_DEVICE", "NO_CRYPTO" */ };
+    | {
+        decrypted: false;
+        error: string /* e.g. "UNKNOWN_SESSION", "REPLAYED_INDEX", "BAD_MAC", "UNKNOWN_DEVICE", "NO_CRYPTO" */;
+        /** The key's sender said why we did not get it (`m.room_key.withheld`: `m.unverified`, `m.blacklisted`, ...). */
+        withheld?: { code: string; reason?: string };
+      };
 }
 
 /** A state event as /sync gives it (stripped state of invites has no event_id nor timestamp). */

@@ -11,7 +11,7 @@ export interface EventLike {
   content: Record<string, unknown>;
   state_key?: string;
   unsigned?: Record<string, unknown>;
-  encrypted?: { decrypted: true; verified: "verified" | "unverified" | "unknown_device" } | { decrypted: false; error: string };
+  encrypted?: { decrypted: true; verified: "verified" | "unverified" | "unknown_device" } | { decrypted: false; error: string; withheld?: { code: string; reason?: string } };
 }
 
 /** How to name a user in this room: display name, else the localpart of the user ID. */
@@ -33,7 +33,10 @@ function security(event: EventLike): { security: MessageSecurity; securityNote?:
     if (event.type === "m.room.encrypted") return { security: "undecryptable", securityNote: "encrypted: this client cannot decrypt it" };
     return { security: "plain" };
   }
-  if (!e.decrypted) return { security: "undecryptable", securityNote: `unable to decrypt (${e.error})` };
+  if (!e.decrypted) {
+    const why = e.withheld ? `the sender withheld the key: ${e.withheld.reason ?? e.withheld.code}` : e.error;
+    return { security: "undecryptable", securityNote: `unable to decrypt (${why})` };
+  }
   if (e.verified === "verified") return { security: "verified" };
   return { security: "unverified", securityNote: e.verified === "unknown_device" ? "sent from an unknown device" : "sent from an unverified device" };
 }

@@ -73,6 +73,10 @@ const NS_INDICES = "megolm_indices";
 const NS_OUTBOUND = "outbound_group_sessions";
 const NS_ROOMS = "room_encryption";
 const NS_KEY_REQUESTS = "key_requests";
+/** Devices told `m.no_olm` (by Curve25519 key): told once, until a session with them is set up. */
+const NS_NO_OLM_SENT = "no_olm_sent";
+/** `m.room_key.withheld` received, by `roomId|sessionId|sender`: why a session's key did not come. */
+const NS_WITHHELD = "withheld_sessions";
 
 const WEEK_MS = 7 * 24 * 3600 * 1000;
 /** Sessions Olm keeps per device: the newest win; old ones are dropped past this. */
@@ -351,6 +355,10 @@ export class E2EE implements ClientCryptoHooks {
         await this.handleRoomKeyRequest(event.sender, event.content);
         return undefined;
       }
+      if (event.type === "m.room_key.withheld") {
+        await this.onWithheld(event.sender, event.content);
+        return undefined;
+      }
       if (event.type.startsWith("m.key.verification.") && (await this.handleVerification(event.sender, event.type, event.content))) return undefined;
       this.onToDevice?.(event);
       return event;
@@ -372,6 +380,9 @@ export class E2EE implements ClientCryptoHooks {
         return undefined;
       case "m.room_key_request":
         await this.handleRoomKeyRequest(decrypted.sender, decrypted.content);
+        return undefined;
+      case "m.room_key.withheld": // in the clear as the spec sends it, or over Olm as some clients may
+        await this.onWithheld(decrypted.sender, decrypted.content);
         return undefined;
       case "m.dummy":
         return undefined;
@@ -512,6 +523,8 @@ export class E2EE implements ClientCryptoHooks {
           const session = this.account.createOutboundSession(device.curve25519, value.key);
           (await this.olmSessionsOf(device.curve25519)).push({ session, lastUsed: this.now() });
           await this.saveOlmSessions(device.curve25519);
+          // A session exists again: should it be lost later, the device is told again.
+          await this.store.delete(NS_NO_OLM_SENT, device.curve25519);
           break;
         }
       }
@@ -564,6 +577,59 @@ export class E2EE implements ClientCryptoHooks {
       sent.push(...batch);
     }
     return sent;
+  }
+
+  /**
+   * `m.room_key.withheld` with `m.no_olm` to devices we could not set up an Olm session with (no
+   * one-time or fallback key on their server), in the clear (there is no channel): once per device,
+   * not per room key, and not again until a session with it was set up (the spec's rule, so their
+   * mailbox does not fill). Their clients show why our messages do not decrypt, and may set up a
+   * session with us and tell us with an `m.dummy`.
+   */
+  private async tellNoOlm(devices: DeviceInfo[]): Promise<void> {
+    const untold: DeviceInfo[] = [];
+    for (const d of devices) if (!(await this.store.get(NS_NO_OLM_SENT, d.curve25519))) untold.push(d);
+    if (untold.length === 0) return;
+    const content = {
+      code: "m.no_olm",
+      reason: "Unable to establish a secure channel.",
+      algorithm: MEGOLM_ALGORITHM,
+      sender_key: this.account.identityKeys().curve25519,
+      from_device: this.deviceId,
+    };
+    await this.sendWithheld(untold.map((d) => [d, content] as const));
+    for (const d of untold) await this.store.put(NS_NO_OLM_SENT, d.curve25519, String(this.now()));
+  }
+
+  /** Sends `m.room_key.withheld` contents (in the clear, as the spec sends them) to devices, in batches. */
+  private async sendWithheld(items: ReadonlyArray<readonly [DeviceInfo, Record<string, unknown>]>): Promise<void> {
+    for (let i = 0; i < items.length; i += TO_DEVICE_BATCH) {
+      const messages: Record<string, Record<string, Record<string, unknown>>> = {};
+      for (const [d, content] of items.slice(i, i + TO_DEVICE_BATCH)) (messages[d.userId] ??= {})[d.deviceId] = content;
+      await this.http.request("PUT", `/_matrix/client/v3/sendToDevice/m.room_key.withheld/${encodeURIComponent(newTxnId())}`, { body: { messages } });
+    }
+  }
+
+  /**
+   * An `m.room_key.withheld` for us: a room key's sender tells why we did not get it. Kept, so a
+   * message of that session reports the reason (`withheld` beside `UNKNOWN_SESSION`). `m.no_olm`
+   * names no session: we set up a session with that device ourselves and tell it with an `m.dummy`
+   * (at most once an hour per device), so its next room keys reach us.
+   */
+  private async onWithheld(sender: string, content: Record<string, unknown>): Promise<void> {
+    const code = content.code;
+    if (typeof code !== "string" || code.length > 255) return;
+    if (code === "m.no_olm") {
+      if (typeof content.sender_key === "string") await this.unwedge(sender, content.sender_key).catch(() => {});
+      return;
+    }
+    if (typeof content.room_id !== "string" || typeof content.session_id !== "string" || content.session_id.length > 255) return;
+    // Only for our encrypted rooms (anyone may send us to-device messages: the store stays bounded
+    // by what we take part in), and kept under who said it: only the event's sender, or our own
+    // device answering our key request, is believed when a message of that session fails.
+    if (!this.roomSettings.has(content.room_id)) return;
+    const record = { code, ...(typeof content.reason === "string" ? { reason: content.reason.slice(0, 500) } : {}) };
+    await this.store.put(NS_WITHHELD, `${content.room_id}|${content.session_id}|${sender}`, JSON.stringify(record));
   }
 
   /** Sends `type`/`content` Olm-encrypted to one device of ours or another user's (SAS, key forwarding). */
@@ -673,6 +739,8 @@ export class E2EE implements ClientCryptoHooks {
     if (!stored) return;
     const record = JSON.parse(stored) as KeyRequestRecord;
     await this.store.delete(NS_KEY_REQUESTS, key);
+    // Our devices' answers to it (m.room_key.withheld) are stale once it is cancelled.
+    await this.store.delete(NS_WITHHELD, `${roomId}|${sessionId}|${this.userId}`);
     const content = { action: "request_cancellation", request_id: record.requestId, requesting_device_id: this.deviceId };
     await this.http
       .request("PUT", `/_matrix/client/v3/sendToDevice/m.room_key_request/${encodeURIComponent(newTxnId())}`, { body: { messages: { [this.userId]: { "*": content } } } })
@@ -691,6 +759,20 @@ export class E2EE implements ClientCryptoHooks {
     const found = await this.getInbound(body.room_id, typeof body.sender_key === "string" ? body.sender_key : undefined, body.session_id);
     if (!device || !this.isVerified(device) || !found) {
       this.onRoomKeyRequest?.(requester, false);
+      // A known device of ours is told why (the spec's codes): not verified, or we lack the key.
+      if (device) {
+        const code = !this.isVerified(device) ? "m.unverified" : "m.unavailable";
+        const withheld = {
+          code,
+          reason: code === "m.unverified" ? "The requesting device is not verified." : "This device does not have the key.",
+          algorithm: MEGOLM_ALGORITHM,
+          room_id: body.room_id,
+          session_id: body.session_id,
+          sender_key: found?.record.senderKey ?? (typeof body.sender_key === "string" ? body.sender_key : ""),
+          from_device: this.deviceId,
+        };
+        await this.sendWithheld([[device, withheld]]).catch(() => {});
+      }
       return;
     }
     const { session, record } = found;
@@ -726,6 +808,13 @@ export class E2EE implements ClientCryptoHooks {
       const found = await this.getInbound(roomId, senderKey, c.session_id);
       if (!found) {
         await this.requestKey(roomId, senderKey, c.session_id).catch(() => {});
+        // Said by the event's sender, or by our own device answering our key request.
+        const withheld =
+          (await this.store.get(NS_WITHHELD, `${roomId}|${c.session_id}|${event.sender}`)) ?? (await this.store.get(NS_WITHHELD, `${roomId}|${c.session_id}|${this.userId}`));
+        if (withheld) {
+          const w = JSON.parse(withheld) as { code: string; reason?: string };
+          return { ...event, encrypted: { decrypted: false, error: "UNKNOWN_SESSION", withheld: { code: w.code, ...(w.reason ? { reason: w.reason } : {}) } } };
+        }
         return failed("UNKNOWN_SESSION");
       }
       const { session, record } = found;
@@ -860,6 +949,8 @@ export class E2EE implements ClientCryptoHooks {
       const sent = await this.sendOlm(toShare, "m.room_key", () => roomKey);
       for (const d of sent) (current.record.sharedWith[d.userId] ??= {})[d.deviceId] = d.curve25519;
       await this.saveOutbound(roomId, current);
+      const sentTo = new Set(sent);
+      await this.tellNoOlm(toShare.filter((d) => !sentTo.has(d))).catch(() => {});
     }
 
     const relatesTo = content["m.relates_to"];

@@ -185,6 +185,12 @@ describe("parley-chat's pieces", () => {
       toChatMessage(ev({ type: "m.room.encrypted", content: {}, encrypted: { decrypted: false, error: "REPLAYED_INDEX" } }), names),
     ).toMatchObject({ security: "undecryptable", securityNote: "unable to decrypt (REPLAYED_INDEX)" });
     expect(
+      toChatMessage(
+        ev({ type: "m.room.encrypted", content: {}, encrypted: { decrypted: false, error: "UNKNOWN_SESSION", withheld: { code: "m.unverified", reason: "not verified" } } }),
+        names,
+      ),
+    ).toMatchObject({ security: "undecryptable", securityNote: "unable to decrypt (the sender withheld the key: not verified)" });
+    expect(
       toChatMessage(ev({ content: { msgtype: "m.text", body: "secret" }, encrypted: { decrypted: true, verified: "unverified" } }), names),
     ).toMatchObject({ body: "secret", security: "unverified" });
     expect(toChatMessage(ev({ content: { msgtype: "m.text", body: "ok" }, encrypted: { decrypted: true, verified: "verified" } }), names)?.security).toBe("verified");

@@ -176,6 +176,20 @@ describe("Parley's client and matrix-js-sdk (Rust crypto) in one encrypted room"
     expect(misattributed.encrypted).not.toHaveProperty("senderDevice");
   }, 60_000);
 
+  it("when the SDK shares keys only with verified devices, our client reports its messages as withheld (m.unverified), not just missing", async () => {
+    const alice = await parleyUser("whalice");
+    const bobUser = await registerUser(hs.url, "whbob");
+    const bob = await sdkClient(bobUser);
+    const roomId = await sharedRoom(alice, bob, bobUser);
+    bob.getCrypto()!.globalBlacklistUnverifiedDevices = true;
+    const { event_id: eventId } = await bob.sendTextMessage(roomId, "for verified devices only");
+    const failure = await eventually("our client learns why it has no key", async () => {
+      const e = (await timelineEvent(alice, roomId, eventId)).encrypted;
+      return e && !e.decrypted && e.withheld ? e : undefined;
+    });
+    expect(failure).toMatchObject({ decrypted: false, error: "UNKNOWN_SESSION", withheld: { code: "m.unverified" } });
+  }, 60_000);
+
   it("verify each other's devices with SAS (emoji), the SDK asking and our client answering", async () => {
     const alice = await parleyUser("sasalice");
     const bobUser = await registerUser(hs.url, "sasbob");

@@ -20,7 +20,10 @@ import { E2EE } from "../../client/crypto/e2ee.ts";
 import { FileCryptoStore, MemoryCryptoStore } from "../../client/crypto/store.ts";
 import type { OlmImplementation } from "../../client/crypto/types.ts";
 import type { TimelineEvent } from "../../client/room.ts";
-import { startTestServer, type TestServer } from "../harness.ts";
+import { curve25519Generate, ed25519Generate, ed25519Sign, toBase64 } from "../../client/crypto/primitives.ts";
+import { signJson } from "../../client/crypto/signed-json.ts";
+import { registerUser, type TestUser } from "../accounts-helpers.ts";
+import { request, startTestServer, type TestServer } from "../harness.ts";
 import { type CryptoClient, memberJoined, newDevice, registerCryptoClient, timelineEvent, untilSynced } from "./e2ee-helpers.ts";
 import { libolmImplementation } from "./libolm-impl.ts";
 
@@ -70,6 +73,48 @@ async function decryptedBody(c: CryptoClient, roomId: string, eventId: string): 
   const event = await timelineEvent(c, roomId, eventId);
   expect(event.encrypted, `${c.client.userId} decrypts ${eventId}: ${JSON.stringify(event.encrypted)}`).toMatchObject({ decrypted: true });
   return event;
+}
+
+/**
+ * A device that publishes signed device keys (and one signed one-time key when asked) but runs no
+ * Olm: what it receives is read raw from /sync.
+ */
+async function bareDevice(name: string, withOneTimeKey: boolean) {
+  const user: TestUser = await registerUser(hs.url, `${name}${Date.now().toString(36)}`);
+  const ed = ed25519Generate();
+  const curve = curve25519Generate();
+  const sign = (message: string) => toBase64(ed25519Sign(ed.privateKey, message));
+  const keyId = `ed25519:${user.deviceId}`;
+  const deviceKeys = signJson(
+    {
+      user_id: user.userId,
+      device_id: user.deviceId,
+      algorithms: ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+      keys: { [`curve25519:${user.deviceId}`]: toBase64(curve.publicKey), [keyId]: toBase64(ed.publicKey) },
+    },
+    user.userId,
+    keyId,
+    sign,
+  );
+  const body: Record<string, unknown> = { device_keys: deviceKeys };
+  if (withOneTimeKey) body.one_time_keys = { "signed_curve25519:AAAAAQ": signJson({ key: toBase64(curve25519Generate().publicKey) }, user.userId, keyId, sign) };
+  expect((await request(hs.url, "POST", "/_matrix/client/v3/keys/upload", { token: user.accessToken, body })).status).toBe(200);
+  let since: string | undefined;
+  return {
+    user,
+    curve25519: toBase64(curve.publicKey),
+    /** The to-device events that arrived since the last call. */
+    async toDevice(): Promise<Array<{ type: string; sender: string; content: Record<string, unknown> }>> {
+      const res = await request(hs.url, "GET", `/_matrix/client/v3/sync?timeout=0${since ? `&since=${encodeURIComponent(since)}` : ""}`, { token: user.accessToken });
+      since = res.json.next_batch as string;
+      return ((res.json.to_device as { events?: [] } | undefined)?.events ?? []) as Array<{ type: string; sender: string; content: Record<string, unknown> }>;
+    },
+    async sendToDevice(to: CryptoClient, type: string, content: Record<string, unknown>): Promise<void> {
+      const path = `/_matrix/client/v3/sendToDevice/${encodeURIComponent(type)}/${Date.now()}${Math.random()}`;
+      const res = await request(hs.url, "PUT", path, { token: user.accessToken, body: { messages: { [to.client.userId]: { [to.client.deviceId]: content } } } });
+      expect(res.status).toBe(200);
+    },
+  };
 }
 
 async function oneTimeKeyCount(c: CryptoClient): Promise<number> {
@@ -293,6 +338,12 @@ describe("E2EE machine", () => {
     expect((await alice2.e2ee.decryptRoomEvent(roomId, oldEvent)).encrypted).toEqual({ decrypted: false, error: "UNKNOWN_SESSION" });
     await untilSynced(alice.client, "alice's first device sees the request", () => requests.length > 0);
     expect(requests).toEqual([[alice2.client.deviceId, false]]);
+    // ... and tells the new device why (m.room_key.withheld), which its failure then reports.
+    const refused = await untilSynced(alice2.client, "the new device is told the key is withheld", async () => {
+      const e = (await alice2.e2ee.decryptRoomEvent(roomId, oldEvent)).encrypted;
+      return e && !e.decrypted && e.withheld ? e : undefined;
+    });
+    expect(refused).toEqual({ decrypted: false, error: "UNKNOWN_SESSION", withheld: { code: "m.unverified", reason: "The requesting device is not verified." } });
 
     // Each device verifies the other; the request is made again (a fresh one) and answered.
     await alice.e2ee.setDeviceVerified(alice.client.userId, alice2.client.deviceId);
@@ -305,6 +356,68 @@ describe("E2EE machine", () => {
     expect(now.content.body).toBe("before alice's second device");
     // A forwarded key authenticates the session only as far as our own device: never "verified".
     expect(now.encrypted).toMatchObject({ decrypted: true, senderDevice: bob.client.deviceId, verified: "unverified" });
+  });
+
+  it("tells a device it could not set up an Olm session with (m.no_olm) once, not per room key; a withheld claim by someone else is not believed", async () => {
+    const alice = await user("noolmalice");
+    const carol = await user("noolmcarol");
+    const bare = await bareDevice("noolmbob", false);
+    const roomId = await encryptedRoom(alice, [carol], { rotation_period_msgs: 1 });
+    await alice.client.http.request("POST", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, { body: { user_id: bare.user.userId } });
+    await request(hs.url, "POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, { token: bare.user.accessToken, body: {} });
+    await memberJoined(alice, roomId, bare.user.userId);
+    // Three messages, three Megolm sessions (rotation every message): the device has no one-time key.
+    for (const text of ["one", "two", "three"]) await alice.client.sendText(roomId, text);
+    const received = await bare.toDevice();
+    expect(received.filter((e) => e.type === "m.room.encrypted")).toEqual([]);
+    const withheld = received.filter((e) => e.type === "m.room_key.withheld");
+    expect(withheld).toEqual([
+      {
+        type: "m.room_key.withheld",
+        sender: alice.client.userId,
+        content: {
+          code: "m.no_olm",
+          reason: "Unable to establish a secure channel.",
+          algorithm: "m.megolm.v1.aes-sha2",
+          sender_key: alice.e2ee.identityKeys().curve25519,
+          from_device: alice.client.deviceId,
+        },
+      },
+    ]);
+    expect(await bare.toDevice()).toEqual([]);
+
+    // The bare device's user says a session of the room is withheld: believed for its own events,
+    // not for one of alice's (a session carol has no key of, so the reason would be shown).
+    const wire = await wireEvent(alice, roomId, await alice.client.sendText(roomId, "four"));
+    const unknown = { ...wire, event_id: "$unknown-session", content: { ...wire.content, session_id: "an unknown session" } };
+    await bare.sendToDevice(carol, "m.room_key.withheld", {
+      code: "m.blacklisted",
+      reason: "forged",
+      algorithm: "m.megolm.v1.aes-sha2",
+      room_id: roomId,
+      session_id: "an unknown session",
+      sender_key: "x",
+    });
+    const own = await untilSynced(carol.client, "carol's device took the claim", async () => {
+      const e = (await carol.e2ee.decryptRoomEvent(roomId, { ...unknown, sender: bare.user.userId })).encrypted;
+      return e && !e.decrypted && e.withheld ? e : undefined;
+    });
+    expect(own).toEqual({ decrypted: false, error: "UNKNOWN_SESSION", withheld: { code: "m.blacklisted", reason: "forged" } });
+    expect((await carol.e2ee.decryptRoomEvent(roomId, unknown)).encrypted).toEqual({ decrypted: false, error: "UNKNOWN_SESSION" });
+  });
+
+  it("answers an m.no_olm from a device by setting up a session with it and sending an m.dummy", async () => {
+    const alice = await user("dummyalice");
+    const bare = await bareDevice("dummybob", true);
+    await bare.sendToDevice(alice, "m.room_key.withheld", { code: "m.no_olm", reason: "no keys", algorithm: "m.megolm.v1.aes-sha2", sender_key: bare.curve25519, from_device: bare.user.deviceId });
+    // Alice claims the device's one-time key and sends a pre-key message (type 0) to its Curve25519 key.
+    const encrypted = await untilSynced(alice.client, "alice's m.dummy reaches the device", async () => {
+      const events = (await bare.toDevice()).filter((e) => e.type === "m.room.encrypted");
+      return events.length > 0 ? events : undefined;
+    });
+    expect(encrypted).toHaveLength(1);
+    expect(encrypted[0]!.sender).toBe(alice.client.userId);
+    expect(encrypted[0]!.content).toMatchObject({ algorithm: "m.olm.v1.curve25519-aes-sha2", sender_key: alice.e2ee.identityKeys().curve25519, ciphertext: { [bare.curve25519]: { type: 0 } } });
   });
 
   it("with cross-signing keys, SAS with our own new device signs it with the self-signing key; the keys survive a restart", async () => {
