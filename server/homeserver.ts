@@ -152,6 +152,7 @@ export async function startHomeserver(config: Config, options: StartOptions = {}
       userData: accountServices.userData,
       e2ee: accountServices.e2ee,
       rooms: roomServices,
+      accounts: accountServices.accounts,
     });
     await startSyncServices(syncServices);
     if (metrics) {

@@ -457,3 +457,61 @@ describe("shutdown", () => {
     expect(Date.now() - started).toBeLessThan(5_000);
   });
 });
+
+describe("a long-poll of a device that logs out", () => {
+  const waitingPolls = async (n: number) => {
+    const deadline = Date.now() + 10_000;
+    while (hs.services.notifier.waiting !== n) {
+      if (Date.now() > deadline) throw new Error(`expected ${n} waiting long-polls, have ${hs.services.notifier.waiting}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+
+  const secondDevice = async (user: TestUser): Promise<TestUser> => {
+    const res = await loginUser(hs.url, user.userId, user.password);
+    expect(res.status).toBe(200);
+    return { ...user, accessToken: res.json.access_token, deviceId: res.json.device_id };
+  };
+
+  it("ends at once with 401 M_UNKNOWN_TOKEN; another device's long-poll keeps waiting and gets the next event", async () => {
+    const gil = await registerUser(hs.url, "gil");
+    const gil2 = await secondDevice(gil);
+    const roomId = await createRoom(hs.url, gil, { preset: "private_chat" });
+    const [a, b] = await Promise.all([sync(hs.url, gil), sync(hs.url, gil2)]);
+    const before = hs.services.notifier.waiting;
+    const started = performance.now();
+    const revoked = syncRaw(hs.url, gil, { since: a.next_batch, timeout: 20_000 });
+    const other = syncRaw(hs.url, gil2, { since: b.next_batch, timeout: 20_000 });
+    await waitingPolls(before + 2);
+    expect((await request(hs.url, "POST", "/_matrix/client/v3/logout", { token: gil.accessToken, body: {} })).status).toBe(200);
+    const res = await revoked;
+    expect(res.status).toBe(401);
+    expect(res.json).toMatchObject({ errcode: "M_UNKNOWN_TOKEN", soft_logout: false });
+    expect(performance.now() - started).toBeLessThan(10_000);
+    // The other device was not logged out: its long-poll answers 200 (woken by the device-list
+    // change of the logout, or by the next event), and its token goes on.
+    await send(hs.url, gil2, roomId, { msgtype: "m.text", body: "still here" });
+    const woken = await other;
+    expect(woken.status).toBe(200);
+    const next = await sync(hs.url, gil2, { since: woken.json.next_batch, timeout: 0 });
+    expect([...bodies(woken.json, roomId), ...bodies(next, roomId)]).toEqual(["still here"]);
+  });
+
+  it("on GET /events too, when the device is deleted", async () => {
+    const hal = await registerUser(hs.url, "hal");
+    const hal2 = await secondDevice(hal);
+    const start = await request(hs.url, "GET", "/_matrix/client/v3/events?timeout=0", { token: hal2.accessToken });
+    expect(start.status).toBe(200);
+    const before = hs.services.notifier.waiting;
+    const polling = request(hs.url, "GET", `/_matrix/client/v3/events?from=${encodeURIComponent(start.json.end)}&timeout=20000`, { token: hal2.accessToken });
+    await waitingPolls(before + 1);
+    const deleted = await request(hs.url, "POST", "/_matrix/client/v3/delete_devices", {
+      token: hal.accessToken,
+      body: { devices: [hal2.deviceId], auth: { type: "m.login.password", identifier: { type: "m.id.user", user: hal.userId }, password: hal.password } },
+    });
+    expect(deleted.status).toBe(200);
+    const res = await polling;
+    expect(res.status).toBe(401);
+    expect(res.json.errcode).toBe("M_UNKNOWN_TOKEN");
+  });
+});

@@ -18,7 +18,8 @@ import { DeviceListChanges } from "./device-list-changes.ts";
 import { InitialSync } from "./initial-sync.ts";
 import { Notifier } from "./notifier.ts";
 import { PushActions } from "./push-actions.ts";
-import { Sync } from "./sync.ts";
+import { DEVICES_DELETED, Sync } from "./sync.ts";
+import type { Accounts } from "../accounts/accounts.ts";
 import { UnreadCounts } from "./unread.ts";
 
 export interface SyncServices {
@@ -44,8 +45,9 @@ export function createSyncServices(options: {
   userData: UserData;
   e2ee: E2ee;
   rooms: RoomServices;
+  accounts: Pick<Accounts, "onDevicesDeleted">;
 }): SyncServices {
-  const { database, logger, now, userData, e2ee, rooms, serverName } = options;
+  const { database, logger, now, userData, e2ee, rooms, serverName, accounts } = options;
   const db = database.db;
   const notifier = new Notifier(database, logger);
   const reads = new SyncReads(db, rooms.eventStore);
@@ -109,6 +111,11 @@ export function createSyncServices(options: {
     // every process. `remote` is what makes the handlers drop a room's events and the unread counts.
     notifier.publish({ stream: "events", position: notifier.positions().events, rooms: [roomId], users: localUsers, remote: true });
   });
+  // A logged-out (deleted) device's long-polls end at once with 401, in whichever process they wait.
+  // Another process hears it through NOTIFY like the device-list change the deletion also makes,
+  // which is sent after this in the usual case; should the change come first there, that long-poll
+  // answers once more (200) and the next request gets 401.
+  accounts.onDevicesDeleted((userId, deviceIds) => notifier.broadcast(DEVICES_DELETED, { userId, deviceIds }));
   userData.onAccountData((userId, _roomId, position) => {
     notifier.publish({ stream: "account_data", position, users: [userId] });
   });

@@ -164,6 +164,21 @@ interface RoomTimeline {
   withRelations: Set<string>;
 }
 
+/** The broadcast (to every process) that devices were deleted: their long-polls end. */
+export const DEVICES_DELETED = "devices_deleted";
+
+interface DeviceWatch {
+  signal: AbortSignal;
+  /** The device was deleted while the request waited. */
+  deleted: boolean;
+  end(): void;
+  done(): void;
+}
+
+function loggedOut(): MatrixError {
+  return new MatrixError(401, "M_UNKNOWN_TOKEN", "The access token was logged out while the request waited", { soft_logout: false });
+}
+
 export class Sync {
   private readonly filters = new Map<string, Filter>();
   /** Per device (`user\0device`): per room, the member events already sent under lazy loading. */
@@ -198,12 +213,25 @@ export class Sync {
    * (which mark a thread read) and by anything another process persisted.
    */
   private readonly unreadCache = new Map<string, UserUnreadCounts>();
+  /**
+   * The long-polls waiting, per device (`user\0device`): a device deleted (its token logged out,
+   * in this process or another) ends them at once with 401, rather than answering a revoked token
+   * when the next event comes.
+   */
+  private readonly longPolls = new Map<string, Set<DeviceWatch>>();
   private pushActionsForgotten = 0;
   private membershipGeneration = 0;
   private keyCountGeneration = 0;
   private unreadGeneration = 0;
 
   constructor(private readonly d: SyncDeps) {
+    d.notifier.onBroadcast(DEVICES_DELETED, (data) => {
+      const { userId, deviceIds } = (data ?? {}) as { userId?: unknown; deviceIds?: unknown };
+      if (typeof userId !== "string" || !Array.isArray(deviceIds)) return;
+      for (const deviceId of deviceIds) {
+        for (const watch of this.longPolls.get(`${userId}\u0000${String(deviceId)}`) ?? []) watch.end();
+      }
+    });
     d.notifier.onChange("events", (change) => {
       // Another process's events are not in memory here, nor what they did to unread counts.
       if (change.everyone) this.recent.clear();
@@ -291,17 +319,23 @@ export class Sync {
       // "full_state ... the timeout parameter will be ignored and the query will return immediately"
       const timeout = Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
       const deadline = performance.now() + timeout * (1 - TIMEOUT_JITTER * Math.random());
-      while (empty && since && !req.fullState) {
-        const left = deadline - performance.now();
-        if (left <= 0) break;
-        const woken = await this.d.notifier.wait({ userId, rooms, after: pass.upper, timeoutMs: left, signal: req.signal });
-        if (!woken) break;
+      const watch = this.watchDevice(deviceKey, req.signal);
+      try {
+        while (empty && since && !req.fullState) {
+          const left = deadline - performance.now();
+          if (left <= 0) break;
+          const woken = await this.d.notifier.wait({ userId, rooms, after: pass.upper, timeoutMs: left, signal: watch.signal });
+          if (watch.deleted) throw loggedOut();
+          if (!woken) break;
         // Nothing visible happened up to the bound just covered: carry on from there.
         upper = maxPositions(pass.upper, this.d.notifier.positions());
-        pass.from = pass.upper;
-        pass.upper = upper;
-        wakes++;
-        ({ response, empty, rooms } = await this.compute(pass));
+          pass.from = pass.upper;
+          pass.upper = upper;
+          wakes++;
+          ({ response, empty, rooms } = await this.compute(pass));
+        }
+      } finally {
+        watch.done();
       }
       // Why a client sees what it sees (or waits): what it asked from, what it got, how long it waited.
       this.d.logger.debug(
@@ -331,6 +365,33 @@ export class Sync {
     }
   }
 
+  /** A long-poll of this device: its signal aborts when the request goes away or the device is deleted. */
+  private watchDevice(deviceKey: string, requestSignal: AbortSignal | undefined): DeviceWatch {
+    const controller = new AbortController();
+    const onRequestGone = () => controller.abort();
+    requestSignal?.addEventListener("abort", onRequestGone, { once: true });
+    if (requestSignal?.aborted) controller.abort();
+    const watches = this.longPolls;
+    const watch: DeviceWatch = {
+      signal: controller.signal,
+      deleted: false,
+      end() {
+        watch.deleted = true;
+        controller.abort();
+      },
+      done() {
+        requestSignal?.removeEventListener("abort", onRequestGone);
+        const set = watches.get(deviceKey);
+        set?.delete(watch);
+        if (set?.size === 0) watches.delete(deviceKey);
+      },
+    };
+    let set = watches.get(deviceKey);
+    if (!set) watches.set(deviceKey, (set = new Set()));
+    set.add(watch);
+    return watch;
+  }
+
   private async streamEvents(req: EventStreamRequest): Promise<EventStreamResponse> {
     const { userId, deviceId } = req.requester;
     if (req.from === undefined || req.from === "") {
@@ -354,7 +415,14 @@ export class Sync {
       if (chunk.length || left <= 0) {
         return { chunk, start: req.from, end: encodeSyncToken({ ...from, events: upper.events }) };
       }
-      const woken = await this.d.notifier.wait({ userId, rooms, after: upper, timeoutMs: left, signal: req.signal });
+      const watch = this.watchDevice(`${userId}\u0000${deviceId}`, req.signal);
+      let woken: boolean;
+      try {
+        woken = await this.d.notifier.wait({ userId, rooms, after: upper, timeoutMs: left, signal: watch.signal });
+      } finally {
+        watch.done();
+      }
+      if (watch.deleted) throw loggedOut();
       if (!woken) return { chunk, start: req.from, end: encodeSyncToken({ ...from, events: upper.events }) };
       after = upper.events;
       upper = maxPositions(upper, this.d.notifier.positions());
