@@ -459,10 +459,11 @@ describe("shutdown", () => {
 });
 
 describe("a long-poll of a device that logs out", () => {
-  const waitingPolls = async (n: number) => {
+  /** Until a long-poll of this device is in progress (the server's own count, not a sleep). */
+  const longPolling = async (user: TestUser) => {
     const deadline = Date.now() + 10_000;
-    while (hs.services.notifier.waiting !== n) {
-      if (Date.now() > deadline) throw new Error(`expected ${n} waiting long-polls, have ${hs.services.notifier.waiting}`);
+    while (hs.services.sync.longPollsOf(user.userId, user.deviceId) === 0) {
+      if (Date.now() > deadline) throw new Error(`no long-poll of ${user.deviceId} in progress`);
       await new Promise((r) => setTimeout(r, 10));
     }
   };
@@ -477,12 +478,13 @@ describe("a long-poll of a device that logs out", () => {
     const gil = await registerUser(hs.url, "gil");
     const gil2 = await secondDevice(gil);
     const roomId = await createRoom(hs.url, gil, { preset: "private_chat" });
-    const [a, b] = await Promise.all([sync(hs.url, gil), sync(hs.url, gil2)]);
-    const before = hs.services.notifier.waiting;
+    // One after the other: a first sync marks its user online, which would wake the other's long-poll.
+    const a = await sync(hs.url, gil);
+    const b = await sync(hs.url, gil2);
     const started = performance.now();
     const revoked = syncRaw(hs.url, gil, { since: a.next_batch, timeout: 20_000 });
     const other = syncRaw(hs.url, gil2, { since: b.next_batch, timeout: 20_000 });
-    await waitingPolls(before + 2);
+    await longPolling(gil);
     expect((await request(hs.url, "POST", "/_matrix/client/v3/logout", { token: gil.accessToken, body: {} })).status).toBe(200);
     const res = await revoked;
     expect(res.status).toBe(401);
@@ -502,9 +504,8 @@ describe("a long-poll of a device that logs out", () => {
     const hal2 = await secondDevice(hal);
     const start = await request(hs.url, "GET", "/_matrix/client/v3/events?timeout=0", { token: hal2.accessToken });
     expect(start.status).toBe(200);
-    const before = hs.services.notifier.waiting;
     const polling = request(hs.url, "GET", `/_matrix/client/v3/events?from=${encodeURIComponent(start.json.end)}&timeout=20000`, { token: hal2.accessToken });
-    await waitingPolls(before + 1);
+    await longPolling(hal2);
     const deleted = await request(hs.url, "POST", "/_matrix/client/v3/delete_devices", {
       token: hal.accessToken,
       body: { devices: [hal2.deviceId], auth: { type: "m.login.password", identifier: { type: "m.id.user", user: hal.userId }, password: hal.password } },

@@ -365,6 +365,11 @@ export class Sync {
     }
   }
 
+  /** How many long-polls of this device are in progress (tests, to act while one waits). */
+  longPollsOf(userId: string, deviceId: string): number {
+    return this.longPolls.get(`${userId}\u0000${deviceId}`)?.size ?? 0;
+  }
+
   /** A long-poll of this device: its signal aborts when the request goes away or the device is deleted. */
   private watchDevice(deviceKey: string, requestSignal: AbortSignal | undefined): DeviceWatch {
     const controller = new AbortController();
