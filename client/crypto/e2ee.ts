@@ -757,11 +757,12 @@ export class E2EE implements ClientCryptoHooks {
     await this.devices.ensureUpToDate([this.userId]).catch(() => {});
     const device = this.devices.device(this.userId, requester);
     const found = await this.getInbound(body.room_id, typeof body.sender_key === "string" ? body.sender_key : undefined, body.session_id);
-    if (!device || !this.isVerified(device) || !found) {
+    const verified = device !== undefined && this.isVerified(device);
+    if (!device || !verified || !found) {
       this.onRoomKeyRequest?.(requester, false);
       // A known device of ours is told why (the spec's codes): not verified, or we lack the key.
       if (device) {
-        const code = !this.isVerified(device) ? "m.unverified" : "m.unavailable";
+        const code = verified ? "m.unavailable" : "m.unverified";
         const withheld = {
           code,
           reason: code === "m.unverified" ? "The requesting device is not verified." : "This device does not have the key.",

@@ -319,23 +319,25 @@ export class Sync {
       // "full_state ... the timeout parameter will be ignored and the query will return immediately"
       const timeout = Math.min(Math.max(req.timeoutMs, 0), MAX_TIMEOUT_MS);
       const deadline = performance.now() + timeout * (1 - TIMEOUT_JITTER * Math.random());
-      const watch = this.watchDevice(deviceKey, req.signal);
+      // Only a request that will wait is watched: most syncs answer at once.
+      const watch = empty && since && !req.fullState && timeout > 0 ? this.watchDevice(deviceKey, req.signal) : undefined;
       try {
-        while (empty && since && !req.fullState) {
+        while (watch) {
           const left = deadline - performance.now();
           if (left <= 0) break;
           const woken = await this.d.notifier.wait({ userId, rooms, after: pass.upper, timeoutMs: left, signal: watch.signal });
           if (watch.deleted) throw loggedOut();
           if (!woken) break;
-        // Nothing visible happened up to the bound just covered: carry on from there.
-        upper = maxPositions(pass.upper, this.d.notifier.positions());
+          // Nothing visible happened up to the bound just covered: carry on from there.
+          upper = maxPositions(pass.upper, this.d.notifier.positions());
           pass.from = pass.upper;
           pass.upper = upper;
           wakes++;
           ({ response, empty, rooms } = await this.compute(pass));
+          if (!empty) break;
         }
       } finally {
-        watch.done();
+        watch?.done();
       }
       // Why a client sees what it sees (or waits): what it asked from, what it got, how long it waited.
       this.d.logger.debug(

@@ -6,6 +6,7 @@
 // is published as signatures each side's other devices (and the other user) trust.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { TimelineEvent } from "../../client/room.ts";
+import type { SasVerification } from "../../client/crypto/sas.ts";
 import { deviceTrust, type KeysQueryResponse, masterKeyOf, userTrust } from "../../client/crypto/cross-signing.ts";
 import { loginUser, passwordAuth, registerUser, type TestUser } from "../accounts-helpers.ts";
 import { startTestServer, type TestServer } from "../harness.ts";
@@ -78,6 +79,27 @@ async function sharedRoom(alice: CryptoClient, bob: SdkClient, bobUser: TestUser
   await eventually("bob's client sees the room as encrypted", async () => ((await bob.getCrypto()!.isEncryptionEnabledInRoom(roomId)) ? true : undefined));
   await untilSynced(alice.client, "alice sees the room encrypted", () => alice.client.room(roomId)?.encrypted);
   return roomId;
+}
+
+/**
+ * The SDK asks our client's device for verification and starts SAS, our client accepting: returns
+ * once both sides show the SAS (the SDK's emoji and confirm, our verification, the SDK's finish).
+ */
+async function sdkStartsSas(sdk: SdkClient, ours: CryptoClient) {
+  const incoming = new Promise<SasVerification>((resolve) => {
+    ours.e2ee.onVerificationRequest = resolve;
+  });
+  const request = await sdk.getCrypto()!.requestDeviceVerification(ours.client.userId, ours.client.deviceId);
+  const verification = await incoming;
+  await verification.ready();
+  await eventually("the SDK sees the request accepted", () => (request.phase === VerificationPhase.Ready ? true : undefined));
+  const verifier = await request.startVerification("m.sas.v1");
+  const shown = new Promise<{ emoji: string[]; confirm(): Promise<void> }>((resolve) => {
+    verifier.on(VerifierEvent.ShowSas, (sas) => resolve({ emoji: (sas.sas.emoji ?? []).map(([e]) => e), confirm: () => sas.confirm() }));
+  });
+  const sdkDone = verifier.verify();
+  await verification.keysExchanged;
+  return { request, ours: verification, sdkSas: await shown, sdkDone };
 }
 
 describe("Parley's client and matrix-js-sdk (Rust crypto) in one encrypted room", () => {
@@ -196,20 +218,7 @@ describe("Parley's client and matrix-js-sdk (Rust crypto) in one encrypted room"
     const bob = await sdkClient(bobUser);
     await sharedRoom(alice, bob, bobUser);
 
-    const incoming = new Promise<import("../../client/crypto/sas.ts").SasVerification>((resolve) => {
-      alice.e2ee.onVerificationRequest = resolve;
-    });
-    const request = await bob.getCrypto()!.requestDeviceVerification(alice.client.userId, alice.client.deviceId);
-    const ours = await incoming;
-    await ours.ready();
-    await eventually("the SDK sees the request accepted", () => (request.phase === VerificationPhase.Ready ? true : undefined));
-    const verifier = await request.startVerification("m.sas.v1");
-    const shown = new Promise<{ emoji: string[]; confirm(): Promise<void> }>((resolve) => {
-      verifier.on(VerifierEvent.ShowSas, (sas) => resolve({ emoji: (sas.sas.emoji ?? []).map(([e]) => e), confirm: () => sas.confirm() }));
-    });
-    const sdkDone = verifier.verify();
-    await ours.keysExchanged;
-    const sdkSas = await shown;
+    const { request, ours, sdkSas, sdkDone } = await sdkStartsSas(bob, alice);
     // Both sides show the same seven emoji (what the two users compare).
     expect(ours.emojis()!.map((e) => e.emoji)).toEqual(sdkSas.emoji);
     expect(sdkSas.emoji).toHaveLength(7);
@@ -248,20 +257,7 @@ describe("Parley's client and matrix-js-sdk (Rust crypto) in one encrypted room"
     const errors: unknown[] = [];
     alice.e2ee.onCrossSigningError = (err) => errors.push(err);
 
-    const incoming = new Promise<import("../../client/crypto/sas.ts").SasVerification>((resolve) => {
-      alice.e2ee.onVerificationRequest = resolve;
-    });
-    const request = await bob.getCrypto()!.requestDeviceVerification(alice.client.userId, alice.client.deviceId);
-    const v = await incoming;
-    await v.ready();
-    await eventually("the SDK sees the request accepted", () => (request.phase === VerificationPhase.Ready ? true : undefined));
-    const verifier = await request.startVerification("m.sas.v1");
-    const shown = new Promise<{ confirm(): Promise<void> }>((resolve) => {
-      verifier.on(VerifierEvent.ShowSas, (sas) => resolve({ confirm: () => sas.confirm() }));
-    });
-    const sdkDone = verifier.verify();
-    await v.keysExchanged;
-    const sdkSas = await shown;
+    const { ours: v, sdkSas, sdkDone } = await sdkStartsSas(bob, alice);
     await Promise.all([v.confirm(), sdkSas.confirm()]);
     // Each side's MAC covered its master key.
     expect((await v.done).sort()).toEqual([`ed25519:${bobMaster}`, `ed25519:${bobUser.deviceId}`].sort());
